@@ -1,0 +1,38 @@
+"""Shared test settings.
+
+Tests that need root, a real dockerd, CRIU, the npm OIDC provider or Chromium are marked; they run
+everywhere the project's scripts have installed those things, and in CI (``CI=true``) a missing
+requirement is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+REQUIREMENTS = {
+    "docker": lambda: os.geteuid() == 0 and shutil.which("dockerd") is not None,
+    "criu": lambda: os.path.exists("/opt/rediacc/criu/bin/criu"),
+    "browser": lambda: os.path.exists("/usr/bin/chromium"),
+    "oidc": lambda: (ROOT / "tests/support/oidc/node_modules/oidc-provider").is_dir(),
+}
+WHY = {
+    "docker": "needs root and dockerd (run scripts/setup-host.sh)",
+    "criu": "needs CRIU 4.2.1 in /opt/rediacc/criu (run scripts/setup-host.sh)",
+    "browser": "needs /usr/bin/chromium (run scripts/install-test-deps.sh)",
+    "oidc": "needs npm oidc-provider (run scripts/install-test-deps.sh)",
+}
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for name, available in REQUIREMENTS.items():
+        if item.get_closest_marker(name) and not available():
+            if IN_CI:
+                pytest.fail(f"{WHY[name]}: missing in CI, where every test must run")
+            pytest.skip(WHY[name])

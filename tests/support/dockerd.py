@@ -1,0 +1,113 @@
+"""A scratch dockerd for tests of components that only need *a* daemon (audit, policy, checkpoint).
+
+The product's own per-user daemons are started by ``hubcontrol``'s supervisor; this fixture is the
+minimal equivalent for tests that must not depend on it. Facts it relies on are in BRIEF.md:
+own data/exec roots, socket, pidfile and config file per daemon; a pre-created bridge; experimental
+mode and tini-static as init so CRIU restores work; CRIU found through PATH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+CRIU_BIN = "/opt/rediacc/criu/bin"
+
+
+@dataclass
+class ScratchDaemon:
+    root: Path
+    socket: Path
+    bridge: str
+    proc: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def client(self):
+        import docker
+
+        return docker.DockerClient(base_url=self.url, version="auto", timeout=60)
+
+
+def _run(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def _unmount_under(path: Path) -> None:
+    with open("/proc/self/mountinfo") as f:
+        mounts = [line.split()[4] for line in f]
+    for m in sorted((m for m in mounts if m.startswith(str(path))), key=len, reverse=True):
+        subprocess.run(["umount", "-l", m], capture_output=True)
+
+
+@contextlib.contextmanager
+def scratch_dockerd(index: int, *, iptables: bool = False):
+    """Start a dockerd with bridge ``hubt<index>`` on 10.250.<index>.1/24; yield a ScratchDaemon."""
+    root = Path(tempfile.mkdtemp(prefix=f"hubt{index}-", dir="/tmp"))
+    exec_root = Path(f"/run/hubt{index}")
+    sock = exec_root / "docker.sock"
+    bridge = f"hubt{index}"
+    subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+    _run("ip", "link", "add", bridge, "type", "bridge")
+    _run("ip", "addr", "add", f"10.250.{index}.1/24", "dev", bridge)
+    _run("ip", "link", "set", bridge, "up")
+    (root / "tmp").mkdir()
+    config = root / "daemon.json"
+    config.write_text(json.dumps({}))
+    env = dict(os.environ, TMPDIR=str(root / "tmp"), PATH=f"{CRIU_BIN}:{os.environ['PATH']}")
+    cmd = [
+        "dockerd", "--data-root", str(root / "data"), "--exec-root", str(exec_root),
+        "-H", f"unix://{sock}", "--pidfile", str(root / "docker.pid"),
+        "--config-file", str(config), "--bridge", bridge, "--experimental",
+        "--init-path", "/usr/bin/tini-static", f"--iptables={'true' if iptables else 'false'}",
+        "--ip-masq=false" if not iptables else "--ip-masq=true",
+    ]
+    if os.path.exists("/run/containerd/containerd.sock"):
+        cmd += ["--containerd-namespace", bridge, "--containerd-plugins-namespace", f"{bridge}p"]
+    log = open(root / "dockerd.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"dockerd exited: {(root / 'dockerd.log').read_text()[-2000:]}")
+            try:
+                t = httpx.HTTPTransport(uds=str(sock))
+                if httpx.Client(transport=t).get("http://d/_ping", timeout=1).text == "OK":
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("dockerd did not answer /_ping within 30 s")
+            time.sleep(0.05)
+        yield ScratchDaemon(root=root, socket=sock, bridge=bridge, proc=proc)
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(Exception):
+                c = ScratchDaemon(root, sock, bridge, proc).client()
+                for ctr in c.containers.list(all=True):
+                    ctr.remove(force=True)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        _unmount_under(exec_root)
+        _unmount_under(root)
+        shutil.rmtree(exec_root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True)

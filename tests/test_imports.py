@@ -1,0 +1,37 @@
+"""The import direction is part of the architecture: addons -> hubproxy -> hubcontrol <- hubcli.
+
+ruff's banned-api rule checks the source; this test checks what really gets imported at run time,
+so a transitive import (hubcontrol -> some helper -> mitmproxy) is caught too.
+"""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import hubcontrol
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = ("mitmproxy", "typer", "rich", "hubproxy", "hubcli")
+
+
+def _hubcontrol_modules() -> list[str]:
+    return ["hubcontrol"] + [
+        f"hubcontrol.{m.name}" for m in pkgutil.walk_packages(hubcontrol.__path__) if not m.name.startswith("_")
+    ]
+
+
+def test_hubcontrol_never_imports_data_plane_or_cli() -> None:
+    code = (
+        "import importlib, json, sys\n"
+        f"for name in {_hubcontrol_modules()!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    loaded = json.loads(out.stdout)
+    leaked = sorted({m.split(".")[0] for m in loaded if m.split(".")[0] in FORBIDDEN})
+    assert leaked == [], f"hubcontrol imported {leaked}"

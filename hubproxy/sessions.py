@@ -1,0 +1,145 @@
+"""Server-side sessions: who is logged in, with which groups and template.
+
+The cookie only names a session (user, id, expiry, signature); this store holds the rest, so group
+lists never travel to the browser and logout really ends a session (a copied cookie stops working).
+The store is a small JSON file (0600) in the state directory, rewritten on every change, so a hub
+restart keeps everyone logged in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SESSION_TTL = 7 * 24 * 3600  # one week, as oauth2-proxy's default cookie expiry
+SECRET_FILE = "session.secret"
+SESSIONS_FILE = "sessions.json"
+MIN_SECRET_LENGTH = 32
+
+
+@dataclass(frozen=True)
+class Session:
+    sid: str
+    user: str
+    exp: int
+    created: int
+    groups: tuple[str, ...] = ()
+    template: str | None = None
+    admin: bool = False
+
+
+@dataclass
+class SessionStore:
+    path: Path | None
+    clock: Callable[[], float] = time.time
+    _sessions: dict[str, Session] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path | None, clock: Callable[[], float] = time.time) -> SessionStore:
+        store = cls(path, clock)
+        if path is not None and path.exists():
+            try:
+                rows = json.loads(path.read_text())
+                now = clock()
+                for row in rows:
+                    s = Session(**{**row, "groups": tuple(row.get("groups", ()))})
+                    if s.exp > now:
+                        store._sessions[s.sid] = s
+            except (OSError, ValueError, TypeError) as e:
+                log.warning("ignoring unreadable session store %s: %s", path, e)
+        return store
+
+    def create(
+        self,
+        user: str,
+        *,
+        groups: tuple[str, ...] = (),
+        template: str | None = None,
+        admin: bool = False,
+        ttl: int = SESSION_TTL,
+    ) -> Session:
+        now = int(self.clock())
+        session = Session(
+            sid=secrets.token_urlsafe(18),
+            user=user,
+            exp=now + ttl,
+            created=now,
+            groups=tuple(groups),
+            template=template,
+            admin=admin,
+        )
+        self._sessions[session.sid] = session
+        self._purge(now)
+        self._save()
+        return session
+
+    def get(self, sid: str, user: str) -> Session | None:
+        """The live session ``sid`` if it belongs to ``user``."""
+        session = self._sessions.get(sid)
+        if session is None or session.user != user or session.exp <= self.clock():
+            return None
+        return session
+
+    def revoke(self, sid: str) -> Session | None:
+        session = self._sessions.pop(sid, None)
+        if session is not None:
+            self._save()
+        return session
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _purge(self, now: float) -> None:
+        for sid in [sid for sid, s in self._sessions.items() if s.exp <= now]:
+            del self._sessions[sid]
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        data = json.dumps([asdict(s) for s in self._sessions.values()])
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        os.replace(tmp, self.path)
+
+
+def load_session_secret(configured: str | None, state_dir: Path) -> tuple[str, bool]:
+    """The secret cookies are signed with, and whether it was generated.
+
+    ``HUB_SESSION_SECRET`` wins when set. Otherwise a random secret is read from (or written to)
+    ``<state_dir>/session.secret`` with mode 0600, so sessions survive restarts; the caller warns,
+    because several hub processes must share one configured secret.
+    """
+    if configured:
+        if len(configured) < MIN_SECRET_LENGTH:
+            from hubcontrol.errors import ConfigError
+
+            raise ConfigError(
+                f"HUB_SESSION_SECRET is {len(configured)} characters; use at least "
+                f"{MIN_SECRET_LENGTH} (e.g. `openssl rand -hex 32`)"
+            )
+        return configured, False
+    path = state_dir / SECRET_FILE
+    try:
+        text = path.read_text().strip()
+        if len(text) >= MIN_SECRET_LENGTH:
+            return text, True
+    except FileNotFoundError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32)
+    tmp = path.with_name(SECRET_FILE + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    os.replace(tmp, path)
+    return secret, True

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install what the tests and benchmarks need beyond scripts/setup-host.sh, idempotently:
+#   Debian: chromium (driven by PyPI playwright with executable_path=/usr/bin/chromium; we never run
+#           `playwright install`), nginx-light and wrk (benchmark baselines and load);
+#   npm:    tests/support/oidc  -> oidc-provider (a real OIDC provider for login tests, quick start)
+#           bench               -> configurable-http-proxy (benchmark baseline)
+# each from its committed package-lock.json (`npm ci`), re-installed only when the lock changes.
+#
+#   --oidc-only   only the OIDC provider (what scripts/quickstart.sh needs)
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_root "$@"
+
+oidc_only=""
+[[ ${1:-} == --oidc-only ]] && oidc_only=1
+
+NODE_MAJOR_MIN=20
+
+ensure_node() {
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+		apt_install nodejs npm
+	fi
+	local major
+	major=$(node -p 'process.versions.node.split(".")[0]')
+	((major >= NODE_MAJOR_MIN)) ||
+		die "Node.js $(node --version) is too old: oidc-provider and configurable-http-proxy need Node.js >= $NODE_MAJOR_MIN"
+}
+
+# npm ci in DIR unless node_modules was installed from the same lock file.
+npm_install() {
+	local dir=$1 stamp want
+	stamp="$dir/node_modules/.rediacc-installed"
+	want=$(hash_files "$dir/package.json" "$dir/package-lock.json")
+	if [[ -f $stamp && $(cat "$stamp") == "$want" ]]; then
+		note "npm packages up to date: ${dir#"$ROOT"/}"
+		return
+	fi
+	say "npm ci in ${dir#"$ROOT"/}"
+	npm ci --no-audit --no-fund --loglevel=error --prefix "$dir" >/dev/null
+	echo "$want" >"$stamp"
+}
+
+if [[ -z $oidc_only ]]; then
+	apt_install chromium nginx-light wrk
+fi
+ensure_node
+npm_install "$ROOT/tests/support/oidc"
+if [[ -z $oidc_only ]]; then
+	npm_install "$ROOT/bench"
+	"$ROOT/.venv/bin/python" -c 'import playwright' 2>/dev/null ||
+		die "PyPI playwright missing from .venv: run scripts/setup-host.sh"
+fi
+say "test dependencies ready ($(script_elapsed) s)"

@@ -1,0 +1,70 @@
+# Shared helpers for the scripts in this directory. Sourced, never run.
+# shellcheck shell=bash
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export ROOT
+
+# Where the host-side pieces live; the same paths on a developer's machine and in CI.
+CRIU_PREFIX=/opt/rediacc/criu
+HOST_DOCKER_SOCK=/var/run/docker.sock
+LOG_DIR=/var/log/rediacc
+ENV_IMAGE=rediacc-hub/env:latest
+
+_t0_script=$(date +%s.%N)
+
+say() { printf '==> %s\n' "$*" >&2; }
+note() { printf '    %s\n' "$*" >&2; }
+warn() { printf 'WARNING: %s\n' "$*" >&2; }
+die() {
+	printf 'ERROR: %s\n' "$*" >&2
+	exit 1
+}
+
+require_root() {
+	[[ $(id -u) -eq 0 ]] || die "$(basename "$0") must run as root (try: sudo $0 $*)"
+}
+
+# elapsed SINCE -> seconds with one decimal
+elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+script_elapsed() { elapsed "$_t0_script"; }
+
+# True when every named Debian package is installed.
+debs_installed() {
+	local p status
+	for p in "$@"; do
+		status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null) || return 1
+		[[ $status == installed ]] || return 1
+	done
+}
+
+# Install the Debian packages that are missing; `apt-get update` at most once per run of a script.
+_apt_updated=""
+apt_install() {
+	local missing=() p
+	for p in "$@"; do
+		debs_installed "$p" || missing+=("$p")
+	done
+	if ((${#missing[@]} == 0)); then
+		note "Debian packages present: $*"
+		return 0
+	fi
+	say "apt-get install ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	if [[ -z $_apt_updated ]]; then
+		apt-get update -qq
+		_apt_updated=1
+	fi
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# True when the host dockerd answers GET /_ping on SOCKET (default: the host socket).
+docker_ping() {
+	local sock=${1:-$HOST_DOCKER_SOCK}
+	[[ -S $sock ]] || return 1
+	[[ $(curl -fsS --max-time 2 --unix-socket "$sock" http://docker/_ping 2>/dev/null) == OK ]]
+}
+
+# Content hash of files (names and bytes), for "is this already done?" stamps.
+hash_files() {
+	sha256sum "$@" | sha256sum | cut -c1-16
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# THE test command (README, .ci/run): install what is missing, start the host dockerd, build the
+# environment image, lint, then run the whole test suite. Arguments go to pytest, e.g.
+#   sudo ./scripts/test.sh tests/hubcontrol -k names
+# Artefacts (JUnit XML, screenshots, logs of failed tests) land in test-artifacts/.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_root "$@"
+cd "$ROOT"
+
+step() {
+	local t0 rc=0
+	t0=$(date +%s.%N)
+	say "$*"
+	"$@" || rc=$?
+	note "($1: $(elapsed "$t0") s, exit $rc)"
+	return "$rc"
+}
+
+step ./scripts/setup-host.sh
+step ./scripts/start-host-dockerd.sh
+step ./scripts/install-test-deps.sh
+step ./scripts/build-image.sh
+step .venv/bin/ruff check .
+
+ARTIFACTS="$ROOT/test-artifacts"
+rm -rf "$ARTIFACTS"
+mkdir -p "$ARTIFACTS"
+export HUB_TEST_ARTIFACTS="$ARTIFACTS"
+# Chromium, the hub and docker all live on this machine; no proxy may get between them.
+unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
+
+say "pytest (warnings are errors, per-test timeouts: pyproject.toml)"
+t0=$(date +%s.%N)
+rc=0
+.venv/bin/pytest --junitxml="$ARTIFACTS/junit.xml" -o junit_family=xunit2 "$@" || rc=$?
+note "(pytest: $(elapsed "$t0") s, exit $rc)"
+case $rc in
+0) say "all tests passed ($(script_elapsed) s in all)" ;;
+5) die "pytest collected no tests: that is a failure, not a pass" ;;
+*) die "tests failed (pytest exit $rc); artefacts in $ARTIFACTS" ;;
+esac

@@ -1,0 +1,684 @@
+"""Garbage collection of abandoned per-user data-roots and orphaned checkpoint images.
+
+``hub gc <workspace-dir>`` runs ``plan_gc`` (read-only: finds candidates and decides, through the
+pure ``data_root_verdict`` and ``checkpoint_verdict``, what to remove and why) and then, unless it
+is a dry run, ``apply_gc`` (re-checks every candidate right before touching it, unmounts what a
+crashed daemon left mounted, deletes, releases the network-ID claim).
+
+Definitions (documented for operators in docs/operations.md):
+
+* A **data-root** is a directory ``<workspace-dir>/<u>-docker/`` holding a regular file
+  ``.networkid`` with a user network ID (decimal, >= 32768). Anything else is not ours and is
+  never touched; a symlink in place of a data-root or its marker is refused.
+* Its **age** is the time since the newest of: the marker's mtime, the daemon's pidfile and its
+  log (``.rediacc/docker/{docker.pid,dockerd.log}``): each daemon start writes both, so a user who
+  came back yesterday is one day old even if their marker was written a year ago.
+* The daemon is **running** when a live ``dockerd`` process has this data-root's
+  ``.rediacc/docker/data`` as its ``--data-root`` (found via its pidfile or /proc), or something
+  answers on its socket ``/run/rediacc/hub/<net_id>/docker.sock``.
+* The daemon is **configured** when the host would start it without the hub deciding anew:
+  systemd supervisor: a unit file (or instance drop-in / enablement link) for the user's daemon
+  exists under /etc/systemd/system, /run/systemd/system or /run/systemd/transient; local
+  supervisor: nothing outlives the hub but the daemon process itself, so configured means
+  running (a live dockerd recorded in its pidfile). The network-ID claim is not evidence either
+  way: it lasts as long as the marker does, and GC releases it with the data-root.
+* A data-root is **eligible** when age > max-age AND the daemon is neither running nor configured.
+* A **checkpoint image** is an entry of ``<workspace-dir>/<u>/.checkpoint/``. It is **orphaned**
+  when it is older than max-age (mtime), the user's daemon is neither running nor configured, and
+  no container is left that could restore it: the user's data-root is gone (or removed in this
+  run) or no ``containers/<id>/checkpoints`` link in it points at the image or at ``.checkpoint``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import fcntl
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
+from hubcontrol.errors import GCError
+
+MARKER = ".networkid"
+DATA_ROOT_SUFFIX = "-docker"
+CHECKPOINT_DIR = ".checkpoint"
+DEFAULT_MAX_AGE = 30 * 24 * 3600.0
+DEFAULT_EXEC_BASE = Path("/run/rediacc/hub")
+DEFAULT_CLAIMS_DIR = Path("/var/lib/rediacc/netids")
+SYSTEMD_UNIT_DIRS = (
+    Path("/etc/systemd/system"),
+    Path("/run/systemd/system"),
+    Path("/run/systemd/transient"),
+)
+# Evidence of recent use, relative to the data-root; the newest mtime wins.
+USE_STAMPS = (MARKER, ".rediacc/docker/docker.pid", ".rediacc/docker/dockerd.log")
+BTRFS_SUBVOLUME_INODE = 256  # BTRFS_FIRST_FREE_OBJECTID: the root directory of every subvolume
+
+
+class Action(enum.StrEnum):
+    REMOVE = "remove"  # eligible: removed unless dry run
+    KEEP = "keep"  # a hub object in use or too young
+    REFUSE = "refuse"  # looks like a data-root but is not safe to treat as one
+
+
+class Kind(enum.StrEnum):
+    DATA_ROOT = "data-root"
+    CHECKPOINT = "checkpoint"
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure decisions
+
+
+def data_root_verdict(
+    *,
+    age: float | None,
+    max_age: float,
+    running: str | None,
+    configured: str | None,
+    refusal: str | None = None,
+) -> tuple[Action, str]:
+    """Decide what GC does with one data-root; returns (action, reason for a person).
+
+    ``age`` is seconds since last use (None: unknown), ``running``/``configured`` are evidence
+    strings (None: not running / not configured), ``refusal`` says why the path is not safe to
+    treat as a data-root. Anything uncertain keeps the data-root.
+    """
+    if refusal:
+        return Action.REFUSE, refusal
+    if running:
+        return Action.KEEP, f"daemon running ({running})"
+    if configured:
+        return Action.KEEP, f"daemon configured ({configured})"
+    if age is None:
+        return Action.KEEP, "age unknown"
+    if age <= max_age:
+        return Action.KEEP, f"used {format_age(age)} ago, max age {format_age(max_age)}"
+    return (
+        Action.REMOVE,
+        f"unused for {format_age(age)} (> {format_age(max_age)}), daemon not configured",
+    )
+
+
+def checkpoint_verdict(
+    *,
+    age: float | None,
+    max_age: float,
+    daemon_in_use: str | None,
+    container_left: str | None,
+) -> tuple[Action, str]:
+    """Decide what GC does with one checkpoint image; ``daemon_in_use``/``container_left`` are
+    evidence strings (None: none)."""
+    if daemon_in_use:
+        return Action.KEEP, f"daemon {daemon_in_use}"
+    if container_left:
+        return Action.KEEP, f"container can still restore it ({container_left})"
+    if age is None:
+        return Action.KEEP, "age unknown"
+    if age <= max_age:
+        return Action.KEEP, f"written {format_age(age)} ago, max age {format_age(max_age)}"
+    return Action.REMOVE, f"orphaned: no container left, {format_age(age)} old"
+
+
+def parse_marker(text: str) -> int | None:
+    """The network ID in a ``.networkid`` marker, or None unless it is a user network ID
+    (``32768 + 64*k``, see ``hubcontrol.netids``)."""
+    value = text.strip()
+    if not value.isdecimal() or len(value) > 10:
+        return None
+    net_id = int(value)
+    offset = net_id - USER_NETWORK_ID_BASE
+    return net_id if offset >= 0 and offset % USER_NETWORK_ID_STEP == 0 else None
+
+
+def format_age(seconds: float) -> str:
+    """``3d4h``, ``5h``, ``12m``, ``40s``: short and exact enough for a table."""
+    seconds = int(max(seconds, 0))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m"
+    return f"{secs}s"
+
+
+def dockerd_data_root(argv: Sequence[str]) -> str | None:
+    """The ``--data-root`` of a dockerd command line, or None if ``argv`` is not a dockerd."""
+    if not argv or os.path.basename(argv[0]) != "dockerd":
+        return None
+    for i, arg in enumerate(argv):
+        for flag in ("--data-root", "-g", "--graph"):
+            if arg == flag and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(flag + "="):
+                return arg[len(flag) + 1 :]
+    return "/var/lib/docker"
+
+
+# ---------------------------------------------------------------------------------------------
+# Looking at the host
+
+
+def _mounts() -> list[str]:
+    """Mount points of this mount namespace (octal escapes of /proc/self/mountinfo decoded)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        points = [line.split()[4] for line in f if line.strip()]
+    return [p.encode("latin-1").decode("unicode_escape") if "\\" in p else p for p in points]
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path``, deepest first."""
+    prefix = str(path).rstrip("/")
+    found = {m for m in _mounts() if m == prefix or m.startswith(prefix + "/")}
+    return sorted(found, key=lambda m: (m.count("/"), m), reverse=True)
+
+
+def _live_dockerds() -> dict[int, str]:
+    """pid -> realpath of --data-root for every dockerd visible in /proc."""
+    found: dict[int, str] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdecimal():
+            continue
+        try:
+            raw = Path(entry.path, "cmdline").read_bytes()
+        except OSError:
+            continue
+        argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+        root = dockerd_data_root(argv)
+        if root is not None:
+            found[int(entry.name)] = os.path.realpath(root)
+    return found
+
+
+@dataclass
+class HostProbe:
+    """Finds out, on this host, whether a user's daemon is running or configured.
+
+    Paths are parameters so tests (and packagers) can point it elsewhere.
+    """
+
+    exec_base: Path = DEFAULT_EXEC_BASE
+    claims_dir: Path = DEFAULT_CLAIMS_DIR
+    unit_dirs: Sequence[Path] = SYSTEMD_UNIT_DIRS
+    unit_names: Callable[[str], Iterable[str]] | None = None
+    _dockerds: dict[int, str] | None = field(default=None, repr=False)
+
+    def refresh(self) -> None:
+        self._dockerds = None
+
+    def running(self, data_root: Path, net_id: int | None) -> str | None:
+        data = os.path.realpath(data_root / ".rediacc/docker/data")
+        if self._dockerds is None:
+            self._dockerds = _live_dockerds()
+        for pid, root in self._dockerds.items():
+            if root == data and Path(f"/proc/{pid}").exists():
+                return f"dockerd pid {pid}"
+        if net_id is not None:
+            sock = self.exec_base / str(net_id) / "docker.sock"
+            if sock.exists() and _answers(sock):
+                return f"socket {sock} answers"
+        return None
+
+    def configured(self, user: str, data_root: Path, net_id: int | None) -> str | None:
+        for name in self._unit_names(user):
+            for d in self.unit_dirs:
+                for candidate in (d / name, d / f"{name}.d", *d.glob(f"*.wants/{name}")):
+                    if candidate.exists() or candidate.is_symlink():
+                        return f"systemd unit {candidate}"
+        return None
+
+    def _unit_names(self, user: str) -> Iterable[str]:
+        if self.unit_names is not None:
+            return self.unit_names(user)
+        return (f"rediacc-hub-docker@{user}.service", f"rediacc-hub-docker-{user}.service")
+
+
+def _answers(sock: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(0.5)
+    try:
+        s.connect(str(sock))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def claim_owner(claims_dir: Path, net_id: int) -> str | None:
+    """The data-root named by the host-wide claim on ``net_id`` (``hubcontrol.netids``), if any."""
+    try:
+        return (claims_dir / str(net_id)).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def release_claim(claims_dir: Path, net_id: int, data_root: Path) -> bool:
+    """Remove the claim on ``net_id`` if it belongs to ``data_root``; call under ``claims_lock``."""
+    owner = claim_owner(claims_dir, net_id)
+    if owner is None or os.path.realpath(owner) != os.path.realpath(data_root):
+        return False
+    (claims_dir / str(net_id)).unlink(missing_ok=True)
+    return True
+
+
+@contextlib.contextmanager
+def claims_lock(claims_dir: Path) -> Iterator[None]:
+    """The registry's allocation lock (``flock`` on ``<claims_dir>/.lock``, as ``hubcontrol.netids``
+    takes it): while GC holds it, no hub can hand a data-root back to a returning user, so the
+    re-check and the removal of one data-root are atomic with respect to logins."""
+    claims_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(claims_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes allocated below ``path`` (like ``du -s``), never following symlinks or mounts."""
+    try:
+        top = os.lstat(path)
+    except OSError:
+        return 0
+    total = top.st_blocks * 512
+    if not os.path.isdir(path) or os.path.islink(path):
+        return total
+    seen: set[tuple[int, int]] = set()
+    stack = [str(path)]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+            total += st.st_blocks * 512
+            if entry.is_dir(follow_symlinks=False) and not os.path.ismount(entry.path):
+                stack.append(entry.path)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan
+
+
+@dataclass(frozen=True)
+class GCEntry:
+    """One candidate GC looked at, and what it decided."""
+
+    kind: Kind
+    path: Path
+    user: str
+    net_id: int | None
+    age: float | None  # seconds since last use; None when unknown
+    size: int | None  # bytes
+    action: Action
+    reason: str
+    outcome: str | None = None  # after apply: "removed", "failed: ...", "skipped: ..."
+
+    def to_json(self) -> dict:
+        return {
+            "kind": str(self.kind),
+            "path": str(self.path),
+            "user": self.user,
+            "net_id": self.net_id,
+            "age_seconds": None if self.age is None else int(self.age),
+            "size_bytes": self.size,
+            "action": str(self.action),
+            "reason": self.reason,
+            "outcome": self.outcome,
+        }
+
+
+@dataclass(frozen=True)
+class GCPlan:
+    workspace_dir: Path
+    max_age: float
+    entries: tuple[GCEntry, ...]
+
+    @property
+    def candidates(self) -> tuple[GCEntry, ...]:
+        return tuple(e for e in self.entries if e.action is Action.REMOVE)
+
+    @property
+    def failed(self) -> tuple[GCEntry, ...]:
+        return tuple(e for e in self.entries if (e.outcome or "").startswith("failed"))
+
+
+def _resolve_workspace(workspace_dir: Path) -> Path:
+    path = Path(workspace_dir)
+    if not path.exists():
+        raise GCError(f"workspace dir {path} does not exist; pass the hub's --workspace-dir")
+    if not path.is_dir():
+        raise GCError(f"workspace dir {path} is not a directory; pass the hub's --workspace-dir")
+    resolved = path.resolve()
+    if resolved == Path("/"):
+        raise GCError("refusing to garbage-collect /; pass the hub's --workspace-dir")
+    return resolved
+
+
+def _age(paths: Iterable[Path], now: float) -> float | None:
+    newest = None
+    for p in paths:
+        with contextlib.suppress(OSError):
+            m = os.lstat(p).st_mtime
+            newest = m if newest is None else max(newest, m)
+    return None if newest is None else now - newest
+
+
+def _inspect_data_root(path: Path, workspace: Path) -> tuple[int | None, str | None]:
+    """(net_id, refusal) for a ``*-docker`` entry that has a marker."""
+    if path.is_symlink():
+        target = os.path.realpath(path)
+        where = "outside" if not target.startswith(str(workspace) + "/") else "inside"
+        return None, f"symlink to {target} ({where} the workspace dir); data-roots are never links"
+    if not path.is_dir():
+        return None, "not a directory"
+    marker = path / MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return None, f"{MARKER} is not a regular file"
+    try:
+        text = marker.read_text(encoding="utf-8", errors="replace")[:64]
+    except OSError as e:
+        return None, f"cannot read {MARKER}: {e.strerror}"
+    net_id = parse_marker(text)
+    if net_id is None:
+        return None, f"{MARKER} holds {text.strip()[:20]!r}, not a user network ID (32768 + 64*k)"
+    inner = path / ".rediacc"
+    if inner.is_symlink():
+        return net_id, f".rediacc is a symlink to {os.path.realpath(inner)}"
+    return net_id, None
+
+
+def _checkpoint_links(data_root: Path) -> list[tuple[str, str]]:
+    """(container id, real path) for each ``containers/<id>/checkpoints`` link in a data-root."""
+    containers = data_root / ".rediacc/docker/data/containers"
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(containers):
+            link = Path(entry.path, "checkpoints")
+            if link.is_symlink():
+                found.append((entry.name, os.path.realpath(link)))
+    return found
+
+
+def plan_gc(
+    workspace_dir: Path,
+    *,
+    max_age: float = DEFAULT_MAX_AGE,
+    now: float | None = None,
+    probe: HostProbe | None = None,
+    sizes: bool = True,
+) -> GCPlan:
+    """Look at every data-root and checkpoint image under ``workspace_dir``; change nothing."""
+    if max_age < 0:
+        raise GCError(f"--max-age must not be negative (got {max_age} s)")
+    workspace = _resolve_workspace(workspace_dir)
+    now = time.time() if now is None else now
+    probe = probe or HostProbe()
+    probe.refresh()
+    entries: list[GCEntry] = []
+    names = {e.name for e in os.scandir(workspace)}
+    roots: dict[str, GCEntry] = {}
+    for name in sorted(names):
+        if not name.endswith(DATA_ROOT_SUFFIX) or name == DATA_ROOT_SUFFIX:
+            continue
+        path = workspace / name
+        user = name[: -len(DATA_ROOT_SUFFIX)]
+        if (
+            not path.is_symlink()
+            and not (path / MARKER).exists()
+            and not (path / MARKER).is_symlink()
+        ):
+            # A workspace of a user whose name ends in -docker, or someone else's directory.
+            continue
+        net_id, refusal = _inspect_data_root(path, workspace)
+        running = configured = None
+        age = None
+        if refusal is None:
+            running = probe.running(path, net_id)
+            configured = probe.configured(user, path, net_id)
+            age = _age((path / s for s in USE_STAMPS), now)
+        action, reason = data_root_verdict(
+            age=age, max_age=max_age, running=running, configured=configured, refusal=refusal
+        )
+        size = disk_usage(path) if sizes and action is Action.REMOVE else None
+        entry = GCEntry(Kind.DATA_ROOT, path, user, net_id, age, size, action, reason)
+        roots[user] = entry
+        entries.append(entry)
+
+    for name in sorted(names):
+        ckpt = workspace / name / CHECKPOINT_DIR
+        if name.endswith(DATA_ROOT_SUFFIX) and name in {f"{u}{DATA_ROOT_SUFFIX}" for u in roots}:
+            continue
+        if (workspace / name).is_symlink() or ckpt.is_symlink() or not ckpt.is_dir():
+            continue
+        entries.extend(
+            _plan_checkpoints(workspace, name, ckpt, roots.get(name), max_age, now, probe, sizes)
+        )
+    return GCPlan(workspace, max_age, tuple(entries))
+
+
+def _plan_checkpoints(
+    workspace: Path,
+    user: str,
+    ckpt: Path,
+    root: GCEntry | None,
+    max_age: float,
+    now: float,
+    probe: HostProbe,
+    sizes: bool,
+) -> list[GCEntry]:
+    data_root = workspace / f"{user}{DATA_ROOT_SUFFIX}"
+    in_use = None
+    links: list[tuple[str, str]] = []
+    net_id = root.net_id if root else None
+    if root is not None:
+        if root.action is Action.REFUSE:
+            in_use = f"data-root refused: {root.reason}"
+        elif root.action is Action.KEEP and root.reason.startswith("daemon "):
+            in_use = root.reason[len("daemon ") :]
+        elif root.action is Action.KEEP:
+            links = _checkpoint_links(data_root)
+    out = []
+    ckpt_real = os.path.realpath(ckpt)
+    for entry in sorted(os.scandir(ckpt), key=lambda e: e.name):
+        image = Path(entry.path)
+        real = os.path.realpath(image)
+        container = next(
+            (
+                f"container {cid[:12]}"
+                for cid, link in links
+                if link in (real, ckpt_real) or real.startswith(link + "/")
+            ),
+            None,
+        )
+        age = _age([image], now)
+        action, reason = checkpoint_verdict(
+            age=age, max_age=max_age, daemon_in_use=in_use, container_left=container
+        )
+        if root is None and action is Action.REMOVE:
+            reason += " (no data-root)"
+        size = disk_usage(image) if sizes and action is Action.REMOVE else None
+        out.append(GCEntry(Kind.CHECKPOINT, image, user, net_id, age, size, action, reason))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Removal
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, check=False)
+
+
+def unmount_all(path: Path) -> list[str]:
+    """Unmount every mount at or below ``path`` (deepest first); returns what was unmounted.
+
+    Raises GCError when something stays mounted: deleting below a live mount would delete the
+    mounted filesystem's content.
+    """
+    done = []
+    for point in mounts_under(path):
+        if _run("umount", point).returncode != 0:
+            _run("umount", "-l", point)
+        done.append(point)
+    left = mounts_under(path)
+    if left:
+        raise GCError(f"{left[0]} is still mounted; unmount it and run hub gc again")
+    return done
+
+
+def _is_subvolume(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if st.st_ino != BTRFS_SUBVOLUME_INODE:
+        return False
+    return (
+        _run("btrfs", "subvolume", "show", str(path)).returncode == 0
+        if shutil.which("btrfs")
+        else False
+    )
+
+
+def _nested_subvolumes(path: Path) -> list[Path]:
+    """BTRFS subvolumes strictly below ``path`` (docker's btrfs driver makes them), deepest first."""
+    found = []
+    for current, dirs, _files in os.walk(path):
+        parent_dev = os.lstat(current).st_dev
+        for d in list(dirs):
+            p = Path(current, d)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            if st.st_dev != parent_dev and st.st_ino == BTRFS_SUBVOLUME_INODE:
+                found.append(p)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_tree(path: Path) -> str:
+    """Delete a data-root or checkpoint image; BTRFS subvolumes are deleted as subvolumes.
+
+    Returns how it was removed.
+    """
+    if path.is_symlink():
+        raise GCError(f"{path} became a symlink; refusing to remove it")
+    unmount_all(path)
+    if not path.is_dir():
+        path.unlink(missing_ok=True)
+        return "removed file"
+    nested = _nested_subvolumes(path) if shutil.which("btrfs") else []
+    for sub in nested:
+        res = _run("btrfs", "subvolume", "delete", str(sub))
+        if res.returncode != 0:
+            raise GCError(f"cannot delete BTRFS subvolume {sub}: {res.stderr.strip()}")
+    if _is_subvolume(path):
+        res = _run("btrfs", "subvolume", "delete", str(path))
+        if res.returncode != 0:
+            raise GCError(f"cannot delete BTRFS subvolume {path}: {res.stderr.strip()}")
+        return "deleted BTRFS subvolume"
+    shutil.rmtree(path)
+    return "removed directory" if not nested else f"removed directory and {len(nested)} subvolumes"
+
+
+def apply_gc(plan: GCPlan, *, probe: HostProbe | None = None, now: float | None = None) -> GCPlan:
+    """Remove every candidate of ``plan``; returns the plan with each entry's outcome.
+
+    Each data-root is re-checked right before removal (a user may have come back since the plan
+    was made); a failure on one candidate does not stop the others.
+    """
+    probe = probe or HostProbe()
+    probe.refresh()
+    now = time.time() if now is None else now
+    removed_users: set[str] = set()
+    out: list[GCEntry] = []
+    for entry in plan.entries:
+        if entry.action is not Action.REMOVE:
+            out.append(entry)
+            continue
+        try:
+            if entry.kind is Kind.DATA_ROOT:
+                outcome = _remove_data_root(entry, plan, probe, now)
+                removed_users.add(entry.user)
+            else:
+                outcome = _remove_checkpoint(entry, plan, probe, removed_users)
+        except GCError as e:
+            outcome = f"failed: {e.user_message}"
+        except OSError as e:
+            outcome = f"failed: {e.strerror or e} ({e.filename or entry.path})"
+        out.append(replace(entry, outcome=outcome))
+    return replace(plan, entries=tuple(out))
+
+
+def _remove_data_root(entry: GCEntry, plan: GCPlan, probe: HostProbe, now: float) -> str:
+    path = entry.path
+    if path.parent != plan.workspace_dir:
+        raise GCError(f"{path} is not directly inside {plan.workspace_dir}")
+    with claims_lock(probe.claims_dir):
+        return _remove_data_root_locked(entry, plan, probe, now)
+
+
+def _remove_data_root_locked(entry: GCEntry, plan: GCPlan, probe: HostProbe, now: float) -> str:
+    path = entry.path
+    net_id, refusal = _inspect_data_root(path, plan.workspace_dir)
+    if refusal or net_id != entry.net_id:
+        return f"skipped: {refusal or 'network ID changed'}"
+    probe.refresh()
+    running = probe.running(path, net_id)
+    configured = probe.configured(entry.user, path, net_id)
+    age = _age((path / s for s in USE_STAMPS), now)
+    action, reason = data_root_verdict(
+        age=age, max_age=plan.max_age, running=running, configured=configured
+    )
+    if action is not Action.REMOVE:
+        return f"skipped: {reason}"
+    how = remove_tree(path)
+    exec_root = probe.exec_base / str(net_id)
+    if exec_root.is_dir() and not exec_root.is_symlink():
+        unmount_all(exec_root)
+        shutil.rmtree(exec_root, ignore_errors=True)
+    released = release_claim(probe.claims_dir, net_id, path)
+    return "removed" + (f" ({how}" + (", claim released)" if released else ")"))
+
+
+def _remove_checkpoint(
+    entry: GCEntry, plan: GCPlan, probe: HostProbe, removed_users: set[str]
+) -> str:
+    path = entry.path
+    if path.parent.parent.parent != plan.workspace_dir or path.parent.name != CHECKPOINT_DIR:
+        raise GCError(f"{path} is not a checkpoint image of {plan.workspace_dir}")
+    if path.parent.is_symlink() or path.parent.parent.is_symlink():
+        return "skipped: checkpoint dir became a symlink"
+    data_root = plan.workspace_dir / f"{entry.user}{DATA_ROOT_SUFFIX}"
+    if entry.user not in removed_users and data_root.exists():
+        if probe.running(data_root, entry.net_id) or probe.configured(
+            entry.user, data_root, entry.net_id
+        ):
+            return "skipped: the user's daemon came back"
+    remove_tree(path)
+    return "removed"

@@ -15,7 +15,8 @@ Exception tree::
     ├── HookError            a lifecycle hook exited non-zero
     ├── CheckpointError      a CRIU dump or restore failed or could not be verified
     ├── PolicyError          a docker API request refused by the socket policy
-    └── GCError              garbage collection refused a path or failed to remove it
+    ├── GCError              garbage collection refused a path or failed to remove it
+    └── AuditError           a user's docker event stream could not be armed
 """
 
 from __future__ import annotations
@@ -78,3 +79,7 @@ class PolicyError(HubError):
 
 class GCError(HubError):
     """Raised when garbage collection refuses a path or cannot remove it."""
+
+
+class AuditError(HubError):
+    """Raised when a user's docker event stream cannot be armed (the daemon does not answer)."""

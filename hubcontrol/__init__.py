@@ -6,7 +6,23 @@ event loop) and is importable on its own by automation scripts. It never imports
 or rich.
 """
 
-from hubcontrol.config import HubConfig, OAuthConfig, Template
+from hubcontrol.config import (
+    ComposeService,
+    HubConfig,
+    LabelsFile,
+    OAuthConfig,
+    Template,
+    build_config,
+    config_as_dict,
+    dump_labels_file,
+    load_compose,
+    load_config,
+    load_labels_file,
+    parse_cpu_quota,
+    parse_duration,
+    parse_size,
+    parse_start_flags,
+)
 from hubcontrol.errors import (
     CheckpointError,
     ConfigError,
@@ -23,6 +39,7 @@ from hubcontrol.errors import (
 
 __all__ = [
     "CheckpointError",
+    "ComposeService",
     "ConfigError",
     "DaemonError",
     "EnvironmentError_",
@@ -31,9 +48,20 @@ __all__ = [
     "HubConfig",
     "HubError",
     "ImageError",
+    "LabelsFile",
     "NetworkError",
     "OAuthConfig",
     "PolicyError",
     "Template",
     "UsernameError",
+    "build_config",
+    "config_as_dict",
+    "dump_labels_file",
+    "load_compose",
+    "load_config",
+    "load_labels_file",
+    "parse_cpu_quota",
+    "parse_duration",
+    "parse_size",
+    "parse_start_flags",
 ]

@@ -22,6 +22,7 @@ def _root() -> None:
 
 # Each module in hubcli/commands/ exposes ``register(app)``; the order here is the order in --help.
 COMMANDS: list[str] = [
+    "config",
 ]
 
 for _name in COMMANDS:

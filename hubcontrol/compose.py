@@ -458,8 +458,8 @@ def load_compose(
                     f"{where}: env_file {entry_path} does not exist; create it (see docs/configuration.md) "
                     "or pass --env-file"
                 )
-            else:
-                warnings.append(f"env_file {entry_path} does not exist; skipped")
+            elif required:
+                warnings.append(f"env_file {entry_path} does not exist; skipped (using --env-file)")
             continue
         try:
             file_env.update(parse_env_file(entry_path, environ))

@@ -1,0 +1,171 @@
+"""``hub config check FILE``: validate a compose file or hub.labels.yaml and show what it resolves to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from hubcli.output import EXIT_USAGE, console, print_json, print_problems, print_warning
+from hubcontrol.config import REDACTED, HubConfig, config_as_dict, load_config
+from hubcontrol.durations import format_duration
+from hubcontrol.errors import ConfigError
+
+config_app = typer.Typer(
+    name="config",
+    help="Inspect the hub's configuration (labels, flags and HUB_* variables).",
+    no_args_is_help=True,
+)
+
+
+@config_app.command("check")
+def check(
+    file: Annotated[
+        Path, typer.Argument(help="docker-compose.yml or hub.labels.yaml", show_default=False)
+    ],
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file",
+            help="extra env file with HUB_* variables (wins over the service's env_file)",
+        ),
+    ] = None,
+    service: Annotated[
+        str | None,
+        typer.Option(
+            "--service",
+            help="the compose service, when several are labelled rediacc.install_as=systemd",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="print the resolved configuration as JSON (docs/configuration.md)"
+        ),
+    ] = False,
+) -> None:
+    """Validate FILE with its env files and the environment; print the resolved configuration.
+
+    Exits 0 when the configuration is valid, 2 with every problem (one per line, on stderr) when not.
+    """
+    try:
+        config = load_config(file, env_file=env_file, service=service)
+    except ConfigError as exc:
+        if as_json:
+            print_json(
+                {"schema_version": 1, "valid": False, "errors": exc.problems, "warnings": []}
+            )
+        print_problems(exc.problems)
+        raise typer.Exit(EXIT_USAGE) from None
+    for warning in config.warnings:
+        print_warning(warning)
+    if as_json:
+        data = config_as_dict(config)
+        data["errors"] = []
+        print_json(data)
+        return
+    _print_config(config)
+
+
+def _print_config(config: HubConfig) -> None:
+    where = f"{config.source}" + (f" (service {config.service})" if config.service else "")
+    console.print(f"[bold green]valid:[/] {escape(where)}")
+    if config.env_files:
+        console.print("env files: " + escape(", ".join(str(p) for p in config.env_files)))
+
+    hub = Table(
+        title="hub start", title_justify="left", show_header=False, box=None, padding=(0, 2)
+    )
+    hub.add_column(style="bold")
+    hub.add_column()
+    for flag, value in (
+        ("--docker-socket", config.docker_socket),
+        ("--network-id", "(not set)" if config.network_id is None else str(config.network_id)),
+        ("--port", str(config.port)),
+        ("--base-domain", config.base_domain),
+        ("--workspace-dir", str(config.workspace_dir)),
+        (
+            "--idle-timeout",
+            format_duration(config.idle_timeout) + (" (never)" if not config.idle_timeout else ""),
+        ),
+        ("--checkpoint", "true" if config.checkpoint else "false"),
+        ("--container-image", config.container_image or "(not set)"),
+        ("--audit-dir", str(config.audit_dir)),
+        ("--state-dir", str(config.state_dir)),
+        ("--user-subnet-pool", config.user_subnet_pool),
+        ("--supervisor", config.supervisor),
+    ):
+        hub.add_row(flag, escape(value))
+    console.print(hub)
+
+    routes = Table(title="routes", title_justify="left")
+    routes.add_column("prefix", style="bold")
+    routes.add_column("host")
+    routes.add_column("container port", justify="right")
+    for prefix, port in config.routes.items():
+        routes.add_row(prefix, f"{prefix}.{config.base_domain}", str(port))
+    console.print(routes)
+
+    for name, t in config.templates.items():
+        title = f"template {name}" + (" (default)" if name == config.default_template else "")
+        table = Table(
+            title=escape(title), title_justify="left", show_header=False, box=None, padding=(0, 2)
+        )
+        table.add_column(style="bold")
+        table.add_column(overflow="fold")
+        table.add_row("image", escape(t.image))
+        table.add_row("command", escape(t.command or "(the image's own)"))
+        table.add_row("user", escape(t.user))
+        table.add_row("workspace", escape(t.workspace))
+        table.add_row("shm_size", f"{_size(t.shm_size)} ({t.shm_size} bytes)")
+        table.add_row("docker", t.docker or "(none: no docker daemon for the user)")
+        table.add_row("limits", f"cpu {t.cpu or 'unlimited'}, memory {t.memory or 'unlimited'}")
+        for field in ("on_create", "pre_dump", "post_restore"):
+            if getattr(t, field):
+                table.add_row(f"hook {field}", escape(getattr(t, field)))
+        table.add_row("checkpoint", "true" if t.checkpoint else "false")
+        table.add_row("mode", t.mode)
+        console.print(table)
+
+    env = Table(
+        title="environment", title_justify="left", show_header=False, box=None, padding=(0, 2)
+    )
+    env.add_column(style="bold")
+    env.add_column(overflow="fold")
+    o = config.oauth
+    rows = [
+        ("HUB_OAUTH_CLIENT_ID", o.client_id if o else None),
+        ("HUB_OAUTH_CLIENT_SECRET", REDACTED if o else None),
+        ("HUB_OAUTH_AUTHORIZE_URL", o.authorize_url if o else None),
+        ("HUB_OAUTH_TOKEN_URL", o.token_url if o else None),
+        ("HUB_OAUTH_USERINFO_URL", o.userinfo_url if o else None),
+        ("HUB_OAUTH_USERINFO_PATH", o.userinfo_path if o else None),
+        (
+            "HUB_OAUTH_REDIRECT_URI",
+            (o.redirect_uri or "(computed from the request host)") if o else None,
+        ),
+        ("HUB_OAUTH_SCOPES", " ".join(o.scopes) if o else None),
+        ("HUB_SESSION_SECRET", REDACTED if config.session_secret else None),
+        (
+            "HUB_ALLOWED_GROUPS",
+            ", ".join(sorted(config.allowed_groups)) or "(anyone who can log in)",
+        ),
+        ("HUB_ADMIN_USERS", ", ".join(sorted(config.admin_users)) or "(none)"),
+    ]
+    for name, value in rows:
+        env.add_row(name, escape(value) if value is not None else "[dim](not set)[/]")
+    console.print(env)
+
+
+def _size(size: int) -> str:
+    for unit, factor in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(config_app, name="config")

@@ -1,0 +1,64 @@
+"""Output helpers shared by every ``hub`` command: one stdout and one stderr console, errors, JSON.
+
+Commands print results to ``console`` (stdout) and everything else (errors, warnings, progress)
+to ``err_console`` (stderr), so ``hub ... --json | jq`` always gets clean JSON. Both consoles look
+up ``sys.stdout``/``sys.stderr`` when they print, which keeps ``typer.testing.CliRunner`` working.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from hubcontrol.errors import ConfigError, HubError
+
+console = Console(highlight=False, soft_wrap=False)
+err_console = Console(stderr=True, highlight=False)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the operation failed (daemon down, docker error, ...)
+EXIT_USAGE = 2  # bad input: configuration, flags, arguments
+
+
+def print_error(message: str) -> None:
+    """One error line on stderr, prefixed ``error:``."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+def print_warning(message: str) -> None:
+    """One warning line on stderr, prefixed ``warning:``."""
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def print_problems(problems: Iterable[str]) -> None:
+    """Each problem on its own ``error:`` line on stderr."""
+    for problem in problems:
+        print_error(problem)
+
+
+def problems_of(exc: HubError) -> list[str]:
+    """The individual problems in an error (a ConfigError may carry several)."""
+    if isinstance(exc, ConfigError):
+        return list(exc.problems)
+    return [exc.user_message]
+
+
+def fail(exc: HubError | str | Iterable[str], code: int = EXIT_FAILURE) -> NoReturn:
+    """Print the error(s) on stderr and exit with ``code`` (2 for bad configuration or input)."""
+    if isinstance(exc, HubError):
+        print_problems(problems_of(exc))
+    elif isinstance(exc, str):
+        print_error(exc)
+    else:
+        print_problems(exc)
+    raise typer.Exit(code)
+
+
+def print_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout (plain text: no colour, no wrapping, stable key order)."""
+    typer.echo(json.dumps(data, indent=2, default=str))

@@ -1,0 +1,68 @@
+"""Fail closed: a request hook that raises answers the request itself.
+
+mitmproxy logs exceptions from hooks and lets the flow continue (``safecall``), which for a
+security check would mean "let it through". Every request-path hook is wrapped so that an
+unexpected error ends in a 500 page (and a WebSocket hook error kills the connection) instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+from hubproxy import pages
+
+log = logging.getLogger("hubproxy")
+
+
+def close_connection(flow) -> None:
+    """Close the browser's connection of a live flow (e.g. a WebSocket at logout).
+
+    ``flow.kill()`` is not enough for WebSockets in mitmproxy 11 (the WebSocket layer does not
+    look at it), so the client connection is closed through the proxy server.
+    """
+    from mitmproxy import ctx
+
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
+    if handler is not None:
+        handler.close_connection(flow.client_conn)
+    elif flow.killable:
+        flow.kill()
+
+
+def _refuse(flow, name: str) -> None:
+    log.exception("hub: %s failed for %s; refusing the request", name, flow.request.pretty_url)
+    if getattr(flow, "websocket", None) is not None:
+        close_connection(flow)
+        return
+    flow.response = pages.page(
+        500,
+        "Internal error",
+        "The hub hit an unexpected error and did not forward your request.",
+        detail="The error is in the hub's log.",
+    )
+
+
+def fail_closed(hook):
+    """Wrap a sync or async hook ``hook(self, flow)``."""
+    if inspect.iscoroutinefunction(hook):
+
+        @functools.wraps(hook)
+        async def async_wrapper(self, flow):
+            try:
+                await hook(self, flow)
+            except Exception:
+                _refuse(flow, f"{type(self).__name__}.{hook.__name__}")
+
+        return async_wrapper
+
+    @functools.wraps(hook)
+    def wrapper(self, flow):
+        try:
+            hook(self, flow)
+        except Exception:
+            _refuse(flow, f"{type(self).__name__}.{hook.__name__}")
+
+    return wrapper

@@ -1,0 +1,58 @@
+"""First addon: what is this request for? A prefix of a user's environment, a hub page, or nothing.
+
+Sets ``flow.metadata[TARGET]`` (and ``ENDPOINT`` for ``/_hub/...``), or answers 400/404/503.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from hubproxy import hosts, pages
+from hubproxy.context import ENDPOINT, SCHEME, TARGET, HubContext
+from hubproxy.guard import fail_closed
+
+
+def browser_scheme(request: http.Request) -> str:
+    """The scheme the browser used: Traefik's X-Forwarded-Proto when it is http/https."""
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    return forwarded if forwarded in ("http", "https") else request.scheme
+
+
+class HostRoute:
+    def __init__(self, context: HubContext) -> None:
+        self.context = context
+
+    @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response:
+            return
+        if not self.context.ready:
+            flow.response = pages.page(
+                503, "Starting", "The hub is starting. Try again in a moment."
+            )
+            return
+        config = self.context.config
+        request = flow.request
+        host = hosts.normalize_host(request.host_header)
+        if host is None:
+            flow.response = pages.bad_request("The Host header is not a name this hub serves.")
+            return
+        if request.first_line_format == "absolute" or request.authority:
+            # An absolute-form target or an HTTP/2 :authority must name the same host.
+            if hosts.normalize_host(request.authority) != host:
+                flow.response = pages.bad_request("The request target and Host header disagree.")
+                return
+        target = hosts.classify_host(host, config.base_domain, config.routes)
+        if target is None:
+            flow.response = pages.not_found(f"The hub serves no site at {host}.")
+            return
+        flow.metadata[TARGET] = target
+        flow.metadata[SCHEME] = browser_scheme(request)
+        if hosts.is_hub_path(request.path):
+            endpoint = hosts.hub_endpoint(request.path)
+            if endpoint is None:
+                flow.response = pages.bad_request("This /_hub/ path is not canonical.")
+                return
+            flow.metadata[ENDPOINT] = endpoint
+        elif target.kind == "hub":
+            flow.response = pages.redirect("/_hub/")

@@ -1,0 +1,81 @@
+"""The hub's own small pages and JSON API under ``/_hub/``.
+
+``/_hub/health`` (public), ``/_hub/api/progress`` (the caller's environment start), ``/_hub/api/status``
+(the caller's own environment), ``/_hub/`` (an index with links to the routes). Unknown ``/_hub/``
+endpoints are 404; login, callback and logout are answered earlier by the OAuth addon.
+"""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from hubproxy import pages
+from hubproxy.context import ENDPOINT, SCHEME, SESSION, USER, HubContext
+from hubproxy.guard import fail_closed
+from hubproxy.router import upstream
+
+
+def progress_view(route, progress, prefixes) -> dict:
+    """What the progress page's script needs: is it ready, what is happening, what failed."""
+    state = getattr(route, "state", None) or getattr(progress, "state", None) or "stopped"
+    ready = any(upstream(route, p, prefixes) is not None for p in prefixes)
+    return {
+        "ready": ready,
+        "state": "running" if ready else (getattr(progress, "state", None) or state),
+        "step": getattr(progress, "step", None),
+        "message": getattr(progress, "message", None),
+        "error": getattr(progress, "error", None),
+    }
+
+
+class HubApi:
+    def __init__(self, context: HubContext) -> None:
+        self.context = context
+
+    @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response or ENDPOINT not in flow.metadata:
+            return
+        endpoint = flow.metadata[ENDPOINT]
+        control = self.context.control
+        config = self.context.config
+        if endpoint == "health":
+            health = control.health()
+            flow.response = pages.json_response(200 if health.get("ok") else 503, health)
+            return
+        user = flow.metadata.get(USER)
+        if user is None:  # the session addon answers first; this is a second line
+            flow.response = pages.json_response(401, {"error": "not logged in"})
+            return
+        if endpoint == "api/progress":
+            view = progress_view(control.route(user), control.progress(user), config.routes)
+            flow.response = pages.json_response(200, view)
+        elif endpoint == "api/status":
+            route = control.route(user)
+            session = flow.metadata[SESSION]
+            scheme = flow.metadata[SCHEME]
+            flow.response = pages.json_response(
+                200,
+                {
+                    "user": user,
+                    "admin": session.admin,
+                    "template": session.template,
+                    "state": getattr(route, "state", "stopped"),
+                    "routes": {
+                        p: f"{scheme}://{p}.{config.base_domain}/" for p in sorted(config.routes)
+                    },
+                },
+            )
+        elif endpoint == "":
+            scheme = flow.metadata[SCHEME]
+            flow.response = pages.page(
+                200,
+                "Your hub",
+                f"Logged in as {user}.",
+                links=[
+                    *((p, f"{scheme}://{p}.{config.base_domain}/") for p in sorted(config.routes)),
+                    ("Log out", "/_hub/logout"),
+                ],
+            )
+        else:
+            flow.response = pages.not_found(f"The hub has no page /_hub/{endpoint}.")

@@ -1,0 +1,55 @@
+"""``hub start``'s proxy: a lean embedded mitmproxy ``Master`` with only the addons the hub needs.
+
+mitmdump dispatches every hook to ~35 default addons; this master runs the proxy server, layer
+detection and the hub's own addons only (about 2.4x the requests per second, see BRIEF).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from mitmproxy import options
+from mitmproxy.addons import errorcheck, next_layer, proxyserver
+from mitmproxy.master import Master
+
+from hubproxy.context import HubContext
+from hubproxy.pipeline import PROXY_OPTIONS, hub_addons
+
+log = logging.getLogger("hubproxy")
+
+# The reverse target is a placeholder: the router sets every flow's upstream address itself.
+PLACEHOLDER_TARGET = "http://127.0.0.1:1"
+
+
+def make_master(context: HubContext, port: int, listen_host: str = "") -> Master:
+    """A master listening on ``listen_host:port``; call inside a running event loop."""
+    opts = options.Options()
+    master = Master(opts)
+    master.addons.add(
+        errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        *hub_addons(context),
+    )
+    opts.update(
+        mode=[f"reverse:{PLACEHOLDER_TARGET}@{port}"],
+        listen_host=listen_host,
+        **PROXY_OPTIONS,
+    )
+    return master
+
+
+async def serve(context: HubContext, port: int, listen_host: str = "") -> None:
+    """Serve until SIGTERM/SIGINT; stopping the proxy leaves user environments alone."""
+    master = make_master(context, port, listen_host)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, master.shutdown)
+    try:
+        log.info("hub: listening on %s:%d", listen_host or "*", port)
+        await master.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,94 @@
+"""Send an authenticated request to the session user's own environment.
+
+The route comes from the control plane's immutable snapshot (no thread hop): the user's
+``SERVICE_IP`` and the port of the request's prefix. The environment receives the original Host,
+``X-Forwarded-For/Proto/Host``, and every cookie except the hub's. Bodies are streamed both ways.
+When the environment is not running, the control plane is asked to start it (once per user) and
+the browser gets a progress page that continues by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import http
+
+from hubproxy import cookies, pages
+from hubproxy.context import ROUTED, SCHEME, SESSION, TARGET, USER, HubContext
+from hubproxy.guard import fail_closed
+
+log = logging.getLogger("hubproxy.router")
+
+RUNNING = "running"
+
+
+def upstream(route, prefix: str, default_ports) -> tuple[str, int] | None:
+    """``(service_ip, port)`` for ``prefix`` of a running route, else None."""
+    if route is None or route.state != RUNNING or not route.service_ip:
+        return None
+    ports = getattr(route, "ports", None) or {}
+    port = ports.get(prefix) or default_ports.get(prefix)
+    return (str(route.service_ip), int(port)) if port else None
+
+
+def forwarded_for(existing: str | None, client_ip: str) -> str:
+    return f"{existing}, {client_ip}" if existing else client_ip
+
+
+class Router:
+    def __init__(self, context: HubContext) -> None:
+        self.context = context
+
+    @fail_closed
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response:
+            return
+        target = flow.metadata.get(TARGET)
+        user = flow.metadata.get(USER)
+        if target is None or target.kind != "route" or user is None:
+            # Anything that reaches here unrouted is refused rather than sent to the placeholder.
+            flow.response = pages.not_found()
+            return
+        control = self.context.control
+        address = upstream(control.route(user), target.prefix, self.context.config.routes)
+        if address is None:
+            session = flow.metadata[SESSION]
+            control.start(user, session.template)
+            progress = control.progress(user)
+            message = getattr(progress, "message", None) or "Preparing your environment..."
+            if pages.wants_html(flow.request):
+                flow.response = pages.progress_page(target.prefix, message)
+            else:
+                flow.response = pages.json_response(
+                    503,
+                    {"error": "environment is starting", "message": message},
+                    {"Retry-After": "2"},
+                )
+            return
+        request = flow.request
+        request.data.host, request.data.port = address
+        request.scheme = "http"
+        kept = cookies.strip_hub_cookies(request.headers.get_all("cookie"))
+        if kept is None:
+            request.headers.pop("cookie", None)
+        else:
+            request.headers["cookie"] = kept
+        request.headers["x-forwarded-for"] = forwarded_for(
+            request.headers.get("x-forwarded-for"), flow.client_conn.peername[0]
+        )
+        request.headers["x-forwarded-proto"] = flow.metadata[SCHEME]
+        request.headers["x-forwarded-host"] = request.host_header or ""
+        request.stream = True
+        flow.metadata[ROUTED] = True
+        control.touch(user, "http")
+
+    @fail_closed
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if not flow.metadata.get(ROUTED) or flow.response is None:
+            return
+        flow.response.stream = True
+        # An environment must not set or overwrite the hub's own cookies.
+        set_cookies = flow.response.headers.get_all("set-cookie")
+        kept = [c for c in set_cookies if not c.strip().startswith(cookies.HUB_COOKIE_PREFIX)]
+        if len(kept) != len(set_cookies):
+            flow.response.headers.set_all("set-cookie", kept)

@@ -1,0 +1,109 @@
+"""The control plane embedded in the proxy process: ``hubcontrol.Hub`` in a thread of its own.
+
+The thread runs an anyio event loop (``anyio.from_thread.start_blocking_portal``) with
+``Hub.run()`` as its main task. The proxy's event loop talks to it in two ways only:
+
+- cheap synchronous calls that never wait for the other thread (``snapshot()``, ``touch()``,
+  ``progress()``: a reference read and dict stores, documented thread-safe by ``Hub``);
+- slow work (starting an environment) handed over with ``portal.start_task_soon`` and awaited as
+  an ``asyncio`` future, never ``portal.call()`` from an async hook.
+
+Stopping the thread cancels ``Hub.run()``, which leaves every user environment running (the next
+hub process rebuilds its routes from the daemons).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from anyio.from_thread import start_blocking_portal
+
+log = logging.getLogger("hubproxy.runtime")
+
+
+class EmbeddedControlPlane:
+    """``hubproxy.context.ControlPlane`` over a ``Hub`` living in another thread's event loop."""
+
+    def __init__(self, hub, portal, running: Callable[[], bool] = lambda: True) -> None:
+        self.hub = hub
+        self.portal = portal
+        self._running = running
+        self._starts: dict[str, asyncio.Future] = {}
+
+    def route(self, user: str):
+        return self.hub.snapshot().get(user)
+
+    def touch(self, user: str, kind: str) -> None:
+        self.hub.touch(user, kind)
+
+    def progress(self, user: str):
+        return self.hub.progress(user)
+
+    def start(self, user: str, template: str | None) -> asyncio.Future:
+        """Start ``user``'s environment; concurrent calls share one start (one per user)."""
+        pending = self._starts.get(user)
+        if pending is not None and not pending.done():
+            return pending
+        future = asyncio.wrap_future(
+            self.portal.start_task_soon(self.hub.ensure_running, user, template)
+        )
+        self._starts[user] = future
+
+        def finished(f: asyncio.Future, user: str = user) -> None:
+            if self._starts.get(user) is f:
+                del self._starts[user]
+            if f.cancelled():
+                return
+            if (e := f.exception()) is not None:
+                log.warning(
+                    "hub: starting %s's environment failed: %s", user, getattr(e, "log_message", e)
+                )
+
+        future.add_done_callback(finished)
+        return future
+
+    def health(self) -> dict:
+        ok = self._running()
+        return {
+            "ok": ok,
+            "control_plane": "running" if ok else "stopped",
+            "starting": sorted(self._starts),
+        }
+
+
+class ControlThread:
+    """Runs ``Hub.run()`` in a thread; ``start()`` returns once the hub reported it is ready."""
+
+    def __init__(self, hub) -> None:
+        self.hub = hub
+        self._stack = contextlib.ExitStack()
+        self.portal = None
+        self._run = None
+
+    def start(self, timeout: float | None = None) -> EmbeddedControlPlane:
+        self.portal = self._stack.enter_context(start_blocking_portal())
+        try:
+            self._run, _ = self.portal.start_task(self.hub.run, name="hub.run")
+        except BaseException:
+            self._stack.close()
+            raise
+        return EmbeddedControlPlane(self.hub, self.portal, self.running)
+
+    def running(self) -> bool:
+        return self._run is not None and not self._run.done()
+
+    def failure(self) -> BaseException | None:
+        if self._run is None or not self._run.done() or self._run.cancelled():
+            return None
+        return self._run.exception()
+
+    def stop(self) -> None:
+        """Cancel ``Hub.run()`` (environments keep running) and end the thread."""
+        if self._run is not None and not self._run.done():
+            self._run.cancel()
+        with contextlib.suppress(Exception):
+            self._stack.close()
+        log.info("hub: control plane stopped (user environments keep running)")

@@ -1,0 +1,138 @@
+"""Test doubles for addon tests: a control plane that records calls.
+
+The real one (``hubproxy.runtime.EmbeddedControlPlane`` over ``hubcontrol.Hub``) is exercised by
+the integration and end-to-end tests; these unit tests check the request path's decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from dataclasses import dataclass, field
+
+from mitmproxy import http
+from mitmproxy.test import tflow
+
+from hubcontrol.config import HubConfig, OAuthConfig, Template
+from hubproxy.context import HubContext
+from hubproxy.pipeline import hub_addons
+
+SECRET = "s" * 64
+NOW = 1_800_000_000
+
+
+@dataclass
+class Route:
+    user: str
+    state: str
+    service_ip: str
+    ports: dict
+
+
+@dataclass
+class Progress:
+    state: str = "starting"
+    step: str | None = "daemon"
+    message: str | None = "Starting your Docker daemon"
+    error: str | None = None
+
+
+@dataclass
+class FakeControl:
+    routes: dict = field(default_factory=dict)
+    touches: list = field(default_factory=list)
+    starts: list = field(default_factory=list)
+    fail_route: bool = False
+    _pending: dict = field(default_factory=dict)
+
+    def route(self, user):
+        if self.fail_route:
+            raise RuntimeError("boom")
+        return self.routes.get(user)
+
+    def touch(self, user, kind):
+        self.touches.append((user, kind))
+
+    def progress(self, user):
+        return Progress()
+
+    def start(self, user, template):
+        if user in self._pending:
+            return self._pending[user]
+        self.starts.append((user, template))
+        fut = asyncio.get_event_loop().create_future()
+        self._pending[user] = fut
+        return fut
+
+    def health(self):
+        return {"ok": True, "control_plane": "running"}
+
+
+def make_config(tmp_path, **overrides) -> HubConfig:
+    values = dict(
+        routes={"term": 7681, "code": 8080},
+        templates={"default": Template("default", "img"), "python": Template("python", "py")},
+        base_domain="example.com",
+        oauth=OAuthConfig(
+            client_id="hub",
+            client_secret="secret",
+            authorize_url="http://idp.test/auth",
+            token_url="http://idp.test/token",
+            userinfo_url="http://idp.test/me",
+            userinfo_path="sub",
+        ),
+        state_dir=tmp_path,
+    )
+    values.update(overrides)
+    return HubConfig(**values)
+
+
+def make_context(tmp_path, control=None, **overrides) -> HubContext:
+    context = HubContext(clock=lambda: NOW)
+    context.setup(make_config(tmp_path, **overrides), control or FakeControl(), SECRET)
+    return context
+
+
+def flow(
+    host="term.example.com",
+    path="/",
+    method="GET",
+    headers=(),
+    navigate=True,
+    authority="",
+) -> http.HTTPFlow:
+    hdrs = [(b"host", host.encode())]
+    if navigate:
+        hdrs.append((b"sec-fetch-mode", b"navigate"))
+    hdrs += [(k.encode(), v.encode()) for k, v in headers]
+    req = http.Request(
+        "0.0.0.0",
+        1,
+        method.encode(),
+        b"http",
+        authority.encode(),
+        path.encode(),
+        b"HTTP/1.1",
+        http.Headers(hdrs),
+        b"",
+        None,
+        NOW,
+        NOW,
+    )
+    f = tflow.tflow(req=req)
+    f.response = None
+    return f
+
+
+async def run_request(addons, f) -> http.HTTPFlow:
+    for addon in addons:
+        hook = getattr(addon, "requestheaders", None)
+        if hook is not None:
+            result = hook(f)
+            if inspect.isawaitable(result):
+                await result
+    return f
+
+
+def pipeline(context):
+    return hub_addons(context)

@@ -1,0 +1,359 @@
+"""The request-path addons in mitmproxy's test context (taddons), without a network."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from mitmproxy.test import taddons, tflow
+from mitmproxy.websocket import WebSocketMessage
+from wsproto.frame_protocol import Opcode
+
+from hubproxy import cookies
+from hubproxy.context import SESSION, USER
+from hubproxy.state import state_cookie_name
+from tests.hubproxy.support import (
+    NOW,
+    FakeControl,
+    Route,
+    flow,
+    make_context,
+    pipeline,
+    run_request,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def setup(tmp_path):
+    control = FakeControl()
+    context = make_context(tmp_path, control)
+    addons = pipeline(context)
+    with taddons.context(*addons):
+        yield context, control, addons
+
+
+def login_cookie(context, user="alice", **kw):
+    session = context.sessions.create(user, **kw)
+    token = cookies.make_session_token(
+        cookies.SessionCookie(user, session.sid, session.exp), context.session_key
+    )
+    return session, f"{cookies.SESSION_COOKIE}={token}"
+
+
+def running(control, user="alice", ip="10.208.0.2"):
+    control.routes[user] = Route(user, "running", ip, {"term": 7681, "code": 8080})
+
+
+# -- host and path decisions ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "status"),
+    [
+        ("evil.org", "/", 404),
+        ("desktop.example.com", "/", 404),  # prefix not configured
+        ("127.0.0.1:7112", "/", 400),
+        ("[::1]", "/", 400),
+        ("term.example.com.", "/", 400),
+        ("term.example.com:abc", "/", 400),
+        ("alice@term.example.com", "/", 400),
+        ("term.example.com", "/_hub/%2e%2e/api/status", 400),
+        ("term.example.com", "/_hub/api%2fstatus", 400),
+        ("term.example.com", "/_hub//login", 400),
+        ("term.example.com", "/_hub/nothing-here", 302),  # needs a session first
+        ("example.com", "/", 302),  # the bare domain goes to the hub's index
+    ],
+)
+async def test_host_and_path_refusals(setup, host, path, status):
+    context, control, addons = setup
+    f = await run_request(addons, flow(host=host, path=path))
+    assert f.response is not None and f.response.status_code == status
+    assert control.touches == [] and control.starts == []
+
+
+async def test_absolute_form_target_must_match_host(setup):
+    context, control, addons = setup
+    running(control)
+    _, cookie = login_cookie(context)
+    f = flow(headers=[("cookie", cookie)], authority="bob-env.example.com")
+    await run_request(addons, f)
+    assert f.response.status_code == 400
+    f = flow(headers=[("cookie", cookie)], authority="term.example.com:443")
+    await run_request(addons, f)
+    assert f.response is None  # routed
+
+
+# -- sessions ------------------------------------------------------------------------------
+
+
+async def test_no_session_navigation_redirects_to_login(setup):
+    _, control, addons = setup
+    f = await run_request(addons, flow(path="/some/where?x=1"))
+    assert f.response.status_code == 302
+    assert f.response.headers["location"] == "/_hub/login?next=%2Fsome%2Fwhere%3Fx%3D1"
+    assert control.starts == []
+
+
+async def test_no_session_api_or_websocket_is_401(setup):
+    _, _, addons = setup
+    f = await run_request(addons, flow(navigate=False, headers=[("upgrade", "websocket")]))
+    assert f.response.status_code == 401
+    f = await run_request(addons, flow(path="/_hub/api/status", navigate=False))
+    assert f.response.status_code == 401
+    assert f.response.headers["content-type"] == "application/json"
+
+
+def _forgeries(context):
+    good = cookies.make_session_token(
+        cookies.SessionCookie("alice", "nosuchsid", NOW + 60), context.session_key
+    )
+    other_key = cookies.make_session_token(
+        cookies.SessionCookie("alice", "x", NOW + 60), cookies.derive_key("t" * 64, "session")
+    )
+    return [good, other_key, "garbage", good[:-3] + "AAA"]
+
+
+async def test_forged_and_unknown_sessions_are_refused(setup):
+    context, control, addons = setup
+    running(control)
+    for value in _forgeries(context):
+        f = await run_request(
+            addons, flow(headers=[("cookie", f"{cookies.SESSION_COOKIE}={value}")])
+        )
+        assert f.response.status_code == 302, value
+    assert control.touches == []
+
+
+async def test_cookie_of_one_user_with_session_of_another_is_refused(setup):
+    context, control, addons = setup
+    running(control, "bob", "10.208.1.2")
+    bob_session, _ = login_cookie(context, "bob")
+    forged = cookies.make_session_token(
+        cookies.SessionCookie("alice", bob_session.sid, NOW + 60), context.session_key
+    )
+    f = await run_request(addons, flow(headers=[("cookie", f"{cookies.SESSION_COOKIE}={forged}")]))
+    assert f.response.status_code == 302
+
+
+async def test_expired_and_revoked_sessions_are_refused(setup):
+    context, control, addons = setup
+    running(control)
+    session, cookie = login_cookie(context, ttl=10)
+    context.clock = lambda: NOW + 11
+    context.sessions.clock = context.clock
+    f = await run_request(addons, flow(headers=[("cookie", cookie)]))
+    assert f.response.status_code == 302
+    context.clock = lambda: NOW
+    context.sessions.clock = context.clock
+    session, cookie = login_cookie(context)
+    context.sessions.revoke(session.sid)
+    f = await run_request(addons, flow(headers=[("cookie", cookie)]))
+    assert f.response.status_code == 302
+
+
+async def test_second_valid_cookie_is_used_when_first_is_stale(setup):
+    context, control, addons = setup
+    running(control)
+    _, cookie = login_cookie(context)
+    stale = f"{cookies.SESSION_COOKIE}=stale.value"
+    f = await run_request(addons, flow(headers=[("cookie", f"{stale}; {cookie}")]))
+    assert f.response is None and f.metadata[USER] == "alice"
+
+
+# -- routing -------------------------------------------------------------------------------
+
+
+async def test_routes_to_own_environment_and_strips_hub_cookies(setup):
+    context, control, addons = setup
+    running(control, "alice", "10.208.0.2")
+    running(control, "bob", "10.208.1.2")
+    _, cookie = login_cookie(context, "alice")
+    f = flow(
+        host="code.example.com",
+        headers=[
+            ("cookie", f"a=1; {cookie}; {state_cookie_name('n')}=n; b=2"),
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    await run_request(addons, f)
+    assert f.response is None
+    assert (f.request.data.host, f.request.data.port) == ("10.208.0.2", 8080)
+    assert f.request.host_header == "code.example.com"
+    assert f.request.headers["cookie"] == "a=1; b=2"
+    assert f.request.headers["x-forwarded-for"].startswith("198.51.100.7, ")
+    assert f.request.headers["x-forwarded-proto"] == "https"
+    assert f.request.headers["x-forwarded-host"] == "code.example.com"
+    assert f.request.stream is True
+    assert control.touches == [("alice", "http")]
+
+
+async def test_cookie_header_removed_when_only_hub_cookies(setup):
+    context, control, addons = setup
+    running(control)
+    _, cookie = login_cookie(context)
+    f = await run_request(addons, flow(headers=[("cookie", cookie)]))
+    assert "cookie" not in f.request.headers
+
+
+async def test_environment_cannot_set_hub_cookies(setup):
+    context, control, addons = setup
+    running(control)
+    _, cookie = login_cookie(context)
+    f = await run_request(addons, flow(headers=[("cookie", cookie)]))
+    f.response = tflow.tresp()
+    f.response.headers.add("set-cookie", f"{cookies.SESSION_COOKIE}=evil; Domain=example.com")
+    f.response.headers.add("set-cookie", "theirs=1")
+    for addon in addons:
+        if hasattr(addon, "responseheaders"):
+            addon.responseheaders(f)
+    assert f.response.headers.get_all("set-cookie") == ["theirs=1"]
+    assert f.response.stream is True
+
+
+async def test_not_running_shows_progress_and_starts_once(setup):
+    context, control, addons = setup
+    session, cookie = login_cookie(context, template="python")
+    flows = [await run_request(addons, flow(headers=[("cookie", cookie)])) for _ in range(5)]
+    assert control.starts == [("alice", "python")]
+    assert all(f.response.status_code == 503 for f in flows)
+    page = flows[0].response
+    assert page.headers["content-type"].startswith("text/html")
+    assert b"/_hub/api/progress" in page.content and b"<script nonce=" in page.content
+    api = await run_request(addons, flow(headers=[("cookie", cookie)], navigate=False))
+    assert api.response.status_code == 503
+    assert api.response.headers["content-type"] == "application/json"
+
+
+async def test_progress_api_reports_ready_once_running(setup):
+    context, control, addons = setup
+    _, cookie = login_cookie(context)
+    f = await run_request(addons, flow(path="/_hub/api/progress", headers=[("cookie", cookie)]))
+    assert f.response.status_code == 200 and b'"ready":false' in f.response.content
+    running(control)
+    f = await run_request(addons, flow(path="/_hub/api/progress", headers=[("cookie", cookie)]))
+    assert b'"ready":true' in f.response.content
+
+
+async def test_health_is_public(setup):
+    _, _, addons = setup
+    f = await run_request(addons, flow(path="/_hub/health", navigate=False))
+    assert f.response.status_code == 200 and b'"ok":true' in f.response.content
+
+
+async def test_hook_error_fails_closed(setup):
+    context, control, addons = setup
+    running(control)
+    control.fail_route = True
+    _, cookie = login_cookie(context)
+    f = await run_request(addons, flow(headers=[("cookie", cookie)]))
+    assert f.response.status_code == 500
+    assert f.request.data.host == "0.0.0.0"  # never sent anywhere
+
+
+async def test_not_ready_context_answers_503(tmp_path):
+    from hubproxy.context import HubContext
+
+    addons = pipeline(HubContext())
+    with taddons.context(*addons):
+        f = await run_request(addons, flow())
+    assert f.response.status_code == 503
+
+
+# -- WebSockets ------------------------------------------------------------------------------
+
+
+async def test_websocket_frames_touch_both_ways_and_are_not_kept(setup):
+    context, control, addons = setup
+    running(control)
+    session, _ = login_cookie(context)
+    f = tflow.twebsocketflow()
+    f.metadata.update({USER: "alice", SESSION: session, "hub.routed": True})
+    activity = addons[-1]
+    activity.websocket_start(f)
+    assert f in context.websockets[session.sid]
+    for from_client in (True, False):
+        f.websocket.messages.append(WebSocketMessage(Opcode.TEXT, from_client, b"x"))
+        activity.websocket_message(f)
+        assert f.websocket.messages == []
+    assert control.touches == [("alice", "ws-in"), ("alice", "ws-out")]
+    activity.websocket_end(f)
+    assert session.sid not in context.websockets
+
+
+# -- login -----------------------------------------------------------------------------------
+
+
+async def test_login_redirects_to_provider_with_pkce_and_state(setup):
+    context, _, addons = setup
+    f = await run_request(
+        addons,
+        flow(
+            host="term.example.com",
+            path="/_hub/login?template=python&next=%2Fwork",
+            headers=[("x-forwarded-proto", "https")],
+        ),
+    )
+    assert f.response.status_code == 302
+    url = urlsplit(f.response.headers["location"])
+    q = {k: v[0] for k, v in parse_qs(url.query).items()}
+    assert f"{url.scheme}://{url.netloc}{url.path}" == "http://idp.test/auth"
+    assert q["code_challenge_method"] == "S256" and len(q["code_challenge"]) == 43
+    assert q["redirect_uri"] == "https://term.example.com/_hub/oauth/callback"
+    assert q["scope"] == "openid" and q["client_id"] == "hub" and q["response_type"] == "code"
+    set_cookie = f.response.headers["set-cookie"]
+    assert set_cookie.startswith("rediacc_hub_oauth_")
+    assert "Path=/_hub/oauth/callback" in set_cookie and "SameSite=Lax" in set_cookie
+    assert "Secure" in set_cookie and "Domain=example.com" in set_cookie
+    from hubproxy.cookies import unsign
+
+    state = unsign(q["state"], context.state_key, NOW)
+    assert state["r"] == "https://term.example.com/work" and state["t"] == "python"
+
+
+@pytest.mark.parametrize(
+    "next_url", ["https://evil.org/", "//evil.org", "/\\evil.org", "https://example.com.evil.org/"]
+)
+async def test_login_never_returns_to_a_foreign_site(setup, next_url):
+    context, _, addons = setup
+    from urllib.parse import quote
+
+    f = await run_request(addons, flow(path="/_hub/login?next=" + quote(next_url, safe="")))
+    q = parse_qs(urlsplit(f.response.headers["location"]).query)
+    from hubproxy.cookies import unsign
+
+    assert unsign(q["state"][0], context.state_key, NOW)["r"] == "http://term.example.com/"
+
+
+async def test_login_with_unknown_template_is_400(setup):
+    _, _, addons = setup
+    f = await run_request(addons, flow(path="/_hub/login?template=nope"))
+    assert f.response.status_code == 400 and b"python" in f.response.content
+
+
+async def test_callback_with_denied_consent_is_a_page_not_a_loop(setup):
+    _, _, addons = setup
+    f = await run_request(
+        addons, flow(path="/_hub/oauth/callback?error=access_denied&error_description=no")
+    )
+    assert f.response.status_code == 403 and b"declined" in f.response.content
+
+
+async def test_callback_with_bad_state_is_400(setup):
+    _, _, addons = setup
+    f = await run_request(addons, flow(path="/_hub/oauth/callback?code=x&state=forged"))
+    assert f.response.status_code == 400
+
+
+async def test_logout_revokes_the_session(setup):
+    context, control, addons = setup
+    running(control)
+    session, cookie = login_cookie(context)
+    f = await run_request(addons, flow(path="/_hub/logout", headers=[("cookie", cookie)]))
+    assert f.response.status_code == 200
+    assert any("Max-Age=0" in c for c in f.response.headers.get_all("set-cookie"))
+    assert context.sessions.get(session.sid, "alice") is None
+    f = await run_request(addons, flow(headers=[("cookie", cookie)]))
+    assert f.response.status_code == 302

@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import pytest
+
+from hubproxy import oauth
+from hubproxy.router import forwarded_for, upstream
+from tests.hubproxy.support import Route
+
+NEXTCLOUD = {"ocs": {"meta": {"status": "ok"}, "data": {"id": "alice", "groups": ["dev"]}}}
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "user"),
+    [
+        ({"preferred_username": "alice"}, "preferred_username", "alice"),
+        ({"login": "octocat", "id": 1}, "login", "octocat"),
+        (NEXTCLOUD, "ocs.data.id", "alice"),
+        ({"id": 42}, "id", "42"),
+        ({"emails": ["a@x", "b@x"]}, "emails.1", "b@x"),
+        ({"sub": "  padded "}, "sub", "padded"),
+    ],
+)
+def test_username_from_userinfo(data, path, user):
+    assert oauth.username_from_userinfo(data, path) == user
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({}, "sub"),
+        ({"ocs": {"data": {}}}, "ocs.data.id"),
+        ({"ocs": "x"}, "ocs.data.id"),
+        ({"sub": ""}, "sub"),
+        ({"sub": None}, "sub"),
+        ({"sub": True}, "sub"),
+        ({"sub": {"a": 1}}, "sub"),
+        (["alice"], "sub"),
+        ({"emails": ["a"]}, "emails.3"),
+    ],
+)
+def test_username_missing_is_a_provider_error(data, path):
+    with pytest.raises(oauth.ProviderError) as e:
+        oauth.username_from_userinfo(data, path)
+    assert e.value.status == 502 and path in e.value.detail
+
+
+@pytest.mark.parametrize(
+    ("data", "groups"),
+    [
+        ({"groups": ["dev", "ops"]}, ("dev", "ops")),
+        ({"groups": "dev, ops"}, ("dev", "ops")),
+        ({"groups": "dev ops"}, ("dev", "ops")),
+        ({"groups": [1, "x", None, {}]}, ("1", "x")),
+        ({}, ()),
+        ({"groups": None}, ()),
+    ],
+)
+def test_groups_from_userinfo(data, groups):
+    assert oauth.groups_from_userinfo(data) == groups
+
+
+@pytest.mark.parametrize(
+    ("groups", "allowed_groups", "ok"),
+    [
+        ((), frozenset(), True),
+        (("dev",), frozenset({"dev", "ops"}), True),
+        (("guest",), frozenset({"dev"}), False),
+        ((), frozenset({"dev"}), False),
+    ],
+)
+def test_allowed(groups, allowed_groups, ok):
+    assert oauth.allowed(groups, allowed_groups) is ok
+
+
+@pytest.mark.parametrize(
+    ("extra", "scope"),
+    [((), "openid"), (("read:user",), "openid read:user"), (("openid", "groups"), "openid groups")],
+)
+def test_effective_scopes(extra, scope):
+    assert oauth.effective_scopes(extra) == scope
+
+
+def test_redirect_uri():
+    assert oauth.redirect_uri(None, "https", "Term.Example.com") == (
+        "https://term.example.com/_hub/oauth/callback"
+    )
+    assert oauth.redirect_uri(None, "http", "term.localhost:7112") == (
+        "http://term.localhost:7112/_hub/oauth/callback"
+    )
+    assert oauth.redirect_uri("https://x/cb", "http", "term.localhost") == "https://x/cb"
+
+
+PORTS = {"term": 7681, "code": 8080}
+
+
+@pytest.mark.parametrize(
+    ("route", "prefix", "address"),
+    [
+        (Route("a", "running", "10.208.0.2", PORTS), "term", ("10.208.0.2", 7681)),
+        (Route("a", "running", "10.208.0.2", {}), "code", ("10.208.0.2", 8080)),
+        (Route("a", "running", "10.208.0.2", PORTS), "desktop", None),
+        (Route("a", "starting", "10.208.0.2", PORTS), "term", None),
+        (Route("a", "checkpointed", "10.208.0.2", PORTS), "term", None),
+        (Route("a", "running", None, PORTS), "term", None),
+        (None, "term", None),
+    ],
+)
+def test_upstream(route, prefix, address):
+    assert upstream(route, prefix, PORTS) == address
+
+
+def test_forwarded_for():
+    assert forwarded_for(None, "10.0.0.1") == "10.0.0.1"
+    assert forwarded_for("1.2.3.4", "10.0.0.1") == "1.2.3.4, 10.0.0.1"

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Build the local environment image rediacc-hub/env:latest into the host dockerd, without any
-# registry: a Debian 12 minbase rootfs (debootstrap, cached), bash, ttyd, python3, tini, a docker
+# registry: a Debian minbase rootfs (debootstrap, cached), bash, ttyd, python3, tini, a docker
 # CLI, user vscode (1000) and /workspace, imported with `docker import`.
+#
+# Why Debian 13 (trixie) and not the host's Debian 12: ttyd is in neither bookworm, its backports
+# nor trixie; only unstable (sid) ships it, and sid's ttyd needs nothing newer than trixie has. So
+# the image is trixie plus that one package from sid (apt-pinned to ttyd alone, then the sid source
+# is removed again so `apt-get install` inside an environment stays plain trixie).
 #
 # The image carries a label with a hash of this recipe (this script and the docker CLI copied in);
 # when the image in the daemon has the same hash, the build is skipped. --force rebuilds anyway.
@@ -10,7 +15,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_root "$@"
 
 CACHE=${REDIACC_IMAGE_CACHE:-/var/cache/rediacc/image-build}
-SUITE=bookworm
+SUITE=trixie
+TTYD_SUITE=sid
 PACKAGES=(bash ttyd python3 ca-certificates procps iproute2 tini)
 DOCKER_CLI=/usr/bin/docker # docker.io's CLI: built for Debian 12, so it runs in the image as is
 LABEL=org.rediacc.hub.recipe
@@ -91,7 +97,22 @@ if mirror_line=$(grep -E '^deb ' "$rootfs/etc/apt/sources.list" | head -n1); the
 		echo "deb $uri $SUITE-updates main"
 		echo "deb ${uri%/debian*}/debian-security $SUITE-security main"
 	} >"$rootfs/etc/apt/sources.list"
+	echo "deb $uri $TTYD_SUITE main" >"$rootfs/etc/apt/sources.list.d/ttyd-from-$TTYD_SUITE.list"
 fi
+# Follow the host's apt on Release-file expiry (some package mirrors serve a frozen snapshot).
+eval "$(apt-config shell HOST_VALID_UNTIL Acquire::Check-Valid-Until)"
+if [[ ${HOST_VALID_UNTIL:-} == false ]]; then
+	echo 'Acquire::Check-Valid-Until "false";' >"$rootfs/etc/apt/apt.conf.d/99rediacc-build"
+fi
+cat >"$rootfs/etc/apt/preferences.d/ttyd-from-$TTYD_SUITE" <<EOF
+Package: *
+Pin: release n=$TTYD_SUITE
+Pin-Priority: 1
+
+Package: ttyd
+Pin: release n=$TTYD_SUITE
+Pin-Priority: 500
+EOF
 
 in_chroot() { chroot "$rootfs" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 	DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 HOME=/root "$@"; }
@@ -105,6 +126,8 @@ in_chroot apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >>"$CA
 	die "apt-get install in the image failed (log: $CACHE/apt.log)"
 }
 in_chroot apt-get upgrade -y -qq >>"$CACHE/apt.log" 2>&1 || die "apt-get upgrade in the image failed (log: $CACHE/apt.log)"
+rm -f "$rootfs/etc/apt/sources.list.d/ttyd-from-$TTYD_SUITE.list" "$rootfs/etc/apt/preferences.d/ttyd-from-$TTYD_SUITE" \
+	"$rootfs/etc/apt/apt.conf.d/99rediacc-build"
 in_chroot apt-get clean
 
 install -m 755 "$DOCKER_CLI" "$rootfs/usr/bin/docker"
@@ -133,7 +156,7 @@ tar -C "$rootfs" --numeric-owner -cf - . | docker import \
 	--change 'CMD ["bash"]' \
 	--change "LABEL $LABEL=$recipe" \
 	--change "LABEL org.opencontainers.image.title=rediacc-hub-env" \
-	--change "LABEL org.opencontainers.image.description=Debian $SUITE with bash, ttyd, python3, tini and a docker CLI; user vscode (1000)" \
+	--change "LABEL org.opencontainers.image.description=\"Debian $SUITE with bash, ttyd, python3, tini and a docker CLI; user vscode (1000)\"" \
 	--message "scripts/build-image.sh recipe $recipe" \
 	- "$ENV_IMAGE" >/dev/null
 rm -rf "$rootfs"

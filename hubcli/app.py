@@ -23,6 +23,10 @@ def _root() -> None:
 # Each module in hubcli/commands/ exposes ``register(app)``; the order here is the order in --help.
 COMMANDS: list[str] = [
     "config",
+    "install",
+    "uninstall",
+    "gc",
+    "start",
 ]
 
 for _name in COMMANDS:

@@ -1,0 +1,190 @@
+"""``hub install COMPOSE_FILE``: turn the hub's compose service into a systemd unit, its labels file,
+its environment file and Traefik routes, then start it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.panel import Panel
+from rich.syntax import Syntax
+from rich.table import Table
+
+from hubcli.output import EXIT_FAILURE, EXIT_USAGE, console, err_console, fail, print_warning
+from hubcontrol import install as inst
+from hubcontrol.compose import load_compose
+from hubcontrol.config import load_config
+from hubcontrol.errors import ConfigError, HubError
+
+STATUS_STYLE = {
+    "created": "green",
+    "updated": "yellow",
+    "unchanged": "dim",
+    "removed": "red",
+    "absent": "dim",
+}
+
+ComposeArg = Annotated[
+    Path, typer.Argument(help="the repo's docker-compose.yml", show_default=False)
+]
+RootOpt = Annotated[
+    Path,
+    typer.Option("--root", help="write under this directory instead of / (packaging, tests)"),
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="show what would change; write nothing")]
+
+
+def hub_executable() -> str:
+    """The absolute path of the ``hub`` command of this installation (kept unresolved, so a
+    symlink such as /usr/local/bin/hub survives upgrades)."""
+    sibling = Path(sys.executable).parent / "hub"
+    if sibling.is_file() and os.access(sibling, os.X_OK):
+        return str(sibling)
+    found = shutil.which("hub")
+    if found:
+        return os.path.abspath(found)
+    raise ConfigError("cannot find the `hub` executable; install the package so `hub` is on PATH")
+
+
+def _lexer(path: Path) -> str:
+    return {".service": "ini", ".yaml": "yaml"}.get(path.suffix, "bash")
+
+
+def _redacted(content: str) -> str:
+    lines = []
+    for line in content.splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            line = line.split("=", 1)[0] + "=<redacted>"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _would(art: inst.Artefact, root: Path) -> str:
+    target = art.under(root)
+    try:
+        same = target.read_text(encoding="utf-8") == art.content
+        return "unchanged" if same and (target.stat().st_mode & 0o7777) == art.mode else "updated"
+    except FileNotFoundError:
+        return "created"
+    except (OSError, UnicodeDecodeError):
+        return "updated"
+
+
+def _changes_table(
+    changes: list[inst.Change], artefacts: list[inst.Artefact] | None = None, title: str = ""
+) -> Table:
+    table = Table(title=title or None, title_justify="left")
+    table.add_column("file", overflow="fold")
+    table.add_column("what")
+    table.add_column("mode")
+    table.add_column("status")
+    whats = {a.path.name: (a.what, f"{a.mode:04o}") for a in artefacts or []}
+    for change in changes:
+        what, mode = whats.get(change.path.name, ("", ""))
+        style = STATUS_STYLE.get(change.status, "")
+        table.add_row(escape(str(change.path)), what, mode, f"[{style}]{change.status}[/]")
+    return table
+
+
+def print_systemctl_hint(cmds: list[list[str]], root: Path, why: str) -> None:
+    console.print(f"[yellow]systemd not used:[/] {escape(why)}. Run these where the hub will run:")
+    for cmd in cmds:
+        console.print("  " + escape(" ".join(cmd)))
+
+
+def systemd_absent_reason(root: Path) -> str:
+    if root.resolve() != Path("/"):
+        return f"files were written under --root {root}"
+    try:
+        pid1 = Path("/proc/1/comm").read_text().strip()
+    except OSError:
+        pid1 = "unknown"
+    return f"PID 1 is {pid1!r}, not systemd"
+
+
+def install_command(
+    compose_file: ComposeArg,
+    service: Annotated[
+        str | None,
+        typer.Option(
+            "--service",
+            help="the compose service, when several are labelled rediacc.install_as=systemd",
+        ),
+    ] = None,
+    env_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--env-file",
+            help="extra env file with HUB_* variables (wins over the service's env_file)",
+        ),
+    ] = None,
+    root: RootOpt = Path("/"),
+    dry_run: DryRunOpt = False,
+    upstream_host: Annotated[
+        str,
+        typer.Option("--upstream-host", help="address Traefik uses to reach the hub's --port"),
+    ] = inst.DEFAULT_UPSTREAM_HOST,
+) -> None:
+    """Install the hub as the systemd service rediacc-hub and start it.
+
+    Writes /etc/systemd/system/rediacc-hub.service, /etc/rediacc/hub/hub.labels.yaml,
+    /etc/rediacc/hub/hub.env (0600, the env_file's secrets) and
+    /opt/rediacc/proxy/traefik/dynamic/rediacc-hub.yaml, rewriting only what changed; then
+    `systemctl daemon-reload && systemctl enable --now rediacc-hub` where systemd runs.
+    Exit codes: 0 installed (or nothing to change), 1 writing or systemctl failed, 2 bad
+    compose file, env file or configuration.
+    """
+    try:
+        svc = load_compose(compose_file, service=service, env_file=env_file)
+        # Refuse to install a configuration the hub would refuse to start with.
+        load_config(compose_file, service=service, env_file=env_file)
+        artefacts = inst.plan_install(svc, hub_exe=hub_executable(), upstream_host=upstream_host)
+    except ConfigError as exc:
+        fail(exc, EXIT_USAGE)
+    for warning in svc.warnings:
+        print_warning(warning)
+
+    if dry_run:
+        for art in artefacts:
+            status = _would(art, root)
+            body = _redacted(art.content) if art.secret else art.content
+            title = f"{art.under(root)}  [dim]({art.what}, {art.mode:04o}, would be {status})[/]"
+            console.print(
+                Panel(
+                    Syntax(body, _lexer(art.path), word_wrap=True), title=title, title_align="left"
+                )
+            )
+        console.print("[dim]dry run: nothing written[/]")
+        return
+
+    if root.resolve() == Path("/") and os.geteuid() != 0:
+        fail(
+            "hub install writes to /etc and /opt: run it as root (sudo hub install ...)",
+            EXIT_FAILURE,
+        )
+    try:
+        changes = inst.write_artefacts(artefacts, root)
+    except HubError as exc:
+        fail(exc, EXIT_FAILURE)
+    console.print(_changes_table(changes, artefacts, title="hub install"))
+    cmds = inst.install_commands(changes)
+    if inst.systemd_running(root):
+        try:
+            with err_console.status("systemctl daemon-reload, enable --now rediacc-hub ..."):
+                inst.run_systemctl(cmds)
+        except HubError as exc:
+            fail(exc, EXIT_FAILURE)
+        console.print(f"[green]started:[/] {inst.UNIT_NAME} (systemctl status {inst.UNIT_NAME})")
+    else:
+        print_systemctl_hint(cmds, root, systemd_absent_reason(root))
+    if all(c.status == "unchanged" for c in changes):
+        console.print("[dim]already installed: nothing changed[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("install")(install_command)

@@ -1,0 +1,215 @@
+"""``hub install`` / ``hub uninstall`` into a temporary root, as an operator runs them.
+
+The artefacts are checked the way their consumers read them: the unit with systemd's own
+``systemd-analyze verify`` (this machine has systemd's tools but PID 1 is not systemd), the labels
+file through the hub's configuration loader, the Traefik file as YAML against the labels.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hubcli.app import app
+from hubcontrol import install as inst
+from hubcontrol.compose import parse_env_file
+from hubcontrol.config import load_config
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "install"
+ENV = {
+    "DOCKER_SOCKET": "/var/run/docker.sock",
+    "REDIACC_NETWORK_ID": "2816",
+    "REDIACC_WORKING_DIR": "/mnt/rediacc/mounts/0123",
+}
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the seed's Quick Start repo (compose file and hub/.env) and its variables."""
+    dest = tmp_path / "repo"
+    shutil.copytree(FIXTURES / "quickstart", dest)
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("HUB_DOMAIN", raising=False)
+    return dest
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, [*args], catch_exceptions=False)
+
+
+def test_install_writes_valid_artefacts(repo: Path, tmp_path: Path):
+    root = tmp_path / "root"
+    result = run("install", str(repo / "docker-compose.yml"), "--root", str(root))
+    assert result.exit_code == 0, result.output
+    assert "created" in result.output
+    assert "systemctl enable --now rediacc-hub.service" in result.output  # no systemd here
+
+    unit = root / "etc/systemd/system/rediacc-hub.service"
+    if shutil.which("systemd-analyze"):
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True
+        )
+        assert verify.returncode == 0 and str(unit) not in verify.stderr, verify.stderr
+    parser = configparser.ConfigParser(strict=True, interpolation=None)
+    parser.optionxform = str
+    parser.read(unit)
+    service = parser["Service"]
+    exec_start = service["ExecStart"].split()
+    assert os.path.isabs(exec_start[0]) and os.access(exec_start[0], os.X_OK)
+    assert exec_start[1:] == [
+        "start",
+        "--docker-socket=/var/run/docker.sock",
+        "--network-id=2816",
+        "--port=7112",
+        "--base-domain=example.com",
+        "--workspace-dir=/mnt/rediacc/mounts/0123/devbox/workspaces",
+        "--idle-timeout=30m",
+        "--checkpoint",
+        "--labels",
+        "/etc/rediacc/hub/hub.labels.yaml",
+    ]
+    assert service["EnvironmentFile"] == "/etc/rediacc/hub/hub.env"
+    assert service["Restart"] == "on-failure" and service["KillMode"] == "process"
+    assert "User" not in service or service["User"] == "root"
+    assert parser["Install"]["WantedBy"] == "multi-user.target"
+
+    # Secrets: only in the 0600 env file, never in the unit, labels or Traefik files.
+    env = root / "etc/rediacc/hub/hub.env"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert parse_env_file(env, environ={}) == parse_env_file(repo / "hub/.env", environ={})
+    secret = parse_env_file(repo / "hub/.env", environ={})["HUB_OAUTH_CLIENT_SECRET"]
+    for public in root.rglob("*"):
+        if public.is_file() and public != env:
+            assert secret not in public.read_text(), public
+            assert stat.S_IMODE(public.stat().st_mode) & 0o022 == 0
+
+    # The labels file (with the installed env file) loads into the same configuration.
+    labels = root / "etc/rediacc/hub/hub.labels.yaml"
+    installed_env = yaml.safe_load(labels.read_text())["env_files"]
+    assert installed_env == ["/etc/rediacc/hub/hub.env"]
+    from_compose = load_config(repo / "docker-compose.yml")
+    from_labels = load_config(labels, env_file=env)
+    ignore = {"source", "service", "env_files", "warnings"}
+    for name in from_compose.__dataclass_fields__:
+        if name not in ignore:
+            assert getattr(from_labels, name) == getattr(from_compose, name), name
+
+    # Traefik: one router per seed route, each at the hub's port on loopback.
+    traefik = yaml.safe_load(
+        (root / "opt/rediacc/proxy/traefik/dynamic/rediacc-hub.yaml").read_text()
+    )
+    routers = traefik["http"]["routers"]
+    assert set(routers) == {"hub-code", "hub-term", "hub-desktop"}
+    for name, router in routers.items():
+        prefix = name.removeprefix("hub-")
+        assert router["rule"] == f"Host(`{prefix}.example.com`)"
+        assert router["entryPoints"] == ["websecure"]
+        assert router["tls"] == {"certResolver": "letsencrypt"}
+        servers = traefik["http"]["services"][router["service"]]["loadBalancer"]["servers"]
+        assert servers == [{"url": "http://127.0.0.1:7112"}]
+
+
+def test_install_is_idempotent_and_updates_on_change(repo: Path, tmp_path: Path):
+    root = tmp_path / "root"
+    compose = repo / "docker-compose.yml"
+    assert run("install", str(compose), "--root", str(root)).exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    again = run("install", str(compose), "--root", str(root))
+    assert again.exit_code == 0 and "nothing changed" in again.output
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()} == before
+
+    env = repo / "hub/.env"
+    env.write_text(env.read_text().replace("your-client-secret", "rotated-secret"))
+    changed = run("install", str(compose), "--root", str(root))
+    assert changed.exit_code == 0
+    assert "updated" in changed.output and "try-restart" in changed.output
+    assert "rotated-secret" in (root / "etc/rediacc/hub/hub.env").read_text()
+    assert (root / "etc/systemd/system/rediacc-hub.service").stat().st_mtime_ns == before[
+        root / "etc/systemd/system/rediacc-hub.service"
+    ]
+
+
+def test_dry_run_writes_nothing_and_hides_secrets(repo: Path, tmp_path: Path):
+    root = tmp_path / "root"
+    result = run("install", str(repo / "docker-compose.yml"), "--root", str(root), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert not root.exists()
+    assert "ExecStart=" in result.output and "hub-code" in result.output
+    assert "HUB_OAUTH_CLIENT_SECRET=<redacted>" in result.output
+    assert "your-client-secret" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda t: t.replace("rediacc.hub.route.code=8080", "rediacc.hub.route.code=eighty"),
+            "rediacc.hub.route.code",
+        ),
+        (lambda t: t.replace('"rediacc.install_as=systemd"', '"x=y"'), "install_as"),
+        (
+            lambda t: t.replace("loadbalancer.server.port=7112", "loadbalancer.server.port=abc", 1),
+            "1-65535",
+        ),
+        (lambda t: t.replace("    labels:\n", "    labels: [\n", 1), "docker-compose.yml:17:"),
+    ],
+)
+def test_install_refuses_bad_compose_files(repo: Path, tmp_path: Path, edit, message):
+    compose = repo / "docker-compose.yml"
+    compose.write_text(edit(compose.read_text()))
+    root = tmp_path / "root"
+    result = CliRunner().invoke(app, ["install", str(compose), "--root", str(root)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not root.exists()
+
+
+def test_install_refuses_missing_oauth_settings(repo: Path, tmp_path: Path):
+    env = repo / "hub/.env"
+    env.write_text("\n".join(x for x in env.read_text().splitlines() if "CLIENT_SECRET" not in x))
+    result = CliRunner().invoke(
+        app, ["install", str(repo / "docker-compose.yml"), "--root", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2
+    assert "HUB_OAUTH_CLIENT_SECRET" in result.output
+
+
+def test_uninstall_removes_artefacts_and_keeps_user_data(repo: Path, tmp_path: Path):
+    root = tmp_path / "root"
+    compose = repo / "docker-compose.yml"
+    assert run("install", str(compose), "--root", str(root)).exit_code == 0
+    data_root = root / "srv/ws/alice-docker"
+    data_root.mkdir(parents=True)
+    (data_root / ".networkid").write_text("32768\n")
+    (root / "srv/ws/alice").mkdir()
+
+    dry = run("uninstall", str(compose), "--root", str(root), "--dry-run")
+    assert dry.exit_code == 0 and "would be removed" in dry.output
+    assert (root / "etc/systemd/system/rediacc-hub.service").exists()
+
+    result = run("uninstall", str(compose), "--root", str(root))
+    assert result.exit_code == 0, result.output
+    for path in inst.ALL_PATHS:
+        assert not inst.under_root(root, path).exists()
+    assert (
+        "preserved" in result.output
+        and "/mnt/rediacc/mounts/0123/devbox/workspaces" in result.output
+    )
+    assert "systemctl disable --now rediacc-hub.service" in result.output
+    assert (data_root / ".networkid").exists() and (root / "srv/ws/alice").is_dir()
+    assert not (root / "etc/rediacc/hub").exists()
+
+    # Uninstalling twice, or after the repo is gone, is fine.
+    shutil.rmtree(repo)
+    again = CliRunner().invoke(app, ["uninstall", str(compose), "--root", str(root)])
+    assert again.exit_code == 0, again.output
+    assert "absent" in again.output

@@ -5,7 +5,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export ROOT
 
 # Where the host-side pieces live; the same paths on a developer's machine and in CI.
-CRIU_PREFIX=/opt/rediacc/criu
+CRIU_PREFIX=${REDIACC_CRIU_PREFIX:-/opt/rediacc/criu}
 HOST_DOCKER_SOCK=/var/run/docker.sock
 LOG_DIR=/var/log/rediacc
 ENV_IMAGE=rediacc-hub/env:latest

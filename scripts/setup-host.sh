@@ -47,19 +47,25 @@ fetch_criu_debs() {
 	local opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=-"
 		-o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
 		-o "Dir::Etc::Preferences=-" -o "Dir::Etc::PreferencesParts=$apt_dir/etc/preferences.d"
-		-o "APT::Architecture=amd64" -o "APT::Architectures=amd64" -o "Acquire::Languages=none")
+		-o "APT::Architecture=amd64" -o "APT::Architectures=amd64" -o "Acquire::Languages=none"
+		-o "APT::Sandbox::User=root") # the files sit in a root-only temp dir
 	say "fetching the pinned CRIU packages with apt-get download (no vendor dir at $VENDOR_DIR)"
 	apt-get "${opts[@]}" update -qq
 	(cd "$dir" && xargs -a "$PINS" apt-get "${opts[@]}" download -qq) ||
 		die "apt-get download failed for a pinned CRIU package (scripts/criu.packages): the mirror may no longer carry that exact version. Put the packages in $VENDOR_DIR (see docs/development.md)."
 	rm -rf "$apt_dir"
+	# apt names a file with an epoch pkg_EPOCH%3aVERSION_arch.deb; the sums (like Debian's pool) don't.
+	local f
+	for f in "$dir"/*%3a*.deb; do
+		[[ -e $f ]] && mv "$f" "$(sed -E 's/_[0-9]+%3a/_/' <<<"$f")"
+	done
 }
 
 # The first URI of this host's apt sources whose path ends in /NAME.
 apt_uri_for() {
 	local name=$1
-	cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
-		grep -oE 'https?://[^ ]+' | grep -E "/${name}/?\$" | head -n1 | grep .
+	{ cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true; } |
+		grep -v '^[[:space:]]*#' | grep -oE 'https?://[^ ]+' | grep -E "/${name}/?\$" | head -n1 | grep .
 }
 
 install_criu() {

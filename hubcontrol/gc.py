@@ -297,6 +297,8 @@ def disk_usage(path: Path) -> int:
     if not os.path.isdir(path) or os.path.islink(path):
         return total
     seen: set[tuple[int, int]] = set()
+    # Real mounts are skipped; BTRFS subvolumes (another st_dev, but no mount) are counted.
+    mounts = set(mounts_under(path))
     stack = [str(path)]
     while stack:
         current = stack.pop()
@@ -315,7 +317,7 @@ def disk_usage(path: Path) -> int:
                     continue
                 seen.add(key)
             total += st.st_blocks * 512
-            if entry.is_dir(follow_symlinks=False) and not os.path.ismount(entry.path):
+            if entry.is_dir(follow_symlinks=False) and entry.path not in mounts:
                 stack.append(entry.path)
     return total
 

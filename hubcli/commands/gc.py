@@ -18,16 +18,21 @@ from hubcontrol.errors import GCError
 ACTION_STYLE = {gc.Action.REMOVE: "red", gc.Action.KEEP: "green", gc.Action.REFUSE: "yellow"}
 
 
+def _count(n: int) -> str:
+    return f"{n} candidate" + ("" if n == 1 else "s")
+
+
 def _table(plan: gc.GCPlan, dry_run: bool) -> Table:
     title = f"hub gc {plan.workspace_dir} (max age {format_duration(plan.max_age)})"
     table = Table(title=title + (" [dim]dry run[/]" if dry_run else ""), title_justify="left")
-    for col in ("kind", "user", "net id", "age", "size", "action", "reason"):
+    for col in ("path", "kind", "user", "net id", "age", "size", "action", "reason"):
         table.add_column(col, justify="right" if col in ("net id", "age", "size") else "left")
     if not dry_run:
         table.add_column("outcome")
     order = {gc.Action.REMOVE: 0, gc.Action.REFUSE: 1, gc.Action.KEEP: 2}
     for e in sorted(plan.entries, key=lambda e: (order[e.action], e.user, str(e.path))):
         row = [
+            escape(str(e.path.relative_to(plan.workspace_dir))),
             str(e.kind),
             escape(e.user),
             "" if e.net_id is None else str(e.net_id),

@@ -1,0 +1,259 @@
+"""GC on real data-roots: a real dockerd running on one, a crashed one's leftover mounts, a
+configured-but-stopped daemon, and BTRFS subvolumes on a loop-mounted filesystem.
+
+dockerd is started here directly with the per-user layout (``<ws>/<u>-docker/.rediacc/docker``)
+rather than through the supervisor, so this test depends only on GC and a real daemon. It uses
+scratch index 46: bridge ``hubt46``, exec-root ``/run/hubt46``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hubcontrol import gc
+from hubcontrol.gc import Action, HostProbe
+
+pytestmark = pytest.mark.docker
+
+INDEX = 46
+BRIDGE = f"hubt{INDEX}"
+DAY = 86400.0
+
+
+def _sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+def age(root: Path, days: float) -> None:
+    stamp = time.time() - days * DAY
+    for rel in gc.USE_STAMPS:
+        p = root / rel
+        if p.exists():
+            os.utime(p, (stamp, stamp))
+
+
+def make_data_root(ws: Path, user: str, net_id: int) -> Path:
+    root = ws / f"{user}-docker"
+    (root / ".rediacc/docker/data").mkdir(parents=True, exist_ok=True)
+    (root / ".networkid").write_text(f"{net_id}\n")
+    (ws / user).mkdir(exist_ok=True)
+    (ws / user / "work.txt").write_text("the user's work")
+    return root
+
+
+@contextlib.contextmanager
+def dockerd_on(root: Path, exec_root: Path):
+    """A real dockerd whose data-root is ``root``'s; yields the Popen (its own process group)."""
+    daemon = root / ".rediacc/docker"
+    subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+    _sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    _sh("ip", "addr", "add", f"10.250.{INDEX}.1/24", "dev", BRIDGE)
+    _sh("ip", "link", "set", BRIDGE, "up")
+    (daemon / "daemon.json").write_text("{}")
+    sock = exec_root / "docker.sock"
+    cmd = [
+        "dockerd", "--data-root", str(daemon / "data"), "--exec-root", str(exec_root),
+        "-H", f"unix://{sock}", "--pidfile", str(daemon / "docker.pid"),
+        "--config-file", str(daemon / "daemon.json"), "--bridge", BRIDGE,
+        "--iptables=false", "--ip-masq=false",
+    ]  # fmt: skip
+    if os.path.exists("/run/containerd/containerd.sock"):
+        cmd += ["--containerd-namespace", BRIDGE, "--containerd-plugins-namespace", f"{BRIDGE}p"]
+    log = open(daemon / "dockerd.log", "ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (daemon / "dockerd.log").read_text()[-2000:]
+            with (
+                contextlib.suppress(httpx.HTTPError),
+                httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as client,
+            ):
+                if client.get("http://d/_ping", timeout=1).text == "OK":
+                    break
+            assert time.monotonic() < deadline, "dockerd did not answer /_ping within 30 s"
+            time.sleep(0.05)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+
+
+def _unmount_all(path: Path) -> None:
+    for m in gc.mounts_under(path):
+        subprocess.run(["umount", "-l", m], capture_output=True)
+
+
+@pytest.fixture
+def host(tmp_path: Path):
+    """Workspace dir, a probe pointing at test-only exec/claims/unit dirs; cleans every mount."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    exec_base = Path(f"/run/hubt{INDEX}")
+    units = tmp_path / "units"
+    units.mkdir()
+    probe = HostProbe(exec_base=exec_base, claims_dir=tmp_path / "netids", unit_dirs=(units,))
+    try:
+        yield ws, probe
+    finally:
+        _unmount_all(exec_base)
+        _unmount_all(tmp_path)
+        shutil.rmtree(exec_base, ignore_errors=True)
+
+
+def entry_for(plan: gc.GCPlan, path: Path) -> gc.GCEntry:
+    return next(e for e in plan.entries if e.path == path)
+
+
+def test_running_then_crashed_then_collected(host):
+    ws, probe = host
+    net_id = 32768 + 64 * 7
+    root = make_data_root(ws, "carol", net_id)
+    exec_root = probe.exec_base / str(net_id)
+    exec_root.mkdir(parents=True)
+    probe.claims_dir.mkdir()
+    (probe.claims_dir / str(net_id)).write_text(f"{root}\n")
+    with dockerd_on(root, exec_root) as proc:
+        age(root, 90)
+        plan = gc.plan_gc(ws, max_age=30 * DAY, probe=probe)
+        carol = entry_for(plan, root)
+        assert carol.action is Action.KEEP
+        assert f"dockerd pid {proc.pid}" in carol.reason
+        # even a plan made while it was idle is re-checked before removal
+        stale = gc.GCPlan(
+            plan.workspace_dir, plan.max_age, (dataclasses.replace(carol, action=Action.REMOVE),)
+        )
+        done = gc.apply_gc(stale, probe=probe)
+        assert done.entries[0].outcome.startswith("skipped: daemon running")
+        assert root.exists()
+
+        # crash: the whole process group dies at once, as in an OOM kill of its cgroup
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # What a crashed daemon leaves mounted (BRIEF): the data-root self-bind (measured here: the
+    # SIGKILL above leaves it) and, once it ran containers, netns/default; make sure of both.
+    data = root / ".rediacc/docker/data"
+    if not gc.mounts_under(data):
+        _sh("mount", "--bind", str(data), str(data))
+    (exec_root / "netns").mkdir(exist_ok=True)
+    (exec_root / "netns/default").touch()
+    if not gc.mounts_under(exec_root / "netns"):
+        _sh("mount", "--bind", "/proc/self/ns/net", str(exec_root / "netns/default"))
+    assert gc.mounts_under(root) and gc.mounts_under(exec_root)
+    age(root, 90)
+
+    plan = gc.plan_gc(ws, max_age=30 * DAY, probe=probe)
+    carol = entry_for(plan, root)
+    assert carol.action is Action.REMOVE, carol.reason
+    done = gc.apply_gc(plan, probe=probe)
+    assert entry_for(done, root).outcome.startswith("removed"), entry_for(done, root).outcome
+    assert "claim released" in entry_for(done, root).outcome
+    assert not root.exists() and not exec_root.exists()
+    assert not gc.mounts_under(ws) and not gc.mounts_under(probe.exec_base)
+    assert not (probe.claims_dir / str(net_id)).exists()
+    assert (ws / "carol/work.txt").read_text() == "the user's work"
+
+
+def test_configured_but_stopped_is_kept(host):
+    ws, probe = host
+    root = make_data_root(ws, "dave", 32768)
+    exec_root = probe.exec_base / "32768"
+    exec_root.mkdir(parents=True)
+    with dockerd_on(root, exec_root):
+        pass  # ran once, stopped cleanly
+    age(root, 400)
+    unit = probe.unit_dirs[0] / "rediacc-hub-docker@dave.service"
+    unit.write_text("[Service]\nExecStart=/usr/sbin/dockerd\n")
+    plan = gc.plan_gc(ws, max_age=30 * DAY, probe=probe)
+    dave = entry_for(plan, root)
+    assert dave.action is Action.KEEP and "configured" in dave.reason and str(unit) in dave.reason
+    gc.apply_gc(plan, probe=probe)
+    assert root.exists()
+    unit.unlink()
+    assert entry_for(gc.plan_gc(ws, max_age=30 * DAY, probe=probe), root).action is Action.REMOVE
+
+
+@pytest.fixture
+def btrfs_ws():
+    """A workspace dir on a loop-mounted BTRFS filesystem (the seed's setup)."""
+    if not shutil.which("mkfs.btrfs"):
+        pytest.fail("btrfs-progs missing: run scripts/setup-host.sh")
+    base = Path(tempfile.mkdtemp(prefix="hubgc-btrfs-", dir="/tmp"))
+    image = base / "fs.img"
+    mnt = base / "mnt"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(160 << 20)
+    _sh("mkfs.btrfs", "-q", str(image))
+    _sh("mount", "-o", "loop", str(image), str(mnt))
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_btrfs_subvolumes_are_deleted_as_subvolumes(btrfs_ws: Path, tmp_path: Path):
+    ws = btrfs_ws
+    root = ws / "erin-docker"
+    _sh("btrfs", "subvolume", "create", str(root))
+    (root / ".rediacc/docker/data/btrfs/subvolumes").mkdir(parents=True)
+    # docker's btrfs storage driver makes a subvolume per layer, nested in the data-root
+    layer = root / ".rediacc/docker/data/btrfs/subvolumes/abc123"
+    _sh("btrfs", "subvolume", "create", str(layer))
+    (layer / "bin").mkdir()
+    (layer / "bin/sh").write_bytes(b"\x7fELF" + b"\0" * 8192)
+    (root / ".networkid").write_text("32768\n")
+    (root / ".rediacc/docker/dockerd.log").write_text("")
+    (ws / "erin").mkdir()
+    age(root, 40)
+    probe = HostProbe(exec_base=tmp_path / "run", claims_dir=tmp_path / "netids", unit_dirs=())
+    plan = gc.plan_gc(ws, max_age=30 * DAY, probe=probe)
+    erin = entry_for(plan, root)
+    assert erin.action is Action.REMOVE and erin.size >= 8192
+    done = gc.apply_gc(plan, probe=probe)
+    assert entry_for(done, root).outcome == "removed (deleted BTRFS subvolume)"
+    assert not root.exists() and (ws / "erin").is_dir()
+    listed = subprocess.run(
+        ["btrfs", "subvolume", "list", str(ws)], capture_output=True, text=True
+    ).stdout
+    assert "erin-docker" not in listed
+
+
+def test_json_shape_is_stable(host):
+    ws, probe = host
+    make_data_root(ws, "fay", 32768)
+    entry = gc.plan_gc(ws, max_age=0, probe=probe).entries[0]
+    data = entry.to_json()
+    assert set(data) == {
+        "kind",
+        "path",
+        "user",
+        "net_id",
+        "age_seconds",
+        "size_bytes",
+        "action",
+        "reason",
+        "outcome",
+    }
+    json.dumps(data)

@@ -64,7 +64,8 @@ docker_ping() {
 	[[ $(curl -fsS --max-time 2 --unix-socket "$sock" http://docker/_ping 2>/dev/null) == OK ]]
 }
 
-# Content hash of files (names and bytes), for "is this already done?" stamps.
+# Content hash of files (their bytes, in order; not their paths), for "is this already done?" stamps.
 hash_files() {
-	sha256sum "$@" | sha256sum | cut -c1-16
+	local f
+	for f in "$@"; do sha256sum <"$f"; done | sha256sum | cut -c1-16
 }

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# THE first command of the README: a working hub on this machine, for trying it out.
+#
+#   sudo ./scripts/quickstart.sh          install what is missing, then start (or report) the hub
+#   sudo ./scripts/quickstart.sh status   what is running
+#   sudo ./scripts/quickstart.sh stop     stop the hub and the OIDC provider this script started
+#
+# Start: host setup, host dockerd, the local environment image, a local OpenID Connect provider on
+# 127.0.0.1 (panva's oidc-provider, whose development login form accepts any name and password),
+# a hub env file and hub.labels.yaml in /var/lib/rediacc/hub-local, then `hub start` in the
+# background. Open http://term.localhost:7112/ and you get a web terminal (ttyd) in your own
+# container, with your own dockerd behind `docker` in it.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+STATE=${QUICKSTART_DIR:-/var/lib/rediacc/hub-local}
+LOGS=${QUICKSTART_LOG_DIR:-$LOG_DIR/hub-local}
+HUB_PORT=${QUICKSTART_PORT:-7112}
+OIDC_PORT=${QUICKSTART_OIDC_PORT:-9090}
+BASE_DOMAIN=localhost
+ROUTE_PREFIX=term
+ROUTE_PORT=7681
+OIDC_PIDFILE="$STATE/run/oidc.pid"
+HUB_PIDFILE="$STATE/run/hub.pid"
+HUB="$ROOT/.venv/bin/hub"
+
+# PID from PIDFILE when that process is alive and its command line contains MARKER (a recycled PID
+# belongs to someone else and is never touched).
+live_pid() {
+	local pidfile=$1 marker=$2 pid
+	pid=$(cat "$pidfile" 2>/dev/null) || return 1
+	[[ $pid =~ ^[0-9]+$ ]] || return 1
+	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$marker" || return 1
+	echo "$pid"
+}
+
+stop_pid() {
+	local name=$1 pidfile=$2 marker=$3 pid
+	if ! pid=$(live_pid "$pidfile" "$marker"); then
+		note "$name: not running"
+		rm -f "$pidfile"
+		return
+	fi
+	kill -TERM "$pid"
+	local deadline=$((SECONDS + 20))
+	while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+	if kill -0 "$pid" 2>/dev/null; then
+		warn "$name (pid $pid) did not stop within 20 s; sending SIGKILL"
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	rm -f "$pidfile"
+	note "$name (pid $pid) stopped"
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+cmd_stop() {
+	require_root stop
+	say "stopping the quick-start hub"
+	stop_pid "hub" "$HUB_PIDFILE" "hub start"
+	stop_pid "OIDC provider" "$OIDC_PIDFILE" "provider.mjs"
+	note "User environments (their dockerd and container) keep running by design: the hub can"
+	note "restart without stopping them, and the next quickstart picks them up."
+}
+
+cmd_status() {
+	local pid
+	if pid=$(live_pid "$OIDC_PIDFILE" provider.mjs); then
+		note "OIDC provider: running (pid $pid) at http://127.0.0.1:$OIDC_PORT"
+	else note "OIDC provider: not running"; fi
+	if pid=$(live_pid "$HUB_PIDFILE" "hub start"); then
+		note "hub: running (pid $pid) at http://$ROUTE_PREFIX.$BASE_DOMAIN:$HUB_PORT/ (log: $LOGS/hub.log)"
+	else note "hub: not running"; fi
+}
+
+secret() { "$ROOT/.venv/bin/python" -c 'import secrets; print(secrets.token_hex(32))'; }
+
+write_config() {
+	mkdir -p "$STATE/run" "$STATE/workspaces" "$STATE/state" "$LOGS/audit"
+	chmod 700 "$STATE/run"
+	local secrets="$STATE/secrets.env"
+	if [[ ! -s $secrets ]]; then
+		(
+			umask 077
+			printf 'OIDC_CLIENT_SECRET=%s\nSESSION_SECRET=%s\n' "$(secret)" "$(secret)" >"$secrets"
+		)
+	fi
+	# shellcheck disable=SC1090
+	source "$secrets"
+	(
+		umask 077
+		cat >"$STATE/hub.env" <<EOF
+# Written by scripts/quickstart.sh: the local OIDC provider on 127.0.0.1:$OIDC_PORT.
+HUB_DOMAIN=$BASE_DOMAIN
+HUB_OAUTH_CLIENT_ID=hub
+HUB_OAUTH_CLIENT_SECRET=$OIDC_CLIENT_SECRET
+HUB_OAUTH_AUTHORIZE_URL=http://127.0.0.1:$OIDC_PORT/auth
+HUB_OAUTH_TOKEN_URL=http://127.0.0.1:$OIDC_PORT/token
+HUB_OAUTH_USERINFO_URL=http://127.0.0.1:$OIDC_PORT/me
+HUB_OAUTH_USERINFO_PATH=preferred_username
+HUB_SESSION_SECRET=$SESSION_SECRET
+EOF
+	)
+	cat >"$STATE/hub.labels.yaml" <<EOF
+# Written by scripts/quickstart.sh (format: docs/configuration.md). One route, term.localhost,
+# to a web terminal in each user's own container, with a dedicated dockerd per user.
+version: 1
+service: hub
+labels:
+  rediacc.hub.route.$ROUTE_PREFIX: "$ROUTE_PORT"
+  rediacc.hub.image: $ENV_IMAGE
+  rediacc.hub.command: ttyd --writable --port $ROUTE_PORT bash
+  rediacc.hub.docker: per-user
+EOF
+}
+
+start_oidc() {
+	local pid
+	if pid=$(live_pid "$OIDC_PIDFILE" provider.mjs); then
+		note "OIDC provider already running (pid $pid)"
+		return
+	fi
+	[[ -f $ROOT/tests/support/oidc/provider.mjs ]] ||
+		die "tests/support/oidc/provider.mjs is missing from this checkout: the local OIDC provider cannot start"
+	port_busy "$OIDC_PORT" &&
+		die "port $OIDC_PORT is taken by another program; choose another with QUICKSTART_OIDC_PORT=<port>"
+	local redirects="" p
+	for p in "$ROUTE_PREFIX.$BASE_DOMAIN" "$BASE_DOMAIN"; do
+		redirects+="${redirects:+,}\"http://$p:$HUB_PORT/_hub/oauth/callback\""
+	done
+	local options
+	options=$(printf '{"host":"127.0.0.1","port":%s,"clients":[{"client_id":"hub","client_secret":"%s","redirect_uris":[%s]}],"skipConsent":true}' \
+		"$OIDC_PORT" "$OIDC_CLIENT_SECRET" "$redirects")
+	say "starting the OIDC provider on 127.0.0.1:$OIDC_PORT (log: $LOGS/oidc.log)"
+	(cd "$ROOT/tests/support/oidc" && exec setsid node provider.mjs "$options" </dev/null >>"$LOGS/oidc.log" 2>&1) &
+	pid=$!
+	echo "$pid" >"$OIDC_PIDFILE"
+	local deadline=$((SECONDS + 20))
+	until port_busy "$OIDC_PORT"; do
+		kill -0 "$pid" 2>/dev/null || {
+			tail -n 20 "$LOGS/oidc.log" >&2
+			die "the OIDC provider exited during start-up (log: $LOGS/oidc.log)"
+		}
+		((SECONDS < deadline)) || die "the OIDC provider did not listen on $OIDC_PORT within 20 s (log: $LOGS/oidc.log)"
+		sleep 0.1
+	done
+	note "OIDC provider running (pid $pid)"
+}
+
+hub_health() {
+	curl -fsS --max-time 2 -H "Host: $ROUTE_PREFIX.$BASE_DOMAIN:$HUB_PORT" \
+		"http://127.0.0.1:$HUB_PORT/_hub/health" >/dev/null 2>&1
+}
+
+start_hub() {
+	local pid
+	if pid=$(live_pid "$HUB_PIDFILE" "hub start"); then
+		note "hub already running (pid $pid); \`$0 stop\` first to restart it with new settings"
+		return
+	fi
+	if [[ ! -x $HUB ]] || ! "$HUB" start --help >/dev/null 2>&1; then
+		warn "the hub itself is not available in this checkout yet (\`hub start\` is missing)."
+		note "Done so far: host packages, CRIU, host dockerd, image $ENV_IMAGE, and the OIDC provider"
+		note "on 127.0.0.1:$OIDC_PORT. Config written to $STATE/hub.env and $STATE/hub.labels.yaml."
+		exit 3
+	fi
+	port_busy "$HUB_PORT" && die "port $HUB_PORT is taken by another program; choose another with QUICKSTART_PORT=<port>"
+	local args=(start --labels "$STATE/hub.labels.yaml" --env-file "$STATE/hub.env" --port "$HUB_PORT"
+		--base-domain "$BASE_DOMAIN" --workspace-dir "$STATE/workspaces"
+		--docker-socket "unix://$HOST_DOCKER_SOCK" --state-dir "$STATE/state" --audit-dir "$LOGS/audit")
+	say "starting the hub on port $HUB_PORT (log: $LOGS/hub.log)"
+	note "hub ${args[*]}"
+	(cd "$STATE" && PATH="$CRIU_PREFIX/bin:$PATH" exec setsid "$HUB" "${args[@]}" </dev/null >>"$LOGS/hub.log" 2>&1) &
+	pid=$!
+	echo "$pid" >"$HUB_PIDFILE"
+	local deadline=$((SECONDS + 60))
+	until hub_health; do
+		kill -0 "$pid" 2>/dev/null || {
+			rm -f "$HUB_PIDFILE"
+			tail -n 30 "$LOGS/hub.log" >&2
+			die "the hub exited during start-up (log: $LOGS/hub.log)"
+		}
+		((SECONDS < deadline)) || die "the hub did not answer /_hub/health within 60 s (log: $LOGS/hub.log)"
+		sleep 0.2
+	done
+	note "hub running (pid $pid)"
+}
+
+cmd_start() {
+	require_root "$@"
+	"$ROOT/scripts/setup-host.sh"
+	"$ROOT/scripts/start-host-dockerd.sh"
+	"$ROOT/scripts/install-test-deps.sh" --oidc-only
+	"$ROOT/scripts/build-image.sh"
+	write_config
+	start_oidc
+	start_hub
+	cat <<EOF
+
+The hub is running ($(script_elapsed) s).
+
+  Open   http://$ROUTE_PREFIX.$BASE_DOMAIN:$HUB_PORT/   (Chromium and Firefox resolve *.localhost themselves)
+  Log in with any name and any password: the local OIDC provider's development form accepts them.
+  You get a web terminal in your own container; \`docker ps\` there talks to your own dockerd.
+
+  Logs    $LOGS/hub.log, $LOGS/oidc.log
+  Config  $STATE/hub.labels.yaml, $STATE/hub.env
+  Stop    sudo $0 stop
+EOF
+}
+
+case ${1:-start} in
+start) cmd_start ;;
+stop) cmd_stop ;;
+status) cmd_status ;;
+-h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
+*) die "unknown command '$1': use start (default), status or stop" ;;
+esac

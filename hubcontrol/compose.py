@@ -77,7 +77,9 @@ def read_yaml(path: Path) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        what = " ".join(p for p in (exc.context, exc.problem) if p)
+        what = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.problem and exc.context_mark:
+            what += f" ({exc.context} started at line {exc.context_mark.line + 1})"
         raise ConfigError(f"{where}: YAML syntax error: {what}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: YAML error: {exc}") from None
@@ -390,7 +392,7 @@ def load_compose(
     ``docker compose --env-file``) taking precedence over the service's ``env_file`` entries;
     ``environ`` (default ``os.environ``) takes precedence over both.
     """
-    path = Path(path).absolute()
+    path = Path(os.path.normpath(Path(path).absolute()))
     environ = dict(os.environ if environ is None else environ)
     doc = read_yaml(path)
     if not isinstance(doc, Mapping) or not isinstance(doc.get("services"), Mapping):
@@ -438,7 +440,9 @@ def load_compose(
 
     # Variables for interpolating env_file paths: the project's .env (or --env-file) and environ.
     explicit: dict[str, str] = {}
-    explicit_path = Path(env_file).absolute() if env_file is not None else None
+    explicit_path = (
+        Path(os.path.normpath(Path(env_file).absolute())) if env_file is not None else None
+    )
     if explicit_path is not None:
         explicit = parse_env_file(explicit_path, environ)
     project: dict[str, str] = {}
@@ -451,7 +455,7 @@ def load_compose(
     env_files: list[Path] = []
     warnings: list[str] = []
     for entry, required in _env_file_entries(spec.get("env_file"), where, problems):
-        entry_path = (base / interp.expand(entry, "env_file")).absolute()
+        entry_path = Path(os.path.normpath(base / interp.expand(entry, "env_file")))
         if not entry_path.is_file():
             if required and explicit_path is None:
                 problems.append(

@@ -296,10 +296,19 @@ def _suggest(word: str, candidates: list[str]) -> str:
 
 def _suggest_label(key: str) -> str:
     parts = key[len(HUB_PREFIX) :].split(".")
-    candidates = [HUB_PREFIX + suffix for suffix in TEMPLATE_FIELDS]
-    candidates += [HUB_PREFIX + "template", HUB_PREFIX + "route." + parts[-1]]
-    if len(parts) >= 3:
-        candidates += [f"{HUB_PREFIX}templates.{parts[1]}.{suffix}" for suffix in TEMPLATE_FIELDS]
+    candidates = [HUB_PREFIX + suffix for suffix in TEMPLATE_FIELDS] + [HUB_PREFIX + "template"]
+
+    def like(word: str) -> bool:
+        return difflib.SequenceMatcher(None, parts[0], word).ratio() >= 0.7
+
+    if len(parts) >= 2 and like("route"):
+        candidates.append(HUB_PREFIX + "route." + parts[-1])
+    if len(parts) >= 3 and like("templates"):
+        rest = ".".join(parts[2:])
+        field_match = difflib.get_close_matches(rest, list(TEMPLATE_FIELDS), n=1, cutoff=0.5)
+        candidates.append(
+            f"{HUB_PREFIX}templates.{parts[1]}.{field_match[0] if field_match else rest}"
+        )
     return _suggest(key, candidates)
 
 
@@ -944,13 +953,13 @@ def _labels_file_from_doc(doc: object, path: Path) -> LabelsFile:
         command=tuple(str(a) for a in command),
         service=service,
         source=Path(source) if isinstance(source, str) else None,
-        env_files=tuple(path.parent / p for p in env_files),
+        env_files=tuple(Path(os.path.normpath(path.parent / p)) for p in env_files),
     )
 
 
 def load_labels_file(path: Path | str) -> LabelsFile:
     """Read a ``hub.labels.yaml`` (relative ``env_files`` are relative to the file)."""
-    path = Path(path).absolute()
+    path = Path(os.path.normpath(Path(path).absolute()))
     return _labels_file_from_doc(read_yaml(path), path)
 
 
@@ -973,7 +982,7 @@ def load_config(
     ``env_files``), then ``env_file``, then ``environ`` (default ``os.environ``), later winning.
     Raises ConfigError listing every problem found.
     """
-    path = Path(source).absolute()
+    path = Path(os.path.normpath(Path(source).absolute()))
     environ = dict(os.environ if environ is None else environ)
     doc = read_yaml(path)
     problems: list[str] = []
@@ -1005,7 +1014,7 @@ def load_config(
                 problems.extend(exc.problems)
             env_files.append(entry)
         if env_file is not None:
-            explicit = Path(env_file).absolute()
+            explicit = Path(os.path.normpath(Path(env_file).absolute()))
             file_env.update(parse_env_file(explicit, environ))
             env_files.append(explicit)
     else:

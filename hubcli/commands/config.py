@@ -72,9 +72,11 @@ def check(
 
 def _print_config(config: HubConfig) -> None:
     where = f"{config.source}" + (f" (service {config.service})" if config.service else "")
-    console.print(f"[bold green]valid:[/] {escape(where)}")
+    console.print(f"[bold green]valid:[/] {escape(where)}", soft_wrap=True)
     if config.env_files:
-        console.print("env files: " + escape(", ".join(str(p) for p in config.env_files)))
+        console.print(
+            "env files: " + escape(", ".join(str(p) for p in config.env_files)), soft_wrap=True
+        )
 
     hub = Table(
         title="hub start", title_justify="left", show_header=False, box=None, padding=(0, 2)

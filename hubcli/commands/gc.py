@@ -25,7 +25,7 @@ def _count(n: int) -> str:
 def _table(plan: gc.GCPlan, dry_run: bool) -> Table:
     title = f"hub gc {plan.workspace_dir} (max age {format_duration(plan.max_age)})"
     table = Table(title=title + (" [dim]dry run[/]" if dry_run else ""), title_justify="left")
-    for col in ("path", "kind", "user", "net id", "age", "size", "action", "reason"):
+    for col in ("path", "net id", "age", "size", "action", "reason"):
         table.add_column(col, justify="right" if col in ("net id", "age", "size") else "left")
     if not dry_run:
         table.add_column("outcome")
@@ -33,8 +33,6 @@ def _table(plan: gc.GCPlan, dry_run: bool) -> Table:
     for e in sorted(plan.entries, key=lambda e: (order[e.action], e.user, str(e.path))):
         row = [
             escape(str(e.path.relative_to(plan.workspace_dir))),
-            str(e.kind),
-            escape(e.user),
             "" if e.net_id is None else str(e.net_id),
             "" if e.age is None else gc.format_age(e.age),
             "" if e.size is None else decimal(e.size),
@@ -108,11 +106,11 @@ def gc_command(
         would = sum(e.size or 0 for e in plan.candidates)
         if dry_run:
             console.print(
-                f"{len(plan.candidates)} candidates, {decimal(would)}; dry run: nothing removed"
+                f"{_count(len(plan.candidates))}, {decimal(would)}; dry run: nothing removed"
             )
         else:
             console.print(
-                f"removed {len(removed)} of {len(plan.candidates)} candidates, freed {decimal(freed)}"
+                f"removed {len(removed)} of {_count(len(plan.candidates))}, freed {decimal(freed)}"
             )
     if plan.failed:
         raise typer.Exit(EXIT_FAILURE)

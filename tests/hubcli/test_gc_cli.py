@@ -46,8 +46,8 @@ def test_dry_run_table_then_removal(ws: Path, tmp_path: Path):
     registry = ["--netid-registry", str(tmp_path / "netids")]
     dry = gc(str(ws), "--dry-run", *registry)
     assert dry.exit_code == 0, dry.output
-    assert "olga" in dry.output and "remove" in dry.output and "unused for 45d" in dry.output
-    assert "yuri" in dry.output and "keep" in dry.output
+    assert "olga-docker" in dry.output and "remove" in dry.output and "45d" in dry.output
+    assert "yuri-docker" in dry.output and "keep" in dry.output
     assert "1 candidate," in dry.output and "dry run" in dry.output
     assert old.exists()
 

@@ -29,6 +29,8 @@ from hubcontrol.errors import ConfigError
 INSTALL_LABEL = "rediacc.install_as"
 INSTALL_VALUE = "systemd"
 HUB_LABEL_PREFIX = "rediacc.hub."
+# Left as written when unset: the hub expands ${SERVICE_IP} in the template command itself.
+KEPT_VARIABLES = ("SERVICE_IP",)
 TRAEFIK_LABEL_PREFIX = "traefik."
 
 
@@ -95,9 +97,12 @@ class _Interpolator:
     """Compose-spec interpolation: ``$$``, ``$VAR``, ``${VAR}``, ``${VAR:-d}``, ``${VAR-d}``,
     ``${VAR:?err}``, ``${VAR?err}``, ``${VAR:+alt}``, ``${VAR+alt}``, nested in defaults."""
 
-    def __init__(self, variables: Mapping[str, str], where: str) -> None:
+    def __init__(
+        self, variables: Mapping[str, str], where: str, keep: tuple[str, ...] = ()
+    ) -> None:
         self.variables = variables
         self.where = where
+        self.keep = keep  # names left as written when unset (SERVICE_IP is expanded later)
         self.errors: list[str] = []
         self.unset: list[str] = []
 
@@ -126,7 +131,7 @@ class _Interpolator:
                 continue
             m = re.compile(_NAME).match(s, i + 1)
             if m:
-                out.append(self._lookup(m.group(0), context))
+                out.append(self._lookup(m.group(0), context, s[i : m.end()]))
                 i = m.end()
                 continue
             out.append("$")  # a lone "$" stays literal, as in compose
@@ -145,7 +150,7 @@ class _Interpolator:
         name = m.group(0)
         i = m.end()
         if s.startswith("}", i):
-            return self._lookup(name, context), i + 1
+            return self._lookup(name, context, s[m.start() - 2 : i + 1]), i + 1
         op = next((o for o in _BRACED_OPS if s.startswith(o, i)), None)
         if op is None:
             end = s.find("}", i)
@@ -182,8 +187,10 @@ class _Interpolator:
             result = arg if is_set else ""
         return result or "", end + 1
 
-    def _lookup(self, name: str, context: str) -> str:
+    def _lookup(self, name: str, context: str, written: str = "") -> str:
         value = self.variables.get(name)
+        if value is None and name in self.keep:
+            return written
         if value is None:
             note = f"variable {name} is not set; substituting an empty string (in {context})"
             if note not in self.unset:
@@ -474,7 +481,7 @@ def load_compose(
         env_files.append(explicit_path)
     file_env.update(explicit)
 
-    interp = _Interpolator({**project, **file_env, **environ}, where)
+    interp = _Interpolator({**project, **file_env, **environ}, where, keep=KEPT_VARIABLES)
     labels: dict[str, str] = {}
     for key, value in _labels_of(spec.get("labels"), where, problems).items():
         labels[key] = interp.expand(value, f"label {key}")

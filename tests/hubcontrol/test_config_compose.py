@@ -371,3 +371,28 @@ def test_missing_env_file_is_a_warning_when_env_file_is_given() -> None:
     )
     assert svc.env["HUB_DOMAIN"] == "example.com"
     assert any("hub/.env.prod does not exist; skipped" in w for w in svc.warnings)
+
+
+def test_service_ip_survives_interpolation(tmp_path: Path) -> None:
+    """The seed's command label supports ${SERVICE_IP}: the hub expands it, not the compose loader."""
+    compose = write(
+        tmp_path,
+        "c.yml",
+        """\
+        services:
+          hub:
+            labels:
+              - rediacc.install_as=systemd
+              - rediacc.hub.command=exec a --host ${SERVICE_IP} --ip=$SERVICE_IP --x=$${SERVICE_IP} --y=${SERVICE_IP:-none}
+        """,
+    )
+    svc = load_compose(compose, environ={})
+    assert (
+        svc.labels["rediacc.hub.command"]
+        == "exec a --host ${SERVICE_IP} --ip=$SERVICE_IP --x=${SERVICE_IP} --y=none"
+    )
+    assert svc.warnings == ()
+    svc = load_compose(compose, environ={"SERVICE_IP": "1.2.3.4"})  # set: compose semantics
+    assert svc.labels["rediacc.hub.command"].startswith(
+        "exec a --host 1.2.3.4 --ip=1.2.3.4 --x=${SERVICE_IP}"
+    )

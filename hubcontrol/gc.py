@@ -10,9 +10,10 @@ Definitions (documented for operators in docs/operations.md):
 * A **data-root** is a directory ``<workspace-dir>/<u>-docker/`` holding a regular file
   ``.networkid`` with a user network ID (decimal, >= 32768). Anything else is not ours and is
   never touched; a symlink in place of a data-root or its marker is refused.
-* Its **age** is the time since the newest of: the marker's mtime, the daemon's pidfile and its
-  log (``.rediacc/docker/{docker.pid,dockerd.log}``): each daemon start writes both, so a user who
-  came back yesterday is one day old even if their marker was written a year ago.
+* Its **age** is the time since the newest of: the marker's mtime, the docker data directory's
+  mtime (dockerd recreates ``data/tmp`` at every start), the daemon's pidfile and its log
+  (``.rediacc/docker/{data,docker.pid,dockerd.log}``): a user who came back yesterday is one day
+  old even if their marker was written a year ago.
 * The daemon is **running** when a live ``dockerd`` process has this data-root's
   ``.rediacc/docker/data`` as its ``--data-root`` (found via its pidfile or /proc), or something
   answers on its socket ``/run/rediacc/hub/<net_id>/docker.sock``.
@@ -57,8 +58,15 @@ SYSTEMD_UNIT_DIRS = (
     Path("/run/systemd/system"),
     Path("/run/systemd/transient"),
 )
-# Evidence of recent use, relative to the data-root; the newest mtime wins.
-USE_STAMPS = (MARKER, ".rediacc/docker/docker.pid", ".rediacc/docker/dockerd.log")
+# Evidence of recent use, relative to the data-root; the newest mtime wins. dockerd recreates
+# <data-root>/tmp at every start, which stamps the data directory itself (measured with 20.10),
+# whichever supervisor started it and wherever its log goes.
+USE_STAMPS = (
+    MARKER,
+    ".rediacc/docker/data",
+    ".rediacc/docker/docker.pid",
+    ".rediacc/docker/dockerd.log",
+)
 BTRFS_SUBVOLUME_INODE = 256  # BTRFS_FIRST_FREE_OBJECTID: the root directory of every subvolume
 
 

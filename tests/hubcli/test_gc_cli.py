@@ -25,7 +25,8 @@ def make_data_root(ws: Path, user: str, net_id: int, days: float) -> Path:
     (root / ".networkid").write_text(f"{net_id}\n")
     (ws / user).mkdir()
     stamp = time.time() - days * DAY
-    os.utime(root / ".networkid", (stamp, stamp))
+    for p in (root / ".networkid", root / ".rediacc/docker/data"):
+        os.utime(p, (stamp, stamp))
     return root
 
 

@@ -125,7 +125,7 @@ def make_data_root(ws: Path, user: str, net_id: int | str, age_days: float, now:
     (ws / user).mkdir(exist_ok=True)
     (ws / user / "notes.txt").write_text("keep me")
     stamp = now - age_days * DAY
-    for p in (root / ".networkid", docker / "dockerd.log"):
+    for p in (root / ".networkid", docker / "dockerd.log", docker / "data"):
         os.utime(p, (stamp, stamp))
     return root
 
@@ -190,12 +190,14 @@ def test_dry_run_is_plan_only(tmp_path: Path, probe: HostProbe):
     assert sorted(p for p in tmp_path.rglob("*")) == before
 
 
-def test_recent_daemon_log_counts_as_use(tmp_path: Path, probe: HostProbe):
+@pytest.mark.parametrize("stamp", gc.USE_STAMPS)
+def test_any_recent_stamp_counts_as_use(tmp_path: Path, probe: HostProbe, stamp: str):
     ws = tmp_path / "ws"
     ws.mkdir()
     now = time.time()
     root = make_data_root(ws, "back", 32768, 200, now)
-    os.utime(root / ".rediacc/docker/dockerd.log", (now - DAY, now - DAY))
+    (root / stamp).touch()
+    os.utime(root / stamp, (now - DAY, now - DAY))
     (entry,) = gc.plan_gc(ws, max_age=MAX, now=now, probe=probe).entries
     assert entry.action is Action.KEEP and "used 1d ago" in entry.reason
 

@@ -201,6 +201,23 @@ def test_configured_but_stopped_is_kept(host):
     assert entry_for(gc.plan_gc(ws, max_age=30 * DAY, probe=probe), root).action is Action.REMOVE
 
 
+def test_a_daemon_start_makes_an_old_data_root_young(host):
+    ws, probe = host
+    root = make_data_root(ws, "gina", 32768)
+    exec_root = probe.exec_base / "32768"
+    exec_root.mkdir(parents=True)
+    age(root, 400)
+    (root / ".rediacc/docker/data/tmp").mkdir()
+    os.utime(root / ".rediacc/docker/data", (0, 0))
+    assert entry_for(gc.plan_gc(ws, max_age=30 * DAY, probe=probe), root).action is Action.REMOVE
+    with dockerd_on(root, exec_root):
+        pass
+    os.utime(root / ".networkid", (0, 0))
+    os.utime(root / ".rediacc/docker/dockerd.log", (0, 0))  # even with its log elsewhere
+    gina = entry_for(gc.plan_gc(ws, max_age=30 * DAY, probe=probe), root)
+    assert gina.action is Action.KEEP and "used" in gina.reason, gina.reason
+
+
 @pytest.fixture
 def btrfs_ws():
     """A workspace dir on a loop-mounted BTRFS filesystem (the seed's setup)."""

@@ -428,3 +428,39 @@ def test_installed_console_script() -> None:
         "error: label rediacc.hub.mode=temporary: 'temporary' is not a mode; expected persistent or ephemeral"
         in bad.stderr
     )
+
+
+def test_missing_env_file_option(app: typer.Typer, tmp_path: Path) -> None:
+    result = run(app, FIXTURES / "jupyter.yml", "--env-file", tmp_path / "nope.env")
+    assert result.exit_code == 2
+    assert result.stderr == f"error: env file {tmp_path / 'nope.env'}: not found\n"
+
+
+def test_service_option_on_a_labels_file(app: typer.Typer, tmp_path: Path) -> None:
+    labels = tmp_path / "hub.labels.yaml"
+    labels.write_text(
+        "version: 1\nservice: hub\nlabels: {rediacc.hub.route.code: '8080', rediacc.hub.image: x}\n"
+    )
+    result = run(app, labels, "--service", "other")
+    assert result.exit_code == 2
+    assert "--service other: this labels file is for service hub" in result.stderr
+
+
+def test_unset_required_oauth_in_a_clean_environment(app: typer.Typer, tmp_path: Path) -> None:
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(
+        (FIXTURES / "ephemeral.yml").read_text().replace("    env_file:\n      - ./hub/.env\n", "")
+    )
+    result = run(app, compose)
+    assert result.exit_code == 2
+    names = [
+        line.split()[2] for line in result.stderr.splitlines() if line.startswith("error: variable")
+    ]
+    assert names == [
+        "HUB_OAUTH_CLIENT_ID",
+        "HUB_OAUTH_CLIENT_SECRET",
+        "HUB_OAUTH_AUTHORIZE_URL",
+        "HUB_OAUTH_TOKEN_URL",
+        "HUB_OAUTH_USERINFO_URL",
+        "HUB_OAUTH_USERINFO_PATH",
+    ]

@@ -396,3 +396,24 @@ def test_service_ip_survives_interpolation(tmp_path: Path) -> None:
     assert svc.labels["rediacc.hub.command"].startswith(
         "exec a --host 1.2.3.4 --ip=1.2.3.4 --x=${SERVICE_IP}"
     )
+
+
+def test_yaml_anchors_and_merge_keys(tmp_path: Path) -> None:
+    compose = write(
+        tmp_path,
+        "c.yml",
+        """\
+        x-hub-labels: &hub-labels
+          rediacc.install_as: systemd
+          rediacc.hub.route.code: 8080
+        services:
+          hub:
+            labels:
+              <<: *hub-labels
+              rediacc.hub.image: img:1
+        """,
+    )
+    assert load_compose(compose, environ={}).hub_labels == {
+        "rediacc.hub.route.code": "8080",
+        "rediacc.hub.image": "img:1",
+    }

@@ -250,7 +250,16 @@ def parse_env_file(path: Path, environ: Mapping[str, str] | None = None) -> dict
             continue
         m = _ENV_KEY.match(line)
         if not m:
-            problems.append(f"{path}:{start_line}: not a KEY=value line: {raw!r}")
+            # Never echo the line: it may hold a secret with a typo in it.
+            first = line.split(None, 1)[0][:40]
+            hint = (
+                f" (it starts with {first!r})"
+                if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", first)
+                else ""
+            )
+            problems.append(
+                f"{path}:{start_line}: not a KEY=value line{hint}; expected KEY=value, export KEY=value or # comment"
+            )
             continue
         key = m.group(1)
         if m.group(2) != "=":

@@ -417,3 +417,12 @@ def test_yaml_anchors_and_merge_keys(tmp_path: Path) -> None:
         "rediacc.hub.route.code": "8080",
         "rediacc.hub.image": "img:1",
     }
+
+
+def test_env_file_errors_never_echo_values(tmp_path: Path) -> None:
+    path = tmp_path / "x.env"
+    path.write_text("HUB_SESSION_SECRET 0123456789abcdef0123456789abcdef\n")
+    with pytest.raises(ConfigError) as info:
+        parse_env_file(path, {})
+    assert "x.env:1: not a KEY=value line (it starts with 'HUB_SESSION_SECRET')" in str(info.value)
+    assert "0123456789abcdef" not in str(info.value)

@@ -23,6 +23,8 @@ from hubcontrol.config import (
     parse_size,
     parse_start_flags,
 )
+from hubcontrol.embed import SyncHub, embedded
+from hubcontrol.environment import Environment
 from hubcontrol.errors import (
     CheckpointError,
     ConfigError,
@@ -36,15 +38,20 @@ from hubcontrol.errors import (
     PolicyError,
     UsernameError,
 )
+from hubcontrol.hub import EnvironmentStatus, Hub, Progress, Route, RouteTable
+from hubcontrol.names import safe_name
 
 __all__ = [
     "CheckpointError",
     "ComposeService",
     "ConfigError",
     "DaemonError",
+    "Environment",
     "EnvironmentError_",
+    "EnvironmentStatus",
     "GCError",
     "HookError",
+    "Hub",
     "HubConfig",
     "HubError",
     "ImageError",
@@ -52,11 +59,16 @@ __all__ = [
     "NetworkError",
     "OAuthConfig",
     "PolicyError",
+    "Progress",
+    "Route",
+    "RouteTable",
+    "SyncHub",
     "Template",
     "UsernameError",
     "build_config",
     "config_as_dict",
     "dump_labels_file",
+    "embedded",
     "load_compose",
     "load_config",
     "load_labels_file",
@@ -64,4 +76,5 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "parse_start_flags",
+    "safe_name",
 ]

@@ -1,0 +1,307 @@
+"""Environment containers: built from a template, on the user's daemon, at SERVICE_IP.
+
+Pure decisions (command expansion, the container's create options) are module-level functions;
+the rest are small blocking operations the hub runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import docker
+import docker.errors
+
+from hubcontrol.config import Template
+from hubcontrol.errors import EnvironmentError_, NetworkError
+from hubcontrol.network import UserNetwork
+
+SHELL = ("bash", "-c")
+ENV_SOCKET_MOUNT = "/run/rediacc/env"  # where the env dir (with docker.sock) appears inside
+LABEL_USER = "rediacc.hub.user"
+LABEL_SAFE = "rediacc.hub.safe-name"
+LABEL_TEMPLATE = "rediacc.hub.template"
+LABEL_ROLE = "rediacc.hub.role"
+LABEL_NET_ID = "rediacc.hub.net-id"
+LABEL_MODE = "rediacc.hub.mode"
+ROLE = "environment"
+
+
+@dataclass(frozen=True)
+class Environment:
+    """A user's environment as ``ensure_running`` returns it."""
+
+    user: str  # the username as the OAuth provider gave it
+    name: str  # its safe name
+    template: str
+    net_id: int
+    service_ip: str
+    ports: Mapping[str, int] = field(default_factory=dict)  # route prefix -> port
+    state: str = "running"
+    container_id: str = ""
+    docker_url: str = ""  # the daemon the environment runs on
+    per_user_docker: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ports", MappingProxyType(dict(self.ports)))
+
+
+def container_name(safe: str) -> str:
+    return f"hub-{safe}"
+
+
+def expand_command(command: str, service_ip: str) -> str:
+    """Expand ``${SERVICE_IP}`` and ``__SERVICE_IP__`` (the seed's two spellings)."""
+    return command.replace("${SERVICE_IP}", service_ip).replace("__SERVICE_IP__", service_ip)
+
+
+def labels(username: str, safe: str, template: Template, net_id: int) -> dict[str, str]:
+    return {
+        LABEL_USER: username,
+        LABEL_SAFE: safe,
+        LABEL_TEMPLATE: template.name,
+        LABEL_ROLE: ROLE,
+        LABEL_NET_ID: str(net_id),
+        LABEL_MODE: template.mode,
+    }
+
+
+def create_options(
+    *,
+    username: str,
+    safe: str,
+    template: Template,
+    net: UserNetwork,
+    network_name: str,
+    workspace: Path | None,
+    env_dir: Path | None,
+    cgroup_parent: str | None,
+    cpus: float | None,
+    memory: int | None,
+    owner: tuple[int, int] | None = None,
+) -> dict:
+    """Keyword arguments for ``docker.APIClient.create_container`` minus ``host_config`` objects.
+
+    Returns ``{"container": {...}, "host": {...}, "endpoint": {...}}`` so the caller builds the
+    host config and networking config with the API client of the target daemon.
+    """
+    service_ip = str(net.service_ip)
+    mounts = []
+    tmpfs = {}
+    if template.ephemeral or workspace is None:
+        # docker copies the image directory's mode onto a tmpfs (so "mode=" is lost): own it
+        uid, gid = owner or (0, 0)
+        tmpfs[template.workspace] = f"exec,uid={uid},gid={gid}"
+    else:
+        mounts.append(f"{workspace}:{template.workspace}:rw")
+    # An empty read-only tmpfs over the checkpoint images, which CRIU restores as root.
+    tmpfs[f"{template.workspace.rstrip('/')}/.checkpoint"] = "ro,size=4k,mode=0555"
+    environment = {"SERVICE_IP": service_ip}
+    if env_dir is not None:
+        mounts.append(f"{env_dir}:{ENV_SOCKET_MOUNT}:ro")
+        environment["DOCKER_HOST"] = f"unix://{ENV_SOCKET_MOUNT}/docker.sock"
+    container = {
+        "image": template.image,
+        "name": container_name(safe),
+        "user": template.user,
+        "working_dir": template.workspace,
+        "hostname": safe[:63],
+        "labels": labels(username, safe, template, net.net_id),
+        "environment": environment,
+        "detach": True,
+    }
+    if template.command:
+        container["entrypoint"] = list(SHELL)
+        container["command"] = [expand_command(template.command, service_ip)]
+    host = {
+        "binds": mounts,
+        "tmpfs": tmpfs,
+        "shm_size": template.shm_size,
+        "init": True,
+        "restart_policy": {"Name": "no"},
+        "auto_remove": False,
+    }
+    if cgroup_parent:
+        host["cgroup_parent"] = cgroup_parent
+    if cpus:
+        host["nano_cpus"] = int(cpus * 1e9)
+    if memory:
+        host["mem_limit"] = memory
+    endpoint = {"network": network_name, "ipv4_address": service_ip}
+    return {"container": container, "host": host, "endpoint": endpoint}
+
+
+def ensure_env_network(client: docker.DockerClient, net: UserNetwork) -> str:
+    """The environment network (``rdh<net_id>e``) in ``client``'s daemon, created if missing."""
+    name = net.env_bridge
+    for existing in client.networks.list(names=[name]):
+        if existing.name != name:
+            continue
+        configs = (existing.attrs.get("IPAM") or {}).get("Config") or []
+        if any(c.get("Subnet") == str(net.env_subnet) for c in configs):
+            return name
+        raise NetworkError(
+            "Your environment network is misconfigured; ask the operator.",
+            f"network {name} exists with {configs}, expected subnet {net.env_subnet}",
+        )
+    ipam = docker.types.IPAMConfig(
+        pool_configs=[
+            docker.types.IPAMPool(subnet=str(net.env_subnet), gateway=str(net.env_gateway))
+        ]
+    )
+    try:
+        client.networks.create(
+            name,
+            driver="bridge",
+            ipam=ipam,
+            options={"com.docker.network.bridge.name": name},
+            labels={LABEL_ROLE: "environment-network", LABEL_NET_ID: str(net.net_id)},
+            check_duplicate=True,
+        )
+    except docker.errors.APIError as e:
+        raise NetworkError(
+            "The hub could not create your environment network.",
+            f"creating network {name} ({net.env_subnet}): {e}",
+        ) from None
+    return name
+
+
+def remove_env_network(client: docker.DockerClient, net: UserNetwork) -> None:
+    for existing in client.networks.list(names=[net.env_bridge]):
+        if existing.name == net.env_bridge:
+            try:
+                existing.remove()
+            except docker.errors.NotFound:
+                pass
+
+
+def find(client: docker.DockerClient, safe: str):
+    """The environment container of ``safe`` on this daemon, or None."""
+    try:
+        return client.containers.get(container_name(safe))
+    except docker.errors.NotFound:
+        return None
+
+
+def create(client: docker.DockerClient, options: dict) -> str:
+    api = client.api
+    host_config = api.create_host_config(**options["host"])
+    endpoint = options["endpoint"]
+    networking = api.create_networking_config(
+        {endpoint["network"]: api.create_endpoint_config(ipv4_address=endpoint["ipv4_address"])}
+    )
+    try:
+        created = api.create_container(
+            **options["container"], host_config=host_config, networking_config=networking
+        )
+    except docker.errors.APIError as e:
+        raise EnvironmentError_(
+            "Your environment could not be created.",
+            f"create {options['container']['name']} from {options['container']['image']}: {e}",
+        ) from None
+    return created["Id"]
+
+
+def install_socket_link(client: docker.DockerClient, container_id: str) -> None:
+    """``/var/run/docker.sock`` -> the env dir's socket, so unconfigured docker clients find it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("docker.sock")
+        info.type = tarfile.SYMTYPE
+        info.linkname = f"{ENV_SOCKET_MOUNT}/docker.sock"
+        tar.addfile(info)
+    for directory in ("/var/run", "/run"):
+        try:
+            if client.api.put_archive(container_id, directory, buf.getvalue()):
+                return
+        except docker.errors.APIError:
+            continue
+
+
+def _read_file(client: docker.DockerClient, container_id: str, path: str) -> str:
+    try:
+        chunks, _ = client.api.get_archive(container_id, path)
+    except docker.errors.APIError:
+        return ""
+    data = b"".join(chunks)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar.getmembers():
+            if member.isfile():
+                f = tar.extractfile(member)
+                return f.read().decode(errors="replace") if f else ""
+    return ""
+
+
+def parse_user(spec: str, passwd: str, group: str) -> tuple[int, int] | None:
+    """uid and gid of a docker ``--user`` value (``name``, ``uid``, ``name:group``, ``uid:gid``),
+    looked up in the image's passwd and group files; None when the user is unknown."""
+    name, _, grp = spec.partition(":")
+    uid = gid = None
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and name in (fields[0], fields[2]) and fields[2].isdigit():
+            uid, gid = int(fields[2]), int(fields[3])
+            break
+    if uid is None and name.isdigit():
+        uid, gid = int(name), 0  # docker's default group for a uid without a passwd entry
+    if uid is None:
+        return None
+    if grp.isdigit():
+        gid = int(grp)
+    elif grp:
+        for line in group.splitlines():
+            fields = line.split(":")
+            if len(fields) >= 3 and fields[0] == grp and fields[2].isdigit():
+                gid = int(fields[2])
+                break
+        else:
+            return None
+    return uid, gid
+
+
+def resolve_user(client: docker.DockerClient, image: str, spec: str) -> tuple[int, int] | None:
+    """uid and gid of ``spec`` in ``image`` (read from a created, never started, container)."""
+    if spec.partition(":")[0].isdigit() and spec.partition(":")[2].isdigit():
+        return parse_user(spec, "", "")
+    probe = client.api.create_container(
+        image, command=["true"], entrypoint=[], network_disabled=True
+    )
+    try:
+        passwd = _read_file(client, probe["Id"], "/etc/passwd")
+        group = _read_file(client, probe["Id"], "/etc/group")
+    finally:
+        client.api.remove_container(probe["Id"], force=True)
+    return parse_user(spec, passwd, group)
+
+
+def run_hook(
+    client: docker.DockerClient,
+    container_id: str,
+    command: str,
+    user: str,
+    workdir: str,
+    service_ip: str,
+) -> tuple[int, str]:
+    """Run a hook as the container user; returns (exit code, last output)."""
+    api = client.api
+    exec_id = api.exec_create(
+        container_id,
+        [*SHELL, expand_command(command, service_ip)],
+        user=user,
+        workdir=workdir,
+        environment={"SERVICE_IP": service_ip},
+    )["Id"]
+    output = api.exec_start(exec_id, stream=False, demux=False) or b""
+    code = api.exec_inspect(exec_id).get("ExitCode")
+    return (code if code is not None else -1), output.decode(errors="replace")[-4000:]
+
+
+def logs_tail(client: docker.DockerClient, container_id: str, lines: int = 30) -> str:
+    try:
+        return client.api.logs(container_id, tail=lines).decode(errors="replace")
+    except docker.errors.APIError:
+        return "(no logs)"

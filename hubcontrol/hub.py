@@ -1,0 +1,743 @@
+"""The Hub: owns every user's record, route and activity stamp, and starts and stops environments.
+
+Threading model: a Hub lives on one anyio event loop (the control thread). ``snapshot()``,
+``touch()`` and ``progress()`` are safe to call from any thread: the route table is immutable and
+replaced by reference, activity is a plain dict store. Everything else is async and runs on the
+Hub's loop; blocking docker and OS work runs in worker threads through ``Engine.call``.
+
+Per user, one operation at a time: ``ensure_running``, ``stop`` and ``destroy`` hold the user's
+lock, so concurrent logins share a single start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import anyio
+import docker
+import docker.errors
+
+from hubcontrol import environment as envs
+from hubcontrol import images, network, storage
+from hubcontrol.config import HubConfig, Template
+from hubcontrol.engine import Engine
+from hubcontrol.environment import Environment
+from hubcontrol.errors import EnvironmentError_, HookError, HubError, UsernameError
+from hubcontrol.names import safe_name
+from hubcontrol.netids import DEFAULT_REGISTRY, NetIdRegistry
+from hubcontrol.supervisor import RUN_DIR, DaemonSpec, DaemonSupervisor, Limits, choose
+
+log = logging.getLogger(__name__)
+
+STATES = (
+    "stopped",
+    "starting",
+    "running",
+    "checkpointing",
+    "checkpointed",
+    "restoring",
+    "stopping",
+    "failed",
+)
+DEFAULT_READY_TIMEOUT = 120.0
+DEFAULT_PIDS_LIMIT = 8192
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a user's requests go: ``service_ip`` and a port per route prefix."""
+
+    user: str
+    name: str
+    state: str
+    service_ip: str
+    ports: Mapping[str, int] = field(default_factory=dict)
+    template: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ports", MappingProxyType(dict(self.ports)))
+
+    def target(self, prefix: str) -> tuple[str, int] | None:
+        """(host, port) for a route prefix, or None when the prefix is not routed."""
+        port = self.ports.get(prefix)
+        return None if port is None else (self.service_ip, port)
+
+
+class RouteTable(Mapping[str, Route]):
+    """An immutable map of safe name -> Route; ``get`` also accepts the raw username."""
+
+    __slots__ = ("_routes",)
+
+    def __init__(self, routes: Mapping[str, Route] | None = None) -> None:
+        self._routes = dict(routes or {})
+
+    def __getitem__(self, key: str) -> Route:
+        route = self._routes.get(key)
+        if route is None:
+            try:
+                route = self._routes.get(safe_name(key))
+            except UsernameError:
+                route = None
+        if route is None:
+            raise KeyError(key)
+        return route
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._routes)
+
+    def __len__(self) -> int:
+        return len(self._routes)
+
+    def replace(self, name: str, route: Route | None) -> RouteTable:
+        """A new table with ``name``'s route set (or removed when ``route`` is None)."""
+        routes = dict(self._routes)
+        if route is None:
+            routes.pop(name, None)
+        else:
+            routes[name] = route
+        return RouteTable(routes)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a progress page shows while an environment starts (or why it failed)."""
+
+    state: str = "stopped"
+    step: str = ""
+    message: str = ""
+    error: str | None = None
+    updated: float = 0.0
+
+
+@dataclass(frozen=True)
+class EnvironmentStatus:
+    """One row of ``Hub.status()``."""
+
+    user: str
+    name: str
+    template: str
+    state: str
+    net_id: int | None
+    service_ip: str | None
+    per_user_docker: bool
+    mode: str
+    container_id: str | None
+    daemon: Mapping[str, Any]
+    last_activity: float | None
+    activity_kind: str | None
+    ports: Mapping[str, int]
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        """A JSON-able dict (for the API and the CLI)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["daemon"] = dict(self.daemon)
+        out["ports"] = dict(self.ports)
+        return out
+
+
+Listener = Callable[[str, Mapping[str, Any]], None]
+
+
+class Hub:
+    """The control plane's single owner of mutable state (see docs/architecture.md)."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        supervisor: DaemonSupervisor | None = None,
+        clock: Callable[[], float] = time.time,
+        *,
+        engine: Engine | None = None,
+        netids: NetIdRegistry | None = None,
+        run_dir: Path = RUN_DIR,
+        ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        pids_limit: int | None = DEFAULT_PIDS_LIMIT,
+        env_socket_by_daemon: bool = True,
+    ) -> None:
+        self.config = config
+        self.supervisor = supervisor or choose(config.supervisor)
+        self.clock = clock
+        self.engine = engine or Engine()
+        self.netids = netids or NetIdRegistry(DEFAULT_REGISTRY)
+        self.run_dir = Path(run_dir)
+        self.ready_timeout = ready_timeout
+        self.pids_limit = pids_limit
+        # True: dockerd itself listens on the environment's socket (no policy). The socket-policy
+        # proxy sets this False and serves <exec-root>/env/docker.sock itself.
+        self.env_socket_by_daemon = env_socket_by_daemon
+        self._routes = RouteTable()
+        self._activity: dict[str, tuple[float, str]] = {}
+        self._progress: dict[str, Progress] = {}
+        self._records: dict[str, dict] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+        self._services: list[Callable[[], Awaitable[None]]] = []
+        self._listeners: list[Listener] = []
+        self.users_dir = Path(config.state_dir) / "users"
+
+    # -- hot path (any thread) -------------------------------------------------------------------
+
+    def snapshot(self) -> RouteTable:
+        """The current route table (immutable; a new object after every change)."""
+        return self._routes
+
+    def touch(self, user: str, kind: str = "http") -> None:
+        """Stamp activity for ``user`` (raw username): O(1), thread-safe."""
+        self._activity[user] = (self.clock(), kind)
+
+    def activity(self, user: str) -> tuple[float, str] | None:
+        return self._activity.get(user)
+
+    def progress(self, user: str) -> Progress:
+        try:
+            return self._progress.get(safe_name(user), Progress())
+        except UsernameError as e:
+            return Progress(state="failed", error=e.user_message)
+
+    # -- extension points for other control-plane modules ----------------------------------------
+
+    def add_service(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run ``fn()`` in ``run()``'s task group (idle culler, stats, audit streams)."""
+        self._services.append(fn)
+
+    def add_listener(self, fn: Listener) -> None:
+        """Call ``fn(event, record)`` on the Hub's loop for lifecycle events; must not block.
+
+        Events: ``daemon-started``, ``daemon-stopping``, ``environment-running``,
+        ``environment-stopped``, ``environment-destroyed``.
+        """
+        self._listeners.append(fn)
+
+    def _emit(self, event: str, record: Mapping[str, Any]) -> None:
+        for fn in self._listeners:
+            try:
+                fn(event, MappingProxyType(dict(record)))
+            except Exception:  # a listener must not break the lifecycle
+                log.exception("listener %r failed on %s", fn, event)
+
+    def lock(self, user: str) -> anyio.Lock:
+        """The per-user lock held by ensure_running/stop/destroy (for checkpoint work too)."""
+        name = safe_name(user)
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = anyio.Lock()
+        return lock
+
+    def record(self, user: str) -> dict | None:
+        """A copy of the persisted record of ``user`` (raw or safe name), or None."""
+        rec = self._records.get(safe_name(user))
+        if rec is None:
+            rec = self._load_record(safe_name(user))
+        return dict(rec) if rec else None
+
+    def update_record(self, user: str, **fields: Any) -> dict:
+        """Merge ``fields`` into the user's record and persist it."""
+        name = safe_name(user)
+        rec = self._records.get(name) or self._load_record(name) or {"name": name}
+        rec.update(fields)
+        self._save_record(rec)
+        return dict(rec)
+
+    def paths(self, user: str) -> storage.UserPaths:
+        return storage.UserPaths(Path(self.config.workspace_dir), safe_name(user))
+
+    def daemon_spec(self, user: str, template: Template | None = None) -> DaemonSpec | None:
+        """The dockerd spec of ``user`` (None before the user has a network ID)."""
+        name = safe_name(user)
+        rec = self._records.get(name) or self._load_record(name)
+        if not rec or rec.get("net_id") is None:
+            return None
+        tpl = template or self._template_or_none(rec.get("template"))
+        return self._spec(name, rec["net_id"], tpl)
+
+    def docker_url(self, user: str) -> str | None:
+        """The socket URL of the daemon ``user``'s environment runs on."""
+        rec = self.record(user)
+        if not rec:
+            return None
+        if rec.get("per_user_docker"):
+            spec = self.daemon_spec(user)
+            return spec.url if spec else None
+        return self._host_url()
+
+    # -- records ----------------------------------------------------------------------------------
+
+    def _record_path(self, name: str) -> Path:
+        return self.users_dir / f"{name}.json"
+
+    def _load_record(self, name: str) -> dict | None:
+        try:
+            rec = json.loads(self._record_path(name).read_text())
+        except (OSError, ValueError):
+            return None
+        self._records[name] = rec
+        return rec
+
+    def _save_record(self, rec: dict) -> None:
+        rec["updated_at"] = self.clock()
+        self._records[rec["name"]] = rec
+        self.users_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self._record_path(rec["name"])
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+
+    def _set_state(
+        self, rec: dict, state: str, *, step: str = "", message: str = "", error: str | None = None
+    ) -> None:
+        rec["state"] = state
+        if error is not None:
+            rec["error"] = error
+        elif state == "running":
+            rec.pop("error", None)
+        self._save_record(rec)
+        self._progress[rec["name"]] = Progress(state, step, message, error, self.clock())
+
+    def _step(self, rec: dict, step: str, message: str) -> None:
+        self._progress[rec["name"]] = Progress(
+            rec.get("state", "starting"), step, message, None, self.clock()
+        )
+
+    def _publish(self, rec: dict) -> None:
+        name = rec["name"]
+        if rec.get("state") == "running" and rec.get("service_ip"):
+            route = Route(
+                rec["user"],
+                name,
+                "running",
+                rec["service_ip"],
+                dict(self.config.routes),
+                rec.get("template", ""),
+            )
+        else:
+            route = None
+        self._routes = self._routes.replace(name, route)
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _template_or_none(self, name: str | None) -> Template | None:
+        try:
+            return self.config.template(name)
+        except HubError:
+            return None
+
+    def _host_url(self) -> str:
+        sock = self.config.docker_socket
+        return sock if "://" in sock else f"unix://{sock}"
+
+    def _host_client(self) -> docker.DockerClient | None:
+        url = self._host_url()
+        if url.startswith("unix://") and not Path(url[len("unix://") :]).exists():
+            return None
+        return self.engine.client(url)
+
+    def _limits(self, tpl: Template | None) -> Limits:
+        return Limits(
+            cpu=tpl.cpu if tpl else None, memory=tpl.memory if tpl else None, pids=self.pids_limit
+        )
+
+    def _spec(self, name: str, net_id: int, tpl: Template | None) -> DaemonSpec:
+        paths = storage.UserPaths(Path(self.config.workspace_dir), name)
+        net = network.user_network(net_id, self.config.user_subnet_pool)
+        return DaemonSpec(
+            user=name,
+            net_id=net_id,
+            data_root=paths.data_root,
+            daemon_dir=paths.daemon_dir,
+            network_config=network.daemon_network_config(net),
+            limits=self._limits(tpl),
+            env_socket=self.env_socket_by_daemon,
+            run_dir=self.run_dir,
+        )
+
+    def _reserved(self) -> frozenset[int]:
+        return frozenset({self.config.network_id} if self.config.network_id is not None else ())
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def ensure_running(self, user: str, template: str | None = None) -> Environment:
+        """Start ``user``'s environment (daemon, network, image, container) if needed.
+
+        Returns once every route port accepts TCP connections at SERVICE_IP. ``template`` None
+        keeps the user's current template (or the default); a different one rebuilds the
+        container and keeps the persistent workspace. Raises a HubError subclass on failure,
+        which ``progress(user)`` also shows.
+        """
+        name = safe_name(user)
+        async with self.lock(user):
+            rec = self._records.get(name) or self._load_record(name) or {"name": name}
+            rec["user"] = user
+            try:
+                return await self._ensure_running(rec, template)
+            except HubError as e:
+                log.error("starting %s failed: %s", name, e.log_message)
+                self._set_state(
+                    rec, "failed", step="failed", message=e.user_message, error=e.user_message
+                )
+                self._publish(rec)
+                raise
+            except Exception as e:
+                log.exception("starting %s failed", name)
+                self._set_state(rec, "failed", step="failed", message=str(e), error=str(e))
+                self._publish(rec)
+                raise EnvironmentError_("Your environment failed to start.", repr(e)) from e
+
+    async def _ensure_running(self, rec: dict, template: str | None) -> Environment:
+        call = self.engine.call
+        name = rec["name"]
+        tpl = self.config.template(template or rec.get("template"))
+        paths = storage.UserPaths(Path(self.config.workspace_dir), name)
+        rec.update(template=tpl.name, mode=tpl.mode, per_user_docker=tpl.per_user_docker)
+        self._set_state(rec, "starting", step="storage", message="Preparing your storage")
+
+        rec["subvolume"] = await call(storage.ensure_data_root_dir, paths.data_root_dir)
+        if not tpl.ephemeral:
+            await call(paths.workspace.mkdir, parents=True, exist_ok=True)
+        net_id = await call(self.netids.allocate, paths.data_root_dir, reserved=self._reserved())
+        net = network.user_network(net_id, self.config.user_subnet_pool)
+        rec.update(net_id=net_id, service_ip=str(net.service_ip))
+        self._save_record(rec)
+
+        env_dir = None
+        if tpl.per_user_docker:
+            self._step(rec, "daemon", "Starting your Docker daemon")
+            spec = self._spec(name, net_id, tpl)
+            await call(network.ensure_bridge, net.bridge, net.bridge_address)
+            await call(network.apply_isolation, net)
+            was_running = await call(self.supervisor.is_running, spec)
+            await call(self.supervisor.start, spec)
+            await call(self.supervisor.apply_limits, spec)
+            if not was_running:
+                self.engine.forget(spec.url)
+                self._emit("daemon-started", rec)
+            url = spec.url
+            env_dir = spec.env_dir
+            cgroup_parent = self.supervisor.container_cgroup_parent(spec)
+            host = self._host_client()
+        else:
+            await call(network.apply_isolation, net)
+            url = self._host_url()
+            cgroup_parent = None
+            host = None
+        rec["docker_url"] = url
+        client = self.engine.client(url)
+
+        self._step(rec, "network", "Setting up your network")
+        network_name = await call(envs.ensure_env_network, client, net)
+
+        self._step(rec, "image", f"Making the image {tpl.image} available")
+        how = await call(images.ensure_image, client, tpl.image, host)
+        if how != "present":
+            log.info("image %s for %s: %s", tpl.image, name, how)
+
+        self._step(rec, "container", "Starting your environment")
+        container = await call(envs.find, client, name)
+        if container is not None:
+            current = container.labels.get(envs.LABEL_TEMPLATE)
+            stale_image = (
+                current == tpl.name
+                and not container.status == "running"
+                and (container.attrs.get("Config", {}).get("Image") != tpl.image)
+            )
+            if (
+                current != tpl.name
+                or stale_image
+                or (tpl.ephemeral and container.status != "running")
+            ):
+                self._step(
+                    rec,
+                    "container",
+                    f"Switching to the {tpl.name} environment"
+                    if current != tpl.name
+                    else "Recreating your environment",
+                )
+                await call(container.remove, force=True)
+                container = None
+        created = container is None
+        if created:
+            owner = await call(envs.resolve_user, client, tpl.image, tpl.user)
+            if owner is not None and not tpl.ephemeral:
+                await call(_chown_top, paths.workspace, *owner)
+            limits = self._limits(tpl)
+            options = envs.create_options(
+                username=rec["user"],
+                safe=name,
+                template=tpl,
+                net=net,
+                network_name=network_name,
+                workspace=None if tpl.ephemeral else paths.workspace,
+                env_dir=env_dir,
+                cgroup_parent=cgroup_parent,
+                cpus=limits.cpus,
+                memory=limits.memory_bytes,
+                owner=owner,
+            )
+            container_id = await call(envs.create, client, options)
+            if env_dir is not None:
+                await call(envs.install_socket_link, client, container_id)
+            rec["on_create"] = None
+        else:
+            container_id = container.id
+        rec["container_id"] = container_id
+        self._save_record(rec)
+        info = await call(client.api.inspect_container, container_id)
+        if not info["State"]["Running"]:
+            try:
+                await call(client.api.start, container_id)
+            except docker.errors.APIError as e:
+                raise EnvironmentError_(
+                    "Your environment could not start.", f"start {name}: {e}"
+                ) from None
+
+        if created and tpl.on_create:
+            self._step(rec, "hook", "Running the on_create hook")
+            code, output = await call(
+                envs.run_hook,
+                client,
+                container_id,
+                tpl.on_create,
+                tpl.user,
+                tpl.workspace,
+                str(net.service_ip),
+            )
+            rec["on_create"] = {"exit_code": code, "output": output[-2000:]}
+            self._save_record(rec)
+            if code != 0:
+                raise HookError(
+                    f"The on_create hook failed (exit {code}): {output.strip()[-300:]}",
+                    f"on_create for {name} exited {code}: {output[-2000:]}",
+                )
+
+        self._step(rec, "ready", "Waiting for your services to answer")
+        await self._wait_ready(client, container_id, str(net.service_ip), name)
+        self._set_state(rec, "running", step="running", message="Your environment is running")
+        self._publish(rec)
+        self._emit("environment-running", rec)
+        return self._environment(rec)
+
+    def _environment(self, rec: dict) -> Environment:
+        return Environment(
+            user=rec["user"],
+            name=rec["name"],
+            template=rec.get("template", ""),
+            net_id=rec["net_id"],
+            service_ip=rec["service_ip"],
+            ports=dict(self.config.routes),
+            state=rec.get("state", "stopped"),
+            container_id=rec.get("container_id", ""),
+            docker_url=rec.get("docker_url", ""),
+            per_user_docker=bool(rec.get("per_user_docker")),
+        )
+
+    async def _wait_ready(self, client, container_id: str, ip: str, name: str) -> None:
+        ports = sorted(set(self.config.routes.values()))
+        pending = set(ports)
+        deadline = anyio.current_time() + self.ready_timeout
+        delay = 0.05
+        while pending:
+            for port in sorted(pending):
+                with anyio.move_on_after(1):
+                    try:
+                        stream = await anyio.connect_tcp(ip, port)
+                    except OSError:
+                        continue
+                    await stream.aclose()
+                    pending.discard(port)
+            if not pending:
+                return
+            info = await self.engine.call(client.api.inspect_container, container_id)
+            if not info["State"]["Running"]:
+                tail = await self.engine.call(envs.logs_tail, client, container_id)
+                raise EnvironmentError_(
+                    "Your environment stopped while starting; its command failed.",
+                    f"{name} exited with {info['State'].get('ExitCode')} before ports "
+                    f"{sorted(pending)} answered; logs:\n{tail}",
+                )
+            if anyio.current_time() > deadline:
+                raise EnvironmentError_(
+                    f"Your environment did not answer on port(s) "
+                    f"{', '.join(map(str, sorted(pending)))} within {self.ready_timeout:.0f} s.",
+                    f"{name}: {ip} ports {sorted(pending)} refused connections for "
+                    f"{self.ready_timeout:.0f} s; check the template command listens on "
+                    "__SERVICE_IP__ or 0.0.0.0",
+                )
+            await anyio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    async def stop(self, user: str, checkpoint: bool | None = None) -> None:
+        """Stop ``user``'s environment and (per-user docker) daemon; ephemeral ones are removed.
+
+        ``checkpoint`` is handled by the checkpoint module where configured; here None/False
+        both stop without a checkpoint.
+        """
+        name = safe_name(user)
+        async with self.lock(user):
+            rec = self._records.get(name) or self._load_record(name)
+            if not rec:
+                return
+            await self._stop(rec, remove_container=False)
+
+    async def _stop(self, rec: dict, *, remove_container: bool) -> None:
+        call = self.engine.call
+        name = rec["name"]
+        self._set_state(rec, "stopping", step="stopping", message="Stopping your environment")
+        self._routes = self._routes.replace(name, None)
+        tpl = self._template_or_none(rec.get("template"))
+        spec = self._spec(name, rec["net_id"], tpl) if rec.get("net_id") is not None else None
+        per_user = rec.get("per_user_docker") and spec is not None
+        alive = (await call(self.supervisor.is_running, spec)) if per_user else True
+        if alive and rec.get("docker_url"):
+            client = self.engine.client(rec["docker_url"])
+            container = await call(envs.find, client, name)
+            if container is not None:
+                with contextlib.suppress(docker.errors.APIError):
+                    if remove_container or rec.get("mode") == "ephemeral":
+                        await call(container.remove, force=True)
+                    else:
+                        await call(container.stop, timeout=10)
+        if per_user:
+            self._emit("daemon-stopping", rec)
+            await call(self.supervisor.stop, spec)
+            self.engine.forget(spec.url)
+        self._set_state(rec, "stopped", step="stopped", message="Your environment is stopped")
+        self._emit("environment-stopped", rec)
+
+    async def destroy(self, user: str, remove_data: bool = False) -> None:
+        """Remove ``user``'s container, network, bridges, rules and daemon.
+
+        The workspace and data-root (with its network-ID marker) stay unless ``remove_data``.
+        """
+        name = safe_name(user)
+        async with self.lock(user):
+            rec = self._records.get(name) or self._load_record(name)
+            if rec and rec.get("net_id") is not None:
+                await self._stop(rec, remove_container=True)
+                net = network.user_network(rec["net_id"], self.config.user_subnet_pool)
+                if not rec.get("per_user_docker") and rec.get("docker_url"):
+                    client = self.engine.client(rec["docker_url"])
+                    with contextlib.suppress(docker.errors.DockerException):
+                        await self.engine.call(envs.remove_env_network, client, net)
+                await self.engine.call(network.remove_isolation, net.net_id)
+                await self.engine.call(network.delete_link, net.bridge)
+                await self.engine.call(network.delete_link, net.env_bridge)
+                if rec.get("per_user_docker"):
+                    spec = self._spec(name, rec["net_id"], None)
+                    await self.engine.call(storage.remove_tree, spec.exec_root)
+            paths = storage.UserPaths(Path(self.config.workspace_dir), name)
+            if remove_data:
+                if rec and rec.get("net_id") is not None:
+                    await self.engine.call(self.netids.release, rec["net_id"], paths.data_root_dir)
+                await self.engine.call(storage.remove_tree, paths.data_root_dir)
+                await self.engine.call(storage.remove_tree, paths.workspace)
+            self._routes = self._routes.replace(name, None)
+            self._progress.pop(name, None)
+            self._records.pop(name, None)
+            self._record_path(name).unlink(missing_ok=True)
+            if rec:
+                self._emit("environment-destroyed", rec)
+
+    async def status(self) -> list[EnvironmentStatus]:
+        """Every known user's environment, from records and live daemon checks."""
+        rows = []
+        for name in sorted(self._all_names()):
+            rec = self._records.get(name) or self._load_record(name)
+            if not rec:
+                continue
+            daemon: dict = {}
+            if rec.get("per_user_docker") and rec.get("net_id") is not None:
+                spec = self._spec(name, rec["net_id"], self._template_or_none(rec.get("template")))
+                daemon = await self.engine.call(self.supervisor.describe, spec)
+            seen = self._activity.get(rec.get("user", ""))
+            rows.append(
+                EnvironmentStatus(
+                    user=rec.get("user", name),
+                    name=name,
+                    template=rec.get("template", ""),
+                    state=rec.get("state", "stopped"),
+                    net_id=rec.get("net_id"),
+                    service_ip=rec.get("service_ip"),
+                    per_user_docker=bool(rec.get("per_user_docker")),
+                    mode=rec.get("mode", ""),
+                    container_id=rec.get("container_id"),
+                    daemon=MappingProxyType(daemon),
+                    last_activity=seen[0] if seen else None,
+                    activity_kind=seen[1] if seen else None,
+                    ports=MappingProxyType(dict(self.config.routes)),
+                    error=rec.get("error"),
+                )
+            )
+        return rows
+
+    def _all_names(self) -> set[str]:
+        names = set(self._records)
+        if self.users_dir.is_dir():
+            names.update(p.stem for p in self.users_dir.glob("*.json"))
+        return names
+
+    # -- the control loop --------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Adopt what is running (never restart or duplicate it); mark the rest stopped."""
+        for name in sorted(self._all_names()):
+            rec = self._load_record(name)
+            if not rec or rec.get("net_id") is None:
+                continue
+            try:
+                await self._reconcile_one(rec)
+            except (HubError, docker.errors.DockerException, OSError) as e:
+                log.warning("reconciling %s: %s", name, e)
+                self._set_state(rec, "failed", step="failed", message=str(e), error=str(e))
+
+    async def _reconcile_one(self, rec: dict) -> None:
+        call = self.engine.call
+        name = rec["name"]
+        tpl = self._template_or_none(rec.get("template"))
+        net = network.user_network(rec["net_id"], self.config.user_subnet_pool)
+        if rec.get("per_user_docker"):
+            spec = self._spec(name, rec["net_id"], tpl)
+            if not await call(self.supervisor.adopt, spec):
+                if rec.get("state") not in ("checkpointed", "stopped"):
+                    self._set_state(
+                        rec, "stopped", step="stopped", message="Your environment is stopped"
+                    )
+                return
+            await call(network.apply_isolation, net)
+            self._emit("daemon-started", rec)
+            url = spec.url
+        else:
+            url = self._host_url()
+        client = self.engine.client(url)
+        container = await call(envs.find, client, name)
+        if container is not None and container.status == "running":
+            rec.update(container_id=container.id, docker_url=url)
+            self._set_state(rec, "running", step="running", message="Your environment is running")
+            self._publish(rec)
+            self._emit("environment-running", rec)
+        elif rec.get("state") != "checkpointed":
+            self._set_state(rec, "stopped", step="stopped", message="Your environment is stopped")
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        """Reconcile, report ready, then run the registered services until cancelled."""
+        await self.engine.call(network.check_pool, self.config.user_subnet_pool)
+        await self.reconcile()
+        async with anyio.create_task_group() as tg:
+            for service in self._services:
+                tg.start_soon(service)
+            task_status.started(self)
+            await anyio.sleep_forever()
+
+
+def _chown_top(path: Path, uid: int, gid: int) -> None:
+    """Give the workspace directory itself to the container user (contents are left alone)."""
+    st = os.stat(path)
+    if (st.st_uid, st.st_gid) != (uid, gid):
+        os.chown(path, uid, gid)

@@ -1,0 +1,126 @@
+"""Network-ID allocation for per-user daemons.
+
+User IDs are ``32768 + 64*k`` (the seed's scheme: each ID owns 64 addresses). A user's ID is
+recorded in ``<workspace-dir>/<u>-docker/.networkid`` so a returning user gets it back after any
+restart. IDs are claimed host-wide, so several hubs (or test runs) on one host never share one:
+a claim is a file ``<registry>/<net_id>`` created with ``O_EXCL`` that holds the data-root path it
+belongs to, and every allocation runs under an ``flock`` on ``<registry>/.lock``. A claim whose
+data-root no longer records that ID is stale and may be taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
+from hubcontrol.errors import NetworkError
+
+DEFAULT_REGISTRY = Path("/var/lib/rediacc/netids")
+MARKER = ".networkid"
+MAX_USERS = 4096  # /24 blocks in the default /12 pool
+
+
+def net_id_for_index(index: int) -> int:
+    return USER_NETWORK_ID_BASE + USER_NETWORK_ID_STEP * index
+
+
+def index_of(net_id: int) -> int:
+    """The block index of a user network ID; ValueError for IDs outside the user range."""
+    offset = net_id - USER_NETWORK_ID_BASE
+    if offset < 0 or offset % USER_NETWORK_ID_STEP:
+        raise ValueError(f"{net_id} is not a user network ID (32768 + 64*k)")
+    return offset // USER_NETWORK_ID_STEP
+
+
+def read_marker(data_root_dir: Path) -> int | None:
+    """The network ID recorded in a data-root dir, or None when absent or unreadable."""
+    try:
+        text = (data_root_dir / MARKER).read_text().strip()
+        net_id = int(text)
+        index_of(net_id)
+        return net_id
+    except (OSError, ValueError):
+        return None
+
+
+def write_marker(data_root_dir: Path, net_id: int) -> None:
+    tmp = data_root_dir / f"{MARKER}.tmp"
+    tmp.write_text(f"{net_id}\n")
+    os.replace(tmp, data_root_dir / MARKER)
+
+
+class NetIdRegistry:
+    """Host-wide claims on user network IDs (see the module docstring)."""
+
+    def __init__(self, directory: Path = DEFAULT_REGISTRY, *, max_users: int = MAX_USERS) -> None:
+        self.directory = Path(directory)
+        self.max_users = max_users
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def owner(self, net_id: int) -> Path | None:
+        try:
+            return Path((self.directory / str(net_id)).read_text().strip())
+        except OSError:
+            return None
+
+    def _claim(self, net_id: int, data_root_dir: Path) -> bool:
+        path = self.directory / str(net_id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            owner = self.owner(net_id)
+            if owner == data_root_dir:
+                return True
+            if owner is not None and read_marker(owner) == net_id:
+                return False  # a live claim by another data-root
+            path.unlink(missing_ok=True)  # stale: its data-root is gone or moved on
+            return self._claim(net_id, data_root_dir)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{data_root_dir}\n")
+        return True
+
+    def allocate(self, data_root_dir: Path, *, reserved: frozenset[int] = frozenset()) -> int:
+        """The network ID of ``data_root_dir``: its marker's ID if still ours, else a free one.
+
+        ``reserved`` IDs (the hub's own ``--network-id``) are never handed out. Writes the marker.
+        """
+        data_root_dir = Path(data_root_dir).resolve()
+        data_root_dir.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            current = read_marker(data_root_dir)
+            if (
+                current is not None
+                and current not in reserved
+                and self._claim(current, data_root_dir)
+            ):
+                return current
+            for index in range(self.max_users):
+                net_id = net_id_for_index(index)
+                if net_id in reserved:
+                    continue
+                if self._claim(net_id, data_root_dir):
+                    write_marker(data_root_dir, net_id)
+                    return net_id
+        raise NetworkError(
+            "The hub has no free network for a new user; ask the operator.",
+            f"all {self.max_users} user network IDs in {self.directory} are claimed",
+        )
+
+    def release(self, net_id: int, data_root_dir: Path) -> None:
+        """Drop the claim on ``net_id`` if ``data_root_dir`` holds it."""
+        with self._locked():
+            if self.owner(net_id) == Path(data_root_dir).resolve():
+                (self.directory / str(net_id)).unlink(missing_ok=True)

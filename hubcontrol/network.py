@@ -1,0 +1,271 @@
+"""Per-user addressing, bridges and isolation rules.
+
+Each user network ID selects a /24 block ``B`` of the user subnet pool (docs/architecture.md):
+``B.0/26`` is the environment network (bridge ``rdh<net_id>e``, gateway ``B.1``, the environment
+container at ``B.2`` = SERVICE_IP), ``B.64/26`` the daemon's default bridge ``rdh<net_id>``, and
+``B.128/25`` the daemon's ``default-address-pools`` for the user's own networks.
+
+Per-user daemons run with ``--iptables=false``: the hub owns every rule, so daemons never fight
+over shared chains. Rules live in ``RDH-FORWARD`` (first in ``FORWARD``), ``RDH-INPUT`` (first in
+``INPUT``) and ``RDH-POSTROUTING`` (nat, masquerading outbound traffic), each tagged with a
+comment ``rdh:<net_id>`` so one user's rules are removed without touching anyone else's.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from hubcontrol.errors import NetworkError
+from hubcontrol.netids import index_of
+
+FORWARD_CHAIN = "RDH-FORWARD"
+INPUT_CHAIN = "RDH-INPUT"
+NAT_CHAIN = "RDH-POSTROUTING"
+ENV_NETWORK = "rediacc-hub-env"
+BRIDGE_PREFIX = "rdh"
+
+
+@dataclass(frozen=True)
+class UserNetwork:
+    """The addresses of one user's block (pure data, derived from the net ID and the pool)."""
+
+    net_id: int
+    pool: ipaddress.IPv4Network
+    block: ipaddress.IPv4Network
+    env_subnet: ipaddress.IPv4Network
+    env_gateway: ipaddress.IPv4Address
+    service_ip: ipaddress.IPv4Address
+    bridge_subnet: ipaddress.IPv4Network
+    bridge_address: ipaddress.IPv4Interface
+    address_pool: ipaddress.IPv4Network
+
+    @property
+    def bridge(self) -> str:
+        """The daemon's default bridge (``docker run`` containers)."""
+        return f"{BRIDGE_PREFIX}{self.net_id}"
+
+    @property
+    def env_bridge(self) -> str:
+        """The bridge of the environment network, created by the daemon from the network option."""
+        return f"{BRIDGE_PREFIX}{self.net_id}e"
+
+    @property
+    def tag(self) -> str:
+        return f"rdh:{self.net_id}"
+
+
+def parse_pool(pool: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(pool, strict=True)
+    except ValueError as e:
+        raise NetworkError(
+            "The hub's user subnet pool is misconfigured.",
+            f"--user-subnet-pool {pool!r} is not an IPv4 network ({e}); use e.g. 10.208.0.0/12",
+        ) from None
+    if net.prefixlen > 24:
+        raise NetworkError(
+            "The hub's user subnet pool is misconfigured.",
+            f"--user-subnet-pool {pool!r} is smaller than one /24; use a /24 or larger",
+        )
+    return net
+
+
+def capacity(pool: str) -> int:
+    """How many users fit in ``pool`` (one /24 each)."""
+    return 1 << (24 - parse_pool(pool).prefixlen)
+
+
+def user_network(net_id: int, pool: str) -> UserNetwork:
+    """The block of ``net_id`` in ``pool``; NetworkError when the pool is too small for it."""
+    net = parse_pool(pool)
+    index = index_of(net_id)
+    if index >= capacity(pool):
+        raise NetworkError(
+            "The hub has no room for another user's network; ask the operator.",
+            f"net ID {net_id} (block {index}) is outside --user-subnet-pool {pool} "
+            f"({capacity(pool)} blocks); use a larger pool",
+        )
+    base = int(net.network_address) + (index << 8)
+    block = ipaddress.IPv4Network((base, 24))
+    addr = ipaddress.IPv4Address
+    return UserNetwork(
+        net_id=net_id,
+        pool=net,
+        block=block,
+        env_subnet=ipaddress.IPv4Network((base, 26)),
+        env_gateway=addr(base + 1),
+        service_ip=addr(base + 2),
+        bridge_subnet=ipaddress.IPv4Network((base + 64, 26)),
+        bridge_address=ipaddress.IPv4Interface((base + 65, 26)),
+        address_pool=ipaddress.IPv4Network((base + 128, 25)),
+    )
+
+
+def daemon_network_config(net: UserNetwork) -> dict:
+    """The network part of a per-user ``daemon.json``."""
+    return {
+        "bridge": net.bridge,
+        "iptables": False,
+        "ip-masq": False,
+        # published ports bind to the user's own bridge address, never the host's interfaces
+        "ip": str(net.bridge_address.ip),
+        "default-address-pools": [{"base": str(net.address_pool), "size": 28}],
+    }
+
+
+def overlapping_routes(
+    pool: ipaddress.IPv4Network, routes: Iterable[dict], *, ours: Sequence[str] = (BRIDGE_PREFIX,)
+) -> list[str]:
+    """Routes (from ``ip -j route``) that overlap ``pool`` and are not on one of our bridges."""
+    found = []
+    for route in routes:
+        dst = route.get("dst", "")
+        if dst in ("default", "") or ":" in dst:
+            continue
+        try:
+            net = ipaddress.IPv4Network(dst, strict=False)
+        except ValueError:
+            continue
+        dev = route.get("dev", "")
+        if net.overlaps(pool) and not any(dev.startswith(p) for p in ours):
+            found.append(f"{dst} dev {dev}")
+    return found
+
+
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if check and proc.returncode:
+        raise NetworkError(
+            "The hub could not set up your network.",
+            f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}",
+        )
+    return proc
+
+
+def check_pool(pool: str) -> None:
+    """NetworkError when a host route not made by the hub overlaps the pool."""
+    routes = json.loads(_run("ip", "-j", "route").stdout or "[]")
+    clash = overlapping_routes(parse_pool(pool), routes)
+    if clash:
+        raise NetworkError(
+            "The hub's user networks clash with the host's networks; ask the operator.",
+            f"--user-subnet-pool {pool} overlaps host routes: {', '.join(clash)}; "
+            "choose a pool no host interface uses",
+        )
+
+
+def link_exists(name: str) -> bool:
+    return _run("ip", "link", "show", "dev", name, check=False).returncode == 0
+
+
+def ensure_bridge(name: str, address: ipaddress.IPv4Interface) -> None:
+    """Create bridge ``name`` with ``address`` and bring it up (idempotent)."""
+    if not link_exists(name):
+        proc = _run("ip", "link", "add", name, "type", "bridge", check=False)
+        if proc.returncode and not link_exists(name):
+            raise NetworkError(
+                "The hub could not set up your network.",
+                f"ip link add {name} type bridge: {proc.stderr.strip()}",
+            )
+    shown = json.loads(_run("ip", "-j", "addr", "show", "dev", name).stdout or "[]")
+    have = {
+        f"{a['local']}/{a['prefixlen']}"
+        for link in shown
+        for a in link.get("addr_info", [])
+        if a.get("family") == "inet"
+    }
+    if str(address) not in have:
+        for stale in have:
+            _run("ip", "addr", "del", stale, "dev", name, check=False)
+        _run("ip", "addr", "add", str(address), "dev", name)
+    _run("ip", "link", "set", name, "up")
+
+
+def delete_link(name: str) -> None:
+    _run("ip", "link", "del", name, check=False)
+
+
+# -- iptables -------------------------------------------------------------------------------
+
+
+def isolation_rules(net: UserNetwork) -> list[tuple[str, str, list[str]]]:
+    """(table, chain, rule) for one user, in order. Pure; ``-m comment`` tags are added on apply.
+
+    * within the block: allowed (environment <-> the user's own containers)
+    * replies to connections the block opened: allowed
+    * from the block to any other pool address, or new connections into the block from elsewhere
+      (other users, other daemons' containers): dropped
+    * from the block to the world: allowed, masqueraded
+    * from the block to the host itself (INPUT): only replies; hub, host and loopback services
+      are out of reach
+    """
+    b, pool = str(net.block), str(net.pool)
+    return [
+        ("filter", FORWARD_CHAIN, ["-s", b, "-d", b, "-j", "ACCEPT"]),
+        (
+            "filter",
+            FORWARD_CHAIN,
+            ["-d", b, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+        ),
+        ("filter", FORWARD_CHAIN, ["-s", b, "-d", pool, "-j", "DROP"]),
+        ("filter", FORWARD_CHAIN, ["-d", b, "-j", "DROP"]),
+        ("filter", FORWARD_CHAIN, ["-s", b, "-j", "ACCEPT"]),
+        (
+            "filter",
+            INPUT_CHAIN,
+            ["-s", b, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+        ),
+        ("filter", INPUT_CHAIN, ["-s", b, "-j", "DROP"]),
+        ("nat", NAT_CHAIN, ["-s", b, "!", "-d", b, "-j", "MASQUERADE"]),
+    ]
+
+
+_HOOKS = (
+    ("filter", "FORWARD", FORWARD_CHAIN),
+    ("filter", "INPUT", INPUT_CHAIN),
+    ("nat", "POSTROUTING", NAT_CHAIN),
+)
+
+
+def _ipt(table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _run("iptables", "-w", "10", "-t", table, *args, check=check)
+
+
+def ensure_chains() -> None:
+    """Create the RDH chains and hook each first in its built-in chain (idempotent)."""
+    for table, builtin, chain in _HOOKS:
+        _ipt(table, "-N", chain, check=False)
+        if _ipt(table, "-C", builtin, "-j", chain, check=False).returncode:
+            _ipt(table, "-I", builtin, "1", "-j", chain)
+
+
+def apply_isolation(net: UserNetwork) -> None:
+    """Install one user's rules (idempotent: replaces any earlier set for the same net ID)."""
+    ensure_chains()
+    rules = isolation_rules(net)
+    tagged = [(t, c, [*r, "-m", "comment", "--comment", net.tag]) for t, c, r in rules]
+    if all(_ipt(t, "-C", c, *r, check=False).returncode == 0 for t, c, r in tagged):
+        return  # already in force; re-adding would open a window without them
+    remove_isolation(net.net_id)
+    for table, chain, rule in tagged:
+        _ipt(table, "-A", chain, *rule)
+
+
+def remove_isolation(net_id: int) -> None:
+    """Delete every rule tagged ``rdh:<net_id>`` from the RDH chains."""
+    tag = f'"rdh:{net_id}"'
+    alt = f"rdh:{net_id}"
+    for table, _builtin, chain in _HOOKS:
+        listing = _ipt(table, "-S", chain, check=False)
+        if listing.returncode:
+            continue
+        for line in listing.stdout.splitlines():
+            words = line.split()
+            if words[:2] != ["-A", chain] or (tag not in words and alt not in words):
+                continue
+            spec = [w.strip('"') for w in words[2:]]
+            _ipt(table, "-D", chain, *spec, check=False)

@@ -1,0 +1,281 @@
+"""Daemon supervisors: how a per-user dockerd is started, stopped, found again and limited.
+
+``DaemonSupervisor`` is the contract; ``local.LocalSupervisor`` (detached child processes plus
+cgroups, for hosts whose PID 1 is not systemd, such as CI) and ``systemd.SystemdSupervisor`` (a
+unit per user in ``rediacc.slice``) implement it. ``choose(name)`` picks one by name, or by
+detection for ``"auto"``.
+
+Contract (every method is blocking; the hub calls them in worker threads):
+
+* ``start(spec)`` returns once the daemon answers ``GET /_ping`` on ``spec.socket``; raises
+  DaemonError (with the end of the daemon's log) otherwise. Starting a running daemon is a no-op.
+  A started daemon keeps running when the hub process exits.
+* ``stop(spec, timeout)`` stops the daemon (SIGTERM, then SIGKILL after ``timeout``), cleans up
+  what it leaves behind (mounts under its exec-root, cgroups), and is a no-op when not running.
+* ``is_running(spec)`` is True while the daemon process of ``spec`` exists.
+* ``adopt(spec)`` takes over a daemon started by an earlier hub process; True when one runs.
+* ``describe(spec)`` returns a JSON-able dict for status pages (pid, unit, cgroup, ...).
+* ``container_cgroup_parent(spec)`` is the ``--cgroup-parent`` for the daemon's containers.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from hubcontrol import durations
+from hubcontrol.errors import ConfigError, DaemonError
+
+RUN_DIR = Path("/run/rediacc/hub")
+CRIU_BIN = "/opt/rediacc/criu/bin"
+INIT_PATH = "/usr/bin/tini-static"
+SYSTEM_CONTAINERD = Path("/run/containerd/containerd.sock")
+DOCKERD = "dockerd"
+CPU_PERIOD_US = 100_000
+
+
+def parse_cpu_quota(value: str | None) -> float | None:
+    """A ``rediacc.hub.limits.cpu`` value ("200%") as a number of CPUs (2.0); None when unset."""
+    if value is None or str(value).strip() in ("", "infinity"):
+        return None
+    try:
+        return durations.parse_cpu_quota(value)
+    except ValueError as e:
+        raise ConfigError(f"rediacc.hub.limits.cpu: {e}") from None
+
+
+def parse_memory_max(value: str | None, *, total: int | None = None) -> int | None:
+    """A ``rediacc.hub.limits.memory`` value ("8G", "50%") in bytes; None when unset."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return durations.parse_memory_max(value, total_memory=total)
+    except ValueError as e:
+        raise ConfigError(f"rediacc.hub.limits.memory: {e}") from None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one user (from the template's ``rediacc.hub.limits.*`` labels)."""
+
+    cpu: str | None = None  # CPUQuota= form, "200%"
+    memory: str | None = None  # MemoryMax= form, "8G"
+    pids: int | None = None
+
+    @property
+    def cpus(self) -> float | None:
+        return parse_cpu_quota(self.cpu)
+
+    @property
+    def memory_bytes(self) -> int | None:
+        return parse_memory_max(self.memory)
+
+
+@dataclass(frozen=True)
+class DaemonSpec:
+    """Everything needed to run one user's dockerd (derived, never persisted)."""
+
+    user: str  # safe name
+    net_id: int
+    data_root: Path
+    daemon_dir: Path  # config, pidfile, TMPDIR, log
+    network_config: Mapping = field(default_factory=dict)
+    limits: Limits = Limits()
+    env_socket: bool = True  # dockerd also serves the environment's socket directory itself
+    run_dir: Path = RUN_DIR
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "network_config", MappingProxyType(dict(self.network_config)))
+
+    @property
+    def exec_root(self) -> Path:
+        return self.run_dir / str(self.net_id)
+
+    @property
+    def socket(self) -> Path:
+        return self.exec_root / "docker.sock"
+
+    @property
+    def env_dir(self) -> Path:
+        """Mounted into the environment; holds the docker socket the environment talks to."""
+        return self.exec_root / "env"
+
+    @property
+    def env_socket_path(self) -> Path:
+        return self.env_dir / "docker.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.daemon_dir / "docker.pid"
+
+    @property
+    def config_file(self) -> Path:
+        return self.daemon_dir / "daemon.json"
+
+    @property
+    def tmpdir(self) -> Path:
+        return self.daemon_dir / "tmp"
+
+    @property
+    def log(self) -> Path:
+        return self.daemon_dir / "dockerd.log"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+
+def daemon_config(spec: DaemonSpec, *, cgroup_parent: str | None = None) -> dict:
+    """The ``daemon.json`` of a per-user dockerd (flags for paths, this file for the rest)."""
+    config = {
+        "experimental": True,
+        "init-path": INIT_PATH,
+        "live-restore": False,
+        "log-driver": "json-file",
+        "log-opts": {"max-size": "10m", "max-file": "3"},
+        **spec.network_config,
+    }
+    if cgroup_parent:
+        config["cgroup-parent"] = cgroup_parent
+    return config
+
+
+def dockerd_argv(spec: DaemonSpec, *, containerd_socket: Path = SYSTEM_CONTAINERD) -> list[str]:
+    argv = [
+        DOCKERD,
+        "--data-root", str(spec.data_root),
+        "--exec-root", str(spec.exec_root),
+        "--pidfile", str(spec.pidfile),
+        "--config-file", str(spec.config_file),
+        "-H", f"unix://{spec.socket}",
+    ]  # fmt: skip
+    if spec.env_socket:
+        argv += ["-H", f"unix://{spec.env_socket_path}"]
+    if containerd_socket.exists():
+        # a system containerd is shared: keep each daemon's containers in its own namespace
+        argv += [
+            "--containerd", str(containerd_socket),
+            "--containerd-namespace", f"rdh{spec.net_id}",
+            "--containerd-plugins-namespace", f"rdh{spec.net_id}p",
+        ]  # fmt: skip
+    return argv
+
+
+def dockerd_env(spec: DaemonSpec, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    path = env.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env["PATH"] = f"{CRIU_BIN}:{path}"
+    # containerd leaves full memory images (ctrd-checkpoint*) in TMPDIR after restores
+    env["TMPDIR"] = str(spec.tmpdir)
+    return env
+
+
+def ping(path: Path, timeout: float = 1.0) -> bool:
+    """True when the daemon at unix socket ``path`` answers ``GET /_ping`` with OK."""
+    # A raw request: httpx's unix transport leaks the socket when connect() fails, and this
+    # runs in a polling loop while dockerd starts.
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+    except OSError:
+        return False
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n", 1)[0] and body == b"OK"
+
+
+def log_tail(path: Path, limit: int = 2000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - limit))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return "(no log)"
+
+
+def wait_for_ping(spec: DaemonSpec, alive, timeout: float = 60.0) -> None:
+    """Poll ``/_ping`` until it answers; DaemonError if ``alive()`` turns False or time runs out."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while not ping(spec.socket):
+        if not alive():
+            raise DaemonError(
+                "Your Docker daemon failed to start.",
+                f"dockerd for {spec.user} (net {spec.net_id}) exited; log {spec.log}:\n"
+                f"{log_tail(spec.log)}",
+            )
+        if time.monotonic() > deadline:
+            raise DaemonError(
+                "Your Docker daemon did not start in time.",
+                f"dockerd for {spec.user} (net {spec.net_id}) did not answer /_ping on "
+                f"{spec.socket} within {timeout:.0f} s; log {spec.log}:\n{log_tail(spec.log)}",
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+
+
+class DaemonSupervisor(abc.ABC):
+    """Starts, stops and finds per-user dockerd processes (see the module docstring)."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def start(self, spec: DaemonSpec) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self, spec: DaemonSpec, timeout: float = 30.0) -> None: ...
+
+    @abc.abstractmethod
+    def is_running(self, spec: DaemonSpec) -> bool: ...
+
+    @abc.abstractmethod
+    def adopt(self, spec: DaemonSpec) -> bool: ...
+
+    @abc.abstractmethod
+    def describe(self, spec: DaemonSpec) -> dict: ...
+
+    @abc.abstractmethod
+    def container_cgroup_parent(self, spec: DaemonSpec) -> str | None: ...
+
+    def apply_limits(self, spec: DaemonSpec) -> None:  # noqa: B027 - optional hook
+        """Update the limits of a running daemon's groups (after a template switch)."""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if not getattr(cls, "__abstractmethods__", None) and not cls.name:
+            raise TypeError(f"{cls.__name__} must set a class attribute `name`")
+
+
+def pid1_is_systemd() -> bool:
+    try:
+        return (
+            os.readlink("/proc/1/exe").endswith("/systemd") or Path("/run/systemd/system").is_dir()
+        )
+    except OSError:
+        return Path("/run/systemd/system").is_dir()
+
+
+def choose(name: str = "auto") -> DaemonSupervisor:
+    """The supervisor called ``name``: "local", "systemd" or "auto" (systemd when PID 1 is)."""
+    if name == "auto":
+        name = "systemd" if pid1_is_systemd() else "local"
+    if name == "local":
+        from hubcontrol.supervisor.local import LocalSupervisor
+
+        return LocalSupervisor()
+    if name == "systemd":
+        from hubcontrol.supervisor.systemd import SystemdSupervisor
+
+        return SystemdSupervisor()
+    raise ConfigError(f"--supervisor={name!r} is not known; use local, systemd or auto")

@@ -1,0 +1,353 @@
+"""Per-user dockerd as a detached process plus cgroups, for hosts whose PID 1 is not systemd.
+
+The daemon runs in its own session with its output in its log file, so it keeps running when the
+hub process exits or restarts; it is found again through its pidfile (checked against the
+process's command line, so a recycled PID is never mistaken for it).
+
+Cgroups (v2 where the unified hierarchy has controllers, else v1 per controller)::
+
+    rediacc.slice/hub-<u>/              cpu limit (daemon and containers together)
+    rediacc.slice/hub-<u>/daemon        dockerd, containerd, shims: no memory limit
+    rediacc.slice/hub-<u>/containers    memory and pids limits; the daemon's --cgroup-parent
+
+The memory limit sits on the containers' group only: a limit shared with dockerd would let the
+OOM killer take the daemon down with the user's containers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from hubcontrol import storage
+from hubcontrol.errors import DaemonError
+from hubcontrol.supervisor import (
+    CPU_PERIOD_US,
+    DaemonSpec,
+    DaemonSupervisor,
+    daemon_config,
+    dockerd_argv,
+    dockerd_env,
+    wait_for_ping,
+)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SLICE = "rediacc.slice"
+V1_CONTROLLERS = ("cpu", "memory", "pids")
+
+
+def group_path(user: str) -> str:
+    return f"/{SLICE}/hub-{user}"
+
+
+class Cgroups:
+    """The cgroup tree of one user, on v2 or v1 (see the module docstring)."""
+
+    def __init__(self, root: Path = CGROUP_ROOT) -> None:
+        self.root = root
+        unified = root / "cgroup.controllers"
+        self.v2 = unified.exists()
+        if self.v2:
+            self.available = set(unified.read_text().split())
+        else:
+            self.available = {c for c in V1_CONTROLLERS if (root / c / "cgroup.procs").exists()}
+
+    def dirs(self, user: str, leaf: str = "") -> list[Path]:
+        rel = group_path(user).lstrip("/") + (f"/{leaf}" if leaf else "")
+        if self.v2:
+            return [self.root / rel]
+        return [self.root / c / rel for c in sorted(self.available)]
+
+    def _v1(self, controller: str, user: str, leaf: str = "") -> Path | None:
+        if controller not in self.available:
+            return None
+        return self.root / controller / group_path(user).lstrip("/") / leaf
+
+    def create(self, user: str) -> None:
+        if self.v2:
+            wanted = [c for c in ("cpu", "memory", "pids") if c in self.available]
+            enable = " ".join(f"+{c}" for c in wanted)
+            slice_dir = self.root / SLICE
+            top = self.root / group_path(user).lstrip("/")
+            for d in (slice_dir, top, top / "daemon", top / "containers"):
+                d.mkdir(exist_ok=True)
+            for d in (self.root, slice_dir, top):
+                if enable:
+                    with contextlib.suppress(OSError):
+                        (d / "cgroup.subtree_control").write_text(enable)
+        else:
+            for base in self.dirs(user):
+                (base / "daemon").mkdir(parents=True, exist_ok=True)
+                (base / "containers").mkdir(parents=True, exist_ok=True)
+
+    def procs_files(self, user: str) -> list[Path]:
+        """Where the daemon's PID is written before it execs dockerd."""
+        return [d / "cgroup.procs" for d in self.dirs(user, "daemon")]
+
+    def apply(self, user: str, cpus: float | None, memory: int | None, pids: int | None) -> None:
+        if self.v2:
+            top = self.root / group_path(user).lstrip("/")
+            quota = "max" if cpus is None else str(int(cpus * CPU_PERIOD_US))
+            self._write(top / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+            self._write(top / "containers" / "memory.max", "max" if memory is None else str(memory))
+            self._write(top / "containers" / "pids.max", "max" if pids is None else str(pids))
+            return
+        cpu = self._v1("cpu", user)
+        if cpu is not None:
+            self._write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            self._write(
+                cpu / "cpu.cfs_quota_us", "-1" if cpus is None else str(int(cpus * CPU_PERIOD_US))
+            )
+        mem = self._v1("memory", user, "containers")
+        if mem is not None:
+            self._write(mem / "memory.limit_in_bytes", "-1" if memory is None else str(memory))
+        pid = self._v1("pids", user, "containers")
+        if pid is not None:
+            self._write(pid / "pids.max", "max" if pids is None else str(pids))
+
+    def read(self, user: str) -> dict:
+        """The limits in force, as the kernel reports them (for status pages and tests)."""
+        out: dict = {}
+        if self.v2:
+            top = self.root / group_path(user).lstrip("/")
+            for key, path in (
+                ("cpu.max", top / "cpu.max"),
+                ("memory.max", top / "containers" / "memory.max"),
+                ("pids.max", top / "containers" / "pids.max"),
+            ):
+                with contextlib.suppress(OSError):
+                    out[key] = path.read_text().strip()
+            return out
+        for key, ctl, leaf, name in (
+            ("cpu.cfs_quota_us", "cpu", "", "cpu.cfs_quota_us"),
+            ("memory.limit_in_bytes", "memory", "containers", "memory.limit_in_bytes"),
+            ("pids.max", "pids", "containers", "pids.max"),
+        ):
+            d = self._v1(ctl, user, leaf)
+            if d is not None:
+                with contextlib.suppress(OSError):
+                    out[key] = (d / name).read_text().strip()
+        return out
+
+    def pids(self, user: str) -> set[int]:
+        found: set[int] = set()
+        for base in self.dirs(user):
+            for procs in base.rglob("cgroup.procs") if base.exists() else ():
+                with contextlib.suppress(OSError, ValueError):
+                    found.update(int(p) for p in procs.read_text().split())
+        return found
+
+    def remove(self, user: str) -> None:
+        """Remove the user's groups (deepest first); groups still holding processes stay."""
+        bases = self.dirs(user)
+        if not self.v2:
+            # runc creates the cgroup parent in every mounted hierarchy, not only ours
+            rel = group_path(user).lstrip("/")
+            bases = [p / rel for p in self.root.iterdir() if (p / rel).is_dir()]
+        for base in bases:
+            if not base.exists():
+                continue
+            for d in sorted(
+                (p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+            ):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            with contextlib.suppress(OSError):
+                base.rmdir()
+
+    @staticmethod
+    def _write(path: Path, value: str) -> None:
+        try:
+            path.write_text(value)
+        except OSError as e:
+            raise DaemonError(
+                "The hub could not apply your resource limits.", f"writing {value!r} to {path}: {e}"
+            ) from None
+
+
+def _pid_state(pid: int) -> str | None:
+    """The process state letter from /proc, or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _alive(pid: int) -> bool:
+    state = _pid_state(pid)
+    if state in ("Z", "X"):
+        _reap(pid)
+        return False
+    return state is not None
+
+
+class LocalSupervisor(DaemonSupervisor):
+    """dockerd as a detached child process, limited by cgroups (see the module docstring)."""
+
+    name = "local"
+
+    def __init__(self, cgroups: Cgroups | None = None) -> None:
+        self.cgroups = cgroups or Cgroups()
+
+    # -- finding the daemon -------------------------------------------------------------------
+
+    def pid(self, spec: DaemonSpec) -> int | None:
+        """The PID of the running dockerd of ``spec``, checked against its command line."""
+        try:
+            pid = int(spec.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        state = _pid_state(pid)
+        if state is None:
+            return None
+        if state in ("Z", "X"):
+            _reap(pid)
+            return None
+        argv = _cmdline(pid)
+        if not argv or not argv[0].endswith("dockerd") or str(spec.pidfile) not in argv:
+            return None
+        return pid
+
+    def is_running(self, spec: DaemonSpec) -> bool:
+        return self.pid(spec) is not None
+
+    def adopt(self, spec: DaemonSpec) -> bool:
+        return self.is_running(spec)
+
+    def container_cgroup_parent(self, spec: DaemonSpec) -> str | None:
+        return f"{group_path(spec.user)}/containers"
+
+    def describe(self, spec: DaemonSpec) -> dict:
+        return {
+            "supervisor": self.name,
+            "pid": self.pid(spec),
+            "socket": str(spec.socket),
+            "cgroup": group_path(spec.user),
+            "limits": self.cgroups.read(spec.user),
+            "log": str(spec.log),
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def apply_limits(self, spec: DaemonSpec) -> None:
+        self.cgroups.create(spec.user)
+        self.cgroups.apply(spec.user, spec.limits.cpus, spec.limits.memory_bytes, spec.limits.pids)
+
+    def start(self, spec: DaemonSpec, timeout: float = 60.0) -> None:
+        if self.is_running(spec):
+            return
+        for d in (spec.daemon_dir, spec.data_root, spec.tmpdir):
+            d.mkdir(parents=True, exist_ok=True)
+        spec.run_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        spec.exec_root.mkdir(exist_ok=True, mode=0o700)
+        spec.env_dir.mkdir(exist_ok=True, mode=0o755)
+        self._cleanup_stale(spec)
+        self.apply_limits(spec)
+        config = daemon_config(spec, cgroup_parent=self.container_cgroup_parent(spec))
+        spec.config_file.write_text(json.dumps(config, indent=2) + "\n")
+        # Join the cgroups before exec, so containerd and the shims dockerd spawns start there;
+        # record our PID (dockerd's, after exec) before dockerd writes its own pidfile.
+        launcher = spec.daemon_dir / "launcher.pid"
+        launcher.unlink(missing_ok=True)
+        joins = " ".join(shlex.quote(str(p)) for p in self.cgroups.procs_files(spec.user))
+        script = (
+            f"echo $$ > {shlex.quote(str(launcher))}; "
+            f'for f in {joins}; do echo $$ > "$f" || exit 97; done; exec "$@"'
+        )
+        # setsid --fork: dockerd is not our child, so it outlives the hub and is never a zombie
+        # of ours; its output goes to its log file.
+        argv = ["setsid", "--fork", "/bin/sh", "-c", script, "sh", *dockerd_argv(spec)]
+        with open(spec.log, "ab") as log:
+            subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dockerd_env(spec),
+                check=True,
+                close_fds=True,
+            )
+        pid = self._launched_pid(launcher)
+        try:
+            wait_for_ping(spec, lambda: pid is not None and _alive(pid), timeout)
+        except DaemonError:
+            if pid is not None:
+                self._terminate(pid, 5.0)
+            raise
+        self._open_env_socket(spec)
+
+    def _open_env_socket(self, spec: DaemonSpec) -> None:
+        # The environment's user is not root: it reaches the socket through the env directory,
+        # which only that user's container mounts (/run/rediacc/hub is root-only on the host).
+        if spec.env_socket and spec.env_socket_path.exists():
+            os.chmod(spec.env_socket_path, 0o666)
+
+    def stop(self, spec: DaemonSpec, timeout: float = 30.0) -> None:
+        pid = self.pid(spec)
+        if pid is not None:
+            self._terminate(pid, timeout)
+        self._cleanup_stale(spec)
+        self.cgroups.remove(spec.user)
+
+    @staticmethod
+    def _launched_pid(launcher: Path, timeout: float = 5.0) -> int | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, ValueError):
+                return int(launcher.read_text().strip())
+            time.sleep(0.01)
+        return None
+
+    def _terminate(self, pid: int, timeout: float) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not self._wait_gone(pid, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self._wait_gone(pid, 10.0)
+
+    @staticmethod
+    def _wait_gone(pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+        return True
+
+    def _cleanup_stale(self, spec: DaemonSpec) -> None:
+        """What a stopped or crashed dockerd leaves: leftover processes, mounts, sockets."""
+        leftovers = self.cgroups.pids(spec.user)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in leftovers:
+            self._wait_gone(pid, 5.0)
+        storage.unmount_under(spec.exec_root / "netns")
+        storage.unmount_under(spec.data_root)
+        for sock in (spec.socket, spec.env_socket_path):
+            with contextlib.suppress(OSError):
+                if sock.is_socket():
+                    sock.unlink()

@@ -1,0 +1,75 @@
+"""Shared helpers for the Hub core's integration tests: a test image and a Hub config.
+
+The image is busybox-static (tests/support/images.py) plus a ``/bin/bash`` shim, since templates
+run their command with ``bash -c``; it is imported into the HOST daemon under a tag unique to this
+test run, and the Hub transfers it into each per-user daemon the way production does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tarfile
+import uuid
+from pathlib import Path
+
+import docker
+
+from hubcontrol.config import HubConfig, Template
+from tests.support.images import busybox_rootfs_tar
+
+HOST_SOCKET = "/var/run/docker.sock"
+# Two route ports served by busybox httpd on SERVICE_IP; httpd without -f daemonizes.
+COMMAND = "httpd -p __SERVICE_IP__:8080 -h ${HOME:-/} && exec httpd -f -p ${SERVICE_IP}:7681 -h /"
+ROUTES = {"code": 8080, "term": 7681}
+
+
+def env_rootfs_tar() -> bytes:
+    src = io.BytesIO(busybox_rootfs_tar())
+    out = io.BytesIO()
+    with tarfile.open(fileobj=src) as old, tarfile.open(fileobj=out, mode="w") as new:
+        for member in old.getmembers():
+            new.addfile(member, old.extractfile(member) if member.isfile() else None)
+        shim = b'#!/bin/sh\nexec /bin/sh "$@"\n'
+        info = tarfile.TarInfo("bin/bash")
+        info.size = len(shim)
+        info.mode = 0o755
+        new.addfile(info, io.BytesIO(shim))
+    return out.getvalue()
+
+
+@contextlib.contextmanager
+def host_test_image():
+    """Import the test image into the host daemon; yields its reference, removes it after."""
+    client = docker.DockerClient(base_url=f"unix://{HOST_SOCKET}", version="1.41", timeout=120)
+    tag = f"t{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    repository = "hub-test/hubcore"
+    client.api.import_image_from_data(env_rootfs_tar(), repository=repository, tag=tag)
+    ref = f"{repository}:{tag}"
+    try:
+        yield ref
+    finally:
+        with contextlib.suppress(docker.errors.DockerException):
+            client.images.remove(ref, force=True)
+        client.close()
+
+
+def make_config(tmp: Path, image: str, **template_fields) -> HubConfig:
+    fields = {"command": COMMAND, "docker": "per-user", "cpu": "50%", "memory": "256M"}
+    fields.update(template_fields)
+    default = Template(name="default", image=image, **fields)
+    other = Template(name="other", image=image, **fields)
+    eph = Template(name="eph", image=image, **{**fields, "mode": "ephemeral"})
+    return HubConfig(
+        routes=ROUTES,
+        templates={"default": default, "other": other, "eph": eph},
+        docker_socket=HOST_SOCKET,
+        workspace_dir=tmp / "workspaces",
+        state_dir=tmp / "state",
+        supervisor="local",
+    )
+
+
+def unique_user(prefix: str = "u") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,244 @@
+"""Integration tests of hubcontrol.Hub against real per-user dockerd processes (LocalSupervisor).
+
+Each test starts real daemons from /usr/sbin/dockerd with their own bridges (rdh<net_id>) in the
+10.208.0.0/12 pool, transfers a busybox image from the host daemon and destroys everything it
+made, data included, even on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+from pathlib import Path
+
+import anyio
+import docker
+import pytest
+
+from hubcontrol import network
+from hubcontrol.embed import embedded
+from hubcontrol.errors import EnvironmentError_, HookError
+from hubcontrol.hub import Hub
+from hubcontrol.netids import read_marker
+from tests.hubcontrol._hubcore import host_test_image, make_config, unique_user
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(scope="module")
+def image():
+    with host_test_image() as ref:
+        yield ref
+
+
+@contextlib.contextmanager
+def running_hub(tmp_path: Path, image: str, **template_fields):
+    """A Hub in a background loop; every user it touched is destroyed with its data afterwards."""
+    config = make_config(tmp_path, image, **template_fields)
+    with embedded(config, ready_timeout=20) as hub:
+        try:
+            yield hub
+        finally:
+            for row in hub.status():
+                with contextlib.suppress(Exception):
+                    hub.destroy(row.user, remove_data=True)
+
+
+_clients: list[docker.DockerClient] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+def _client(url: str) -> docker.DockerClient:
+    client = docker.DockerClient(base_url=url, version="1.41")
+    _clients.append(client)
+    return client
+
+
+def http_get(ip: str, port: int, path: str = "/") -> str:
+    with socket.create_connection((ip, port), timeout=5) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.decode(errors="replace")
+
+
+def exec_in(client: docker.DockerClient, container_id: str, *cmd: str, user: str | None = None):
+    result = client.containers.get(container_id).exec_run(list(cmd), user=user or "")
+    return result.exit_code, result.output.decode(errors="replace")
+
+
+def test_two_users_get_own_daemons_isolated_and_limited(tmp_path, image):
+    alice, bob = unique_user("alice"), unique_user("bob")
+    with running_hub(tmp_path, image) as hub:
+        env_a = hub.ensure_running(alice)
+        env_b = hub.ensure_running(bob)
+
+        # own daemons, own networks, routes in the snapshot
+        assert env_a.docker_url != env_b.docker_url
+        assert env_a.net_id != env_b.net_id and env_a.service_ip != env_b.service_ip
+        assert hub.snapshot().get(alice).target("code") == (env_a.service_ip, 8080)
+        assert "200 OK" in http_get(env_a.service_ip, 8080) or "404" in http_get(
+            env_a.service_ip, 8080
+        )
+
+        ca = _client(env_a.docker_url)
+        cb = _client(env_b.docker_url)
+        assert [c.name for c in ca.containers.list()] == [f"hub-{alice}"]
+        assert [c.name for c in cb.containers.list()] == [f"hub-{bob}"]
+        # the user's daemon runs `docker run` containers with a working network of their own
+        out = ca.containers.run(image, ["sh", "-c", "ip -4 addr show eth0"], remove=True)
+        assert (
+            str(network.user_network(env_a.net_id, "10.208.0.0/12").bridge_subnet)[:-3].rsplit(
+                ".", 1
+            )[0]
+            in out.decode()
+        )
+
+        # inside alice's environment: her own service answers, bob's does not, nor the host
+        code, _ = exec_in(ca, env_a.container_id, "nc", "-w", "2", env_a.service_ip, "8080")
+        assert code == 0
+        code, _ = exec_in(ca, env_a.container_id, "nc", "-w", "2", env_b.service_ip, "8080")
+        assert code != 0, "alice reached bob's environment"
+        with host_listener() as (host_ip, port):
+            code, _ = exec_in(ca, env_a.container_id, "nc", "-w", "2", host_ip, str(port))
+            assert code != 0, "alice reached a host service"
+
+        # the user's daemon socket is in the environment, usable by the non-root user
+        code, out = exec_in(ca, env_a.container_id, "ls", "-l", "/var/run/docker.sock")
+        assert code == 0 and "/run/rediacc/env/docker.sock" in out
+        code, out = exec_in(ca, env_a.container_id, "id", "-u")
+        assert out.strip() == "1000"
+
+        # limits are in force in the kernel's cgroups
+        status = {row.user: row for row in hub.status()}
+        limits = status[alice].daemon["limits"]
+        assert limits.get("cpu.max", limits.get("cpu.cfs_quota_us", "")).startswith("50000")
+        assert limits.get("memory.max", limits.get("memory.limit_in_bytes")) == str(256 << 20)
+        info = ca.api.inspect_container(env_a.container_id)
+        assert info["HostConfig"]["Memory"] == 256 << 20
+        assert info["HostConfig"]["CgroupParent"] == f"/rediacc.slice/hub-{alice}/containers"
+        pid = status[alice].daemon["pid"]
+        assert f"rediacc.slice/hub-{alice}/daemon" in Path(f"/proc/{pid}/cgroup").read_text()
+
+
+@contextlib.contextmanager
+def host_listener():
+    """A TCP service on the host's main address, as a hub or host service would be."""
+    route = subprocess.run(
+        ["ip", "-4", "route", "get", "1.1.1.1"], capture_output=True, text=True
+    ).stdout
+    host_ip = route.split(" src ")[1].split()[0]
+    srv = socket.socket()
+    srv.bind((host_ip, 0))
+    srv.listen()
+    try:
+        yield host_ip, srv.getsockname()[1]
+    finally:
+        srv.close()
+
+
+def test_returning_user_keeps_net_id_and_workspace_ephemeral_does_not(tmp_path, image):
+    user, temp = unique_user("ret"), unique_user("eph")
+    with running_hub(tmp_path, image) as hub:
+        env = hub.ensure_running(user)
+        client = _client(env.docker_url)
+        code, _ = exec_in(client, env.container_id, "sh", "-c", "echo kept > /workspace/note")
+        assert code == 0
+        hub.stop(user)
+        assert hub.snapshot().get(user) is None
+        again = hub.ensure_running(user)
+        assert again.net_id == env.net_id
+        assert read_marker(tmp_path / "workspaces" / f"{user}-docker") == env.net_id
+        client = _client(again.docker_url)
+        assert exec_in(client, again.container_id, "cat", "/workspace/note") == (0, "kept\n")
+
+        eph = hub.ensure_running(temp, "eph")
+        client = _client(eph.docker_url)
+        assert exec_in(client, eph.container_id, "sh", "-c", "echo gone > /workspace/note")[0] == 0
+        hub.stop(temp)
+        eph2 = hub.ensure_running(temp)
+        client = _client(eph2.docker_url)
+        assert eph2.container_id != eph.container_id
+        assert exec_in(client, eph2.container_id, "cat", "/workspace/note")[0] != 0
+
+
+def test_template_switch_rebuilds_and_keeps_workspace(tmp_path, image):
+    user = unique_user("sw")
+    with running_hub(tmp_path, image) as hub:
+        env = hub.ensure_running(user)
+        client = _client(env.docker_url)
+        exec_in(client, env.container_id, "sh", "-c", "echo mine > /workspace/f")
+        same = hub.ensure_running(user)
+        assert same.container_id == env.container_id
+        switched = hub.ensure_running(user, "other")
+        assert switched.container_id != env.container_id and switched.template == "other"
+        assert exec_in(client, switched.container_id, "cat", "/workspace/f") == (0, "mine\n")
+        assert (
+            client.containers.get(switched.container_id).labels["rediacc.hub.template"] == "other"
+        )
+
+
+def test_restarted_hub_adopts_running_environments(tmp_path, image):
+    user = unique_user("adopt")
+    config = make_config(tmp_path, image)
+    try:
+        with embedded(config) as hub:
+            env = hub.ensure_running(user)
+            pid = hub.status()[0].daemon["pid"]
+        # the first hub is gone; its daemon and container are not
+        with embedded(config) as hub:
+            route = hub.snapshot().get(user)
+            assert route is not None and route.service_ip == env.service_ip
+            row = hub.status()[0]
+            assert row.state == "running" and row.daemon["pid"] == pid
+            again = hub.ensure_running(user)
+            assert again.container_id == env.container_id
+    finally:
+        with embedded(config) as hub:
+            hub.destroy(user, remove_data=True)
+
+
+def test_concurrent_logins_share_one_start(tmp_path, image):
+    user = unique_user("conc")
+    config = make_config(tmp_path, image)
+
+    async def main():
+        hub = Hub(config, ready_timeout=20)
+        results = []
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(lambda: _append(results, hub.ensure_running(user)))
+            assert len({e.container_id for e in results}) == 1
+            assert len({e.net_id for e in results}) == 1
+        finally:
+            await hub.destroy(user, remove_data=True)
+
+    anyio.run(main)
+
+
+async def _append(results, coro):
+    results.append(await coro)
+
+
+def test_hook_failure_and_dead_command_are_reported(tmp_path, image):
+    user, dead = unique_user("hook"), unique_user("dead")
+    with running_hub(tmp_path, image, on_create="echo hook ran as $(id -u); exit 3") as hub:
+        with pytest.raises(HookError) as info:
+            hub.ensure_running(user)
+        assert "exit 3" in info.value.user_message and "hook ran as 1000" in info.value.log_message
+        assert hub.progress(user).state == "failed" and hub.progress(user).error
+        # the hook runs once: the next login gets in and does not re-run it
+        assert hub.ensure_running(user).state == "running"
+    with running_hub(tmp_path, image, command="echo bye; exit 7") as hub:
+        with pytest.raises(EnvironmentError_) as info:
+            hub.ensure_running(dead)
+        assert "exited with 7" in info.value.log_message and "bye" in info.value.log_message

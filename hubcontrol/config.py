@@ -345,7 +345,7 @@ def parse_port(text: object) -> int:
     if isinstance(text, bool):
         raise ValueError(f"{text!r} is not a port; expected a whole number from 1 to 65535")
     s = str(text).strip()
-    if not re.fullmatch(r"\d+", s):
+    if not re.fullmatch(r"[0-9]+", s):
         raise ValueError(f"{text!r} is not a port; expected a whole number from 1 to 65535")
     port = int(s)
     if not 1 <= port <= 65535:
@@ -384,7 +384,7 @@ def _parse_abs_path(text: object) -> Path:
 
 def _parse_int(text: object) -> int:
     s = str(text).strip()
-    if isinstance(text, bool) or not re.fullmatch(r"\d+", s):
+    if isinstance(text, bool) or not re.fullmatch(r"[0-9]+", s):
         raise ValueError(f"{text!r} is not a whole number; expected e.g. 2816")
     return int(s)
 

@@ -11,7 +11,7 @@ import os
 import re
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 DURATION_HINT = "a duration such as 0, 90s, 30m, 1h30m or 2d (units ms, s, m, h, d, w)"
 
 
@@ -34,7 +34,7 @@ def parse_duration(text: str) -> float:
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         pos = match.end()
     if pos != len(s) or pos == 0:
-        if re.fullmatch(r"\d+(\.\d+)?", s):
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?", s):
             raise ValueError(f"{text!r} has no unit; expected {DURATION_HINT}")
         raise ValueError(f"{text!r} is not a duration; expected {DURATION_HINT}")
     return total
@@ -66,7 +66,7 @@ _SIZE_UNITS = {
     "P": 1 << 50,
     "E": 1 << 60,
 }
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([BKMGTPE]?)")
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([BKMGTPE]?)")
 SIZE_HINT = (
     "bytes, or a number with a suffix K, M, G, T, P or E (1024-based, upper case), e.g. 8G or 1.5G"
 )
@@ -83,7 +83,7 @@ def parse_size(text: str | int) -> int:
     s = str(text).strip()
     match = _SIZE.fullmatch(s)
     if not match:
-        if re.fullmatch(r"\d+(\.\d+)?\s*[bkmgtpe]", s):
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?\s*[bkmgtpe]", s):
             raise ValueError(
                 f"{text!r}: systemd only accepts upper-case suffixes; use {s[:-1] + s[-1].upper()}"
             )
@@ -109,7 +109,7 @@ def parse_memory_max(text: str, *, total_memory: int | None = None) -> int | Non
         return None
     if s.endswith("%"):
         number = s[:-1]
-        if not re.fullmatch(r"\d+(\.\d+)?", number) or not 0 < float(number) <= 100:
+        if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", number) or not 0 < float(number) <= 100:
             raise ValueError(
                 f"{text!r} is not a percentage between 0% and 100%; expected {MEMORY_HINT}"
             )
@@ -134,9 +134,9 @@ def parse_cpu_quota(text: str) -> float:
     systemd accepts a positive percentage with at most two decimals; ``"2"`` (no ``%``) is refused.
     """
     s = str(text).strip()
-    match = re.fullmatch(r"(\d+(?:\.\d{1,2})?)%", s)
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]{1,2})?)%", s)
     if not match:
-        if re.fullmatch(r"\d+(\.\d+)?", s):
+        if re.fullmatch(r"[0-9]+(\.[0-9]+)?", s):
             raise ValueError(f"{text!r} has no % sign; expected {CPU_HINT}")
         raise ValueError(f"{text!r} is not a CPU quota; expected {CPU_HINT}")
     value = float(match.group(1))

@@ -52,6 +52,7 @@ def test_parse_duration(text: str, seconds: float) -> None:
         ("1h30", "is not a duration"),
         ("m30", "is not a duration"),
         ("1y", "is not a duration"),
+        ("\u0663m", "is not a duration"),  # Arabic-Indic digit: ASCII digits only
     ],
 )
 def test_parse_duration_rejects(text: str, message: str) -> None:

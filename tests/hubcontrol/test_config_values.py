@@ -215,6 +215,7 @@ def test_parse_port(text: str, port: int) -> None:
         ("-1", "not a port"),
         ("", "not a port"),
         (True, "not a port"),
+        ("\u0663", "not a port"),  # Arabic-Indic digit
     ],
 )
 def test_parse_port_rejects(text: str, message: str) -> None:

@@ -1,0 +1,427 @@
+"""Per-user audit trail: each per-user daemon's docker events, as JSON lines in the user's log.
+
+Three parts, from pure to stateful:
+
+- ``to_record(event, user=..., net_id=...)``: the pure filter and mapper. A docker event either
+  becomes one record of the seed's shape or is dropped (``None``). ``AUDITED`` lists what belongs
+  in an audit trail; ``docs/audit.md`` says why.
+- ``AuditStream``: one per running per-user daemon. Reads ``GET /events`` over the daemon's unix
+  socket with httpx (async: nothing blocks the event loop and cancellation is immediate), starting
+  ``since`` the user's cursor, drops events already written (by identity), and appends each record
+  in a worker thread. It ends normally when the daemon stops.
+- ``AuditManager``: owns the streams of all users. The control plane calls ``arm()`` right after
+  it (re)starts a user's daemon, before it does anything on the user's behalf, and at hub start for
+  every daemon that kept running; ``disarm()`` when it is done with a daemon.
+
+No gaps, no duplicates: a daemon keeps its last 256 events in memory (none across its restart) and
+replays those newer than ``since``. After a hub restart the stream resumes from the cursor; after a
+daemon (re)start the cursor is older than anything the new daemon has, so its whole history is
+replayed. If more than the daemon's buffer happened while no stream was attached, the events in
+between are gone from the daemon: the stream writes an ``audit``/``gap`` record saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup, TaskStatus
+
+from hubcontrol.auditlog import AuditLog, Cursor, event_key, event_nano
+from hubcontrol.errors import AuditError
+
+log = logging.getLogger(__name__)
+
+ENVIRONMENT_LABEL = "rediacc.hub.role"
+ENVIRONMENT_ROLE = "environment"
+
+# What belongs in the audit trail, by event type. Left out on purpose: attach/detach/resize/top
+# (terminal plumbing), exec_create/exec_detach (exec_start says the command ran), health_status
+# (periodic noise), archive-path/extract-to-dir (docker cp stats, noisy), network connect/disconnect
+# (one per container start/stop), volume mount/unmount (likewise), daemon reload.
+AUDITED: Mapping[str, frozenset[str]] = {
+    "container": frozenset(
+        {
+            "create", "start", "restart", "stop", "kill", "die", "destroy", "pause", "unpause",
+            "checkpoint", "oom", "rename", "update", "commit", "export", "exec_start", "exec_die",
+        }
+    ),
+    "image": frozenset({"pull", "push", "tag", "untag", "delete", "import", "load", "save"}),
+    "network": frozenset({"create", "destroy", "remove"}),
+    "volume": frozenset({"create", "destroy"}),
+}  # fmt: skip
+EVENT_TYPES = tuple(AUDITED)
+
+# Attributes copied into ``attrs`` (in this order; ``image`` and ``name`` first, as in the seed).
+# Container labels are not copied: they are the user's free text, not an audit fact.
+KEPT_ATTRS = ("image", "name", "exitCode", "signal", "oldName", "execID", "driver", "type")
+ORIGIN_HUB = "hub"
+
+# dockerd's in-memory event buffer (moby daemon/events: eventsLimit).
+DAEMON_EVENT_BUFFER = 256
+
+
+def iso_ts(nano: int) -> str:
+    """The record's ``ts``: UTC, whole seconds, ``Z`` suffix (``2026-04-16T05:53:12Z``)."""
+    return datetime.fromtimestamp(nano // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def split_action(action: str) -> tuple[str, str | None]:
+    """``"exec_start: ls -l"`` -> ``("exec_start", "ls -l")``; plain actions have no argument."""
+    name, sep, arg = action.partition(":")
+    return (name.strip(), arg.strip() if sep else None)
+
+
+def to_record(event: Mapping, *, user: str, net_id: int, hub_acting: bool = False) -> dict | None:
+    """The audit record for one docker event (``events(decode=True)`` shape), or None to drop it.
+
+    ``hub_acting`` says the hub itself was working on this daemon when the event happened (for
+    example loading the template image before the user's environment existed). Records caused by
+    the hub, or concerning the environment container the hub manages (label
+    ``rediacc.hub.role=environment``), are kept but marked ``attrs.origin = "hub"``.
+    """
+    etype = event.get("Type")
+    action, argument = split_action(str(event.get("Action") or ""))
+    if action not in AUDITED.get(etype, ()):
+        return None
+    actor = event.get("Actor") or {}
+    attributes = actor.get("Attributes") or {}
+    attrs: dict[str, str] = {k: str(attributes[k]) for k in KEPT_ATTRS if k in attributes}
+    if argument:
+        attrs["command"] = argument
+    if hub_acting or attributes.get(ENVIRONMENT_LABEL) == ENVIRONMENT_ROLE:
+        attrs["origin"] = ORIGIN_HUB
+    return {
+        "ts": iso_ts(event_nano(event)),
+        "user": user,
+        "net_id": net_id,
+        "type": etype,
+        "action": action,
+        "resource": str(actor.get("ID", "")),
+        "attrs": attrs,
+    }
+
+
+def gap_record(*, user: str, net_id: int, after_nano: int, before_nano: int) -> dict:
+    """A record saying events between two times may be missing (the daemon's buffer overflowed)."""
+    return {
+        "ts": iso_ts(before_nano),
+        "user": user,
+        "net_id": net_id,
+        "type": "audit",
+        "action": "gap",
+        "resource": "",
+        "attrs": {"after": iso_ts(after_nano), "before": iso_ts(before_nano)},
+    }
+
+
+def _transport_and_base(docker_url: str) -> tuple[httpx.AsyncHTTPTransport, str]:
+    if docker_url.startswith("unix://"):
+        return httpx.AsyncHTTPTransport(uds=docker_url.removeprefix("unix://")), "http://docker"
+    if docker_url.startswith("/"):
+        return httpx.AsyncHTTPTransport(uds=docker_url), "http://docker"
+    if docker_url.startswith(("tcp://", "http://")):
+        return httpx.AsyncHTTPTransport(), "http://" + docker_url.split("://", 1)[1]
+    raise AuditError(
+        "audit: unsupported docker URL",
+        f"docker URL {docker_url!r} for the audit stream: use unix:///path/docker.sock or tcp://host:port",
+    )
+
+
+@dataclass
+class _Windows:
+    """Times when the hub itself acted on a user's daemon (ns since the epoch; end None = open)."""
+
+    spans: list[list[int | None]]
+
+    def covers(self, nano: int) -> bool:
+        return any(s <= nano and (e is None or nano <= e) for s, e in self.spans)
+
+    def prune(self, before: int) -> None:
+        self.spans = [sp for sp in self.spans if sp[1] is None or sp[1] >= before]
+
+
+class AuditStream:
+    """One per-user daemon's event stream, written to the user's audit log.
+
+    ``run()`` reports readiness (``task_status.started()``) once the daemon has accepted the
+    events request, so every later event is captured; it returns when the daemon stops (the
+    stream ends and the daemon no longer answers ``/_ping``), reconnecting with ``since`` if only
+    the connection dropped. Raises ``AuditError`` if the daemon cannot be reached at the start.
+    """
+
+    RECONNECT_DELAY = 1.0
+    WRITE_RETRY_DELAY = 5.0
+
+    def __init__(
+        self,
+        user: str,
+        net_id: int,
+        docker_url: str,
+        audit_log: AuditLog,
+        *,
+        hub_windows: _Windows | None = None,
+        limiter: anyio.CapacityLimiter | None = None,
+    ) -> None:
+        self.user = user
+        self.net_id = net_id
+        self.docker_url = docker_url
+        self.audit_log = audit_log
+        self.written = 0
+        self.started = False
+        self._windows = hub_windows or _Windows([])
+        self._limiter = limiter
+        self._cursor: Cursor | None = None
+
+    async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        transport, base = _transport_and_base(self.docker_url)
+        self._cursor = await anyio.to_thread.run_sync(
+            self.audit_log.load_cursor, self.user, limiter=self._limiter
+        )
+        timeout = httpx.Timeout(10.0, read=None)  # an idle event stream is not a timeout
+        async with httpx.AsyncClient(transport=transport, base_url=base, timeout=timeout) as client:
+            while True:
+                # No type filter: the daemon's replay is then exactly its buffer, which is what
+                # tells a full (overflowed) buffer apart from a short one.
+                params = {"since": self._cursor.since()}
+                requested = time.time_ns()
+                try:
+                    async with client.stream("GET", "/events", params=params) as response:
+                        if response.status_code != 200:
+                            body = (await response.aread()).decode(errors="replace")[:300]
+                            raise AuditError(
+                                "audit: the user's docker daemon refused the event stream",
+                                f"GET /events on {self.docker_url} for {self.user}: "
+                                f"{response.status_code} {body}",
+                            )
+                        if not self.started:
+                            self.started = True
+                            task_status.started(self)
+                        await self._consume(response, requested)
+                except httpx.TransportError as exc:
+                    if not self.started:
+                        raise AuditError(
+                            "audit: the user's docker daemon did not answer",
+                            f"events stream for {self.user} at {self.docker_url}: {exc!r}",
+                        ) from exc
+                    log.debug("audit stream for %s ended: %r", self.user, exc)
+                except OSError as exc:
+                    # The log could not be written (full disk, permissions): the cursor did not
+                    # move, so a later attempt replays the events from the daemon's buffer.
+                    log.error("audit log for %s not written: %r; retrying", self.user, exc)
+                    await anyio.sleep(self.WRITE_RETRY_DELAY)
+                    continue
+                if not await self._daemon_alive(client):
+                    log.info("audit stream for %s ended: its daemon stopped", self.user)
+                    return
+                log.warning("audit stream for %s dropped, daemon alive: resuming", self.user)
+                await anyio.sleep(self.RECONNECT_DELAY)
+
+    async def _consume(self, response: httpx.Response, requested: int) -> None:
+        cursor = self._cursor
+        assert cursor is not None
+        resumed_from = cursor.nano
+        replayed = 0
+        oldest_replayed: int | None = None
+        replaying = True
+        async for line in response.aiter_lines():
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                log.warning("audit stream for %s: not JSON, skipped: %.200s", self.user, line)
+                continue
+            nano = event_nano(event)
+            batch: list[dict] = []
+            if replaying:
+                if nano <= requested:
+                    replayed += 1
+                    if oldest_replayed is None:
+                        oldest_replayed = nano
+                    # The daemon's buffer was full and starts after our cursor: events between
+                    # were dropped by the daemon before we could read them.
+                    if (
+                        replayed == DAEMON_EVENT_BUFFER
+                        and resumed_from
+                        and oldest_replayed > resumed_from
+                    ):
+                        batch.append(
+                            gap_record(
+                                user=self.user,
+                                net_id=self.net_id,
+                                after_nano=resumed_from,
+                                before_nano=oldest_replayed,
+                            )
+                        )
+                else:
+                    replaying = False
+            key = event_key(event)
+            if cursor.seen(key, nano):
+                if batch:
+                    await self._write(batch, None, nano)
+                continue
+            record = to_record(
+                event, user=self.user, net_id=self.net_id, hub_acting=self._windows.covers(nano)
+            )
+            if record is not None:
+                batch.append(record)
+            elif not batch:
+                continue  # not audited: a replay drops it again, no need to remember it
+            await self._write(batch, key, nano)
+
+    async def _write(self, records: list[dict], key: str | None, nano: int) -> None:
+        cursor = self._cursor
+        assert cursor is not None
+
+        def write() -> None:
+            self.audit_log.append(self.user, records)
+            # Only a written line moves the cursor: if the append failed, the retry replays it.
+            if key is not None:
+                cursor.advance(key, nano)
+            self.audit_log.save_cursor(self.user, cursor)
+
+        # The log and the cursor are written in a worker thread: a slow disk stalls this stream,
+        # never the control loop (and never the proxy, which runs in another thread entirely).
+        await anyio.to_thread.run_sync(write, limiter=self._limiter)
+        self.written += sum(1 for r in records if r.get("type") != "audit")
+
+    async def _daemon_alive(self, client: httpx.AsyncClient) -> bool:
+        try:
+            with anyio.fail_after(3):
+                return (await client.get("/_ping")).status_code == 200
+        except (httpx.HTTPError, TimeoutError):
+            return False
+
+
+class AuditManager:
+    """All users' audit streams, in one task group.
+
+    Use as ``async with AuditManager(config) as audit:`` or start it under the hub's task group
+    with ``await tg.start(audit.run)``. ``arm`` is idempotent: it replaces a user's stream (the
+    cursor carries over, so nothing is written twice).
+    """
+
+    def __init__(self, config=None, *, audit_dir: Path | str | None = None, limiter=None) -> None:
+        directory = audit_dir if audit_dir is not None else getattr(config, "audit_dir", None)
+        if directory is None:
+            from hubcontrol.config import DEFAULT_AUDIT_DIR
+
+            directory = DEFAULT_AUDIT_DIR
+        self.log = AuditLog(directory)
+        self._limiter = limiter
+        self._tg: TaskGroup | None = None
+        self._streams: dict[str, tuple[AuditStream, anyio.CancelScope, anyio.Event]] = {}
+        self._locks: dict[str, anyio.Lock] = {}
+        self._windows: dict[str, _Windows] = {}
+
+    async def __aenter__(self) -> AuditManager:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info) -> bool | None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        try:
+            return await self._tg.__aexit__(*exc_info)
+        finally:
+            self._tg = None
+            self._streams.clear()
+
+    async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve arm/disarm until cancelled (for ``tg.start``)."""
+        async with self:
+            task_status.started()
+            await anyio.sleep_forever()
+
+    def armed(self, user: str) -> bool:
+        return user in self._streams
+
+    def stream(self, user: str) -> AuditStream | None:
+        entry = self._streams.get(user)
+        return entry[0] if entry else None
+
+    async def arm(self, user: str, net_id: int, docker_url: str) -> AuditStream:
+        """Start (or restart) ``user``'s stream; returns once the daemon streams events to it.
+
+        Call right after the daemon (re)started and before acting on the user's behalf, and at hub
+        start for daemons that kept running. Raises ``AuditError`` if the daemon does not answer.
+        """
+        if self._tg is None:
+            raise RuntimeError("AuditManager is not running: use 'async with' or tg.start(run)")
+        lock = self._locks.setdefault(user, anyio.Lock())
+        async with lock:
+            await self._stop(user)
+            stream = AuditStream(
+                user,
+                net_id,
+                docker_url,
+                self.log,
+                hub_windows=self._windows.setdefault(user, _Windows([])),
+                limiter=self._limiter,
+            )
+            scope = anyio.CancelScope()
+            done = anyio.Event()
+
+            async def supervise(*, task_status: TaskStatus) -> None:
+                try:
+                    with scope:
+                        await stream.run(task_status=task_status)
+                except Exception as exc:
+                    if not stream.started:
+                        raise  # to arm()'s caller
+                    # A running stream must not take the other users' streams down with it.
+                    log.exception("audit stream for %s failed: %r", user, exc)
+                finally:
+                    done.set()
+                    if self._streams.get(user, (None,))[0] is stream:
+                        del self._streams[user]
+
+            self._streams[user] = (stream, scope, done)
+            try:
+                await self._tg.start(supervise)
+            except BaseException:
+                self._streams.pop(user, None)
+                raise
+            log.info("audit stream armed for %s (net %s) on %s", user, net_id, docker_url)
+            return stream
+
+    async def disarm(self, user: str) -> None:
+        """Stop ``user``'s stream (its cursor stays, so a later ``arm`` resumes without gaps)."""
+        lock = self._locks.setdefault(user, anyio.Lock())
+        async with lock:
+            await self._stop(user)
+
+    async def _stop(self, user: str) -> None:
+        entry = self._streams.pop(user, None)
+        if entry is not None:
+            _, scope, done = entry
+            scope.cancel()
+            await done.wait()
+
+    @contextlib.contextmanager
+    def hub_operation(self, user: str) -> Iterator[None]:
+        """Mark the user's events during this block as the hub's (``attrs.origin = "hub"``).
+
+        For work the hub does on a user's daemon before the user can act on it, such as loading
+        the template image. Events on the environment container are marked without this.
+        """
+        windows = self._windows.setdefault(user, _Windows([]))
+        span: list[int | None] = [time.time_ns(), None]
+        windows.spans.append(span)
+        try:
+            yield
+        finally:
+            # The daemon stamps events before publishing them: a small margin keeps an event
+            # stamped just before the end of the block inside it.
+            span[1] = time.time_ns() + 1_000_000
+            windows.prune(time.time_ns() - 600 * 1_000_000_000)

@@ -1,0 +1,310 @@
+"""Audit log files: one JSON object per line in ``<audit-dir>/<user>.log``, plus per-user cursors.
+
+Writing (the control plane) and reading (``hub audit``, scripts) live here, apart from the event
+streams in ``hubcontrol.audit``, so that readers need neither anyio nor a docker daemon.
+
+Write contract:
+
+- The directory is created ``0750`` and files ``0640``: only root and the log group (``adm`` on
+  Debian, set by the operator) can read what users did.
+- Every line is written with one ``write(2)`` on a descriptor opened with ``O_APPEND``, so lines
+  from concurrent writers never interleave and a ``logrotate`` ``copytruncate`` (which truncates
+  the file in place) simply makes the next line land at offset 0. The file is opened per batch,
+  so a ``create``-style rotation (rename) is picked up at the next event as well.
+- A cursor (``<audit-dir>/.cursors/<user>.json``) records the newest event time written and the
+  identities of the events just before it, so a stream resumed with ``since`` skips what is
+  already in the log. It is replaced atomically (write to a temporary file, then ``rename``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+CURSOR_DIR = ".cursors"
+# Events up to this long before the newest one written are remembered by identity: the daemon
+# stamps an event's time before it takes the lock that orders the stream, so two events can arrive
+# slightly out of time order. A resumed stream starts this far back and drops what it has seen.
+RESUME_OVERLAP_NS = 2_000_000_000
+
+_CANONICAL = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+
+
+def file_stem(user: str) -> str:
+    """The file name (without ``.log``) of ``user``'s audit log: the user's safe name.
+
+    Usernames come from an OAuth provider and are untrusted; the safe name never contains a path
+    separator or a dot, so ``<audit-dir>/<stem>.log`` always stays inside the audit directory.
+    """
+    try:
+        from hubcontrol.names import safe_name
+    except ImportError:  # names.py not present in this checkout: accept canonical names only
+        if not _CANONICAL.match(user):
+            raise ValueError(
+                f"user {user!r} is not a safe name: use lower-case letters, digits and '-', "
+                "at most 32 characters"
+            ) from None
+        return user
+    return safe_name(user)
+
+
+def format_record(record: dict) -> bytes:
+    """One audit record as a compact JSON line (the seed's exact field order and separators)."""
+    return (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+
+
+def _ensure_dir(path: Path) -> None:
+    if not path.is_dir():
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(path, DIR_MODE)  # mkdir's mode is masked by the umask
+
+
+def _open_append(path: Path) -> int:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != FILE_MODE:
+            os.fchmod(fd, FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class AuditLog:
+    """Appends audit records to ``<directory>/<user>.log``; blocking: call it from a worker thread."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+
+    def path(self, user: str) -> Path:
+        return self.directory / f"{file_stem(user)}.log"
+
+    def cursor_path(self, user: str) -> Path:
+        return self.directory / CURSOR_DIR / f"{file_stem(user)}.json"
+
+    def append(self, user: str, records: Iterable[dict]) -> None:
+        """Append ``records`` to ``user``'s log, each line with a single ``write(2)``."""
+        lines = [format_record(r) for r in records]
+        if not lines:
+            return
+        _ensure_dir(self.directory)
+        fd = _open_append(self.path(user))
+        try:
+            for line in lines:
+                view = memoryview(line)
+                written = os.write(fd, view)
+                # A regular file only writes short on a full disk; finish the line rather than
+                # leave half a record for the next writer to append to.
+                while written < len(view):
+                    view = view[written:]
+                    written = os.write(fd, view)
+        finally:
+            os.close(fd)
+
+    def load_cursor(self, user: str) -> Cursor:
+        return Cursor.load(self.cursor_path(user))
+
+    def save_cursor(self, user: str, cursor: Cursor) -> None:
+        path = self.cursor_path(user)
+        _ensure_dir(self.directory)
+        _ensure_dir(path.parent)
+        cursor.save(path)
+
+
+def event_key(event: dict) -> str:
+    """A docker event's identity: type, action, actor ID and time in nanoseconds."""
+    actor = event.get("Actor") or {}
+    return "{}|{}|{}|{}".format(
+        event.get("Type", ""), event.get("Action", ""), actor.get("ID", ""), event_nano(event)
+    )
+
+
+def event_nano(event: dict) -> int:
+    nano = event.get("timeNano")
+    if isinstance(nano, int):
+        return nano
+    return int(event.get("time", 0)) * 1_000_000_000
+
+
+@dataclass
+class Cursor:
+    """Where a user's stream is: the newest event time written and what was seen just before it."""
+
+    nano: int = 0
+    recent: dict[str, int] = field(default_factory=dict)  # event key -> its time in ns
+
+    @classmethod
+    def load(cls, path: Path) -> Cursor:
+        try:
+            data = json.loads(path.read_text())
+            return cls(nano=int(data["nano"]), recent={str(k): int(v) for k, v in data["recent"]})
+        except FileNotFoundError:
+            return cls()
+        except (ValueError, KeyError, TypeError):
+            # A damaged cursor must not stop auditing: start over from the daemon's buffer, which
+            # may repeat a few lines but never loses any.
+            return cls()
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        data = json.dumps({"nano": self.nano, "recent": sorted(self.recent.items())})
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.write(fd, data.encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    def since(self) -> str:
+        """The ``since`` parameter for the daemon's ``/events``: from a little before the cursor.
+
+        With no cursor, ``"1"`` (the epoch's first second) asks for everything the daemon still
+        buffers: a new daemon's whole history, since the stream is armed right after it starts.
+        """
+        if self.nano <= 0:
+            return "1"
+        start = max(self.nano - RESUME_OVERLAP_NS, 1_000_000_000)
+        return f"{start // 1_000_000_000}.{start % 1_000_000_000:09d}"
+
+    def seen(self, key: str, nano: int) -> bool:
+        """Whether the event was written already (or is too old to be anything but a repeat)."""
+        return key in self.recent or nano < self.nano - RESUME_OVERLAP_NS
+
+    def advance(self, key: str, nano: int) -> None:
+        self.recent[key] = nano
+        self.nano = max(self.nano, nano)
+        floor = self.nano - RESUME_OVERLAP_NS
+        if any(n < floor for n in self.recent.values()):
+            self.recent = {k: n for k, n in self.recent.items() if n >= floor}
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``--since``: a duration back from now (``90s``, ``30m``, ``1h``, ``2d``, ``1w``) or an ISO time.
+
+    A time without a zone is UTC, like the log's ``ts``. Raises ValueError naming accepted forms.
+    """
+    now = now or datetime.now(UTC)
+    value = text.strip()
+    m = _DURATION.match(value.lower())
+    if m:
+        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r} is neither a duration nor a time: use e.g. 30m, 1h, 2d or "
+            "2026-04-16T05:53:12Z"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def record_time(record: dict) -> datetime | None:
+    try:
+        return datetime.strptime(record["ts"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _parse_line(line: bytes) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _keep(record: dict | None, since: datetime | None) -> bool:
+    if record is None:
+        return False
+    if since is None:
+        return True
+    ts = record_time(record)
+    return ts is not None and ts >= since
+
+
+def read_records(path: Path | str, since: datetime | None = None) -> Iterator[dict]:
+    """The records in an audit log, oldest first; lines that are not JSON objects are skipped."""
+    with open(path, "rb") as f:
+        for line in f:
+            if line.endswith(b"\n"):
+                record = _parse_line(line)
+                if _keep(record, since):
+                    yield record
+
+
+def follow(
+    path: Path | str,
+    since: datetime | None = None,
+    *,
+    poll: float = 0.5,
+    stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[dict]:
+    """Records already in the log, then new ones as they are appended, until ``stop()`` is true.
+
+    Survives ``copytruncate`` (the file shrinks under us: read again from its start) and
+    ``create``/rename rotation (the path names a new file: reopen it). Only whole lines are
+    returned; a line being written is read once its newline arrives.
+    """
+    path = Path(path)
+    f = None
+    ino = None
+    pending = b""
+    try:
+        while not stop():
+            if f is None:
+                with contextlib.suppress(FileNotFoundError):
+                    f = open(path, "rb")
+                    ino = os.fstat(f.fileno()).st_ino
+                    pending = b""
+            if f is not None:
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    st = None
+                if st is not None and st.st_ino != ino:
+                    # Renamed away: drain the old file, then continue with the new one.
+                    for record in _drain(f, pending, since):
+                        yield record
+                    f.close()
+                    f = None
+                    continue
+                if st is not None and st.st_size < f.tell():
+                    f.seek(0)  # truncated in place (copytruncate)
+                    pending = b""
+                chunk = f.read()
+                if chunk:
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        record = _parse_line(line)
+                        if _keep(record, since):
+                            yield record
+                    continue
+            sleep(poll)
+    finally:
+        if f is not None:
+            f.close()
+
+
+def _drain(f, pending: bytes, since: datetime | None) -> Iterator[dict]:
+    data = pending + f.read()
+    for line in data.split(b"\n")[:-1]:
+        record = _parse_line(line)
+        if _keep(record, since):
+            yield record

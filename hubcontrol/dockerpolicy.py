@@ -1,0 +1,1101 @@
+"""The docker-socket policy: which Docker Engine API requests a user's environment may make.
+
+A per-user dockerd runs as root on the host, so its raw socket is a path to host root
+(``docker run --privileged -v /:/host``). The environment gets a policy socket instead
+(``hubcontrol.socketproxy``), which asks this module about every request.
+
+Everything here is data plus small pure functions:
+
+- ``ENDPOINTS`` is the allow-list of API endpoints (method, path pattern) with what each needs
+  checked; an endpoint that is not listed is refused. ``DENIED`` lists whole API areas refused
+  with a reason (swarm, plugins, checkpoints, BuildKit sessions).
+- ``HOST_CONFIG_RULES`` and friends are tables of field rules with the reason shown to the user.
+- ``classify(method, target)`` parses a request line into an ``ApiRequest`` (or a ``Refusal``),
+  ``read_json(body)`` parses a body the way Go's ``encoding/json`` would (case-insensitive keys,
+  last duplicate wins), ``references(request)`` names the containers and networks the decision
+  depends on, and ``check(request, context, facts)`` decides, returning the body to forward.
+
+The proxy re-serializes every inspected body from the parsed value, so the daemon sees exactly
+what was checked (no duplicate keys, no case variants). See docs/security.md for the reasons.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import posixpath
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+# --- limits -------------------------------------------------------------------------------------
+
+MAX_JSON_BODY = 1 << 20  # inspected bodies (create, update, exec, networks, volumes) are small
+MIN_API_VERSION = (1, 24)  # older versions accept a HostConfig at start and other legacy forms
+RESERVED_LABEL_PREFIX = "rediacc."  # labels the hub sets; users may not set them
+HUB_LABEL_PREFIX = "rediacc.hub."  # a container with such a label is managed by the hub
+
+# Capabilities a container may add: Kubernetes' "baseline" Pod Security Standard plus NET_RAW
+# (both are Docker's defaults). Anything else (SYS_ADMIN, NET_ADMIN, SYS_PTRACE, SYS_MODULE, ...)
+# either is host root outright or widens the kernel attack surface for root in the container.
+SAFE_CAPABILITIES = frozenset(
+    {
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "NET_RAW",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
+    }
+)
+
+# Sysctls that live in a container's own IPC or network namespace (what runc accepts for a
+# non-host container). Everything else is host-wide.
+NAMESPACED_SYSCTLS = frozenset(
+    {
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    }
+)
+NAMESPACED_SYSCTL_PREFIXES = ("fs.mqueue.", "net.")
+
+SAFE_SECURITY_OPTS = frozenset(
+    {"no-new-privileges", "no-new-privileges=true", "no-new-privileges:true"}
+)
+SAFE_LOG_DRIVERS = frozenset({"", "json-file", "local", "none"})
+SAFE_BIND_PROPAGATION = frozenset({"", "private", "rprivate", "slave", "rslave"})
+BIND_OPTIONS = (
+    frozenset({"ro", "rw", "z", "Z", "nocopy", "consistent", "cached", "delegated"})
+    | SAFE_BIND_PROPAGATION
+)
+SAFE_TMPFS_VOLUME_OPTIONS = frozenset({"size", "mode", "uid", "gid", "nr_inodes", "nr_blocks"})
+SAFE_NETWORK_OPTIONS = frozenset(
+    {
+        "com.docker.network.bridge.enable_icc",
+        "com.docker.network.bridge.enable_ip_masquerade",
+        "com.docker.network.driver.mtu",
+    }
+)
+# The env's view of its docker socket: binding it into a container gives that container the same
+# policy socket (rewritten to the policy socket's host path), never the host's daemon.
+DOCKER_SOCKET_PATHS = frozenset({"/var/run/docker.sock", "/run/docker.sock"})
+CHECKPOINT_DIR = ".checkpoint"
+
+
+# --- types --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A refused request: ``message`` says what was refused and why (shown by the docker CLI)."""
+
+    message: str
+    status: int = 403
+
+    def body(self) -> bytes:
+        return json.dumps({"message": self.message}).encode()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One allowed API endpoint. ``checks`` name the checks ``check`` runs for it."""
+
+    name: str
+    method: str
+    pattern: re.Pattern
+    body: bool = False  # the JSON body must be read and inspected (capped at MAX_JSON_BODY)
+    checks: tuple[str, ...] = ()
+    hijack: bool = False  # the response may turn into a raw bidirectional stream
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    """A parsed request: ``path`` is decoded and without the ``/v1.xx`` prefix."""
+
+    method: str
+    path: str
+    version: tuple[int, int] | None
+    query: Mapping[str, str]
+    endpoint: Endpoint
+    params: Mapping[str, str]
+    body: Any = None
+
+    def with_body(self, body: Any) -> ApiRequest:
+        return ApiRequest(
+            self.method, self.path, self.version, self.query, self.endpoint, self.params, body
+        )
+
+
+@dataclass(frozen=True)
+class ContainerFacts:
+    """What the policy needs to know about an existing container on the user's daemon."""
+
+    id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def hub_managed(self) -> bool:
+        return any(k.startswith(HUB_LABEL_PREFIX) for k in self.labels)
+
+
+@dataclass(frozen=True)
+class NetworkFacts:
+    id: str
+    driver: str
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """Per-user facts the policy decides against (fixed for the life of a policy socket)."""
+
+    workspace: str  # host path of the user's workspace, <workspace-dir>/<u>
+    bind_root: str  # the hub's no-symlink-following view of the workspace; binds are rewritten here
+    container_workspace: str = "/workspace"  # where the environment sees its workspace
+    policy_socket: str | None = None  # host path of this policy socket (for nested docker.sock)
+    user_networks: tuple[str, ...] = ()  # CIDRs the user may give their own networks
+    forbidden_registry_networks: tuple[str, ...] = (
+        "127.0.0.0/8",
+        "::1/128",
+        "169.254.0.0/16",
+        "fe80::/10",
+        "0.0.0.0/8",
+        "10.208.0.0/12",
+    )
+    allowed_registries: frozenset[str] = frozenset()  # host[:port] allowed despite the above
+    realpath: Callable[[str], str] = os.path.realpath
+
+
+Facts = Mapping[tuple[str, str], Any]  # ("container"|"network", ref) -> *Facts or None
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, status: int = 403) -> None:
+        self.refusal = Refusal(message, status)
+
+
+def _refuse(what: str, why: str) -> _Refused:
+    return _Refused(f"hub policy refused {what}: {why}")
+
+
+# --- endpoints ----------------------------------------------------------------------------------
+
+_ID = r"(?P<id>[^/]+)"
+_NAME = r"(?P<name>.+)"
+
+
+def _ep(name: str, method: str, path: str, **kw: Any) -> Endpoint:
+    return Endpoint(name, method, re.compile(f"^{path}$"), **kw)
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    _ep("ping", "GET", "/_ping"),
+    _ep("ping", "HEAD", "/_ping"),
+    _ep("version", "GET", "/version"),
+    _ep("info", "GET", "/info"),
+    _ep("events", "GET", "/events"),
+    _ep("df", "GET", "/system/df"),
+    _ep("auth", "POST", "/auth", body=True, checks=("auth",)),
+    # containers
+    _ep("container list", "GET", "/containers/json"),
+    _ep("container create", "POST", "/containers/create", body=True, checks=("create",)),
+    _ep("container prune", "POST", "/containers/prune"),
+    _ep("container inspect", "GET", f"/containers/{_ID}/json"),
+    _ep("container top", "GET", f"/containers/{_ID}/top"),
+    _ep("container logs", "GET", f"/containers/{_ID}/logs"),
+    _ep("container changes", "GET", f"/containers/{_ID}/changes"),
+    _ep("container export", "GET", f"/containers/{_ID}/export"),
+    _ep("container stats", "GET", f"/containers/{_ID}/stats"),
+    _ep("container resize", "POST", f"/containers/{_ID}/resize"),
+    _ep("container start", "POST", f"/containers/{_ID}/start", checks=("start",)),
+    _ep("container stop", "POST", f"/containers/{_ID}/stop", checks=("not-hub",)),
+    _ep("container restart", "POST", f"/containers/{_ID}/restart", checks=("not-hub",)),
+    _ep("container kill", "POST", f"/containers/{_ID}/kill", checks=("not-hub",)),
+    _ep("container pause", "POST", f"/containers/{_ID}/pause", checks=("not-hub",)),
+    _ep("container unpause", "POST", f"/containers/{_ID}/unpause", checks=("not-hub",)),
+    _ep("container rename", "POST", f"/containers/{_ID}/rename", checks=("not-hub",)),
+    _ep(
+        "container update",
+        "POST",
+        f"/containers/{_ID}/update",
+        body=True,
+        checks=("not-hub", "update"),
+    ),
+    _ep("container remove", "DELETE", f"/containers/{_ID}", checks=("not-hub",)),
+    _ep("container attach", "POST", f"/containers/{_ID}/attach", hijack=True),
+    _ep("container attach", "GET", f"/containers/{_ID}/attach/ws", hijack=True),
+    _ep("container wait", "POST", f"/containers/{_ID}/wait"),
+    _ep("container archive", "GET", f"/containers/{_ID}/archive"),
+    _ep("container archive", "HEAD", f"/containers/{_ID}/archive"),
+    _ep("container archive", "PUT", f"/containers/{_ID}/archive"),
+    _ep("container exec", "POST", f"/containers/{_ID}/exec", body=True, checks=("exec",)),
+    _ep("exec start", "POST", f"/exec/{_ID}/start", hijack=True),
+    _ep("exec resize", "POST", f"/exec/{_ID}/resize"),
+    _ep("exec inspect", "GET", f"/exec/{_ID}/json"),
+    _ep("commit", "POST", "/commit", checks=("commit",)),
+    # images
+    _ep("image list", "GET", "/images/json"),
+    _ep("image build", "POST", "/build", checks=("build",)),
+    _ep("build prune", "POST", "/build/prune"),
+    _ep("image create", "POST", "/images/create", checks=("image-create",)),
+    _ep("image search", "GET", "/images/search", checks=("search",)),
+    _ep("image prune", "POST", "/images/prune"),
+    _ep("image export", "GET", "/images/get"),
+    _ep("image load", "POST", "/images/load"),
+    _ep("image inspect", "GET", f"/images/{_NAME}/json"),
+    _ep("image history", "GET", f"/images/{_NAME}/history"),
+    _ep("image export", "GET", f"/images/{_NAME}/get"),
+    _ep("image push", "POST", f"/images/{_NAME}/push", checks=("push",)),
+    _ep("image tag", "POST", f"/images/{_NAME}/tag"),
+    _ep("image remove", "DELETE", f"/images/{_NAME}"),
+    _ep("distribution inspect", "GET", f"/distribution/{_NAME}/json", checks=("distribution",)),
+    # networks
+    _ep("network list", "GET", "/networks"),
+    _ep("network create", "POST", "/networks/create", body=True, checks=("network-create",)),
+    _ep("network prune", "POST", "/networks/prune"),
+    _ep("network inspect", "GET", f"/networks/{_ID}"),
+    _ep("network remove", "DELETE", f"/networks/{_ID}"),
+    _ep("network connect", "POST", f"/networks/{_ID}/connect", body=True, checks=("connect",)),
+    _ep(
+        "network disconnect", "POST", f"/networks/{_ID}/disconnect", body=True, checks=("connect",)
+    ),
+    # volumes
+    _ep("volume list", "GET", "/volumes"),
+    _ep("volume create", "POST", "/volumes/create", body=True, checks=("volume-create",)),
+    _ep("volume prune", "POST", "/volumes/prune"),
+    _ep("volume inspect", "GET", f"/volumes/{_NAME}"),
+    _ep("volume remove", "DELETE", f"/volumes/{_NAME}"),
+    # plugins: listing is harmless; installing, enabling or configuring one is not
+    _ep("plugin list", "GET", "/plugins"),
+    _ep("plugin inspect", "GET", f"/plugins/{_NAME}/json"),
+)
+
+# Whole areas refused with a reason, matched on the first path segment(s).
+DENIED: tuple[tuple[re.Pattern, str, str], ...] = tuple(
+    (re.compile(p), what, why)
+    for p, what, why in (
+        (
+            r"^/(swarm|nodes|services|tasks|secrets|configs)(/|$)",
+            "swarm mode",
+            "a swarm manager runs services as root on the host and opens ports to the network",
+        ),
+        (
+            r"^/plugins(/|$)",
+            "plugin management",
+            "a plugin runs as root on the host with the privileges it asks for",
+        ),
+        (
+            r"^/containers/[^/]+/checkpoints(/|$)",
+            "container checkpoints",
+            "CRIU runs as root on the host; the hub alone checkpoints environments",
+        ),
+        (
+            r"^/(session|grpc)$",
+            "BuildKit sessions",
+            "BuildKit builds are not available here (its network.host entitlement is on by "
+            "default); unset DOCKER_BUILDKIT to use the classic builder",
+        ),
+    )
+)
+
+_VERSION = re.compile(r"^/v(\d+)\.(\d+)(/.*)$")
+
+
+def classify(method: str, target: str) -> ApiRequest | Refusal:
+    """Parse a request line's method and target into an ``ApiRequest``, or refuse it.
+
+    The path is percent-decoded the way Go's ``net/url`` does before the daemon's router sees it;
+    paths with ``.``/``..``/empty segments are refused rather than normalized (the daemon's router
+    would redirect them, and no client sends them).
+    """
+    raw_path, _, raw_query = target.partition("?")
+    if not raw_path.startswith("/") or "#" in target:
+        return Refusal(f"hub policy refused request target {target!r}: not an absolute path", 400)
+    try:
+        path = unquote(raw_path, errors="strict")
+    except UnicodeDecodeError:
+        return Refusal("hub policy refused a request path that is not valid UTF-8", 400)
+    if any(c in path for c in "\x00\r\n\\") or any(
+        seg in ("", ".", "..") for seg in path.split("/")[1:]
+    ):
+        return Refusal(
+            f"hub policy refused request path {path!r}: empty, '.' or '..' segments", 400
+        )
+    version = None
+    m = _VERSION.match(path)
+    if m:
+        version = (int(m.group(1)), int(m.group(2)))
+        path = m.group(3)
+        if version < MIN_API_VERSION:
+            v = ".".join(map(str, MIN_API_VERSION))
+            return Refusal(
+                f"hub policy refused API version {m.group(1)}.{m.group(2)}: older than {v}, "
+                "whose legacy forms (a HostConfig at start) bypass checks; upgrade the client",
+                400,
+            )
+    query = _parse_query(raw_query)
+    if isinstance(query, Refusal):
+        return query
+    method = method.upper()
+    for pattern, what, why in DENIED:
+        if pattern.match(path) and not (
+            method == "GET" and re.match(r"^/plugins(/[^/]+/json)?$", path)
+        ):
+            return Refusal(f"hub policy refused {what} ({method} {path}): {why}")
+    for ep in ENDPOINTS:
+        if ep.method == method:
+            m = ep.pattern.match(path)
+            if m:
+                params = {k: v for k, v in m.groupdict().items() if v is not None}
+                return ApiRequest(method, path, version, query, ep, params)
+    return Refusal(
+        f"hub policy refused {method} {path}: not an endpoint the hub's docker socket serves"
+    )
+
+
+def _parse_query(raw: str) -> dict[str, str] | Refusal:
+    """Query parameters as Go's ``r.FormValue`` sees them: first value wins, ``;`` is not a
+    separator. A parameter given twice with different values is refused: not worth guessing."""
+    out: dict[str, str] = {}
+    try:
+        pairs = parse_qsl(raw, keep_blank_values=True, strict_parsing=False, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return Refusal("hub policy refused a query string that is not valid UTF-8", 400)
+    for k, v in pairs:
+        if k in out and out[k] != v:
+            return Refusal(f"hub policy refused query parameter {k!r} given twice", 400)
+        out.setdefault(k, v)
+    return out
+
+
+# --- JSON as the daemon reads it --------------------------------------------------------------
+
+
+def fold(key: str) -> str:
+    """Case-fold a JSON key at least as loosely as Go's ``encoding/json`` field matching does
+    (ASCII case, the Kelvin sign and long s included), so no spelling escapes a rule."""
+    return unicodedata.normalize("NFKC", key).casefold()
+
+
+class JObject:
+    """A JSON object as its key/value pairs, in order, with Go's struct-field lookup on top.
+
+    Go matches a JSON key to a struct field case-insensitively and the last matching key wins,
+    while map keys (labels, sysctls, network names) are exact. So pairs are kept as sent, and
+    reading a field with ``field(name)`` collapses every spelling of it into one canonical pair
+    holding the last value: after the checks, what the daemon reads is exactly what was checked
+    (this folding is looser than Go's, so a key Go would not match is dropped, never kept beside).
+    """
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: Iterable[tuple[str, Any]] = ()) -> None:
+        self.pairs = list(pairs)
+
+    def field(self, name: str, default: Any = None) -> Any:
+        target = fold(name)
+        found = [(k, v) for k, v in self.pairs if fold(k) == target]
+        if not found:
+            return default
+        value = found[-1][1]
+        self.set_field(name, value)
+        return value
+
+    def set_field(self, name: str, value: Any) -> None:
+        target = fold(name)
+        self.pairs = [(k, v) for k, v in self.pairs if fold(k) != target]
+        self.pairs.append((name, value))
+
+    def keys(self) -> list[str]:
+        return [k for k, _ in self.pairs]
+
+    def __bool__(self) -> bool:
+        return bool(self.pairs)
+
+
+def read_json(body: bytes) -> Any | Refusal:
+    """Parse an inspected request body; a body that is not one JSON value is refused."""
+    if len(body) > MAX_JSON_BODY:
+        return Refusal(f"hub policy refused a request body over {MAX_JSON_BODY} bytes", 413)
+    if not body.strip():
+        return None
+    try:
+        return json.loads(
+            body.decode("utf-8"), object_pairs_hook=JObject, parse_constant=_no_constants
+        )
+    except (UnicodeDecodeError, ValueError) as e:
+        return Refusal(f"hub policy refused a request body that is not valid JSON: {e}", 400)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def to_wire(value: Any) -> bytes:
+    """Serialize a parsed (and possibly rewritten) body for the daemon."""
+    return _dump(value).encode()
+
+
+def _dump(value: Any) -> str:
+    if isinstance(value, JObject):
+        return "{" + ",".join(f"{json.dumps(k)}:{_dump(v)}" for k, v in value.pairs) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_dump(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+# --- references: what the decision needs looked up on the daemon --------------------------------
+
+
+def references(request: ApiRequest) -> set[tuple[str, str]]:
+    """Containers and networks whose facts ``check`` needs: ``("container"|"network", ref)``."""
+    refs: set[tuple[str, str]] = set()
+    checks = request.endpoint.checks
+    if "not-hub" in checks:
+        refs.add(("container", request.params["id"]))
+    if "connect" in checks:
+        refs.add(("network", request.params["id"]))
+        container = _obj(request.body).field("Container")
+        if isinstance(container, str) and container:
+            refs.add(("container", container))
+    if "create" in checks:
+        body = _obj(request.body)
+        for hc in _host_configs(body):
+            for key in ("NetworkMode", "PidMode", "IpcMode"):
+                mode = hc.field(key)
+                if isinstance(mode, str) and mode.startswith("container:"):
+                    refs.add(("container", mode.partition(":")[2]))
+            mode = hc.field("NetworkMode")
+            if isinstance(mode, str) and _is_named_network(mode):
+                refs.add(("network", mode))
+            for entry in _list(hc.field("VolumesFrom")):
+                if isinstance(entry, str):
+                    refs.add(("container", entry.split(":")[0]))
+        for name in _obj(_obj(body.field("NetworkingConfig")).field("EndpointsConfig")).keys():
+            if _is_named_network(name):
+                refs.add(("network", name))
+    return refs
+
+
+def _is_named_network(mode: str) -> bool:
+    return mode not in ("", "default", "bridge", "none", "host") and not mode.startswith(
+        "container:"
+    )
+
+
+# --- the decision ---------------------------------------------------------------------------------
+
+
+def check(request: ApiRequest, ctx: PolicyContext, facts: Facts | None = None) -> Any | Refusal:
+    """Decide ``request``. Returns the (possibly rewritten) parsed body to forward, or a Refusal.
+
+    ``facts`` maps each of ``references(request)`` to ``ContainerFacts``/``NetworkFacts`` or None
+    (not found; the daemon will then answer 404 itself).
+    """
+    facts = facts or {}
+    try:
+        body = request.body
+        for name in request.endpoint.checks:
+            result = _CHECKS[name](request, ctx, facts, body)
+            if result is not None:
+                body = result
+        return body
+    except _Refused as r:
+        return r.refusal
+
+
+def _obj(value: Any) -> JObject:
+    return value if isinstance(value, JObject) else JObject()
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _host_configs(body: JObject) -> list[JObject]:
+    """Every place the daemon reads HostConfig fields from in a create body: the inner
+    ``HostConfig`` and, for old clients, the top level itself (moby's ContainerConfigWrapper
+    embeds a HostConfig, used when no inner one is given)."""
+    return [body, _obj(body.field("HostConfig"))]
+
+
+def _container(facts: Facts, ref: str) -> ContainerFacts | None:
+    return facts.get(("container", ref))
+
+
+def _check_not_hub(request, ctx, facts, body):
+    c = _container(facts, request.params["id"])
+    if c is not None and c.hub_managed:
+        raise _refuse(
+            f"{request.endpoint.name} of container {request.params['id']!r}",
+            "it is your environment, managed by the hub (stop it from the hub's dashboard or "
+            "`hub stop`)",
+        )
+
+
+def _check_start(request, ctx, facts, body):
+    for param in ("checkpoint", "checkpoint-dir"):
+        if request.query.get(param):
+            raise _refuse(
+                f"start from a checkpoint ({param}=)", "only the hub restores checkpoints"
+            )
+
+
+def _check_exec(request, ctx, facts, body):
+    if _truthy(_obj(body).field("Privileged")):
+        raise _refuse(
+            "a privileged exec (Privileged)",
+            "it gives the process every capability, which is root on the host",
+        )
+
+
+def _check_commit(request, ctx, facts, body):
+    return None  # the commit body is a container Config (no HostConfig); nothing to check
+
+
+def _check_update(request, ctx, facts, body):
+    _check_resources(_obj(body))
+
+
+def _check_auth(request, ctx, facts, body):
+    addr = _obj(body).field("serveraddress")
+    if isinstance(addr, str) and addr:
+        _check_registry_host(_registry_host_of_address(addr), ctx, "registry login")
+
+
+def _check_image_create(request, ctx, facts, body):
+    src = request.query.get("fromSrc", "")
+    if src not in ("", "-"):
+        raise _refuse(
+            f"an import from {src!r} (fromSrc)",
+            "the daemon would fetch the URL from the host's network, where the hub and other "
+            "users' services are reachable; download it yourself and import from stdin",
+        )
+    image = request.query.get("fromImage", "")
+    if image:
+        _check_registry_host(registry_host(image), ctx, f"a pull of {image!r}")
+
+
+def _check_push(request, ctx, facts, body):
+    _check_registry_host(registry_host(request.params["name"]), ctx, "a push")
+
+
+def _check_search(request, ctx, facts, body):
+    _check_registry_host(registry_host(request.query.get("term", "")), ctx, "a search")
+
+
+def _check_distribution(request, ctx, facts, body):
+    _check_registry_host(registry_host(request.params["name"]), ctx, "a registry lookup")
+
+
+def _check_build(request, ctx, facts, body):
+    q = request.query
+    if q.get("version", "1") != "1":
+        raise _refuse("a BuildKit build (version=2)", "use the classic builder (DOCKER_BUILDKIT=0)")
+    if q.get("remote"):
+        raise _refuse(
+            "a build from a remote context (remote=)",
+            "the daemon would fetch it from the host's network; send the context instead",
+        )
+    mode = q.get("networkmode", "")
+    if mode.lower() == "host" or mode.startswith("container:"):
+        raise _refuse(f"a build with --network={mode}", _NS_WHY["network"])
+    if q.get("cgroupparent"):
+        raise _refuse("a build with --cgroup-parent", _WHY_CGROUP_PARENT)
+    if q.get("isolation", "default") not in ("", "default"):
+        raise _refuse("a build with --isolation", "only the default isolation exists here")
+
+
+def _check_create(request, ctx, facts, body):
+    body = _obj(body)
+    _check_labels(body.field("Labels"), "container")
+    for hc in _host_configs(body):
+        _check_host_config(hc, ctx, facts)
+    endpoints = _obj(_obj(body.field("NetworkingConfig")).field("EndpointsConfig"))
+    for name in endpoints.keys():
+        _check_network_ref(name, facts)
+    return body
+
+
+def _check_connect(request, ctx, facts, body):
+    _check_network_ref(request.params["id"], facts)
+    container = _obj(body).field("Container")
+    c = _container(facts, container) if isinstance(container, str) else None
+    if c is not None and c.hub_managed:
+        raise _refuse(
+            f"{request.endpoint.name} of container {container!r}",
+            "it is your environment; its networks are managed by the hub",
+        )
+
+
+def _check_network_create(request, ctx, facts, body):
+    body = _obj(body)
+    _check_labels(body.field("Labels"), "network")
+    driver = body.field("Driver") or ""
+    if driver not in ("", "bridge"):
+        raise _refuse(
+            f"network driver {driver!r}",
+            "only bridge networks are available (macvlan, ipvlan and plugins attach to the "
+            "host's interfaces)",
+        )
+    for key in ("Ingress", "ConfigOnly"):
+        if _truthy(body.field(key)):
+            raise _refuse(
+                f"a network with {key}", "swarm and config-only networks are not available"
+            )
+    if body.field("ConfigFrom"):
+        raise _refuse("a network with ConfigFrom", "config-only networks are not available")
+    for key in _obj(body.field("Options")).keys():
+        if key not in SAFE_NETWORK_OPTIONS:
+            raise _refuse(
+                f"network option {key!r}",
+                "it could take over a host bridge; allowed: "
+                + ", ".join(sorted(SAFE_NETWORK_OPTIONS)),
+            )
+    ipam = _obj(body.field("IPAM"))
+    if (ipam.field("Driver") or "default") != "default":
+        raise _refuse("an IPAM driver", "only the default IPAM driver is available")
+    allowed = [ipaddress.ip_network(n) for n in ctx.user_networks]
+    for cfg in _list(ipam.field("Config")):
+        cfg = _obj(cfg)
+        values = [cfg.field(k) for k in ("Subnet", "IPRange", "Gateway")]
+        values += [v for _, v in _obj(cfg.field("AuxiliaryAddresses")).pairs]
+        for value in values:
+            if not value:
+                continue
+            if not _inside(value, allowed):
+                pools = ", ".join(ctx.user_networks) or "none"
+                raise _refuse(
+                    f"network address {value!r}",
+                    "a subnet outside your own address block would reroute the host's traffic "
+                    f"to other users; allowed: {pools} (or leave it out and let the daemon pick)",
+                )
+    return body
+
+
+def _inside(value: Any, allowed: list) -> bool:
+    try:
+        net = ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        return False
+    return any(net.version == a.version and net.subnet_of(a) for a in allowed)
+
+
+def _check_volume_create(request, ctx, facts, body):
+    body = _obj(body)
+    _check_labels(body.field("Labels"), "volume")
+    _check_volume_driver(body.field("Driver"), body.field("DriverOpts"))
+    return body
+
+
+_CHECKS: dict[str, Callable] = {
+    "not-hub": _check_not_hub,
+    "start": _check_start,
+    "exec": _check_exec,
+    "commit": _check_commit,
+    "update": _check_update,
+    "auth": _check_auth,
+    "image-create": _check_image_create,
+    "push": _check_push,
+    "search": _check_search,
+    "distribution": _check_distribution,
+    "build": _check_build,
+    "create": _check_create,
+    "connect": _check_connect,
+    "network-create": _check_network_create,
+    "volume-create": _check_volume_create,
+}
+
+
+# --- HostConfig rules ---------------------------------------------------------------------------
+
+_NS_WHY = {
+    "network": "the host's network namespace reaches the hub, other users and every host service",
+    "pid": "the host's PID namespace lets root in the container signal and trace host processes",
+    "ipc": "the host's IPC namespace shares memory segments with host processes",
+    "uts": "the host's UTS namespace lets the container rename the host",
+    "userns": "user namespaces other than the daemon's are not available",
+    "cgroupns": "the host's cgroup namespace exposes and can alter the hub's resource limits",
+}
+_WHY_CGROUP_PARENT = "the hub places your containers in your own cgroup, which holds your limits"
+
+# Fields refused when set to anything but their zero value: (field, what, why).
+FORBIDDEN_FIELDS: tuple[tuple[str, str, str], ...] = (
+    (
+        "Privileged",
+        "privileged mode (--privileged)",
+        "a privileged container has every capability and device: it is root on the host",
+    ),
+    ("Devices", "host devices (--device)", "a device node gives direct access to host hardware"),
+    (
+        "DeviceCgroupRules",
+        "device cgroup rules (--device-cgroup-rule)",
+        "they open host devices to the container",
+    ),
+    ("DeviceRequests", "device requests (--gpus)", "they pass host devices into the container"),
+    ("CgroupParent", "--cgroup-parent", _WHY_CGROUP_PARENT),
+    ("Cgroup", "joining another container's cgroup (Cgroup)", _WHY_CGROUP_PARENT),
+    (
+        "PortBindings",
+        "publishing ports on the host (-p)",
+        "a published port listens on the host's network, reachable without the hub's login; "
+        "reach the container from your environment by its name or address instead",
+    ),
+    (
+        "PublishAllPorts",
+        "publishing ports on the host (-P)",
+        "a published port listens on the host's network, reachable without the hub's login",
+    ),
+    (
+        "OomKillDisable",
+        "--oom-kill-disable",
+        "the kernel would kill host processes instead of the container",
+    ),
+    (
+        "MaskedPaths",
+        "unmasking /proc and /sys paths (MaskedPaths)",
+        "they expose host kernel interfaces (systempaths=unconfined)",
+    ),
+    (
+        "ReadonlyPaths",
+        "making /proc and /sys paths writable (ReadonlyPaths)",
+        "they expose host kernel interfaces (systempaths=unconfined)",
+    ),
+    ("CpuRealtimePeriod", "real-time CPU scheduling", "it can starve the host"),
+    ("CpuRealtimeRuntime", "real-time CPU scheduling", "it can starve the host"),
+)
+
+
+def _truthy(value: Any) -> bool:
+    """Set to something other than Go's zero value."""
+    if isinstance(value, JObject | list | str):
+        return bool(value)
+    return value not in (None, False, 0)
+
+
+def _check_resources(hc: JObject) -> None:
+    for name, what, why in FORBIDDEN_FIELDS:
+        if _truthy(hc.field(name)):
+            raise _refuse(what, why)
+
+
+def _check_host_config(hc: JObject, ctx: PolicyContext, facts: Facts) -> None:
+    _check_resources(hc)
+    # MaskedPaths: [] is how "systempaths=unconfined" arrives; an empty list is not the zero value.
+    for name in ("MaskedPaths", "ReadonlyPaths"):
+        if hc.field(name) is not None:
+            raise _refuse(
+                f"setting {name}", "it exposes host kernel interfaces (systempaths=unconfined)"
+            )
+    for key, ns in (
+        ("NetworkMode", "network"),
+        ("PidMode", "pid"),
+        ("IpcMode", "ipc"),
+        ("UTSMode", "uts"),
+        ("CgroupnsMode", "cgroupns"),
+    ):
+        mode = hc.field(key)
+        if not isinstance(mode, str) or not mode:
+            continue
+        if mode.lower() == "host":
+            raise _refuse(f"the host's {ns} namespace (--{ns}=host)", _NS_WHY[ns])
+        if mode.lower().startswith("container:") and key != "CgroupnsMode":
+            _check_joinable(mode.partition(":")[2], f"--{ns}={mode}", facts)
+        elif key == "NetworkMode" and _is_named_network(mode):
+            _check_network_ref(mode, facts)
+    if hc.field("UsernsMode"):
+        raise _refuse(f"--userns={hc.field('UsernsMode')}", _NS_WHY["userns"])
+    runtime = hc.field("Runtime") or ""
+    if runtime not in ("", "runc"):
+        raise _refuse(
+            f"runtime {runtime!r} (--runtime)", "only the daemon's default runtime is allowed"
+        )
+    if (hc.field("Isolation") or "default") != "default":
+        raise _refuse("--isolation", "only the default isolation exists here")
+    oom = hc.field("OomScoreAdj")
+    if isinstance(oom, int | float) and oom < 0:
+        raise _refuse(
+            f"--oom-score-adj={oom}",
+            "a negative value makes the kernel kill host processes before the container",
+        )
+    _check_cap_add(hc.field("CapAdd"))
+    _check_security_opts(hc.field("SecurityOpt"))
+    _check_sysctls(hc.field("Sysctls"))
+    log = _obj(hc.field("LogConfig"))
+    driver = log.field("Type") or ""
+    if driver not in SAFE_LOG_DRIVERS:
+        raise _refuse(
+            f"log driver {driver!r}",
+            "other drivers send logs from the host (syslog, "
+            "gelf, fluentd, journald); allowed: json-file, local, none",
+        )
+    for key in _obj(hc.field("StorageOpt")).keys():
+        if key != "size":
+            raise _refuse(f"storage option {key!r}", "only size= is allowed")
+    driver = hc.field("VolumeDriver") or ""
+    if driver not in ("", "local"):
+        raise _refuse(f"volume driver {driver!r}", "only the local driver is available")
+    for entry in _list(hc.field("VolumesFrom")):
+        if isinstance(entry, str):
+            _check_joinable(entry.split(":")[0], f"--volumes-from {entry}", facts)
+    binds = hc.field("Binds")
+    if binds is not None:
+        hc.set_field("Binds", [_check_bind_string(b, ctx) for b in _list(binds)])
+    mounts = hc.field("Mounts")
+    if mounts is not None:
+        hc.set_field("Mounts", [_check_mount(_obj(m), ctx) for m in _list(mounts)])
+
+
+def _check_joinable(ref: str, what: str, facts: Facts) -> None:
+    c = _container(facts, ref)
+    if c is not None and c.hub_managed:
+        raise _refuse(
+            what,
+            "the container is your environment, managed by the hub; joining its "
+            "namespaces or volumes would tamper with it and break its checkpoints",
+        )
+
+
+def _check_network_ref(ref: str, facts: Facts) -> None:
+    if ref.lower() == "host":
+        raise _refuse("the host network (--network=host)", _NS_WHY["network"])
+    n = facts.get(("network", ref))
+    if n is not None and n.driver not in ("bridge", "null"):
+        raise _refuse(f"network {ref!r} (driver {n.driver})", _NS_WHY["network"])
+
+
+def _check_labels(labels: Any, kind: str) -> None:
+    for key in _obj(labels).keys():
+        if key.startswith(RESERVED_LABEL_PREFIX):
+            raise _refuse(
+                f"{kind} label {key!r}",
+                f"labels under {RESERVED_LABEL_PREFIX} are reserved for the hub",
+            )
+
+
+def normalize_capability(cap: str) -> str:
+    cap = cap.strip().upper()
+    return cap[4:] if cap.startswith("CAP_") else cap
+
+
+def _check_cap_add(caps: Any) -> None:
+    for cap in _list(caps):
+        name = normalize_capability(str(cap))
+        if name not in SAFE_CAPABILITIES:
+            raise _refuse(
+                f"capability {name} (--cap-add)",
+                "only these may be added: " + ", ".join(sorted(SAFE_CAPABILITIES)),
+            )
+
+
+def _check_security_opts(opts: Any) -> None:
+    for opt in _list(opts):
+        text = str(opt).strip()
+        if text.lower() in SAFE_SECURITY_OPTS:
+            continue
+        key = re.split(r"[=:]", text, maxsplit=1)[0].lower()
+        why = {
+            "seccomp": "the default seccomp profile blocks syscalls that are host root without it",
+            "apparmor": "the default AppArmor profile confines root in the container",
+            "label": "SELinux labels confine root in the container",
+            "systempaths": "masked /proc and /sys paths are host kernel interfaces",
+            "no-new-privileges": "setuid programs must not gain privileges",
+        }.get(key, "only no-new-privileges may be set")
+        raise _refuse(f"security option {text!r} (--security-opt)", why)
+
+
+def _check_sysctls(sysctls: Any) -> None:
+    for key in _obj(sysctls).keys():
+        if key in NAMESPACED_SYSCTLS or key.startswith(NAMESPACED_SYSCTL_PREFIXES):
+            continue
+        raise _refuse(
+            f"sysctl {key!r} (--sysctl)",
+            "only sysctls of the container's own IPC and network namespaces are allowed "
+            "(kernel.msg*, kernel.sem, kernel.shm*, fs.mqueue.*, net.*)",
+        )
+
+
+def _check_volume_driver(driver: Any, options: Any) -> None:
+    driver = driver or ""
+    if driver not in ("", "local"):
+        raise _refuse(f"volume driver {driver!r}", "only the local driver is available")
+    opts = {k.lower(): str(v) for k, v in _obj(options).pairs}
+    if not opts:
+        return
+    if (
+        opts.get("type") != "tmpfs"
+        or opts.get("device", "tmpfs") != "tmpfs"
+        or set(opts)
+        - {
+            "type",
+            "device",
+            "o",
+        }
+    ):
+        raise _refuse(
+            "volume driver options " + ", ".join(f"{k}={v}" for k, v in sorted(opts.items())),
+            "the local driver mounts them on the host as root (bind mounts of host paths, NFS, "
+            "block devices); only type=tmpfs with size/mode/uid/gid is allowed",
+        )
+    for item in filter(None, opts.get("o", "").split(",")):
+        if item.split("=")[0] not in SAFE_TMPFS_VOLUME_OPTIONS:
+            raise _refuse(
+                f"tmpfs volume option {item!r}",
+                "allowed: " + ", ".join(sorted(SAFE_TMPFS_VOLUME_OPTIONS)),
+            )
+
+
+# --- bind mounts ----------------------------------------------------------------------------------
+
+
+def _check_bind_string(bind: Any, ctx: PolicyContext) -> str:
+    """``src:dst[:opts]`` from HostConfig.Binds; a source without a leading ``/`` is a volume."""
+    if not isinstance(bind, str):
+        raise _refuse(f"bind {bind!r}", "not a string")
+    parts = bind.split(":")
+    if len(parts) < 2 or len(parts) > 3:
+        raise _refuse(f"bind {bind!r}", "expected source:destination[:options]")
+    src, dst = parts[0], parts[1]
+    opts = parts[2] if len(parts) == 3 else ""
+    for opt in filter(None, opts.split(",")):
+        if opt not in BIND_OPTIONS:
+            raise _refuse(
+                f"bind option {opt!r} in {bind!r}",
+                "shared propagation would let the "
+                "container's mounts appear on the host; allowed: "
+                + ", ".join(sorted(BIND_OPTIONS)),
+            )
+    if not src.startswith("/"):
+        return bind  # a named volume on the local driver
+    host = bind_source(src, ctx)
+    return ":".join([host, dst] + ([opts] if opts else []))
+
+
+def _check_mount(mount: JObject, ctx: PolicyContext) -> JObject:
+    kind = (mount.field("Type") or "").lower()
+    if kind == "bind":
+        propagation = _obj(mount.field("BindOptions")).field("Propagation") or ""
+        if propagation not in SAFE_BIND_PROPAGATION:
+            raise _refuse(
+                f"bind propagation {propagation!r}",
+                "shared propagation would let the container's mounts appear on the host",
+            )
+        src = mount.field("Source")
+        if not isinstance(src, str) or not src.startswith("/"):
+            raise _refuse(f"bind mount source {src!r}", "must be an absolute path")
+        mount.set_field("Source", bind_source(src, ctx))
+    elif kind == "volume":
+        options = _obj(mount.field("VolumeOptions"))
+        config = _obj(options.field("DriverConfig"))
+        _check_volume_driver(config.field("Name"), config.field("Options"))
+        _check_labels(options.field("Labels"), "volume")
+    elif kind != "tmpfs":
+        raise _refuse(
+            f"mount type {kind!r}", "allowed: bind (inside your workspace), volume, tmpfs"
+        )
+    return mount
+
+
+def bind_source(src: str, ctx: PolicyContext) -> str:
+    """The host path a bind of ``src`` may use, or a refusal.
+
+    ``src`` is either the environment's view (``/workspace/...``) or the host path of the user's
+    workspace. It is resolved on the host (symlinks and ``..``) and must land strictly inside the
+    workspace and outside its checkpoint directory; it is then rewritten under ``ctx.bind_root``,
+    a view of the workspace that never follows symlinks, so swapping a directory for a symlink
+    after this check makes the daemon's mount fail instead of escaping.
+    """
+    if src in DOCKER_SOCKET_PATHS and ctx.policy_socket:
+        return ctx.policy_socket
+    clean = posixpath.normpath(src)
+    cws = posixpath.normpath(ctx.container_workspace)
+    if clean == cws or clean.startswith(cws.rstrip("/") + "/"):
+        host = ctx.workspace.rstrip("/") + clean[len(cws.rstrip("/")) :]
+    else:
+        host = src
+    workspace = ctx.realpath(ctx.workspace)
+    real = ctx.realpath(host)
+    rel = (
+        posixpath.relpath(real, workspace) if real.startswith(workspace.rstrip("/") + "/") else None
+    )
+    if real == workspace:
+        raise _refuse(
+            f"a bind mount of your whole workspace ({src})",
+            f"it holds the hub's checkpoint images; bind a directory inside it, e.g. {cws}/project",
+        )
+    if rel is None or rel.startswith(".."):
+        raise _refuse(
+            f"a bind mount of {src}",
+            f"only directories inside your workspace ({cws}) may be bind-mounted (after "
+            "resolving symlinks and '..')",
+        )
+    if PurePosixPath(rel).parts[0] == CHECKPOINT_DIR:
+        raise _refuse(f"a bind mount of {src}", "the checkpoint directory belongs to the hub")
+    return posixpath.join(ctx.bind_root, rel)
+
+
+# --- registries -----------------------------------------------------------------------------------
+
+
+def registry_host(reference: str) -> str | None:
+    """The registry host[:port] of an image reference, or None for Docker Hub."""
+    first, sep, _ = reference.partition("/")
+    if not sep:
+        return None
+    if "." in first or ":" in first or first == "localhost":
+        return first.lower()
+    return None
+
+
+def _registry_host_of_address(address: str) -> str:
+    address = re.sub(r"^[a-z]+://", "", address.strip(), flags=re.I)
+    return address.split("/")[0].lower()
+
+
+def _check_registry_host(host: str | None, ctx: PolicyContext, what: str) -> None:
+    if not host or host in ctx.allowed_registries:
+        return
+    name = host
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name in ("localhost",) or name.endswith(".localhost"):
+        raise _refuse(f"{what} from registry {host}", _WHY_REGISTRY)
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return
+    for net in ctx.forbidden_registry_networks:
+        if ip in ipaddress.ip_network(net):
+            raise _refuse(f"{what} from registry {host}", _WHY_REGISTRY)
+
+
+_WHY_REGISTRY = (
+    "the daemon connects from the host's network, where this address is the host, the hub or "
+    "another user"
+)
+
+
+def allowed_endpoints() -> Iterable[tuple[str, str, str]]:
+    """(method, path pattern, name) of every allowed endpoint, for documentation."""
+    for ep in ENDPOINTS:
+        yield ep.method, ep.pattern.pattern.strip("^$"), ep.name

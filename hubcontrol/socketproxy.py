@@ -1,0 +1,653 @@
+"""The per-user policy socket: the ``/var/run/docker.sock`` an environment sees.
+
+One small long-lived process per user (``python -m hubcontrol.socketproxy``), started by the
+daemon supervisor right after the user's dockerd and stopped with it. It does not run inside the
+hub process on purpose: the environment bind-mounts the socket *file*, and a socket re-created by a
+restarted hub would be a different inode, leaving the container's mount dead. A separate process
+keeps the socket alive across hub restarts and upgrades (docs/security.md, "The policy socket").
+
+For every request on the socket it parses the HTTP head, asks ``hubcontrol.dockerpolicy``, and
+either answers with a Docker-style JSON error or forwards the request to the user's daemon and
+streams the answer back. Only the small JSON bodies the policy inspects are read whole (capped);
+everything else is streamed: build contexts, image loads, logs and events, and hijacked
+connections (attach, exec) become a raw relay in both directions. Each client connection gets its
+own upstream connection, closed with it, so the proxy never keeps anything open on the container
+side that the client has not opened; idle keep-alive connections are closed after a timeout and
+at once on SIGUSR1 (before a CRIU dump, an open docker.sock connection blocks it).
+
+Allowed bind mounts are rewritten to ``bind_root``, a bind mount of the user's workspace with
+``nosymfollow``: the daemon resolves a bind source when the container *starts*, and a symlink
+swapped in after the policy's check must fail to resolve rather than lead out of the workspace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import anyio
+import httpx
+from anyio.abc import SocketStream
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from hubcontrol import dockerpolicy as policy
+
+log = logging.getLogger(__name__)
+
+HEAD_LIMIT = 64 * 1024
+LINE_LIMIT = 4096
+COPY_CHUNK = 64 * 1024
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "content-length",
+        "upgrade",
+        "expect",
+    }
+)
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """Where the policy socket listens, the daemon it forwards to, and the user's policy."""
+
+    listen: Path
+    upstream: Path
+    context: policy.PolicyContext
+    idle_timeout: float = 30.0
+    mount_bind_root: bool = True  # set up context.bind_root as a nosymfollow view of the workspace
+
+
+class HttpError(Exception):
+    """A malformed request: answered with ``status`` and the connection closed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.refusal = policy.Refusal(message, status)
+
+
+@dataclass
+class Head:
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    framing: str  # "none", "length" or "chunked"
+    length: int = 0
+
+    def get(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    @property
+    def wants_upgrade(self) -> bool:
+        conn = (self.get("connection") or "").lower()
+        return "upgrade" in {t.strip() for t in conn.split(",")} and bool(self.get("upgrade"))
+
+
+def parse_request_head(raw: bytes) -> Head:
+    """Parse a request head strictly: anything ambiguous (two lengths, folded lines, an unknown
+    transfer coding) is refused, since the daemon and the policy must agree on where bodies end."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise HttpError(400, "hub policy refused a request head that is not ASCII") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not parts[0].isalpha():
+        raise HttpError(400, f"hub policy refused a malformed request line {lines[0][:100]!r}")
+    headers = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip() or line[0] in " \t":
+            raise HttpError(400, f"hub policy refused a malformed header line {line[:100]!r}")
+        if any(c in value for c in "\r\n\x00"):
+            raise HttpError(400, "hub policy refused a header with control characters")
+        headers.append((name, value.strip()))
+    head = Head(parts[0], parts[1], parts[2], headers, "none")
+    lengths = [v for k, v in headers if k.lower() == "content-length"]
+    codings = [v for k, v in headers if k.lower() == "transfer-encoding"]
+    if codings:
+        if lengths or len(codings) > 1 or codings[0].lower() != "chunked":
+            raise HttpError(
+                400,
+                "hub policy refused an ambiguous body (Transfer-Encoding must be exactly "
+                "'chunked', without Content-Length)",
+            )
+        head.framing = "chunked"
+    elif lengths:
+        if len(lengths) > 1 or not lengths[0].isdigit():
+            raise HttpError(400, "hub policy refused an invalid or repeated Content-Length")
+        head.length = int(lengths[0])
+        head.framing = "length" if head.length else "none"
+    return head
+
+
+def refusal_response(refusal: policy.Refusal, version: str = "HTTP/1.1") -> bytes:
+    body = refusal.body()
+    reason = {400: "Bad Request", 403: "Forbidden", 413: "Payload Too Large", 502: "Bad Gateway"}
+    return (
+        f"{version} {refusal.status} {reason.get(refusal.status, 'Error')}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+class _Connection:
+    """One client connection and, once a request is allowed, its own upstream connection."""
+
+    def __init__(self, server: PolicySocket, client: SocketStream) -> None:
+        self.server = server
+        self.client = client
+        self.reader = BufferedByteReceiveStream(client)
+        self.upstream: SocketStream | None = None
+        self.up_reader: BufferedByteReceiveStream | None = None
+        self.idle_scope: anyio.CancelScope | None = None
+
+    async def run(self) -> None:
+        while True:
+            with anyio.move_on_after(self.server.config.idle_timeout) as scope:
+                self.idle_scope = scope
+                try:
+                    raw = await self.reader.receive_until(b"\r\n\r\n", HEAD_LIMIT)
+                except anyio.IncompleteRead:
+                    return
+                except anyio.DelimiterNotFound:
+                    raise HttpError(431, "hub policy refused a request head over 64 KiB") from None
+                finally:
+                    self.idle_scope = None
+            if scope.cancel_called:
+                return  # idle keep-alive connection: close it (clients reconnect)
+            head = parse_request_head(raw)
+            if not await self.handle(head):
+                return
+
+    async def refuse(self, refusal: policy.Refusal, head: Head | None) -> bool:
+        log.info("refused: %s", refusal.message)
+        self.server.refused += 1
+        await self.client.send(refusal_response(refusal, head.version if head else "HTTP/1.1"))
+        return False
+
+    async def handle(self, head: Head) -> bool:
+        """Serve one request; return whether the connection stays open for another."""
+        request = policy.classify(head.method, head.target)
+        if isinstance(request, policy.Refusal):
+            return await self.refuse(request, head)
+        ctype = (head.get("content-type") or "").lower()
+        if ctype.startswith(FORM_TYPES):
+            return await self.refuse(
+                policy.Refusal(
+                    f"hub policy refused a {ctype.split(';')[0]} body: the daemon would read "
+                    "query parameters from it"
+                ),
+                head,
+            )
+        if (head.get("expect") or "").lower() == "100-continue":
+            await self.client.send(f"{head.version} 100 Continue\r\n\r\n".encode())
+        body_bytes: bytes | None = None
+        if request.endpoint.body:
+            body_bytes = await self.read_small_body(head)
+            if isinstance(body_bytes, policy.Refusal):
+                return await self.refuse(body_bytes, head)
+            parsed = policy.read_json(body_bytes)
+            if isinstance(parsed, policy.Refusal):
+                return await self.refuse(parsed, head)
+            request = request.with_body(parsed)
+        facts = await self.server.lookup(policy.references(request))
+        if isinstance(facts, policy.Refusal):
+            return await self.refuse(facts, head)
+        decision = policy.check(request, self.server.config.context, facts)
+        if isinstance(decision, policy.Refusal):
+            return await self.refuse(decision, head)
+        if request.endpoint.body:
+            body_bytes = policy.to_wire(decision) if decision is not None else body_bytes
+        return await self.forward(head, request, body_bytes)
+
+    async def read_small_body(self, head: Head) -> bytes | policy.Refusal:
+        cap = policy.MAX_JSON_BODY
+        too_big = policy.Refusal(
+            f"hub policy refused a {head.method} body over {cap} bytes (limit for inspected "
+            "requests)",
+            413,
+        )
+        if head.framing == "none":
+            return b""
+        if head.framing == "length":
+            if head.length > cap:
+                return too_big
+            return await self.reader.receive_exactly(head.length)
+        out = bytearray()
+        async for piece in self.chunks(self.reader, raw=False):
+            out += piece
+            if len(out) > cap:
+                return too_big
+        return bytes(out)
+
+    async def chunks(self, reader: BufferedByteReceiveStream, *, raw: bool):
+        """Yield a chunked body piece by piece: raw framing bytes (to relay) or decoded data."""
+        while True:
+            line = await reader.receive_until(b"\r\n", LINE_LIMIT)
+            try:
+                size = int(line.split(b";")[0].strip(), 16)
+            except ValueError:
+                raise HttpError(400, "hub policy refused a malformed chunk size") from None
+            if size < 0:
+                raise HttpError(400, "hub policy refused a malformed chunk size")
+            if raw:
+                yield line + b"\r\n"
+            if size == 0:
+                while True:  # trailers, then the empty line
+                    trailer = await reader.receive_until(b"\r\n", LINE_LIMIT)
+                    if raw:
+                        yield trailer + b"\r\n"
+                    if not trailer:
+                        return
+            remaining = size
+            while remaining:
+                data = await reader.receive(min(remaining, COPY_CHUNK))
+                remaining -= len(data)
+                yield data
+            if await reader.receive_exactly(2) != b"\r\n":
+                raise HttpError(400, "hub policy refused a malformed chunk")
+            if raw:
+                yield b"\r\n"
+
+    async def connect_upstream(self) -> None:
+        if self.upstream is None:
+            self.upstream = await anyio.connect_unix(str(self.server.config.upstream))
+            self.up_reader = BufferedByteReceiveStream(self.upstream)
+
+    def upstream_head(self, head: Head, request: policy.ApiRequest, body: bytes | None) -> bytes:
+        prefix = f"/v{request.version[0]}.{request.version[1]}" if request.version else ""
+        _, _, query = head.target.partition("?")
+        target = quote(prefix + request.path, safe="/:@!$&'()*+,;=-._~")
+        if query:
+            target += "?" + query
+        lines = [f"{head.method} {target} {head.version}"]
+        lines += [f"{k}: {v}" for k, v in head.headers if k.lower() not in HOP_BY_HOP]
+        if head.wants_upgrade:
+            lines += ["Connection: Upgrade", f"Upgrade: {head.get('upgrade')}"]
+        if body is not None:
+            if body or head.framing != "none":
+                lines.append(f"Content-Length: {len(body)}")
+        elif head.framing == "chunked":
+            lines.append("Transfer-Encoding: chunked")
+        elif head.framing == "length":
+            lines.append(f"Content-Length: {head.length}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    async def send_body(self, head: Head, body: bytes | None, done: anyio.Event) -> None:
+        assert self.upstream is not None
+        try:
+            if body is not None:
+                if body:
+                    await self.upstream.send(body)
+            elif head.framing == "length":
+                remaining = head.length
+                while remaining:
+                    data = await self.reader.receive(min(remaining, COPY_CHUNK))
+                    remaining -= len(data)
+                    await self.upstream.send(data)
+            elif head.framing == "chunked":
+                async for piece in self.chunks(self.reader, raw=True):
+                    await self.upstream.send(piece)
+        finally:
+            done.set()
+
+    async def forward(self, head: Head, request: policy.ApiRequest, body: bytes | None) -> bool:
+        try:
+            await self.connect_upstream()
+        except OSError as e:
+            return await self.refuse(
+                policy.Refusal(f"your docker daemon is not answering ({e.strerror})", 502), head
+            )
+        assert self.upstream is not None and self.up_reader is not None
+        await self.upstream.send(self.upstream_head(head, request, body))
+        body_done = anyio.Event()
+        keep_open = True
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.send_body, head, body, body_done)
+            raw = await self.up_reader.receive_until(b"\r\n\r\n", HEAD_LIMIT)
+            status, resp = _parse_response_head(raw)
+            await self.client.send(raw + b"\r\n\r\n")
+            hijacked = status == 101 or (
+                request.endpoint.hijack
+                and status == 200
+                and resp.get("content-length") is None
+                and "chunked" not in resp.get("transfer-encoding", "").lower()
+            )
+            if hijacked:
+                await body_done.wait()
+                await self.relay()
+                return False
+            if head.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+                pass
+            elif "chunked" in resp.get("transfer-encoding", "").lower():
+                async for piece in self.chunks(self.up_reader, raw=True):
+                    await self.client.send(piece)
+            elif resp.get("content-length") is not None:
+                remaining = int(resp["content-length"])
+                while remaining:
+                    data = await self.up_reader.receive(min(remaining, COPY_CHUNK))
+                    remaining -= len(data)
+                    await self.client.send(data)
+            else:
+                await self._copy_until_eof(self.up_reader, self.client)
+                keep_open = False
+            if not body_done.is_set():
+                # The daemon answered before reading the whole body: the stream is out of step.
+                tg.cancel_scope.cancel()
+                keep_open = False
+        if head.version == "HTTP/1.0" or "close" in resp.get("connection", "").lower():
+            keep_open = False
+        if (head.get("connection") or "").lower() == "close":
+            keep_open = False
+        return keep_open
+
+    async def relay(self) -> None:
+        """A hijacked connection: raw bytes both ways until the daemon's side ends."""
+        assert self.upstream is not None and self.up_reader is not None
+        upstream = self.upstream
+
+        async def client_to_daemon() -> None:
+            await self._copy_until_eof(self.reader, upstream)
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                await upstream.send_eof()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client_to_daemon)
+            await self._copy_until_eof(self.up_reader, self.client)
+            tg.cancel_scope.cancel()
+
+    @staticmethod
+    async def _copy_until_eof(reader: BufferedByteReceiveStream, writer: SocketStream) -> None:
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            while True:
+                await writer.send(await reader.receive(COPY_CHUNK))
+
+    async def aclose(self) -> None:
+        for stream in (self.upstream, self.client):
+            if stream is not None:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+
+
+def _parse_response_head(raw: bytes) -> tuple[int, dict[str, str]]:
+    lines = raw.decode("latin-1").split("\r\n")
+    try:
+        status = int(lines[0].split(" ")[1])
+    except (IndexError, ValueError):
+        raise HttpError(502, "the docker daemon sent a malformed response") from None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers
+
+
+class PolicySocket:
+    """The policy socket server; ``serve()`` runs it in the current anyio event loop."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.config = config
+        self.connections: set[_Connection] = set()
+        self.refused = 0
+        transport = httpx.AsyncHTTPTransport(uds=str(config.upstream))
+        self._lookups = httpx.AsyncClient(transport=transport, base_url="http://docker", timeout=10)
+
+    async def lookup(self, refs: set[tuple[str, str]]) -> policy.Facts | policy.Refusal:
+        """Facts about the containers and networks a decision depends on (None: not found)."""
+        facts: dict[tuple[str, str], object] = {}
+        for kind, ref in refs:
+            path = {"container": "/containers/{}/json", "network": "/networks/{}"}[kind]
+            try:
+                r = await self._lookups.get(path.format(quote(ref, safe="")))
+            except httpx.HTTPError as e:
+                return policy.Refusal(f"hub policy could not look up {kind} {ref!r}: {e}", 502)
+            if r.status_code == 404:
+                facts[(kind, ref)] = None
+                continue
+            if r.status_code != 200:
+                return policy.Refusal(
+                    f"hub policy could not look up {kind} {ref!r}: daemon said {r.status_code}", 502
+                )
+            data = r.json()
+            if kind == "container":
+                labels = (data.get("Config") or {}).get("Labels") or {}
+                facts[(kind, ref)] = policy.ContainerFacts(data["Id"], labels)
+            else:
+                facts[(kind, ref)] = policy.NetworkFacts(data["Id"], data.get("Driver", ""))
+        return facts
+
+    def drop_idle(self) -> int:
+        """Close every connection waiting between requests (before a CRIU dump)."""
+        dropped = 0
+        for conn in list(self.connections):
+            if conn.idle_scope is not None:
+                conn.idle_scope.cancel()
+                dropped += 1
+        return dropped
+
+    async def _handle(self, client: SocketStream) -> None:
+        conn = _Connection(self, client)
+        self.connections.add(conn)
+        try:
+            await conn.run()
+        except Exception as e:
+            errors = _leaves(e)
+            http = [x for x in errors if isinstance(x, HttpError)]
+            if http:
+                with contextlib.suppress(Exception):
+                    await conn.refuse(http[0].refusal, None)
+            elif not all(isinstance(x, _DISCONNECTS) for x in errors):
+                log.exception("policy socket connection failed")
+        finally:
+            self.connections.discard(conn)
+            await conn.aclose()
+
+    async def serve(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+        listen = self.config.listen
+        if self.config.mount_bind_root:
+            mount_bind_root(self.config.context.workspace, self.config.context.bind_root)
+        listen.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(listen.parent, 0o700)  # host users must not reach it; the container's mount can
+        _remove_stale_socket(listen)
+        listener = await anyio.create_unix_listener(listen)
+        os.chmod(listen, 0o666)  # the environment's user (any uid) connects through its mount
+        try:
+            async with listener, self._lookups:
+                task_status.started(self)
+                await listener.serve(self._handle)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISSOCK(os.lstat(listen).st_mode):
+                    os.unlink(listen)
+            if self.config.mount_bind_root:
+                unmount_bind_root(self.config.context.bind_root)
+
+
+_DISCONNECTS = (
+    anyio.EndOfStream,
+    anyio.IncompleteRead,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    ConnectionError,
+)
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+    return [e]
+
+
+def _remove_stale_socket(path: Path) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        os.unlink(path)
+        return
+    finally:
+        probe.close()
+    raise OSError(f"another policy socket is already serving {path}")
+
+
+def _is_mountpoint(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+def mount_bind_root(workspace: str, bind_root: str) -> None:
+    """Make ``bind_root`` a view of ``workspace`` that never follows symlinks (idempotent)."""
+    os.makedirs(workspace, exist_ok=True)
+    os.makedirs(bind_root, mode=0o700, exist_ok=True)
+    if _is_mountpoint(bind_root):
+        return
+    subprocess.run(["mount", "--bind", workspace, bind_root], check=True, capture_output=True)
+    subprocess.run(
+        ["mount", "-o", "remount,bind,nosymfollow,nosuid,nodev", bind_root],
+        check=True,
+        capture_output=True,
+    )
+
+
+def unmount_bind_root(bind_root: str) -> None:
+    if _is_mountpoint(bind_root):
+        subprocess.run(["umount", "-l", bind_root], capture_output=True)
+    with contextlib.suppress(OSError):
+        os.rmdir(bind_root)
+
+
+# --- running it as its own process ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyArgs:
+    """What the supervisor needs to start a user's policy socket next to their dockerd."""
+
+    listen: str
+    upstream: str
+    workspace: str
+    container_workspace: str = "/workspace"
+    bind_root: str | None = None
+    user_networks: tuple[str, ...] = ()
+    allowed_registries: tuple[str, ...] = ()
+    idle_timeout: float = 30.0
+    extra: tuple[str, ...] = field(default=())
+
+
+def default_bind_root(listen: str | Path) -> str:
+    return str(Path(listen).parent / "workspace")
+
+
+def command(args: ProxyArgs, python: str = sys.executable) -> list[str]:
+    """The argv that runs a policy socket as its own process (for the daemon supervisor)."""
+    argv = [
+        python,
+        "-m",
+        "hubcontrol.socketproxy",
+        "--listen",
+        args.listen,
+        "--upstream",
+        args.upstream,
+        "--workspace",
+        args.workspace,
+        "--container-workspace",
+        args.container_workspace,
+        "--idle-timeout",
+        str(args.idle_timeout),
+    ]
+    if args.bind_root:
+        argv += ["--bind-root", args.bind_root]
+    for net in args.user_networks:
+        argv += ["--user-network", net]
+    for reg in args.allowed_registries:
+        argv += ["--allow-registry", reg]
+    return argv + list(args.extra)
+
+
+def config_from_argv(argv: Sequence[str]) -> ProxyConfig:
+    p = argparse.ArgumentParser(
+        prog="python -m hubcontrol.socketproxy", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--listen", required=True, help="policy socket path to create")
+    p.add_argument("--upstream", required=True, help="the user's dockerd socket")
+    p.add_argument("--workspace", required=True, help="host path of the user's workspace")
+    p.add_argument("--container-workspace", default="/workspace")
+    p.add_argument(
+        "--bind-root", help="nosymfollow view of the workspace (default: next to --listen)"
+    )
+    p.add_argument(
+        "--user-network", action="append", default=[], help="CIDR the user's networks may use"
+    )
+    p.add_argument(
+        "--allow-registry", action="append", default=[], help="host[:port] always allowed"
+    )
+    p.add_argument("--idle-timeout", type=float, default=30.0)
+    a = p.parse_args(argv)
+    listen = Path(a.listen)
+    ctx = policy.PolicyContext(
+        workspace=os.path.abspath(a.workspace),
+        bind_root=a.bind_root or default_bind_root(listen),
+        container_workspace=a.container_workspace,
+        policy_socket=str(listen),
+        user_networks=tuple(a.user_network),
+        allowed_registries=frozenset(a.allow_registry),
+    )
+    return ProxyConfig(
+        listen=listen, upstream=Path(a.upstream), context=ctx, idle_timeout=a.idle_timeout
+    )
+
+
+async def _run(config: ProxyConfig) -> None:
+    server = PolicySocket(config)
+    async with anyio.create_task_group() as tg:
+        await tg.start(server.serve)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
+            async for signum in signals:
+                if signum == signal.SIGUSR1:
+                    log.info("dropped %d idle connections", server.drop_idle())
+                    continue
+                tg.cancel_scope.cancel()
+                return
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    config = config_from_argv(sys.argv[1:] if argv is None else argv)
+    anyio.run(_run, config)
+
+
+if __name__ == "__main__":
+    main()

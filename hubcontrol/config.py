@@ -1022,6 +1022,15 @@ def load_config(
             f"{path}: neither a compose file (no top-level services:) nor a hub.labels.yaml (no labels:)"
         )
     merged_flags = _parse_start_flags(command, problems)
+    command_env_file = _flag(merged_flags, "env_file")
+    if env_file is None and command_env_file is not None:
+        # The file's own `hub start --env-file=...`: what `hub start` would read, so read it too.
+        entry = Path(os.path.normpath(path.parent / str(command_env_file)))
+        try:
+            file_env.update(parse_env_file(entry, environ))
+            env_files = [*env_files, entry]
+        except ConfigError as exc:
+            problems.extend(f"flag --env-file: {p}" for p in exc.problems)
     merged_flags.update(_normalize_flags(flags))
     env = {**file_env, **environ}
     kwargs = _build(labels, merged_flags, env, require_oauth, problems, warnings)

@@ -719,3 +719,17 @@ def test_config_as_dict_redacts_secrets() -> None:
     assert data["oauth"]["client_secret"] == "***" and data["session_secret"] == "***"
     assert SECRET not in str(data) and "'secret'" not in str(data)
     assert config_as_dict(build(), redact=False)["session_secret"] == SECRET
+
+
+def test_env_file_flag_in_the_command_is_read(tmp_path: Path) -> None:
+    (tmp_path / "secrets.env").write_text("\n".join(f"{k}={v}" for k, v in OAUTH.items()))
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(
+        "services:\n  hub:\n    command: [hub, start, --env-file=secrets.env]\n"
+        "    labels: [rediacc.install_as=systemd, rediacc.hub.route.code=8080, rediacc.hub.image=i]\n"
+    )
+    config = load_config(compose, environ={})
+    assert config.oauth is not None and config.env_files == (tmp_path / "secrets.env",)
+    (tmp_path / "secrets.env").unlink()
+    with pytest.raises(ConfigError, match=r"flag --env-file: env file .*secrets\.env: not found"):
+        load_config(compose, environ={})

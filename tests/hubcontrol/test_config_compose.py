@@ -426,3 +426,24 @@ def test_env_file_errors_never_echo_values(tmp_path: Path) -> None:
         parse_env_file(path, {})
     assert "x.env:1: not a KEY=value line (it starts with 'HUB_SESSION_SECRET')" in str(info.value)
     assert "0123456789abcdef" not in str(info.value)
+
+
+def test_duplicate_keys_are_refused_like_compose(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "c.yml",
+        """\
+        services:
+          hub:
+            labels:
+              rediacc.hub.image: a
+              rediacc.hub.user: vscode
+              rediacc.hub.image: b
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        read_yaml(path)
+    assert str(info.value) == (
+        f"{path}:6:7: YAML syntax error: duplicate key 'rediacc.hub.image' (first defined at line 4) "
+        "(while constructing a mapping started at line 4)"
+    )

@@ -457,39 +457,91 @@ def render_labels_file(service: Any) -> str:
     return dump_labels_file(labels_file)
 
 
+_HOST_RULE = re.compile(r"Host\(\s*`([^`]*)`")
+
+
+def route_warnings(
+    route_prefixes: Sequence[str], traefik: Mapping[str, Any], hub_port: int
+) -> list[str]:
+    """Mistakes Traefik would not report: a hub route no router sends to the hub, a router that
+    sends to a port the hub does not listen on."""
+    warnings = []
+    http = traefik.get("http", {})
+    hosts = [
+        host
+        for router in http.get("routers", {}).values()
+        for host in _HOST_RULE.findall(str(router.get("rule", "")))
+    ]
+    for prefix in route_prefixes:
+        if not any(host.startswith(f"{prefix}.") for host in hosts):
+            warnings.append(
+                f"route {prefix!r} (rediacc.hub.route.{prefix}) has no Traefik router with "
+                f"Host(`{prefix}.<domain>`): add traefik.http.routers.hub-{prefix}.* labels, or "
+                "route it to the hub's port another way"
+            )
+    for name, service in http.get("services", {}).items():
+        for server in service.get("loadBalancer", {}).get("servers", []):
+            url = str(server.get("url", ""))
+            port = url.rsplit(":", 1)[-1].split("/")[0]
+            if port.isdecimal() and int(port) != hub_port:
+                warnings.append(
+                    f"Traefik service {name!r} sends to {url}, but the hub listens on --port={hub_port}"
+                )
+    return warnings
+
+
+@dataclass(frozen=True)
+class InstallPlan:
+    """What ``hub install`` writes, what it removes (files an earlier install wrote that this
+    configuration no longer needs) and what looks wrong without being an error."""
+
+    artefacts: tuple[Artefact, ...]
+    remove: tuple[Path, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
 def plan_install(
     service: Any,
     *,
     hub_exe: str,
     upstream_host: str = DEFAULT_UPSTREAM_HOST,
-) -> list[Artefact]:
+) -> InstallPlan:
     """Every artefact for a loaded compose service (``hubcontrol.compose.ComposeService``)."""
     source = f"{service.path} (service {service.name})"
     argv = exec_start_argv(service.command, hub_exe=hub_exe)
-    env_values = dict(service.env)
+    hub_port = hub_port_of(argv)
     unit = render_unit(argv, env_file=ENV_PATH, source=source)
-    traefik = render_traefik(
-        service.traefik_labels, upstream_host=upstream_host, hub_port=hub_port_of(argv)
-    )
-    return [
+    traefik = render_traefik(service.traefik_labels, upstream_host=upstream_host, hub_port=hub_port)
+    prefixes = [
+        k.removeprefix("rediacc.hub.route.")
+        for k in service.hub_labels
+        if k.startswith("rediacc.hub.route.")
+    ]
+    artefacts = [
         Artefact(UNIT_PATH, unit, 0o644, "systemd unit"),
         Artefact(
             ENV_PATH,
-            render_env_file(env_values, source=service.env_files),
+            render_env_file(dict(service.env), source=service.env_files),
             0o600,
             "environment (secrets)",
             secret=True,
         ),
-        Artefact(
-            LABELS_PATH,
-            render_labels_file(service),
-            0o644,
-            "template labels",
-        ),
-        Artefact(
-            TRAEFIK_PATH, render_traefik_file(traefik, source=source), 0o644, "Traefik routes"
-        ),
+        Artefact(LABELS_PATH, render_labels_file(service), 0o644, "template labels"),
     ]
+    remove: list[Path] = []
+    if traefik:
+        artefacts.append(
+            Artefact(
+                TRAEFIK_PATH, render_traefik_file(traefik, source=source), 0o644, "Traefik routes"
+            )
+        )
+    else:
+        remove.append(TRAEFIK_PATH)  # routes from an earlier install would point at nothing now
+    return InstallPlan(
+        tuple(artefacts),
+        tuple(remove),
+        tuple(route_warnings(prefixes, traefik, hub_port)),
+    )
 
 
 # ------------------------------------------------------------------------------------ apply

@@ -143,11 +143,12 @@ def install_command(
         svc = load_compose(compose_file, service=service, env_file=env_file)
         # Refuse to install a configuration the hub would refuse to start with.
         load_config(compose_file, service=service, env_file=env_file)
-        artefacts = inst.plan_install(svc, hub_exe=hub_executable(), upstream_host=upstream_host)
+        plan = inst.plan_install(svc, hub_exe=hub_executable(), upstream_host=upstream_host)
     except ConfigError as exc:
         fail(exc, EXIT_USAGE)
-    for warning in svc.warnings:
+    for warning in (*svc.warnings, *plan.warnings):
         print_warning(warning)
+    artefacts = list(plan.artefacts)
 
     if dry_run:
         for art in artefacts:
@@ -159,6 +160,9 @@ def install_command(
                     Syntax(body, _lexer(art.path), word_wrap=True), title=title, title_align="left"
                 )
             )
+        for path in plan.remove:
+            if inst.under_root(root, path).exists():
+                console.print(f"{escape(str(inst.under_root(root, path)))}: would be removed")
         console.print("[dim]dry run: nothing written[/]")
         return
 
@@ -169,6 +173,7 @@ def install_command(
         )
     try:
         changes = inst.write_artefacts(artefacts, root)
+        changes += [c for c in inst.remove_artefacts(plan.remove, root) if c.status == "removed"]
     except HubError as exc:
         fail(exc, EXIT_FAILURE)
     console.print(_changes_table(changes, artefacts, title="hub install"))

@@ -213,3 +213,15 @@ def test_uninstall_removes_artefacts_and_keeps_user_data(repo: Path, tmp_path: P
     again = CliRunner().invoke(app, ["uninstall", str(compose), "--root", str(root)])
     assert again.exit_code == 0, again.output
     assert "absent" in again.output
+
+
+def test_reinstall_without_traefik_labels_removes_old_routes(repo: Path, tmp_path: Path):
+    root = tmp_path / "root"
+    traefik = root / "opt/rediacc/proxy/traefik/dynamic/rediacc-hub.yaml"
+    assert run("install", str(repo / "docker-compose.yml"), "--root", str(root)).exit_code == 0
+    assert traefik.exists()
+    result = run("install", str(FIXTURES / "jupyter/docker-compose.yml"), "--root", str(root))
+    assert result.exit_code == 0, result.output
+    assert not traefik.exists() and "removed" in result.output
+    assert "route 'notebook'" in result.output  # the warning about the missing router
+    assert "--port=7200" in (root / "etc/systemd/system/rediacc-hub.service").read_text()

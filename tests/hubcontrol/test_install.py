@@ -334,3 +334,49 @@ def test_remove_artefacts_keeps_foreign_files(tmp_path: Path):
     assert {c.status for c in changes} == {"removed"}
     assert (tmp_path / "etc/rediacc/hub/operator-notes.txt").read_text() == "mine"
     assert {c.status for c in inst.remove_artefacts(inst.ALL_PATHS, tmp_path)} == {"absent"}
+
+
+@pytest.mark.parametrize(
+    ("prefixes", "labels", "port", "warnings"),
+    [
+        (["code"], SEED_TRAEFIK, 7112, []),
+        (["code", "jupyter"], SEED_TRAEFIK, 7112, ["route 'jupyter'"]),
+        (
+            ["code"],
+            SEED_TRAEFIK,
+            7200,
+            ["sends to http://127.0.0.1:7112, but the hub listens on --port=7200"] * 2,
+        ),
+        (["notebook"], {}, 7112, ["route 'notebook'"]),
+        (
+            ["code", "term"],
+            {"traefik.http.routers.r.rule": "Host(`code.x.org`) || Host(`term.x.org`)"},
+            7112,
+            [],
+        ),
+    ],
+)
+def test_route_warnings(prefixes, labels, port, warnings):
+    got = inst.route_warnings(prefixes, inst.render_traefik(labels, hub_port=7112), port)
+    assert len(got) == len(warnings)
+    for g, w in zip(got, warnings, strict=True):
+        assert w in g
+
+
+def test_no_traefik_labels_means_no_traefik_file(tmp_path: Path):
+    from hubcontrol.compose import load_compose
+
+    fixtures = Path(__file__).resolve().parent.parent / "fixtures" / "install"
+    svc = load_compose(fixtures / "jupyter" / "docker-compose.yml", environ={})
+    plan = inst.plan_install(svc, hub_exe="/usr/bin/hub")
+    assert inst.TRAEFIK_PATH not in [a.path for a in plan.artefacts]
+    assert plan.remove == (inst.TRAEFIK_PATH,)
+    assert any("route 'notebook'" in w for w in plan.warnings)
+    env = next(a for a in plan.artefacts if a.path == inst.ENV_PATH)
+    path = tmp_path / "hub.env"
+    path.write_text(env.content)
+    assert (
+        parse_env_file(path, environ={})["HUB_OAUTH_CLIENT_SECRET"]
+        == 's3cr3t with spaces and a "quote"'
+    )
+    assert parse_env_file(path, environ={})["HUB_SESSION_SECRET"].startswith("pa$$word")

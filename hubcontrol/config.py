@@ -1036,13 +1036,42 @@ def load_config(
     kwargs = _build(labels, merged_flags, env, require_oauth, problems, warnings)
     if problems:
         raise ConfigError(problems)
-    return HubConfig(
-        **kwargs,
-        source=path,
-        service=service_name,
-        env_files=tuple(env_files),
-        warnings=tuple(warnings),
-    )
+    config = HubConfig(**kwargs, source=path, service=service_name, env_files=tuple(env_files))
+    traefik = {k: v for k, v in labels.items() if k.startswith("traefik.")}
+    warnings += traefik_warnings(traefik, config)
+    return dataclasses.replace(config, warnings=tuple(warnings))
+
+
+def traefik_warnings(traefik_labels: Mapping[str, str], config: HubConfig) -> list[str]:
+    """Routes the compose file's Traefik labels would not deliver to the hub.
+
+    Only when the service has Traefik labels at all (the seed's shorter examples leave them out):
+    a route whose host no router rule names, and a Traefik service aimed at a port other than
+    ``--port``.
+    """
+    if not traefik_labels:
+        return []
+    warnings = []
+    rules = [
+        v
+        for k, v in traefik_labels.items()
+        if re.fullmatch(r"traefik\.http\.routers\.[^.]+\.rule", k)
+    ]
+    for prefix in config.routes:
+        host = f"{prefix}.{config.base_domain}"
+        if not any(f"`{host}`" in rule for rule in rules):
+            warnings.append(
+                f"route {prefix}: no Traefik router rule names {host}; add e.g. "
+                f"traefik.http.routers.hub-{prefix}.rule=Host(`{host}`)"
+            )
+    for key, value in traefik_labels.items():
+        m = re.fullmatch(r"traefik\.http\.services\.([^.]+)\.loadbalancer\.server\.port", key)
+        if m and value.strip() != str(config.port):
+            warnings.append(
+                f"label {key}={value}: Traefik would send {m.group(1)}'s traffic to port {value.strip()}, "
+                f"but the hub listens on --port {config.port}"
+            )
+    return warnings
 
 
 # --------------------------------------------------------------------------- reporting

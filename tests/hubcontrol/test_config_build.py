@@ -733,3 +733,36 @@ def test_env_file_flag_in_the_command_is_read(tmp_path: Path) -> None:
     (tmp_path / "secrets.env").unlink()
     with pytest.raises(ConfigError, match=r"flag --env-file: env file .*secrets\.env: not found"):
         load_config(compose, environ={})
+
+
+def test_quickstart_traefik_labels_cover_every_route() -> None:
+    environ = {
+        "DOCKER_SOCKET": "/var/run/docker.sock",
+        "REDIACC_NETWORK_ID": "2816",
+        "REDIACC_WORKING_DIR": "/mnt/r",
+    }
+    assert load_config(FIXTURES / "quickstart.yml", environ=environ).warnings == ()
+
+
+def test_traefik_labels_that_miss_the_hub_warn(tmp_path: Path) -> None:
+    (tmp_path / "hub.env").write_text("\n".join(f"{k}={v}" for k, v in OAUTH.items()))
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(
+        """\
+services:
+  hub:
+    env_file: hub.env
+    command: [hub, start, --base-domain=example.org]
+    labels:
+      - rediacc.install_as=systemd
+      - rediacc.hub.route.code=8080
+      - rediacc.hub.route.term=7681
+      - rediacc.hub.image=i
+      - traefik.http.routers.hub-code.rule=Host(`code.example.org`)
+      - traefik.http.services.hub-code.loadbalancer.server.port=8080
+"""
+    )
+    assert load_config(compose, environ={}).warnings == (
+        "route term: no Traefik router rule names term.example.org; add e.g. traefik.http.routers.hub-term.rule=Host(`term.example.org`)",
+        "label traefik.http.services.hub-code.loadbalancer.server.port=8080: Traefik would send hub-code's traffic to port 8080, but the hub listens on --port 7112",
+    )

@@ -18,8 +18,9 @@ Definitions (documented for operators in docs/operations.md):
   ``.rediacc/docker/data`` as its ``--data-root`` (found via its pidfile or /proc), or something
   answers on its socket ``/run/rediacc/hub/<net_id>/docker.sock``.
 * The daemon is **configured** when the host would start it without the hub deciding anew:
-  systemd supervisor: a unit file (or instance drop-in / enablement link) for the user's daemon
-  exists under /etc/systemd/system, /run/systemd/system or /run/systemd/transient; local
+  systemd supervisor: the user's unit ``rediacc-hub-dockerd-<u>.service`` (or a drop-in or
+  enablement link for it) exists under /run/systemd/system (where the supervisor writes it, until
+  the next reboot), /etc/systemd/system or /run/systemd/transient; local
   supervisor: nothing outlives the hub but the daemon process itself, so configured means
   running (a live dockerd recorded in its pidfile). The network-ID claim is not evidence either
   way: it lasts as long as the marker does, and GC releases it with the data-root.
@@ -46,6 +47,7 @@ from pathlib import Path
 
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.errors import GCError
+from hubcontrol.supervisor import systemd as systemd_supervisor
 
 MARKER = ".networkid"
 DATA_ROOT_SUFFIX = "-docker"
@@ -249,7 +251,7 @@ class HostProbe:
     def _unit_names(self, user: str) -> Iterable[str]:
         if self.unit_names is not None:
             return self.unit_names(user)
-        return (f"rediacc-hub-docker@{user}.service", f"rediacc-hub-docker-{user}.service")
+        return (systemd_supervisor.service_name(user),)
 
 
 def _answers(sock: Path) -> bool:

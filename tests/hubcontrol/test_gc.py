@@ -152,7 +152,7 @@ def test_plan_and_apply_on_plain_directories(tmp_path: Path, probe: HostProbe):
     old = make_data_root(ws, "old", 32768, 40, now)
     make_data_root(ws, "young", 32832, 3, now)
     configured = make_data_root(ws, "conf", 32896, 90, now)
-    (probe.unit_dirs[0] / "rediacc-hub-docker@conf.service").write_text("[Service]\n")
+    (probe.unit_dirs[0] / "rediacc-hub-dockerd-conf.service").write_text("[Service]\n")
     # not ours: no marker (and a user whose name ends in -docker)
     (ws / "bob-docker").mkdir()
     (ws / "bob-docker" / "file").write_text("x")
@@ -165,7 +165,7 @@ def test_plan_and_apply_on_plain_directories(tmp_path: Path, probe: HostProbe):
     assert entries["old-docker"].size and entries["old-docker"].size >= 10000
     assert entries["young-docker"].action is Action.KEEP
     assert entries["conf-docker"].action is Action.KEEP
-    assert "rediacc-hub-docker@conf.service" in entries["conf-docker"].reason
+    assert "rediacc-hub-dockerd-conf.service" in entries["conf-docker"].reason
     assert "bob-docker" not in entries
 
     done = gc.apply_gc(plan, probe=probe, now=now)

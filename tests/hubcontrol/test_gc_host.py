@@ -24,6 +24,8 @@ import pytest
 
 from hubcontrol import gc
 from hubcontrol.gc import Action, HostProbe
+from hubcontrol.supervisor import DaemonSpec
+from hubcontrol.supervisor.systemd import SystemdSupervisor
 
 pytestmark = pytest.mark.docker
 
@@ -189,9 +191,16 @@ def test_configured_but_stopped_is_kept(host):
     exec_root.mkdir(parents=True)
     with dockerd_on(root, exec_root):
         pass  # ran once, stopped cleanly
+    # the systemd supervisor's own unit files, written where it writes them (here: a temp dir)
+    spec = DaemonSpec(
+        user="dave",
+        net_id=32768,
+        data_root=root / ".rediacc/docker/data",
+        daemon_dir=root / ".rediacc/docker",
+    )
+    SystemdSupervisor(unit_dir=probe.unit_dirs[0]).write_units(spec)
+    unit = probe.unit_dirs[0] / "rediacc-hub-dockerd-dave.service"
     age(root, 400)
-    unit = probe.unit_dirs[0] / "rediacc-hub-docker@dave.service"
-    unit.write_text("[Service]\nExecStart=/usr/sbin/dockerd\n")
     plan = gc.plan_gc(ws, max_age=30 * DAY, probe=probe)
     dave = entry_for(plan, root)
     assert dave.action is Action.KEEP and "configured" in dave.reason and str(unit) in dave.reason

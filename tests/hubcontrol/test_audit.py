@@ -1,0 +1,268 @@
+"""The pure parts of the audit trail: which docker events become records, and how."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hubcontrol.audit import AUDITED, gap_record, iso_ts, split_action, to_record
+from hubcontrol.auditlog import (
+    RESUME_OVERLAP_NS,
+    Cursor,
+    event_key,
+    file_stem,
+    format_record,
+    parse_since,
+)
+
+NANO = 1_776_318_792_123_456_789  # 2026-04-16T05:53:12.123456789Z, the seed's example time
+CID = "abc123" + "0" * 58
+
+
+def event(etype="container", action="start", actor_id=CID, attrs=None, nano=NANO):
+    return {
+        "Type": etype,
+        "Action": action,
+        "Actor": {"ID": actor_id, "Attributes": attrs or {}},
+        "scope": "local",
+        "time": nano // 1_000_000_000,
+        "timeNano": nano,
+    }
+
+
+def test_the_seed_example_record_byte_for_byte():
+    ev = event(attrs={"image": "hello-world:latest", "name": "happy_pike", "team": "x"})
+    record = to_record(ev, user="alice", net_id=32768)
+    assert format_record(record) == (
+        b'{"ts":"2026-04-16T05:53:12Z","user":"alice","net_id":32768,"type":"container",'
+        b'"action":"start","resource":"' + CID.encode() + b'","attrs":{"image":'
+        b'"hello-world:latest","name":"happy_pike"}}\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("etype", "action"),
+    [(t, a) for t, actions in sorted(AUDITED.items()) for a in sorted(actions)],
+)
+def test_every_audited_action_becomes_a_record(etype, action):
+    record = to_record(event(etype, action), user="u", net_id=1)
+    assert record is not None
+    assert (record["type"], record["action"]) == (etype, action)
+
+
+@pytest.mark.parametrize(
+    ("etype", "action"),
+    [
+        ("container", "attach"),
+        ("container", "detach"),
+        ("container", "resize"),
+        ("container", "top"),
+        ("container", "exec_create: sh -c ls"),
+        ("container", "exec_detach"),
+        ("container", "health_status: healthy"),
+        ("container", "archive-path"),
+        ("container", "extract-to-dir"),
+        ("network", "connect"),
+        ("network", "disconnect"),
+        ("volume", "mount"),
+        ("volume", "unmount"),
+        ("daemon", "reload"),
+        ("plugin", "enable"),
+        ("image", "frobnicate"),
+        (None, "start"),
+        ("container", ""),
+    ],
+)
+def test_noise_and_unknown_events_are_dropped(etype, action):
+    assert to_record(event(etype, action), user="u", net_id=1) is None
+
+
+@pytest.mark.parametrize(
+    ("action", "attrs", "want_action", "want_attrs"),
+    [
+        (
+            "die",
+            {"image": "i", "name": "n", "exitCode": "137", "lbl": "x"},
+            "die",
+            {"image": "i", "name": "n", "exitCode": "137"},
+        ),
+        ("kill", {"name": "n", "image": "i", "signal": "9"}, "kill", {"image": "i", "name": "n", "signal": "9"}),
+        (
+            "exec_start: sh -c 'rm -rf /x'",
+            {"image": "i", "name": "n", "execID": "e1"},
+            "exec_start",
+            {"image": "i", "name": "n", "execID": "e1", "command": "sh -c 'rm -rf /x'"},
+        ),
+        ("exec_die", {"execID": "e1", "exitCode": "2"}, "exec_die", {"exitCode": "2", "execID": "e1"}),
+        ("rename", {"name": "new", "oldName": "/old"}, "rename", {"name": "new", "oldName": "/old"}),
+        ("create", {}, "create", {}),
+    ],
+)  # fmt: skip
+def test_attrs_keep_image_and_name_first_plus_useful_extras(action, attrs, want_action, want_attrs):
+    record = to_record(event(action=action, attrs=attrs), user="u", net_id=1)
+    assert record["action"] == want_action
+    assert record["attrs"] == want_attrs
+    assert list(record["attrs"]) == list(want_attrs)  # order: image, name, then extras
+
+
+@pytest.mark.parametrize(
+    ("etype", "action", "actor", "attrs", "resource", "want_attrs"),
+    [
+        ("image", "pull", "busybox:latest", {"name": "busybox"}, "busybox:latest", {"name": "busybox"}),
+        ("image", "tag", "sha256:ab", {"name": "me/img:1"}, "sha256:ab", {"name": "me/img:1"}),
+        ("network", "create", "n1", {"name": "web", "type": "bridge"}, "n1", {"name": "web", "type": "bridge"}),
+        ("volume", "create", "data", {"driver": "local"}, "data", {"driver": "local"}),
+    ],
+)  # fmt: skip
+def test_image_network_and_volume_records(etype, action, actor, attrs, resource, want_attrs):
+    record = to_record(event(etype, action, actor, attrs), user="u", net_id=7)
+    assert record["resource"] == resource
+    assert record["attrs"] == want_attrs
+
+
+@pytest.mark.parametrize(
+    ("labels", "hub_acting", "origin"),
+    [
+        ({"rediacc.hub.role": "environment"}, False, "hub"),
+        ({"rediacc.hub.role": "something-else"}, False, None),
+        ({}, False, None),
+        ({}, True, "hub"),
+    ],
+)
+def test_the_hubs_own_events_are_marked_not_dropped(labels, hub_acting, origin):
+    attrs = {"image": "i", "name": "env", **labels}
+    record = to_record(event(attrs=attrs), user="u", net_id=1, hub_acting=hub_acting)
+    assert record is not None
+    assert record["attrs"].get("origin") == origin
+    assert "rediacc.hub.role" not in record["attrs"]  # labels are not copied
+
+
+def test_time_falls_back_to_seconds_without_time_nano():
+    ev = event()
+    del ev["timeNano"]
+    assert to_record(ev, user="u", net_id=1)["ts"] == "2026-04-16T05:53:12Z"
+
+
+@pytest.mark.parametrize(
+    ("action", "want"),
+    [
+        ("start", ("start", None)),
+        ("exec_start: ls -l /", ("exec_start", "ls -l /")),
+        ("exec_create: a: b", ("exec_create", "a: b")),
+        ("health_status: healthy", ("health_status", "healthy")),
+    ],
+)
+def test_split_action(action, want):
+    assert split_action(action) == want
+
+
+def test_iso_ts_truncates_to_whole_seconds_in_utc():
+    assert iso_ts(NANO) == "2026-04-16T05:53:12Z"
+    assert iso_ts(0) == "1970-01-01T00:00:00Z"
+
+
+def test_gap_record_has_the_record_shape():
+    r = gap_record(user="u", net_id=3, after_nano=NANO, before_nano=NANO + 60 * 10**9)
+    assert list(r) == ["ts", "user", "net_id", "type", "action", "resource", "attrs"]
+    assert (r["type"], r["action"]) == ("audit", "gap")
+    assert r["attrs"] == {"after": "2026-04-16T05:53:12Z", "before": "2026-04-16T05:54:12Z"}
+
+
+def test_event_identity_uses_type_action_actor_and_nanoseconds():
+    a = event()
+    assert event_key(a) == event_key(dict(a))
+    assert event_key(a) != event_key(event(nano=NANO + 1))
+    assert event_key(a) != event_key(event(action="stop"))
+    assert event_key(a) != event_key(event(actor_id="other"))
+    assert event_key(a) != event_key(event(etype="image"))
+
+
+# --- the cursor ---------------------------------------------------------------------------------
+
+
+def test_a_new_cursor_asks_for_the_daemons_whole_buffer():
+    c = Cursor()
+    assert c.since() == "1"
+    assert not c.seen("k", 5)
+
+
+def test_cursor_resumes_a_little_before_the_newest_event():
+    c = Cursor()
+    c.advance("k1", NANO)
+    start = NANO - RESUME_OVERLAP_NS
+    assert c.since() == f"{start // 10**9}.{start % 10**9:09d}"
+
+
+def test_cursor_drops_seen_events_and_those_older_than_its_window():
+    c = Cursor()
+    c.advance("a", NANO)
+    c.advance("b", NANO - 1_000)  # arrived after a, stamped before it
+    assert c.seen("a", NANO) and c.seen("b", NANO - 1_000)
+    assert not c.seen("c", NANO - 1_000)  # same time, other event: new
+    assert not c.seen("d", NANO + 1)
+    assert c.seen("old", NANO - RESUME_OVERLAP_NS - 1)
+
+
+def test_cursor_forgets_keys_outside_its_window():
+    c = Cursor()
+    c.advance("a", NANO)
+    c.advance("b", NANO + RESUME_OVERLAP_NS + 1)
+    assert set(c.recent) == {"b"}
+    assert c.nano == NANO + RESUME_OVERLAP_NS + 1
+
+
+def test_cursor_round_trips_and_survives_damage(tmp_path):
+    path = tmp_path / "c.json"
+    c = Cursor()
+    c.advance("a", NANO)
+    c.advance("b", NANO + 5)
+    c.save(path)
+    assert Cursor.load(path) == c
+    path.write_text("{not json")
+    assert Cursor.load(path) == Cursor()
+    assert Cursor.load(tmp_path / "missing.json") == Cursor()
+
+
+# --- names and --since --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("user", ["alice", "a-1", "bob2"])
+def test_canonical_user_names_are_their_own_file_names(user):
+    assert file_stem(user) == user
+
+
+@pytest.mark.parametrize("user", ["../etc/passwd", "Alice", "a/b", "x.log", ".hidden"])
+def test_unsafe_user_names_never_become_paths(user):
+    try:
+        stem = file_stem(user)
+    except ValueError:
+        return  # refused is fine too
+    assert "/" not in stem and "." not in stem and stem != user
+
+
+NOW = datetime(2026, 4, 16, 6, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("1h", NOW - timedelta(hours=1)),
+        ("30m", NOW - timedelta(minutes=30)),
+        ("90s", NOW - timedelta(seconds=90)),
+        ("2d", NOW - timedelta(days=2)),
+        ("1w", NOW - timedelta(weeks=1)),
+        ("2026-04-16T05:53:12Z", datetime(2026, 4, 16, 5, 53, 12, tzinfo=UTC)),
+        ("2026-04-16T05:53:12", datetime(2026, 4, 16, 5, 53, 12, tzinfo=UTC)),
+        ("2026-04-16", datetime(2026, 4, 16, tzinfo=UTC)),
+        ("2026-04-16T07:53:12+02:00", datetime(2026, 4, 16, 5, 53, 12, tzinfo=UTC)),
+    ],
+)
+def test_parse_since(text, want):
+    assert parse_since(text, NOW) == want
+
+
+@pytest.mark.parametrize("text", ["yesterday", "1y", "", "-1h", "12"])
+def test_parse_since_names_the_accepted_forms(text):
+    with pytest.raises(ValueError, match="30m, 1h"):
+        parse_since(text, NOW)

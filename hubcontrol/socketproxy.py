@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 HEAD_LIMIT = 64 * 1024
 LINE_LIMIT = 4096
 COPY_CHUNK = 64 * 1024
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 << 20
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -166,6 +168,7 @@ class _Connection:
         self.upstream: SocketStream | None = None
         self.up_reader: BufferedByteReceiveStream | None = None
         self.idle_scope: anyio.CancelScope | None = None
+        self.linger = False  # after a refusal: drain what the client still sends, then close
 
     async def run(self) -> None:
         while True:
@@ -188,6 +191,7 @@ class _Connection:
     async def refuse(self, refusal: policy.Refusal, head: Head | None) -> bool:
         log.info("refused: %s", refusal.message)
         self.server.refused += 1
+        self.linger = True
         await self.client.send(refusal_response(refusal, head.version if head else "HTTP/1.1"))
         return False
 
@@ -389,6 +393,15 @@ class _Connection:
                 await writer.send(await reader.receive(COPY_CHUNK))
 
     async def aclose(self) -> None:
+        if self.linger:
+            # Closing with unread input makes the kernel reset the connection, and the client
+            # would report "broken pipe" instead of the refusal it was sent (nginx's lingering
+            # close). Drain for a bounded time and amount.
+            with anyio.move_on_after(LINGER_SECONDS), contextlib.suppress(Exception):
+                await self.client.send_eof()
+                drained = 0
+                while drained < LINGER_BYTES:
+                    drained += len(await self.client.receive(COPY_CHUNK))
         for stream in (self.upstream, self.client):
             if stream is not None:
                 with contextlib.suppress(Exception):

@@ -34,6 +34,13 @@ live_pid() {
 	echo "$pid"
 }
 
+# Alive and not a zombie (an exited child whose parent has not reaped it yet is gone for us).
+alive() {
+	local state
+	state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+	[[ -n $state && $state != Z ]]
+}
+
 stop_pid() {
 	local name=$1 pidfile=$2 marker=$3 pid
 	if ! pid=$(live_pid "$pidfile" "$marker"); then
@@ -43,8 +50,8 @@ stop_pid() {
 	fi
 	kill -TERM "$pid"
 	local deadline=$((SECONDS + 20))
-	while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-	if kill -0 "$pid" 2>/dev/null; then
+	while alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+	if alive "$pid"; then
 		warn "$name (pid $pid) did not stop within 20 s; sending SIGKILL"
 		kill -KILL "$pid" 2>/dev/null || true
 	fi
@@ -137,7 +144,7 @@ start_oidc() {
 	echo "$pid" >"$OIDC_PIDFILE"
 	local deadline=$((SECONDS + 20))
 	until port_busy "$OIDC_PORT"; do
-		kill -0 "$pid" 2>/dev/null || {
+		alive "$pid" || {
 			tail -n 20 "$LOGS/oidc.log" >&2
 			die "the OIDC provider exited during start-up (log: $LOGS/oidc.log)"
 		}
@@ -175,7 +182,7 @@ start_hub() {
 	echo "$pid" >"$HUB_PIDFILE"
 	local deadline=$((SECONDS + 60))
 	until hub_health; do
-		kill -0 "$pid" 2>/dev/null || {
+		alive "$pid" || {
 			rm -f "$HUB_PIDFILE"
 			tail -n 30 "$LOGS/hub.log" >&2
 			die "the hub exited during start-up (log: $LOGS/hub.log)"

@@ -37,7 +37,8 @@ fi
 
 deadline=$((SECONDS + WAIT_S))
 until docker_ping; do
-	if [[ -n ${pid:-} ]] && ! kill -0 "$pid" 2>/dev/null; then
+	# (our own child stays a zombie after it exits: /proc says Z, kill -0 would still succeed)
+	if [[ -n ${pid:-} ]] && [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo Z) == Z ]]; then
 		tail -n 20 "$LOG" >&2 || true
 		die "dockerd exited during start-up (full log: $LOG)"
 	fi

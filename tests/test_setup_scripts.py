@@ -1,0 +1,221 @@
+"""The README's two commands and the scripts behind them (scripts/*.sh, .ci/run).
+
+The scripts themselves run for real in CI (scripts/test.sh runs them before pytest); these tests
+pin their contracts: CI runs exactly the README's test command, the CRIU pins agree with each other
+and with the vendored packages, quickstart's stop never touches a process it did not start, and the
+environment image really has what the hub's default route needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+VENDOR = ROOT.parent / "shared" / "vendor" / "criu"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 and not IN_CI, reason="the scripts refuse to run without root"
+)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.sh")) + ["../.ci/run"])
+def test_script_parses_and_is_executable(script: str) -> None:
+    path = SCRIPTS / script
+    assert os.access(path, os.X_OK), f"{path} is not executable"
+    subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    commands = re.findall(r"^sudo (\./scripts/\S+\.sh)$", readme, re.MULTILINE)
+    assert commands == ["./scripts/quickstart.sh", "./scripts/test.sh"], commands
+    ci = [
+        line
+        for line in (ROOT / ".ci/run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert ci[-1] == "exec ./scripts/test.sh"
+
+
+def test_test_command_fails_when_pytest_collects_nothing() -> None:
+    # pytest's exit code 5 (no tests ran) must not pass as green.
+    text = (SCRIPTS / "test.sh").read_text()
+    assert re.search(r"^5\) die ", text, re.MULTILINE)
+
+
+def _sums(path: Path) -> dict[str, str]:
+    return {
+        name: digest
+        for digest, name in (line.split() for line in path.read_text().splitlines() if line)
+    }
+
+
+def test_criu_pins_name_the_same_packages_as_the_sums() -> None:
+    sums = _sums(SCRIPTS / "criu.sha256sums")
+    pins = (SCRIPTS / "criu.packages").read_text().split()
+    from_pins = set()
+    for pin in pins:
+        package, version = pin.split("=")
+        version = version.split(":", 1)[-1]  # file names carry no epoch
+        from_pins.add(f"{package}_{version}_amd64.deb")
+    assert from_pins == set(sums)
+
+
+@pytest.mark.skipif(not VENDOR.is_dir(), reason="no ../shared/vendor/criu beside this checkout")
+def test_criu_sums_match_the_vendored_ones() -> None:
+    assert _sums(SCRIPTS / "criu.sha256sums") == _sums(VENDOR / "SHA256SUMS")
+
+
+@pytest.mark.parametrize(
+    ("directory", "package", "version"),
+    [
+        ("tests/support/oidc", "oidc-provider", "8.8.1"),
+        ("bench", "configurable-http-proxy", "5.3.0"),
+    ],
+)
+def test_npm_dependencies_are_pinned_and_locked(directory: str, package: str, version: str) -> None:
+    manifest = json.loads((ROOT / directory / "package.json").read_text())
+    lock = json.loads((ROOT / directory / "package-lock.json").read_text())
+    assert manifest["dependencies"][package] == version
+    assert lock["packages"][f"node_modules/{package}"]["version"] == version
+
+
+def _hash_files(*paths: Path) -> str:
+    out = subprocess.run(
+        ["bash", "-c", f'source {SCRIPTS}/lib.sh; hash_files "$@"', "_", *map(str, paths)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
+
+
+def test_stamp_hash_depends_on_content_not_path(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "sub" / "b"
+    b.parent.mkdir()
+    a.write_text("same")
+    b.write_text("same")
+    assert _hash_files(a) == _hash_files(b)
+    b.write_text("other")
+    assert _hash_files(a) != _hash_files(b)
+
+
+def _quickstart(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(
+        os.environ, QUICKSTART_DIR=str(tmp_path / "state"), QUICKSTART_LOG_DIR=str(tmp_path / "log")
+    )
+    return subprocess.run(
+        [str(SCRIPTS / "quickstart.sh"), *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+@needs_root
+def test_quickstart_stop_leaves_a_recycled_pid_alone(tmp_path: Path) -> None:
+    # The pidfile names a live process that is not the OIDC provider (as after a PID is reused).
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        (tmp_path / "state/run").mkdir(parents=True)
+        (tmp_path / "state/run/oidc.pid").write_text(str(stranger.pid))
+        result = _quickstart(tmp_path, "stop")
+        assert result.returncode == 0, result.stderr
+        assert "OIDC provider: not running" in result.stderr
+        assert stranger.poll() is None, "quickstart stop killed a process it did not start"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+@needs_root
+def test_quickstart_stop_ends_the_process_it_started(tmp_path: Path) -> None:
+    # A stand-in whose command line carries the provider's marker, as the real one's does.
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "provider.mjs"])
+    try:
+        (tmp_path / "state/run").mkdir(parents=True)
+        (tmp_path / "state/run/oidc.pid").write_text(str(ours.pid))
+        result = _quickstart(tmp_path, "stop")
+        assert result.returncode == 0, result.stderr
+        assert f"OIDC provider (pid {ours.pid}) stopped" in result.stderr
+        assert ours.wait(timeout=10) is not None
+        assert not (tmp_path / "state/run/oidc.pid").exists()
+    finally:
+        if ours.poll() is None:
+            ours.kill()
+            ours.wait()
+
+
+def test_quickstart_rejects_an_unknown_command(tmp_path: Path) -> None:
+    result = _quickstart(tmp_path, "restart-everything")
+    assert result.returncode != 0
+    assert "unknown command 'restart-everything'" in result.stderr
+
+
+ENV_IMAGE = "rediacc-hub/env:latest"
+
+
+@pytest.fixture(scope="module")
+def host_docker():
+    import docker
+
+    client = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="auto", timeout=60)
+    try:
+        client.images.get(ENV_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.fail(f"{ENV_IMAGE} is missing from the host dockerd: run scripts/build-image.sh")
+    yield client
+    client.close()
+
+
+@pytest.mark.docker
+def test_environment_image_has_what_the_default_route_needs(host_docker) -> None:
+    script = (
+        "id -u vscode; getent passwd vscode | cut -d: -f6,7; pwd; "
+        "for c in bash ttyd python3 tini docker ps ip; do command -v $c >/dev/null || echo missing $c; done"
+    )
+    out = host_docker.containers.run(ENV_IMAGE, ["bash", "-c", script], remove=True).decode()
+    assert out.split("\n")[:3] == ["1000", "/home/vscode:/bin/bash", "/workspace"], out
+    assert "missing" not in out, out
+
+
+@pytest.mark.docker
+def test_environment_image_serves_a_terminal_over_http(host_docker) -> None:
+    # Fetched from inside the container: the host's route to the container's bridge is not what
+    # this test is about (and on a shared host another daemon's bridge may shadow docker0).
+    container = host_docker.containers.run(
+        ENV_IMAGE, ["ttyd", "--writable", "--port", "7681", "bash"], user="vscode", detach=True
+    )
+    fetch = (
+        "import time, urllib.request\n"
+        "for _ in range(200):\n"
+        "    try:\n"
+        "        r = urllib.request.urlopen('http://127.0.0.1:7681/', timeout=2); break\n"
+        "    except OSError:\n"
+        "        time.sleep(0.1)\n"
+        "print(r.status, b'ttyd' in r.read().lower())\n"
+    )
+    try:
+        code, out = container.exec_run(["python3", "-c", fetch], user="vscode")
+        assert (code, out.decode().strip()) == (0, "200 True"), out
+    finally:
+        container.remove(force=True)
+
+
+@pytest.mark.docker
+def test_image_build_is_skipped_when_the_recipe_is_unchanged(host_docker) -> None:
+    result = subprocess.run(
+        [str(SCRIPTS / "build-image.sh")], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    again = subprocess.run(
+        [str(SCRIPTS / "build-image.sh")], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr
+    assert "is up to date" in again.stderr

@@ -2,8 +2,9 @@
 
 ``hub gc <workspace-dir>`` runs ``plan_gc`` (read-only: finds candidates and decides, through the
 pure ``data_root_verdict`` and ``checkpoint_verdict``, what to remove and why) and then, unless it
-is a dry run, ``apply_gc`` (re-checks every candidate right before touching it, unmounts what a
-crashed daemon left mounted, deletes, releases the network-ID claim).
+is a dry run, ``apply_gc`` (re-checks every candidate under the network-ID registry's lock right
+before touching it, unmounts what a crashed daemon left mounted, deletes, releases the network-ID
+claim and the dead daemon's bridges, rules and cgroups).
 
 Definitions (documented for operators in docs/operations.md):
 
@@ -222,6 +223,9 @@ class HostProbe:
     claims_dir: Path = DEFAULT_CLAIMS_DIR
     unit_dirs: Sequence[Path] = SYSTEMD_UNIT_DIRS
     unit_names: Callable[[str], Iterable[str]] | None = None
+    # After removing a data-root: delete what its daemon left on the host (bridges, isolation
+    # rules, empty cgroups). Off in tests that use made-up network IDs.
+    host_cleanup: bool = True
     _dockerds: dict[int, str] | None = field(default=None, repr=False)
 
     def refresh(self) -> None:
@@ -674,8 +678,33 @@ def _remove_data_root_locked(entry: GCEntry, plan: GCPlan, probe: HostProbe, now
     if exec_root.is_dir() and not exec_root.is_symlink():
         unmount_all(exec_root)
         shutil.rmtree(exec_root, ignore_errors=True)
+    owner = claim_owner(probe.claims_dir, net_id)
     released = release_claim(probe.claims_dir, net_id, path)
-    return "removed" + (f" ({how}" + (", claim released)" if released else ")"))
+    details = [how] + (["claim released"] if released else [])
+    # The network ID's bridges and rules are ours to delete only when no one else claims the ID.
+    if probe.host_cleanup and (released or owner is None):
+        details += remove_daemon_leftovers(entry.user, net_id)
+    return f"removed ({', '.join(details)})"
+
+
+def remove_daemon_leftovers(user: str, net_id: int) -> list[str]:
+    """Delete what a dead daemon of ``net_id`` can leave on the host: its isolation rules, its
+    bridges and its (empty) cgroups. Each step is idempotent; returns what was found."""
+    from hubcontrol import network
+    from hubcontrol.supervisor.local import Cgroups
+
+    done = []
+    network.remove_isolation(net_id)
+    for bridge in (f"{network.BRIDGE_PREFIX}{net_id}", f"{network.BRIDGE_PREFIX}{net_id}e"):
+        if network.link_exists(bridge):
+            network.delete_link(bridge)
+            done.append(f"bridge {bridge} deleted")
+    with contextlib.suppress(OSError):
+        cgroups = Cgroups()
+        if any(d.exists() for d in cgroups.dirs(user)):
+            cgroups.remove(user)
+            done.append("cgroups removed")
+    return done
 
 
 def _remove_checkpoint(

@@ -135,7 +135,12 @@ def probe(tmp_path: Path) -> HostProbe:
     # Unit dirs and claims under tmp: the host's own units and claims must not leak into tests.
     units = tmp_path / "units"
     units.mkdir()
-    return HostProbe(exec_base=tmp_path / "run", claims_dir=tmp_path / "netids", unit_dirs=(units,))
+    return HostProbe(
+        exec_base=tmp_path / "run",
+        claims_dir=tmp_path / "netids",
+        unit_dirs=(units,),
+        host_cleanup=False,
+    )
 
 
 def by_path(plan: gc.GCPlan) -> dict[str, gc.GCEntry]:

@@ -122,7 +122,9 @@ def host(tmp_path: Path):
     exec_base = Path(f"/run/hubt{INDEX}")
     units = tmp_path / "units"
     units.mkdir()
-    probe = HostProbe(exec_base=exec_base, claims_dir=tmp_path / "netids", unit_dirs=(units,))
+    probe = HostProbe(
+        exec_base=exec_base, claims_dir=tmp_path / "netids", unit_dirs=(units,), host_cleanup=False
+    )
     try:
         yield ws, probe
     finally:
@@ -261,7 +263,9 @@ def test_btrfs_subvolumes_are_deleted_as_subvolumes(btrfs_ws: Path, tmp_path: Pa
     (root / ".rediacc/docker/dockerd.log").write_text("")
     (ws / "erin").mkdir()
     age(root, 40)
-    probe = HostProbe(exec_base=tmp_path / "run", claims_dir=tmp_path / "netids", unit_dirs=())
+    probe = HostProbe(
+        exec_base=tmp_path / "run", claims_dir=tmp_path / "netids", unit_dirs=(), host_cleanup=False
+    )
     plan = gc.plan_gc(ws, max_age=30 * DAY, probe=probe)
     erin = entry_for(plan, root)
     assert erin.action is Action.REMOVE and erin.size >= 8192
@@ -291,3 +295,35 @@ def test_json_shape_is_stable(host):
         "outcome",
     }
     json.dumps(data)
+
+
+def test_removal_deletes_the_dead_daemons_bridges_and_cgroups(host):
+    ws, probe = host
+    probe.host_cleanup = True
+    net_id = 32768 + 64 * 4010  # far above what a hub on this machine hands out
+    root = make_data_root(ws, "hank", net_id)
+    bridges = [f"rdh{net_id}", f"rdh{net_id}e"]
+    cgroup = Path("/sys/fs/cgroup/rediacc.slice/hub-hank")
+    try:
+        for bridge in bridges:
+            _sh("ip", "link", "add", bridge, "type", "bridge")
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        if v2:
+            (cgroup / "daemon").mkdir(parents=True)
+        age(root, 60)
+        done = gc.apply_gc(gc.plan_gc(ws, max_age=30 * DAY, probe=probe), probe=probe)
+        outcome = entry_for(done, root).outcome
+        assert outcome.startswith("removed"), outcome
+        for bridge in bridges:
+            assert f"bridge {bridge} deleted" in outcome
+            assert (
+                subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
+            )
+        if v2:
+            assert "cgroups removed" in outcome and not cgroup.exists()
+    finally:
+        for bridge in bridges:
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        for d in (cgroup / "daemon", cgroup):
+            with contextlib.suppress(OSError):
+                d.rmdir()

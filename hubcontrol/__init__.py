@@ -38,6 +38,7 @@ from hubcontrol.errors import (
     PolicyError,
     UsernameError,
 )
+from hubcontrol.gc import GCEntry, GCPlan, apply_gc, plan_gc
 from hubcontrol.hub import EnvironmentStatus, Hub, Progress, Route, RouteTable
 from hubcontrol.names import safe_name
 
@@ -49,7 +50,9 @@ __all__ = [
     "Environment",
     "EnvironmentError_",
     "EnvironmentStatus",
+    "GCEntry",
     "GCError",
+    "GCPlan",
     "HookError",
     "Hub",
     "HubConfig",
@@ -65,6 +68,7 @@ __all__ = [
     "SyncHub",
     "Template",
     "UsernameError",
+    "apply_gc",
     "build_config",
     "config_as_dict",
     "dump_labels_file",
@@ -76,5 +80,6 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "parse_start_flags",
+    "plan_gc",
     "safe_name",
 ]

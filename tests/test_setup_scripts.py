@@ -219,3 +219,44 @@ def test_image_build_is_skipped_when_the_recipe_is_unchanged(host_docker) -> Non
     )
     assert again.returncode == 0, again.stderr
     assert "is up to date" in again.stderr
+
+
+START_DOCKERD_IN_NAMESPACE = """
+set -e
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /var/lib/docker
+mount -t tmpfs tmpfs /var/log
+ip link set lo up
+./scripts/start-host-dockerd.sh
+./scripts/start-host-dockerd.sh
+curl -fsS --unix-socket /var/run/docker.sock http://docker/_ping; echo
+kill -TERM "$(cat /var/run/docker.pid)"
+"""
+
+
+@pytest.mark.docker
+def test_start_host_dockerd_starts_one_when_none_answers_and_then_leaves_it_alone() -> None:
+    # In private mount, network and PID namespaces with empty /run, /var/lib/docker and /var/log,
+    # so the machine's own host dockerd is neither seen nor touched; everything started in there
+    # dies with the namespace's PID 1.
+    result = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--net",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "bash",
+            "-c",
+            START_DOCKERD_IN_NAMESPACE,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("starting the host dockerd") == 1, result.stderr
+    assert "host dockerd answers on /var/run/docker.sock\n" in result.stderr  # second run: no-op
+    assert result.stdout.strip() == "OK"

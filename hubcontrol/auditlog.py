@@ -21,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from hubcontrol.durations import parse_duration
+from hubcontrol.names import safe_name
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
@@ -36,24 +38,14 @@ CURSOR_DIR = ".cursors"
 # slightly out of time order. A resumed stream starts this far back and drops what it has seen.
 RESUME_OVERLAP_NS = 2_000_000_000
 
-_CANONICAL = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
-
 
 def file_stem(user: str) -> str:
     """The file name (without ``.log``) of ``user``'s audit log: the user's safe name.
 
     Usernames come from an OAuth provider and are untrusted; the safe name never contains a path
     separator or a dot, so ``<audit-dir>/<stem>.log`` always stays inside the audit directory.
+    Raises UsernameError for a name that has no safe form.
     """
-    try:
-        from hubcontrol.names import safe_name
-    except ImportError:  # names.py not present in this checkout: accept canonical names only
-        if not _CANONICAL.match(user):
-            raise ValueError(
-                f"user {user!r} is not a safe name: use lower-case letters, digits and '-', "
-                "at most 32 characters"
-            ) from None
-        return user
     return safe_name(user)
 
 
@@ -189,20 +181,18 @@ class Cursor:
 
 # --- reading -----------------------------------------------------------------------------------
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
-    """``--since``: a duration back from now (``90s``, ``30m``, ``1h``, ``2d``, ``1w``) or an ISO time.
+    """``--since``: a duration back from now (``90s``, ``30m``, ``1h30m``, ``2d``) or an ISO time.
 
     A time without a zone is UTC, like the log's ``ts``. Raises ValueError naming accepted forms.
     """
     now = now or datetime.now(UTC)
     value = text.strip()
-    m = _DURATION.match(value.lower())
-    if m:
-        return now - timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return now - timedelta(seconds=parse_duration(value))
+    except ValueError:
+        pass
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:

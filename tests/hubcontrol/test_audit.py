@@ -15,6 +15,7 @@ from hubcontrol.auditlog import (
     format_record,
     parse_since,
 )
+from hubcontrol.errors import UsernameError
 
 NANO = 1_776_318_792_123_456_789  # 2026-04-16T05:53:12.123456789Z, the seed's example time
 CID = "abc123" + "0" * 58
@@ -234,11 +235,14 @@ def test_canonical_user_names_are_their_own_file_names(user):
 
 @pytest.mark.parametrize("user", ["../etc/passwd", "Alice", "a/b", "x.log", ".hidden"])
 def test_unsafe_user_names_never_become_paths(user):
-    try:
-        stem = file_stem(user)
-    except ValueError:
-        return  # refused is fine too
+    stem = file_stem(user)
     assert "/" not in stem and "." not in stem and stem != user
+
+
+@pytest.mark.parametrize("user", ["", "..", "/"])
+def test_user_names_without_a_safe_form_are_refused(user):
+    with pytest.raises(UsernameError):
+        file_stem(user)
 
 
 NOW = datetime(2026, 4, 16, 6, 0, 0, tzinfo=UTC)
@@ -252,6 +256,7 @@ NOW = datetime(2026, 4, 16, 6, 0, 0, tzinfo=UTC)
         ("90s", NOW - timedelta(seconds=90)),
         ("2d", NOW - timedelta(days=2)),
         ("1w", NOW - timedelta(weeks=1)),
+        ("1h30m", NOW - timedelta(minutes=90)),
         ("2026-04-16T05:53:12Z", datetime(2026, 4, 16, 5, 53, 12, tzinfo=UTC)),
         ("2026-04-16T05:53:12", datetime(2026, 4, 16, 5, 53, 12, tzinfo=UTC)),
         ("2026-04-16", datetime(2026, 4, 16, tzinfo=UTC)),

@@ -347,6 +347,11 @@ class LocalSupervisor(DaemonSupervisor):
             self._wait_gone(pid, 5.0)
         storage.unmount_under(spec.exec_root / "netns")
         storage.unmount_under(spec.data_root)
+        # dockerd refuses to start while its pidfile names a process that still exists, and a
+        # killed daemon may linger as a zombie until init reaps it.
+        if self.pid(spec) is None:
+            spec.pidfile.unlink(missing_ok=True)
+            (spec.exec_root / "containerd" / "containerd.pid").unlink(missing_ok=True)
         for sock in (spec.socket, spec.env_socket_path):
             with contextlib.suppress(OSError):
                 if sock.is_socket():

@@ -1,0 +1,117 @@
+"""Network-ID allocation with a real registry directory and real file locks (no mocks)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from hubcontrol.errors import NetworkError
+from hubcontrol.netids import (
+    MARKER,
+    NetIdRegistry,
+    index_of,
+    net_id_for_index,
+    read_marker,
+    write_marker,
+)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    return NetIdRegistry(tmp_path / "registry", max_users=64)
+
+
+@pytest.mark.parametrize(("index", "net_id"), [(0, 32768), (1, 32832), (4095, 294848)])
+def test_ids_are_32768_plus_64k(index, net_id):
+    assert net_id_for_index(index) == net_id
+    assert index_of(net_id) == index
+
+
+@pytest.mark.parametrize("bad", [0, 32767, 32769, 32768 - 64, 40001])
+def test_non_user_ids_are_refused(bad):
+    with pytest.raises(ValueError):
+        index_of(bad)
+
+
+def test_first_user_gets_the_first_id_and_a_marker(registry, tmp_path):
+    root = tmp_path / "alice-docker"
+    assert registry.allocate(root) == 32768
+    assert (root / MARKER).read_text() == "32768\n"
+    assert registry.owner(32768) == root
+
+
+def test_returning_user_gets_the_same_id(registry, tmp_path):
+    a, b = tmp_path / "a-docker", tmp_path / "b-docker"
+    first = registry.allocate(a)
+    registry.allocate(b)
+    assert registry.allocate(a) == first
+    # a fresh registry (another host-wide state, e.g. after a reboot wiped /run) re-claims it
+    other = NetIdRegistry(tmp_path / "registry2")
+    assert other.allocate(b) == read_marker(b)
+
+
+def test_the_hubs_own_network_id_is_never_handed_out(registry, tmp_path):
+    assert registry.allocate(tmp_path / "a", reserved=frozenset({32768})) == 32832
+    # even a marker pointing at it is not honoured
+    write_marker(tmp_path / "a", 32768)
+    assert registry.allocate(tmp_path / "a", reserved=frozenset({32768})) != 32768
+
+
+def test_a_copied_data_root_does_not_share_the_id(registry, tmp_path):
+    a, copy = tmp_path / "a", tmp_path / "copy"
+    net_id = registry.allocate(a)
+    copy.mkdir()
+    write_marker(copy, net_id)
+    assert registry.allocate(copy) != net_id
+    assert read_marker(a) == net_id
+
+
+def test_stale_claims_are_taken_over(registry, tmp_path):
+    gone = tmp_path / "gone"
+    net_id = registry.allocate(gone)
+    (gone / MARKER).unlink()
+    gone.rmdir()
+    assert registry.allocate(tmp_path / "new") == net_id
+
+
+def test_release_frees_the_id(registry, tmp_path):
+    net_id = registry.allocate(tmp_path / "a")
+    registry.release(net_id, tmp_path / "b")  # not the owner: no effect
+    assert registry.owner(net_id) is not None
+    registry.release(net_id, tmp_path / "a")
+    assert registry.owner(net_id) is None
+
+
+def test_concurrent_allocations_never_share_an_id(tmp_path):
+    # Separate registry objects, as separate hubs on one host would have; real flock/O_EXCL.
+    roots = [tmp_path / f"u{i}-docker" for i in range(40)]
+    barrier = threading.Barrier(8)
+
+    def allocate(root):
+        if roots.index(root) < 8:
+            barrier.wait()
+        return NetIdRegistry(tmp_path / "registry").allocate(root)
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(allocate, roots))
+    assert len(set(ids)) == len(ids)
+    assert all(read_marker(r) == i for r, i in zip(roots, ids, strict=True))
+
+
+def test_a_full_registry_is_a_clear_error(tmp_path):
+    registry = NetIdRegistry(tmp_path / "r", max_users=2)
+    registry.allocate(tmp_path / "a")
+    registry.allocate(tmp_path / "b")
+    with pytest.raises(NetworkError) as info:
+        registry.allocate(tmp_path / "c")
+    assert "claimed" in info.value.log_message
+
+
+def test_garbage_markers_are_ignored(registry, tmp_path):
+    root = tmp_path / "a"
+    root.mkdir()
+    (root / MARKER).write_text("not a number")
+    assert read_marker(root) is None
+    assert registry.allocate(root) == 32768

@@ -1,0 +1,161 @@
+"""Addressing (pure) and bridges/iptables rules (real `ip` and `iptables` on this host)."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+
+import pytest
+
+from hubcontrol import network
+from hubcontrol.errors import NetworkError
+from hubcontrol.netids import NetIdRegistry
+
+POOL = "10.208.0.0/12"
+
+
+@pytest.mark.parametrize(
+    ("net_id", "block", "service_ip", "bridge_ip"),
+    [(32768, "10.208.0.0/24", "10.208.0.2", "10.208.0.65/26"),
+     (32832, "10.208.1.0/24", "10.208.1.2", "10.208.1.65/26"),
+     (32768 + 64 * 256, "10.209.0.0/24", "10.209.0.2", "10.209.0.65/26"),
+     (32768 + 64 * 4095, "10.223.255.0/24", "10.223.255.2", "10.223.255.65/26")],
+)  # fmt: skip
+def test_each_net_id_owns_a_24_of_the_pool(net_id, block, service_ip, bridge_ip):
+    net = network.user_network(net_id, POOL)
+    assert str(net.block) == block
+    assert str(net.service_ip) == service_ip
+    assert str(net.bridge_address) == bridge_ip
+    assert net.env_subnet.subnet_of(net.block) and net.bridge_subnet.subnet_of(net.block)
+    assert net.address_pool.subnet_of(net.block)
+    assert not net.env_subnet.overlaps(net.bridge_subnet)
+    assert not net.bridge_subnet.overlaps(net.address_pool)
+    assert net.service_ip in net.env_subnet and net.env_gateway in net.env_subnet
+    assert net.bridge == f"rdh{net_id}" and net.env_bridge == f"rdh{net_id}e"
+    assert len(net.env_bridge) <= 15  # IFNAMSIZ
+
+
+def test_blocks_of_different_users_never_overlap():
+    blocks = [network.user_network(32768 + 64 * i, POOL).block for i in range(300)]
+    assert len({b.network_address for b in blocks}) == 300
+
+
+@pytest.mark.parametrize(
+    ("pool", "why"),
+    [("10.208.0.0/25", "smaller than one /24"), ("banana", "not an IPv4 network"),
+     ("10.208.0.1/12", "not an IPv4 network"), ("fd00::/8", "not an IPv4 network")],
+)  # fmt: skip
+def test_bad_pools_are_refused_with_the_flag_named(pool, why):
+    with pytest.raises(NetworkError) as info:
+        network.parse_pool(pool)
+    assert "--user-subnet-pool" in info.value.log_message and why in info.value.log_message
+
+
+def test_a_net_id_outside_a_small_pool_is_refused():
+    assert network.capacity("10.208.0.0/23") == 2
+    network.user_network(32832, "10.208.0.0/23")
+    with pytest.raises(NetworkError):
+        network.user_network(32896, "10.208.0.0/23")
+
+
+def test_daemon_config_keeps_the_daemon_off_shared_chains():
+    cfg = network.daemon_network_config(network.user_network(32768, POOL))
+    assert cfg["iptables"] is False and cfg["ip-masq"] is False
+    assert cfg["bridge"] == "rdh32768" and cfg["ip"] == "10.208.0.65"
+    assert cfg["default-address-pools"] == [{"base": "10.208.0.128/25", "size": 28}]
+
+
+@pytest.mark.parametrize(
+    ("routes", "clash"),
+    [([{"dst": "default", "dev": "eth0"}, {"dst": "172.17.0.0/16", "dev": "docker0"}], []),
+     ([{"dst": "10.208.5.0/24", "dev": "rdh33088"}], []),
+     ([{"dst": "10.0.0.0/8", "dev": "eth1"}], ["10.0.0.0/8 dev eth1"]),
+     ([{"dst": "10.210.3.0/24", "dev": "br-x"}], ["10.210.3.0/24 dev br-x"]),
+     ([{"dst": "10.224.0.0/16", "dev": "eth1"}], []),
+     ([{"dst": "10.208.0.7", "dev": "tun0"}], ["10.208.0.7 dev tun0"])],
+)  # fmt: skip
+def test_overlapping_routes(routes, clash):
+    assert network.overlapping_routes(ipaddress.IPv4Network(POOL), routes) == clash
+
+
+def test_isolation_rules_drop_other_users_and_the_host():
+    net = network.user_network(32768, POOL)
+    rules = network.isolation_rules(net)
+    forward = [r for t, c, r in rules if c == network.FORWARD_CHAIN]
+    # order matters: own block first, then replies, then the drops, then the world
+    assert forward[0] == ["-s", "10.208.0.0/24", "-d", "10.208.0.0/24", "-j", "ACCEPT"]
+    assert ["-s", "10.208.0.0/24", "-d", POOL, "-j", "DROP"] in forward
+    assert forward[-1] == ["-s", "10.208.0.0/24", "-j", "ACCEPT"]
+    inputs = [r for t, c, r in rules if c == network.INPUT_CHAIN]
+    assert inputs[-1] == ["-s", "10.208.0.0/24", "-j", "DROP"]
+
+
+# -- real kernel state ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def claimed_net(tmp_path):
+    """A net ID claimed host-wide, so parallel test runs never use the same bridge or rules."""
+    registry = NetIdRegistry()
+    root = tmp_path / "t-docker"
+    net_id = registry.allocate(root)
+    net = network.user_network(net_id, POOL)
+    try:
+        yield net
+    finally:
+        network.remove_isolation(net_id)
+        network.delete_link(net.bridge)
+        registry.release(net_id, root)
+
+
+def _rules(table: str, chain: str) -> str:
+    return subprocess.run(
+        ["iptables", "-t", table, "-S", chain], capture_output=True, text=True
+    ).stdout
+
+
+@pytest.mark.docker
+def test_bridge_and_rules_are_idempotent_and_removed(claimed_net):
+    net = claimed_net
+    network.ensure_bridge(net.bridge, net.bridge_address)
+    network.ensure_bridge(net.bridge, net.bridge_address)
+    shown = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show", "dev", net.bridge], capture_output=True, text=True
+    ).stdout
+    assert shown.count("inet ") == 1 and str(net.bridge_address) in shown
+
+    network.apply_isolation(net)
+    network.apply_isolation(net)
+    assert _rules("filter", network.FORWARD_CHAIN).count(net.tag) == 5
+    assert _rules("filter", network.INPUT_CHAIN).count(net.tag) == 2
+    assert _rules("nat", network.NAT_CHAIN).count(net.tag) == 1
+    assert (
+        "-j RDH-FORWARD"
+        in subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True).stdout
+    )
+
+    network.remove_isolation(net.net_id)
+    for table, chain in (
+        ("filter", network.FORWARD_CHAIN),
+        ("filter", network.INPUT_CHAIN),
+        ("nat", network.NAT_CHAIN),
+    ):
+        assert net.tag not in _rules(table, chain)
+    network.delete_link(net.bridge)
+    assert not network.link_exists(net.bridge)
+
+
+@pytest.mark.docker
+def test_the_default_pool_does_not_clash_with_this_host():
+    network.check_pool(POOL)
+
+
+@pytest.mark.docker
+def test_a_pool_over_a_host_route_is_refused():
+    route = subprocess.run(["ip", "-j", "route"], capture_output=True, text=True).stdout
+    import json
+
+    dst = next(r["dst"] for r in json.loads(route) if r.get("dst") not in ("default", None))
+    with pytest.raises(NetworkError) as info:
+        network.check_pool(str(ipaddress.IPv4Network(dst, strict=False).supernet(new_prefix=8)))
+    assert "overlaps host routes" in info.value.log_message

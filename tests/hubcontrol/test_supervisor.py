@@ -1,0 +1,214 @@
+"""Daemon supervisors: command lines and unit files as text, and real dockerd via LocalSupervisor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hubcontrol import network
+from hubcontrol.errors import ConfigError
+from hubcontrol.netids import NetIdRegistry
+from hubcontrol.supervisor import (
+    CRIU_BIN,
+    DaemonSpec,
+    Limits,
+    choose,
+    daemon_config,
+    dockerd_argv,
+    dockerd_env,
+    parse_cpu_quota,
+    parse_memory_max,
+    ping,
+)
+from hubcontrol.supervisor import systemd as sd
+from hubcontrol.supervisor.local import LocalSupervisor
+
+POOL = "10.208.0.0/12"
+
+
+def make_spec(tmp: Path, net_id: int = 32768, user: str = "alice", **kw) -> DaemonSpec:
+    net = network.user_network(net_id, POOL)
+    daemon_dir = tmp / f"{user}-docker" / ".rediacc" / "docker"
+    return DaemonSpec(
+        user=user, net_id=net_id, data_root=daemon_dir / "data", daemon_dir=daemon_dir,
+        network_config=network.daemon_network_config(net), **kw,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(("value", "cpus"), [(None, None), ("", None), ("200%", 2.0), ("50%", 0.5)])
+def test_cpu_quota(value, cpus):
+    assert parse_cpu_quota(value) == cpus
+
+
+@pytest.mark.parametrize(
+    ("value", "size"), [(None, None), ("8G", 8 << 30), ("512M", 512 << 20), ("infinity", None)]
+)
+def test_memory_max(value, size):
+    assert parse_memory_max(value) == size
+
+
+@pytest.mark.parametrize(
+    ("cpu", "memory"), [("2", None), ("-5%", None), (None, "lots"), (None, "8g")]
+)
+def test_bad_limits_name_the_label(cpu, memory):
+    with pytest.raises(ConfigError) as info:
+        Limits(cpu=cpu, memory=memory).cpus if cpu else Limits(memory=memory).memory_bytes
+    assert "rediacc.hub.limits." in str(info.value)
+
+
+def test_dockerd_gets_its_own_everything(tmp_path):
+    spec = make_spec(tmp_path)
+    argv = dockerd_argv(spec, containerd_socket=tmp_path / "none.sock")
+    flags = dict(zip(argv[1::2], argv[2::2], strict=False))
+    assert argv[0] == "dockerd"
+    assert flags["--data-root"] == str(tmp_path / "alice-docker/.rediacc/docker/data")
+    assert flags["--exec-root"] == "/run/rediacc/hub/32768"
+    assert flags["--pidfile"].endswith("/.rediacc/docker/docker.pid")
+    assert flags["--config-file"].endswith("/.rediacc/docker/daemon.json")
+    hosts = [argv[i + 1] for i, a in enumerate(argv) if a == "-H"]
+    assert hosts == [
+        "unix:///run/rediacc/hub/32768/docker.sock",
+        "unix:///run/rediacc/hub/32768/env/docker.sock",
+    ]
+    assert all(len(h) - len("unix://") < 104 for h in hosts)  # sun_path limit
+    assert "--containerd" not in argv
+
+
+def test_a_system_containerd_gets_namespaces(tmp_path):
+    sock = tmp_path / "containerd.sock"
+    sock.touch()
+    argv = dockerd_argv(make_spec(tmp_path), containerd_socket=sock)
+    assert argv[argv.index("--containerd-namespace") + 1] == "rdh32768"
+    assert argv[argv.index("--containerd-plugins-namespace") + 1] == "rdh32768p"
+
+
+def test_without_env_socket_the_policy_proxy_serves_it(tmp_path):
+    argv = dockerd_argv(make_spec(tmp_path, env_socket=False), containerd_socket=tmp_path / "x")
+    assert argv.count("-H") == 1
+
+
+def test_daemon_config_and_environment(tmp_path):
+    spec = make_spec(tmp_path)
+    cfg = daemon_config(spec, cgroup_parent="/rediacc.slice/hub-alice/containers")
+    assert cfg["experimental"] is True and cfg["init-path"] == "/usr/bin/tini-static"
+    assert cfg["bridge"] == "rdh32768" and cfg["iptables"] is False
+    assert cfg["cgroup-parent"] == "/rediacc.slice/hub-alice/containers"
+    env = dockerd_env(spec, base={"PATH": "/usr/bin:/bin"})
+    assert env["PATH"].split(":")[0] == CRIU_BIN
+    assert env["TMPDIR"] == str(spec.tmpdir)
+
+
+def test_systemd_units_as_text(tmp_path):
+    spec = make_spec(tmp_path, user="jean-luc", limits=Limits(cpu="200%", memory="8G", pids=4096))
+    service = sd.service_unit(spec)
+    assert sd.service_name("jean-luc") == "rediacc-hub-dockerd-jean-luc.service"
+    assert "Slice=rediacc.slice" in service
+    assert "CPUQuota=200%" in service and "MemoryMax" not in service  # never OOM-kill dockerd
+    assert "Restart=no" in service and "Delegate=yes" in service and "Type=notify" in service
+    assert "OOMScoreAdjust=-500" in service
+    exec_start = next(line for line in service.splitlines() if line.startswith("ExecStart="))
+    assert "--exec-root /run/rediacc/hub/32768" in exec_start
+    assert f'Environment="PATH={CRIU_BIN}:' in service
+    assert sd.slice_name("jean-luc") == "rediacc-hub-jean\\x2dluc.slice"
+    slice_text = sd.slice_unit(spec)
+    assert (
+        "[Slice]" in slice_text and "MemoryMax=8G" in slice_text and "CPUQuota=200%" in slice_text
+    )
+    assert "TasksMax=4096" in slice_text
+    cfg = sd.daemon_json(spec)
+    assert cfg["cgroup-parent"] == "rediacc-hub-jean\\x2dluc.slice"
+    assert cfg["exec-opts"] == ["native.cgroupdriver=systemd"]
+
+
+def test_systemd_quotes_specifiers(tmp_path):
+    spec = make_spec(tmp_path / "100%done")
+    assert "100%%done" in sd.service_unit(spec)
+
+
+def test_systemd_writes_units_once(tmp_path):
+    supervisor = sd.SystemdSupervisor(unit_dir=tmp_path / "units")
+    spec = make_spec(tmp_path, limits=Limits(cpu="100%"))
+    assert supervisor.write_units(spec) is True
+    assert supervisor.write_units(spec) is False
+    assert (tmp_path / "units" / "rediacc-hub-dockerd-alice.service").exists()
+    assert json.loads(spec.config_file.read_text())["exec-opts"] == ["native.cgroupdriver=systemd"]
+
+
+def test_choose():
+    # PID 1 here is not systemd (see BRIEF), so "auto" is the local supervisor.
+    assert choose("local").name == "local"
+    assert choose("systemd").name == "systemd"
+    assert choose("auto").name == ("systemd" if Path("/run/systemd/system").is_dir() else "local")
+    with pytest.raises(ConfigError):
+        choose("docker")
+
+
+# -- LocalSupervisor with real dockerd ------------------------------------------------------
+
+
+@pytest.fixture
+def live_spec(tmp_path):
+    registry = NetIdRegistry()
+    root = tmp_path / "sup-docker"
+    net_id = registry.allocate(root)
+    net = network.user_network(net_id, POOL)
+    network.ensure_bridge(net.bridge, net.bridge_address)
+    spec = make_spec(tmp_path, net_id=net_id, user=f"sup{os.getpid()}",
+                     limits=Limits(cpu="150%", memory="300M", pids=500))  # fmt: skip
+    supervisor = LocalSupervisor()
+    try:
+        yield supervisor, spec
+    finally:
+        supervisor.stop(spec)
+        network.delete_link(net.bridge)
+        subprocess.run(["rm", "-rf", str(spec.exec_root)])
+        registry.release(net_id, root)
+
+
+@pytest.mark.docker
+def test_local_daemon_lifecycle_cgroups_and_adoption(live_spec):
+    supervisor, spec = live_spec
+    supervisor.start(spec)
+    assert ping(spec.socket) and ping(spec.env_socket_path)
+    assert oct(spec.env_socket_path.stat().st_mode & 0o777) == "0o666"
+    pid = supervisor.describe(spec)["pid"]
+    assert pid and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"dockerd")
+    # dockerd and containerd sit in the daemon group, without a memory limit
+    cgroups = Path(f"/proc/{pid}/cgroup").read_text()
+    assert f"rediacc.slice/hub-{spec.user}/daemon" in cgroups
+    limits = supervisor.describe(spec)["limits"]
+    assert limits.get("cpu.max", limits.get("cpu.cfs_quota_us", "")).startswith("150000")
+    assert limits.get("memory.max", limits.get("memory.limit_in_bytes")) == str(300 << 20)
+    assert limits.get("pids.max") == "500"
+    # the daemon is not our child: a new supervisor (a restarted hub) adopts it, start is a no-op
+    fresh = LocalSupervisor()
+    assert fresh.adopt(spec) and fresh.describe(spec)["pid"] == pid
+    fresh.start(spec)
+    assert fresh.describe(spec)["pid"] == pid
+    fresh.stop(spec)
+    assert not supervisor.is_running(spec) and not spec.socket.exists()
+
+
+@pytest.mark.docker
+def test_a_crashed_daemon_is_cleaned_up_and_restarts(live_spec):
+    supervisor, spec = live_spec
+    supervisor.start(spec)
+    pid = supervisor.describe(spec)["pid"]
+    os.kill(pid, signal.SIGKILL)
+    assert supervisor._wait_gone(pid, 10)
+    assert not supervisor.is_running(spec)
+    supervisor.start(spec)  # stale pidfile, sockets and netns mounts do not get in the way
+    assert supervisor.is_running(spec) and supervisor.describe(spec)["pid"] != pid
+
+
+@pytest.mark.docker
+def test_a_recycled_pid_is_not_taken_for_the_daemon(live_spec):
+    supervisor, spec = live_spec
+    spec.daemon_dir.mkdir(parents=True, exist_ok=True)
+    spec.pidfile.write_text(f"{os.getpid()}\n")  # a live process that is not this dockerd
+    assert not supervisor.is_running(spec)

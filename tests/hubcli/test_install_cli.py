@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from hubcli.app import app
 from hubcontrol import install as inst
 from hubcontrol.compose import parse_env_file
-from hubcontrol.config import load_config
+from hubcontrol.config import load_config, parse_start_flags
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "install"
 ENV = {
@@ -98,10 +98,15 @@ def test_install_writes_valid_artefacts(repo: Path, tmp_path: Path):
     assert installed_env == ["/etc/rediacc/hub/hub.env"]
     from_compose = load_config(repo / "docker-compose.yml")
     from_labels = load_config(labels, env_file=env)
+    # ... and so does the unit's own command line, as `hub start` parses it
+    flags = parse_start_flags(exec_start[1:])
+    assert flags.pop("labels") == "/etc/rediacc/hub/hub.labels.yaml"
+    from_unit = load_config(labels, env_file=env, flags=flags)
     ignore = {"source", "service", "env_files", "warnings"}
     for name in from_compose.__dataclass_fields__:
         if name not in ignore:
             assert getattr(from_labels, name) == getattr(from_compose, name), name
+            assert getattr(from_unit, name) == getattr(from_compose, name), name
 
     # Traefik: one router per seed route, each at the hub's port on loopback.
     traefik = yaml.safe_load(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from concurrent.futures import Future
 
 from mitmproxy import options
 from mitmproxy.addons import errorcheck, next_layer, proxyserver
@@ -41,15 +42,30 @@ def make_master(context: HubContext, port: int, listen_host: str = "") -> Master
     return master
 
 
-async def serve(context: HubContext, port: int, listen_host: str = "") -> None:
-    """Serve until SIGTERM/SIGINT; stopping the proxy leaves user environments alone."""
+async def run_master(master: Master) -> None:
+    """Run ``master`` until shutdown, then close its listening sockets (mitmproxy leaves them to
+    process exit, which an embedded master cannot rely on)."""
+    try:
+        await master.run()
+    finally:
+        if ps := master.addons.get("proxyserver"):
+            await ps.servers.update([])
+
+
+async def serve(
+    context: HubContext, port: int, listen_host: str = "", stop_when: Future | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop_when`` completes, e.g. the control plane died);
+    stopping the proxy leaves user environments alone."""
     master = make_master(context, port, listen_host)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, master.shutdown)
+    if stop_when is not None:
+        asyncio.wrap_future(stop_when).add_done_callback(lambda _: master.shutdown())
     try:
         log.info("hub: listening on %s:%d", listen_host or "*", port)
-        await master.run()
+        await run_master(master)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

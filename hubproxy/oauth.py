@@ -266,10 +266,23 @@ class OAuthLogin:
                 links=retry,
             )
             return
-        code = query.get("code")
+        # The state is single-use: its cookie is deleted whatever happens next.
+        forget_state = cookies.set_cookie(
+            state_cookie_name(login.nonce),
+            "",
+            max_age=0,
+            secure=self._secure(flow),
+            domain=self._domain(),
+            path=CALLBACK_PATH,
+        )
+        flow.response = await self._finish_login(flow, login, query.get("code"))
+        flow.response.headers.add("Set-Cookie", forget_state)
+
+    async def _finish_login(self, flow: http.HTTPFlow, login, code: str | None) -> http.Response:
+        config = self.context.config
+        retry = [("Log in again", "/_hub/login")]
         if not code:
-            flow.response = pages.bad_request("The provider sent no authorization code.")
-            return
+            return pages.bad_request("The provider sent no authorization code.")
         callback = redirect_uri(
             config.oauth.redirect_uri, flow.metadata[SCHEME], flow.request.host_header or ""
         )
@@ -280,20 +293,16 @@ class OAuthLogin:
             user = username_from_userinfo(userinfo, config.oauth.userinfo_path)
         except ProviderError as e:
             log.warning("hub: login failed: %s", e.detail)
-            flow.response = pages.page(
-                e.status, "Login failed", e.message, detail=e.detail, links=retry
-            )
-            return
+            return pages.page(e.status, "Login failed", e.message, detail=e.detail, links=retry)
         groups = groups_from_userinfo(userinfo)
         if not allowed(groups, config.allowed_groups):
             log.info("hub: %s refused: not in HUB_ALLOWED_GROUPS", user)
-            flow.response = pages.page(
+            return pages.page(
                 403,
                 "Access denied",
                 f"You are logged in as {user}, but your account is not in a group allowed to use this hub.",
                 detail="Ask an administrator to add you to one of the allowed groups.",
             )
-            return
         session = self.context.sessions.create(
             user,
             groups=groups,
@@ -309,7 +318,7 @@ class OAuthLogin:
         token = cookies.make_session_token(
             cookies.SessionCookie(user, session.sid, session.exp), self.context.session_key
         )
-        flow.response = pages.redirect(
+        return pages.redirect(
             login.return_to,
             [
                 cookies.set_cookie(
@@ -318,15 +327,7 @@ class OAuthLogin:
                     max_age=SESSION_TTL,
                     secure=self._secure(flow),
                     domain=self._domain(),
-                ),
-                cookies.set_cookie(
-                    state_cookie_name(login.nonce),
-                    "",
-                    max_age=0,
-                    secure=self._secure(flow),
-                    domain=self._domain(),
-                    path=CALLBACK_PATH,
-                ),
+                )
             ],
         )
 

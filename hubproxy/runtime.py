@@ -92,6 +92,11 @@ class ControlThread:
             raise
         return EmbeddedControlPlane(self.hub, self.portal, self.running)
 
+    @property
+    def run_future(self):
+        """The ``concurrent.futures.Future`` of ``Hub.run()``: done when the control plane ends."""
+        return self._run
+
     def running(self) -> bool:
         return self._run is not None and not self._run.done()
 

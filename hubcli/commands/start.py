@@ -1,0 +1,84 @@
+"""``hub start [flags]``: run the hub (proxy and control plane) in this process.
+
+The seed's command line: ``hub start --docker-socket=... --network-id=... --port=7112
+--base-domain=... --workspace-dir=... --idle-timeout=30m --checkpoint``, plus ``--labels FILE``
+(a compose file or a hub.labels.yaml; default /etc/rediacc/hub/hub.labels.yaml) and
+``--env-file FILE``. Flags are parsed by ``hubcontrol.config`` so ``hub start``, ``hub install``
+and ``hub config check`` read a command line the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import typer
+
+from hubcli.output import EXIT_FAILURE, EXIT_USAGE, print_error, print_problems, print_warning
+from hubcontrol.config import DEFAULT_LABELS_FILE, START_FLAGS, load_config, parse_start_flags
+from hubcontrol.errors import ConfigError, HubError
+
+log = logging.getLogger("hubproxy")
+
+_FLAGS_HELP = "\n\n".join(f"--{name}: {spec.help}" for name, spec in START_FLAGS.items())
+
+
+def start(ctx: typer.Context) -> None:
+    """Run the hub: OAuth login, per-user routing and the control plane, on --port (7112).
+
+    SIGTERM or Ctrl-C stop the hub; user environments keep running and the next start picks
+    them up. Exit status 2 means the configuration is invalid (every problem is printed).
+    """
+    try:
+        flags = parse_start_flags(list(ctx.args))
+    except ConfigError as e:
+        print_problems(e.problems)
+        raise typer.Exit(EXIT_USAGE) from None
+    labels = flags.pop("labels", None) or str(DEFAULT_LABELS_FILE)
+    env_file = flags.pop("env_file", None) or None
+    try:
+        config = load_config(labels, env_file=env_file, flags=flags)
+    except ConfigError as e:
+        print_problems(e.problems)
+        raise typer.Exit(EXIT_USAGE) from None
+    except OSError as e:
+        print_error(f"--labels {labels}: {e.strerror or e}")
+        raise typer.Exit(EXIT_USAGE) from None
+    for warning in config.warnings:
+        print_warning(warning)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from hubproxy.boot import start_control_plane
+    from hubproxy.context import HubContext
+    from hubproxy.master import serve
+
+    context = HubContext()
+    try:
+        thread = start_control_plane(config, context)
+    except ConfigError as e:
+        print_problems(e.problems)
+        raise typer.Exit(EXIT_USAGE) from None
+    except HubError as e:
+        log.error("hub: the control plane did not start: %s", e.log_message)
+        print_error(e.user_message)
+        raise typer.Exit(EXIT_FAILURE) from None
+    try:
+        asyncio.run(serve(context, config.port, stop_when=thread.run_future))
+    finally:
+        thread.stop()
+    failure = thread.failure()
+    if failure is not None:
+        print_error(f"the control plane failed: {failure}")
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "start",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        epilog="Flags:\n\n" + _FLAGS_HELP,
+    )(start)

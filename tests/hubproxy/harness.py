@@ -1,0 +1,165 @@
+"""Run the real proxy (lean mitmproxy master + the hub's addons) in a thread for a test.
+
+The control plane is ``StubHub``: it implements the ``hubcontrol.Hub`` contract the proxy uses
+(snapshot/touch/progress/ensure_running/run) and "starts" an environment by pointing the user's
+route at an echo server on a loopback address of its own. Tests of the whole product use the real
+Hub (tests/e2e); these check the request path with a real proxy, provider and sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import anyio
+import httpx
+
+from hubproxy.boot import start_control_plane
+from hubproxy.context import HubContext
+from hubproxy.master import make_master, run_master
+
+
+@dataclass(frozen=True)
+class StubRoute:
+    user: str
+    state: str
+    service_ip: str | None
+    ports: dict
+
+
+class StubTable:
+    def __init__(self, routes: dict) -> None:
+        self._routes = dict(routes)
+
+    def get(self, user):
+        return self._routes.get(user)
+
+
+@dataclass
+class StubProgress:
+    state: str
+    step: str | None = None
+    message: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class StubHub:
+    """Hands each new user the next address of ``addresses`` after ``start_delay`` seconds."""
+
+    addresses: list[str]
+    ports: dict
+    start_delay: float = 0.3
+    table: StubTable = field(default_factory=lambda: StubTable({}))
+    touches: list = field(default_factory=list)
+    ensure_calls: list = field(default_factory=list)
+    assigned: dict = field(default_factory=dict)
+
+    def snapshot(self):
+        return self.table
+
+    def touch(self, user, kind="http"):
+        self.touches.append((user, kind))
+
+    def progress(self, user):
+        route = self.table.get(user)
+        return StubProgress(route.state if route else "stopped", "container", "Starting")
+
+    async def ensure_running(self, user, template=None):
+        self.ensure_calls.append((user, template))
+        ip = self.assigned.setdefault(user, self.addresses[len(self.assigned)])
+        self._set(StubRoute(user, "starting", ip, self.ports))
+        await anyio.sleep(self.start_delay)
+        self._set(StubRoute(user, "running", ip, self.ports))
+
+    def stop_user(self, user):
+        route = self.table.get(user)
+        if route:
+            self._set(replace(route, state="checkpointed"))
+
+    def _set(self, route):
+        routes = dict(self.table._routes)
+        routes[route.user] = route
+        self.table = StubTable(routes)  # reference swap, as the real Hub does
+
+    async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED):
+        task_status.started()
+        await anyio.sleep_forever()
+
+
+@dataclass
+class RunningProxy:
+    port: int
+    context: HubContext
+    hub: StubHub
+
+
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"proxy did not listen on {port}")
+
+
+@contextlib.contextmanager
+def running_proxy(config, hub, port: int) -> Iterator[RunningProxy]:
+    context = HubContext()
+    control_thread = start_control_plane(config, context, hub=hub)
+    box: dict = {}
+
+    def serve() -> None:
+        async def main() -> None:
+            master = make_master(context, port, "127.0.0.1")
+            box["master"] = master
+            await run_master(master)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        wait_listening(port)
+        yield RunningProxy(port, context, hub)
+    finally:
+        if "master" in box:
+            box["master"].shutdown()
+        thread.join(10)
+        control_thread.stop()
+
+
+class HubTransport(httpx.HTTPTransport):
+    """Sends requests for ``*.<domain>`` to the proxy on 127.0.0.1 (Python does not resolve
+    them), keeping the Host header and the URL the cookie jar sees."""
+
+    def __init__(self, domain: str, proxy_port: int) -> None:
+        super().__init__()
+        self.domain = domain
+        self.proxy_port = proxy_port
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if host == self.domain or host.endswith("." + self.domain):
+            request = httpx.Request(
+                request.method,
+                request.url.copy_with(host="127.0.0.1", port=self.proxy_port),
+                headers=request.headers,
+                stream=request.stream,
+            )
+        return super().handle_request(request)
+
+
+def browser(domain: str, proxy_port: int) -> httpx.Client:
+    """A cookie-keeping client that behaves like a browser navigating (for wants_html)."""
+    return httpx.Client(
+        transport=HubTransport(domain, proxy_port),
+        follow_redirects=True,
+        headers={"Accept": "text/html", "Sec-Fetch-Mode": "navigate"},
+        timeout=15,
+    )

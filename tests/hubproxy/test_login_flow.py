@@ -1,0 +1,365 @@
+"""Login, routing, WebSockets and logout through the real proxy (lean mitmproxy master), against
+the real npm ``oidc-provider`` and PyPI ``oidc-provider-mock``, with echo servers standing in for
+environments (``harness.StubHub``; the real Hub is covered by tests/e2e)."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Message,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+
+from hubcontrol.config import OAuthConfig, Template
+from tests.hubproxy.harness import StubHub, browser, running_proxy
+from tests.hubproxy.support import make_config
+from tests.support.echoenv import echo_environment
+from tests.support.oidc_provider import free_port, npm_oidc_provider
+
+DOMAIN = "example.test"
+ALICE_IP, BOB_IP = "127.0.0.2", "127.0.0.3"
+
+
+@pytest.fixture(scope="module")
+def envs():
+    """Two 'environments' (echo servers) per user address, one port per prefix."""
+    term, code = free_port(), free_port()
+    with (
+        echo_environment("alice-term", ALICE_IP, term),
+        echo_environment("alice-code", ALICE_IP, code),
+        echo_environment("bob-term", BOB_IP, term),
+        echo_environment("bob-code", BOB_IP, code),
+    ):
+        yield {"term": term, "code": code}
+
+
+def hub_config(tmp_path, envs, issuer, **overrides):
+    oauth = OAuthConfig(
+        client_id="hub",
+        client_secret="hub-secret",
+        authorize_url=f"{issuer}/auth",
+        token_url=f"{issuer}/token",
+        userinfo_url=f"{issuer}/me",
+        userinfo_path="preferred_username",
+    )
+    values = dict(
+        routes=envs,
+        base_domain=DOMAIN,
+        oauth=oauth,
+        session_secret="f" * 64,
+        templates={"default": Template("default", "img"), "python": Template("python", "py")},
+    )
+    values.update(overrides)
+    return make_config(tmp_path, **values)
+
+
+def callbacks(port):
+    return [f"http://{p}.{DOMAIN}:{port}/_hub/oauth/callback" for p in ("term", "code")]
+
+
+def provider_login(client: httpx.Client, response: httpx.Response, login: str) -> httpx.Response:
+    """Fill in oidc-provider's development login form as a user would."""
+    assert "/interaction/" in str(response.url), response.text[:300]
+    action = re.search(r'<form[^>]*action="([^"]+)"', response.text).group(1)
+    url = httpx.URL(str(response.url)).join(action)
+    return client.post(url, data={"prompt": "login", "login": login, "password": "any"})
+
+
+def wait_ready(client, base, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = client.get(f"{base}/_hub/api/progress", headers={"Sec-Fetch-Mode": "cors"})
+        if r.status_code == 200 and r.json()["ready"]:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("environment did not become ready")
+
+
+@pytest.fixture
+def proxy_port():
+    return free_port()
+
+
+@pytest.mark.oidc
+def test_login_lands_in_own_environment_with_domain_cookie(tmp_path, envs, proxy_port):
+    with npm_oidc_provider(
+        [
+            {
+                "client_id": "hub",
+                "client_secret": "hub-secret",
+                "redirect_uris": callbacks(proxy_port),
+            }
+        ]
+    ) as issuer:
+        hub = StubHub([ALICE_IP, BOB_IP], envs)
+        with running_proxy(hub_config(tmp_path, envs, issuer), hub, proxy_port):
+            term = f"http://term.{DOMAIN}:{proxy_port}"
+            with browser(DOMAIN, proxy_port) as client:
+                r = client.get(f"{term}/work?x=1")
+                r = provider_login(client, r, "alice")
+                # back on the hub: the environment is starting, the page polls and continues
+                assert r.status_code == 503 and "/_hub/api/progress" in r.text
+                assert str(r.url) == f"{term}/work?x=1"
+                session = client.cookies.jar
+                cookie = next(c for c in session if c.name == "rediacc_hub_session")
+                assert cookie.domain in (DOMAIN, "." + DOMAIN)
+                assert cookie.has_nonstandard_attr("HttpOnly")
+                wait_ready(client, term)
+                echo = client.get(f"{term}/work?x=1").json()
+                assert echo["name"] == "alice-term" and echo["path"] == "/work?x=1"
+                headers = {k.lower(): v for k, v in echo["headers"]}
+                assert "rediacc_hub" not in headers.get("cookie", "")
+                assert headers["host"] == f"term.{DOMAIN}:{proxy_port}"
+                assert headers["x-forwarded-proto"] == "http"
+                assert headers["x-forwarded-for"] == "127.0.0.1"
+                # the domain cookie covers the other prefixes: no second login
+                echo = client.get(f"http://code.{DOMAIN}:{proxy_port}/").json()
+                assert echo["name"] == "alice-code"
+                assert hub.ensure_calls == [("alice", None)]
+                assert ("alice", "http") in hub.touches
+                # logout ends the session everywhere
+                r = client.get(f"{term}/_hub/logout")
+                assert r.status_code == 200 and "Logged out" in r.text
+                r = client.get(f"{term}/", follow_redirects=False)
+                assert r.status_code == 302 and r.headers["location"].startswith("/_hub/login")
+
+
+@pytest.mark.oidc
+def test_two_users_each_reach_only_their_own(tmp_path, envs, proxy_port):
+    with npm_oidc_provider(
+        [
+            {
+                "client_id": "hub",
+                "client_secret": "hub-secret",
+                "redirect_uris": callbacks(proxy_port),
+            }
+        ]
+    ) as issuer:
+        hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
+        with running_proxy(hub_config(tmp_path, envs, issuer), hub, proxy_port):
+            term = f"http://term.{DOMAIN}:{proxy_port}"
+            names = {}
+            cookies = {}
+            for user in ("alice", "bob"):
+                with browser(DOMAIN, proxy_port) as client:
+                    provider_login(client, client.get(f"{term}/"), user)
+                    wait_ready(client, term)
+                    names[user] = client.get(f"{term}/").json()["name"]
+                    cookies[user] = client.cookies.get("rediacc_hub_session")
+            assert names == {"alice": "alice-term", "bob": "bob-term"}
+            # splice alice's signature onto bob's claims: refused, never bob's or alice's env
+            forged = cookies["bob"].split(".")[0] + "." + cookies["alice"].split(".")[1]
+            with browser(DOMAIN, proxy_port) as client:
+                client.cookies.set("rediacc_hub_session", forged, domain=DOMAIN)
+                r = client.get(f"{term}/", follow_redirects=False)
+                assert r.status_code == 302 and r.headers["location"].startswith("/_hub/login")
+
+
+@pytest.mark.oidc
+def test_user_outside_allowed_groups_gets_403(tmp_path, envs, proxy_port):
+    with npm_oidc_provider(
+        [
+            {
+                "client_id": "hub",
+                "client_secret": "hub-secret",
+                "redirect_uris": callbacks(proxy_port),
+            }
+        ],
+        groups={"alice": ["dev", "staff"], "mallory": ["guests"]},
+    ) as issuer:
+        config = hub_config(tmp_path, envs, issuer, allowed_groups=frozenset({"dev"}))
+        hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
+        with running_proxy(config, hub, proxy_port) as proxy:
+            term = f"http://term.{DOMAIN}:{proxy_port}"
+            with browser(DOMAIN, proxy_port) as client:
+                r = provider_login(client, client.get(f"{term}/"), "mallory")
+                assert r.status_code == 403 and "not in a group" in r.text
+                assert "rediacc_hub_session" not in client.cookies
+            with browser(DOMAIN, proxy_port) as client:
+                provider_login(client, client.get(f"{term}/"), "alice")
+                wait_ready(client, term)
+                assert client.get(f"{term}/").json()["name"] == "alice-term"
+            # groups stay server-side: the session store has them, the cookie does not
+            (session,) = proxy.context.sessions._sessions.values()
+            assert session.groups == ("dev", "staff")
+            assert hub.ensure_calls == [("alice", None)]
+
+
+@pytest.mark.oidc
+def test_template_choice_round_trips_and_cancel_is_a_clear_page(tmp_path, envs, proxy_port):
+    with npm_oidc_provider(
+        [
+            {
+                "client_id": "hub",
+                "client_secret": "hub-secret",
+                "redirect_uris": callbacks(proxy_port),
+            }
+        ]
+    ) as issuer:
+        hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
+        with running_proxy(hub_config(tmp_path, envs, issuer), hub, proxy_port):
+            term = f"http://term.{DOMAIN}:{proxy_port}"
+            with browser(DOMAIN, proxy_port) as client:
+                r = client.get(f"{term}/_hub/login?template=python&next=https://evil.org/")
+                r = provider_login(client, r, "alice")
+                assert urlsplit(str(r.url)).netloc == f"term.{DOMAIN}:{proxy_port}"
+                assert hub.ensure_calls[0] == ("alice", "python")
+            with browser(DOMAIN, proxy_port) as client:
+                r = client.get(f"{term}/")
+                abort = re.search(r'href="([^"]+/abort)"', r.text).group(1)
+                r = client.get(httpx.URL(str(r.url)).join(abort))
+                assert r.status_code == 403 and "declined" in r.text
+                assert str(r.url).startswith(f"{term}/_hub/oauth/callback")
+
+
+@pytest.mark.oidc
+def test_provider_failures_end_on_clear_pages(tmp_path, envs, proxy_port):
+    dead = free_port()
+    with npm_oidc_provider(
+        [
+            {
+                "client_id": "hub",
+                "client_secret": "hub-secret",
+                "redirect_uris": callbacks(proxy_port),
+            }
+        ]
+    ) as issuer:
+        cases = [
+            ({"token_url": f"http://127.0.0.1:{dead}/token"}, 502, "could not be reached"),
+            ({"userinfo_url": f"http://127.0.0.1:{dead}/me"}, 502, "could not be reached"),
+            ({"userinfo_path": "ocs.data.id"}, 502, "ocs.data.id"),
+            ({"client_secret": "wrong"}, 502, "invalid_client"),
+        ]
+        for overrides, status, text in cases:
+            base = hub_config(tmp_path, envs, issuer).oauth
+            oauth = OAuthConfig(**{**base.__dict__, **overrides})
+            config = hub_config(tmp_path, envs, issuer, oauth=oauth)
+            hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
+            with running_proxy(config, hub, proxy_port):
+                term = f"http://term.{DOMAIN}:{proxy_port}"
+                with browser(DOMAIN, proxy_port) as client:
+                    r = provider_login(client, client.get(f"{term}/"), "alice")
+                    assert r.status_code == status, (overrides, r.text[:500])
+                    assert text in r.text, (overrides, r.text[:800])
+                    assert "Log in again" in r.text
+                    assert hub.ensure_calls == []
+                    # replaying the callback (code already used, state cookie gone) is a 400 page
+                    replay = client.get(r.url, follow_redirects=False)
+                    assert replay.status_code == 400
+
+
+def ws_connect(port: int, host: str, cookie: str, path: str = "/ws"):
+    sock = socket.create_connection(("127.0.0.1", port), 5)
+    ws = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(
+        ws.send(Request(host=host, target=path, extra_headers=[(b"cookie", cookie.encode())]))
+    )
+    while True:
+        data = sock.recv(65536)
+        assert data, "closed during handshake"
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, AcceptConnection):
+                return sock, ws
+            if isinstance(event, RejectConnection):
+                sock.close()
+                raise AssertionError(f"WebSocket refused with {event.status_code}")
+
+
+def ws_roundtrip(sock, ws, text: str) -> str | None:
+    sock.sendall(ws.send(Message(data=text)))
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return None
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, TextMessage):
+                return event.data
+            if isinstance(event, CloseConnection):
+                return None
+
+
+@pytest.mark.oidc
+def test_websocket_relays_stamps_activity_and_closes_at_logout(tmp_path, envs, proxy_port):
+    with npm_oidc_provider(
+        [
+            {
+                "client_id": "hub",
+                "client_secret": "hub-secret",
+                "redirect_uris": callbacks(proxy_port),
+            }
+        ]
+    ) as issuer:
+        hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
+        with running_proxy(hub_config(tmp_path, envs, issuer), hub, proxy_port) as proxy:
+            term = f"http://term.{DOMAIN}:{proxy_port}"
+            with browser(DOMAIN, proxy_port) as client:
+                provider_login(client, client.get(f"{term}/"), "alice")
+                wait_ready(client, term)
+                cookie = "rediacc_hub_session=" + client.cookies.get("rediacc_hub_session")
+                host = f"term.{DOMAIN}:{proxy_port}"
+                sock, ws = ws_connect(proxy_port, host, cookie)
+                hub.touches.clear()
+                for i in range(50):
+                    assert ws_roundtrip(sock, ws, f"m{i}") == f"alice-term:m{i}"
+                assert hub.touches.count(("alice", "ws-in")) == 50
+                assert hub.touches.count(("alice", "ws-out")) == 50
+                # no frames are retained by the proxy
+                (flows,) = proxy.context.websockets.values()
+                assert all(f.websocket.messages == [] for f in flows)
+                client.get(f"{term}/_hub/logout")
+                sock.settimeout(5)
+                assert ws_roundtrip(sock, ws, "after logout") is None
+                sock.close()
+                # a new WebSocket with the old cookie is refused
+                with pytest.raises(AssertionError, match="refused with 401"):
+                    ws_connect(proxy_port, host, cookie)
+
+
+@pytest.mark.parametrize(
+    ("claims", "path"),
+    [
+        ({"login": "octocat", "id": 583231}, "login"),  # GitHub's /user
+        ({"ocs": {"meta": {"status": "ok"}, "data": {"id": "ncuser"}}}, "ocs.data.id"),  # Nextcloud
+    ],
+)
+def test_userinfo_shapes_of_github_and_nextcloud(tmp_path, envs, proxy_port, claims, path):
+    from oidc_provider_mock import User, run_server_in_thread
+
+    with run_server_in_thread(user_claims=[User(sub="someone", claims=claims)]) as server:
+        issuer = f"http://localhost:{server.server_port}"
+        oauth = OAuthConfig(
+            client_id="any-client",
+            client_secret="any-secret",
+            authorize_url=f"{issuer}/oauth2/authorize",
+            token_url=f"{issuer}/oauth2/token",
+            userinfo_url=f"{issuer}/userinfo",
+            userinfo_path=path,
+        )
+        hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
+        config = hub_config(tmp_path, envs, issuer, oauth=oauth)
+        with running_proxy(config, hub, proxy_port) as proxy:
+            term = f"http://term.{DOMAIN}:{proxy_port}"
+            with browser(DOMAIN, proxy_port) as client:
+                r = client.get(f"{term}/")
+                assert "/oauth2/authorize" in str(r.url)
+                r = client.post(r.url, data={"sub": "someone"})
+                assert r.status_code in (200, 503), r.text[:500]
+            expected = "octocat" if path == "login" else "ncuser"
+            (session,) = proxy.context.sessions._sessions.values()
+            assert session.user == expected
+            assert hub.ensure_calls == [(expected, None)]
+            json.dumps(claims)

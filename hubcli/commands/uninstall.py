@@ -18,6 +18,7 @@ from hubcli.commands.install import (
     systemd_absent_reason,
 )
 from hubcli.output import EXIT_FAILURE, console, fail, print_warning
+from hubcontrol import gc
 from hubcontrol import install as inst
 from hubcontrol.config import load_config
 from hubcontrol.errors import HubError
@@ -31,6 +32,22 @@ def _workspace_dir(compose_file: Path) -> Path | None:
             f"cannot read {compose_file} ({exc.user_message.splitlines()[0]}); removing the installed files anyway"
         )
         return None
+
+
+def _warn_running_daemons(workspace: Path | None) -> None:
+    """Per-user daemons outlive the hub (KillMode=process): say which ones still run."""
+    if workspace is None or not workspace.is_dir():
+        return
+    try:
+        plan = gc.plan_gc(workspace, sizes=False)
+    except HubError:
+        return
+    running = [e for e in plan.entries if e.kind is gc.Kind.DATA_ROOT and "running" in e.reason]
+    for e in running:
+        print_warning(
+            f"the daemon of user {e.user} keeps running without the hub ({e.reason}); "
+            "`hub stop <user>` before `hub uninstall` stops it cleanly, or stop that process"
+        )
 
 
 def uninstall_command(
@@ -67,6 +84,7 @@ def uninstall_command(
         print_systemctl_hint(
             [*inst.UNINSTALL_STOP, *inst.UNINSTALL_RELOAD], root, systemd_absent_reason(root)
         )
+    _warn_running_daemons(workspace)
     where = str(workspace) if workspace else "<workspace-dir>"
     console.print(
         f"[green]preserved:[/] data-roots {escape(where)}/<user>-docker/, workspaces "

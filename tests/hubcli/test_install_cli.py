@@ -12,6 +12,8 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -230,3 +232,41 @@ def test_reinstall_without_traefik_labels_removes_old_routes(repo: Path, tmp_pat
     assert not traefik.exists() and "removed" in result.output
     assert "route 'notebook'" in result.output  # the warning about the missing router
     assert "--port=7200" in (root / "etc/systemd/system/rediacc-hub.service").read_text()
+
+
+def test_uninstall_warns_about_daemons_that_keep_running(repo: Path, tmp_path: Path):
+    # A stand-in process named dockerd with the user's --data-root: GC's detection reads /proc
+    # command lines (tests/hubcontrol/test_gc_host.py detects a real dockerd the same way).
+    ws = tmp_path / "ws"
+    data = ws / "zoe-docker/.rediacc/docker/data"
+    data.mkdir(parents=True)
+    (ws / "zoe-docker/.networkid").write_text("288768\n")
+    compose = repo / "docker-compose.yml"
+    compose.write_text(
+        compose.read_text().replace("${REDIACC_WORKING_DIR}/devbox/workspaces", str(ws))
+    )
+    root = tmp_path / "root"
+    assert run("install", str(compose), "--root", str(root)).exit_code == 0
+    sleeper = subprocess.Popen(
+        [
+            "bash",
+            "-c",
+            # the real interpreter: a pyenv shim would re-exec and lose argv[0]
+            f'exec -a dockerd {os.path.realpath(sys.executable)} -c "import time; time.sleep(60)" '
+            f"--data-root {data}",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 5
+        while b"dockerd" not in Path(f"/proc/{sleeper.pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        result = run("uninstall", str(compose), "--root", str(root))
+        assert result.exit_code == 0, result.output
+        assert (
+            "user zoe keeps running" in result.output
+            and f"dockerd pid {sleeper.pid}" in result.output
+        )
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -111,11 +111,96 @@ VALUES = {
 }
 
 
+def systemd_env_file(text: str) -> dict[str, str]:
+    """systemd's EnvironmentFile= parser (``parse_env_file_internal`` in src/basic/env-file.c,
+    v256), transcribed state for state: systemd itself cannot run here (PID 1 is not systemd)."""
+    out: dict[str, str] = {}
+    state, key, value, key_ws, value_ws = "pre_key", "", "", 0, 0
+
+    def emit():
+        out[key[: len(key) - key_ws] if key_ws else key] = (
+            value[: len(value) - value_ws] if value_ws else value
+        )
+
+    for c in text:
+        if state == "pre_key":
+            if c in "#;":
+                state = "comment"
+            elif c not in " \t\n\r":
+                state, key = "key", c
+        elif state == "key":
+            if c in "\n\r":
+                state = "pre_key"
+            elif c == "=":
+                state = "pre_value"
+            else:
+                key_ws = key_ws + 1 if c in " \t" else 0
+                key += c
+        elif state in ("pre_value", "value"):
+            if c in "\n\r":
+                emit()
+                state, key, value, key_ws, value_ws = "pre_key", "", "", 0, 0
+            elif state == "pre_value" and c == "'":
+                state = "single"
+            elif state == "pre_value" and c == '"':
+                state = "double"
+            elif c == "\\":
+                state, value_ws = "escape", 0
+            elif state == "pre_value" and c in " \t":
+                pass
+            else:
+                value_ws = value_ws + 1 if (state == "value" and c in " \t") else 0
+                state, value = "value", value + c
+        elif state == "escape":
+            state = "value"
+            if c not in "\n\r":
+                value += c
+        elif state == "single":
+            if c == "'":
+                state = "pre_value"
+            else:
+                value += c
+        elif state == "double":
+            if c == '"':
+                state = "pre_value"
+            elif c == "\\":
+                state = "double_escape"
+            else:
+                value += c
+        elif state == "double_escape":
+            state = "double"
+            if c in '"\\`$':
+                value += c
+            elif c != "\n":
+                value += "\\" + c
+        elif state == "comment":
+            if c == "\\":
+                state = "comment_escape"
+            elif c in "\n\r":
+                state = "pre_key"
+        elif state == "comment_escape":
+            state = "pre_key" if c in "\n\r" else "comment"
+    assert state in ("pre_key", "key", "pre_value", "value", "comment"), f"unterminated: {state}"
+    if state in ("pre_value", "value"):
+        emit()
+    return out
+
+
 def test_env_file_reads_back_identically(tmp_path: Path):
     text = inst.render_env_file(VALUES)
     path = tmp_path / "hub.env"
     path.write_text(text)
-    assert parse_env_file(path, environ={}) == VALUES
+    assert parse_env_file(path, environ={}) == VALUES  # compose, as hub.labels.yaml reads it
+    assert systemd_env_file(text) == VALUES  # systemd, as EnvironmentFile= reads it
+
+
+def test_systemd_env_file_transcription():
+    assert systemd_env_file('A=1\n# c\nB = two words  \nC=\'x y\'\nD="a\\"b\\$c\\q"\n') == {
+        "A": "1",
+        "B": "two words",
+        "C": "x y",
+        "D": 'a"b$c\\q',
+    }
 
 
 @pytest.mark.parametrize(

@@ -537,6 +537,8 @@ def _plan_checkpoints(
         )
         if root is None and action is Action.REMOVE:
             reason += " (no data-root)"
+        if image.is_symlink():  # the checkpointer writes directories; a link is not its image
+            action, reason = Action.REFUSE, f"symlink to {real}; checkpoint images are never links"
         size = disk_usage(image) if sizes and action is Action.REMOVE else None
         out.append(GCEntry(Kind.CHECKPOINT, image, user, net_id, age, size, action, reason))
     return out

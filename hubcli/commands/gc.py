@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.filesize import decimal
@@ -48,6 +48,12 @@ def _table(plan: gc.GCPlan, dry_run: bool) -> Table:
     return table
 
 
+def _usage_error(message: str, as_json: bool) -> NoReturn:
+    if as_json:  # automation reads stdout: give it something to parse
+        print_json({"schema_version": 1, "errors": [message]})
+    fail(message, EXIT_USAGE)
+
+
 def gc_command(
     workspace_dir: Annotated[
         Path, typer.Argument(help="the hub's --workspace-dir", show_default=False)
@@ -75,12 +81,12 @@ def gc_command(
     try:
         seconds = parse_duration(max_age)
     except ValueError as exc:
-        fail(f"--max-age: {exc}", EXIT_USAGE)
+        _usage_error(f"--max-age: {exc}", as_json)
     probe = gc.HostProbe(claims_dir=netid_registry)
     try:
         plan = gc.plan_gc(workspace_dir, max_age=seconds, probe=probe)
     except GCError as exc:
-        fail(exc, EXIT_USAGE)
+        _usage_error(exc.user_message, as_json)
     if not dry_run and plan.candidates:
         with err_console.status(f"removing {len(plan.candidates)} candidates ..."):
             plan = gc.apply_gc(plan, probe=probe)

@@ -88,6 +88,9 @@ def test_usage_errors_exit_2(ws: Path, args, message):
 def test_missing_workspace_dir_exits_2(tmp_path: Path):
     result = CliRunner().invoke(app, ["gc", str(tmp_path / "nope")])
     assert result.exit_code == 2 and "does not exist" in result.output
+    as_json = CliRunner().invoke(app, ["gc", str(tmp_path / "nope"), "--json"])
+    assert as_json.exit_code == 2
+    assert "does not exist" in json.loads(as_json.stdout)["errors"][0]
 
 
 @pytest.mark.docker  # needs root for chattr +i

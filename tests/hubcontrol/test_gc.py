@@ -261,6 +261,10 @@ def test_orphaned_checkpoints(tmp_path: Path, probe: HostProbe):
         return p
 
     gone = image("gone", "ck1", old)  # no data-root at all: its container is gone
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (ws / "gone/.checkpoint/ck3").symlink_to(elsewhere)
+    os.utime(ws / "gone/.checkpoint/ck3", (old, old), follow_symlinks=False)
     fresh = image("gone", "ck2", now)  # too young
     # kept: a container in the (young) data-root still links to .checkpoint
     make_data_root(ws, "linked", 32768, 1, now)
@@ -278,10 +282,11 @@ def test_orphaned_checkpoints(tmp_path: Path, probe: HostProbe):
     entries = by_path(plan)
     assert entries["gone:ck1"].action is Action.REMOVE
     assert entries["gone:ck2"].action is Action.KEEP
+    assert entries["gone:ck3"].action is Action.REFUSE
     assert entries["linked:ck1"].action is Action.KEEP and "abc" in entries["linked:ck1"].reason
     assert entries["nolink:ck1"].action is Action.REMOVE
     assert entries["dead:ck1"].action is Action.KEEP
     gc.apply_gc(plan, probe=probe, now=now)
     assert not gone.exists() and not orphan.exists()
-    assert fresh.exists() and linked.exists() and dead.exists()
+    assert fresh.exists() and linked.exists() and dead.exists() and elsewhere.is_dir()
     assert (ws / "gone").is_dir()  # the workspace itself stays

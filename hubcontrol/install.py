@@ -506,7 +506,21 @@ def plan_install(
     hub_exe: str,
     upstream_host: str = DEFAULT_UPSTREAM_HOST,
 ) -> InstallPlan:
-    """Every artefact for a loaded compose service (``hubcontrol.compose.ComposeService``)."""
+    """Every artefact for a loaded compose service (``hubcontrol.compose.ComposeService``).
+
+    Refuses a command with unset variables: compose would substitute empty strings, and the
+    unit would keep them (``--workspace-dir=/devbox/workspaces``) long after the shell is gone.
+    """
+    unset = [w for w in service.warnings if "is not set" in w and "(in command:" in w]
+    if unset:
+        raise ConfigError(
+            [
+                f"{w.split(';')[0]}, but the hub's command uses it ({w.split('(in ', 1)[-1].rstrip(')')}); "
+                "set it in the environment of `hub install` or in the env_file, or write the value "
+                "into the compose file"
+                for w in unset
+            ]
+        )
     source = f"{service.path} (service {service.name})"
     argv = exec_start_argv(service.command, hub_exe=hub_exe)
     hub_port = hub_port_of(argv)

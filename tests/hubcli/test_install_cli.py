@@ -270,3 +270,14 @@ def test_uninstall_warns_about_daemons_that_keep_running(repo: Path, tmp_path: P
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_install_refuses_unset_variables_in_the_command(repo: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("REDIACC_WORKING_DIR")
+    result = CliRunner().invoke(
+        app, ["install", str(repo / "docker-compose.yml"), "--root", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2
+    assert "variable REDIACC_WORKING_DIR is not set, but the hub's command uses it" in result.output
+    assert "--workspace-dir=${REDIACC_WORKING_DIR}/devbox/workspaces" in result.output
+    assert not (tmp_path / "r").exists()

@@ -181,6 +181,9 @@ class PolicyContext:
         "10.208.0.0/12",
     )
     allowed_registries: frozenset[str] = frozenset()  # host[:port] allowed despite the above
+    # The address the daemon binds published ports to (its daemon.json "ip": the user's own
+    # bridge address); None refuses publishing, since the default is every host interface.
+    publish_ip: str | None = None
     realpath: Callable[[str], str] = os.path.realpath
 
 
@@ -754,17 +757,6 @@ FORBIDDEN_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("CgroupParent", "--cgroup-parent", _WHY_CGROUP_PARENT),
     ("Cgroup", "joining another container's cgroup (Cgroup)", _WHY_CGROUP_PARENT),
     (
-        "PortBindings",
-        "publishing ports on the host (-p)",
-        "a published port listens on the host's network, reachable without the hub's login; "
-        "reach the container from your environment by its name or address instead",
-    ),
-    (
-        "PublishAllPorts",
-        "publishing ports on the host (-P)",
-        "a published port listens on the host's network, reachable without the hub's login",
-    ),
-    (
         "OomKillDisable",
         "--oom-kill-disable",
         "the kernel would kill host processes instead of the container",
@@ -797,8 +789,32 @@ def _check_resources(hc: JObject) -> None:
             raise _refuse(what, why)
 
 
+_WHY_PUBLISH = (
+    "a port published on the host's interfaces is reachable without the hub's login and can take "
+    "over the hub's or another service's port; reach the container from your environment by its "
+    "name or address instead"
+)
+
+
+def _check_ports(hc: JObject, ctx: PolicyContext) -> None:
+    """Published ports are allowed only where the daemon binds them to the user's own bridge
+    address (``ctx.publish_ip``, the daemon's ``"ip"`` setting), and only at that address."""
+    bindings = _obj(hc.field("PortBindings"))
+    publish_all = _truthy(hc.field("PublishAllPorts"))
+    if not bindings and not publish_all:
+        return
+    if ctx.publish_ip is None:
+        raise _refuse("publishing ports on the host (-p/-P)", _WHY_PUBLISH)
+    for port, entries in bindings.pairs:
+        for entry in _list(entries):
+            host_ip = _obj(entry).field("HostIp") or ""
+            if host_ip not in ("", ctx.publish_ip):
+                raise _refuse(f"publishing port {port} on {host_ip}", _WHY_PUBLISH)
+
+
 def _check_host_config(hc: JObject, ctx: PolicyContext, facts: Facts) -> None:
     _check_resources(hc)
+    _check_ports(hc, ctx)
     # MaskedPaths: [] is how "systempaths=unconfined" arrives; an empty list is not the zero value.
     for name in ("MaskedPaths", "ReadonlyPaths"):
         if hc.field(name) is not None:

@@ -26,13 +26,15 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -42,6 +44,7 @@ from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from hubcontrol import dockerpolicy as policy
+from hubcontrol.errors import DaemonError
 
 log = logging.getLogger(__name__)
 
@@ -566,7 +569,7 @@ def unmount_bind_root(bind_root: str) -> None:
 
 @dataclass(frozen=True)
 class ProxyArgs:
-    """What the supervisor needs to start a user's policy socket next to their dockerd."""
+    """Everything a user's policy socket process is started with."""
 
     listen: str
     upstream: str
@@ -575,16 +578,20 @@ class ProxyArgs:
     bind_root: str | None = None
     user_networks: tuple[str, ...] = ()
     allowed_registries: tuple[str, ...] = ()
+    publish_ip: str | None = None
     idle_timeout: float = 30.0
-    extra: tuple[str, ...] = field(default=())
+    pidfile: str | None = None
 
 
 def default_bind_root(listen: str | Path) -> str:
-    return str(Path(listen).parent / "workspace")
+    """``<exec-root>/workspace`` for a socket at ``<exec-root>/env/docker.sock``: beside the env
+    directory, never inside it (the environment mounts that directory, and the view holds the
+    checkpoint images the environment must not see)."""
+    return str(Path(listen).parent.parent / "workspace")
 
 
 def command(args: ProxyArgs, python: str = sys.executable) -> list[str]:
-    """The argv that runs a policy socket as its own process (for the daemon supervisor)."""
+    """The argv that runs a policy socket as its own process."""
     argv = [
         python,
         "-m",
@@ -600,16 +607,158 @@ def command(args: ProxyArgs, python: str = sys.executable) -> list[str]:
         "--idle-timeout",
         str(args.idle_timeout),
     ]
-    if args.bind_root:
-        argv += ["--bind-root", args.bind_root]
+    for flag, value in (
+        ("--bind-root", args.bind_root),
+        ("--publish-ip", args.publish_ip),
+        ("--pidfile", args.pidfile),
+    ):
+        if value:
+            argv += [flag, value]
     for net in args.user_networks:
         argv += ["--user-network", net]
     for reg in args.allowed_registries:
         argv += ["--allow-registry", reg]
-    return argv + list(args.extra)
+    return argv
 
 
-def config_from_argv(argv: Sequence[str]) -> ProxyConfig:
+def args_for(
+    spec,
+    *,
+    workspace: Path | str,
+    container_workspace: str,
+    net=None,
+    allowed_registries: Sequence[str] = (),
+) -> ProxyArgs:
+    """The policy socket of the per-user daemon ``spec`` (a ``supervisor.DaemonSpec``): it serves
+    ``spec.env_socket_path`` and forwards to ``spec.socket``; ``net`` (a ``network.UserNetwork``)
+    gives the address block the user's own networks and published ports may use."""
+    return ProxyArgs(
+        listen=str(spec.env_socket_path),
+        upstream=str(spec.socket),
+        workspace=str(workspace),
+        container_workspace=container_workspace,
+        bind_root=str(spec.exec_root / "workspace"),
+        user_networks=(str(net.address_pool),) if net is not None else (),
+        publish_ip=str(net.bridge_address.ip) if net is not None else None,
+        allowed_registries=tuple(allowed_registries),
+        pidfile=str(spec.exec_root / "policy.pid"),
+    )
+
+
+def running_pid(args: ProxyArgs) -> int | None:
+    """The PID of the policy socket process serving ``args.listen``, or None."""
+    if not args.pidfile:
+        return None
+    try:
+        pid = int(Path(args.pidfile).read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    if b"hubcontrol.socketproxy" in cmdline and args.listen.encode() in cmdline:
+        return pid
+    return None
+
+
+def start(args: ProxyArgs, *, log_path: Path | str | None = None, timeout: float = 15.0) -> int:
+    """Start the policy socket process unless one serves ``args.listen`` already; return its PID
+    once the socket accepts connections. The process is detached (``setsid --fork``): it outlives
+    the hub, as the user's dockerd does. Under systemd use ``systemd_unit`` instead."""
+    pid = running_pid(args)
+    if pid is not None:
+        return pid
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        subprocess.run(
+            ["setsid", "--fork", *command(args)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=True,
+            close_fds=True,
+            cwd="/",
+        )
+    finally:
+        if log_path:
+            out.close()
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while time.monotonic() < deadline:
+        pid = running_pid(args)
+        if pid is not None and _accepts(args.listen):
+            return pid
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+    raise DaemonError(
+        "The hub could not open your environment's docker socket.",
+        f"policy socket {args.listen} did not start within {timeout:.0f} s"
+        + (f"; see {log_path}" if log_path else ""),
+    )
+
+
+def stop(args: ProxyArgs, timeout: float = 10.0) -> None:
+    """Stop the policy socket process (SIGTERM, then SIGKILL) and remove what it leaves."""
+    pid = running_pid(args)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    unmount_bind_root(args.bind_root or default_bind_root(args.listen))
+    for path in (args.listen, args.pidfile):
+        with contextlib.suppress(OSError, TypeError):
+            if path and (path == args.pidfile or stat.S_ISSOCK(os.lstat(path).st_mode)):
+                os.unlink(path)
+
+
+def drop_idle_connections(args: ProxyArgs) -> bool:
+    """Ask the policy socket to close idle client connections now (before a CRIU dump: an open
+    docker.sock connection in the container makes the dump fail). False when none runs."""
+    pid = running_pid(args)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGUSR1)
+    return True
+
+
+def systemd_unit(args: ProxyArgs, daemon_unit: str, python: str = sys.executable) -> str:
+    """A unit that runs the policy socket beside ``daemon_unit`` and stops with it."""
+    quoted = " ".join(shlex.quote(a) for a in command(args, python))
+    return (
+        "[Unit]\n"
+        f"Description=Rediacc Hub docker-socket policy for {args.listen}\n"
+        f"BindsTo={daemon_unit}\nAfter={daemon_unit}\nPartOf={daemon_unit}\n\n"
+        "[Service]\nType=simple\n"
+        f"ExecStart={quoted}\n"
+        "Restart=always\nRestartSec=1\nKillMode=mixed\nSlice=rediacc.slice\n\n"
+        f"[Install]\nWantedBy={daemon_unit}\n"
+    )
+
+
+def _accepts(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.settimeout(1)
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def config_from_argv(argv: Sequence[str]) -> tuple[ProxyConfig, str | None]:
     p = argparse.ArgumentParser(
         prog="python -m hubcontrol.socketproxy", description=__doc__.split("\n")[0]
     )
@@ -617,16 +766,22 @@ def config_from_argv(argv: Sequence[str]) -> ProxyConfig:
     p.add_argument("--upstream", required=True, help="the user's dockerd socket")
     p.add_argument("--workspace", required=True, help="host path of the user's workspace")
     p.add_argument("--container-workspace", default="/workspace")
+    p.add_argument("--bind-root", help="nosymfollow view of the workspace (default: beside env/)")
     p.add_argument(
-        "--bind-root", help="nosymfollow view of the workspace (default: next to --listen)"
+        "--user-network",
+        action="append",
+        default=[],
+        help="CIDR the user's own networks may use (repeatable)",
     )
     p.add_argument(
-        "--user-network", action="append", default=[], help="CIDR the user's networks may use"
+        "--allow-registry",
+        action="append",
+        default=[],
+        help="registry host[:port] allowed even on a local address (repeatable)",
     )
-    p.add_argument(
-        "--allow-registry", action="append", default=[], help="host[:port] always allowed"
-    )
+    p.add_argument("--publish-ip", help='address the daemon binds published ports to (its "ip")')
     p.add_argument("--idle-timeout", type=float, default=30.0)
+    p.add_argument("--pidfile", help="write the process ID here while serving")
     a = p.parse_args(argv)
     listen = Path(a.listen)
     ctx = policy.PolicyContext(
@@ -636,30 +791,39 @@ def config_from_argv(argv: Sequence[str]) -> ProxyConfig:
         policy_socket=str(listen),
         user_networks=tuple(a.user_network),
         allowed_registries=frozenset(a.allow_registry),
+        publish_ip=a.publish_ip,
     )
-    return ProxyConfig(
+    config = ProxyConfig(
         listen=listen, upstream=Path(a.upstream), context=ctx, idle_timeout=a.idle_timeout
     )
+    return config, a.pidfile
 
 
-async def _run(config: ProxyConfig) -> None:
+async def _run(config: ProxyConfig, pidfile: str | None) -> None:
     server = PolicySocket(config)
     async with anyio.create_task_group() as tg:
         await tg.start(server.serve)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
-            async for signum in signals:
-                if signum == signal.SIGUSR1:
-                    log.info("dropped %d idle connections", server.drop_idle())
-                    continue
-                tg.cancel_scope.cancel()
-                return
+        if pidfile:
+            Path(pidfile).write_text(f"{os.getpid()}\n")
+        try:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as sigs:
+                async for signum in sigs:
+                    if signum == signal.SIGUSR1:
+                        log.info("dropped %d idle connections", server.drop_idle())
+                        continue
+                    tg.cancel_scope.cancel()
+                    return
+        finally:
+            if pidfile:
+                with contextlib.suppress(OSError):
+                    os.unlink(pidfile)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    config = config_from_argv(sys.argv[1:] if argv is None else argv)
-    anyio.run(_run, config)
+    config, pidfile = config_from_argv(sys.argv[1:] if argv is None else argv)
+    anyio.run(_run, config, pidfile)
 
 
 if __name__ == "__main__":

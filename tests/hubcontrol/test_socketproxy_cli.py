@@ -5,13 +5,13 @@ real scratch dockerd: refused requests get the clear error and leave nothing beh
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
 
 import pytest
 
+from hubcontrol import socketproxy
 from tests.security.policysocket import policy_socket
 from tests.support.dockerd import scratch_dockerd
 from tests.support.images import import_busybox
@@ -378,14 +378,15 @@ def test_refusals_are_docker_json_errors(sock):
 
 
 def test_idle_connections_are_dropped_on_sigusr1(sock):
-    import signal
     import socket as pysocket
 
     s = pysocket.socket(pysocket.AF_UNIX)
     s.connect(str(sock.socket))
     s.sendall(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
-    assert b"OK" in s.recv(4096)
-    os.kill(sock.proc.pid, signal.SIGUSR1)
+    response = b""
+    while not response.endswith(b"\r\n\r\nOK"):
+        response += s.recv(4096)
+    assert socketproxy.drop_idle_connections(sock.args)
     s.settimeout(5)
     assert s.recv(4096) == b""  # closed by the proxy: nothing left open for CRIU to trip on
     s.close()

@@ -1,29 +1,25 @@
-"""Start a real policy socket (``python -m hubcontrol.socketproxy``, its own process, as in
-production) in front of a scratch dockerd, with a temporary workspace."""
+"""Start a real policy socket in front of a scratch dockerd, with a temporary workspace, the way
+the hub does: ``socketproxy.start`` runs ``python -m hubcontrol.socketproxy`` as its own detached
+process, ``socketproxy.stop`` ends it and removes its bind-root view."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import signal
-import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from hubcontrol import socketproxy
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
 class PolicySocket:
     socket: Path
     workspace: Path
-    bind_root: Path
-    proc: subprocess.Popen
+    args: socketproxy.ProxyArgs
+    pid: int
     log: Path
 
     @property
@@ -36,47 +32,33 @@ class PolicySocket:
             os.environ,
             DOCKER_HOST=self.url,
             DOCKER_BUILDKIT="0",
-            DOCKER_CONFIG=str(self.workspace.parent / "cli"),
+            DOCKER_CONFIG=str(self.workspace.parent.parent / "cli"),
         )
 
 
 @contextlib.contextmanager
-def policy_socket(daemon, *, user_networks: tuple[str, ...] = ()):
+def policy_socket(daemon, *, user_networks: tuple[str, ...] = (), publish_ip: str | None = None):
     tmp = Path(tempfile.mkdtemp(prefix="hubpolicy-", dir="/tmp"))
     workspace = tmp / "ws" / "alice"
     workspace.mkdir(parents=True)
     (workspace / ".checkpoint").mkdir()
-    listen = Path(f"{daemon.socket.parent}p/env/docker.sock")
+    exec_root = Path(f"{daemon.socket.parent}p")
     args = socketproxy.ProxyArgs(
-        listen=str(listen),
+        listen=str(exec_root / "env" / "docker.sock"),
         upstream=str(daemon.socket),
         workspace=str(workspace),
         user_networks=user_networks,
+        publish_ip=publish_ip,
         idle_timeout=5,
+        pidfile=str(tmp / "policy.pid"),
     )
-    log = tmp / "proxy.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            socketproxy.command(args), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
-        )
+    log = tmp / "policy.log"
     try:
-        deadline = time.monotonic() + 15
-        while not listen.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"policy socket did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.05)
-        yield PolicySocket(
-            listen, workspace, Path(socketproxy.default_bind_root(listen)), proc, log
-        )
+        pid = socketproxy.start(args, log_path=log)
+        yield PolicySocket(Path(args.listen), workspace, args, pid, log)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        # The proxy unmounts its bind root on exit; make sure, then never rmtree through a mount.
-        socketproxy.unmount_bind_root(socketproxy.default_bind_root(listen))
-        shutil.rmtree(listen.parent.parent, ignore_errors=True)
+        socketproxy.stop(args)
+        # stop() unmounts the bind-root view; never rmtree through a mount regardless
+        socketproxy.unmount_bind_root(socketproxy.default_bind_root(args.listen))
+        shutil.rmtree(exec_root, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -19,6 +19,7 @@ from hubcli.output import EXIT_FAILURE, EXIT_USAGE, console, err_console, fail, 
 from hubcontrol import install as inst
 from hubcontrol.compose import load_compose
 from hubcontrol.config import load_config
+from hubcontrol.durations import parse_duration
 from hubcontrol.errors import ConfigError, HubError
 
 STATUS_STYLE = {
@@ -129,6 +130,18 @@ def install_command(
         str,
         typer.Option("--upstream-host", help="address Traefik uses to reach the hub's --port"),
     ] = inst.DEFAULT_UPSTREAM_HOST,
+    gc_timer: Annotated[
+        bool | None,
+        typer.Option(
+            "--gc-timer/--no-gc-timer",
+            help="also install (or remove) a daily `hub gc` timer for the hub's workspace dir; "
+            "by default an existing timer is left as it is",
+            show_default=False,
+        ),
+    ] = None,
+    gc_max_age: Annotated[
+        str, typer.Option("--gc-max-age", help="--max-age of the GC timer's `hub gc`")
+    ] = "30d",
 ) -> None:
     """Install the hub as the systemd service rediacc-hub and start it.
 
@@ -142,10 +155,20 @@ def install_command(
     try:
         svc = load_compose(compose_file, service=service, env_file=env_file)
         # Refuse to install a configuration the hub would refuse to start with.
-        load_config(compose_file, service=service, env_file=env_file)
-        plan = inst.plan_install(svc, hub_exe=hub_executable(), upstream_host=upstream_host)
+        config = load_config(compose_file, service=service, env_file=env_file)
+        parse_duration(gc_max_age)
+        plan = inst.plan_install(
+            svc,
+            hub_exe=hub_executable(),
+            upstream_host=upstream_host,
+            gc_timer=gc_timer,
+            gc_max_age=gc_max_age,
+            workspace_dir=config.workspace_dir,
+        )
     except ConfigError as exc:
         fail(exc, EXIT_USAGE)
+    except ValueError as exc:
+        fail(f"--gc-max-age: {exc}", EXIT_USAGE)
     for warning in (*svc.warnings, *plan.warnings):
         print_warning(warning)
     artefacts = list(plan.artefacts)
@@ -171,7 +194,10 @@ def install_command(
             "hub install writes to /etc and /opt: run it as root (sudo hub install ...)",
             EXIT_FAILURE,
         )
+    stop = inst.stop_commands(plan, root)  # before the files it names are gone
     try:
+        if inst.systemd_running(root):
+            inst.run_systemctl(stop)
         changes = inst.write_artefacts(artefacts, root)
         changes += [c for c in inst.remove_artefacts(plan.remove, root) if c.status == "removed"]
     except HubError as exc:
@@ -186,7 +212,7 @@ def install_command(
             fail(exc, EXIT_FAILURE)
         console.print(f"[green]started:[/] {inst.UNIT_NAME} (systemctl status {inst.UNIT_NAME})")
     else:
-        print_systemctl_hint(cmds, root, systemd_absent_reason(root))
+        print_systemctl_hint([*stop, *cmds], root, systemd_absent_reason(root))
     if all(c.status == "unchanged" for c in changes):
         console.print("[dim]already installed: nothing changed[/]")
 

@@ -53,7 +53,7 @@ def _warn_running_daemons(workspace: Path | None) -> None:
 def uninstall_command(
     compose_file: ComposeArg, root: RootOpt = Path("/"), dry_run: DryRunOpt = False
 ) -> None:
-    """Stop and disable rediacc-hub and remove its unit, labels, environment and Traefik files.
+    """Stop and disable rediacc-hub and remove its unit, labels, environment, Traefik and GC files.
 
     Per-user data-roots (<workspace>/<user>-docker/), workspaces (<workspace>/<user>/), audit
     logs and the hub's state are preserved; `hub gc` prunes data-roots later. Exit codes: 0
@@ -70,9 +70,8 @@ def uninstall_command(
         return
     if systemd:
         # "disable --now" of a unit that was never installed fails; that is not an error here.
-        subprocess.run(
-            ["systemctl", "disable", "--now", inst.UNIT_NAME], capture_output=True, check=False
-        )
+        for cmd in inst.UNINSTALL_STOP:
+            subprocess.run(cmd, capture_output=True, check=False)
     try:
         changes = inst.remove_artefacts(inst.ALL_PATHS, root)
         if systemd:

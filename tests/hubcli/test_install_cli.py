@@ -281,3 +281,42 @@ def test_install_refuses_unset_variables_in_the_command(repo: Path, tmp_path: Pa
     assert "variable REDIACC_WORKING_DIR is not set, but the hub's command uses it" in result.output
     assert "--workspace-dir=${REDIACC_WORKING_DIR}/devbox/workspaces" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_gc_timer_is_opt_in_and_left_alone_by_default(repo: Path, tmp_path: Path):
+    root = tmp_path / "root"
+    compose = str(repo / "docker-compose.yml")
+    service = root / "etc/systemd/system/rediacc-hub-gc.service"
+    timer = root / "etc/systemd/system/rediacc-hub-gc.timer"
+    result = run("install", compose, "--root", str(root), "--gc-timer", "--gc-max-age", "2w")
+    assert result.exit_code == 0, result.output
+    assert "systemctl enable --now rediacc-hub-gc.timer" in result.output
+    if shutil.which("systemd-analyze"):
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", str(service), str(timer)], capture_output=True, text=True
+        )
+        assert verify.returncode == 0 and "rediacc-hub-gc" not in verify.stderr, verify.stderr
+    exec_start = configparser.ConfigParser(interpolation=None)
+    exec_start.read(service)
+    argv = exec_start["Service"]["ExecStart"].split()
+    assert argv[1:] == ["gc", "/mnt/rediacc/mounts/0123/devbox/workspaces", "--max-age=2w"]
+    assert os.access(argv[0], os.X_OK)
+    assert "OnCalendar=daily" in timer.read_text() and "Persistent=true" in timer.read_text()
+
+    # a plain re-install (an upgrade) keeps the timer; --no-gc-timer removes it
+    assert run("install", compose, "--root", str(root)).exit_code == 0
+    assert service.exists() and timer.exists()
+    removed = run("install", compose, "--root", str(root), "--no-gc-timer")
+    assert removed.exit_code == 0, removed.output
+    assert "systemctl disable --now rediacc-hub-gc.timer" in removed.output
+    assert not service.exists() and not timer.exists()
+
+    bad = CliRunner().invoke(
+        app, ["install", compose, "--root", str(root), "--gc-timer", "--gc-max-age", "30"]
+    )
+    assert bad.exit_code == 2 and "--gc-max-age" in bad.output
+
+    assert run("install", compose, "--root", str(root), "--gc-timer").exit_code == 0
+    gone = run("uninstall", compose, "--root", str(root))
+    assert gone.exit_code == 0 and not service.exists() and not timer.exists()
+    assert "systemctl disable --now rediacc-hub-gc.timer" in gone.output

@@ -311,11 +311,12 @@ def disk_usage(path: Path) -> int:
     if not os.path.isdir(path) or os.path.islink(path):
         return total
     seen: set[tuple[int, int]] = set()
-    # Real mounts are skipped; BTRFS subvolumes (another st_dev, but no mount) are counted.
+    # Mounts of other filesystems (overlay, tmpfs) are skipped: their bytes are not the
+    # data-root's. A self-bind (same device) and BTRFS subvolumes (another device, no mount) count.
     mounts = set(mounts_under(path))
-    stack = [str(path)]
+    stack = [(str(path), top.st_dev)]
     while stack:
-        current = stack.pop()
+        current, dev = stack.pop()
         try:
             entries = list(os.scandir(current))
         except OSError:
@@ -325,14 +326,16 @@ def disk_usage(path: Path) -> int:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
+            if entry.path in mounts and st.st_dev != dev:
+                continue
             if st.st_nlink > 1:
                 key = (st.st_dev, st.st_ino)
                 if key in seen:
                     continue
                 seen.add(key)
             total += st.st_blocks * 512
-            if entry.is_dir(follow_symlinks=False) and entry.path not in mounts:
-                stack.append(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                stack.append((entry.path, st.st_dev))
     return total
 
 

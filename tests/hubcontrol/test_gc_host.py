@@ -327,3 +327,19 @@ def test_removal_deletes_the_dead_daemons_bridges_and_cgroups(host):
         for d in (cgroup / "daemon", cgroup):
             with contextlib.suppress(OSError):
                 d.rmdir()
+
+
+def test_sizes_count_self_binds_but_not_foreign_mounts(tmp_path: Path):
+    root = tmp_path / "x-docker"
+    data = root / ".rediacc/docker/data"
+    (data / "overlay2/abc/merged").mkdir(parents=True)
+    (data / "layer").write_bytes(b"x" * 1_000_000)
+    before = gc.disk_usage(root)
+    try:
+        _sh("mount", "--bind", str(data), str(data))  # what a crashed dockerd leaves
+        _sh("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(data / "overlay2/abc/merged"))
+        (data / "overlay2/abc/merged/big").write_bytes(b"y" * 2_000_000)
+        # the 2 MB on tmpfs are not counted; the mount point's own directory block may differ
+        assert before - 8192 <= gc.disk_usage(root) <= before
+    finally:
+        _unmount_all(root)

@@ -48,14 +48,16 @@ from pathlib import Path
 
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.errors import GCError
+from hubcontrol.netids import DEFAULT_REGISTRY
+from hubcontrol.supervisor import RUN_DIR
 from hubcontrol.supervisor import systemd as systemd_supervisor
 
 MARKER = ".networkid"
 DATA_ROOT_SUFFIX = "-docker"
 CHECKPOINT_DIR = ".checkpoint"
 DEFAULT_MAX_AGE = 30 * 24 * 3600.0
-DEFAULT_EXEC_BASE = Path("/run/rediacc/hub")
-DEFAULT_CLAIMS_DIR = Path("/var/lib/rediacc/netids")
+DEFAULT_EXEC_BASE = RUN_DIR  # /run/rediacc/hub: <net_id>/ is a daemon's exec-root
+DEFAULT_CLAIMS_DIR = DEFAULT_REGISTRY  # /var/lib/rediacc/netids
 SYSTEMD_UNIT_DIRS = (
     Path("/etc/systemd/system"),
     Path("/run/systemd/system"),

@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -145,8 +146,20 @@ class _Windows:
     def covers(self, nano: int) -> bool:
         return any(s <= nano and (e is None or nano <= e) for s, e in self.spans)
 
-    def prune(self, before: int) -> None:
-        self.spans = [sp for sp in self.spans if sp[1] is None or sp[1] >= before]
+    def open(self) -> list[int | None]:
+        span: list[int | None] = [time.time_ns(), None]
+        self.spans.append(span)
+        return span
+
+    def close(self, span: list[int | None] | None = None) -> None:
+        # The daemon stamps events before publishing them: a small margin keeps an event stamped
+        # just before the end of the hub's work inside it.
+        end = time.time_ns() + 1_000_000
+        for sp in self.spans if span is None else [span]:
+            if sp[1] is None:
+                sp[1] = end
+        floor = time.time_ns() - 600 * 1_000_000_000
+        self.spans = [sp for sp in self.spans if sp[1] is None or sp[1] >= floor]
 
 
 class AuditStream:
@@ -322,6 +335,9 @@ class AuditManager:
         self._streams: dict[str, tuple[AuditStream, anyio.CancelScope, anyio.Event]] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._windows: dict[str, _Windows] = {}
+        self._hub = None
+        self._pending: deque[tuple] = deque()  # (coroutine function, args) queued by the listener
+        self._wakeup: anyio.Event | None = None
 
     async def __aenter__(self) -> AuditManager:
         self._tg = anyio.create_task_group()
@@ -338,10 +354,19 @@ class AuditManager:
             self._streams.clear()
 
     async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve arm/disarm until cancelled (for ``tg.start``)."""
+        """Serve until cancelled (for ``tg.start``), performing what ``attach()``'s listener queued."""
         async with self:
             task_status.started()
-            await anyio.sleep_forever()
+            while True:
+                while self._pending:
+                    op, args = self._pending.popleft()
+                    try:
+                        await op(*args)
+                    except AuditError as exc:
+                        # The daemon went away between its start and the arm: nothing to record.
+                        log.warning("%s", exc.log_message)
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
 
     def armed(self, user: str) -> bool:
         return user in self._streams
@@ -412,16 +437,60 @@ class AuditManager:
     def hub_operation(self, user: str) -> Iterator[None]:
         """Mark the user's events during this block as the hub's (``attrs.origin = "hub"``).
 
-        For work the hub does on a user's daemon before the user can act on it, such as loading
-        the template image. Events on the environment container are marked without this.
+        For work the hub does on a user's daemon while the user has no environment to act from,
+        such as transferring the template image. ``attach()`` does this for a Hub by itself.
         """
         windows = self._windows.setdefault(user, _Windows([]))
-        span: list[int | None] = [time.time_ns(), None]
-        windows.spans.append(span)
+        span = windows.open()
         try:
             yield
         finally:
-            # The daemon stamps events before publishing them: a small margin keeps an event
-            # stamped just before the end of the block inside it.
-            span[1] = time.time_ns() + 1_000_000
-            windows.prune(time.time_ns() - 600 * 1_000_000_000)
+            windows.close(span)
+
+    # -- following a Hub ------------------------------------------------------------------------
+
+    def attach(self, hub) -> None:
+        """Follow ``hub``'s lifecycle: arm a stream whenever one of its per-user daemons starts.
+
+        Registers ``run`` as one of the hub's services and a listener for its lifecycle events:
+
+        - ``daemon-started`` (a start, a restart before a restore, or adoption of a daemon that
+          kept running across a hub restart): arm the user's stream, resuming from its cursor.
+          From here until ``environment-running`` the user has no environment to act from, so
+          what happens on the daemon (template image transfer, environment network) is the hub's
+          and is marked ``origin: hub``.
+        - ``daemon-stopping``: the hub is stopping the daemon; the stream ends by itself once the
+          daemon is gone, after recording the containers the shutdown stops (marked as the hub's).
+        - ``environment-running``: the user can act again; stop marking.
+        - ``environment-destroyed``: disarm.
+
+        The listener only queues work (the Hub calls listeners synchronously and requires them
+        not to block); ``run`` performs it in order.
+        """
+        self._hub = hub
+        hub.add_listener(self._on_hub_event)
+        hub.add_service(self.run)
+
+    def _on_hub_event(self, event: str, rec) -> None:
+        if not rec.get("per_user_docker") or rec.get("net_id") is None:
+            return  # a shared daemon has no per-user event stream
+        user = rec.get("user") or rec["name"]
+        windows = self._windows.setdefault(user, _Windows([]))
+        if event == "daemon-started":
+            windows.open()
+            url = self._hub.docker_url(user) if self._hub is not None else rec.get("docker_url")
+            if url:
+                self._queue(self.arm, user, int(rec["net_id"]), url)
+        elif event == "daemon-stopping":
+            windows.open()
+        elif event == "environment-running":
+            windows.close()
+        elif event == "environment-destroyed":
+            windows.close()
+            self._queue(self.disarm, user)
+
+    def _queue(self, op, *args) -> None:
+        # Listeners run on the Hub's event loop, so the Event may be set from here directly.
+        self._pending.append((op, args))
+        if self._wakeup is not None:
+            self._wakeup.set()

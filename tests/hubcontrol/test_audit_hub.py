@@ -1,0 +1,111 @@
+"""The audit trail through the real Hub: per-user dockerd started by the LocalSupervisor, a user
+working through the environment's docker socket (pull, push, run, rm), a daemon stop/start and a
+hub restart in the middle of activity. Counts must stay exact and the hub's own work marked."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from hubcontrol.embed import embedded
+from tests.hubcontrol._hubcore import host_test_image, make_config, unique_user
+from tests.hubcontrol.test_audit_stream import registry  # noqa: F401 - a fixture
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
+
+ACTIONS = ("create", "start", "die", "destroy")
+
+
+def read(path: Path) -> list[dict]:
+    data = path.read_bytes() if path.exists() else b""
+    assert not data or data.endswith(b"\n")
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def wait_destroyed(path: Path, ids: list[str], timeout: float = 20) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = read(path)
+        if {r["resource"] for r in got if r["action"] == "destroy"} >= set(ids):
+            return got
+        if time.monotonic() > deadline:
+            pytest.fail(f"records for {ids} never all arrived; last: {got[-3:]}")
+        time.sleep(0.05)
+
+
+def user_runs(sock: Path, image: str, n: int) -> list[str]:
+    """What a user does in a terminal: ``docker run --rm image true``, ``n`` times."""
+    client = docker.DockerClient(base_url=f"unix://{sock}", version="1.41", timeout=60)
+    try:
+        ids = []
+        for _ in range(n):
+            c = client.containers.run(image, "true", detach=True)
+            c.wait()
+            c.remove()
+            ids.append(c.id)
+        return ids
+    finally:
+        client.close()
+
+
+def test_audit_through_the_hub_across_daemon_restart_and_hub_restart(tmp_path, registry):  # noqa: F811
+    with host_test_image() as image:
+        config = dataclasses.replace(make_config(tmp_path, image), audit_dir=tmp_path / "audit")
+        user = unique_user("aud")
+        log = tmp_path / "audit" / f"{user}.log"
+        ids: list[str] = []
+        remote = f"{registry}/{user}/tool"
+        try:
+            with embedded(config, ready_timeout=20) as hub:
+                hub.ensure_running(user)
+                sock = hub.hub.daemon_spec(user).env_socket_path
+                # the user pushes and pulls through a registry, and runs containers
+                client = docker.DockerClient(base_url=f"unix://{sock}", version="1.41")
+                client.images.get(image).tag(remote, "1")
+                client.images.push(remote, "1")
+                client.images.remove(f"{remote}:1")
+                client.images.pull(remote, "1")
+                client.close()
+                ids += user_runs(sock, image, 2)
+                wait_destroyed(log, ids)
+                # the daemon stops (idle) and comes back: the stream is re-armed
+                hub.stop(user)
+                hub.ensure_running(user)
+                ids += user_runs(sock, image, 2)
+                wait_destroyed(log, ids)
+                ids += user_runs(sock, image, 1)  # the hub "crashes" right after this
+            # hub down, environment and daemon still up, the user keeps working
+            ids += user_runs(sock, image, 2)
+            with embedded(config, ready_timeout=20) as hub:
+                ids += user_runs(sock, image, 1)
+                got = wait_destroyed(log, ids)
+                time.sleep(0.5)  # a late duplicate would show up now
+                got = read(log)
+                hub.destroy(user, remove_data=True)
+        finally:
+            with contextlib.suppress(Exception), embedded(config) as hub:
+                hub.destroy(user, remove_data=True)
+
+    assert all(r["user"] == user and r["net_id"] == got[0]["net_id"] for r in got)
+    mine = sorted((r["resource"], r["action"]) for r in got if r["resource"] in ids)
+    assert mine == sorted((i, a) for i in ids for a in ACTIONS), "a gap or a duplicate"
+    assert all("origin" not in r["attrs"] for r in got if r["resource"] in ids)
+    user_images = [(r["action"], r["resource"]) for r in got if r["type"] == "image"]
+    assert ("push", f"{remote}:1") in user_images and ("pull", f"{remote}:1") in user_images
+    assert all(
+        "origin" not in r["attrs"] for r in got if r["type"] == "image" and remote in r["resource"]
+    )
+    # the hub's own work on the daemon: the environment container's lifecycle and the template
+    # image transfer, all marked
+    env = [r for r in got if r["type"] == "container" and r["resource"] not in ids]
+    assert env and all(r["attrs"].get("origin") == "hub" for r in env)
+    assert {"create", "start", "stop"} <= {r["action"] for r in env}
+    transfer = [r for r in got if r["type"] == "image" and r["action"] in ("load", "import")]
+    assert transfer and all(r["attrs"].get("origin") == "hub" for r in transfer)
+    assert not [r for r in got if r["type"] == "audit"], "no gap expected"

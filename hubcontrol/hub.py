@@ -28,6 +28,7 @@ import docker.errors
 
 from hubcontrol import environment as envs
 from hubcontrol import images, network, storage
+from hubcontrol.audit import AuditManager
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.engine import Engine
 from hubcontrol.environment import Environment
@@ -183,6 +184,10 @@ class Hub:
         self._services: list[Callable[[], Awaitable[None]]] = []
         self._listeners: list[Listener] = []
         self.users_dir = Path(config.state_dir) / "users"
+        # Each per-user daemon's docker events go to the user's audit log: streams are armed on
+        # the lifecycle events below (daemon-started, ...) and run as one of run()'s services.
+        self.audit = AuditManager(config)
+        self.audit.attach(self)
 
     # -- hot path (any thread) -------------------------------------------------------------------
 

@@ -1,0 +1,115 @@
+"""The idle arbiter: should a user's environment keep running, be checkpointed, or be stopped?
+
+A pure function of the user's record, the clock and the configuration (``decide``), so the culler
+that calls it is trivial and every rule is tested on its own. Anything uncertain (no activity
+stamp, a clock that went backwards, an environment in transition) keeps the environment running:
+culling an active user is the worst mistake an idle culler can make.
+
+Rules, in order:
+
+1. ``--idle-timeout=0`` (the default) never culls.
+2. Only a ``running`` environment is culled; every other state is left alone.
+3. Idle time is ``now - last_activity``; ``last_activity`` is the latest proxied HTTP request or
+   WebSocket frame in either direction, or the moment the environment started if none came since.
+   Below the timeout: keep.
+4. Ephemeral environments are stopped (and removed), never checkpointed: their workspace is RAM
+   the user was promised is thrown away, and a checkpoint would write it to disk instead.
+5. Checkpointing is on when ``--checkpoint`` is given or the template sets
+   ``rediacc.hub.checkpoint=true``; otherwise the environment is stopped.
+6. After ``MAX_FAILURES`` consecutive CRIU failures the user is on stop-and-recreate.
+7. Otherwise: checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from hubcontrol.checkpoint import MAX_FAILURES
+from hubcontrol.config import HubConfig, Template
+
+KEEP = "keep"
+CHECKPOINT = "checkpoint"
+STOP = "stop"
+
+Action = Literal["keep", "checkpoint", "stop"]
+
+
+class IdleRecord(Protocol):
+    """What the arbiter reads from a user's record (``IdleFacts`` is the plain implementation)."""
+
+    state: str
+    last_activity: float | None
+    started_at: float | None
+    template: Template | None
+    checkpoint_disabled: bool
+
+
+@dataclass(frozen=True)
+class IdleFacts:
+    state: str
+    last_activity: float | None = None  # epoch seconds of the latest request or frame
+    started_at: float | None = None  # epoch seconds the environment (re)started
+    template: Template | None = None
+    checkpoint_disabled: bool = False  # three strikes
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    idle_seconds: float | None = None
+
+
+def checkpoint_wanted(config: HubConfig, template: Template | None) -> tuple[bool, str]:
+    """Whether idle environments of ``template`` are checkpointed rather than stopped, and why."""
+    if template is not None and template.ephemeral:
+        return False, "ephemeral environments are stopped and removed, never checkpointed"
+    if config.checkpoint:
+        return True, "--checkpoint is set"
+    if template is not None and template.checkpoint:
+        return True, f"template {template.name!r} sets rediacc.hub.checkpoint=true"
+    return False, "checkpointing is off (no --checkpoint, no rediacc.hub.checkpoint=true)"
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def decide(record: IdleRecord, now: float, config: HubConfig) -> Decision:
+    """Keep, checkpoint or stop the environment described by ``record`` at time ``now``."""
+    timeout = config.idle_timeout
+    if not timeout or timeout <= 0:
+        return Decision(KEEP, "idle timeout disabled (--idle-timeout=0)")
+    if record.state != "running":
+        return Decision(KEEP, f"environment is {record.state}, not running")
+    stamps = [t for t in (record.last_activity, record.started_at) if t is not None]
+    if not stamps:
+        return Decision(KEEP, "no activity or start time recorded yet")
+    last = max(stamps)
+    idle = now - last
+    if idle < 0:
+        return Decision(KEEP, "last activity is in the future (clock changed); not culling")
+    if idle < timeout:
+        return Decision(
+            KEEP,
+            f"active {format_seconds(idle)} ago (idle timeout {format_seconds(timeout)})",
+            idle,
+        )
+    over = f"idle {format_seconds(idle)} (timeout {format_seconds(timeout)})"
+    wanted, why = checkpoint_wanted(config, record.template)
+    if not wanted:
+        return Decision(STOP, f"{over}; {why}", idle)
+    if record.checkpoint_disabled:
+        return Decision(
+            STOP,
+            f"{over}; checkpointing disabled after {MAX_FAILURES} consecutive failures "
+            "(stop-and-recreate)",
+            idle,
+        )
+    return Decision(CHECKPOINT, f"{over}; {why}", idle)

@@ -677,6 +677,13 @@ def remove_artefacts(paths: Sequence[Path] = ALL_PATHS, root: Path = Path("/")) 
             changes.append(Change(target, "absent"))
         except OSError as exc:
             raise InstallError(f"cannot remove {target}: {exc.strerror or exc}", repr(exc)) from exc
+        # Enablement links (``*.wants/<unit>``) would dangle; systemctl disable removes them where
+        # systemd runs, this covers --root and hosts where it was never called.
+        if path.parent == UNIT_PATH.parent and target.parent.is_dir():
+            for wants in target.parent.iterdir():  # glob() skips dangling links
+                link = wants / path.name
+                if wants.name.endswith(".wants") and link.is_symlink():
+                    link.unlink()
     for d in (LABELS_PATH.parent,):
         target = under_root(root, d)
         try:
@@ -712,6 +719,19 @@ def stop_commands(plan: InstallPlan, root: Path = Path("/")) -> list[list[str]]:
     if GC_TIMER_PATH in plan.remove and under_root(root, GC_TIMER_PATH).exists():
         return [["systemctl", "disable", "--now", GC_TIMER_PATH.name]]
     return []
+
+
+def offline_enable_command(root: Path, changes: Sequence[Change]) -> list[str] | None:
+    """``systemctl --root=ROOT enable ...`` for the units written: makes them start at the next
+    boot where systemd does not run now (an image being built, a container); None without
+    systemctl."""
+    systemctl = shutil.which("systemctl")
+    if systemctl is None:
+        return None
+    units = [UNIT_NAME]
+    if any(c.path.name == GC_TIMER_PATH.name and c.status != "removed" for c in changes):
+        units.append(GC_TIMER_PATH.name)
+    return [systemctl, f"--root={Path(root).resolve()}", "enable", *units]
 
 
 UNINSTALL_STOP = [

@@ -212,6 +212,15 @@ def install_command(
             fail(exc, EXIT_FAILURE)
         console.print(f"[green]started:[/] {inst.UNIT_NAME} (systemctl status {inst.UNIT_NAME})")
     else:
+        enable = inst.offline_enable_command(root, changes)
+        if enable is not None:
+            try:
+                inst.run_systemctl([enable])
+                console.print(
+                    f"[green]enabled:[/] {', '.join(enable[3:])} start at the next boot with systemd"
+                )
+            except HubError as exc:
+                print_warning(f"could not enable the units offline: {exc.user_message}")
         print_systemctl_hint([*stop, *cmds], root, systemd_absent_reason(root))
     if all(c.status == "unchanged" for c in changes):
         console.print("[dim]already installed: nothing changed[/]")

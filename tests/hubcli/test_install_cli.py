@@ -83,6 +83,10 @@ def test_install_writes_valid_artefacts(repo: Path, tmp_path: Path):
     assert service["Restart"] == "on-failure" and service["KillMode"] == "process"
     assert "User" not in service or service["User"] == "root"
     assert parser["Install"]["WantedBy"] == "multi-user.target"
+    if shutil.which("systemctl"):  # enabled offline by systemctl --root, from the [Install] section
+        wants = root / "etc/systemd/system/multi-user.target.wants/rediacc-hub.service"
+        assert os.readlink(wants) == "/etc/systemd/system/rediacc-hub.service"
+        assert "start at the next boot" in result.output
 
     # Secrets: only in the 0600 env file, never in the unit, labels or Traefik files.
     env = root / "etc/rediacc/hub/hub.env"
@@ -213,6 +217,7 @@ def test_uninstall_removes_artefacts_and_keeps_user_data(repo: Path, tmp_path: P
     )
     assert "systemctl disable --now rediacc-hub.service" in result.output
     assert (data_root / ".networkid").exists() and (root / "srv/ws/alice").is_dir()
+    assert not [p for p in root.rglob("*.wants/*")]  # no dangling enablement links
     assert not (root / "etc/rediacc/hub").exists()
 
     # Uninstalling twice, or after the repo is gone, is fine.

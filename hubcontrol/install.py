@@ -496,7 +496,8 @@ def render_labels_file(service: Any) -> str:
     return dump_labels_file(labels_file)
 
 
-_HOST_RULE = re.compile(r"Host\(\s*`([^`]*)`")
+_HOST_RULE = re.compile(r"\bHost\(([^)]*)\)")  # v2 allows Host(`a`, `b`)
+_BACKQUOTED = re.compile(r"`([^`]*)`")
 
 
 def route_warnings(
@@ -509,7 +510,8 @@ def route_warnings(
     hosts = [
         host
         for router in http.get("routers", {}).values()
-        for host in _HOST_RULE.findall(str(router.get("rule", "")))
+        for args in _HOST_RULE.findall(str(router.get("rule", "")))
+        for host in _BACKQUOTED.findall(args)
     ]
     for prefix in route_prefixes:
         if not any(host.startswith(f"{prefix}.") for host in hosts):

@@ -439,6 +439,18 @@ def test_remove_artefacts_keeps_foreign_files(tmp_path: Path):
             7112,
             [],
         ),
+        (
+            ["code", "term"],
+            {"traefik.http.routers.r.rule": "Host(`code.x.org`, `term.x.org`)"},
+            7112,
+            [],
+        ),
+        (
+            ["code"],
+            {"traefik.http.routers.r.rule": "HostRegexp(`code.x.org`)"},
+            7112,
+            ["route 'code'"],
+        ),
     ],
 )
 def test_route_warnings(prefixes, labels, port, warnings):

@@ -16,7 +16,8 @@ Exception tree::
     ├── CheckpointError      a CRIU dump or restore failed or could not be verified
     ├── PolicyError          a docker API request refused by the socket policy
     ├── GCError              garbage collection refused a path or failed to remove it
-    └── AuditError           a user's docker event stream could not be armed
+    ├── AuditError           a user's docker event stream could not be armed
+    └── InstallError         hub install/uninstall could not write or remove a host artefact
 """
 
 from __future__ import annotations
@@ -83,3 +84,8 @@ class GCError(HubError):
 
 class AuditError(HubError):
     """Raised when a user's docker event stream cannot be armed (the daemon does not answer)."""
+
+
+class InstallError(HubError):
+    """Raised when ``hub install``/``uninstall`` cannot write or remove a host artefact, or
+    systemctl refuses it."""

@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from hubcontrol.config import DEFAULT_LABELS_FILE, DEFAULT_PORT, LabelsFile, dump_labels_file
-from hubcontrol.errors import ConfigError, HubError
+from hubcontrol.errors import ConfigError, InstallError
 
 UNIT_NAME = "rediacc-hub.service"
 UNIT_PATH = Path("/etc/systemd/system") / UNIT_NAME
@@ -48,10 +48,6 @@ GC_PATHS = (GC_SERVICE_PATH, GC_TIMER_PATH)
 ALL_PATHS = (UNIT_PATH, LABELS_PATH, ENV_PATH, TRAEFIK_PATH, *GC_PATHS)
 DEFAULT_UPSTREAM_HOST = "127.0.0.1"
 HUB_EXECUTABLES = ("hub", "hubcli")
-
-
-class InstallError(HubError):
-    """Raised when host artefacts cannot be written or removed, or systemd refuses them."""
 
 
 @dataclass(frozen=True)

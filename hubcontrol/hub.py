@@ -26,15 +26,24 @@ import anyio
 import docker
 import docker.errors
 
+from hubcontrol import checkpoint as ckpt
 from hubcontrol import environment as envs
 from hubcontrol import images, network, storage
 from hubcontrol.audit import AuditManager
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.engine import Engine
 from hubcontrol.environment import Environment
-from hubcontrol.errors import EnvironmentError_, HookError, HubError, UsernameError
+from hubcontrol.errors import (
+    CheckpointError,
+    EnvironmentError_,
+    HookError,
+    HubError,
+    UsernameError,
+)
+from hubcontrol.idle import IdleCuller, checkpoint_wanted
 from hubcontrol.names import safe_name
 from hubcontrol.netids import DEFAULT_REGISTRY, NetIdRegistry
+from hubcontrol.stats import StatsSampler
 from hubcontrol.supervisor import RUN_DIR, DaemonSpec, DaemonSupervisor, Limits, choose
 
 log = logging.getLogger(__name__)
@@ -137,12 +146,16 @@ class EnvironmentStatus:
     activity_kind: str | None
     ports: Mapping[str, int]
     error: str | None = None
+    # CheckpointHealth.to_json(): failures, disabled (three strikes), last_error, checkpoint, ...
+    checkpoint: Mapping[str, Any] = field(default_factory=dict)
+    idle: str | None = None  # the idle culler's latest reason ("active 3m ago (idle timeout 30m)")
 
     def to_dict(self) -> dict:
         """A JSON-able dict (for the API and the CLI)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["daemon"] = dict(self.daemon)
         out["ports"] = dict(self.ports)
+        out["checkpoint"] = dict(self.checkpoint)
         return out
 
 
@@ -164,6 +177,7 @@ class Hub:
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
         pids_limit: int | None = DEFAULT_PIDS_LIMIT,
         env_socket_by_daemon: bool = True,
+        checkpointer: ckpt.Checkpointer | str | None = "auto",
     ) -> None:
         self.config = config
         self.supervisor = supervisor or choose(config.supervisor)
@@ -176,6 +190,13 @@ class Hub:
         # True: dockerd itself listens on the environment's socket (no policy). The socket-policy
         # proxy sets this False and serves <exec-root>/env/docker.sock itself.
         self.env_socket_by_daemon = env_socket_by_daemon
+        # "auto": CRIU when --checkpoint or any template asks for it; None: never checkpoint.
+        if checkpointer == "auto":
+            wanted = config.checkpoint or any(t.checkpoint for t in config.templates.values())
+            checkpointer = "criu" if wanted else None
+        if isinstance(checkpointer, str):
+            checkpointer = ckpt.make_checkpointer(checkpointer, Path(config.state_dir), self.engine)
+        self.checkpointer: ckpt.Checkpointer | None = checkpointer
         self._routes = RouteTable()
         self._activity: dict[str, tuple[float, str]] = {}
         self._progress: dict[str, Progress] = {}
@@ -188,6 +209,12 @@ class Hub:
         # the lifecycle events below (daemon-started, ...) and run as one of run()'s services.
         self.audit = AuditManager(config)
         self.audit.attach(self)
+        # Idle environments are checkpointed or stopped (--idle-timeout; None when it is 0).
+        self.culler = IdleCuller.attach(self)
+        # Status rows, per-user disk/containers/images (every 30 s) and lifecycle counts for the
+        # dashboard, the API and /_hub/metrics: ``self.stats.view()``, readable from any thread.
+        self.stats = StatsSampler(self)
+        self.stats.attach(self)
 
     # -- hot path (any thread) -------------------------------------------------------------------
 
@@ -217,7 +244,8 @@ class Hub:
     def add_listener(self, fn: Listener) -> None:
         """Call ``fn(event, record)`` on the Hub's loop for lifecycle events; must not block.
 
-        Events: ``daemon-started``, ``daemon-stopping``, ``environment-running``,
+        Events: ``daemon-started``, ``daemon-stopping``, ``environment-starting`` (before a start;
+        the record still has the previous state), ``environment-running``, ``environment-failed``,
         ``environment-stopped``, ``environment-destroyed``.
         """
         self._listeners.append(fn)
@@ -364,6 +392,29 @@ class Hub:
             run_dir=self.run_dir,
         )
 
+    def checkpoint_target(
+        self, rec: Mapping[str, Any], container: str = ""
+    ) -> ckpt.CheckpointTarget:
+        """What the checkpointer needs to suspend or resume the environment of ``rec``."""
+        name = rec["name"]
+        tpl = self._template_or_none(rec.get("template"))
+        paths = storage.UserPaths(Path(self.config.workspace_dir), name)
+        tmpdir = None
+        if rec.get("per_user_docker") and rec.get("net_id") is not None:
+            tmpdir = self._spec(name, rec["net_id"], tpl).tmpdir
+        return ckpt.CheckpointTarget(
+            user=name,
+            docker_url=rec.get("docker_url") or self._host_url(),
+            container=container or rec.get("container_id") or envs.container_name(name),
+            checkpoint_dir=paths.checkpoints,
+            daemon_tmpdir=tmpdir,
+            container_user=tpl.user if tpl else "root",
+            workdir=tpl.workspace if tpl else "/",
+            service_ip=rec.get("service_ip", ""),
+            pre_dump=tpl.pre_dump if tpl else None,
+            post_restore=tpl.post_restore if tpl else None,
+        )
+
     def _reserved(self) -> frozenset[int]:
         return frozenset({self.config.network_id} if self.config.network_id is not None else ())
 
@@ -381,6 +432,7 @@ class Hub:
         async with self.lock(user):
             rec = self._records.get(name) or self._load_record(name) or {"name": name}
             rec["user"] = user
+            self._emit("environment-starting", rec)
             try:
                 return await self._ensure_running(rec, template)
             except HubError as e:
@@ -389,11 +441,13 @@ class Hub:
                     rec, "failed", step="failed", message=e.user_message, error=e.user_message
                 )
                 self._publish(rec)
+                self._emit("environment-failed", rec)
                 raise
             except Exception as e:
                 log.exception("starting %s failed", name)
                 self._set_state(rec, "failed", step="failed", message=str(e), error=str(e))
                 self._publish(rec)
+                self._emit("environment-failed", rec)
                 raise EnvironmentError_("Your environment failed to start.", repr(e)) from e
 
     async def _ensure_running(self, rec: dict, template: str | None) -> Environment:
@@ -465,7 +519,22 @@ class Hub:
                     if current != tpl.name
                     else "Recreating your environment",
                 )
+                if self.checkpointer is not None:
+                    await self.checkpointer.discard(self.checkpoint_target(rec, container.id))
                 await call(container.remove, force=True)
+                container = None
+        restored = False
+        if (
+            container is not None
+            and container.status != "running"
+            and self.checkpointer is not None
+            and self.checkpointer.has_checkpoint(name)
+        ):
+            restored = await self._restore(rec, client, container.id)
+            if not restored:
+                # a failed restore leaves a stopped container: start afresh, same workspace
+                with contextlib.suppress(docker.errors.NotFound):
+                    await call(client.api.remove_container, container.id, force=True)
                 container = None
         created = container is None
         if created:
@@ -524,10 +593,34 @@ class Hub:
 
         self._step(rec, "ready", "Waiting for your services to answer")
         await self._wait_ready(client, container_id, str(net.service_ip), name)
+        if not restored:
+            rec["started_at"] = self.clock()
         self._set_state(rec, "running", step="running", message="Your environment is running")
         self._publish(rec)
         self._emit("environment-running", rec)
         return self._environment(rec)
+
+    async def _restore(self, rec: dict, client, container_id: str) -> bool:
+        """Resume a checkpointed environment; False (after reporting why) to start afresh."""
+        self._set_state(rec, "restoring", step="restore", message="Resuming your environment")
+        try:
+            result = await self.checkpointer.restore(self.checkpoint_target(rec, container_id))
+        except CheckpointError as e:
+            log.error("restore of %s failed: %s", rec["name"], e.log_message)
+            rec["restore_error"] = e.user_message
+            self._step(rec, "restore", e.user_message)
+            return False
+        if result is None:
+            return False
+        rec.pop("restore_error", None)
+        rec["started_at"] = self.clock()
+        rec["restored"] = {
+            "checkpoint": result.checkpoint,
+            "seconds": result.seconds,
+            "detail": result.detail,
+            "hook_error": result.hook_error,
+        }
+        return True
 
     def _environment(self, rec: dict) -> Environment:
         return Environment(
@@ -581,19 +674,25 @@ class Hub:
     async def stop(self, user: str, checkpoint: bool | None = None) -> None:
         """Stop ``user``'s environment and (per-user docker) daemon; ephemeral ones are removed.
 
-        ``checkpoint`` is handled by the checkpoint module where configured; here None/False
-        both stop without a checkpoint.
+        ``checkpoint``: None decides by configuration (``--checkpoint`` or the template's
+        ``rediacc.hub.checkpoint``; never for ephemeral environments), True/False force it. A
+        failed checkpoint is reported (``record()["checkpoint_error"]``) and the environment is
+        stopped instead: the workspace is never lost. The final state is ``checkpointed`` or
+        ``stopped``.
         """
         name = safe_name(user)
         async with self.lock(user):
             rec = self._records.get(name) or self._load_record(name)
             if not rec:
                 return
-            await self._stop(rec, remove_container=False)
+            await self._stop(rec, remove_container=False, checkpoint=checkpoint)
 
-    async def _stop(self, rec: dict, *, remove_container: bool) -> None:
+    async def _stop(
+        self, rec: dict, *, remove_container: bool, checkpoint: bool | None = False
+    ) -> None:
         call = self.engine.call
         name = rec["name"]
+        checkpointed = False
         self._set_state(rec, "stopping", step="stopping", message="Stopping your environment")
         self._routes = self._routes.replace(name, None)
         tpl = self._template_or_none(rec.get("template"))
@@ -603,7 +702,25 @@ class Hub:
         if alive and rec.get("docker_url"):
             client = self.engine.client(rec["docker_url"])
             container = await call(envs.find, client, name)
-            if container is not None:
+            if checkpoint is None:
+                checkpoint = checkpoint_wanted(self.config, tpl)[0]
+            if (
+                container is not None
+                and checkpoint
+                and not remove_container
+                and rec.get("mode") != "ephemeral"
+                and self.checkpointer is not None
+                and container.status == "running"
+            ):
+                self._set_state(rec, "checkpointing", step="checkpoint", message="Suspending")
+                try:
+                    await self.checkpointer.checkpoint(self.checkpoint_target(rec, container.id))
+                    checkpointed = True
+                    rec.pop("checkpoint_error", None)
+                except CheckpointError as e:
+                    log.error("checkpoint of %s failed: %s", name, e.log_message)
+                    rec["checkpoint_error"] = e.user_message
+            if container is not None and not checkpointed:
                 with contextlib.suppress(docker.errors.APIError):
                     if remove_container or rec.get("mode") == "ephemeral":
                         await call(container.remove, force=True)
@@ -613,7 +730,12 @@ class Hub:
             self._emit("daemon-stopping", rec)
             await call(self.supervisor.stop, spec)
             self.engine.forget(spec.url)
-        self._set_state(rec, "stopped", step="stopped", message="Your environment is stopped")
+        if checkpointed:
+            self._set_state(
+                rec, "checkpointed", step="checkpointed", message="Your environment is suspended"
+            )
+        else:
+            self._set_state(rec, "stopped", step="stopped", message="Your environment is stopped")
         self._emit("environment-stopped", rec)
 
     async def destroy(self, user: str, remove_data: bool = False) -> None:
@@ -625,6 +747,8 @@ class Hub:
         async with self.lock(user):
             rec = self._records.get(name) or self._load_record(name)
             if rec and rec.get("net_id") is not None:
+                if self.checkpointer is not None:
+                    await self.checkpointer.discard(self.checkpoint_target(rec))
                 await self._stop(rec, remove_container=True)
                 net = network.user_network(rec["net_id"], self.config.user_subnet_pool)
                 if not rec.get("per_user_docker") and rec.get("docker_url"):
@@ -678,6 +802,14 @@ class Hub:
                     activity_kind=seen[1] if seen else None,
                     ports=MappingProxyType(dict(self.config.routes)),
                     error=rec.get("error"),
+                    checkpoint=MappingProxyType(
+                        self.checkpointer.health(name).to_json() if self.checkpointer else {}
+                    ),
+                    idle=(
+                        self.culler.decisions[rec["user"]].reason
+                        if self.culler and rec.get("user") in self.culler.decisions
+                        else None
+                    ),
                 )
             )
         return rows

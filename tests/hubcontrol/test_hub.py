@@ -242,3 +242,25 @@ def test_hook_failure_and_dead_command_are_reported(tmp_path, image):
         with pytest.raises(EnvironmentError_) as info:
             hub.ensure_running(dead)
         assert "exited with 7" in info.value.log_message and "bye" in info.value.log_message
+
+
+@pytest.mark.criu
+def test_idle_stop_checkpoints_and_the_next_login_restores(tmp_path, image):
+    user = unique_user("ckpt")
+    # root: this host's root lacks CAP_SYS_RESOURCE, so CRIU cannot dump other users' processes
+    with running_hub(tmp_path, image, checkpoint=True, user="root") as hub:
+        env = hub.ensure_running(user)
+        client = _client(env.docker_url)
+        pid_before = client.api.inspect_container(env.container_id)["State"]["Pid"]
+        hub.stop(user)  # by configuration: the template asks for checkpoints
+        assert hub.status()[0].state == "checkpointed"
+        assert not hub.hub.supervisor.is_running(hub.hub.daemon_spec(user))
+        again = hub.ensure_running(user)
+        assert again.container_id == env.container_id
+        record = hub.hub.record(user)
+        assert record["restored"]["checkpoint"] and "restore_error" not in record
+        client = _client(again.docker_url)
+        assert client.api.inspect_container(again.container_id)["State"]["Pid"] != pid_before
+        assert "200 OK" in http_get(again.service_ip, 7681) or "404" in http_get(
+            again.service_ip, 7681
+        )

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from hubproxy.activity import Activity
+from hubproxy.admin import AdminApi
 from hubproxy.context import HubContext
+from hubproxy.dashboard import Dashboard
 from hubproxy.hostroute import HostRoute
 from hubproxy.hubapi import HubApi
+from hubproxy.metrics import Metrics, ProxyMetrics
 from hubproxy.oauth import OAuthLogin
 from hubproxy.router import Router
 from hubproxy.session import SessionCheck
+from hubproxy.statusapi import StatusApi
 
 # Options every hub proxy needs (see BRIEF: measured mitmproxy facts).
 PROXY_OPTIONS = {
@@ -20,12 +24,18 @@ PROXY_OPTIONS = {
 
 
 def hub_addons(context: HubContext) -> list:
-    """Host → OAuth endpoints → session → hub API → router → WebSocket activity."""
+    """Health and admin-token API → host → OAuth endpoints → session → status API and
+    dashboard → hub API → router → metrics (observes only) → WebSocket activity."""
+    metrics = ProxyMetrics()
     return [
+        AdminApi(context, metrics),
         HostRoute(context),
         OAuthLogin(context),
         SessionCheck(context),
+        StatusApi(context),
+        Dashboard(context, metrics),
         HubApi(context),
         Router(context),
+        Metrics(context, metrics),
         Activity(context),
     ]

@@ -1,0 +1,195 @@
+"""The admin token, and the first addon: health for any Host, token-authenticated API calls.
+
+The token is how ``hub status`` / ``hub stop`` (and scripts, and Prometheus) talk to a running
+hub: 32 random bytes generated at the hub's first start into ``<state-dir>/admin.token``, mode
+0600, owned by the user the hub runs as (root), so only root can read it. Requests send it as
+``Authorization: Bearer <token>``. Rotate it by deleting the file and restarting the hub.
+
+This addon runs before host routing because the CLI and probes talk to ``127.0.0.1:7112``, a Host
+the browser-facing addons refuse:
+
+- ``/_hub/health`` (``/live``, ``/ready``) on any Host, without authentication: liveness (the
+  proxy answers) and readiness (configuration loaded, control plane running);
+- ``/_hub/api/...`` and ``/_hub/metrics`` with an ``Authorization: Bearer`` header: a valid
+  admin token is answered here (as an admin, without CSRF: no cookie is involved), anything
+  else is 401;
+- ``/_hub/metrics`` without credentials from a direct local connection (loopback peer, no
+  ``X-Forwarded-For``/``Forwarded``, so not through Traefik): Prometheus on the same host.
+
+Everything else passes to the browser path unchanged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from mitmproxy import http
+
+from hubproxy import hosts, pages
+from hubproxy.context import HubContext
+from hubproxy.guard import fail_closed
+from hubproxy.metrics import ProxyMetrics, render_metrics
+from hubproxy.statusapi import Principal, handle_api
+
+log = logging.getLogger("hubproxy.admin")
+
+TOKEN_FILE = "admin.token"
+HEALTH_ENDPOINTS = ("health", "health/live", "health/ready")
+
+
+def ensure_admin_token(state_dir: Path) -> Path:
+    """Create ``<state_dir>/admin.token`` (0600) unless it exists; returns its path.
+
+    The file is created with O_EXCL, so two hub processes starting at once agree on one token.
+    """
+    path = Path(state_dir) / TOKEN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("hub: %s is readable by others (mode %o); tightening to 0600", path, mode)
+            os.chmod(path, 0o600)
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    log.info("hub: generated the admin token in %s (root-only)", path)
+    return path
+
+
+def read_token(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return text or None
+
+
+def bearer(request: http.Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, "" for another scheme, None if absent."""
+    value = request.headers.get("authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def token_matches(given: str, expected: str | None) -> bool:
+    return (
+        bool(given)
+        and expected is not None
+        and hmac.compare_digest(given.encode(), expected.encode())
+    )
+
+
+def is_direct_local(peer: str | None, request: http.Request) -> bool:
+    """A connection from this host that no reverse proxy forwarded (Traefik adds X-Forwarded-For)."""
+    if "x-forwarded-for" in request.headers or "forwarded" in request.headers:
+        return False
+    try:
+        return ipaddress.ip_address((peer or "").split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def default_origin(config) -> tuple[str, int | None]:
+    """How browsers reach the hub, before one has: https behind Traefik for a real domain,
+    http on the hub's own port for a local one (``localhost``, ``*.localhost``, ``*.test``)."""
+    domain = config.base_domain
+    if domain == "localhost" or domain.rsplit(".", 1)[-1] in ("localhost", "test", "internal"):
+        return "http", config.port
+    return "https", None
+
+
+def health_document(context: HubContext) -> tuple[int, dict]:
+    """``(status, body)`` of ``/_hub/health``: 200 when ready, 503 otherwise (always live)."""
+    if not context.ready:
+        return 503, {"ok": False, "live": True, "ready": False, "control_plane": "not started"}
+    control = dict(context.control.health())
+    ready = bool(control.get("ok"))
+    body = {**control, "live": True, "ready": ready}
+    hub = getattr(context.control, "hub", None)
+    stats = getattr(hub, "stats", None)
+    if stats is not None:
+        view = stats.view()
+        body["environments"] = len(view.rows)
+        body["status_refreshed_at"] = view.refreshed_at
+    return (200 if ready else 503), body
+
+
+class AdminApi:
+    def __init__(self, context: HubContext, metrics: ProxyMetrics) -> None:
+        self.context = context
+        self.metrics = metrics
+        self._token: str | None = None
+        self._token_mtime: float | None = None
+
+    def running(self) -> None:
+        self._load_token()
+
+    def _load_token(self) -> str | None:
+        """The current token (created on first use; re-read when the file changes)."""
+        if not self.context.ready:
+            return None
+        path = self.context.config.state_dir / TOKEN_FILE
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            ensure_admin_token(self.context.config.state_dir)
+            mtime = path.stat().st_mtime
+        if mtime != self._token_mtime:
+            self._token = read_token(path)
+            self._token_mtime = mtime
+        return self._token
+
+    @fail_closed
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response:
+            return
+        request = flow.request
+        if not hosts.is_hub_path(request.path):
+            return
+        endpoint = hosts.hub_endpoint(request.path)
+        if endpoint in HEALTH_ENDPOINTS:
+            status, body = health_document(self.context)
+            if endpoint == "health/live":
+                status = 200
+            flow.response = pages.json_response(status, body)
+            return
+        if endpoint is None or not (endpoint.startswith("api/") or endpoint == "metrics"):
+            return
+        token = bearer(request)
+        if token is None:
+            if (
+                endpoint == "metrics"
+                and self.context.ready
+                and is_direct_local(
+                    flow.client_conn.peername[0] if flow.client_conn.peername else None, request
+                )
+            ):
+                flow.response = render_metrics(self.context, self.metrics)
+            return  # a browser session call: the session path decides
+        if not self.context.ready:
+            flow.response = pages.json_response(503, {"error": "the hub is starting"})
+            return
+        if not token_matches(token, self._load_token()):
+            log.warning("hub: refused a bad admin token for /_hub/%s", endpoint)
+            flow.response = pages.json_response(
+                401,
+                {"error": "invalid admin token"},
+                {"WWW-Authenticate": 'Bearer realm="hub"'},
+            )
+            return
+        if endpoint == "metrics":
+            flow.response = render_metrics(self.context, self.metrics)
+            return
+        scheme, port = self.metrics.last_origin or default_origin(self.context.config)
+        flow.response = await handle_api(
+            self.context, flow, endpoint, Principal(user=None, admin=True, token=True), scheme, port
+        )

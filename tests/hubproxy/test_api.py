@@ -1,0 +1,370 @@
+"""The status API's permission boundaries through the real proxy (lean mitmproxy master, every
+addon of the pipeline) and the real ``hubcontrol.Hub`` (its control thread, stats sampler and
+``stop``), with user records seeded in its state directory: no environment is started here, so no
+dockerd is needed (tests/e2e start real ones).
+
+Principals: the admin token (Bearer), an admin's session (HUB_ADMIN_USERS), a regular user's
+session, no session; POSTs with a missing, wrong, other session's and cross-origin CSRF token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+
+import httpx
+import pytest
+
+from hubcontrol import Hub
+from hubcontrol.config import Template
+from hubproxy import cookies
+from hubproxy.admin import TOKEN_FILE
+from hubproxy.openapi import ENTRY
+from hubproxy.statusapi import csrf_token
+from tests.hubproxy.harness import running_proxy
+from tests.hubproxy.support import make_config
+from tests.support.oidc_provider import free_port
+
+DOMAIN = "example.test"
+ADMIN = "carol"
+# Without a net_id, reconcile leaves a record as it is (nothing to adopt).
+USERS = {
+    "alice": {"state": "running", "template": "default"},
+    "bob": {"state": "checkpointed", "template": "python"},
+    ADMIN: {"state": "stopped", "template": "default"},
+}
+
+
+def seed(state_dir, users=USERS) -> None:
+    d = state_dir / "users"
+    d.mkdir(parents=True)
+    for user, fields in users.items():
+        rec = {"name": user, "user": user, "per_user_docker": False, "mode": "persistent"}
+        rec.update(fields, net_id=None)
+        (d / f"{user}.json").write_text(json.dumps(rec))
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A running proxy over a real Hub with alice, bob and carol (admin) on record."""
+    config = make_config(
+        tmp_path,
+        routes={"term": 7681, "code": 8080},
+        base_domain=DOMAIN,
+        admin_users=frozenset({ADMIN}),
+        session_secret="a" * 64,
+        templates={"default": Template("default", "img"), "python": Template("python", "py")},
+        workspace_dir=tmp_path / "ws",
+        state_dir=tmp_path / "state",
+        idle_timeout=1800.0,
+    )
+    seed(config.state_dir)
+    hub = Hub(config, supervisor=None)
+    port = free_port()
+    with running_proxy(config, hub, port) as proxy:
+        deadline = time.monotonic() + 10
+        while hub.stats.view().refreshed_at is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield proxy, hub, config
+
+
+def client(proxy, host=None, **headers) -> httpx.Client:
+    host = host or f"term.{DOMAIN}:{proxy.port}"
+    return httpx.Client(
+        base_url=f"http://127.0.0.1:{proxy.port}",
+        headers={"Host": host, **headers},
+        timeout=30,
+    )
+
+
+def session_for(proxy, user):
+    session = proxy.context.sessions.create(user)
+    token = cookies.make_session_token(
+        cookies.SessionCookie(user, session.sid, session.exp), proxy.context.session_key
+    )
+    return session, {"Cookie": f"{cookies.SESSION_COOKIE}={token}"}
+
+
+def admin_token(config) -> str:
+    return (config.state_dir / TOKEN_FILE).read_text().strip()
+
+
+# -- the admin token ---------------------------------------------------------------------------
+
+
+def test_admin_token_is_generated_root_only_and_sees_everyone(site):
+    proxy, hub, config = site
+    path = config.state_dir / TOKEN_FILE
+    st = path.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == os.geteuid()
+    with client(proxy, host=f"127.0.0.1:{proxy.port}") as c:
+        r = c.get("/_hub/api/status", headers={"Authorization": f"Bearer {admin_token(config)}"})
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert sorted(u["user"] for u in doc["users"]) == ["alice", "bob", "carol"]
+    assert doc["viewer"] == {"user": None, "admin": True}
+    for entry in doc["users"]:
+        assert set(ENTRY["required"]) <= set(entry)
+        assert set(entry["routes"]) == {"term", "code"}
+    bob = next(u for u in doc["users"] if u["user"] == "bob")
+    assert bob["state"] == "checkpointed" and bob["template"] == "python"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Bearer wrong", "Bearer", "Basic YWRtaW46YWRtaW4=", "Bearer " + "x" * 3000],
+)
+def test_bad_admin_token_is_401_on_any_host(site, authorization):
+    proxy, _, _ = site
+    for host in (f"127.0.0.1:{proxy.port}", f"term.{DOMAIN}:{proxy.port}"):
+        with client(proxy, host=host) as c:
+            r = c.get("/_hub/api/status", headers={"Authorization": authorization})
+            assert r.status_code == 401, (host, r.text)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            r = c.post("/_hub/api/users/alice/stop", headers={"Authorization": authorization})
+            assert r.status_code == 401
+
+
+def test_admin_token_stops_any_user_without_csrf(site):
+    proxy, hub, config = site
+    with client(proxy, host=f"127.0.0.1:{proxy.port}") as c:
+        auth = {"Authorization": f"Bearer {admin_token(config)}"}
+        r = c.post("/_hub/api/users/bob/stop", headers=auth)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"user": "bob", "action": "stop", "state": "stopped"}
+        assert hub.record("bob")["state"] == "stopped"
+        r = c.post("/_hub/api/users/nobody/stop", headers=auth)
+        assert r.status_code == 404 and "nobody" in r.json()["error"]
+        r = c.get("/_hub/api/users/nobody", headers=auth)
+        assert r.status_code == 404
+        r = c.post("/_hub/api/users/bob/explode", headers=auth)
+        assert r.status_code == 404 and "unknown action" in r.json()["error"]
+        r = c.get("/_hub/api/users/bob/stop", headers=auth)
+        assert r.status_code == 405
+
+
+def test_no_credentials_on_an_ip_host_is_refused(site):
+    proxy, _, _ = site
+    with client(proxy, host=f"127.0.0.1:{proxy.port}") as c:
+        assert c.get("/_hub/api/status").status_code == 400  # not a host the browser path serves
+
+
+# -- sessions ------------------------------------------------------------------------------------
+
+
+def test_no_session_is_401(site):
+    proxy, _, _ = site
+    with client(proxy) as c:
+        r = c.get("/_hub/api/status")
+        assert r.status_code == 401 and r.headers["content-type"] == "application/json"
+        r = c.post("/_hub/api/users/alice/stop")
+        assert r.status_code == 401
+
+
+def test_regular_user_sees_only_own_entry(site):
+    proxy, _, _ = site
+    _, cookie = session_for(proxy, "alice")
+    with client(proxy, **cookie) as c:
+        doc = c.get("/_hub/api/status").json()
+        assert [u["user"] for u in doc["users"]] == ["alice"]
+        assert doc["viewer"] == {"user": "alice", "admin": False}
+        assert doc["users"][0]["routes"] == {
+            "code": f"http://code.{DOMAIN}:{proxy.port}/",
+            "term": f"http://term.{DOMAIN}:{proxy.port}/",
+        }
+        assert c.get("/_hub/api/users/alice").status_code == 200
+        # another user's entry: 403 whether or not that user exists
+        for other in ("bob", "nobody"):
+            r = c.get(f"/_hub/api/users/{other}")
+            assert r.status_code == 403, r.text
+
+
+def test_new_user_without_a_record_sees_a_stopped_placeholder(site):
+    proxy, _, _ = site
+    _, cookie = session_for(proxy, "dave")
+    with client(proxy, **cookie) as c:
+        doc = c.get("/_hub/api/status").json()
+    assert [(u["user"], u["state"]) for u in doc["users"]] == [("dave", "stopped")]
+
+
+def test_admin_session_sees_everyone(site):
+    proxy, _, _ = site
+    _, cookie = session_for(proxy, ADMIN)
+    with client(proxy, **cookie) as c:
+        doc = c.get("/_hub/api/status").json()
+        assert sorted(u["user"] for u in doc["users"]) == ["alice", "bob", "carol"]
+        assert doc["viewer"] == {"user": ADMIN, "admin": True}
+        assert c.get("/_hub/api/users/bob").json()["template"] == "python"
+
+
+def _post(c, path, session, proxy, **headers):
+    return c.post(
+        path, headers={"X-Hub-CSRF": csrf_token(proxy.context.session_key, session.sid), **headers}
+    )
+
+
+def test_regular_user_cannot_act_on_others_or_checkpoint(site):
+    proxy, hub, _ = site
+    session, cookie = session_for(proxy, "alice")
+    with client(proxy, **cookie) as c:
+        for path in (
+            "/_hub/api/users/bob/stop",
+            "/_hub/api/users/bob/restart",
+            "/_hub/api/users/bob/checkpoint",
+            "/_hub/api/users/nobody/stop",
+            "/_hub/api/users/alice/checkpoint",  # admins only
+        ):
+            r = _post(c, path, session, proxy)
+            assert r.status_code == 403, (path, r.text)
+    assert hub.record("bob")["state"] == "checkpointed"
+
+
+def test_regular_user_stops_own_with_csrf(site):
+    proxy, hub, _ = site
+    session, cookie = session_for(proxy, "alice")
+    with client(proxy, **cookie) as c:
+        r = _post(c, "/_hub/api/users/alice/stop", session, proxy)
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "stopped" and hub.record("alice")["state"] == "stopped"
+
+
+def test_admin_session_stops_others_with_csrf(site):
+    proxy, hub, _ = site
+    session, cookie = session_for(proxy, ADMIN)
+    with client(proxy, **cookie) as c:
+        r = _post(c, "/_hub/api/users/alice/stop", session, proxy)
+        assert r.status_code == 200 and hub.record("alice")["state"] == "stopped"
+        r = _post(c, "/_hub/api/users/nobody/stop", session, proxy)
+        assert r.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("csrf", "extra", "reason"),
+    [
+        (None, {}, "missing CSRF"),
+        ("forged", {}, "wrong CSRF"),
+        ("other-session", {}, "wrong CSRF"),
+        ("ok", {"Origin": "http://evil.example"}, "cross-origin"),
+        ("ok", {"Origin": f"http://code.{DOMAIN}"}, "cross-origin"),  # a sibling subdomain
+        ("ok", {"Sec-Fetch-Site": "same-site"}, "cross-site"),
+        ("ok", {"Sec-Fetch-Site": "cross-site"}, "cross-site"),
+    ],
+)
+def test_csrf_is_required_and_bound_to_the_session(site, csrf, extra, reason):
+    proxy, hub, _ = site
+    session, cookie = session_for(proxy, ADMIN)
+    other, _ = session_for(proxy, ADMIN)
+    tokens = {
+        None: None,
+        "forged": "A" * 43,
+        "other-session": csrf_token(proxy.context.session_key, other.sid),
+        "ok": csrf_token(proxy.context.session_key, session.sid),
+    }
+    headers = dict(extra)
+    if tokens[csrf] is not None:
+        headers["X-Hub-CSRF"] = tokens[csrf]
+    with client(proxy, **cookie) as c:
+        r = c.post("/_hub/api/users/bob/stop", headers=headers)
+    assert r.status_code == 403 and reason in r.json()["error"], r.text
+    assert hub.record("bob")["state"] == "checkpointed"
+
+
+def test_same_origin_post_passes(site):
+    proxy, hub, _ = site
+    session, cookie = session_for(proxy, ADMIN)
+    with client(proxy, **cookie) as c:
+        r = _post(
+            c,
+            "/_hub/api/users/bob/stop",
+            session,
+            proxy,
+            Origin=f"http://term.{DOMAIN}:{proxy.port}",
+            **{"Sec-Fetch-Site": "same-origin"},
+        )
+    assert r.status_code == 200, r.text
+
+
+def test_template_switch_is_validated(site):
+    proxy, _, _ = site
+    session, cookie = session_for(proxy, "alice")
+    with client(proxy, **cookie) as c:
+        r = _post(c, "/_hub/api/users/alice/restart?template=nope", session, proxy)
+        assert r.status_code == 400 and "default, python" in r.json()["error"]
+        r = _post(c, "/_hub/api/users/alice/stop?template=python", session, proxy)
+        assert r.status_code == 400
+
+
+# -- health, metrics, dashboard, openapi -----------------------------------------------------
+
+
+def test_health_answers_on_any_host(site):
+    proxy, _, _ = site
+    for host in (f"127.0.0.1:{proxy.port}", f"term.{DOMAIN}:{proxy.port}", "whatever"):
+        with client(proxy, host=host) as c:
+            r = c.get("/_hub/health")
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["ok"] and body["live"] and body["ready"]
+            assert body["control_plane"] == "running" and body["environments"] == 3
+            assert c.get("/_hub/health/live").status_code == 200
+
+
+def test_metrics_need_the_token_an_admin_or_a_direct_local_connection(site):
+    proxy, _, config = site
+    with client(proxy, host=f"127.0.0.1:{proxy.port}") as c:
+        r = c.get("/_hub/metrics")  # direct, from loopback
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        assert 'hub_environments{state="checkpointed"} 1' in r.text
+        r = c.get("/_hub/metrics", headers={"X-Forwarded-For": "203.0.113.9"})  # via Traefik
+        assert r.status_code == 400
+        r = c.get(
+            "/_hub/metrics",
+            headers={
+                "X-Forwarded-For": "203.0.113.9",
+                "Authorization": f"Bearer {admin_token(config)}",
+            },
+        )
+        assert r.status_code == 200
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    _, alice = session_for(proxy, "alice")
+    with client(proxy, **alice, **forwarded) as c:
+        assert c.get("/_hub/metrics").status_code == 403
+    _, carol = session_for(proxy, ADMIN)
+    with client(proxy, **carol, **forwarded) as c:
+        assert c.get("/_hub/metrics").status_code == 200
+
+
+def test_dashboard_page_carries_the_session_csrf_and_a_strict_csp(site):
+    proxy, _, _ = site
+    session, cookie = session_for(proxy, "alice")
+    with client(proxy, **cookie) as c:
+        r = c.get("/_hub/dashboard")
+    assert r.status_code == 200
+    assert f'content="{csrf_token(proxy.context.session_key, session.sid)}"' in r.text
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "unsafe-inline" not in csp
+    assert "http" not in csp.replace("'self'", "")  # no external sources
+    assert "<script nonce=" in r.text and "src=" not in r.text.split("<script")[1].split(">")[0]
+    with client(proxy) as c:
+        r = c.get("/_hub/dashboard", headers={"Sec-Fetch-Mode": "navigate", "Accept": "text/html"})
+        assert r.status_code == 302 and r.headers["location"].startswith("/_hub/login")
+
+
+def test_openapi_lists_every_endpoint(site):
+    proxy, _, _ = site
+    _, cookie = session_for(proxy, "alice")
+    with client(proxy, **cookie) as c:
+        doc = c.get("/_hub/api/openapi.json").json()
+    assert doc["openapi"].startswith("3.1")
+    for path in (
+        "/_hub/api/status",
+        "/_hub/api/users/{user}",
+        "/_hub/api/users/{user}/stop",
+        "/_hub/api/users/{user}/checkpoint",
+        "/_hub/api/users/{user}/restart",
+        "/_hub/health",
+        "/_hub/metrics",
+    ):
+        assert path in doc["paths"]

@@ -27,6 +27,7 @@ COMMANDS: list[str] = [
     "uninstall",
     "gc",
     "start",
+    "audit",
 ]
 
 for _name in COMMANDS:

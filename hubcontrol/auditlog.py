@@ -247,21 +247,23 @@ def follow(
 ) -> Iterator[dict]:
     """Records already in the log, then new ones as they are appended, until ``stop()`` is true.
 
-    Survives ``copytruncate`` (the file shrinks under us: read again from its start) and
-    ``create``/rename rotation (the path names a new file: reopen it). Only whole lines are
-    returned; a line being written is read once its newline arrives.
+    Survives ``copytruncate`` (the file was truncated in place: read again from its start, also
+    when it has grown past the old position since, which the bytes before that position tell)
+    and ``create``/rename rotation (the path names a new file: finish the old one, reopen).
+    Only whole lines are returned; a line being written is read once its newline arrives.
     """
     path = Path(path)
     f = None
     ino = None
     pending = b""
+    tail = b""  # the last bytes read: still there at the same offset unless the file was rewritten
     try:
         while not stop():
             if f is None:
                 with contextlib.suppress(FileNotFoundError):
-                    f = open(path, "rb")
+                    f = open(path, "rb")  # noqa: SIM115 - held across yields, closed below
                     ino = os.fstat(f.fileno()).st_ino
-                    pending = b""
+                    pending = tail = b""
             if f is not None:
                 try:
                     st = os.stat(path)
@@ -269,16 +271,20 @@ def follow(
                     st = None
                 if st is not None and st.st_ino != ino:
                     # Renamed away: drain the old file, then continue with the new one.
-                    for record in _drain(f, pending, since):
-                        yield record
+                    yield from _drain(f, pending, since)
                     f.close()
                     f = None
                     continue
-                if st is not None and st.st_size < f.tell():
+                pos = f.tell()
+                if st is not None and (
+                    st.st_size < pos
+                    or (tail and os.pread(f.fileno(), len(tail), pos - len(tail)) != tail)
+                ):
                     f.seek(0)  # truncated in place (copytruncate)
-                    pending = b""
+                    pending = tail = b""
                 chunk = f.read()
                 if chunk:
+                    tail = (tail + chunk)[-64:]
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
                     for line in lines:

@@ -22,11 +22,17 @@ Rules, in order:
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+import anyio
+
 from hubcontrol.checkpoint import MAX_FAILURES
 from hubcontrol.config import HubConfig, Template
+
+log = logging.getLogger(__name__)
 
 KEEP = "keep"
 CHECKPOINT = "checkpoint"
@@ -113,3 +119,89 @@ def decide(record: IdleRecord, now: float, config: HubConfig) -> Decision:
             idle,
         )
     return Decision(CHECKPOINT, f"{over}; {why}", idle)
+
+
+# --- the culler: the arbiter applied to a Hub -----------------------------------------------------
+
+
+def sweep_interval(timeout: float) -> float:
+    """How often the culler looks: a tenth of the timeout, between 0.5 s and 30 s."""
+    return min(30.0, max(0.5, timeout / 10))
+
+
+class IdleCuller:
+    """Applies ``decide`` to every environment of a ``Hub`` every ``sweep_interval`` seconds.
+
+    Uses only the Hub's public surface (records, activity stamps, per-user locks, ``stop``), so the
+    Hub just runs ``culler.run`` as one of its services (``IdleCuller.attach(hub)``). An
+    environment whose lock is held (starting, restoring, stopping) is skipped this round: its
+    record is about to change. ``decisions`` keeps the latest decision per user for status pages
+    ("active 3m ago", "idle 31m; --checkpoint is set").
+    """
+
+    def __init__(self, hub, interval: float | None = None) -> None:
+        self.hub = hub
+        self.interval = interval or sweep_interval(hub.config.idle_timeout)
+        self.decisions: dict[str, Decision] = {}
+
+    @classmethod
+    def attach(cls, hub, interval: float | None = None) -> IdleCuller | None:
+        """Register a culler as a service of ``hub``; None when ``--idle-timeout`` is 0."""
+        if not hub.config.idle_timeout or hub.config.idle_timeout <= 0:
+            return None
+        culler = cls(hub, interval)
+        hub.add_service(culler.run)
+        return culler
+
+    def facts(self, rec: dict) -> IdleFacts:
+        seen = self.hub.activity(rec.get("user") or rec["name"])
+        try:
+            template = self.hub.config.template(rec.get("template"))
+        except Exception:  # a template removed from the configuration: decide without it
+            template = None
+        checkpointer = getattr(self.hub, "checkpointer", None)
+        disabled = bool(checkpointer and checkpointer.health(rec["name"]).disabled)
+        return IdleFacts(
+            state=rec.get("state", "stopped"),
+            last_activity=seen[0] if seen else None,
+            started_at=rec.get("started_at"),
+            template=template,
+            checkpoint_disabled=disabled,
+        )
+
+    def users(self) -> list[str]:
+        """The raw usernames of every persisted record (records are keyed by safe name)."""
+        out = []
+        users_dir = self.hub.users_dir
+        for path in sorted(users_dir.glob("*.json")) if users_dir.is_dir() else []:
+            try:
+                user = json.loads(path.read_text()).get("user")
+            except (OSError, ValueError):
+                continue
+            if user:
+                out.append(user)
+        return out
+
+    async def sweep(self) -> dict[str, Decision]:
+        """One pass over every user; returns the decisions taken, by username."""
+        taken: dict[str, Decision] = {}
+        for user in self.users():
+            rec = self.hub.record(user)
+            if not rec or self.hub.lock(user).locked():
+                continue
+            decision = decide(self.facts(rec), self.hub.clock(), self.hub.config)
+            self.decisions[user] = decision
+            taken[user] = decision
+            if decision.action == KEEP:
+                continue
+            log.info("idle culler: %s: %s: %s", user, decision.action, decision.reason)
+            try:
+                await self.hub.stop(user, checkpoint=decision.action == CHECKPOINT)
+            except Exception:  # one user's failure must not stop the culler for everyone
+                log.exception("idle culler: stopping %s failed", user)
+        return taken
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(self.interval)
+            await self.sweep()

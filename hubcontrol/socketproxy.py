@@ -488,8 +488,9 @@ class PolicySocket:
         listen = self.config.listen
         if self.config.mount_bind_root:
             mount_bind_root(self.config.context.workspace, self.config.context.bind_root)
-        listen.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(listen.parent, 0o700)  # host users must not reach it; the container's mount can
+        # The environment mounts this directory, so its user must be able to traverse it; host
+        # users are kept out one level up (the daemon's exec-root is 0700).
+        listen.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         _remove_stale_socket(listen)
         listener = await anyio.create_unix_listener(listen)
         os.chmod(listen, 0o666)  # the environment's user (any uid) connects through its mount
@@ -645,6 +646,82 @@ def args_for(
     )
 
 
+def drop_idle_for_daemon(spec) -> bool:
+    """``drop_idle_connections`` for the policy socket of the daemon ``spec`` (a DaemonSpec),
+    for the checkpointer to call right before a dump."""
+    return drop_idle_connections(args_for(spec, workspace="", container_workspace=""))
+
+
+class PolicySockets:
+    """Keeps a policy socket process beside every per-user daemon of a ``Hub``.
+
+    ``attach(hub)`` follows the hub's lifecycle events: ``daemon-started`` and
+    ``environment-running`` start the user's policy socket (a no-op when it runs), and
+    ``daemon-stopping`` (also part of a destroy) stops it. The hub must be built with
+    ``env_socket_by_daemon=False``, so dockerd does not serve the environment's socket itself.
+    Listeners must not block, so events are queued and handled by ``run`` (a hub service).
+    """
+
+    def __init__(self, allowed_registries: Sequence[str] = ()) -> None:
+        self.allowed_registries = tuple(allowed_registries)
+        self._send, self._receive = anyio.create_memory_object_stream[tuple[str, dict]](1000)
+        self._hub = None
+
+    def attach(self, hub) -> None:
+        if getattr(hub, "env_socket_by_daemon", False):
+            raise ValueError(
+                "PolicySockets needs Hub(env_socket_by_daemon=False): dockerd would serve the "
+                "environment's socket itself, without the policy"
+            )
+        self._hub = hub
+        hub.add_listener(self._on_event)
+        hub.add_service(self.run)
+
+    def _on_event(self, event: str, rec) -> None:
+        if not rec.get("per_user_docker") or rec.get("net_id") is None:
+            return
+        # (a destroy stops the daemon first, so daemon-stopping covers it)
+        if event in ("daemon-started", "environment-running", "daemon-stopping"):
+            try:
+                self._send.send_nowait((event, dict(rec)))
+            except anyio.ClosedResourceError:
+                pass  # the hub is shutting down
+            except anyio.WouldBlock:
+                log.error("policy socket events queue full; dropped %s for %s", event, rec["name"])
+
+    def args(self, rec: dict) -> ProxyArgs:
+        """The policy socket of the user of ``rec`` (a hub user record)."""
+        from hubcontrol import network, storage  # noqa: PLC0415 - only needed with a hub
+        from hubcontrol.config import DEFAULT_WORKSPACE  # noqa: PLC0415
+
+        hub = self._hub
+        config = hub.config
+        spec = hub.daemon_spec(rec["name"])
+        template = config.templates.get(rec.get("template") or config.default_template)
+        return args_for(
+            spec,
+            workspace=storage.UserPaths(Path(config.workspace_dir), rec["name"]).workspace,
+            container_workspace=template.workspace if template else DEFAULT_WORKSPACE,
+            net=network.user_network(rec["net_id"], config.user_subnet_pool),
+            allowed_registries=self.allowed_registries,
+        )
+
+    async def run(self) -> None:
+        async with self._send, self._receive:
+            async for event, rec in self._receive:
+                try:
+                    args = self.args(rec)
+                    if event in ("daemon-started", "environment-running"):
+                        spec = self._hub.daemon_spec(rec["name"])
+                        await anyio.to_thread.run_sync(
+                            lambda a=args, s=spec: start(a, log_path=s.daemon_dir / "policy.log")
+                        )
+                    else:
+                        await anyio.to_thread.run_sync(stop, args)
+                except Exception:
+                    log.exception("policy socket of %s on %s failed", rec.get("name"), event)
+
+
 def running_pid(args: ProxyArgs) -> int | None:
     """The PID of the policy socket process serving ``args.listen``, or None."""
     if not args.pidfile:
@@ -665,7 +742,10 @@ def start(args: ProxyArgs, *, log_path: Path | str | None = None, timeout: float
     the hub, as the user's dockerd does. Under systemd use ``systemd_unit`` instead."""
     pid = running_pid(args)
     if pid is not None:
-        return pid
+        if _accepts(args.listen):
+            return pid
+        # Running, but its socket file is gone (a daemon restart's cleanup removed it): start over.
+        stop(args)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         subprocess.run(

@@ -1,0 +1,236 @@
+"""The policy socket in a real environment: a Hub (LocalSupervisor, real per-user dockerd) whose
+environment image carries the real docker CLI; users run `docker` inside their environment, as
+they would in a terminal, and the policy socket beside their daemon decides.
+
+Checked: refused requests get the clear error and leave nothing behind; allowed work runs; a user
+cannot read another user's workspace or the host's files by any of the refused routes; the
+environment container itself is unprivileged; the policy socket follows the daemon across a stop
+and a new start."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import tarfile
+import time
+
+import docker
+import pytest
+from anyio.from_thread import start_blocking_portal
+
+from hubcontrol.embed import SyncHub
+from hubcontrol.hub import Hub
+from hubcontrol.socketproxy import PolicySockets
+from tests.hubcontrol._hubcore import HOST_SOCKET, env_rootfs_tar, make_config, unique_user
+
+pytestmark = [
+    pytest.mark.docker,
+    pytest.mark.timeout(300),
+    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
+]
+
+DOCKER_CLI = "/usr/bin/docker"
+# The CLI is dynamically linked against glibc only (checked with ldd on this image's host).
+LIBS = ["/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"]
+
+
+def cli_rootfs_tar() -> bytes:
+    """The hub's test environment image plus the host's docker CLI and what it links against."""
+    src = io.BytesIO(env_rootfs_tar())
+    out = io.BytesIO()
+    with tarfile.open(fileobj=src) as old, tarfile.open(fileobj=out, mode="w") as new:
+        for member in old.getmembers():
+            new.addfile(member, old.extractfile(member) if member.isfile() else None)
+        for d in ("usr", "usr/bin", "lib", "lib/x86_64-linux-gnu", "lib64"):
+            if d not in old.getnames():
+                info = tarfile.TarInfo(d)
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                new.addfile(info)
+        for path in [DOCKER_CLI, *LIBS]:
+            new.add(os.path.realpath(path), arcname=path.lstrip("/"))  # files, not host symlinks
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def image():
+    client = docker.DockerClient(base_url=f"unix://{HOST_SOCKET}", version="1.41", timeout=300)
+    ref = f"hub-test/policy-env:{unique_user('t')}"
+    repository, tag = ref.split(":")
+    client.api.import_image_from_data(cli_rootfs_tar(), repository=repository, tag=tag)
+    try:
+        yield ref
+    finally:
+        with contextlib.suppress(docker.errors.DockerException):
+            client.images.remove(ref, force=True)
+        client.close()
+
+
+@contextlib.contextmanager
+def policy_hub(tmp_path, image):
+    """A Hub whose environments get the policy socket, destroyed with all its users' data."""
+    config = make_config(tmp_path, image)
+    with start_blocking_portal() as portal:
+        hub = portal.call(lambda: Hub(config, ready_timeout=30, env_socket_by_daemon=False))
+        PolicySockets().attach(hub)
+        future, _ = portal.start_task(hub.run)
+        sync = SyncHub(hub, portal)
+        try:
+            yield sync
+        finally:
+            for row in sync.status():
+                with contextlib.suppress(Exception):
+                    sync.destroy(row.user, remove_data=True)
+            future.cancel()
+            hub.engine.close()
+
+
+def wait_for_socket(path, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(path))
+                return
+            except OSError:
+                time.sleep(0.1)
+    raise AssertionError(f"policy socket {path} never answered")
+
+
+class Env:
+    """A user's environment, reached the way the user is: a shell inside it."""
+
+    def __init__(self, hub: SyncHub, user: str):
+        self.user = user
+        self.env = hub.ensure_running(user)
+        self.spec = hub.hub.daemon_spec(user)
+        self.workspace = hub.hub.config.workspace_dir / self.spec.user
+        wait_for_socket(self.spec.env_socket_path)
+        self.client = docker.DockerClient(base_url=self.env.docker_url, version="1.41")
+        self.container = self.client.containers.get(self.env.container_id)
+
+    def sh(self, script: str) -> tuple[int, str]:
+        result = self.container.exec_run(
+            ["sh", "-c", script], user="vscode", environment={"DOCKER_CONFIG": "/tmp/.docker"}
+        )
+        return result.exit_code, result.output.decode(errors="replace")
+
+    def containers(self) -> list[str]:
+        return sorted(c.id for c in self.client.containers.list(all=True))
+
+    def close(self):
+        self.client.close()
+
+
+@pytest.fixture(scope="module")
+def two_users(tmp_path_factory, image):
+    with policy_hub(tmp_path_factory.mktemp("hub"), image) as hub:
+        alice, bob = Env(hub, unique_user("alice")), Env(hub, unique_user("bob"))
+        (bob.workspace / "secret").write_text("bob's secret\n")
+        try:
+            yield hub, alice, bob, image
+        finally:
+            alice.close()
+            bob.close()
+
+
+def test_the_environment_sees_the_policy_socket_not_the_daemon(two_users):
+    hub, alice, bob, image = two_users
+    code, out = alice.sh(
+        "docker version --format '{{.Server.Version}}' && ls -l /var/run/docker.sock"
+    )
+    assert code == 0, out
+    assert "/run/rediacc/env/docker.sock" in out
+    # the raw daemon socket is nowhere in the environment's mounts
+    mounts = [m["Source"] for m in alice.container.attrs["Mounts"]]
+    assert str(alice.spec.socket) not in mounts and str(alice.spec.exec_root) not in mounts
+
+
+def test_environment_container_is_unprivileged(two_users):
+    _, alice, _, _ = two_users
+    host = alice.container.attrs["HostConfig"]
+    assert host["Privileged"] is False
+    assert not host.get("CapAdd") and not host.get("Devices") and not host.get("DeviceRequests")
+    assert not any("unconfined" in opt for opt in host.get("SecurityOpt") or [])
+    assert host["PidMode"] == "" and host["UsernsMode"] == "" and host["NetworkMode"] != "host"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ("run --rm --privileged {img} true", "privileged mode"),
+        ("run --rm -v /:/host {img} cat /host/etc/shadow", "bind mount of /"),
+        ("run --rm -v /etc:/x {img} cat /x/shadow", "bind mount of /etc"),
+        ("run --rm -v {bob}:/x {img} cat /x/secret", "only directories inside your workspace"),
+        (
+            "run --rm -v /workspace/../{bobname}:/x {img} cat /x/secret",
+            "only directories inside your workspace",
+        ),
+        ("run --rm -v /workspace/.checkpoint:/x {img} ls /x", "checkpoint directory"),
+        (
+            "run --rm --mount type=bind,source=/run/rediacc,target=/x {img} ls /x",
+            "bind mount of /run/rediacc",
+        ),
+        ("run --rm --pid host {img} true", "host's pid namespace"),
+        ("run --rm --network host {img} true", "host's network namespace"),
+        ("run --rm --cap-add SYS_ADMIN {img} true", "capability SYS_ADMIN"),
+        ("run --rm --device /dev/sda {img} true", "host devices"),
+        ("run --rm --security-opt seccomp=unconfined {img} true", "seccomp"),
+        ("run --rm -p 127.0.0.1:7112:80 {img} true", "publishing port"),
+        (
+            "volume create --opt type=none --opt o=bind --opt device={bob} bobvol",
+            "volume driver options",
+        ),
+        ("stop hub-{alicename}", "your environment"),
+        ("exec --privileged hub-{alicename} true", "privileged exec"),
+    ],
+)
+def test_refused_inside_the_environment(two_users, args, expected):
+    hub, alice, bob, image = two_users
+    line = args.format(
+        img=image, bob=bob.workspace, bobname=bob.spec.user, alicename=alice.spec.user
+    )
+    before = alice.containers()
+    code, out = alice.sh(f"docker {line}")
+    assert code != 0, out
+    assert "hub policy refused" in out and expected in out, out
+    assert "bob's secret" not in out
+    assert alice.containers() == before
+
+
+def test_allowed_work_inside_the_environment(two_users):
+    hub, alice, bob, image = two_users
+    code, out = alice.sh(
+        "mkdir -p /workspace/proj && cd /workspace/proj && "
+        f"printf 'FROM {image}\\nRUN echo built > /built\\n' > Dockerfile && "
+        "docker build -q -t mine . && "
+        "docker run --rm -v $PWD:/src mine sh -c 'cat /built; echo from-container > /src/out' && "
+        "docker run -d --name bg mine sh -c 'echo logged; sleep 30' && sleep 0.5 && "
+        "docker logs bg && docker exec bg echo exec-ok && docker rm -f bg && docker ps -a --format '{{.Names}}'"
+    )
+    assert code == 0, out
+    assert "built" in out and "logged" in out and "exec-ok" in out
+    assert (alice.workspace / "proj" / "out").read_text() == "from-container\n"
+    # bob's daemon has none of it
+    assert "mine" not in str(bob.client.images.list())
+
+
+def test_policy_socket_follows_the_daemon_across_stop_and_start(two_users):
+    hub, alice, _, image = two_users
+    pid_before = (alice.spec.exec_root / "policy.pid").read_text()
+    hub.stop(alice.user)
+    deadline = time.monotonic() + 15
+    while (alice.spec.exec_root / "policy.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not (alice.spec.exec_root / "policy.pid").exists()
+    again = Env(hub, alice.user)
+    try:
+        assert (alice.spec.exec_root / "policy.pid").read_text() != pid_before
+        code, out = again.sh(
+            f"docker run --rm {image} echo back && docker run --rm --privileged {image} true"
+        )
+        assert "back" in out and "privileged mode" in out, out
+    finally:
+        again.close()

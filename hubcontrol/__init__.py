@@ -6,6 +6,8 @@ event loop) and is importable on its own by automation scripts. It never imports
 or rich.
 """
 
+from hubcontrol.audit import AuditManager, AuditStream
+from hubcontrol.auditlog import AuditLog, follow_audit_log, read_audit_log
 from hubcontrol.config import (
     ComposeService,
     HubConfig,
@@ -26,6 +28,7 @@ from hubcontrol.config import (
 from hubcontrol.embed import SyncHub, embedded
 from hubcontrol.environment import Environment
 from hubcontrol.errors import (
+    AuditError,
     CheckpointError,
     ConfigError,
     DaemonError,
@@ -43,6 +46,10 @@ from hubcontrol.hub import EnvironmentStatus, Hub, Progress, Route, RouteTable
 from hubcontrol.names import safe_name
 
 __all__ = [
+    "AuditError",
+    "AuditLog",
+    "AuditManager",
+    "AuditStream",
     "CheckpointError",
     "ComposeService",
     "ConfigError",
@@ -73,6 +80,7 @@ __all__ = [
     "config_as_dict",
     "dump_labels_file",
     "embedded",
+    "follow_audit_log",
     "load_compose",
     "load_config",
     "load_labels_file",
@@ -81,5 +89,6 @@ __all__ = [
     "parse_size",
     "parse_start_flags",
     "plan_gc",
+    "read_audit_log",
     "safe_name",
 ]

@@ -304,3 +304,9 @@ def _drain(f, pending: bytes, since: datetime | None) -> Iterator[dict]:
         record = _parse_line(line)
         if _keep(record, since):
             yield record
+
+
+# Names for the package's flat API (``hubcontrol.read_audit_log``), where bare ``follow`` would be
+# ambiguous.
+read_audit_log = read_records
+follow_audit_log = follow

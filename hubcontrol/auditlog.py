@@ -168,8 +168,12 @@ class Cursor:
         return f"{start // 1_000_000_000}.{start % 1_000_000_000:09d}"
 
     def seen(self, key: str, nano: int) -> bool:
-        """Whether the event was written already (or is too old to be anything but a repeat)."""
-        return key in self.recent or nano < self.nano - RESUME_OVERLAP_NS
+        """Whether the event was written already.
+
+        Only identity counts, never age: a replay never reaches further back than ``since()``,
+        and a live event older than the cursor (the host clock was set back) is still new.
+        """
+        return key in self.recent
 
     def advance(self, key: str, nano: int) -> None:
         self.recent[key] = nano

@@ -21,7 +21,9 @@ step ./scripts/setup-host.sh
 step ./scripts/start-host-dockerd.sh
 step ./scripts/install-test-deps.sh
 step ./scripts/build-image.sh
-step .venv/bin/ruff check .
+# Lint failures fail the run, but only after the tests: both results are worth seeing at once.
+lint=0
+step .venv/bin/ruff check . || lint=$?
 
 ARTIFACTS="$ROOT/test-artifacts"
 rm -rf "$ARTIFACTS"
@@ -36,7 +38,9 @@ rc=0
 .venv/bin/pytest --junitxml="$ARTIFACTS/junit.xml" -o junit_family=xunit2 "$@" || rc=$?
 note "(pytest: $(elapsed "$t0") s, exit $rc)"
 case $rc in
-0) say "all tests passed ($(script_elapsed) s in all)" ;;
+0) ;;
 5) die "pytest collected no tests: that is a failure, not a pass" ;;
 *) die "tests failed (pytest exit $rc); artefacts in $ARTIFACTS" ;;
 esac
+((lint == 0)) || die "tests passed, but \`ruff check .\` found problems (above)"
+say "all tests passed and the code is lint-clean ($(script_elapsed) s in all)"

@@ -180,17 +180,23 @@ def test_environment_image_has_what_the_default_route_needs(host_docker) -> None
         "id -u vscode; getent passwd vscode | cut -d: -f6,7; pwd; "
         "for c in bash ttyd python3 tini docker ps ip; do command -v $c >/dev/null || echo missing $c; done"
     )
-    out = host_docker.containers.run(ENV_IMAGE, ["bash", "-c", script], remove=True).decode()
+    out = host_docker.containers.run(
+        ENV_IMAGE, ["bash", "-c", script], network_mode="none", remove=True
+    ).decode()
     assert out.split("\n")[:3] == ["1000", "/home/vscode:/bin/bash", "/workspace"], out
     assert "missing" not in out, out
 
 
 @pytest.mark.docker
 def test_environment_image_serves_a_terminal_over_http(host_docker) -> None:
-    # Fetched from inside the container: the host's route to the container's bridge is not what
+    # Fetched from inside the container, on its loopback: the host daemon's bridge is not what
     # this test is about (and on a shared host another daemon's bridge may shadow docker0).
     container = host_docker.containers.run(
-        ENV_IMAGE, ["ttyd", "--writable", "--port", "7681", "bash"], user="vscode", detach=True
+        ENV_IMAGE,
+        ["ttyd", "--writable", "--port", "7681", "bash"],
+        user="vscode",
+        network_mode="none",
+        detach=True,
     )
     fetch = (
         "import time, urllib.request\n"

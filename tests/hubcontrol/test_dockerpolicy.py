@@ -1,0 +1,696 @@
+"""The docker-socket policy's pure decisions, one parametrized table per rule family."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hubcontrol import dockerpolicy as p
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    ws = tmp_path / "ws" / "alice"
+    (ws / "proj" / "sub").mkdir(parents=True)
+    (ws / ".checkpoint").mkdir()
+    (ws / "up").symlink_to("..")
+    (ws / "root").symlink_to("/")
+    (ws / "inside").symlink_to(ws / "proj")
+    (ws / "relinside").symlink_to("proj/sub")
+    return p.PolicyContext(
+        workspace=str(ws),
+        bind_root="/run/rediacc/hub/32768/env/workspace",
+        policy_socket="/run/rediacc/hub/32768/env/docker.sock",
+        user_networks=("10.208.0.128/25",),
+    )
+
+
+def decide(ctx, method, target, body=None, facts=None):
+    req = p.classify(method, target)
+    if isinstance(req, p.Refusal):
+        return req
+    if body is not None:
+        parsed = p.read_json(json.dumps(body).encode() if not isinstance(body, bytes) else body)
+        if isinstance(parsed, p.Refusal):
+            return parsed
+        req = req.with_body(parsed)
+    return p.check(req, ctx, facts or {})
+
+
+def refused(result, *words):
+    assert isinstance(result, p.Refusal), f"allowed: {result!r}"
+    for w in words:
+        assert w in result.message, result.message
+    return result
+
+
+def wire(result):
+    assert not isinstance(result, p.Refusal), result.message
+    return json.loads(p.to_wire(result))
+
+
+# --- classify ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "endpoint", "version"),
+    [
+        ("GET", "/_ping", "ping", None),
+        ("HEAD", "/v1.41/_ping", "ping", (1, 41)),
+        ("POST", "/v1.41/containers/create?name=x", "container create", (1, 41)),
+        ("POST", "/containers/create", "container create", None),
+        ("POST", "/v1.24/containers/abc/start", "container start", (1, 24)),
+        ("POST", "/v1.41/containers%2Fcreate", "container create", (1, 41)),
+        ("GET", "/v1.41/images/registry.example.com:5000/a/b:1/json", "image inspect", (1, 41)),
+        ("DELETE", "/v1.41/images/a/b:1", "image remove", (1, 41)),
+        ("post", "/v1.41/build", "image build", (1, 41)),
+        ("GET", "/v1.41/plugins", "plugin list", (1, 41)),
+        ("POST", "/v1.41/exec/abc/start", "exec start", (1, 41)),
+    ],
+)
+def test_classify_allowed(method, target, endpoint, version):
+    req = p.classify(method, target)
+    assert isinstance(req, p.ApiRequest), req
+    assert req.endpoint.name == endpoint and req.version == version
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "status", "words"),
+    [
+        ("POST", "/v1.41/../containers/create", 400, "'..'"),
+        ("POST", "/v1.41/%2e%2e/containers/create", 400, "'..'"),
+        ("POST", "/v1.41//containers/create", 400, "empty"),
+        ("POST", "/v1.41/./containers/create", 400, "'.'"),
+        ("GET", "/v1.41/_ping%00", 400, "'..'"),
+        ("GET", "v1.41/_ping", 400, "absolute"),
+        ("POST", "/v1.23/containers/create", 400, "API version 1.23"),
+        ("POST", "/v1.12/containers/x/start", 400, "older than 1.24"),
+        ("POST", "/v1.41/swarm/init", 403, "swarm mode"),
+        ("GET", "/v1.41/services", 403, "swarm mode"),
+        ("POST", "/v1.41/secrets/create", 403, "swarm mode"),
+        ("POST", "/v1.41/plugins/pull", 403, "plugin management"),
+        ("POST", "/v1.41/plugins/x/enable", 403, "plugin management"),
+        ("POST", "/v1.41/plugins/x/set", 403, "plugin management"),
+        ("POST", "/v1.41/containers/x/checkpoints", 403, "checkpoints"),
+        ("GET", "/v1.41/containers/x/checkpoints", 403, "checkpoints"),
+        ("POST", "/v1.41/session", 403, "BuildKit"),
+        ("POST", "/grpc", 403, "BuildKit"),
+        ("GET", "/v1.41/nonexistent", 403, "not an endpoint"),
+        ("PATCH", "/v1.41/containers/x/json", 403, "not an endpoint"),
+        ("GET", "/v1.41/build?a=1&a=2", 400, "given twice"),
+    ],
+)
+def test_classify_refused(method, target, status, words):
+    r = refused(p.classify(method, target))
+    assert r.status == status
+    assert words in r.message or words.strip("'") in r.message, r.message
+
+
+def test_repeated_query_with_same_value_is_fine():
+    req = p.classify("GET", "/v1.41/containers/json?all=1&all=1")
+    assert req.query == {"all": "1"}
+
+
+# --- JSON as Go reads it --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"HostConfig": {"Privileged": false, "Privileged": true}}',
+        b'{"hostconfig": {"privileged": true}}',
+        b'{"HOSTCONFIG": {"PRIVILEGED": 1}}',
+        b'{"HostConfig": {}, "hostConfig": {"Privileged": true}}',
+        b'{"Privileged": true}',
+        b'{"privileged": true, "HostConfig": {}}',
+    ],
+)
+def test_json_spellings_cannot_hide_privileged(ctx, body):
+    refused(decide(ctx, "POST", "/containers/create", body), "privileged mode")
+
+
+def test_last_folded_value_is_what_gets_forwarded(ctx):
+    body = '{"Image": "x", "HostConfig": {"Privileged": true, "\uff30rivileged": false}}'.encode()
+    out = wire(decide(ctx, "POST", "/containers/create", body))
+    assert out["HostConfig"] == {"Privileged": False}
+
+
+def test_map_keys_keep_their_case(ctx):
+    body = {
+        "Image": "x",
+        "Labels": {"Com.Example.A": "1", "com.example.a": "2"},
+        "HostConfig": {"Tmpfs": {"/Data": ""}},
+    }
+    out = wire(decide(ctx, "POST", "/containers/create", body))
+    assert out["Labels"] == {"Com.Example.A": "1", "com.example.a": "2"}
+    assert out["HostConfig"]["Tmpfs"] == {"/Data": ""}
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b'{"Image": "x"} {"Privileged": true}', 400),
+        (b'{"Memory": NaN}', 400),
+        (b'{"Image": "\xff"}', 400),
+        (b"[" * 10 + b"]" * 10, None),
+        (b"x" * (p.MAX_JSON_BODY + 1), 413),
+    ],
+)
+def test_read_json_rejects(raw, status):
+    out = p.read_json(raw)
+    if status is None:
+        assert out == [[[[[[[[[[]]]]]]]]]]
+    else:
+        assert isinstance(out, p.Refusal) and out.status == status
+
+
+def test_read_json_empty_body_is_none():
+    assert p.read_json(b"  ") is None
+
+
+# --- HostConfig rules -----------------------------------------------------------------------------
+
+
+def hc(**fields):
+    return {"Image": "x", "HostConfig": fields}
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"Privileged": True}, "privileged mode"),
+        ({"NetworkMode": "host"}, "host's network namespace"),
+        ({"NetworkMode": "HOST"}, "host's network namespace"),
+        ({"PidMode": "host"}, "host's pid namespace"),
+        ({"IpcMode": "host"}, "host's ipc namespace"),
+        ({"UTSMode": "host"}, "host's uts namespace"),
+        ({"UsernsMode": "host"}, "--userns=host"),
+        ({"CgroupnsMode": "host"}, "cgroupns"),
+        ({"Devices": [{"PathOnHost": "/dev/sda", "PathInContainer": "/dev/sda"}]}, "host devices"),
+        ({"DeviceCgroupRules": ["b *:* rwm"]}, "device cgroup rules"),
+        ({"DeviceRequests": [{"Count": -1, "Capabilities": [["gpu"]]}]}, "device requests"),
+        ({"CapAdd": ["SYS_ADMIN"]}, "capability SYS_ADMIN"),
+        ({"CapAdd": ["cap_net_admin"]}, "capability NET_ADMIN"),
+        ({"CapAdd": ["ALL"]}, "capability ALL"),
+        ({"CapAdd": ["SYS_PTRACE"]}, "capability SYS_PTRACE"),
+        ({"SecurityOpt": ["seccomp=unconfined"]}, "seccomp"),
+        ({"SecurityOpt": ["seccomp:unconfined"]}, "seccomp"),
+        ({"SecurityOpt": ['seccomp={"defaultAction":"SCMP_ACT_ALLOW"}']}, "seccomp"),
+        ({"SecurityOpt": ["apparmor=unconfined"]}, "AppArmor"),
+        ({"SecurityOpt": ["label=disable"]}, "SELinux"),
+        ({"SecurityOpt": ["label:type:spc_t"]}, "SELinux"),
+        ({"SecurityOpt": ["systempaths=unconfined"]}, "/proc"),
+        ({"SecurityOpt": ["no-new-privileges=false"]}, "setuid"),
+        ({"MaskedPaths": []}, "MaskedPaths"),
+        ({"ReadonlyPaths": []}, "ReadonlyPaths"),
+        ({"Sysctls": {"kernel.core_pattern": "|/tmp/x"}}, "sysctl 'kernel.core_pattern'"),
+        ({"Sysctls": {"vm.overcommit_memory": "1"}}, "sysctl 'vm.overcommit_memory'"),
+        ({"Sysctls": {"kernel.domainname": "x"}}, "sysctl"),
+        ({"CgroupParent": "/"}, "--cgroup-parent"),
+        ({"Cgroup": "container:abc"}, "cgroup"),
+        ({"Runtime": "io.containerd.runc.v2"}, "runtime"),
+        ({"Runtime": "runsc"}, "runtime"),
+        ({"Isolation": "hyperv"}, "--isolation"),
+        (
+            {"PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "7112"}]}},
+            "publishing ports",
+        ),
+        ({"PortBindings": {"80/tcp": [{"HostPort": ""}]}}, "publishing ports"),
+        ({"PublishAllPorts": True}, "publishing ports"),
+        (
+            {"LogConfig": {"Type": "syslog", "Config": {"syslog-address": "tcp://127.0.0.1:7112"}}},
+            "log driver",
+        ),
+        ({"LogConfig": {"Type": "journald"}}, "log driver"),
+        ({"OomScoreAdj": -1}, "--oom-score-adj"),
+        ({"OomKillDisable": True}, "--oom-kill-disable"),
+        ({"CpuRealtimeRuntime": 1000}, "real-time"),
+        ({"StorageOpt": {"dm.basesize": "1G"}}, "storage option"),
+        ({"VolumeDriver": "convoy"}, "volume driver"),
+        ({"Binds": ["/:/host"]}, "bind mount of /"),
+        ({"Binds": ["/etc/shadow:/x:ro"]}, "bind mount of /etc/shadow"),
+        (
+            {"Binds": ["/var/run/docker.sock:/s", "/run/rediacc/hub/32768/docker.sock:/s2"]},
+            "bind mount of /run/rediacc",
+        ),
+        ({"Binds": ["/workspace/proj:/x:rshared"]}, "bind option 'rshared'"),
+        ({"Binds": ["/workspace/proj:/x:shared"]}, "bind option 'shared'"),
+        ({"Binds": ["/workspace"]}, "expected source:destination"),
+        ({"Mounts": [{"Type": "bind", "Source": "/", "Target": "/h"}]}, "bind mount of /"),
+        ({"Mounts": [{"type": "BIND", "source": "/etc", "target": "/h"}]}, "bind mount of /etc"),
+        (
+            {
+                "Mounts": [
+                    {
+                        "Type": "bind",
+                        "Source": "/workspace/proj",
+                        "Target": "/h",
+                        "BindOptions": {"Propagation": "rshared"},
+                    }
+                ]
+            },
+            "propagation",
+        ),
+        ({"Mounts": [{"Type": "bind", "Source": "relative", "Target": "/h"}]}, "absolute path"),
+        ({"Mounts": [{"Type": "npipe", "Source": "x", "Target": "/h"}]}, "mount type 'npipe'"),
+        (
+            {
+                "Mounts": [
+                    {
+                        "Type": "volume",
+                        "Source": "v",
+                        "Target": "/h",
+                        "VolumeOptions": {
+                            "DriverConfig": {
+                                "Name": "local",
+                                "Options": {"type": "none", "o": "bind", "device": "/"},
+                            }
+                        },
+                    }
+                ]
+            },
+            "volume driver options",
+        ),
+        (
+            {
+                "Mounts": [
+                    {
+                        "Type": "volume",
+                        "Source": "v",
+                        "Target": "/h",
+                        "VolumeOptions": {"Labels": {"rediacc.hub.user": "bob"}},
+                    }
+                ]
+            },
+            "reserved",
+        ),
+    ],
+)
+def test_host_config_refusals(ctx, fields, words):
+    refused(
+        decide(ctx, "POST", "/v1.41/containers/create", hc(**fields)), words, "hub policy refused"
+    )
+
+
+@pytest.mark.parametrize(
+    ("src", "words"),
+    [
+        ("/workspace", "whole workspace"),
+        ("/workspace/", "whole workspace"),
+        ("/workspace/.checkpoint", "checkpoint directory"),
+        ("/workspace/.checkpoint/x", "checkpoint directory"),
+        ("/workspace/proj/../..", "only directories inside your workspace"),
+        ("/workspace/../etc", "only directories inside your workspace"),
+        ("/workspace/up", "only directories inside your workspace"),
+        # '..' is resolved lexically first (the result is what gets mounted), symlinks after
+        ("/workspace/up/alice/proj/../../..", "whole workspace"),
+        ("/workspace/up/bob", "only directories inside your workspace"),
+        ("/workspace/up/alice", "whole workspace"),
+        ("/workspace/root", "only directories inside your workspace"),
+        ("/workspace/root/etc", "only directories inside your workspace"),
+        ("/workspacex/proj", "only directories inside your workspace"),
+    ],
+)
+def test_bind_sources_refused(ctx, src, words):
+    r = refused(decide(ctx, "POST", "/containers/create", hc(Binds=[f"{src}:/x"])), words)
+    assert "/tmp" not in r.message  # never tells the user how the host is laid out
+
+
+@pytest.mark.parametrize(
+    ("src", "rewritten"),
+    [
+        ("/workspace/proj", "proj"),
+        ("/workspace/proj/sub/", "proj/sub"),
+        ("/workspace/proj/new-dir", "proj/new-dir"),
+        ("/workspace/inside", "proj"),
+        ("/workspace/relinside", "proj/sub"),
+        ("/workspace/proj/sub/..", "proj"),
+        ("{ws}/proj", "proj"),
+    ],
+)
+def test_bind_sources_allowed_and_rewritten_to_the_nosymfollow_view(ctx, src, rewritten):
+    src = src.format(ws=ctx.workspace)
+    for body in (
+        hc(Binds=[f"{src}:/x:ro"]),
+        hc(Mounts=[{"Type": "bind", "Source": src, "Target": "/x"}]),
+    ):
+        out = wire(decide(ctx, "POST", "/containers/create", body))["HostConfig"]
+        expected = f"{ctx.bind_root}/{rewritten}"
+        if "Binds" in out:
+            assert out["Binds"] == [f"{expected}:/x:ro"]
+        else:
+            assert out["Mounts"][0]["Source"] == expected
+
+
+@pytest.mark.parametrize(
+    ("fields", "allowed"),
+    [
+        ({"PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}}, True),
+        ({"PortBindings": {"80/tcp": [{"HostIp": "10.208.0.65", "HostPort": "8080"}]}}, True),
+        ({"PublishAllPorts": True}, True),
+        ({"PortBindings": {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]}}, False),
+        ({"PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "7112"}]}}, False),
+        ({"portbindings": {"80/tcp": [{"hostip": "::", "HostPort": "1"}]}}, False),
+    ],
+)
+def test_ports_publish_only_on_the_users_bridge_address(ctx, fields, allowed):
+    import dataclasses
+
+    ctx = dataclasses.replace(ctx, publish_ip="10.208.0.65")
+    result = decide(ctx, "POST", "/containers/create", hc(**fields))
+    assert isinstance(result, p.Refusal) != allowed
+
+
+def test_docker_socket_bind_becomes_the_policy_socket(ctx):
+    out = wire(
+        decide(
+            ctx,
+            "POST",
+            "/containers/create",
+            hc(Binds=["/var/run/docker.sock:/var/run/docker.sock"]),
+        )
+    )
+    assert out["HostConfig"]["Binds"] == [f"{ctx.policy_socket}:/var/run/docker.sock"]
+
+
+def test_named_volume_binds_pass_unchanged(ctx):
+    out = wire(decide(ctx, "POST", "/containers/create", hc(Binds=["data:/data", "cache:/c:ro"])))
+    assert out["HostConfig"]["Binds"] == ["data:/data", "cache:/c:ro"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"CapAdd": ["NET_BIND_SERVICE", "cap_chown", "Kill"], "CapDrop": ["ALL"]},
+        {"SecurityOpt": ["no-new-privileges"]},
+        {"SecurityOpt": ["no-new-privileges:true"]},
+        {"Sysctls": {"net.ipv4.ip_forward": "1", "kernel.shmmax": "1", "fs.mqueue.msg_max": "9"}},
+        {"NetworkMode": "bridge"},
+        {"NetworkMode": "default"},
+        {"NetworkMode": "none"},
+        {"IpcMode": "shareable", "PidMode": "", "CgroupnsMode": "private"},
+        {"Runtime": "runc"},
+        {"LogConfig": {"Type": "json-file", "Config": {"max-size": "10m"}}},
+        {"OomScoreAdj": 500},
+        {"PortBindings": {}, "PublishAllPorts": False, "Devices": [], "Privileged": False},
+        {"Tmpfs": {"/run": "size=64m"}},
+        {
+            "Mounts": [
+                {"Type": "tmpfs", "Target": "/t"},
+                {"Type": "volume", "Source": "v", "Target": "/v"},
+            ]
+        },
+        {
+            "Mounts": [
+                {
+                    "Type": "volume",
+                    "Source": "v",
+                    "Target": "/v",
+                    "VolumeOptions": {
+                        "DriverConfig": {
+                            "Name": "local",
+                            "Options": {
+                                "type": "tmpfs",
+                                "device": "tmpfs",
+                                "o": "size=1m,uid=1000",
+                            },
+                        }
+                    },
+                }
+            ]
+        },
+        {"StorageOpt": {"size": "10G"}},
+        {
+            "Memory": 1 << 30,
+            "PidsLimit": 100,
+            "Ulimits": [{"Name": "nofile", "Soft": 1024, "Hard": 1024}],
+        },
+        {"Init": True, "AutoRemove": True, "RestartPolicy": {"Name": "always"}},
+    ],
+)
+def test_host_config_allowed(ctx, fields):
+    wire(decide(ctx, "POST", "/containers/create", hc(**fields)))
+
+
+# --- facts from the daemon: the environment container and networks ------------------------------
+
+ENV = p.ContainerFacts("e" * 64, {"rediacc.hub.user": "alice"})
+OWN = p.ContainerFacts("f" * 64, {"com.example": "x"})
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "body"),
+    [
+        ("POST", "/containers/env/stop", None),
+        ("POST", "/containers/env/kill", None),
+        ("POST", "/containers/env/restart", None),
+        ("POST", "/containers/env/pause", None),
+        ("POST", "/containers/env/rename?name=x", None),
+        ("POST", "/containers/env/update", {"Memory": 1 << 34}),
+        ("DELETE", "/containers/env?force=1", None),
+        ("POST", "/networks/bridge/disconnect", {"Container": "env"}),
+        ("POST", "/networks/bridge/connect", {"Container": "env"}),
+        ("POST", "/containers/create", hc(PidMode="container:env")),
+        ("POST", "/containers/create", hc(IpcMode="container:env")),
+        ("POST", "/containers/create", hc(NetworkMode="container:env")),
+        ("POST", "/containers/create", hc(VolumesFrom=["env:ro"])),
+    ],
+)
+def test_environment_container_is_protected(ctx, method, target, body):
+    req = p.classify(method, target)
+    if body is not None:
+        req = req.with_body(p.read_json(json.dumps(body).encode()))
+    refs = p.references(req)
+    assert ("container", "env") in refs
+    facts = {
+        ref: ENV if ref == ("container", "env") else p.NetworkFacts("n", "bridge") for ref in refs
+    }
+    refused(p.check(req, ctx, facts), "environment")
+    facts = {
+        ref: OWN if ref == ("container", "env") else p.NetworkFacts("n", "bridge") for ref in refs
+    }
+    assert not isinstance(p.check(req, ctx, facts), p.Refusal)
+
+
+def test_exec_into_the_environment_is_allowed_but_never_privileged(ctx):
+    refused(
+        decide(ctx, "POST", "/containers/env/exec", {"Cmd": ["sh"], "Privileged": True}),
+        "privileged exec",
+    )
+    assert decide(ctx, "POST", "/containers/env/exec", {"Cmd": ["sh"], "User": "root", "Tty": True})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        hc(NetworkMode="hostnet-by-id"),
+        {"Image": "x", "NetworkingConfig": {"EndpointsConfig": {"hostnet-by-id": {}}}},
+    ],
+)
+def test_a_network_that_resolves_to_the_host_driver_is_refused(ctx, body):
+    req = p.classify("POST", "/containers/create").with_body(p.read_json(json.dumps(body).encode()))
+    assert ("network", "hostnet-by-id") in p.references(req)
+    refused(
+        p.check(req, ctx, {("network", "hostnet-by-id"): p.NetworkFacts("abc", "host")}),
+        "driver host",
+    )
+    assert not isinstance(
+        p.check(req, ctx, {("network", "hostnet-by-id"): p.NetworkFacts("abc", "bridge")}),
+        p.Refusal,
+    )
+
+
+def test_builtin_network_names_need_no_lookup():
+    req = p.classify("POST", "/containers/create").with_body(
+        p.read_json(
+            json.dumps(
+                {
+                    "HostConfig": {"NetworkMode": "default"},
+                    "NetworkingConfig": {"EndpointsConfig": {"bridge": {}}},
+                }
+            ).encode()
+        )
+    )
+    assert p.references(req) == set()
+
+
+def test_connect_to_host_network_is_refused(ctx):
+    refused(decide(ctx, "POST", "/networks/host/connect", {"Container": "c"}), "host network")
+
+
+# --- other endpoints ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "body", "words"),
+    [
+        ("POST", "/build?networkmode=host", None, "--network=host"),
+        ("POST", "/build?networkmode=container:abc", None, "--network=container:abc"),
+        ("POST", "/build?cgroupparent=/x", None, "--cgroup-parent"),
+        ("POST", "/build?remote=https://example.com/ctx.tar", None, "remote context"),
+        ("POST", "/build?version=2", None, "BuildKit"),
+        ("POST", "/images/create?fromSrc=http://10.208.0.2:8080/x", None, "fromSrc"),
+        ("POST", "/images/create?fromImage=127.0.0.1:7112/x", None, "registry 127.0.0.1:7112"),
+        ("POST", "/images/create?fromImage=localhost:5000/x", None, "registry localhost:5000"),
+        ("POST", "/images/create?fromImage=10.208.0.2:8080/x", None, "registry 10.208.0.2:8080"),
+        (
+            "POST",
+            "/images/create?fromImage=169.254.169.254/latest",
+            None,
+            "registry 169.254.169.254",
+        ),
+        ("POST", "/images/create?fromImage=[::1]:5000/x", None, "registry [::1]:5000"),
+        ("POST", "/images/127.0.0.1:5000/x/push", None, "push"),
+        ("GET", "/distribution/127.0.0.1:5000/x/json", None, "registry lookup"),
+        ("GET", "/images/search?term=127.0.0.1:7112/x", None, "search"),
+        ("POST", "/auth", {"serveraddress": "http://127.0.0.1:7112/v2/"}, "registry login"),
+        ("POST", "/containers/x/start?checkpoint=c1", None, "checkpoint"),
+        (
+            "POST",
+            "/containers/create",
+            {"Image": "x", "Labels": {"rediacc.hub.user": "bob"}},
+            "reserved",
+        ),
+        ("POST", "/networks/create", {"Name": "n", "Driver": "macvlan"}, "driver 'macvlan'"),
+        ("POST", "/networks/create", {"Name": "n", "Driver": "ipvlan"}, "driver 'ipvlan'"),
+        (
+            "POST",
+            "/networks/create",
+            {"Name": "n", "Options": {"com.docker.network.bridge.name": "docker0"}},
+            "network option",
+        ),
+        (
+            "POST",
+            "/networks/create",
+            {"Name": "n", "IPAM": {"Config": [{"Subnet": "10.208.1.0/24"}]}},
+            "network address",
+        ),
+        (
+            "POST",
+            "/networks/create",
+            {
+                "Name": "n",
+                "IPAM": {"Config": [{"Subnet": "10.208.0.128/25", "Gateway": "10.208.1.1"}]},
+            },
+            "network address",
+        ),
+        ("POST", "/networks/create", {"Name": "n", "IPAM": {"Driver": "custom"}}, "IPAM driver"),
+        ("POST", "/networks/create", {"Name": "n", "Ingress": True}, "Ingress"),
+        ("POST", "/networks/create", {"Name": "n", "ConfigFrom": {"Network": "x"}}, "ConfigFrom"),
+        ("POST", "/networks/create", {"Name": "n", "Labels": {"rediacc.hub.net": "1"}}, "reserved"),
+        (
+            "POST",
+            "/volumes/create",
+            {
+                "Name": "v",
+                "Driver": "local",
+                "DriverOpts": {"type": "none", "o": "bind", "device": "/etc"},
+            },
+            "volume driver options",
+        ),
+        (
+            "POST",
+            "/volumes/create",
+            {"Name": "v", "DriverOpts": {"type": "nfs", "o": "addr=10.208.0.2", "device": ":/"}},
+            "volume driver options",
+        ),
+        (
+            "POST",
+            "/volumes/create",
+            {"Name": "v", "DriverOpts": {"type": "ext4", "device": "/dev/sda1"}},
+            "volume driver options",
+        ),
+        (
+            "POST",
+            "/volumes/create",
+            {"Name": "v", "DriverOpts": {"type": "tmpfs", "device": "tmpfs", "o": "bind"}},
+            "tmpfs volume option",
+        ),
+        ("POST", "/volumes/create", {"Name": "v", "Driver": "sshfs"}, "volume driver 'sshfs'"),
+        ("POST", "/containers/x/update", {"CgroupParent": "/"}, "--cgroup-parent"),
+        ("POST", "/containers/x/update", {"Devices": [{"PathOnHost": "/dev/sda"}]}, "host devices"),
+    ],
+)
+def test_other_endpoint_refusals(ctx, method, target, body, words):
+    refused(decide(ctx, method, target, body), words)
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "body"),
+    [
+        ("POST", "/build?t=x&networkmode=bridge&dockerfile=Dockerfile", None),
+        ("POST", "/build?networkmode=none&version=1", None),
+        ("POST", "/images/create?fromImage=busybox&tag=latest", None),
+        ("POST", "/images/create?fromImage=ghcr.io/org/img&tag=1", None),
+        ("POST", "/images/create?fromSrc=-&repo=x", None),
+        ("POST", "/images/ghcr.io/org/img/push", None),
+        ("POST", "/auth", {"serveraddress": "https://index.docker.io/v1/"}),
+        ("POST", "/networks/create", {"Name": "n"}),
+        (
+            "POST",
+            "/networks/create",
+            {
+                "Name": "n",
+                "Options": {"com.docker.network.driver.mtu": "1400"},
+                "IPAM": {"Config": [{"Subnet": "10.208.0.192/28", "Gateway": "10.208.0.193"}]},
+            },
+        ),
+        ("POST", "/volumes/create", {"Name": "v"}),
+        (
+            "POST",
+            "/volumes/create",
+            {
+                "Name": "v",
+                "DriverOpts": {"type": "tmpfs", "device": "tmpfs", "o": "size=100m,uid=1000"},
+            },
+        ),
+        ("POST", "/containers/x/update", {"Memory": 1 << 30, "RestartPolicy": {"Name": "no"}}),
+        ("POST", "/containers/x/start", None),
+    ],
+)
+def test_other_endpoints_allowed(ctx, method, target, body):
+    result = decide(ctx, method, target, body)
+    assert not isinstance(result, p.Refusal), result.message
+
+
+def test_allowed_registry_overrides_the_address_rule(ctx):
+    import dataclasses
+
+    ctx = dataclasses.replace(ctx, allowed_registries=frozenset({"127.0.0.1:5000"}))
+    assert not isinstance(
+        decide(ctx, "POST", "/images/create?fromImage=127.0.0.1:5000/x"), p.Refusal
+    )
+
+
+@pytest.mark.parametrize(
+    ("ref", "host"),
+    [
+        ("busybox", None),
+        ("library/busybox", None),
+        ("org/img:1", None),
+        ("ghcr.io/org/img", "ghcr.io"),
+        ("localhost/x", "localhost"),
+        ("127.0.0.1:5000/x", "127.0.0.1:5000"),
+        ("[::1]:5000/x", "[::1]:5000"),
+    ],
+)
+def test_registry_host(ref, host):
+    assert p.registry_host(ref) == host
+
+
+def test_refusal_body_is_docker_style():
+    r = p.Refusal("hub policy refused x: y")
+    assert json.loads(r.body()) == {"message": "hub policy refused x: y"} and r.status == 403
+
+
+def test_capability_names_normalized():
+    assert p.normalize_capability(" cap_net_raw ") == "NET_RAW"
+
+
+def test_every_endpoint_is_documented():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    for ep in p.ENDPOINTS:
+        assert ep.name in doc, f"docs/security.md does not mention endpoint {ep.name!r}"

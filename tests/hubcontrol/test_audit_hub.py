@@ -54,9 +54,25 @@ def user_runs(sock: Path, image: str, n: int) -> list[str]:
         client.close()
 
 
-def test_audit_through_the_hub_across_daemon_restart_and_hub_restart(tmp_path, registry):  # noqa: F811
+@pytest.mark.parametrize(
+    "template_fields",
+    [
+        pytest.param({}, id="stop-start"),
+        # root: this host's root lacks CAP_SYS_RESOURCE, so CRIU cannot dump other users' processes
+        pytest.param(
+            {"checkpoint": True, "user": "root"}, id="checkpoint-restore", marks=pytest.mark.criu
+        ),
+    ],
+)
+def test_audit_through_the_hub_across_daemon_restart_and_hub_restart(
+    tmp_path,
+    registry,  # noqa: F811
+    template_fields,
+):
     with host_test_image() as image:
-        config = dataclasses.replace(make_config(tmp_path, image), audit_dir=tmp_path / "audit")
+        config = dataclasses.replace(
+            make_config(tmp_path, image, **template_fields), audit_dir=tmp_path / "audit"
+        )
         user = unique_user("aud")
         log = tmp_path / "audit" / f"{user}.log"
         ids: list[str] = []
@@ -74,9 +90,12 @@ def test_audit_through_the_hub_across_daemon_restart_and_hub_restart(tmp_path, r
                 client.close()
                 ids += user_runs(sock, image, 2)
                 wait_destroyed(log, ids)
-                # the daemon stops (idle) and comes back: the stream is re-armed
+                # the daemon stops (idle; checkpointed where the template asks) and comes back
+                # (restored): the stream is re-armed
                 hub.stop(user)
                 hub.ensure_running(user)
+                if template_fields.get("checkpoint"):
+                    assert hub.hub.record(user)["restored"]["checkpoint"]
                 ids += user_runs(sock, image, 2)
                 wait_destroyed(log, ids)
                 ids += user_runs(sock, image, 1)  # the hub "crashes" right after this
@@ -105,7 +124,9 @@ def test_audit_through_the_hub_across_daemon_restart_and_hub_restart(tmp_path, r
     # image transfer, all marked
     env = [r for r in got if r["type"] == "container" and r["resource"] not in ids]
     assert env and all(r["attrs"].get("origin") == "hub" for r in env)
-    assert {"create", "start", "stop"} <= {r["action"] for r in env}
+    env_actions = {r["action"] for r in env}
+    assert {"create", "start"} <= env_actions
+    assert ("checkpoint" if template_fields.get("checkpoint") else "stop") in env_actions
     transfer = [r for r in got if r["type"] == "image" and r["action"] in ("load", "import")]
     assert transfer and all(r["attrs"].get("origin") == "hub" for r in transfer)
     assert not [r for r in got if r["type"] == "audit"], "no gap expected"

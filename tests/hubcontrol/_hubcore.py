@@ -73,3 +73,33 @@ def make_config(tmp: Path, image: str, **template_fields) -> HubConfig:
 
 def unique_user(prefix: str = "u") -> str:
     return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def user_daemon(tmp: Path, user: str | None = None):
+    """A real per-user dockerd (LocalSupervisor) on a host-wide claimed net ID; removed after."""
+    import subprocess
+
+    from hubcontrol import network
+    from hubcontrol.netids import NetIdRegistry
+    from hubcontrol.supervisor import DaemonSpec
+    from hubcontrol.supervisor.local import LocalSupervisor
+
+    user = user or unique_user("d")
+    registry = NetIdRegistry()
+    root = tmp / f"{user}-docker"
+    net_id = registry.allocate(root)
+    net = network.user_network(net_id, "10.208.0.0/12")
+    daemon_dir = root / ".rediacc" / "docker"
+    spec = DaemonSpec(user=user, net_id=net_id, data_root=daemon_dir / "data",
+                      daemon_dir=daemon_dir, network_config=network.daemon_network_config(net))  # fmt: skip
+    supervisor = LocalSupervisor()
+    try:
+        network.ensure_bridge(net.bridge, net.bridge_address)
+        supervisor.start(spec)
+        yield spec
+    finally:
+        supervisor.stop(spec)
+        network.delete_link(net.bridge)
+        subprocess.run(["rm", "-rf", str(spec.exec_root), str(root)], check=False)
+        registry.release(net_id, root)

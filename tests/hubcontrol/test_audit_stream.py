@@ -380,3 +380,33 @@ def test_disarm_stops_the_stream_promptly(daemon, audit_dir):
     elapsed, armed = anyio.run(main)
     assert not armed
     assert elapsed < 0.5
+
+
+def test_a_failed_write_is_retried_from_the_daemons_buffer(daemon, audit_dir, monkeypatch, caplog):
+    """The log cannot be written for a while (here: a directory in its place); nothing is lost
+    and nothing doubled once it can."""
+    from hubcontrol.audit import AuditStream
+
+    monkeypatch.setattr(AuditStream, "WRITE_RETRY_DELAY", 0.2)
+    d, client, image = daemon
+    path = audit_dir / "hank.log"
+
+    async def main():
+        async with AuditManager(audit_dir=audit_dir) as audit:
+            await audit.arm("hank", NET_ID, d.url)
+            first = await anyio.to_thread.run_sync(churn, client, image, 1, "h")
+            await wait_for(path, destroyed(first))
+            path.rename(audit_dir / "hank.log.saved")
+            path.mkdir()  # open(O_APPEND) now fails with EISDIR
+            second = await anyio.to_thread.run_sync(churn, client, image, 2, "i")
+            await anyio.sleep(0.5)  # a few failed attempts
+            path.rmdir()
+            (audit_dir / "hank.log.saved").rename(path)
+            await wait_for(path, destroyed(second))
+            return first + second
+
+    ids = anyio.run(main)
+    assert "audit log for hank not written" in caplog.text  # the failure did happen
+    time.sleep(0.3)
+    keys = sorted((r["resource"], r["action"]) for r in records(path) if r["resource"] in ids)
+    assert keys == sorted((i, a) for i in ids for a in ("create", "start", "die", "destroy"))

@@ -28,6 +28,8 @@ COMMANDS: list[str] = [
     "gc",
     "start",
     "audit",
+    "status",
+    "stop",
 ]
 
 for _name in COMMANDS:

@@ -9,65 +9,22 @@ session, no session; POSTs with a missing, wrong, other session's and cross-orig
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-import time
 
 import httpx
 import pytest
 
-from hubcontrol import Hub
-from hubcontrol.config import Template
-from hubproxy import cookies
 from hubproxy.admin import TOKEN_FILE
 from hubproxy.openapi import ENTRY
 from hubproxy.statusapi import csrf_token
-from tests.hubproxy.harness import running_proxy
-from tests.hubproxy.support import make_config
-from tests.support.oidc_provider import free_port
-
-DOMAIN = "example.test"
-ADMIN = "carol"
-# Without a net_id, reconcile leaves a record as it is (nothing to adopt).
-USERS = {
-    "alice": {"state": "running", "template": "default"},
-    "bob": {"state": "checkpointed", "template": "python"},
-    ADMIN: {"state": "stopped", "template": "default"},
-}
-
-
-def seed(state_dir, users=USERS) -> None:
-    d = state_dir / "users"
-    d.mkdir(parents=True)
-    for user, fields in users.items():
-        rec = {"name": user, "user": user, "per_user_docker": False, "mode": "persistent"}
-        rec.update(fields, net_id=None)
-        (d / f"{user}.json").write_text(json.dumps(rec))
+from tests.hubproxy.statussite import ADMIN, DOMAIN, admin_token, seeded_site, session_for
 
 
 @pytest.fixture
 def site(tmp_path):
-    """A running proxy over a real Hub with alice, bob and carol (admin) on record."""
-    config = make_config(
-        tmp_path,
-        routes={"term": 7681, "code": 8080},
-        base_domain=DOMAIN,
-        admin_users=frozenset({ADMIN}),
-        session_secret="a" * 64,
-        templates={"default": Template("default", "img"), "python": Template("python", "py")},
-        workspace_dir=tmp_path / "ws",
-        state_dir=tmp_path / "state",
-        idle_timeout=1800.0,
-    )
-    seed(config.state_dir)
-    hub = Hub(config, supervisor=None)
-    port = free_port()
-    with running_proxy(config, hub, port) as proxy:
-        deadline = time.monotonic() + 10
-        while hub.stats.view().refreshed_at is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        yield proxy, hub, config
+    with seeded_site(tmp_path) as s:
+        yield s
 
 
 def client(proxy, host=None, **headers) -> httpx.Client:
@@ -77,18 +34,6 @@ def client(proxy, host=None, **headers) -> httpx.Client:
         headers={"Host": host, **headers},
         timeout=30,
     )
-
-
-def session_for(proxy, user):
-    session = proxy.context.sessions.create(user)
-    token = cookies.make_session_token(
-        cookies.SessionCookie(user, session.sid, session.exp), proxy.context.session_key
-    )
-    return session, {"Cookie": f"{cookies.SESSION_COOKIE}={token}"}
-
-
-def admin_token(config) -> str:
-    return (config.state_dir / TOKEN_FILE).read_text().strip()
 
 
 # -- the admin token ---------------------------------------------------------------------------

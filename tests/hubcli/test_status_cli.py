@@ -1,0 +1,157 @@
+"""``hub status`` and ``hub stop`` against a running hub (the real proxy and Hub of
+tests/hubproxy/statussite.py), and every way they can fail: no hub, no token, a wrong token, an
+unknown user. The comparison with docker's own numbers is in tests/e2e/test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import warnings
+
+import pytest
+from typer.testing import CliRunner
+
+with warnings.catch_warnings():  # as tests/hubproxy/conftest.py: ldap3's pyasn1 deprecation
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import mitmproxy.addons  # noqa: F401
+
+from hubcli.app import app
+from hubcli.commands.status import format_seconds
+from hubcli.hubclient import EXIT_AUTH, EXIT_NO_HUB, EXIT_NO_USER, user_segment
+from hubcontrol.names import safe_name
+from hubproxy.admin import TOKEN_FILE
+from tests.hubproxy.statussite import seeded_site
+from tests.support.oidc_provider import free_port
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def site(tmp_path):
+    with seeded_site(tmp_path) as s:
+        yield s
+
+
+def cli(site, *args):
+    proxy, _, config = site
+    return runner.invoke(
+        app,
+        [
+            *args,
+            "--url",
+            f"http://127.0.0.1:{proxy.port}",
+            "--token-file",
+            str(config.state_dir / TOKEN_FILE),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(None, ""), (0, "0s"), (59.9, "59s"), (61, "1m01s"), (3725, "1h02m"), (90000, "1d01h")],
+)
+def test_format_seconds(seconds, text):
+    assert format_seconds(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("user", "segment"),
+    [
+        ("alice", "alice"),
+        ("Alice.Smith@example.com", "Alice.Smith@example.com"),
+        ("name with space", safe_name("name with space")),
+        ("a/b", safe_name("a/b")),
+        ("ö", safe_name("ö")),
+    ],
+)
+def test_user_segment(user, segment):
+    assert user_segment(user) == segment
+
+
+def test_status_json_is_the_api_document(site):
+    result = cli(site, "status", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert sorted(u["user"] for u in doc["users"]) == ["alice", "bob", "carol"]
+    assert doc["viewer"]["admin"] is True
+
+
+def test_status_table(site):
+    result = cli(site, "status")
+    assert result.exit_code == 0, result.output
+    for word in ("alice", "bob", "carol", "checkpointed", "python", "state", "imgs"):
+        assert word in result.stdout
+
+
+def test_stop_then_status_shows_it(site):
+    _, hub, _ = site
+    result = cli(site, "stop", "alice")
+    assert result.exit_code == 0, result.output
+    assert "alice: stopped" in result.stdout
+    assert hub.record("alice")["state"] == "stopped"
+    doc = json.loads(cli(site, "status", "--json").stdout)
+    assert next(u for u in doc["users"] if u["user"] == "alice")["state"] == "stopped"
+
+
+def test_stop_unknown_user_exits_4(site):
+    result = cli(site, "stop", "nobody")
+    assert result.exit_code == EXIT_NO_USER
+    assert "no user 'nobody'" in result.stderr
+
+
+def test_wrong_token_exits_5(site, tmp_path):
+    proxy, _, _ = site
+    bad = tmp_path / "bad.token"
+    bad.write_text("not-the-token\n")
+    result = runner.invoke(
+        app, ["status", "--url", f"http://127.0.0.1:{proxy.port}", "--token-file", str(bad)]
+    )
+    assert result.exit_code == EXIT_AUTH
+    assert "refused the admin token" in result.stderr
+
+
+def test_missing_token_exits_5(tmp_path):
+    result = runner.invoke(app, ["status", "--token-file", str(tmp_path / "nope")])
+    assert result.exit_code == EXIT_AUTH
+    assert "no admin token at" in result.stderr and "--token-file" in result.stderr
+
+
+def test_no_hub_running_exits_3(tmp_path):
+    token = tmp_path / "admin.token"
+    token.write_text("x\n")
+    port = free_port()  # nothing listens there
+    for args in (["status"], ["stop", "alice"]):
+        result = runner.invoke(
+            app, [*args, "--url", f"http://127.0.0.1:{port}", "--token-file", str(token)]
+        )
+        assert result.exit_code == EXIT_NO_HUB, result.output
+        assert f"no hub answering at http://127.0.0.1:{port}; is `hub start` running?" in (
+            result.stderr
+        )
+
+
+def test_something_else_answering_exits_3(tmp_path):
+    """A port that answers, but not with the hub's JSON (another service on 7112)."""
+    token = tmp_path / "admin.token"
+    token.write_text("x\n")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def answer():
+            conn, _ = server.accept()
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+            conn.close()
+
+        t = threading.Thread(target=answer)
+        t.start()
+        result = runner.invoke(
+            app, ["status", "--url", f"http://127.0.0.1:{port}", "--token-file", str(token)]
+        )
+        t.join(5)
+    assert result.exit_code == EXIT_NO_HUB
+    assert "is it the hub?" in result.stderr

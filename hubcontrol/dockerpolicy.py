@@ -26,6 +26,7 @@ import json
 import os
 import posixpath
 import re
+import socket
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -97,7 +98,9 @@ SAFE_NETWORK_OPTIONS = frozenset(
 )
 # The env's view of its docker socket: binding it into a container gives that container the same
 # policy socket (rewritten to the policy socket's host path), never the host's daemon.
-DOCKER_SOCKET_PATHS = frozenset({"/var/run/docker.sock", "/run/docker.sock"})
+DOCKER_SOCKET_PATHS = frozenset(
+    {"/var/run/docker.sock", "/run/docker.sock", "/run/rediacc/env/docker.sock"}
+)
 CHECKPOINT_DIR = ".checkpoint"
 
 
@@ -246,9 +249,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _ep("container attach", "POST", f"/containers/{_ID}/attach", hijack=True),
     _ep("container attach", "GET", f"/containers/{_ID}/attach/ws", hijack=True),
     _ep("container wait", "POST", f"/containers/{_ID}/wait"),
-    _ep("container archive", "GET", f"/containers/{_ID}/archive"),
-    _ep("container archive", "HEAD", f"/containers/{_ID}/archive"),
-    _ep("container archive", "PUT", f"/containers/{_ID}/archive"),
+    # docker cp mounts a container's volumes without its tmpfs mounts: on the environment it
+    # would reach the checkpoint images that a tmpfs hides inside it
+    _ep("container archive", "GET", f"/containers/{_ID}/archive", checks=("not-hub",)),
+    _ep("container archive", "HEAD", f"/containers/{_ID}/archive", checks=("not-hub",)),
+    _ep("container archive", "PUT", f"/containers/{_ID}/archive", checks=("not-hub",)),
     _ep("container exec", "POST", f"/containers/{_ID}/exec", body=True, checks=("exec",)),
     _ep("exec start", "POST", f"/exec/{_ID}/start", hijack=True),
     _ep("exec resize", "POST", f"/exec/{_ID}/resize"),
@@ -479,6 +484,8 @@ def references(request: ApiRequest) -> set[tuple[str, str]]:
         container = _obj(request.body).field("Container")
         if isinstance(container, str) and container:
             refs.add(("container", container))
+    if "build" in checks and _is_named_network(request.query.get("networkmode", "")):
+        refs.add(("network", request.query["networkmode"]))
     if "create" in checks:
         body = _obj(request.body)
         for hc in _host_configs(body):
@@ -621,6 +628,8 @@ def _check_build(request, ctx, facts, body):
     mode = q.get("networkmode", "")
     if mode.lower() == "host" or mode.startswith("container:"):
         raise _refuse(f"a build with --network={mode}", _NS_WHY["network"])
+    if _is_named_network(mode):
+        _check_network_ref(mode, facts)
     if q.get("cgroupparent"):
         raise _refuse("a build with --cgroup-parent", _WHY_CGROUP_PARENT)
     if q.get("isolation", "default") not in ("", "default"):
@@ -1096,13 +1105,27 @@ def _check_registry_host(host: str | None, ctx: PolicyContext, what: str) -> Non
         name = name.partition(":")[0]
     if name in ("localhost",) or name.endswith(".localhost"):
         raise _refuse(f"{what} from registry {host}", _WHY_REGISTRY)
-    try:
-        ip = ipaddress.ip_address(name)
-    except ValueError:
+    ip = _parse_ip(name)
+    if ip is None:
         return
     for net in ctx.forbidden_registry_networks:
         if ip in ipaddress.ip_network(net):
             raise _refuse(f"{what} from registry {host}", _WHY_REGISTRY)
+
+
+def _parse_ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address as any resolver on the daemon's side might read it: IPv4-mapped IPv6 as IPv4,
+    and the inet_aton forms (``127.1``, ``0x7f.0.0.1``, ``2130706433``) as what they mean."""
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(name))
+        except OSError:
+            return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 _WHY_REGISTRY = (

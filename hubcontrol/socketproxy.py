@@ -507,6 +507,7 @@ class PolicySocket:
 
 
 _DISCONNECTS = (
+    anyio.DelimiterNotFound,  # a line or head over its limit: nothing sensible to answer
     anyio.EndOfStream,
     anyio.IncompleteRead,
     anyio.BrokenResourceError,

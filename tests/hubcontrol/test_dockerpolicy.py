@@ -363,13 +363,14 @@ def test_ports_publish_only_on_the_users_bridge_address(ctx, fields, allowed):
     assert isinstance(result, p.Refusal) != allowed
 
 
-def test_docker_socket_bind_becomes_the_policy_socket(ctx):
+@pytest.mark.parametrize("src", sorted(p.DOCKER_SOCKET_PATHS))
+def test_docker_socket_bind_becomes_the_policy_socket(ctx, src):
     out = wire(
         decide(
             ctx,
             "POST",
             "/containers/create",
-            hc(Binds=["/var/run/docker.sock:/var/run/docker.sock"]),
+            hc(Binds=[f"{src}:/var/run/docker.sock"]),
         )
     )
     assert out["HostConfig"]["Binds"] == [f"{ctx.policy_socket}:/var/run/docker.sock"]
@@ -543,6 +544,19 @@ def test_connect_to_host_network_is_refused(ctx):
             "registry 169.254.169.254",
         ),
         ("POST", "/images/create?fromImage=[::1]:5000/x", None, "registry [::1]:5000"),
+        ("POST", "/images/create?fromImage=127.1:5000/x", None, "registry 127.1:5000"),
+        ("POST", "/images/create?fromImage=0x7f.0.0.1/x", None, "registry 0x7f.0.0.1"),
+        ("POST", "/images/create?fromImage=2130706433:5000/x", None, "registry 2130706433:5000"),
+        (
+            "POST",
+            "/images/create?fromImage=[::ffff:127.0.0.1]:5000/x",
+            None,
+            "registry [::ffff:127.0.0.1]",
+        ),
+        ("POST", "/images/create?fromImage=LOCALHOST:5000/x", None, "registry localhost:5000"),
+        ("POST", "/build?networkmode=hostnet-by-id", None, "driver host"),
+        ("GET", "/containers/env/archive?path=/workspace/.checkpoint", None, "your environment"),
+        ("PUT", "/containers/env/archive?path=/workspace", None, "your environment"),
         ("POST", "/images/127.0.0.1:5000/x/push", None, "push"),
         ("GET", "/distribution/127.0.0.1:5000/x/json", None, "registry lookup"),
         ("GET", "/images/search?term=127.0.0.1:7112/x", None, "search"),
@@ -615,7 +629,8 @@ def test_connect_to_host_network_is_refused(ctx):
     ],
 )
 def test_other_endpoint_refusals(ctx, method, target, body, words):
-    refused(decide(ctx, method, target, body), words)
+    facts = {("network", "hostnet-by-id"): p.NetworkFacts("abc", "host"), ("container", "env"): ENV}
+    refused(decide(ctx, method, target, body, facts), words)
 
 
 @pytest.mark.parametrize(

@@ -131,6 +131,9 @@ REFUSED = [
     (["exec", "--privileged", "hub-env", "true"], "privileged exec"),
     (["network", "disconnect", "bridge", "hub-env"], "your environment"),
     (["checkpoint", "create", "hub-env", "c1"], "container checkpoints"),
+    (["cp", "/etc/hostname", "hub-env:/tmp/x"], "your environment"),
+    (["cp", "hub-env:/etc/passwd", "-"], "your environment"),
+    (["run", "-v", "/run/hubt20p/workspace/proj:/x", IMG, "true"], "bind mount of /run/hubt20p"),
 ]
 
 

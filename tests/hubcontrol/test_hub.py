@@ -8,6 +8,8 @@ made, data included, even on failure.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import socket
 import subprocess
 from pathlib import Path
@@ -264,3 +266,69 @@ def test_idle_stop_checkpoints_and_the_next_login_restores(tmp_path, image):
         assert "200 OK" in http_get(again.service_ip, 7681) or "404" in http_get(
             again.service_ip, 7681
         )
+
+
+def test_shared_daemon_mode_keeps_the_fixed_address_and_rules(tmp_path, image):
+    user = unique_user("shared")
+    host = _client("unix:///var/run/docker.sock")
+    with running_hub(tmp_path, image, docker="") as hub:
+        env = hub.ensure_running(user)
+        assert not env.per_user_docker and env.docker_url == "unix:///var/run/docker.sock"
+        container = host.containers.get(env.container_id)
+        assert container.labels["rediacc.hub.role"] == "environment"
+        mounts = {m["Destination"] for m in container.attrs["Mounts"]}
+        assert "/run/rediacc/env" not in mounts  # never the shared daemon's socket
+        assert "200 OK" in http_get(env.service_ip, 8080) or "404" in http_get(env.service_ip, 8080)
+        rules = subprocess.run(["iptables", "-S", network.FORWARD_CHAIN], capture_output=True, text=True).stdout
+        assert f"rdh:{env.net_id}" in rules
+        hub.destroy(user, remove_data=True)
+        assert not host.networks.list(names=[f"rdh{env.net_id}e"])
+        assert f"rdh:{env.net_id}" not in subprocess.run(
+            ["iptables", "-S", network.FORWARD_CHAIN], capture_output=True, text=True
+        ).stdout
+
+
+def test_a_service_that_never_listens_times_out_clearly(tmp_path, image):
+    user = unique_user("slow")
+    config = make_config(tmp_path, image, command="exec sleep 1000")
+    with embedded(config, ready_timeout=2) as hub:
+        try:
+            with pytest.raises(EnvironmentError_) as info:
+                hub.ensure_running(user)
+            assert "did not answer on port(s) 7681, 8080 within 2 s" in info.value.user_message
+            assert "__SERVICE_IP__" in info.value.log_message
+            progress = hub.progress(user)
+            assert progress.state == "failed" and "did not answer" in progress.error
+            assert hub.snapshot().get(user) is None
+        finally:
+            hub.destroy(user, remove_data=True)
+
+
+ENV_IMAGE = "rediacc-hub/env:latest"
+
+
+@pytest.mark.slow
+def test_docker_inside_the_environment_is_the_users_own(tmp_path):
+    """With the real environment image (scripts/build-image.sh): docker CLI as the vscode user."""
+    host = _client("unix:///var/run/docker.sock")
+    try:
+        host.images.get(ENV_IMAGE)
+    except docker.errors.ImageNotFound:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{ENV_IMAGE} missing in CI: run scripts/build-image.sh")
+        pytest.skip(f"{ENV_IMAGE} not built here (scripts/build-image.sh)")
+    user = unique_user("dind")
+    config = make_config(tmp_path, ENV_IMAGE, command="exec sleep infinity")
+    config = dataclasses.replace(config, routes={})
+    with embedded(config, ready_timeout=20) as hub:
+        try:
+            env = hub.ensure_running(user)
+            client = _client(env.docker_url)
+            code, out = exec_in(client, env.container_id, "docker", "ps", "--format", "{{.Names}}", user="vscode")
+            assert (code, out.strip()) == (0, f"hub-{user}")
+            code, out = exec_in(client, env.container_id, "docker", "run", "--rm", ENV_IMAGE, "echo", "nested", user="vscode")
+            assert (code, out.strip()) == (0, "nested")
+            code, out = exec_in(client, env.container_id, "docker", "images", "-q", user="vscode")
+            assert len(out.split()) == 1  # only what this user's daemon holds
+        finally:
+            hub.destroy(user, remove_data=True)

@@ -449,11 +449,35 @@ class Hub:
                 self._publish(rec)
                 self._emit("environment-failed", rec)
                 raise EnvironmentError_("Your environment failed to start.", repr(e)) from e
+            except BaseException:
+                # cancelled (hub shutdown, a caller's deadline): nothing is half-published; the
+                # next start or the next hub's reconcile picks up from what really runs
+                message = "The start of your environment was interrupted; please retry."
+                self._set_state(rec, "failed", step="failed", message=message, error=message)
+                self._publish(rec)
+                raise
 
     async def _ensure_running(self, rec: dict, template: str | None) -> Environment:
         call = self.engine.call
         name = rec["name"]
-        tpl = self.config.template(template or rec.get("template"))
+        current = rec.get("template")
+        if not template and current is not None and current not in self.config.templates:
+            log.warning("%s: template %r is no longer configured; using the default", name, current)
+            current = None
+        tpl = self.config.template(template or current)
+        if (
+            rec.get("state") == "running"
+            and name in self._routes
+            and tpl.name == rec.get("template")
+            and rec.get("container_id")
+            and rec.get("docker_url")
+        ):
+            # Already running (a second login, a retry): one inspect instead of the whole path.
+            client = self.engine.client(rec["docker_url"])
+            with contextlib.suppress(docker.errors.DockerException, OSError):
+                info = await call(client.api.inspect_container, rec["container_id"])
+                if info["State"]["Running"]:
+                    return self._environment(rec)
         paths = storage.UserPaths(Path(self.config.workspace_dir), name)
         rec.update(template=tpl.name, mode=tpl.mode, per_user_docker=tpl.per_user_docker)
         self._set_state(rec, "starting", step="storage", message="Preparing your storage")

@@ -1,0 +1,1 @@
+"""Benchmarks of the hub against direct access, nginx and configurable-http-proxy (bench.run)."""

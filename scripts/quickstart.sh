@@ -3,7 +3,9 @@
 #
 #   sudo ./scripts/quickstart.sh          install what is missing, then start (or report) the hub
 #   sudo ./scripts/quickstart.sh status   what is running
-#   sudo ./scripts/quickstart.sh stop     stop the hub and the OIDC provider this script started
+#   sudo ./scripts/quickstart.sh stop     stop the user environments (through the hub), then the
+#                                         hub and the OIDC provider this script started
+#   ... stop --keep-environments          the same, but leave the environments running
 #
 # Start: host setup, host dockerd, the local environment image, a local OpenID Connect provider on
 # 127.0.0.1 (panva's oidc-provider, whose development login form accepts any name and password),
@@ -61,13 +63,41 @@ stop_pid() {
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+hub_cli() {
+	"$HUB" "$@" --url "http://127.0.0.1:$HUB_PORT" --token-file "$STATE/state/admin.token"
+}
+
+# Stop every user environment through the running hub (its API, as `hub stop USER` does): their
+# containers and per-user daemons are the hub's to stop, not ours to kill.
+stop_environments() {
+	local users user
+	users=$(hub_cli status --json | "$ROOT/.venv/bin/python" -c '
+import json, sys
+for u in json.load(sys.stdin)["users"]:
+    if u["state"] != "stopped":
+        print(u["user"])') || {
+		warn "could not list the environments through the hub; they may still run"
+		return
+	}
+	for user in $users; do
+		if hub_cli stop "$user" >/dev/null; then
+			note "environment of $user stopped"
+		else
+			warn "stopping the environment of $user failed (see $LOGS/hub.log)"
+		fi
+	done
+}
+
 cmd_stop() {
 	require_root stop
 	say "stopping the quick-start hub"
+	if [[ ${1:-} == --keep-environments ]]; then
+		note "leaving user environments running: the next quickstart picks them up"
+	elif live_pid "$HUB_PIDFILE" "hub start" >/dev/null; then
+		stop_environments
+	fi
 	stop_pid "hub" "$HUB_PIDFILE" "hub start"
 	stop_pid "OIDC provider" "$OIDC_PIDFILE" "provider.mjs"
-	note "User environments (their dockerd and container) keep running by design: the hub can"
-	note "restart without stopping them, and the next quickstart picks them up."
 }
 
 cmd_status() {
@@ -77,6 +107,7 @@ cmd_status() {
 	else note "OIDC provider: not running"; fi
 	if pid=$(live_pid "$HUB_PIDFILE" "hub start"); then
 		note "hub: running (pid $pid) at http://$ROUTE_PREFIX.$BASE_DOMAIN:$HUB_PORT/ (log: $LOGS/hub.log)"
+		hub_cli status || true
 	else note "hub: not running"; fi
 }
 
@@ -218,8 +249,8 @@ EOF
 
 case ${1:-start} in
 start) cmd_start ;;
-stop) cmd_stop ;;
+stop) cmd_stop "${2:-}" ;;
 status) cmd_status ;;
--h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
+-h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
 *) die "unknown command '$1': use start (default), status or stop" ;;
 esac

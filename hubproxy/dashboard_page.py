@@ -69,7 +69,7 @@ background:color-mix(in srgb,var(--accent) 6%,var(--card))}
 min-width:0}
 .fact span{display:block;color:var(--muted);font-size:.75rem;text-transform:uppercase;letter-spacing:.04em}
 .fact b{font-size:1.02rem;font-variant-numeric:tabular-nums}
-.line{font-size:.88rem;color:var(--muted);display:flex;gap:.4rem;align-items:baseline;flex-wrap:wrap}
+.line{font-size:.88rem;color:var(--muted)}
 .line b{color:var(--text);font-weight:600;font-variant-numeric:tabular-nums}
 .note{font-size:.85rem;border-radius:.5rem;padding:.45rem .6rem}
 .note.bad{background:var(--badbg);color:var(--bad)}
@@ -114,30 +114,32 @@ function toast(msg){var t=document.getElementById("toast");t.textContent=msg;t.c
   clearTimeout(toast.t);toast.t=setTimeout(function(){t.className="";},3500);}
 function elapsed(){return doc?(Date.now()-fetchedAt)/1000:0;}
 
+var armed={}, inflight={}, chosen={};
 function act(u,action,button,template){
   var url="/_hub/api/users/"+encodeURIComponent(u.name||u.user)+"/"+action;
   if(template)url+="?template="+encodeURIComponent(template);
-  button.disabled=true;
+  inflight[u.user]=action;button.disabled=true;
   fetch(url,{method:"POST",credentials:"same-origin",headers:{"X-Hub-CSRF":CSRF}})
     .then(function(r){return r.json().catch(function(){return {};}).then(function(b){return [r,b];});})
-    .then(function(rb){var r=rb[0],b=rb[1];
+    .then(function(rb){var r=rb[0],b=rb[1];delete inflight[u.user];delete chosen[u.user];
       if(r.ok){toast((action==="restart"&&template?"Switching "+u.user+" to "+template:
         action.charAt(0).toUpperCase()+action.slice(1)+" "+u.user)+": "+(b.state||"done"));}
       else{toast("Could not "+action+" "+u.user+": "+(b.error||r.status));}
       poll(true);})
-    .catch(function(){toast("The hub did not answer.");button.disabled=false;});
+    .catch(function(){delete inflight[u.user];toast("The hub did not answer.");render();});
 }
 function confirmButton(label,cls,u,action){
-  var b=el("button",cls,label);b.dataset.action=action;
+  var key=u.user+"\n"+action, b=el("button",cls,label);b.dataset.action=action;
+  function show(){var on=armed[key]&&armed[key]>Date.now();
+    b.textContent=on?"Confirm "+label.toLowerCase()+"?":label;b.classList.toggle("confirm",!!on);}
   b.addEventListener("click",function(){
-    if(b.dataset.armed){act(u,action,b);return;}
-    b.dataset.armed="1";b.textContent="Confirm "+label.toLowerCase()+"?";b.classList.add("confirm");
-    setTimeout(function(){if(!b.disabled){delete b.dataset.armed;b.textContent=label;
-      b.classList.remove("confirm");}},4000);});
-  return b;
+    if(armed[key]&&armed[key]>Date.now()){delete armed[key];act(u,action,b);return;}
+    armed[key]=Date.now()+4000;show();setTimeout(show,4100);});
+  show();return b;
 }
-function fact(label,value){var f=el("div","fact");f.appendChild(el("span",null,label));
-  f.appendChild(el("b",null,value));return f;}
+function fact(label,value,raw){var f=el("div","fact");f.appendChild(el("span",null,label));
+  var b=el("b",null,value);b.dataset.value=(raw===null||raw===undefined)?"":String(raw);
+  b.dataset.fact=label.toLowerCase();f.appendChild(b);return f;}
 
 function card(u){
   var me=doc.viewer.user, admin=doc.viewer.admin, own=(u.user===me);
@@ -154,9 +156,9 @@ function card(u){
     a.target="_blank";a.rel="noopener";links.appendChild(a);});
   if(links.childNodes.length)c.appendChild(links);
   var facts=el("div","facts");
-  facts.appendChild(fact("Disk",bytes(u.disk_bytes)));
-  facts.appendChild(fact("Containers",num(u.containers_running)));
-  facts.appendChild(fact("Images",num(u.images)));
+  facts.appendChild(fact("Disk",bytes(u.disk_bytes),u.disk_bytes));
+  facts.appendChild(fact("Containers",num(u.containers_running),u.containers_running));
+  facts.appendChild(fact("Images",num(u.images),u.images));
   c.appendChild(facts);
   var idle=el("div","line idle");
   if(u.state==="running"&&u.idle_seconds!==null){
@@ -167,7 +169,8 @@ function card(u){
       cl.dataset.base=u.cull_in_seconds;cl.dataset.verb=(u.checkpoint_enabled&&!u.checkpoint_disabled?"suspends":"stops");idle.appendChild(cl);}
   }else{idle.appendChild(document.createTextNode(u.state==="checkpointed"?
     "Suspended: opening a link resumes it where it was.":u.state==="stopped"?
-    "Not running: opening a link starts it.":"Working\u2026"));}
+    "Not running: opening a link starts it.":u.state==="failed"?"Could not start.":
+    u.state==="running"?"Running.":"Working\u2026"));}
   c.appendChild(idle);
   var ck=el("div","line");
   if(u.checkpoint_disabled){ck=el("div","note warn","Checkpointing disabled after "+u.checkpoint_failures+
@@ -178,19 +181,24 @@ function card(u){
   if(u.error&&u.state==="failed")c.appendChild(el("div","note bad",u.error));
   var actions=el("div","actions");
   var live=(u.state==="running"||u.state==="starting"||u.state==="restoring");
-  if(own||admin){
+  if(inflight[u.user]){
+    actions.appendChild(el("span","sub",{stop:"Stopping",checkpoint:"Checkpointing",
+      restart:"Restarting"}[inflight[u.user]]+"\u2026"));
+  }else if(own||admin){
     if(live)actions.appendChild(confirmButton("Stop","danger",u,"stop"));
     if(admin&&u.state==="running")actions.appendChild(confirmButton("Checkpoint",null,u,"checkpoint"));
     var rb=el("button",own&&!live?"primary":null,live?"Restart":"Start");rb.dataset.action="restart";
     rb.addEventListener("click",function(){act(u,"restart",rb);});actions.appendChild(rb);
-  }
-  if(own&&doc.templates.length>1){
-    var w=el("div","tpl"),sel=el("select");sel.setAttribute("aria-label","Template");
-    doc.templates.forEach(function(n){var o=el("option",null,n);o.value=n;if(n===u.template)o.selected=true;sel.appendChild(o);});
-    var sw=el("button",null,"Switch");sw.dataset.action="switch";
-    sw.addEventListener("click",function(){if(sel.value===u.template){toast("Already on "+sel.value);return;}
-      act(u,"restart",sw,sel.value);});
-    w.appendChild(sel);w.appendChild(sw);actions.appendChild(w);
+    if(own&&doc.templates.length>1){
+      var w=el("div","tpl"),sel=el("select");sel.setAttribute("aria-label","Template");
+      doc.templates.forEach(function(n){var o=el("option",null,n);o.value=n;
+        if(n===(chosen[u.user]||u.template))o.selected=true;sel.appendChild(o);});
+      sel.addEventListener("change",function(){chosen[u.user]=sel.value;});
+      var sw=el("button",null,"Switch");sw.dataset.action="switch";
+      sw.addEventListener("click",function(){if(sel.value===u.template){toast("Already on "+sel.value);return;}
+        act(u,"restart",sw,sel.value);});
+      w.appendChild(sel);w.appendChild(sw);actions.appendChild(w);
+    }
   }
   if(actions.childNodes.length)c.appendChild(actions);
   return c;
@@ -214,6 +222,8 @@ function render(){
   summary.appendChild(filter);
   grid.textContent="";
   if(!users.length){grid.appendChild(el("div","empty",q?"Nothing matches \u201c"+filter.value+"\u201d.":"No environments yet."));}
+  users.sort(function(a,b){var me=doc.viewer.user;return (b.user===me)-(a.user===me)||
+    (a.user<b.user?-1:a.user>b.user?1:0);});
   users.forEach(function(u){grid.appendChild(card(u));});
   tick();
 }
@@ -234,7 +244,9 @@ function poll(now){
     .then(function(r){if(r.status===401){location.href="/_hub/login?next="+encodeURIComponent(location.pathname);throw 0;}
       if(!r.ok)throw new Error(r.status);return r.json();})
     .then(function(d){doc=d;fetchedAt=Date.now();failures=0;
-      if(document.activeElement&&document.activeElement.tagName==="SELECT"){tick();}else{render();}schedule();})
+      // an open <select> would close under a re-render: update the timers only
+      if(document.activeElement&&document.activeElement.tagName==="SELECT"){tick();}else{render();}
+      schedule();})
     .catch(function(e){if(e===0)return;failures++;tick();schedule();});
 }
 filter.addEventListener("input",render);
@@ -250,6 +262,7 @@ PAGE = Template(
 <meta name="viewport" content="width=device-width,initial-scale=1">
 <meta name="hub-csrf" content="$csrf">
 <meta name="color-scheme" content="light dark">
+<link rel="icon" href="data:,">
 <title>Hub dashboard</title><style nonce="$nonce">$style</style></head>
 <body>
 <header><div class="bar"><span class="logo"><i></i>Hub</span>

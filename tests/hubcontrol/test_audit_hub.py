@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
+import os
+import tarfile
 import time
 from pathlib import Path
 
@@ -54,6 +57,45 @@ def user_runs(sock: Path, image: str, n: int) -> list[str]:
         client.close()
 
 
+def docker_cli_tar() -> bytes:
+    """The host's docker CLI and the two files it needs from glibc, for a busybox environment."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for src, dst in (
+            ("/usr/bin/docker", "usr/bin/docker"),
+            ("/lib/x86_64-linux-gnu/libc.so.6", "lib/x86_64-linux-gnu/libc.so.6"),
+            ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+        ):
+            tar.add(os.path.realpath(src), arcname=dst)
+    return buf.getvalue()
+
+
+class Terminal:
+    """A user's shell in their environment: ``docker`` commands run inside the environment
+    container against the socket the hub gives it (``DOCKER_HOST``), as in a web terminal."""
+
+    def __init__(self, daemon_url: str, container_id: str) -> None:
+        self.client = docker.DockerClient(base_url=daemon_url, version="1.41", timeout=120)
+        self.container = self.client.containers.get(container_id)
+        if self.container.exec_run(["test", "-x", "/usr/bin/docker"]).exit_code != 0:
+            assert self.container.put_archive("/", docker_cli_tar())
+
+    def docker(self, *args: str) -> str:
+        code, out = self.container.exec_run(["docker", *args], user="root")
+        assert code == 0, f"docker {' '.join(args)}: {out.decode(errors='replace')}"
+        return out.decode().strip()
+
+    def run_and_remove(self, image: str, name: str) -> str:
+        """``docker create`` + ``docker start -a`` + ``docker rm``: returns the container ID."""
+        cid = self.docker("create", "--name", name, image, "true")
+        self.docker("start", "-a", name)
+        self.docker("rm", name)
+        return cid
+
+    def close(self) -> None:
+        self.client.close()
+
+
 @pytest.mark.parametrize(
     "template_fields",
     [
@@ -79,16 +121,17 @@ def test_audit_through_the_hub_across_daemon_restart_and_hub_restart(
         remote = f"{registry}/{user}/tool"
         try:
             with embedded(config, ready_timeout=20) as hub:
-                hub.ensure_running(user)
+                env = hub.ensure_running(user)
                 sock = hub.hub.daemon_spec(user).env_socket_path
-                # the user pushes and pulls through a registry, and runs containers
-                client = docker.DockerClient(base_url=f"unix://{sock}", version="1.41")
-                client.images.get(image).tag(remote, "1")
-                client.images.push(remote, "1")
-                client.images.remove(f"{remote}:1")
-                client.images.pull(remote, "1")
-                client.close()
-                ids += user_runs(sock, image, 2)
+                # in their terminal, the user pushes and pulls through a registry and runs
+                # containers with the docker CLI
+                term = Terminal(env.docker_url, env.container_id)
+                term.docker("tag", image, f"{remote}:1")
+                term.docker("push", f"{remote}:1")
+                term.docker("rmi", f"{remote}:1")
+                term.docker("pull", f"{remote}:1")
+                ids += [term.run_and_remove(f"{remote}:1", f"job{i}") for i in range(2)]
+                term.close()
                 wait_destroyed(log, ids)
                 # the daemon stops (idle; checkpointed where the template asks) and comes back
                 # (restored): the stream is re-armed
@@ -115,6 +158,8 @@ def test_audit_through_the_hub_across_daemon_restart_and_hub_restart(
     mine = sorted((r["resource"], r["action"]) for r in got if r["resource"] in ids)
     assert mine == sorted((i, a) for i in ids for a in ACTIONS), "a gap or a duplicate"
     assert all("origin" not in r["attrs"] for r in got if r["resource"] in ids)
+    jobs = [r for r in got if r["attrs"].get("name", "").startswith("job")]
+    assert len(jobs) == 8 and all(r["attrs"]["image"] == f"{remote}:1" for r in jobs)
     user_images = [(r["action"], r["resource"]) for r in got if r["type"] == "image"]
     assert ("push", f"{remote}:1") in user_images and ("pull", f"{remote}:1") in user_images
     assert all(

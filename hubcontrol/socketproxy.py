@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import shlex
@@ -39,12 +40,10 @@ from pathlib import Path
 from urllib.parse import quote
 
 import anyio
-import httpx
 from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from hubcontrol import dockerpolicy as policy
-from hubcontrol.errors import DaemonError
 
 log = logging.getLogger(__name__)
 
@@ -431,8 +430,6 @@ class PolicySocket:
         self.config = config
         self.connections: set[_Connection] = set()
         self.refused = 0
-        transport = httpx.AsyncHTTPTransport(uds=str(config.upstream))
-        self._lookups = httpx.AsyncClient(transport=transport, base_url="http://docker", timeout=10)
 
     async def lookup(self, refs: set[tuple[str, str]]) -> policy.Facts | policy.Refusal:
         """Facts about the containers and networks a decision depends on (None: not found)."""
@@ -440,23 +437,36 @@ class PolicySocket:
         for kind, ref in refs:
             path = {"container": "/containers/{}/json", "network": "/networks/{}"}[kind]
             try:
-                r = await self._lookups.get(path.format(quote(ref, safe="")))
-            except httpx.HTTPError as e:
+                status, data = await self._get_json(path.format(quote(ref, safe="")))
+            except (OSError, ValueError, TimeoutError, anyio.BrokenResourceError) as e:
                 return policy.Refusal(f"hub policy could not look up {kind} {ref!r}: {e}", 502)
-            if r.status_code == 404:
+            if status == 404:
                 facts[(kind, ref)] = None
                 continue
-            if r.status_code != 200:
+            if status != 200 or not isinstance(data, dict):
                 return policy.Refusal(
-                    f"hub policy could not look up {kind} {ref!r}: daemon said {r.status_code}", 502
+                    f"hub policy could not look up {kind} {ref!r}: daemon said {status}", 502
                 )
-            data = r.json()
             if kind == "container":
                 labels = (data.get("Config") or {}).get("Labels") or {}
                 facts[(kind, ref)] = policy.ContainerFacts(data["Id"], labels)
             else:
                 facts[(kind, ref)] = policy.NetworkFacts(data["Id"], data.get("Driver", ""))
         return facts
+
+    async def _get_json(self, path: str) -> tuple[int, object]:
+        """GET ``path`` from the daemon (HTTP/1.0: one response, then close). A few lines instead
+        of an HTTP client library keep the per-user process small and quick to start."""
+        with anyio.fail_after(10):
+            async with await anyio.connect_unix(str(self.config.upstream)) as stream:
+                await stream.send(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+                data = bytearray()
+                with contextlib.suppress(anyio.EndOfStream):
+                    while len(data) < (8 << 20):
+                        data += await stream.receive()
+        head, _, body = bytes(data).partition(b"\r\n\r\n")
+        status, _ = _parse_response_head(head)
+        return status, (json.loads(body) if status == 200 else None)
 
     def drop_idle(self) -> int:
         """Close every connection waiting between requests (before a CRIU dump)."""
@@ -495,7 +505,7 @@ class PolicySocket:
         listener = await anyio.create_unix_listener(listen)
         os.chmod(listen, 0o666)  # the environment's user (any uid) connects through its mount
         try:
-            async with listener, self._lookups:
+            async with listener:
                 task_status.started(self)
                 await listener.serve(self._handle)
         finally:
@@ -592,12 +602,25 @@ def default_bind_root(listen: str | Path) -> str:
     return str(Path(listen).parent.parent / "workspace")
 
 
+# ``python -m hubcontrol.socketproxy`` would run hubcontrol/__init__.py, which imports the whole
+# control plane (docker-py, the Hub, ...): 1.4 s and ~50 MB for a process that needs none of it.
+# The policy socket process registers a bare ``hubcontrol`` package instead and imports only
+# this module and the policy.
+BOOTSTRAP = (
+    "import sys, types; p = types.ModuleType('hubcontrol'); p.__path__ = [sys.argv.pop(1)]; "
+    "sys.modules['hubcontrol'] = p; from hubcontrol import socketproxy; "
+    "socketproxy.main(sys.argv[1:])"
+)
+
+
 def command(args: ProxyArgs, python: str = sys.executable) -> list[str]:
-    """The argv that runs a policy socket as its own process."""
+    """The argv that runs a policy socket as its own process (see ``BOOTSTRAP``); equivalent to
+    ``python -m hubcontrol.socketproxy ARGS``."""
     argv = [
         python,
-        "-m",
-        "hubcontrol.socketproxy",
+        "-c",
+        BOOTSTRAP,
+        str(Path(__file__).resolve().parent),
         "--listen",
         args.listen,
         "--upstream",
@@ -732,7 +755,9 @@ def running_pid(args: ProxyArgs) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    if b"hubcontrol.socketproxy" in cmdline and args.listen.encode() in cmdline:
+    if any(b"hubcontrol" in part and b"socketproxy" in part for part in cmdline) and (
+        args.listen.encode() in cmdline
+    ):
         return pid
     return None
 
@@ -769,6 +794,8 @@ def start(args: ProxyArgs, *, log_path: Path | str | None = None, timeout: float
             return pid
         time.sleep(delay)
         delay = min(delay * 1.5, 0.2)
+    from hubcontrol.errors import DaemonError  # noqa: PLC0415 - keeps the served process small
+
     raise DaemonError(
         "The hub could not open your environment's docker socket.",
         f"policy socket {args.listen} did not start within {timeout:.0f} s"
@@ -902,7 +929,6 @@ async def _run(config: ProxyConfig, pidfile: str | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     config, pidfile = config_from_argv(sys.argv[1:] if argv is None else argv)
     anyio.run(_run, config, pidfile)
 

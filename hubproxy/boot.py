@@ -27,8 +27,9 @@ def start_control_plane(config: HubConfig, context: HubContext, hub=None) -> Con
     if hub is None:
         from hubcontrol import Hub
 
-        hub = Hub(config)
-    thread = ControlThread(hub)
+        thread = ControlThread(factory=lambda: Hub(config))
+    else:
+        thread = ControlThread(hub)
     control = thread.start()
     context.setup(config, control, secret)
     return thread

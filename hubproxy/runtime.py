@@ -77,8 +77,11 @@ class EmbeddedControlPlane:
 class ControlThread:
     """Runs ``Hub.run()`` in a thread; ``start()`` returns once the hub reported it is ready."""
 
-    def __init__(self, hub) -> None:
+    def __init__(self, hub=None, factory: Callable[[], object] | None = None) -> None:
+        """``hub`` is used as given; else ``factory()`` makes it inside the control thread's loop
+        (so anything it creates belongs to that loop)."""
         self.hub = hub
+        self._factory = factory
         self._stack = contextlib.ExitStack()
         self.portal = None
         self._run = None
@@ -86,6 +89,8 @@ class ControlThread:
     def start(self, timeout: float | None = None) -> EmbeddedControlPlane:
         self.portal = self._stack.enter_context(start_blocking_portal())
         try:
+            if self.hub is None:
+                self.hub = self.portal.call(self._factory)
             self._run, _ = self.portal.start_task(self.hub.run, name="hub.run")
         except BaseException:
             self._stack.close()
@@ -109,6 +114,10 @@ class ControlThread:
         """Cancel ``Hub.run()`` (environments keep running) and end the thread."""
         if self._run is not None and not self._run.done():
             self._run.cancel()
+        engine = getattr(self.hub, "engine", None)
         with contextlib.suppress(Exception):
             self._stack.close()
+        if engine is not None:
+            with contextlib.suppress(Exception):
+                engine.close()
         log.info("hub: control plane stopped (user environments keep running)")

@@ -49,7 +49,8 @@ def start(ctx: typer.Context) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("httpx", "httpcore"):
+    # per-connection chatter (client connect/disconnect) belongs to debug logs
+    for noisy in ("httpx", "httpcore", "mitmproxy.proxy.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from hubproxy.boot import start_control_plane

@@ -166,6 +166,16 @@ class _Windows:
         self.spans = [sp for sp in self.spans if sp[1] is None or sp[1] >= floor]
 
 
+@dataclass
+class AuditCounters:
+    """Totals since the hub started, for ``/_hub/metrics`` (shared by all streams of a manager)."""
+
+    records: int = 0  # records written (gap records not counted)
+    gaps: int = 0  # gap records written: the daemon's buffer overflowed while no stream ran
+    write_errors: int = 0  # failed appends (each retried from the daemon's buffer)
+    arm_failures: int = 0  # daemons that did not answer when their stream was armed
+
+
 class AuditStream:
     """One per-user daemon's event stream, written to the user's audit log.
 
@@ -187,13 +197,14 @@ class AuditStream:
         *,
         hub_windows: _Windows | None = None,
         limiter: anyio.CapacityLimiter | None = None,
+        counters: AuditCounters | None = None,
     ) -> None:
         self.user = user
         self.net_id = net_id
         self.docker_url = docker_url
         self.audit_log = audit_log
-        self.written = 0
         self.started = False
+        self.counters = counters or AuditCounters()
         self._windows = hub_windows or _Windows([])
         self._limiter = limiter
         self._cursor: Cursor | None = None
@@ -235,6 +246,7 @@ class AuditStream:
                 except OSError as exc:
                     # The log could not be written (full disk, permissions): the cursor did not
                     # move, so a later attempt replays the events from the daemon's buffer.
+                    self.counters.write_errors += 1
                     log.error("audit log for %s not written: %r; retrying", self.user, exc)
                     await anyio.sleep(self.WRITE_RETRY_DELAY)
                     continue
@@ -311,7 +323,9 @@ class AuditStream:
         # The log and the cursor are written in a worker thread: a slow disk stalls this stream,
         # never the control loop (and never the proxy, which runs in another thread entirely).
         await anyio.to_thread.run_sync(write, limiter=self._limiter)
-        self.written += sum(1 for r in records if r.get("type") != "audit")
+        gaps = sum(1 for r in records if r.get("type") == "audit")
+        self.counters.gaps += gaps
+        self.counters.records += len(records) - gaps
 
     async def _daemon_alive(self, client: httpx.AsyncClient) -> bool:
         try:
@@ -336,6 +350,7 @@ class AuditManager:
 
             directory = DEFAULT_AUDIT_DIR
         self.log = AuditLog(directory)
+        self.counters = AuditCounters()
         self._limiter = limiter
         self._tg: TaskGroup | None = None
         self._streams: dict[str, tuple[AuditStream, anyio.CancelScope, anyio.Event]] = {}
@@ -375,7 +390,11 @@ class AuditManager:
                 await self._wakeup.wait()
 
     def armed(self, user: str) -> bool:
+        """Whether ``user``'s stream is running (it ends by itself when the daemon stops)."""
         return user in self._streams
+
+    def armed_users(self) -> list[str]:
+        return sorted(self._streams)
 
     def stream(self, user: str) -> AuditStream | None:
         entry = self._streams.get(user)
@@ -399,6 +418,7 @@ class AuditManager:
                 self.log,
                 hub_windows=self._windows.setdefault(user, _Windows([])),
                 limiter=self._limiter,
+                counters=self.counters,
             )
             scope = anyio.CancelScope()
             done = anyio.Event()
@@ -409,6 +429,7 @@ class AuditManager:
                         await stream.run(task_status=task_status)
                 except Exception as exc:
                     if not stream.started:
+                        self.counters.arm_failures += 1
                         raise  # to arm()'s caller
                     # A running stream must not take the other users' streams down with it.
                     log.exception("audit stream for %s failed: %r", user, exc)

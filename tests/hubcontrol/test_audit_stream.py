@@ -337,9 +337,11 @@ def test_overflowed_daemon_buffer_is_reported_as_a_gap(daemon, audit_dir):
         async with AuditManager(audit_dir=audit_dir) as audit:
             await audit.arm("erin", NET_ID, d.url)
             await anyio.to_thread.run_sync(img.tag, "erin", marker)
-            return await wait_for(
+            got = await wait_for(
                 path, lambda rs: rs and rs[-1]["attrs"].get("name") == f"erin:{marker}"
             )
+            assert audit.counters.gaps == (1 if marker == "2" else 0)
+            return got
 
     img = client.images.get(image)
     anyio.run(arm_once, "1")
@@ -360,6 +362,7 @@ def test_arm_fails_clearly_when_the_daemon_does_not_answer(audit_dir):
             with pytest.raises(AuditError) as info:
                 await audit.arm("frank", NET_ID, "unix:///run/hub-no-such-daemon/docker.sock")
             assert not audit.armed("frank")
+            assert audit.counters.arm_failures == 1
             return info.value
 
     err = anyio.run(main)
@@ -403,10 +406,11 @@ def test_a_failed_write_is_retried_from_the_daemons_buffer(daemon, audit_dir, mo
             path.rmdir()
             (audit_dir / "hank.log.saved").rename(path)
             await wait_for(path, destroyed(second))
+            assert audit.counters.write_errors >= 1  # the failure did happen
             return first + second
 
     ids = anyio.run(main)
-    assert "audit log for hank not written" in caplog.text  # the failure did happen
+    assert "audit log for hank not written" in caplog.text
     time.sleep(0.3)
     keys = sorted((r["resource"], r["action"]) for r in records(path) if r["resource"] in ids)
     assert keys == sorted((i, a) for i in ids for a in ("create", "start", "die", "destroy"))

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -266,3 +267,96 @@ def test_start_host_dockerd_starts_one_when_none_answers_and_then_leaves_it_alon
     assert result.stderr.count("starting the host dockerd") == 1, result.stderr
     assert "host dockerd answers on /var/run/docker.sock\n" in result.stderr  # second run: no-op
     assert result.stdout.strip() == "OK"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.docker
+@pytest.mark.browser
+@pytest.mark.oidc
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_path: Path) -> None:
+    """The README's first command, as a person uses it: start, log in, type in the terminal, stop.
+
+    Real everything: quickstart.sh, the npm OIDC provider, `hub start`, a per-user dockerd, the
+    environment image with ttyd, Debian's Chromium. Its own directories and ports, so a
+    developer's running quick start is not touched.
+    """
+    from playwright.sync_api import sync_playwright
+
+    from hubcontrol.names import safe_name
+
+    port = _free_port()
+    env = dict(
+        os.environ,
+        QUICKSTART_DIR=str(tmp_path / "state"),
+        QUICKSTART_LOG_DIR=str(tmp_path / "log"),
+        QUICKSTART_PORT=str(port),
+        QUICKSTART_OIDC_PORT=str(_free_port()),
+    )
+    user = "quickstart-" + "".join(chr(ord("a") + b % 26) for b in os.urandom(8))
+    marker = os.urandom(6).hex()
+    artifacts = ROOT / "test-artifacts" / "quickstart"
+    artifacts.mkdir(parents=True, exist_ok=True)
+
+    def quickstart(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(SCRIPTS / "quickstart.sh"), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    started = quickstart()
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        url = f"http://term.localhost:{port}/"
+        assert f"Open   {url}" in started.stdout
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=[
+                    "--no-sandbox",
+                    "--headless",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                ],
+            )
+            try:
+                page = browser.new_page()
+                page.goto(url)
+                page.wait_for_selector("input[name=login]", timeout=20_000)
+                page.fill("input[name=login]", user)
+                page.fill("input[name=password]", "any")
+                page.click("button[type=submit]")
+                page.wait_for_selector(".xterm", timeout=180_000)
+                page.wait_for_timeout(1000)  # ttyd opens its WebSocket after the page loads
+                # `docker` in the environment reaches the user's own daemon, which runs just this
+                # environment's container.
+                page.keyboard.type(f"echo {marker} $(docker ps -q | wc -l) > /workspace/proof\n")
+                proof = tmp_path / "state" / "workspaces" / safe_name(user) / "proof"
+                deadline = time.monotonic() + 20
+                while not proof.exists() and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                page.screenshot(path=str(artifacts / "terminal.png"))
+                assert proof.read_text().split() == [marker, "1"]
+            finally:
+                browser.close()
+    finally:
+        stopped = quickstart("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"environment of {user} stopped" in stopped.stderr
+    assert "hub (pid" in stopped.stderr and "OIDC provider (pid" in stopped.stderr
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert leftovers.stdout == "", f"processes left running: {leftovers.stdout}"

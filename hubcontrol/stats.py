@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 STATS_INTERVAL = 30.0  # the seed: "Stats are sampled every 30 seconds"
 ROWS_INTERVAL = 10.0
-EVENT_SAMPLE_DELAY = 2.0  # after a start/stop, resample that user this soon (coalesced)
+EVENT_SAMPLE_DELAY = 0.5  # after a start/stop, resample that user this soon (coalesced)
 SAMPLE_THREADS = 2
 DOCKER_TIMEOUT = 10
 # seconds: a restore is ~1 s, a cold start seconds to minutes (image transfer)

@@ -47,6 +47,7 @@ box-shadow:var(--shadow);display:flex;flex-direction:column;gap:.7rem;min-width:
 .top{display:flex;align-items:flex-start;gap:.6rem}
 .name{font-weight:650;font-size:1.05rem;overflow-wrap:anywhere}
 .sub{color:var(--muted);font-size:.85rem}
+.net{color:var(--muted);font-size:.75rem;font-family:ui-monospace,SFMono-Regular,Menlo,monospace}
 .pill{margin-left:auto;white-space:nowrap;border-radius:999px;padding:.15rem .6rem;font-size:.8rem;
 font-weight:600;display:inline-flex;align-items:center;gap:.35rem}
 .pill::before{content:"";width:.5rem;height:.5rem;border-radius:50%;background:currentColor}
@@ -146,8 +147,9 @@ function card(u){
   var c=el("article","card"+(own?" mine":""));c.dataset.user=u.user;c.dataset.state=u.state;
   var top=el("div","top"), t=el("div");
   t.appendChild(el("div","name",u.user+(own&&admin?" (you)":"")));
-  t.appendChild(el("div","sub",(u.template||"default")+" template"+
-    (u.service_ip?" \u00b7 "+u.service_ip:"")+(u.net_id?" \u00b7 net "+u.net_id:"")));
+  t.appendChild(el("div","sub",(u.template||"default")+" template"));
+  if(u.service_ip||u.net_id)t.appendChild(el("div","net",(u.service_ip||"")+
+    (u.net_id?(u.service_ip?" \u00b7 ":"")+"net "+u.net_id:"")));
   top.appendChild(t);
   top.appendChild(el("span","pill s-"+u.state+(BUSY[u.state]?" busy":""),u.state));
   c.appendChild(top);

@@ -1,0 +1,210 @@
+"""hubcontrol.stats: metric primitives, lifecycle counting (pure), and per-user sampling against a
+real scratch dockerd (containers and images as docker itself counts them) and real directories."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import warnings
+
+import pytest
+
+from hubcontrol.checkpoint import CheckpointHealth
+from hubcontrol.stats import Counter, Gauge, Histogram, Lifecycle, UserStats, sample_user
+from hubcontrol.storage import UserPaths
+from tests.support.dockerd import scratch_dockerd
+from tests.support.images import import_busybox
+
+DAEMON_INDEX = 57
+
+
+# -- primitives ----------------------------------------------------------------------------------
+
+
+def test_counter_and_gauge():
+    c = Counter("c_total", "help", ("a",))
+    c.inc("x")
+    c.inc("x", amount=2)
+    c.inc("y")
+    assert c.samples() == [(("x",), 3.0), (("y",), 1.0)]
+    g = Gauge("g", "help", ("a",))
+    g.inc("x")
+    g.inc("x")
+    g.dec("x")
+    assert g.get("x") == 1.0
+
+
+def test_histogram_buckets_are_cumulative():
+    h = Histogram("h_seconds", "help", buckets=(1.0, 5.0))
+    for v in (0.5, 1.0, 3.0, 7.0):
+        h.observe(v)
+    [(values, buckets, total, count)] = h.samples()
+    assert values == ()
+    assert buckets == [(1.0, 2), (5.0, 3)]  # le=1 includes 1.0; 7.0 only in +Inf
+    assert total == 11.5 and count == 4
+
+
+# -- lifecycle (pure) ------------------------------------------------------------------------
+
+
+def rec(name="alice", **fields):
+    return {"name": name, "user": name, **fields}
+
+
+@pytest.mark.parametrize(
+    ("events", "spawns", "restores", "spawn_obs", "restore_obs"),
+    [
+        # a cold start
+        (
+            [("environment-starting", rec(state="stopped"), 0), ("environment-running", rec(), 4)],
+            {"success": 1},
+            {},
+            [4],
+            [],
+        ),
+        # a restore from a checkpoint
+        (
+            [
+                ("environment-starting", rec(state="checkpointed"), 0),
+                ("environment-running", rec(restored={"checkpoint": "hub-1", "seconds": 0.7}), 1.5),
+            ],
+            {},
+            {"success": 1},
+            [],
+            [1.5],
+        ),
+        # a failed restore falls back to a fresh start
+        (
+            [
+                ("environment-starting", rec(state="checkpointed"), 0),
+                ("environment-running", rec(restore_error="CRIU failed"), 6),
+            ],
+            {"success": 1},
+            {"failed": 1},
+            [6],
+            [],
+        ),
+        # a failed start
+        (
+            [("environment-starting", rec(state="stopped"), 0), ("environment-failed", rec(), 2)],
+            {"failed": 1},
+            {},
+            [],
+            [],
+        ),
+        # running adopted at reconcile (no starting event): counted, no latency
+        ([("environment-running", rec(), 3)], {"success": 1}, {}, [], []),
+    ],
+)
+def test_lifecycle_counts_spawns_and_restores(events, spawns, restores, spawn_obs, restore_obs):
+    life = Lifecycle()
+    for event, record, now in events:
+        life.on_event(event, record, now)
+    assert {k[0]: v for k, v in life.spawns.samples()} == spawns
+    assert {k[0]: v for k, v in life.restores.samples()} == restores
+    assert sum(c for *_, c in life.spawn_seconds.samples()) == len(spawn_obs)
+    assert sum(t for _, _, t, _ in life.spawn_seconds.samples()) == sum(spawn_obs)
+    assert sum(t for _, _, t, _ in life.restore_seconds.samples()) == sum(restore_obs)
+
+
+def test_the_same_restore_is_not_counted_twice():
+    life = Lifecycle()
+    restored = {"checkpoint": "hub-1"}
+    life.on_event("environment-running", rec(restored=restored), 1)
+    # a later fresh start keeps the stale "restored" field in the record
+    life.on_event("environment-starting", rec(state="stopped"), 10)
+    life.on_event("environment-running", rec(restored=restored), 12)
+    assert life.restores.get("success") == 1 and life.spawns.get("success") == 1
+
+
+def test_stops_and_checkpoints():
+    life = Lifecycle()
+    life.on_event("environment-stopped", rec(state="checkpointed"), 1)
+    life.on_event("environment-stopped", rec(state="stopped"), 2)
+    assert life.stops.get("checkpointed") == 1 and life.stops.get("stopped") == 1
+    assert life.checkpoints.get("success") == 1
+
+
+def test_checkpoint_health_changes():
+    life = Lifecycle()
+    first = CheckpointHealth(failures=1, last_failure_at=5.0)
+    life.on_checkpoint_health(None, first)  # first look: nothing counted
+    assert life.checkpoint_failures.get() == 0
+    dumped = CheckpointHealth(checkpointed_at=10.0, last_dump_seconds=0.6, last_failure_at=5.0)
+    life.on_checkpoint_health(first, dumped)
+    failed = CheckpointHealth(failures=1, last_failure_at=20.0, checkpointed_at=10.0)
+    life.on_checkpoint_health(dumped, failed)
+    life.on_checkpoint_health(failed, failed)  # unchanged: nothing new
+    assert life.checkpoint_failures.get() == 1
+    [(_, _, total, count)] = life.checkpoint_seconds.samples()
+    assert (total, count) == (0.6, 1)
+
+
+# -- sampling (real directories, real dockerd) ------------------------------------------------
+
+
+def test_disk_usage_counts_workspace_and_data_root(tmp_path):
+    paths = UserPaths(tmp_path, "alice")
+    paths.workspace.mkdir()
+    (paths.workspace / "a").write_bytes(os.urandom(100_000))
+    paths.data_root.mkdir(parents=True)
+    (paths.data_root / "b").write_bytes(os.urandom(300_000))
+    (paths.workspace / "link").symlink_to("/usr")  # not followed
+    stats = sample_user(paths, None, None, None, 1.0)
+    assert 100_000 <= stats.workspace_bytes < 200_000
+    assert 300_000 <= stats.data_root_bytes < 400_000
+    assert stats.disk_bytes == stats.workspace_bytes + stats.data_root_bytes
+    assert stats.containers_running is None and stats.images is None  # no per-user daemon
+
+
+def test_missing_directories_count_zero(tmp_path):
+    stats = sample_user(UserPaths(tmp_path, "nobody"), None, None, None, 1.0)
+    assert stats.disk_bytes == 0
+
+
+@contextlib.contextmanager
+def daemon():
+    cm = scratch_dockerd(DAEMON_INDEX)
+    with warnings.catch_warnings():  # the fixture's readiness probe leaves a client behind
+        warnings.simplefilter("ignore", ResourceWarning)
+        d = cm.__enter__()
+        gc.collect()
+    try:
+        yield d
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            cm.__exit__(None, None, None)
+            gc.collect()
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(120)
+def test_containers_and_images_as_docker_counts_them(tmp_path):
+    paths = UserPaths(tmp_path, "alice")
+    with daemon() as d:
+        client = d.client()
+        try:
+            empty = sample_user(paths, d.url, str(d.socket), None, 1.0)
+            assert (empty.containers_running, empty.images, empty.daemon_running) == (0, 0, True)
+            ref = import_busybox(client, "hub-test/stats")
+            client.images.get(ref).tag("hub-test/stats", "again")  # one image, two tags
+            running = [client.containers.run(ref, ["sleep", "60"], detach=True) for _ in range(2)]
+            client.containers.create(ref, ["true"])  # created, not running
+            stats = sample_user(paths, d.url, str(d.socket), empty, 2.0)
+            assert stats.containers_running == len(client.containers.list()) == 2
+            assert stats.images == len({i.id for i in client.images.list()}) == 1
+            assert stats.docker_sampled_at == 2.0
+            for c in running:
+                c.kill()
+        finally:
+            client.close()
+    # the daemon is gone: nothing runs, the images stay as last seen (they live in the data-root)
+    after = sample_user(paths, d.url, str(d.socket), stats, 3.0)
+    assert (after.containers_running, after.images, after.daemon_running) == (0, 1, False)
+    assert after.docker_sampled_at == 2.0
+
+
+def test_user_stats_disk_is_none_when_never_sampled():
+    assert UserStats().disk_bytes is None

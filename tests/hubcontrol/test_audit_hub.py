@@ -121,6 +121,9 @@ def test_audit_through_the_hub_across_daemon_restart_and_hub_restart(
         remote = f"{registry}/{user}/tool"
         try:
             with embedded(config, ready_timeout=20) as hub:
+                if hub.hub.policy_sockets is not None:
+                    # the socket policy refuses loopback registries unless the operator allows one
+                    hub.hub.policy_sockets.allowed_registries = (registry,)
                 env = hub.ensure_running(user)
                 sock = hub.hub.daemon_spec(user).env_socket_path
                 # in their terminal, the user pushes and pulls through a registry and runs

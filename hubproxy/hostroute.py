@@ -11,6 +11,10 @@ from hubproxy import hosts, pages
 from hubproxy.context import ENDPOINT, SCHEME, TARGET, HubContext
 from hubproxy.guard import fail_closed
 
+# Browsers send a few KiB; nginx refuses more than 4 x 8 KiB by default. Anything above this is
+# refused before it reaches an environment (or the hub's own parsing).
+MAX_HEADER_BYTES = 64 * 1024
+
 
 def browser_scheme(request: http.Request) -> str:
     """The scheme the browser used: Traefik's X-Forwarded-Proto when it is http/https."""
@@ -33,6 +37,17 @@ class HostRoute:
             return
         config = self.context.config
         request = flow.request
+        if sum(len(k) + len(v) + 4 for k, v in request.headers.fields) > MAX_HEADER_BYTES:
+            flow.response = pages.page(
+                431,
+                "Request headers too large",
+                "Your browser sent more header data than the hub accepts.",
+                detail="Clearing this site's cookies usually helps.",
+            )
+            return
+        if len(request.headers.get_all("host")) > 1:
+            flow.response = pages.bad_request("The request has more than one Host header.")
+            return
         host = hosts.normalize_host(request.host_header)
         if host is None:
             flow.response = pages.bad_request("The Host header is not a name this hub serves.")

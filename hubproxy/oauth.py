@@ -412,9 +412,16 @@ class OAuthLogin:
     def logout(self, flow: http.HTTPFlow) -> None:
         session = current_session(self.context, flow.request)
         if session is not None:
-            self.context.sessions.revoke(session.sid)
-            closed = close_websockets(self.context, session.sid)
-            log.info("hub: %s logged out, %d WebSocket(s) closed", session.user, closed)
+            # Per-host cookies (e.g. on *.localhost) mean one browser holds a session per prefix;
+            # logging out ends all of the user's sessions, so no prefix stays logged in.
+            ended = self.context.sessions.revoke_user(session.user)
+            closed = sum(close_websockets(self.context, s.sid) for s in ended)
+            log.info(
+                "hub: %s logged out (%d session(s), %d WebSocket(s) closed)",
+                session.user,
+                len(ended),
+                closed,
+            )
         expired = [
             cookies.set_cookie(cookies.SESSION_COOKIE, "", max_age=0, secure=self._secure(flow))
         ]
@@ -431,7 +438,8 @@ class OAuthLogin:
         flow.response = pages.page(
             200,
             "Logged out",
-            "You are logged out of the hub. Your environment keeps running until it is idle.",
+            "You are logged out of the hub on every prefix and device. Your environment keeps "
+            "running until it is idle.",
             links=[("Log in again", "/_hub/login")],
         )
         for c in expired:

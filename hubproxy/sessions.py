@@ -94,6 +94,15 @@ class SessionStore:
             self._save()
         return session
 
+    def revoke_user(self, user: str) -> list[Session]:
+        """End every session of ``user`` (all prefixes, all browsers); returns them."""
+        ended = [s for s in self._sessions.values() if s.user == user]
+        for session in ended:
+            del self._sessions[session.sid]
+        if ended:
+            self._save()
+        return ended
+
     def __len__(self) -> int:
         return len(self._sessions)
 

@@ -350,10 +350,15 @@ async def test_callback_with_bad_state_is_400(setup):
 async def test_logout_revokes_the_session(setup):
     context, control, addons = setup
     running(control)
+    other_prefix, other_cookie = login_cookie(context)  # per-host cookie of another prefix
+    bob, _ = login_cookie(context, "bob")
     session, cookie = login_cookie(context)
     f = await run_request(addons, flow(path="/_hub/logout", headers=[("cookie", cookie)]))
     assert f.response.status_code == 200
     assert any("Max-Age=0" in c for c in f.response.headers.get_all("set-cookie"))
     assert context.sessions.get(session.sid, "alice") is None
-    f = await run_request(addons, flow(headers=[("cookie", cookie)]))
-    assert f.response.status_code == 302
+    assert context.sessions.get(other_prefix.sid, "alice") is None
+    assert context.sessions.get(bob.sid, "bob") == bob
+    for c in (cookie, other_cookie):
+        f = await run_request(addons, flow(headers=[("cookie", c)]))
+        assert f.response.status_code == 302

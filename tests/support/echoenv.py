@@ -32,6 +32,16 @@ async def _handle(name: str, reader: asyncio.StreamReader, writer: asyncio.Strea
         return
     length = int(next((v for k, v in headers if k.lower() == "content-length"), "0"))
     body = await reader.readexactly(length) if length else b""
+    if path.startswith("/bytes/"):  # /bytes/N: N bytes of b"x", written in 64 KiB chunks
+        size = int(path.split("/")[2])
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % size)
+        chunk = b"x" * 65536
+        while size > 0:
+            writer.write(chunk[: min(size, len(chunk))])
+            size -= len(chunk)
+            await writer.drain()
+        writer.close()
+        return
     payload = json.dumps(
         {"name": name, "method": method, "path": path, "headers": headers, "body_length": len(body)}
     ).encode()

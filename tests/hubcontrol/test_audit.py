@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hubcontrol.audit import AUDITED, gap_record, iso_ts, split_action, to_record
+from hubcontrol.audit import AUDITED, AuditManager, gap_record, iso_ts, split_action, to_record
 from hubcontrol.auditlog import (
     RESUME_OVERLAP_NS,
     Cursor,
@@ -271,3 +272,53 @@ def test_parse_since(text, want):
 def test_parse_since_names_the_accepted_forms(text):
     with pytest.raises(ValueError, match="30m, 1h"):
         parse_since(text, NOW)
+
+
+# --- following a Hub's lifecycle (the listener's decisions; the real Hub is in test_audit_hub) ---
+
+
+class _RecordingHub:
+    """Just the two registration points and docker_url that attach() uses."""
+
+    def __init__(self):
+        self.listeners, self.services = [], []
+
+    def add_listener(self, fn):
+        self.listeners.append(fn)
+
+    def add_service(self, fn):
+        self.services.append(fn)
+
+    def docker_url(self, user):
+        return f"unix:///run/rediacc/hub/{user}/docker.sock"
+
+
+def test_attach_queues_arm_on_daemon_start_and_marks_until_the_environment_runs(tmp_path):
+    hub = _RecordingHub()
+    audit = AuditManager(audit_dir=tmp_path)
+    audit.attach(hub)
+    assert hub.services == [audit.run]
+    emit = hub.listeners[0]
+    rec = {"name": "alice", "user": "alice", "net_id": 32768, "per_user_docker": True}
+    emit("daemon-started", rec)
+    assert [(op.__name__, args) for op, args in audit._pending] == [
+        ("arm", ("alice", 32768, "unix:///run/rediacc/hub/alice/docker.sock"))
+    ]
+    windows = audit._windows["alice"]
+    during = time.time_ns()
+    assert windows.covers(during)  # image transfer, env network: the hub's
+    emit("environment-running", rec)
+    after = time.time_ns() + 10_000_000
+    assert windows.covers(during) and not windows.covers(after)
+    emit("daemon-stopping", rec)
+    assert windows.covers(time.time_ns() + 10_000_000)  # the shutdown's events: the hub's
+    emit("environment-destroyed", rec)
+    assert [op.__name__ for op, _ in audit._pending] == ["arm", "disarm"]
+
+
+def test_attach_ignores_environments_on_a_shared_daemon(tmp_path):
+    hub = _RecordingHub()
+    audit = AuditManager(audit_dir=tmp_path)
+    audit.attach(hub)
+    hub.listeners[0]("daemon-started", {"name": "bob", "user": "bob", "net_id": 32832})
+    assert not audit._pending and "bob" not in audit._windows

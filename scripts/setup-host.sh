@@ -142,9 +142,16 @@ install_venv() {
 		say "creating the Python venv $venv"
 		python3 -m venv "$venv"
 	fi
-	say "pip install -e '.[test]' into $venv"
-	"$venv/bin/python" -m pip install -q --upgrade pip
-	(cd "$ROOT" && "$venv/bin/python" -m pip install -q -e '.[test]')
+	local log="$LOG_DIR/pip-install.log"
+	mkdir -p "$LOG_DIR"
+	say "pip install -e '.[test]' into $venv (log: $log)"
+	{
+		"$venv/bin/python" -m pip install --upgrade pip &&
+			(cd "$ROOT" && "$venv/bin/python" -m pip install -e '.[test]')
+	} >"$log" 2>&1 || {
+		tail -n 30 "$log" >&2
+		die "pip install failed (full log: $log)"
+	}
 	echo "$want" >"$stamp"
 }
 

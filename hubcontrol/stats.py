@@ -181,19 +181,21 @@ class Lifecycle:
         elif event == "environment-running":
             started = self._starting.pop(name, None)
             restored = rec.get("restored")
+            if started is None:  # adopted at a hub restart: nothing was started
+                if restored:
+                    self._restored_seen[name] = restored
+                return
             is_restore = bool(restored) and restored != self._restored_seen.get(name)
             if restored:
                 self._restored_seen[name] = restored
             if is_restore:
                 self.restores.inc("success")
-                if started:
-                    self.restore_seconds.observe(now - started[0])
+                self.restore_seconds.observe(now - started[0])
             else:
-                if started and started[1] == "checkpointed" and rec.get("restore_error"):
+                if started[1] == "checkpointed" and rec.get("restore_error"):
                     self.restores.inc("failed")  # then started afresh on the same workspace
                 self.spawns.inc("success")
-                if started:
-                    self.spawn_seconds.observe(now - started[0])
+                self.spawn_seconds.observe(now - started[0])
         elif event == "environment-failed":
             self._starting.pop(name, None)
             self.spawns.inc("failed")

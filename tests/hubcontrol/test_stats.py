@@ -93,8 +93,8 @@ def rec(name="alice", **fields):
             [],
             [],
         ),
-        # running adopted at reconcile (no starting event): counted, no latency
-        ([("environment-running", rec(), 3)], {"success": 1}, {}, [], []),
+        # running adopted at a hub restart (no starting event): not a spawn
+        ([("environment-running", rec(), 3)], {}, {}, [], []),
     ],
 )
 def test_lifecycle_counts_spawns_and_restores(events, spawns, restores, spawn_obs, restore_obs):
@@ -111,6 +111,7 @@ def test_lifecycle_counts_spawns_and_restores(events, spawns, restores, spawn_ob
 def test_the_same_restore_is_not_counted_twice():
     life = Lifecycle()
     restored = {"checkpoint": "hub-1"}
+    life.on_event("environment-starting", rec(state="checkpointed"), 0)
     life.on_event("environment-running", rec(restored=restored), 1)
     # a later fresh start keeps the stale "restored" field in the record
     life.on_event("environment-starting", rec(state="stopped"), 10)

@@ -45,8 +45,11 @@ class Bootstrap:
                 loader.add_option(option_name(name), str, "", f"hub start --{name}: {spec.help}")
 
     def configure(self, updated: set[str]) -> None:
-        for key, value in PROXY_OPTIONS.items():
-            if getattr(ctx.options, key) != value:
+        # mitmdump's Block addon refuses public client addresses by default; behind Traefik (or
+        # any reverse proxy) every client may be public.
+        required = {**PROXY_OPTIONS, "block_global": False}
+        for key, value in required.items():
+            if key in ctx.options and getattr(ctx.options, key) != value:
                 ctx.options.update(**{key: value})
         if self.config is not None or not any(u.startswith("hub_") for u in updated):
             return

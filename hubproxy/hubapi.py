@@ -1,8 +1,10 @@
 """The hub's own small pages and JSON API under ``/_hub/``.
 
-``/_hub/health`` (public), ``/_hub/api/progress`` (the caller's environment start), ``/_hub/api/status``
-(the caller's own environment), ``/_hub/`` (an index with links to the routes). Unknown ``/_hub/``
-endpoints are 404; login, callback and logout are answered earlier by the OAuth addon.
+``/_hub/health`` (public), ``/_hub/api/progress`` (the caller's environment start), ``/_hub/`` (an
+index with links to the routes and the dashboard). Unknown ``/_hub/`` endpoints are 404; login,
+callback and logout are answered earlier by the OAuth addon; ``/_hub/api/status``, the other API
+endpoints, ``/_hub/dashboard`` and ``/_hub/metrics`` by ``statusapi``, ``dashboard`` and
+``admin``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from mitmproxy import http
 
 from hubproxy import pages
-from hubproxy.context import ENDPOINT, SCHEME, SESSION, USER, HubContext
+from hubproxy.context import ENDPOINT, SCHEME, USER, HubContext
 from hubproxy.guard import fail_closed
 from hubproxy.router import upstream
 
@@ -50,22 +52,6 @@ class HubApi:
         if endpoint == "api/progress":
             view = progress_view(control.route(user), control.progress(user), config.routes)
             flow.response = pages.json_response(200, view)
-        elif endpoint == "api/status":
-            route = control.route(user)
-            session = flow.metadata[SESSION]
-            scheme = flow.metadata[SCHEME]
-            flow.response = pages.json_response(
-                200,
-                {
-                    "user": user,
-                    "admin": session.admin,
-                    "template": session.template,
-                    "state": getattr(route, "state", "stopped"),
-                    "routes": {
-                        p: f"{scheme}://{p}.{config.base_domain}/" for p in sorted(config.routes)
-                    },
-                },
-            )
         elif endpoint == "":
             scheme = flow.metadata[SCHEME]
             flow.response = pages.page(
@@ -74,6 +60,7 @@ class HubApi:
                 f"Logged in as {user}.",
                 links=[
                     *((p, f"{scheme}://{p}.{config.base_domain}/") for p in sorted(config.routes)),
+                    ("Dashboard", "/_hub/dashboard"),
                     ("Log out", "/_hub/logout"),
                 ],
             )

@@ -239,8 +239,11 @@ def _checkpoint_enabled(config, template_name: str) -> bool:
     return checkpoint_wanted(config, tpl)[0]
 
 
-def build_entries(context: HubContext, scheme: str, port: int | None) -> list[dict[str, Any]]:
-    """Every known environment's entry, from the sampled view plus live state and activity."""
+def build_entries(
+    context: HubContext, scheme: str, port: int | None, principal: Principal | None = None
+) -> list[dict[str, Any]]:
+    """The entries ``principal`` may see (None: all), from the sampled view plus live state and
+    activity; a regular user's poll costs one entry, not one per user of the hub."""
     config = context.config
     control = context.control
     hub = hub_of(context)
@@ -249,6 +252,10 @@ def build_entries(context: HubContext, scheme: str, port: int | None) -> list[di
     urls = route_urls(config.routes, scheme, config.base_domain, port)
     out = []
     for row in view.rows if view else ():
+        if principal is not None and not may(
+            principal, "view", is_self(principal, row.user, row.name)
+        ):
+            continue
         progress = control.progress(row.name)
         state = live_state(row.state, progress, view.refreshed_at)
         activity = hub.activity(row.user) if hub is not None else None
@@ -301,18 +308,11 @@ def own_placeholder(context: HubContext, user: str, template: str | None, scheme
     )
 
 
-def visible(entries: list[dict], principal: Principal) -> list[dict]:
-    """What ``principal`` may see: everything for admins, else only the caller's own entry."""
-    if principal.admin:
-        return entries
-    return [e for e in entries if is_self(principal, e["user"], e["name"])]
-
-
 def status_document(
     context: HubContext, principal: Principal, scheme: str, port: int | None, template=None
 ) -> dict[str, Any]:
     config = context.config
-    entries = visible(build_entries(context, scheme, port), principal)
+    entries = build_entries(context, scheme, port, principal)
     if principal.user is not None and not any(e["user"] == principal.user for e in entries):
         entries.insert(0, own_placeholder(context, principal.user, template, scheme, port))
     view = status_view(context)

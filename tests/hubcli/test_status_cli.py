@@ -155,3 +155,11 @@ def test_something_else_answering_exits_3(tmp_path):
         t.join(5)
     assert result.exit_code == EXIT_NO_HUB
     assert "is it the hub?" in result.stderr
+
+
+def test_stop_checkpoint_warns_when_the_hub_could_not_checkpoint(site):
+    """This hub has no checkpointer (no --checkpoint): the environment is stopped instead."""
+    result = cli(site, "stop", "alice", "--checkpoint")
+    assert result.exit_code == 0, result.output
+    assert "alice: stopped" in result.stdout
+    assert "the checkpoint did not succeed" in result.stderr

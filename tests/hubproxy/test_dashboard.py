@@ -34,7 +34,6 @@ from hubproxy.statusapi import (
     may,
     parse_api_path,
     route_urls,
-    visible,
 )
 
 KEY = b"k" * 32
@@ -145,13 +144,6 @@ def test_live_state(row, progress, refreshed, state):
 def test_idle_facts(state, activity, since, timeout, expected):
     facts = idle_facts(state, activity, since, 100.0, timeout)
     assert (facts["idle_seconds"], facts["activity_kind"], facts["cull_in_seconds"]) == expected
-
-
-def test_visible():
-    entries = [{"user": "alice", "name": "alice"}, {"user": "bob", "name": "bob"}]
-    assert visible(entries, ALICE) == [entries[0]]
-    assert visible(entries, ADMIN) == entries
-    assert visible(entries, TOKEN) == entries
 
 
 def _request(**headers) -> http.Request:

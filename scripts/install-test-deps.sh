@@ -41,7 +41,8 @@ npm_install() {
 }
 
 if [[ -z $oidc_only ]]; then
-	apt_install chromium nginx-light wrk
+	# docker-registry: a real local registry for pull/push audit tests; logrotate: the seed's config run for real
+	apt_install chromium nginx-light wrk docker-registry logrotate
 fi
 ensure_node
 npm_install "$ROOT/tests/support/oidc"

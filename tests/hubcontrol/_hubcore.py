@@ -67,6 +67,7 @@ def make_config(tmp: Path, image: str, **template_fields) -> HubConfig:
         docker_socket=HOST_SOCKET,
         workspace_dir=tmp / "workspaces",
         state_dir=tmp / "state",
+        audit_dir=tmp / "audit",
         supervisor="local",
     )
 

@@ -84,9 +84,9 @@ def scratch_dockerd(index: int, *, iptables: bool = False):
             if proc.poll() is not None:
                 raise RuntimeError(f"dockerd exited: {(root / 'dockerd.log').read_text()[-2000:]}")
             try:
-                t = httpx.HTTPTransport(uds=str(sock))
-                if httpx.Client(transport=t).get("http://d/_ping", timeout=1).text == "OK":
-                    break
+                with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as probe:
+                    if probe.get("http://d/_ping", timeout=1).text == "OK":
+                        break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:

@@ -272,7 +272,7 @@ class Hub:
             rec = self._load_record(safe_name(user))
         return dict(rec) if rec else None
 
-    def update_record(self, user: str, **fields: Any) -> dict:
+    def update_record(self, user: str, /, **fields: Any) -> dict:
         """Merge ``fields`` into the user's record and persist it."""
         name = safe_name(user)
         rec = self._records.get(name) or self._load_record(name) or {"name": name}

@@ -112,6 +112,8 @@ def health_document(context: HubContext) -> tuple[int, dict]:
     if not context.ready:
         return 503, {"ok": False, "live": True, "ready": False, "control_plane": "not started"}
     control = dict(context.control.health())
+    if isinstance(control.get("starting"), list | tuple | set):
+        control["starting"] = len(control["starting"])  # public: a count, never user names
     ready = bool(control.get("ok"))
     body = {**control, "live": True, "ready": ready}
     hub = getattr(context.control, "hub", None)

@@ -352,7 +352,7 @@ async def _act(hub, target: str, action: str) -> dict:
     if rec is None:
         for row in hub.stats.view().rows if getattr(hub, "stats", None) else ():
             if target in (row.user, row.name):
-                rec = hub.record(row.name)
+                rec = hub.record(row.user)  # record() maps a username to its safe name
                 break
     if rec is None:
         raise UnknownUser(target)

@@ -209,3 +209,43 @@ def test_containers_and_images_as_docker_counts_them(tmp_path):
 
 def test_user_stats_disk_is_none_when_never_sampled():
     assert UserStats().disk_bytes is None
+
+
+@pytest.mark.docker
+@pytest.mark.criu
+@pytest.mark.timeout(240)
+def test_a_real_spawn_checkpoint_and_restore_are_counted_and_sampled(tmp_path):
+    """The real Hub (per-user dockerd, CRIU) through a start, an idle-style checkpoint and a
+    restore: the lifecycle counters and the sampled numbers follow."""
+    from tests.hubcontrol._hubcore import host_test_image, unique_user
+    from tests.hubcontrol.test_hub import running_hub
+
+    user = unique_user("stats")
+    with (
+        host_test_image() as image,
+        running_hub(tmp_path, image, checkpoint=True, user="root") as hub,
+    ):
+        stats = hub.hub.stats
+        life = stats.lifecycle
+        hub.ensure_running(user)
+        assert life.spawns.get("success") == 1
+        assert sum(n for *_, n in life.spawn_seconds.samples()) == 1
+        view = hub.portal.call(stats.sample)
+        sampled = view.stats[user]
+        assert sampled.containers_running == 1 and sampled.images == 1 and sampled.daemon_running
+        assert sampled.data_root_bytes > 1_000_000  # the image lives in the user's data-root
+        assert [r.state for r in view.rows] == ["running"]
+
+        hub.stop(user)  # the template asks for checkpoints
+        view = hub.portal.call(stats.refresh)
+        assert [r.state for r in view.rows] == ["checkpointed"]
+        assert life.checkpoints.get("success") == 1 and life.stops.get("checkpointed") == 1
+        [(_, _, dump_seconds, dumps)] = life.checkpoint_seconds.samples()
+        assert dumps == 1 and 0 < dump_seconds < 60
+        assert view.checkpoints[user].failures == 0 and not view.checkpoints[user].disabled
+        stopped = hub.portal.call(stats.sample).stats[user]
+        assert (stopped.containers_running, stopped.images, stopped.daemon_running) == (0, 1, False)
+
+        hub.ensure_running(user)
+        assert life.restores.get("success") == 1 and life.spawns.get("success") == 1
+        assert sum(n for *_, n in life.restore_seconds.samples()) == 1

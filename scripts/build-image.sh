@@ -53,12 +53,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Remove a build tree safely: a build that was killed (SIGKILL, a CI time-out) leaves proc, /dev
+# and /dev/pts mounted inside it, and a plain rm -rf would walk into the host's /dev.
+remove_tree() {
+	local dir m
+	for dir in "$@"; do
+		[[ -e $dir ]] || continue
+		# deepest first; mountinfo's 5th field is the mount point
+		awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+			while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
+		rm -rf --one-file-system "$dir"
+	done
+}
+
 step_t0=$(date +%s.%N)
 if [[ -f $base/.complete ]]; then
 	note "debootstrap cache: $base"
 else
 	say "debootstrap --variant=minbase $SUITE (cached in $base)"
-	rm -rf "$base" "$base.tmp"
+	remove_tree "$base" "$base.tmp"
 	mirror=$(grep -ohE 'https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
 		/etc/apt/sources.list.d/*.list 2>/dev/null | head -n1 | tr -d ' ' || true)
 	debootstrap --variant=minbase "$SUITE" "$base.tmp" ${mirror:+"$mirror"} >"$CACHE/debootstrap.log" 2>&1 ||
@@ -73,7 +86,7 @@ fi
 
 say "building the rootfs in $rootfs"
 step_t0=$(date +%s.%N)
-rm -rf "$rootfs"
+remove_tree "$rootfs"
 cp -a "$base" "$rootfs"
 rm -f "$rootfs/.complete"
 
@@ -159,7 +172,7 @@ tar -C "$rootfs" --numeric-owner -cf - . | docker import \
 	--change "LABEL org.opencontainers.image.description=\"Debian $SUITE with bash, ttyd, python3, tini and a docker CLI; user vscode (1000)\"" \
 	--message "scripts/build-image.sh recipe $recipe" \
 	- "$ENV_IMAGE" >/dev/null
-rm -rf "$rootfs"
+remove_tree "$rootfs"
 size=$(docker image inspect --format '{{.Size}}' "$ENV_IMAGE")
 note "imported in $(elapsed "$step_t0") s"
 say "built $ENV_IMAGE (recipe $recipe, $((size / 1000000)) MB) in $(script_elapsed) s"

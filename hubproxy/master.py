@@ -7,6 +7,7 @@ detection and the hub's own addons only (about 2.4x the requests per second, see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from concurrent.futures import Future
@@ -57,15 +58,27 @@ async def serve(
 ) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop_when`` completes, e.g. the control plane died);
     stopping the proxy leaves user environments alone."""
+    handlers = list(logging.getLogger().handlers)
     master = make_master(context, port, listen_host)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, master.shutdown)
     if stop_when is not None:
-        asyncio.wrap_future(stop_when).add_done_callback(lambda _: master.shutdown())
+        # Runs in the control thread; shutdown() is thread-safe. After serve() returns the loop is
+        # closed, and a late callback (the hub's own stop cancelling Hub.run) has nothing to do.
+        def control_plane_ended(_) -> None:
+            with contextlib.suppress(RuntimeError):
+                master.shutdown()
+
+        stop_when.add_done_callback(control_plane_ended)
     try:
         log.info("hub: listening on %s:%d", listen_host or "*", port)
         await run_master(master)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        # mitmproxy's log handlers post to this loop, which is about to close: later log lines
+        # (the control plane stopping) must not go through them.
+        root = logging.getLogger()
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)

@@ -32,6 +32,7 @@ class EmbeddedControlPlane:
         self.portal = portal
         self._running = running
         self._starts: dict[str, asyncio.Future] = {}
+        self._templates: dict[str, str | None] = {}
 
     def route(self, user: str):
         return self.hub.snapshot().get(user)
@@ -46,11 +47,15 @@ class EmbeddedControlPlane:
         """Start ``user``'s environment; concurrent calls share one start (one per user)."""
         pending = self._starts.get(user)
         if pending is not None and not pending.done():
-            return pending
+            if template is None or template == self._templates.get(user):
+                return pending
+            # A different template picked at login while a start runs: start again with it
+            # (the Hub's per-user lock runs the two one after the other).
         future = asyncio.wrap_future(
             self.portal.start_task_soon(self.hub.ensure_running, user, template)
         )
         self._starts[user] = future
+        self._templates[user] = template
 
         def finished(f: asyncio.Future, user: str = user) -> None:
             if self._starts.get(user) is f:

@@ -309,12 +309,34 @@ def host_can_dump_other_users(status: str | None = None) -> bool:
     return False
 
 
+IO_URING_SYSCTL = Path("/proc/sys/kernel/io_uring_disabled")
+
+
+def io_uring_open_to_containers(path: Path = IO_URING_SYSCTL) -> bool:
+    """Whether container processes may create io_uring instances, which CRIU cannot dump.
+
+    libuv (ttyd, node) and others open one by default. ``kernel.io_uring_disabled=1`` keeps it
+    to processes with CAP_SYS_ADMIN (not containers), and they fall back to epoll silently;
+    docker 25+ blocks io_uring in its default seccomp profile for the same effect.
+    """
+    try:
+        return path.read_text().strip() == "0"
+    except OSError:
+        return False  # kernels before 6.6 have no switch: nothing to say here
+
+
 def _hint(excerpt: str) -> str:
     if "Can't get rlimit" in excerpt and not host_can_dump_other_users():
         return (
             "\nhint: this host's root lacks CAP_SYS_RESOURCE, so CRIU cannot read the rlimits of "
             "processes running as another user; only environments running as root (template "
             "user root or 0) can be checkpointed here"
+        )
+    if "io_uring" in excerpt:
+        return (
+            "\nhint: a process in the environment uses io_uring, which CRIU cannot checkpoint; "
+            "set `sysctl kernel.io_uring_disabled=1` on the host (containers then fall back to "
+            "epoll) or run docker 25+, whose default seccomp profile blocks io_uring"
         )
     return ""
 

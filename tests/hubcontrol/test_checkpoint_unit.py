@@ -24,6 +24,7 @@ from hubcontrol.checkpoint import (
     criu_log_excerpt,
     criu_log_path,
     host_can_dump_other_users,
+    io_uring_open_to_containers,
     make_checkpointer,
     process_token,
     read_criu_log,
@@ -233,3 +234,11 @@ def test_host_can_dump_other_users(capeff: str, can: bool) -> None:
     status = f"Name:\tpython\nCapInh:\t0000000000000000\nCapEff:\t{capeff}\n"
     assert host_can_dump_other_users(status) is can
     assert host_can_dump_other_users("Name:\tx\n") is False
+
+
+@pytest.mark.parametrize(("value", "open_"), [("0\n", True), ("1\n", False), ("2\n", False)])
+def test_io_uring_open_to_containers(tmp_path: Path, value: str, open_: bool) -> None:
+    sysctl = tmp_path / "io_uring_disabled"
+    sysctl.write_text(value)
+    assert io_uring_open_to_containers(sysctl) is open_
+    assert io_uring_open_to_containers(tmp_path / "missing") is False

@@ -30,15 +30,22 @@ docker_ping || die "the host dockerd does not answer: run scripts/start-host-doc
 docker() { "$DOCKER_CLI" "$@"; }
 
 recipe=$(hash_files "${BASH_SOURCE[0]}" "$DOCKER_CLI")
-have=$(docker image inspect --format "{{ index .Config.Labels \"$LABEL\" }}" "$ENV_IMAGE" 2>/dev/null || true)
-if [[ -z $force && $have == "$recipe" ]]; then
+up_to_date() {
+	[[ -z $force && $(docker image inspect --format "{{ index .Config.Labels \"$LABEL\" }}" \
+		"$ENV_IMAGE" 2>/dev/null) == "$recipe" ]]
+}
+if up_to_date; then
 	note "$ENV_IMAGE is up to date (recipe $recipe)"
 	exit 0
 fi
 
 mkdir -p "$CACHE"
 exec 9>"$CACHE/.lock"
-flock 9 # one build at a time (quickstart and test.sh may race)
+flock 9 # one build at a time (quickstart and test.sh may race); the winner's image may do
+if up_to_date; then
+	note "$ENV_IMAGE was just built by another run (recipe $recipe)"
+	exit 0
+fi
 
 base="$CACHE/$SUITE-minbase"
 rootfs="$CACHE/rootfs"

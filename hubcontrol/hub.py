@@ -43,6 +43,7 @@ from hubcontrol.errors import (
 from hubcontrol.idle import IdleCuller, checkpoint_wanted
 from hubcontrol.names import safe_name
 from hubcontrol.netids import DEFAULT_REGISTRY, NetIdRegistry
+from hubcontrol.socketproxy import PolicySockets
 from hubcontrol.stats import StatsSampler
 from hubcontrol.supervisor import RUN_DIR, DaemonSpec, DaemonSupervisor, Limits, choose
 
@@ -176,7 +177,7 @@ class Hub:
         run_dir: Path = RUN_DIR,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
         pids_limit: int | None = DEFAULT_PIDS_LIMIT,
-        env_socket_by_daemon: bool = True,
+        env_socket_by_daemon: bool = False,
         checkpointer: ckpt.Checkpointer | str | None = "auto",
     ) -> None:
         self.config = config
@@ -187,8 +188,8 @@ class Hub:
         self.run_dir = Path(run_dir)
         self.ready_timeout = ready_timeout
         self.pids_limit = pids_limit
-        # True: dockerd itself listens on the environment's socket (no policy). The socket-policy
-        # proxy sets this False and serves <exec-root>/env/docker.sock itself.
+        # False (default): the policy socket (hubcontrol.socketproxy, docs/security.md) serves
+        # <exec-root>/env/docker.sock; True: dockerd itself listens there, without the policy.
         self.env_socket_by_daemon = env_socket_by_daemon
         # "auto": CRIU when --checkpoint or any template asks for it; None: never checkpoint.
         if checkpointer == "auto":
@@ -209,6 +210,11 @@ class Hub:
         # the lifecycle events below (daemon-started, ...) and run as one of run()'s services.
         self.audit = AuditManager(config)
         self.audit.attach(self)
+        # A policy socket process beside each per-user daemon, started and stopped with it.
+        self.policy_sockets: PolicySockets | None = None
+        if not env_socket_by_daemon:
+            self.policy_sockets = PolicySockets()
+            self.policy_sockets.attach(self)
         # Idle environments are checkpointed or stopped (--idle-timeout; None when it is 0).
         self.culler = IdleCuller.attach(self)
         # Status rows, per-user disk/containers/images (every 30 s) and lifecycle counts for the

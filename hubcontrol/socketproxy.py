@@ -23,7 +23,9 @@ swapped in after the policy's check must fail to resolve rather than lead out of
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -688,7 +690,8 @@ class PolicySockets:
 
     def __init__(self, allowed_registries: Sequence[str] = ()) -> None:
         self.allowed_registries = tuple(allowed_registries)
-        self._send, self._receive = anyio.create_memory_object_stream[tuple[str, dict]](1000)
+        self._queue: collections.deque[tuple[str, dict]] = collections.deque()
+        self._wakeup: anyio.Event | None = None
         self._hub = None
 
     def attach(self, hub) -> None:
@@ -706,12 +709,9 @@ class PolicySockets:
             return
         # (a destroy stops the daemon first, so daemon-stopping covers it)
         if event in ("daemon-started", "environment-running", "daemon-stopping"):
-            try:
-                self._send.send_nowait((event, dict(rec)))
-            except anyio.ClosedResourceError:
-                pass  # the hub is shutting down
-            except anyio.WouldBlock:
-                log.error("policy socket events queue full; dropped %s for %s", event, rec["name"])
+            self._queue.append((event, dict(rec)))
+            if self._wakeup is not None:
+                self._wakeup.set()
 
     def args(self, rec: dict) -> ProxyArgs:
         """The policy socket of the user of ``rec`` (a hub user record)."""
@@ -731,19 +731,23 @@ class PolicySockets:
         )
 
     async def run(self) -> None:
-        async with self._send, self._receive:
-            async for event, rec in self._receive:
-                try:
-                    args = self.args(rec)
-                    if event in ("daemon-started", "environment-running"):
-                        spec = self._hub.daemon_spec(rec["name"])
-                        await anyio.to_thread.run_sync(
-                            lambda a=args, s=spec: start(a, log_path=s.daemon_dir / "policy.log")
-                        )
-                    else:
-                        await anyio.to_thread.run_sync(stop, args)
-                except Exception:
-                    log.exception("policy socket of %s on %s failed", rec.get("name"), event)
+        while True:
+            if not self._queue:
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+                continue
+            event, rec = self._queue.popleft()
+            try:
+                args = self.args(rec)
+                if event == "daemon-stopping":
+                    await anyio.to_thread.run_sync(stop, args)
+                else:
+                    log_path = self._hub.daemon_spec(rec["name"]).daemon_dir / "policy.log"
+                    await anyio.to_thread.run_sync(
+                        functools.partial(start, args, log_path=log_path)
+                    )
+            except Exception:
+                log.exception("policy socket of %s on %s failed", rec.get("name"), event)
 
 
 def running_pid(args: ProxyArgs) -> int | None:

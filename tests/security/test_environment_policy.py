@@ -22,7 +22,6 @@ from anyio.from_thread import start_blocking_portal
 
 from hubcontrol.embed import SyncHub
 from hubcontrol.hub import Hub
-from hubcontrol.socketproxy import PolicySockets
 from tests.hubcontrol._hubcore import HOST_SOCKET, env_rootfs_tar, make_config, unique_user
 
 pytestmark = [
@@ -73,8 +72,8 @@ def policy_hub(tmp_path, image):
     """A Hub whose environments get the policy socket, destroyed with all its users' data."""
     config = make_config(tmp_path, image)
     with start_blocking_portal() as portal:
-        hub = portal.call(lambda: Hub(config, ready_timeout=30, env_socket_by_daemon=False))
-        PolicySockets().attach(hub)
+        hub = portal.call(lambda: Hub(config, ready_timeout=30))
+        assert hub.policy_sockets is not None  # the default: environments get the policy socket
         future, _ = portal.start_task(hub.run)
         sync = SyncHub(hub, portal)
         try:

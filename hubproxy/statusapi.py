@@ -277,7 +277,9 @@ def build_entries(
                 stats=view.stats.get(row.name),
                 health=view.checkpoints.get(row.name),
                 checkpoint_enabled=_checkpoint_enabled(config, row.template),
-                error=getattr(progress, "error", None) if state == "failed" else row.error,
+                error=(getattr(progress, "error", None) or row.error)
+                if state == "failed"
+                else None,
                 per_user_docker=row.per_user_docker,
             )
         )

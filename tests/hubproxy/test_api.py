@@ -313,3 +313,25 @@ def test_openapi_lists_every_endpoint(site):
         "/_hub/metrics",
     ):
         assert path in doc["paths"]
+
+
+def test_a_failed_start_shows_why_and_checkpoint_health(tmp_path):
+    users = {
+        "eve": {"state": "failed", "template": "default", "error": "The image is not available."},
+        ADMIN: {"state": "stopped", "template": "default"},
+    }
+    ckpt = tmp_path / "state" / "checkpoint"
+    ckpt.mkdir(parents=True)
+    (ckpt / "eve.json").write_text('{"failures": 3, "disabled": true, "last_error": "CRIU failed"}')
+    with seeded_site(tmp_path, users) as (proxy, _, config):
+        with client(proxy, host=f"127.0.0.1:{proxy.port}") as c:
+            r = c.get(
+                "/_hub/api/users/eve", headers={"Authorization": f"Bearer {admin_token(config)}"}
+            )
+    eve = r.json()
+    assert eve["state"] == "failed" and eve["error"] == "The image is not available."
+    assert (eve["checkpoint_failures"], eve["checkpoint_disabled"], eve["checkpoint_error"]) == (
+        3,
+        True,
+        "CRIU failed",
+    )

@@ -233,3 +233,43 @@ def test_policy_socket_follows_the_daemon_across_stop_and_start(two_users):
         assert "back" in out and "privileged mode" in out, out
     finally:
         again.close()
+
+
+@pytest.mark.criu
+def test_checkpoint_and_restore_with_the_policy_in_place(tmp_path, image):
+    """The environment used its docker socket, is checkpointed (daemon and policy socket gone),
+    restored, and its docker socket is the policy socket again."""
+    user = unique_user("ckpt")
+    # root: this host's root lacks CAP_SYS_RESOURCE, so CRIU cannot dump other users' processes
+    config = make_config(tmp_path, image, checkpoint=True, user="root")
+    with start_blocking_portal() as portal:
+        hub = portal.call(lambda: Hub(config, ready_timeout=30))
+        future, _ = portal.start_task(hub.run)
+        sync = SyncHub(hub, portal)
+        try:
+            env = Env(sync, user)
+            code, out = env.sh(f"docker run --rm {image} echo before")
+            assert code == 0 and "before" in out, out
+            pid_before = env.container.attrs["State"]["Pid"]
+            env.close()
+            sync.stop(user)
+            assert sync.hub.record(user)["state"] == "checkpointed"
+            assert not (env.spec.exec_root / "policy.pid").exists() or not os.path.exists(
+                f"/proc/{(env.spec.exec_root / 'policy.pid').read_text().strip()}"
+            )
+            again = Env(sync, user)
+            try:
+                assert again.container.id == env.container.id
+                assert again.container.attrs["State"]["Pid"] != pid_before
+                assert "restore_error" not in sync.hub.record(user)
+                code, out = again.sh(
+                    f"docker run --rm {image} echo after; docker run --rm --privileged {image} true"
+                )
+                assert "after" in out and "privileged mode" in out, out
+            finally:
+                again.close()
+        finally:
+            with contextlib.suppress(Exception):
+                sync.destroy(user, remove_data=True)
+            future.cancel()
+            hub.engine.close()

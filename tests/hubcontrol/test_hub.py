@@ -112,6 +112,11 @@ def test_two_users_get_own_daemons_isolated_and_limited(tmp_path, image):
         with host_listener() as (host_ip, port):
             code, _ = exec_in(ca, env_a.container_id, "nc", "-w", "2", host_ip, str(port))
             assert code != 0, "alice reached a host service"
+        with host_listener("0.0.0.0") as (_, port):
+            # the host's address on alice's own bridge (her gateway) is the host too
+            gateway = env_a.service_ip.rsplit(".", 1)[0] + ".1"
+            code, _ = exec_in(ca, env_a.container_id, "nc", "-w", "2", gateway, str(port))
+            assert code != 0, "alice reached a host service through her gateway"
 
         # the user's daemon socket is in the environment, usable by the non-root user
         code, out = exec_in(ca, env_a.container_id, "ls", "-l", "/var/run/docker.sock")
@@ -132,12 +137,12 @@ def test_two_users_get_own_daemons_isolated_and_limited(tmp_path, image):
 
 
 @contextlib.contextmanager
-def host_listener():
-    """A TCP service on the host's main address, as a hub or host service would be."""
+def host_listener(bind: str | None = None):
+    """A TCP service on the host (its main address by default), as a hub or sshd would be."""
     route = subprocess.run(
         ["ip", "-4", "route", "get", "1.1.1.1"], capture_output=True, text=True
     ).stdout
-    host_ip = route.split(" src ")[1].split()[0]
+    host_ip = bind or route.split(" src ")[1].split()[0]
     srv = socket.socket()
     srv.bind((host_ip, 0))
     srv.listen()
@@ -215,20 +220,23 @@ def test_concurrent_logins_share_one_start(tmp_path, image):
     async def main():
         hub = Hub(config, ready_timeout=20)
         results = []
-        try:
-            async with anyio.create_task_group() as tg:
-                for _ in range(4):
-                    tg.start_soon(lambda: _append(results, hub.ensure_running(user)))
-            assert len({e.container_id for e in results}) == 1
-            assert len({e.net_id for e in results}) == 1
-        finally:
-            await hub.destroy(user, remove_data=True)
+        async with anyio.create_task_group() as services:
+            await services.start(hub.run)
+            try:
+                async with anyio.create_task_group() as logins:
+                    for _ in range(4):
+                        logins.start_soon(_append, results, hub.ensure_running, user)
+                assert len({e.container_id for e in results}) == 1
+                assert len({e.net_id for e in results}) == 1
+            finally:
+                await hub.destroy(user, remove_data=True)
+                services.cancel_scope.cancel()
 
     anyio.run(main)
 
 
-async def _append(results, coro):
-    results.append(await coro)
+async def _append(results, fn, *args):
+    results.append(await fn(*args))
 
 
 def test_hook_failure_and_dead_command_are_reported(tmp_path, image):
@@ -279,13 +287,18 @@ def test_shared_daemon_mode_keeps_the_fixed_address_and_rules(tmp_path, image):
         mounts = {m["Destination"] for m in container.attrs["Mounts"]}
         assert "/run/rediacc/env" not in mounts  # never the shared daemon's socket
         assert "200 OK" in http_get(env.service_ip, 8080) or "404" in http_get(env.service_ip, 8080)
-        rules = subprocess.run(["iptables", "-S", network.FORWARD_CHAIN], capture_output=True, text=True).stdout
+        rules = subprocess.run(
+            ["iptables", "-S", network.FORWARD_CHAIN], capture_output=True, text=True
+        ).stdout
         assert f"rdh:{env.net_id}" in rules
         hub.destroy(user, remove_data=True)
         assert not host.networks.list(names=[f"rdh{env.net_id}e"])
-        assert f"rdh:{env.net_id}" not in subprocess.run(
-            ["iptables", "-S", network.FORWARD_CHAIN], capture_output=True, text=True
-        ).stdout
+        assert (
+            f"rdh:{env.net_id}"
+            not in subprocess.run(
+                ["iptables", "-S", network.FORWARD_CHAIN], capture_output=True, text=True
+            ).stdout
+        )
 
 
 def test_a_service_that_never_listens_times_out_clearly(tmp_path, image):
@@ -324,9 +337,21 @@ def test_docker_inside_the_environment_is_the_users_own(tmp_path):
         try:
             env = hub.ensure_running(user)
             client = _client(env.docker_url)
-            code, out = exec_in(client, env.container_id, "docker", "ps", "--format", "{{.Names}}", user="vscode")
+            code, out = exec_in(
+                client, env.container_id, "docker", "ps", "--format", "{{.Names}}", user="vscode"
+            )
             assert (code, out.strip()) == (0, f"hub-{user}")
-            code, out = exec_in(client, env.container_id, "docker", "run", "--rm", ENV_IMAGE, "echo", "nested", user="vscode")
+            code, out = exec_in(
+                client,
+                env.container_id,
+                "docker",
+                "run",
+                "--rm",
+                ENV_IMAGE,
+                "echo",
+                "nested",
+                user="vscode",
+            )
             assert (code, out.strip()) == (0, "nested")
             code, out = exec_in(client, env.container_id, "docker", "images", "-q", user="vscode")
             assert len(out.split()) == 1  # only what this user's daemon holds

@@ -33,7 +33,8 @@ def hub(tmp_path):
         routes={"code": 8080}, templates={"default": tpl},
         workspace_dir=tmp_path / "w", state_dir=tmp_path / "s", supervisor="local",
     )  # fmt: skip
-    return Hub(config, clock=lambda: 1234.5, checkpointer=None)
+    # No daemons here, and no run(): nothing that would start per-user sockets or streams.
+    return Hub(config, clock=lambda: 1234.5, checkpointer=None, env_socket_by_daemon=True)
 
 
 def test_touch_stamps_time_and_kind_from_any_thread(hub):
@@ -59,7 +60,7 @@ def test_records_persist_atomically_and_reload(hub, tmp_path):
     assert rec["name"] == safe_name("Alice")
     path = tmp_path / "s" / "users" / f"{safe_name('Alice')}.json"
     assert path.exists() and not list(path.parent.glob("*.tmp"))
-    fresh = Hub(hub.config, checkpointer=None)
+    fresh = Hub(hub.config, checkpointer=None, env_socket_by_daemon=True)
     assert fresh.record("Alice")["extra"] == {"a": 1}
     assert fresh.daemon_spec("Alice").net_id == 32768
     assert fresh.record("nobody") is None and fresh.daemon_spec("nobody") is None

@@ -143,7 +143,7 @@ def metrics_text(context: HubContext, metrics: ProxyMetrics) -> str:
     if view is not None:
         for row in view.rows:
             states.append(
-                live_state(row.state, context.control.progress(row.name), view.refreshed_at)
+                live_state(row.state, context.control.progress(row.user), view.refreshed_at)
             )
     lines += render_gauge(
         "hub_environments", "Environments by state", ("state",), environments_by_state(states)

@@ -256,7 +256,7 @@ def build_entries(
             principal, "view", is_self(principal, row.user, row.name)
         ):
             continue
-        progress = control.progress(row.name)
+        progress = control.progress(row.user)  # progress() maps a username to its safe name
         state = live_state(row.state, progress, view.refreshed_at)
         activity = hub.activity(row.user) if hub is not None else None
         since = (

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from hubcontrol import Hub
 from hubcontrol.config import Template
+from hubcontrol.names import safe_name
 from hubproxy import cookies
 from hubproxy.admin import TOKEN_FILE
 from tests.hubproxy.harness import RunningProxy, running_proxy
@@ -34,9 +35,10 @@ def seed(state_dir, users=USERS) -> None:
     d = state_dir / "users"
     d.mkdir(parents=True)
     for user, fields in users.items():
-        rec = {"name": user, "user": user, "per_user_docker": False, "mode": "persistent"}
+        name = safe_name(user)
+        rec = {"name": name, "user": user, "per_user_docker": False, "mode": "persistent"}
         rec.update(fields, net_id=None)
-        (d / f"{user}.json").write_text(json.dumps(rec))
+        (d / f"{name}.json").write_text(json.dumps(rec))
 
 
 @contextlib.contextmanager

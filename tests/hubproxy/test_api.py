@@ -335,3 +335,31 @@ def test_a_failed_start_shows_why_and_checkpoint_health(tmp_path):
         True,
         "CRIU failed",
     )
+
+
+def test_a_username_that_is_not_its_safe_name(tmp_path):
+    """Usernames with capitals, spaces or dots live under a hashed safe name; the API accepts
+    either, and the state it reports right after an action is the live one."""
+    from hubcontrol.names import safe_name
+
+    user = "Alice Smith"
+    name = safe_name(user)
+    assert name != user
+    with seeded_site(tmp_path, {user: {"state": "running", "template": "default"}}) as site:
+        proxy, hub, _ = site
+        session, cookie = session_for(proxy, user)
+        with client(proxy, **cookie) as c:
+            [entry] = c.get("/_hub/api/status").json()["users"]
+            assert (entry["user"], entry["name"], entry["state"]) == (user, name, "running")
+            assert c.get(f"/_hub/api/users/{name}").json()["user"] == user
+            r = _post(c, f"/_hub/api/users/{name}/stop", session, proxy)
+            assert r.status_code == 200 and r.json() == {
+                "user": user,
+                "action": "stop",
+                "state": "stopped",
+            }
+            # at once: the live state overlays the sampled rows until they are refreshed
+            assert c.get("/_hub/api/status").json()["users"][0]["state"] == "stopped"
+        _, bob = session_for(proxy, "bob")
+        with client(proxy, **bob) as c:
+            assert c.get(f"/_hub/api/users/{name}").status_code == 403

@@ -47,6 +47,19 @@ def rss_kb(pid: int) -> int:
     return total
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` (all its threads) and its descendants."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
+
+
 def descendants(pid: int) -> list[int]:
     out = []
     with contextlib.suppress(OSError):
@@ -84,24 +97,33 @@ class Contender:
     endpoint: Endpoint
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
-    files: list[Path] = field(default_factory=list)
+    # further processes of the same contender (workers sharing the port)
+    others: list[subprocess.Popen] = field(default_factory=list)
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
     def rss_kb(self) -> int | None:
-        return rss_kb(self.proc.pid) if self.proc else None
+        if self.proc is None:
+            return None
+        return sum(rss_kb(p.pid) for p in [self.proc, *self.others])
+
+    def cpu_seconds(self) -> float | None:
+        if self.proc is None:
+            return None
+        return sum(cpu_seconds(p.pid) for p in [self.proc, *self.others])
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        procs = [p for p in [self.proc, *self.others] if p is not None and p.poll() is None]
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
     def log_tail(self) -> str:
         if self.log_path and self.log_path.exists():
@@ -217,17 +239,45 @@ def _wait_hub(c: Contender, timeout: float = 90) -> None:
         raise RuntimeError(f"{c.name} did not come up: {e}\n{c.log_tail()}") from None
 
 
-def hub_start(site: Site, cookie: str, workdir: Path, workers: int = 1) -> Contender:
+def hub_start(
+    site: Site, cookie: str, workdir: Path, name: str = "hub-start", source: Path | None = None
+) -> Contender:
+    """``hub start``; ``source`` runs it from another source tree (an A/B baseline, e.g. the
+    previous commit unpacked with ``git archive``) with this checkout's virtualenv."""
     port = free_port()
     argv = [str(ROOT / ".venv/bin/hub"), "start", "--labels", str(site.labels)]
     argv += ["--env-file", str(site.env_file), f"--port={port}"]
-    argv += [f"--{k.replace('_', '-')}={v}" for k, v in site.flags("audit-start").items()]
-    log_path = workdir / "hub-start.log"
-    proc = _spawn(argv, log_path)
-    c = Contender(
-        "hub-start", Endpoint("127.0.0.1", port, site.host_header, cookie), proc, log_path
-    )
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in site.flags(f"audit-{name}").items()]
+    env = process_env()
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+    log_path = workdir / f"{name}.log"
+    proc = _spawn(argv, log_path, env=env)
+    c = Contender(name, Endpoint("127.0.0.1", port, site.host_header, cookie), proc, log_path)
     _wait_hub(c)
+    return c
+
+
+def hub_workers(site: Site, cookie: str, workdir: Path, workers: int) -> Contender:
+    """``workers`` complete ``hub start`` processes on one port with ``SO_REUSEPORT``
+    (bench/reuseport.py): the kernel spreads connections across them."""
+    port = free_port()
+    name = f"hub-{workers}w"
+    procs = []
+    for i in range(workers):
+        argv = [str(ROOT / ".venv/bin/python"), "-m", "bench.reuseport", "start"]
+        argv += ["--labels", str(site.labels), "--env-file", str(site.env_file), f"--port={port}"]
+        flags = site.flags(f"audit-{name}-{i}")
+        argv += [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
+        env = {**process_env(), "PYTHONPATH": str(ROOT)}
+        procs.append(_spawn(argv, workdir / f"{name}-{i}.log", env=env))
+    endpoint = Endpoint("127.0.0.1", port, site.host_header, cookie)
+    c = Contender(name, endpoint, procs[0], workdir / f"{name}-0.log", procs[1:])
+    _wait_hub(c)
+    for p in procs[1:]:
+        if p.poll() is not None:
+            c.stop()
+            raise RuntimeError(f"{name}: a worker exited with {p.returncode}")
     return c
 
 

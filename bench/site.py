@@ -181,11 +181,30 @@ def control_plane(site: Site, cold: int, warm: int, log=print) -> tuple[str, dic
     return service_ip, {"cold spawn": _summary(colds), "warm start": _summary(warms)}
 
 
-def destroy_all(site: Site) -> None:
-    """Destroy every user of the benchmark hub (daemons, bridges, data)."""
+def destroy_all(site: Site, logs_to: Path | None = None) -> None:
+    """Destroy every user of the benchmark hub (daemons, bridges, data); with ``logs_to``, first
+    save each environment container's state and output there (for a failed run)."""
     from hubcontrol.embed import embedded
 
     with embedded(site.config()) as hub:
         for row in hub.status():
+            if logs_to is not None:
+                with contextlib.suppress(Exception):
+                    save_environment_log(hub.hub, row.user, logs_to / f"env-{row.user}.log")
             with contextlib.suppress(Exception):
                 hub.destroy(row.user, remove_data=True)
+
+
+def save_environment_log(hub, user: str, path: Path) -> None:
+    import docker
+
+    from hubcontrol.environment import find
+    from hubcontrol.names import safe_name
+
+    client = docker.DockerClient(base_url=hub.docker_url(user))
+    container = find(client, safe_name(user))
+    if container is None:
+        path.write_text("no environment container\n")
+        return
+    state = container.attrs.get("State", {})
+    path.write_bytes(f"state: {state}\n".encode() + container.logs(tail=200))

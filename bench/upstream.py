@@ -126,6 +126,18 @@ class Http(asyncio.Protocol):
                 self._answer_upload()
                 continue
             size = SIZES.get(path)
+            if headers.get(b"connection", b"").lower() == b"close":
+                # answer and close, saying so (a client counts a silent close as an error)
+                if size is None:
+                    self.transport.write(NOT_FOUND)
+                else:
+                    head = _SMALL[path].replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1)
+                    self.transport.write(head)
+                    if size > MIB:
+                        self.big = asyncio.ensure_future(self._send_big(size, close=True))
+                        return
+                self.transport.close()
+                return
             if size is None:
                 self.transport.write(NOT_FOUND)
             elif size <= MIB:
@@ -135,7 +147,7 @@ class Http(asyncio.Protocol):
                 self.big = asyncio.ensure_future(self._send_big(size))
                 return
 
-    async def _send_big(self, size: int) -> None:
+    async def _send_big(self, size: int, close: bool = False) -> None:
         left = size
         while left:
             await self.writable.wait()
@@ -145,6 +157,9 @@ class Http(asyncio.Protocol):
             self.transport.write(_ZEROS[:n])
             left -= n
         self.big = None
+        if close:
+            self.transport.close()
+            return
         if self.buf:
             self._process()
 

@@ -143,23 +143,37 @@ class Cgroups:
                     found.update(int(p) for p in procs.read_text().split())
         return found
 
-    def remove(self, user: str) -> None:
-        """Remove the user's groups (deepest first); groups still holding processes stay."""
-        bases = self.dirs(user)
-        if not self.v2:
-            # runc creates the cgroup parent in every mounted hierarchy, not only ours
-            rel = group_path(user).lstrip("/")
-            bases = [p / rel for p in self.root.iterdir() if (p / rel).is_dir()]
-        for base in bases:
-            if not base.exists():
-                continue
-            for d in sorted(
-                (p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
-            ):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-            with contextlib.suppress(OSError):
-                base.rmdir()
+    def remove(self, user: str, timeout: float = 5.0) -> bool:
+        """Remove the user's groups (deepest first); True when none is left.
+
+        A group whose last process just exited can stay busy for a moment (the kernel releases
+        it asynchronously), so busy groups are retried until ``timeout``.
+        """
+        rel = group_path(user).lstrip("/")
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            if self.v2:
+                bases = [self.root / rel]
+            else:
+                # runc creates the cgroup parent in every mounted hierarchy, not only ours
+                bases = [p / rel for p in self.root.iterdir() if (p / rel).is_dir()]
+            left = False
+            for base in bases:
+                if not base.exists():
+                    continue
+                dirs = [p for p in base.rglob("*") if p.is_dir()]
+                for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True) + [base]:
+                    try:
+                        d.rmdir()
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        left = True
+            if not left or time.monotonic() > deadline:
+                return not left
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     @staticmethod
     def _write(path: Path, value: str) -> None:

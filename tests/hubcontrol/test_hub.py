@@ -134,6 +134,14 @@ def test_two_users_get_own_daemons_isolated_and_limited(tmp_path, image):
         assert info["HostConfig"]["CgroupParent"] == f"/rediacc.slice/hub-{alice}/containers"
         pid = status[alice].daemon["pid"]
         assert f"rediacc.slice/hub-{alice}/daemon" in Path(f"/proc/{pid}/cgroup").read_text()
+    # destroyed: no daemon, bridge, rules or cgroup is left behind
+    assert not network.link_exists(f"rdh{env_a.net_id}")
+    assert not network.link_exists(f"rdh{env_b.net_id}e")
+    assert not list(Path("/sys/fs/cgroup").glob(f"**/rediacc.slice/hub-{alice}"))
+    rules = subprocess.run(
+        ["iptables", "-S", network.FORWARD_CHAIN], capture_output=True, text=True
+    )
+    assert f"rdh:{env_a.net_id}" not in rules.stdout
 
 
 @contextlib.contextmanager

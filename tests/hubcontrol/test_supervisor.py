@@ -192,6 +192,7 @@ def test_local_daemon_lifecycle_cgroups_and_adoption(live_spec):
     assert fresh.describe(spec)["pid"] == pid
     fresh.stop(spec)
     assert not supervisor.is_running(spec) and not spec.socket.exists()
+    assert not list(Path("/sys/fs/cgroup").glob(f"**/rediacc.slice/hub-{spec.user}"))
 
 
 @pytest.mark.docker

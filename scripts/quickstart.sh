@@ -137,6 +137,7 @@ HUB_OAUTH_TOKEN_URL=http://127.0.0.1:$OIDC_PORT/token
 HUB_OAUTH_USERINFO_URL=http://127.0.0.1:$OIDC_PORT/me
 HUB_OAUTH_USERINFO_PATH=preferred_username
 HUB_SESSION_SECRET=$SESSION_SECRET
+HUB_ADMIN_USERS=admin
 EOF
 	)
 	cat >"$STATE/hub.labels.yaml" <<EOF
@@ -206,6 +207,9 @@ start_hub() {
 	local args=(start --labels "$STATE/hub.labels.yaml" --env-file "$STATE/hub.env" --port "$HUB_PORT"
 		--base-domain "$BASE_DOMAIN" --workspace-dir "$STATE/workspaces"
 		--docker-socket "unix://$HOST_DOCKER_SOCK" --state-dir "$STATE/state" --audit-dir "$LOGS/audit")
+	# e.g. QUICKSTART_HUB_ARGS="--idle-timeout 5m --checkpoint" to watch idle environments suspend
+	# shellcheck disable=SC2206
+	args+=(${QUICKSTART_HUB_ARGS:-})
 	say "starting the hub on port $HUB_PORT (log: $LOGS/hub.log)"
 	note "hub ${args[*]}"
 	(cd "$STATE" && PATH="$CRIU_PREFIX/bin:$PATH" exec setsid "$HUB" "${args[@]}" </dev/null >>"$LOGS/hub.log" 2>&1) &
@@ -237,13 +241,14 @@ cmd_start() {
 
 The hub is running ($(script_elapsed) s).
 
-  Open   http://$ROUTE_PREFIX.$BASE_DOMAIN:$HUB_PORT/   (Chromium and Firefox resolve *.localhost themselves)
-  Log in with any name and any password: the local OIDC provider's development form accepts them.
-  You get a web terminal in your own container; \`docker ps\` there talks to your own dockerd.
-
-  Logs    $LOGS/hub.log, $LOGS/oidc.log
-  Config  $STATE/hub.labels.yaml, $STATE/hub.env
-  Stop    sudo $0 stop
+  Open       http://$ROUTE_PREFIX.$BASE_DOMAIN:$HUB_PORT/   (Chromium and Firefox resolve *.localhost themselves)
+             Log in with any name and any password: the local OIDC provider's development form
+             accepts them. You get a web terminal in your own container; \`docker\` there talks
+             to your own dockerd.
+  Dashboard  http://$ROUTE_PREFIX.$BASE_DOMAIN:$HUB_PORT/_hub/dashboard   (log in as "admin" to see everyone's)
+  Logs       $LOGS/hub.log, $LOGS/oidc.log
+  Config     $STATE/hub.labels.yaml, $STATE/hub.env
+  Stop       sudo $0 stop
 EOF
 }
 

@@ -319,7 +319,7 @@ def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_pat
     try:
         assert started.returncode == 0, started.stderr[-3000:]
         url = f"http://term.localhost:{port}/"
-        assert f"Open   {url}" in started.stdout
+        assert f"Open       {url}" in started.stdout
         with sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path="/usr/bin/chromium",

@@ -13,11 +13,16 @@ comment ``rdh:<net_id>`` so one user's rules are removed without touching anyone
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
+import os
 import subprocess
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from hubcontrol.errors import NetworkError
 from hubcontrol.netids import index_of
@@ -235,8 +240,33 @@ def _ipt(table: str, *args: str, check: bool = True) -> subprocess.CompletedProc
     return _run("iptables", "-w", "10", "-t", table, *args, check=check)
 
 
+RULES_LOCK = Path("/run/rediacc/iptables.lock")
+_thread_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _rules_locked() -> Iterator[None]:
+    """Serialise rule changes across threads and processes (several hubs or test runs).
+
+    ``iptables -w`` only makes each command atomic; a check-then-insert needs this.
+    """
+    with _thread_lock:
+        RULES_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(RULES_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+
 def ensure_chains() -> None:
     """Create the RDH chains and hook each first in its built-in chain (idempotent)."""
+    with _rules_locked():
+        _ensure_chains()
+
+
+def _ensure_chains() -> None:
     for table, builtin, chain in _HOOKS:
         _ipt(table, "-N", chain, check=False)
         if _ipt(table, "-C", builtin, "-j", chain, check=False).returncode:
@@ -245,18 +275,28 @@ def ensure_chains() -> None:
 
 def apply_isolation(net: UserNetwork) -> None:
     """Install one user's rules (idempotent: replaces any earlier set for the same net ID)."""
-    ensure_chains()
+    with _rules_locked():
+        _apply_isolation(net)
+
+
+def _apply_isolation(net: UserNetwork) -> None:
+    _ensure_chains()
     rules = isolation_rules(net)
     tagged = [(t, c, [*r, "-m", "comment", "--comment", net.tag]) for t, c, r in rules]
     if all(_ipt(t, "-C", c, *r, check=False).returncode == 0 for t, c, r in tagged):
         return  # already in force; re-adding would open a window without them
-    remove_isolation(net.net_id)
+    _remove_isolation(net.net_id)
     for table, chain, rule in tagged:
         _ipt(table, "-A", chain, *rule)
 
 
 def remove_isolation(net_id: int) -> None:
     """Delete every rule tagged ``rdh:<net_id>`` from the RDH chains."""
+    with _rules_locked():
+        _remove_isolation(net_id)
+
+
+def _remove_isolation(net_id: int) -> None:
     tag = f'"rdh:{net_id}"'
     alt = f"rdh:{net_id}"
     for table, _builtin, chain in _HOOKS:

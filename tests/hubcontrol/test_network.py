@@ -164,3 +164,14 @@ def test_a_pool_over_a_host_route_is_refused():
     with pytest.raises(NetworkError) as info:
         network.check_pool(str(ipaddress.IPv4Network(dst, strict=False).supernet(new_prefix=8)))
     assert "overlaps host routes" in info.value.log_message
+
+
+@pytest.mark.docker
+def test_concurrent_hubs_hook_the_chains_once(claimed_net):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda _: network.apply_isolation(claimed_net), range(6)))
+    forward = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True).stdout
+    assert forward.count("-j RDH-FORWARD") == 1
+    assert _rules("filter", network.FORWARD_CHAIN).count(claimed_net.tag) == 5

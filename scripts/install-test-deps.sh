@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Install what the tests and benchmarks need beyond scripts/setup-host.sh, idempotently:
 #   Debian: chromium (driven by PyPI playwright with executable_path=/usr/bin/chromium; we never run
-#           `playwright install`), nginx-light and wrk (benchmark baselines and load);
+#           `playwright install`), nginx-light and wrk (benchmark baselines and load),
+#           docker-compose (compose through the docker-socket policy) and docker-registry (a real
+#           local registry for the pull and audit tests; its service is not left enabled);
+#           logrotate comes with scripts/setup-host.sh (the hub needs it at run time);
 #   npm:    tests/support/oidc  -> oidc-provider (a real OIDC provider for login tests, quick start)
 #           bench               -> configurable-http-proxy (benchmark baseline)
 # each from its committed package-lock.json (`npm ci`), re-installed only when the lock changes.
@@ -41,8 +44,14 @@ npm_install() {
 }
 
 if [[ -z $oidc_only ]]; then
-	# docker-registry: a real local registry for pull/push audit tests; logrotate: the seed's config run for real
-	apt_install chromium nginx-light wrk docker-registry logrotate
+	# docker-compose: compose through the docker-socket policy; docker-registry: pull/push audit tests
+	had_registry=""
+	debs_installed docker-registry && had_registry=1
+	apt_install chromium nginx-light wrk docker-compose docker-registry
+	# Tests start their own registry on a free port; the package's service is not ours to run.
+	if [[ -z $had_registry && $(cat /proc/1/comm 2>/dev/null) == systemd ]]; then
+		systemctl disable --now docker-registry >/dev/null 2>&1 || true
+	fi
 fi
 ensure_node
 npm_install "$ROOT/tests/support/oidc"

@@ -24,9 +24,10 @@ check_os() {
 install_debian_packages() {
 	# docker.io: the host daemon and the per-user daemons; iptables: isolation rules; tini: the
 	# init docker uses for --init (tini-static); busybox-static: tiny test images; debootstrap: the
-	# environment image; btrfs-progs: per-user data-root subvolumes; iproute2: bridges.
+	# environment image; btrfs-progs: per-user data-root subvolumes; iproute2: bridges;
+	# logrotate: the audit logs' rotation (docs/operations.md).
 	apt_install ca-certificates curl docker.io iptables busybox-static tini debootstrap \
-		btrfs-progs iproute2 procps util-linux python3 python3-venv
+		btrfs-progs iproute2 procps util-linux logrotate python3 python3-venv
 }
 
 criu_works() {

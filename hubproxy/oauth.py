@@ -123,8 +123,11 @@ def allowed(groups: tuple[str, ...], allowed_groups: frozenset[str]) -> bool:
 
 
 class OAuthLogin:
-    def __init__(self, context: HubContext) -> None:
+    def __init__(
+        self, context: HubContext, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self.context = context
+        self.transport = transport  # tests only: a provider behaviour no real provider here has
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -156,6 +159,7 @@ class OAuthLogin:
             code_challenge_method="S256",
             token_endpoint_auth_method=auth_method or self.context.token_auth_method,
             timeout=PROVIDER_TIMEOUT,
+            **({"transport": self.transport} if self.transport is not None else {}),
         )
 
     # -- /_hub/login ---------------------------------------------------------------------------

@@ -362,3 +362,47 @@ async def test_logout_revokes_the_session(setup):
     for c in (cookie, other_cookie):
         f = await run_request(addons, flow(headers=[("cookie", c)]))
         assert f.response.status_code == 302
+
+
+async def test_token_endpoint_client_auth_falls_back_to_form_body(setup):
+    """A provider that refuses HTTP Basic client authentication (the npm oidc-provider and
+    oidc-provider-mock both accept either, so this one is an httpx MockTransport)."""
+    import httpx
+
+    from hubproxy.hostroute import HostRoute
+    from hubproxy.oauth import OAuthLogin
+    from hubproxy.state import make_state, new_nonce
+
+    context, control, addons = setup
+    seen = []
+
+    def provider(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/token":
+            body = dict(httpx.QueryParams(request.content.decode()))
+            seen.append("basic" if "authorization" in request.headers else "post")
+            if "authorization" in request.headers or body.get("client_secret") != "secret":
+                return httpx.Response(401, json={"error": "invalid_client"})
+            assert body["code_verifier"] and body["code"] == "the-code"
+            return httpx.Response(200, json={"access_token": "t", "token_type": "Bearer"})
+        assert request.headers["authorization"] == "Bearer t"
+        return httpx.Response(200, json={"sub": "carol"})
+
+    oauth = OAuthLogin(context, transport=httpx.MockTransport(provider))
+    for _attempt in range(2):
+        nonce = new_nonce()
+        state = make_state(
+            context.state_key,
+            nonce=nonce,
+            return_to="http://term.example.com/",
+            template=None,
+            now=NOW,
+        )
+        f = flow(
+            path=f"/_hub/oauth/callback?code=the-code&state={state}",
+            headers=[("cookie", f"{state_cookie_name(nonce)}={nonce}")],
+        )
+        next(a for a in addons if isinstance(a, HostRoute)).requestheaders(f)
+        await oauth.requestheaders(f)
+        assert f.response.status_code == 302, f.response.content[:300]
+    assert seen == ["basic", "post", "post"]
+    assert context.token_auth_method == "client_secret_post"

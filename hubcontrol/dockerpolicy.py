@@ -170,7 +170,7 @@ class NetworkFacts:
 class PolicyContext:
     """Per-user facts the policy decides against (fixed for the life of a policy socket)."""
 
-    workspace: str  # host path of the user's workspace, <workspace-dir>/<u>
+    workspace: str  # host path of the user's workspace, <workspace-dir>/<u>; "" when ephemeral
     bind_root: str  # the hub's no-symlink-following view of the workspace; binds are rewritten here
     container_workspace: str = "/workspace"  # where the environment sees its workspace
     policy_socket: str | None = None  # host path of this policy socket (for nested docker.sock)
@@ -1050,6 +1050,12 @@ def bind_source(src: str, ctx: PolicyContext) -> str:
     """
     if src in DOCKER_SOCKET_PATHS and ctx.policy_socket:
         return ctx.policy_socket
+    if not ctx.workspace or ctx.realpath(ctx.workspace) == "/":
+        raise _refuse(
+            f"a bind mount of {src}",
+            "your environment is ephemeral: it has no workspace on the host to bind; use a "
+            "named volume instead",
+        )
     clean = posixpath.normpath(src)
     cws = posixpath.normpath(ctx.container_workspace)
     if clean == cws or clean.startswith(cws.rstrip("/") + "/"):

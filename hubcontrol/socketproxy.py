@@ -498,7 +498,7 @@ class PolicySocket:
 
     async def serve(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         listen = self.config.listen
-        if self.config.mount_bind_root:
+        if self.config.mount_bind_root and self.config.context.workspace:
             mount_bind_root(self.config.context.workspace, self.config.context.bind_root)
         # The environment mounts this directory, so its user must be able to traverse it; host
         # users are kept out one level up (the daemon's exec-root is 0700).
@@ -722,9 +722,13 @@ class PolicySockets:
         config = hub.config
         spec = hub.daemon_spec(rec["name"])
         template = config.templates.get(rec.get("template") or config.default_template)
+        ephemeral = rec.get("mode") == "ephemeral" or (template is not None and template.ephemeral)
         return args_for(
             spec,
-            workspace=storage.UserPaths(Path(config.workspace_dir), rec["name"]).workspace,
+            # an ephemeral environment's workspace is a tmpfs: nothing on the host to bind
+            workspace=""
+            if ephemeral
+            else storage.UserPaths(Path(config.workspace_dir), rec["name"]).workspace,
             container_workspace=template.workspace if template else DEFAULT_WORKSPACE,
             net=network.user_network(rec["net_id"], config.user_subnet_pool),
             allowed_registries=self.allowed_registries,
@@ -876,7 +880,9 @@ def config_from_argv(argv: Sequence[str]) -> tuple[ProxyConfig, str | None]:
     )
     p.add_argument("--listen", required=True, help="policy socket path to create")
     p.add_argument("--upstream", required=True, help="the user's dockerd socket")
-    p.add_argument("--workspace", required=True, help="host path of the user's workspace")
+    p.add_argument(
+        "--workspace", default="", help="host path of the user's workspace (none: ephemeral)"
+    )
     p.add_argument("--container-workspace", default="/workspace")
     p.add_argument("--bind-root", help="nosymfollow view of the workspace (default: beside env/)")
     p.add_argument(
@@ -897,7 +903,7 @@ def config_from_argv(argv: Sequence[str]) -> tuple[ProxyConfig, str | None]:
     a = p.parse_args(argv)
     listen = Path(a.listen)
     ctx = policy.PolicyContext(
-        workspace=os.path.abspath(a.workspace),
+        workspace=os.path.abspath(a.workspace) if a.workspace else "",
         bind_root=a.bind_root or default_bind_root(listen),
         container_workspace=a.container_workspace,
         policy_socket=str(listen),

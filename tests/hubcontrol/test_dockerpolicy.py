@@ -709,3 +709,14 @@ def test_every_endpoint_is_documented():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
     for ep in p.ENDPOINTS:
         assert ep.name in doc, f"docs/security.md does not mention endpoint {ep.name!r}"
+
+
+def test_ephemeral_environments_have_no_host_workspace_to_bind(ctx):
+    import dataclasses
+
+    ctx = dataclasses.replace(ctx, workspace="")
+    refused(
+        decide(ctx, "POST", "/containers/create", hc(Binds=["/workspace/proj:/x"])), "ephemeral"
+    )
+    out = wire(decide(ctx, "POST", "/containers/create", hc(Binds=["vol:/x"])))
+    assert out["HostConfig"]["Binds"] == ["vol:/x"]

@@ -363,3 +363,20 @@ def test_userinfo_shapes_of_github_and_nextcloud(tmp_path, envs, proxy_port, cla
             assert session.user == expected
             assert hub.ensure_calls == [(expected, None)]
             json.dumps(claims)
+
+
+@pytest.mark.oidc
+def test_fixed_redirect_uri_on_another_host_with_a_domain_cookie(tmp_path, envs, proxy_port):
+    fixed = f"http://term.{DOMAIN}:{proxy_port}/_hub/oauth/callback"
+    client = {"client_id": "hub", "client_secret": "hub-secret", "redirect_uris": [fixed]}
+    with npm_oidc_provider([client]) as issuer:
+        config = hub_config(tmp_path, envs, issuer)
+        oauth = OAuthConfig(**{**config.oauth.__dict__, "redirect_uri": fixed})
+        hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
+        with running_proxy(hub_config(tmp_path, envs, issuer, oauth=oauth), hub, proxy_port):
+            code = f"http://code.{DOMAIN}:{proxy_port}"
+            with browser(DOMAIN, proxy_port) as c:
+                r = provider_login(c, c.get(f"{code}/notes?x=1"), "alice")
+                assert str(r.url) == f"{code}/notes?x=1"
+                wait_ready(c, code)
+                assert c.get(f"{code}/").json()["name"] == "alice-code"

@@ -37,6 +37,8 @@ t0=$(date +%s.%N)
 rc=0
 .venv/bin/pytest --junitxml="$ARTIFACTS/junit.xml" -o junit_family=xunit2 "$@" || rc=$?
 note "(pytest: $(elapsed "$t0") s, exit $rc)"
+# The host daemon's log, when these scripts started it, helps explain a failed docker test.
+cp "$LOG_DIR/host-dockerd.log" "$ARTIFACTS/" 2>/dev/null || true
 case $rc in
 0) ;;
 5) die "pytest collected no tests: that is a failure, not a pass" ;;

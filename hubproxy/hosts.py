@@ -116,3 +116,12 @@ def safe_return_url(url: str | None, base_domain: str, default: str = "/") -> st
     if netloc_host == base or (sep and rest == base and prefix):
         return url
     return default
+
+
+def sibling_url(
+    scheme: str, host_header: str, prefix: str, base_domain: str, path: str = "/"
+) -> str:
+    """The URL of another prefix's site, keeping the port the browser used (``:7112`` locally)."""
+    _, sep, port = (host_header or "").rpartition(":")
+    suffix = f":{port}" if sep and _PORT.match(port) else ""
+    return f"{scheme}://{prefix}.{base_domain}{suffix}{path}"

@@ -14,6 +14,7 @@ from mitmproxy import http
 from hubproxy import pages
 from hubproxy.context import ENDPOINT, SCHEME, USER, HubContext
 from hubproxy.guard import fail_closed
+from hubproxy.hosts import sibling_url
 from hubproxy.router import upstream
 
 
@@ -59,7 +60,10 @@ class HubApi:
                 "Your hub",
                 f"Logged in as {user}.",
                 links=[
-                    *((p, f"{scheme}://{p}.{config.base_domain}/") for p in sorted(config.routes)),
+                    *(
+                        (p, sibling_url(scheme, flow.request.host_header, p, config.base_domain))
+                        for p in sorted(config.routes)
+                    ),
                     ("Dashboard", "/_hub/dashboard"),
                     ("Log out", "/_hub/logout"),
                 ],

@@ -118,3 +118,16 @@ def test_is_hub_path(path, is_hub):
 )
 def test_safe_return_url(url, expected):
     assert h.safe_return_url(url, "example.com") == expected
+
+
+@pytest.mark.parametrize(
+    ("host_header", "url"),
+    [
+        ("term.example.com", "https://code.example.com/"),
+        ("term.example.com:7112", "https://code.example.com:7112/"),
+        ("term.example.com:", "https://code.example.com/"),
+        ("", "https://code.example.com/"),
+    ],
+)
+def test_sibling_url_keeps_the_port(host_header, url):
+    assert h.sibling_url("https", host_header, "code", "example.com") == url

@@ -29,6 +29,7 @@ import functools
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -69,6 +70,7 @@ HOP_BY_HOP = frozenset(
         "expect",
     }
 )
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
@@ -120,15 +122,23 @@ def parse_request_head(raw: bytes) -> Head:
     except UnicodeDecodeError:
         raise HttpError(400, "hub policy refused a request head that is not ASCII") from None
     lines = text.split("\r\n")
+    if any(c in line for line in lines for c in "\r\n\x00"):
+        # a bare CR or LF is a line break to the daemon: a header we never saw
+        raise HttpError(400, "hub policy refused a request head with a bare CR or LF")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or parts[2] not in ("HTTP/1.1", "HTTP/1.0") or not parts[0].isalpha():
+    if (
+        len(parts) != 3
+        or parts[2] not in ("HTTP/1.1", "HTTP/1.0")
+        or not parts[0].isalpha()
+        or any(ord(c) < 0x21 or ord(c) == 0x7F for c in parts[1])
+    ):
         raise HttpError(400, f"hub policy refused a malformed request line {lines[0][:100]!r}")
     headers = []
     for line in lines[1:]:
         if not line:
             continue
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or line[0] in " \t":
+        if not sep or not _TOKEN.match(name):
             raise HttpError(400, f"hub policy refused a malformed header line {line[:100]!r}")
         if any(c in value for c in "\r\n\x00"):
             raise HttpError(400, "hub policy refused a header with control characters")

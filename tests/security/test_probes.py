@@ -179,6 +179,15 @@ REFUSED_PROBES = {
     ),
     "folded header line": (b"GET /v1.41/_ping HTTP/1.1\r\nHost: d\r\nX-A: 1\r\n  folded\r\n\r\n"),
     "HTTP/2 preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "bare LF smuggles a header": (
+        b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\nX-A: 1\nTransfer-Encoding: chunked\r\n"
+        b"Content-Length: 2\r\n\r\n{}"
+    ),
+    "bare LF in the query": (
+        b"GET /v1.41/_ping?x=1\nTransfer-Encoding: chunked HTTP/1.1\r\nHost: d\r\n\r\n"
+    ),
+    "header name with a space": b"GET /v1.41/_ping HTTP/1.1\r\nHost: d\r\nContent-Length : 5\r\n\r\n",
+    "tab in the target": b"GET /v1.41/_ping\t HTTP/1.1\r\nHost: d\r\n\r\n",
     "gzip transfer coding": (
         b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
     ),

@@ -58,7 +58,7 @@ fetch_criu_debs() {
 	# apt names a file with an epoch pkg_EPOCH%3aVERSION_arch.deb; the sums (like Debian's pool) don't.
 	local f
 	for f in "$dir"/*%3a*.deb; do
-		[[ -e $f ]] && mv "$f" "$(sed -E 's/_[0-9]+%3a/_/' <<<"$f")"
+		if [[ -e $f ]]; then mv "$f" "$(sed -E 's/_[0-9]+%3a/_/' <<<"$f")"; fi
 	done
 }
 

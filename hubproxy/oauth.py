@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import httpx
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from mitmproxy import http
 
 from hubproxy import cookies, hosts, pages
@@ -212,10 +214,15 @@ class OAuthLogin:
         state = make_state(
             self.context.state_key, nonce=nonce, return_to=next_url, template=template, now=now
         )
-        url, _ = self._client(callback).create_authorization_url(
+        url = prepare_grant_uri(
             config.oauth.authorize_url,
+            client_id=config.oauth.client_id,
+            response_type="code",
+            redirect_uri=callback,
+            scope=effective_scopes(config.oauth.scopes),
             state=state,
-            code_verifier=pkce_verifier(self.context.pkce_key, nonce),
+            code_challenge=create_s256_code_challenge(pkce_verifier(self.context.pkce_key, nonce)),
+            code_challenge_method="S256",
         )
         flow.response = pages.redirect(
             url,

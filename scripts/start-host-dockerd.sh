@@ -26,6 +26,12 @@ else
 	if [[ -n $pid && $(cat "/proc/$pid/comm" 2>/dev/null) == dockerd ]]; then
 		say "dockerd (pid $pid) is running but not answering yet; waiting for it"
 	else
+		# dockerd refuses to start while its pidfile names any live process, and after a crash or a
+		# reboot that PID may belong to something else now.
+		if [[ -n $pid ]]; then
+			note "removing the stale $PIDFILE (pid $pid is not a dockerd)"
+			rm -f "$PIDFILE"
+		fi
 		command -v dockerd >/dev/null || die "dockerd not found: run scripts/setup-host.sh first"
 		mkdir -p "$LOG_DIR"
 		say "starting the host dockerd (log: $LOG)"

@@ -234,6 +234,7 @@ mount -t tmpfs tmpfs /run
 mount -t tmpfs tmpfs /var/lib/docker
 mount -t tmpfs tmpfs /var/log
 ip link set lo up
+echo 1 > /var/run/docker.pid  # stale: PID 1 here is this bash, not a dockerd
 ./scripts/start-host-dockerd.sh
 ./scripts/start-host-dockerd.sh
 curl -fsS --unix-socket /var/run/docker.sock http://docker/_ping; echo
@@ -264,6 +265,7 @@ def test_start_host_dockerd_starts_one_when_none_answers_and_then_leaves_it_alon
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+    assert "removing the stale /var/run/docker.pid (pid 1 is not a dockerd)" in result.stderr
     assert result.stderr.count("starting the host dockerd") == 1, result.stderr
     assert "host dockerd answers on /var/run/docker.sock\n" in result.stderr  # second run: no-op
     assert result.stdout.strip() == "OK"

@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import re
-import shlex
 import signal
 import socket
 import stat
@@ -756,10 +755,19 @@ class PolicySockets:
                 if event == "daemon-stopping":
                     await anyio.to_thread.run_sync(stop, args)
                 else:
-                    log_path = self._hub.daemon_spec(rec["name"]).daemon_dir / "policy.log"
-                    await anyio.to_thread.run_sync(
-                        functools.partial(start, args, log_path=log_path)
+                    spec = self._hub.daemon_spec(rec["name"])
+                    daemon_unit = None
+                    if getattr(self._hub.supervisor, "name", "") == "systemd":
+                        from hubcontrol.supervisor.systemd import service_name  # noqa: PLC0415
+
+                        daemon_unit = service_name(spec.user)
+                    launch = functools.partial(
+                        start,
+                        args,
+                        log_path=None if daemon_unit else spec.daemon_dir / "policy.log",
+                        daemon_unit=daemon_unit,
                     )
+                    await anyio.to_thread.run_sync(launch)
             except Exception:
                 log.exception("policy socket of %s on %s failed", rec.get("name"), event)
 
@@ -780,10 +788,17 @@ def running_pid(args: ProxyArgs) -> int | None:
     return None
 
 
-def start(args: ProxyArgs, *, log_path: Path | str | None = None, timeout: float = 15.0) -> int:
+def start(
+    args: ProxyArgs,
+    *,
+    log_path: Path | str | None = None,
+    daemon_unit: str | None = None,
+    timeout: float = 15.0,
+) -> int:
     """Start the policy socket process unless one serves ``args.listen`` already; return its PID
-    once the socket accepts connections. The process is detached (``setsid --fork``): it outlives
-    the hub, as the user's dockerd does. Under systemd use ``systemd_unit`` instead."""
+    once the socket accepts connections. It outlives the hub, as the user's dockerd does: a
+    detached process (``setsid --fork``), or with ``daemon_unit`` (systemd hosts) a transient
+    unit bound to the daemon's (``systemd_run_argv``; its output goes to the journal)."""
     pid = running_pid(args)
     if pid is not None:
         if _accepts(args.listen):
@@ -793,7 +808,9 @@ def start(args: ProxyArgs, *, log_path: Path | str | None = None, timeout: float
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
         subprocess.run(
-            ["setsid", "--fork", *command(args)],
+            systemd_run_argv(args, daemon_unit)
+            if daemon_unit
+            else ["setsid", "--fork", *command(args)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -850,18 +867,24 @@ def drop_idle_connections(args: ProxyArgs) -> bool:
     return True
 
 
-def systemd_unit(args: ProxyArgs, daemon_unit: str, python: str = sys.executable) -> str:
-    """A unit that runs the policy socket beside ``daemon_unit`` and stops with it."""
-    quoted = " ".join(shlex.quote(a) for a in command(args, python))
-    return (
-        "[Unit]\n"
-        f"Description=Rediacc Hub docker-socket policy for {args.listen}\n"
-        f"BindsTo={daemon_unit}\nAfter={daemon_unit}\nPartOf={daemon_unit}\n\n"
-        "[Service]\nType=simple\n"
-        f"ExecStart={quoted}\n"
-        "Restart=always\nRestartSec=1\nKillMode=mixed\nSlice=rediacc.slice\n\n"
-        f"[Install]\nWantedBy={daemon_unit}\n"
-    )
+def systemd_run_argv(args: ProxyArgs, daemon_unit: str, python: str = sys.executable) -> list[str]:
+    """Run the policy socket as a transient unit beside ``daemon_unit`` (hosts whose PID 1 is
+    systemd): a child of the hub would sit in the hub's own unit and die with every hub restart;
+    this unit survives it, and stops with the daemon's unit (``BindsTo=``)."""
+    base = daemon_unit.removesuffix(".service")
+    unit = base.replace("-dockerd-", "-policy-") if "-dockerd-" in base else f"{base}-policy"
+    return [
+        "systemd-run",
+        "--quiet",
+        "--collect",
+        f"--unit={unit}.service",
+        "--slice=rediacc.slice",
+        f"--property=BindsTo={daemon_unit}",
+        f"--property=After={daemon_unit}",
+        "--property=KillMode=mixed",
+        "--property=Restart=on-failure",
+        *command(args, python),
+    ]
 
 
 def _accepts(path: str) -> bool:

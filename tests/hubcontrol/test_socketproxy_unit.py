@@ -1,0 +1,146 @@
+"""The policy socket's pure parts: request-head parsing, its command line, its paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hubcontrol import socketproxy as sp
+from hubcontrol.network import user_network
+from hubcontrol.supervisor import DaemonSpec
+
+
+@pytest.mark.parametrize(
+    ("raw", "framing", "length"),
+    [
+        (b"GET /_ping HTTP/1.1\r\nHost: d", "none", 0),
+        (b"POST /build HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: Chunked", "chunked", 0),
+        (b"POST /containers/create HTTP/1.1\r\nContent-Length: 12", "length", 12),
+        (b"POST /containers/create HTTP/1.0\r\nContent-Length: 0", "none", 0),
+    ],
+)
+def test_request_heads(raw, framing, length):
+    head = sp.parse_request_head(raw)
+    assert (head.framing, head.length) == (framing, length)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /_ping HTTP/2.0",
+        b"GET /_ping",
+        b"GET  /_ping HTTP/1.1",
+        b"G3T /_ping HTTP/1.1",
+        b"GET /_ping HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked",
+        b"GET /_ping HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1",
+        b"GET /_ping HTTP/1.1\r\nContent-Length: -1",
+        b"GET /_ping HTTP/1.1\r\nContent-Length: 0x10",
+        b"GET /_ping HTTP/1.1\r\nTransfer-Encoding: identity",
+        b"GET /_ping HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked",
+        b"GET /_ping HTTP/1.1\r\n folded: x",
+        b"GET /_ping HTTP/1.1\r\nNo-Colon",
+        b"GET /_ping HTTP/1.1\r\nBad Name: x",
+        b"GET /_ping HTTP/1.1\r\nX: a\nTransfer-Encoding: chunked",
+        b"GET /_ping\x7f HTTP/1.1",
+        "GET /_ping HTTP/1.1\r\nX: \u00e9".encode(),
+    ],
+)
+def test_request_heads_refused(raw):
+    with pytest.raises(sp.HttpError) as e:
+        sp.parse_request_head(raw)
+    assert e.value.refusal.status == 400
+
+
+def test_upgrade_is_recognized():
+    head = sp.parse_request_head(
+        b"POST /exec/x/start HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: tcp"
+    )
+    assert head.wants_upgrade
+
+
+def spec(tmp_path) -> DaemonSpec:
+    return DaemonSpec(
+        user="alice",
+        net_id=32768,
+        data_root=tmp_path / "d",
+        daemon_dir=tmp_path / "dd",
+        run_dir=Path("/run/rediacc/hub"),
+    )
+
+
+def test_args_for_a_daemon(tmp_path):
+    args = sp.args_for(
+        spec(tmp_path),
+        workspace="/ws/alice",
+        container_workspace="/home/w",
+        net=user_network(32768, "10.208.0.0/12"),
+    )
+    assert args.listen == "/run/rediacc/hub/32768/env/docker.sock"
+    assert args.upstream == "/run/rediacc/hub/32768/docker.sock"
+    assert args.bind_root == "/run/rediacc/hub/32768/workspace"  # beside env/, never inside
+    assert args.pidfile == "/run/rediacc/hub/32768/policy.pid"
+    assert args.user_networks == ("10.208.0.128/25",)
+    assert args.publish_ip == "10.208.0.65"
+
+
+def test_command_line_round_trips(tmp_path):
+    args = sp.args_for(
+        spec(tmp_path),
+        workspace="/ws/alice",
+        container_workspace="/home/w",
+        net=user_network(32768, "10.208.0.0/12"),
+        allowed_registries=["127.0.0.1:5000"],
+    )
+    argv = sp.command(args)
+    assert argv[1:3] == ["-c", sp.BOOTSTRAP]
+    config, pidfile = sp.config_from_argv(argv[4:])
+    ctx = config.context
+    assert (str(config.listen), str(config.upstream), pidfile) == (
+        args.listen,
+        args.upstream,
+        args.pidfile,
+    )
+    assert (ctx.workspace, ctx.container_workspace, ctx.bind_root) == (
+        "/ws/alice",
+        "/home/w",
+        args.bind_root,
+    )
+    assert ctx.user_networks == args.user_networks and ctx.publish_ip == "10.208.0.65"
+    assert ctx.allowed_registries == {"127.0.0.1:5000"} and ctx.policy_socket == args.listen
+
+
+def test_bootstrap_imports_only_the_proxy():
+    """The served process must not import the whole control plane (docker-py, the Hub)."""
+    code = sp.BOOTSTRAP.replace(
+        "socketproxy.main(sys.argv[1:])",
+        "print(sorted(m for m in sys.modules if m.startswith(('hubcontrol', 'docker', 'httpx'))))",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(Path(sp.__file__).parent)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip() == "['hubcontrol', 'hubcontrol.dockerpolicy', 'hubcontrol.socketproxy']"
+
+
+def test_systemd_transient_unit_is_bound_to_the_daemon(tmp_path):
+    args = sp.args_for(spec(tmp_path), workspace="/ws/alice", container_workspace="/workspace")
+    argv = sp.systemd_run_argv(args, "rediacc-hub-dockerd-alice.service")
+    assert argv[0] == "systemd-run"
+    assert "--unit=rediacc-hub-policy-alice.service" in argv
+    assert "--property=BindsTo=rediacc-hub-dockerd-alice.service" in argv
+    assert "--slice=rediacc.slice" in argv
+    cmd = sp.command(args)
+    assert argv[-len(cmd) :] == cmd
+
+
+def test_refusal_response_is_a_docker_error():
+    raw = sp.refusal_response(sp.policy.Refusal("hub policy refused x: y"))
+    assert raw.startswith(b"HTTP/1.1 403 Forbidden\r\n") and raw.endswith(
+        b'{"message": "hub policy refused x: y"}'
+    )
+    assert b"Connection: close" in raw

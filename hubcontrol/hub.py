@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -83,33 +84,42 @@ class Route:
         return None if port is None else (self.service_ip, port)
 
 
-class RouteTable(Mapping[str, Route]):
-    """An immutable map of safe name -> Route; ``get`` also accepts the raw username."""
+class RouteTable:
+    """An immutable table of running environments' routes, replaced by reference on change.
+
+    ``get(user)`` takes the username exactly as the OAuth provider gave it and maps it with
+    ``safe_name``; it never treats its argument as a safe name, so a user who registers another
+    user's hashed safe name as their username (``alice--3bc5...``) cannot reach that user's route.
+    Code that holds a safe name uses ``by_name``.
+    """
 
     __slots__ = ("_routes",)
 
     def __init__(self, routes: Mapping[str, Route] | None = None) -> None:
         self._routes = dict(routes or {})
 
-    def __getitem__(self, key: str) -> Route:
-        route = self._routes.get(key)
-        if route is None:
-            try:
-                route = self._routes.get(safe_name(key))
-            except UsernameError:
-                route = None
-        if route is None:
-            raise KeyError(key)
-        return route
+    def get(self, user: str) -> Route | None:
+        """The route of the (raw) username ``user``, or None."""
+        try:
+            return self._routes.get(safe_name(user))
+        except UsernameError:
+            return None
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._routes)
+    def by_name(self, name: str) -> Route | None:
+        """The route of the safe name ``name``, or None."""
+        return self._routes.get(name)
+
+    def __contains__(self, user: object) -> bool:
+        return isinstance(user, str) and self.get(user) is not None
+
+    def __iter__(self) -> Iterator[Route]:
+        return iter(self._routes.values())
 
     def __len__(self) -> int:
         return len(self._routes)
 
     def replace(self, name: str, route: Route | None) -> RouteTable:
-        """A new table with ``name``'s route set (or removed when ``route`` is None)."""
+        """A new table with safe name ``name``'s route set (or removed when ``route`` is None)."""
         routes = dict(self._routes)
         if route is None:
             routes.pop(name, None)
@@ -272,7 +282,7 @@ class Hub:
         return lock
 
     def record(self, user: str) -> dict | None:
-        """A copy of the persisted record of ``user`` (raw or safe name), or None."""
+        """A copy of the persisted record of the (raw) username ``user``, or None."""
         rec = self._records.get(safe_name(user))
         if rec is None:
             rec = self._load_record(safe_name(user))
@@ -289,9 +299,14 @@ class Hub:
     def paths(self, user: str) -> storage.UserPaths:
         return storage.UserPaths(Path(self.config.workspace_dir), safe_name(user))
 
-    def daemon_spec(self, user: str, template: Template | None = None) -> DaemonSpec | None:
-        """The dockerd spec of ``user`` (None before the user has a network ID)."""
-        name = safe_name(user)
+    def daemon_spec(self, name: str, template: Template | None = None) -> DaemonSpec | None:
+        """The dockerd spec of the user whose SAFE name is ``name`` (a record's ``name``).
+
+        None before the user has a network ID. Unlike the other methods, this takes the safe
+        name, since its callers (stats, policy sockets) work from records.
+        """
+        if not re.fullmatch(r"[a-z0-9-]{1,32}", name or ""):
+            return None
         rec = self._records.get(name) or self._load_record(name)
         if not rec or rec.get("net_id") is None:
             return None
@@ -299,12 +314,12 @@ class Hub:
         return self._spec(name, rec["net_id"], tpl)
 
     def docker_url(self, user: str) -> str | None:
-        """The socket URL of the daemon ``user``'s environment runs on."""
+        """The socket URL of the daemon the (raw) username ``user``'s environment runs on."""
         rec = self.record(user)
         if not rec:
             return None
         if rec.get("per_user_docker"):
-            spec = self.daemon_spec(user)
+            spec = self.daemon_spec(rec["name"])
             return spec.url if spec else None
         return self._host_url()
 
@@ -473,7 +488,7 @@ class Hub:
         tpl = self.config.template(template or current)
         if (
             rec.get("state") == "running"
-            and name in self._routes
+            and self._routes.by_name(name) is not None
             and tpl.name == rec.get("template")
             and rec.get("container_id")
             and rec.get("docker_url")

@@ -17,8 +17,11 @@ def test_route_table_is_immutable_and_replaced_by_reference():
     table = empty.replace(route.name, route)
     assert table is not empty and len(empty) == 0
     assert table.get("Alice") is route  # the raw username
-    assert table.get(safe_name("Alice")) is route  # or the safe name
+    assert table.by_name(safe_name("Alice")) is route
+    assert "Alice" in table and list(table) == [route] and len(table) == 1
     assert table.get("alice") is None  # a different user
+    # someone whose username is Alice's hashed safe name is a different user, not Alice
+    assert table.get(safe_name("Alice")) is None
     assert table.get("") is None  # unmappable names are simply absent
     assert route.target("code") == ("10.208.0.2", 8080) and route.target("nope") is None
     with pytest.raises(TypeError):
@@ -62,8 +65,12 @@ def test_records_persist_atomically_and_reload(hub, tmp_path):
     assert path.exists() and not list(path.parent.glob("*.tmp"))
     fresh = Hub(hub.config, checkpointer=None, env_socket_by_daemon=True)
     assert fresh.record("Alice")["extra"] == {"a": 1}
-    assert fresh.daemon_spec("Alice").net_id == 32768
+    assert fresh.daemon_spec(safe_name("Alice")).net_id == 32768  # by safe name
+    assert fresh.daemon_spec("Alice") is None  # not a safe name
+    assert fresh.daemon_spec("../etc") is None
     assert fresh.record("nobody") is None and fresh.daemon_spec("nobody") is None
+    # a user whose username is Alice's safe name is someone else
+    assert fresh.record(safe_name("Alice")) is None
 
 
 def test_listeners_get_read_only_records_and_cannot_break_the_hub(hub):

@@ -25,6 +25,7 @@ code{background:#eef;padding:0 .25rem;border-radius:4px}
 .bar{height:6px;background:#e4e7ee;border-radius:3px;overflow:hidden;margin:1rem 0}
 .bar div{height:100%;width:30%;background:#2457d6;animation:s 1.2s infinite ease-in-out}
 @keyframes s{0%{margin-left:-30%}100%{margin-left:100%}}
+[hidden]{display:none!important}
 """
 
 _PAGE = Template(
@@ -48,7 +49,8 @@ _PROGRESS_SCRIPT = Template(
         if(p.ready){ location.reload(); return; }
         if(p.message){ msg.textContent=p.message; }
         if(p.state==="failed"){ err.textContent=p.error||"Starting your environment failed.";
-          err.hidden=false; document.getElementById("hub-bar").hidden=true; return; }
+          err.hidden=false; document.getElementById("hub-bar").hidden=true;
+          document.getElementById("hub-retry").hidden=false; return; }
         delay=Math.min(delay*1.3,3000); setTimeout(poll,delay);
       }).catch(function(e){ if(e!==0){ setTimeout(poll,2000); } });
   }
@@ -107,6 +109,7 @@ def progress_page(prefix: str | None, message: str) -> http.Response:
         '<div class="bar" id="hub-bar"><div></div></div>'
         f'<p class="muted" id="hub-step">{html.escape(message)}</p>'
         '<p id="hub-error" hidden></p>'
+        '<a class="button" id="hub-retry" href="" hidden>Try again</a>'
     )
     text = _PAGE.substitute(
         title="Starting your environment",

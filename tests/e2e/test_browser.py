@@ -147,6 +147,8 @@ def test_login_terminal_two_users_groups_logout_per_host_cookies(world, chromium
         bob = chromium.new_context()
         bob_page = bob.new_page()
         login(bob_page, site, "code", "bob", "/marker.txt")
+        bob_page.wait_for_selector("text=Starting your environment", timeout=20_000)
+        shot(bob_page, "bob-progress-page")
         # through the progress page (its CSP forbids eval, so wait on text, not a JS predicate)
         bob_page.wait_for_selector("text=File not found", timeout=120_000)
         shot(bob_page, "bob-code-no-marker")

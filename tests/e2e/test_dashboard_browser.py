@@ -15,6 +15,7 @@ import json
 import re
 import subprocess
 import time
+from pathlib import Path
 
 import docker
 import httpx
@@ -67,13 +68,12 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def hub_status(site) -> dict:
-    """``hub status --json`` as an operator runs it."""
-    proc = subprocess.run(
+def hub_cli(site, *args: str) -> subprocess.CompletedProcess:
+    """``hub <args>`` as an operator runs it against this hub."""
+    return subprocess.run(
         [
             str(ROOT / ".venv/bin/hub"),
-            "status",
-            "--json",
+            *args,
             "--url",
             f"http://127.0.0.1:{site.port}",
             "--token-file",
@@ -81,8 +81,12 @@ def hub_status(site) -> dict:
         ],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=200,
     )
+
+
+def hub_status(site) -> dict:
+    proc = hub_cli(site, "status", "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -222,5 +226,14 @@ def test_dashboard_for_a_user_and_an_admin(site, chromium):  # noqa: F811 - fixt
     assert float(metrics['hub_websocket_connections_total{prefix="term"}']) >= 1
     assert float(metrics['hub_proxy_requests_total{prefix="code",code="2xx"}']) >= 1
     assert float(metrics["hub_spawn_seconds_count"]) >= 3
+
+    # -- hub stop from the command line ------------------------------------------------------------
+    ada_net = entry(hub_status(site), ADMIN)["net_id"]
+    proc = hub_cli(site, "stop", ADMIN)
+    assert proc.returncode == 0 and f"{ADMIN}: stopped" in proc.stdout, proc.stderr
+    assert not Path(f"/run/rediacc/hub/{ada_net}/docker.sock").exists()  # her daemon is down
+    card(admin_dash, ADMIN, "stopped", timeout=15_000)
+    proc = hub_cli(site, "stop", "nobody")
+    assert proc.returncode == 4 and "no user 'nobody'" in proc.stderr
     for ctx in (ben, ada):
         ctx.close()

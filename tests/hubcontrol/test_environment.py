@@ -115,3 +115,59 @@ def test_images_are_transferred_from_the_host_daemon_and_errors_name_the_image(t
             target.close()
             with contextlib.suppress(Exception):
                 host.close()
+
+
+@contextlib.contextmanager
+def local_registry(tmp_path):
+    """Debian's docker-registry on a free 127.0.0.1 port (daemons trust 127/8 as insecure)."""
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+        "log:\n  level: error\n"
+    )
+    proc = subprocess.Popen(
+        ["docker-registry", "serve", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, "registry did not start"
+            time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.docker
+def test_images_missing_on_the_host_are_pulled_from_a_registry(tmp_path):
+    host = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
+    with host_test_image() as ref, local_registry(tmp_path) as registry:
+        remote = f"{registry}/{ref}"
+        host.images.get(ref).tag(remote)
+        try:
+            for line in host.images.push(remote, stream=True, decode=True):
+                assert "error" not in line, line
+        finally:
+            host.images.remove(remote)
+        with user_daemon(tmp_path) as daemon:
+            target = docker.DockerClient(base_url=daemon.url, version="1.41")
+            try:
+                assert images.ensure_image(target, remote, host) == "pull"
+                assert images.ensure_image(target, remote, None) == "present"
+            finally:
+                target.close()
+    host.close()

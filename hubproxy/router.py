@@ -20,6 +20,8 @@ from hubproxy.guard import fail_closed
 log = logging.getLogger("hubproxy.router")
 
 RUNNING = "running"
+# The largest request body the hub reads when it answers a request itself (not routed).
+MAX_ANSWERED_BODY = 1 << 20
 
 
 def upstream(route, prefix: str, default_ports) -> tuple[str, int] | None:
@@ -29,6 +31,16 @@ def upstream(route, prefix: str, default_ports) -> tuple[str, int] | None:
     ports = getattr(route, "ports", None) or {}
     port = ports.get(prefix) or default_ports.get(prefix)
     return (str(route.service_ip), int(port)) if port else None
+
+
+def large_body(request: http.Request) -> bool:
+    """True when a request announces a body above ``MAX_ANSWERED_BODY`` or of unknown length."""
+    if "chunked" in request.headers.get("transfer-encoding", "").lower():
+        return True
+    try:
+        return int(request.headers.get("content-length", "0")) > MAX_ANSWERED_BODY
+    except ValueError:
+        return True
 
 
 def forwarded_for(existing: str | None, client_ip: str) -> str:
@@ -42,6 +54,10 @@ class Router:
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response:
+            if large_body(flow.request):
+                # mitmproxy would read the whole body into memory before sending our answer (a
+                # login redirect, a 401): for anything big, drop the connection instead.
+                flow.kill()
             return
         target = flow.metadata.get(TARGET)
         user = flow.metadata.get(USER)

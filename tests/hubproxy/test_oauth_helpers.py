@@ -112,3 +112,25 @@ def test_upstream(route, prefix, address):
 def test_forwarded_for():
     assert forwarded_for(None, "10.0.0.1") == "10.0.0.1"
     assert forwarded_for("1.2.3.4", "10.0.0.1") == "1.2.3.4, 10.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("headers", "large"),
+    [
+        ({}, False),
+        ({"content-length": "10"}, False),
+        ({"content-length": str(1 << 20)}, False),
+        ({"content-length": str((1 << 20) + 1)}, True),
+        ({"content-length": "junk"}, True),
+        ({"transfer-encoding": "chunked"}, True),
+    ],
+)
+def test_large_body(headers, large):
+    from mitmproxy.test import tutils
+
+    from hubproxy.router import large_body
+
+    req = tutils.treq()
+    req.headers.clear()
+    req.headers.update(headers)
+    assert large_body(req) is large

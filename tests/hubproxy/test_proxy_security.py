@@ -178,3 +178,22 @@ def test_bodies_stream_both_ways(proxy):
         read_limit=size + 4096,
     )
     assert status == 200 and len(data.partition(b"\r\n\r\n")[2]) == size
+
+
+def test_big_body_without_a_session_is_cut_off_not_buffered(proxy):
+    head = (
+        f"POST /upload HTTP/1.1\r\nHost: term.{DOMAIN}\r\nContent-Length: {100 << 20}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(head + b"z" * 65536)
+        try:
+            data = s.recv(65536)
+        except ConnectionResetError:
+            data = b""
+    assert data == b""  # closed without reading 100 MiB
+    small = (
+        f"POST /upload HTTP/1.1\r\nHost: term.{DOMAIN}\r\nContent-Length: 10\r\n"
+        "Connection: close\r\n\r\n0123456789"
+    ).encode()
+    status, _ = raw(proxy.port, small)
+    assert status == 401

@@ -21,6 +21,7 @@ thread-safe primitives ``hubproxy.metrics`` renders as Prometheus text.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 import threading
 import time
@@ -46,6 +47,7 @@ STATS_INTERVAL = 30.0  # the seed: "Stats are sampled every 30 seconds"
 ROWS_INTERVAL = 10.0
 EVENT_SAMPLE_DELAY = 0.5  # after a start/stop, resample that user this soon (coalesced)
 SAMPLE_THREADS = 2
+QUIET_STATES = frozenset({"stopped", "checkpointed", "failed"})
 DOCKER_TIMEOUT = 10
 # seconds: a restore is ~1 s, a cold start seconds to minutes (image transfer)
 LATENCY_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -237,6 +239,7 @@ class UserStats:
     daemon_running: bool = False
     sampled_at: float | None = None
     docker_sampled_at: float | None = None
+    quiet: bool = False  # sampled while nothing of the user's ran (see StatsSampler.sample)
     error: str | None = None
 
     @property
@@ -391,13 +394,19 @@ class StatsSampler:
         wanted = sorted(rows if names is None else (n for n in names if n in rows))
         for name in wanted:
             row = rows[name]
+            previous = self._view.stats.get(name)
+            quiet = row.state in QUIET_STATES
+            if names is None and quiet and previous is not None and previous.quiet:
+                # Nothing of the user's has run since the last sample: the disk and images are
+                # as they were, and walking every stopped user's data-root each time would make
+                # the sampler's cost grow with users on record instead of users running.
+                continue
             paths = UserPaths(self.hub.config.workspace_dir, name)
             docker_url = socket_path = None
             if row.per_user_docker:
-                spec = self.hub.daemon_spec(name)
+                spec = self.hub.daemon_spec(row.user)  # by username: it maps to the safe name
                 if spec is not None:
                     docker_url, socket_path = spec.url, str(spec.socket)
-            previous = self._view.stats.get(name)
             try:
                 stats = await anyio.to_thread.run_sync(
                     sample_user,
@@ -412,7 +421,7 @@ class StatsSampler:
                 log.warning("sampling %s failed: %s", name, e)
                 continue
             merged = dict(self._view.stats)
-            merged[name] = stats
+            merged[name] = dataclasses.replace(stats, quiet=quiet)
             self._view = StatusView(
                 rows=self._view.rows,
                 stats=MappingProxyType(merged),

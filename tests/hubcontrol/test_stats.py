@@ -249,3 +249,37 @@ def test_a_real_spawn_checkpoint_and_restore_are_counted_and_sampled(tmp_path):
         hub.ensure_running(user)
         assert life.restores.get("success") == 1 and life.spawns.get("success") == 1
         assert sum(n for *_, n in life.restore_seconds.samples()) == 1
+
+
+def test_stopped_users_are_not_walked_again_until_something_runs(tmp_path):
+    """The periodic sample skips a user who was stopped at the last sample too (their disk
+    cannot change); a sample asked for by name (after a start or stop) measures again."""
+    import json
+
+    from hubcontrol.config import HubConfig, Template
+    from hubcontrol.embed import embedded
+
+    config = HubConfig(
+        routes={"term": 7681},
+        templates={"default": Template("default", "img")},
+        workspace_dir=tmp_path / "ws",
+        state_dir=tmp_path / "state",
+        user_subnet_pool="10.236.0.0/16",
+    )
+    users = config.state_dir / "users"
+    users.mkdir(parents=True)
+    (users / "zoe.json").write_text(
+        json.dumps({"name": "zoe", "user": "zoe", "state": "stopped", "template": "default"})
+    )
+    workspace = tmp_path / "ws" / "zoe"
+    workspace.mkdir(parents=True)
+    (workspace / "a").write_bytes(os.urandom(50_000))
+    with embedded(config) as hub:
+        stats = hub.hub.stats
+        first = hub.portal.call(stats.sample).stats["zoe"]
+        assert first.quiet and 50_000 <= first.workspace_bytes < 100_000
+        (workspace / "b").write_bytes(os.urandom(200_000))
+        again = hub.portal.call(stats.sample).stats["zoe"]
+        assert again == first  # skipped
+        named = hub.portal.call(stats.sample, ["zoe"]).stats["zoe"]
+        assert named.workspace_bytes >= 250_000

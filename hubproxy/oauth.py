@@ -194,8 +194,10 @@ class OAuthLogin:
         next_url = hosts.safe_return_url(request.query.get("next"), config.base_domain)
         if next_url.startswith("/"):
             next_url = here + next_url
-        if hosts.is_hub_path(urlsplit(next_url).path):
-            next_url = here + "/_hub/"
+        if hosts.is_hub_path(urlsplit(next_url).path) and hosts.hub_endpoint(
+            urlsplit(next_url).path
+        ) in (None, "login", "oauth/callback", "logout"):
+            next_url = here + "/_hub/"  # never back into the login itself (a loop)
         callback = redirect_uri(config.oauth.redirect_uri, scheme, host_header)
         callback_host = hosts.normalize_host(urlsplit(callback).netloc)
         if self._domain() is None and callback_host != hosts.normalize_host(host_header):

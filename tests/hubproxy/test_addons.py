@@ -406,3 +406,24 @@ async def test_token_endpoint_client_auth_falls_back_to_form_body(setup):
         assert f.response.status_code == 302, f.response.content[:300]
     assert seen == ["basic", "post", "post"]
     assert context.token_auth_method == "client_secret_post"
+
+
+@pytest.mark.parametrize(
+    ("next_path", "return_to"),
+    [
+        ("/_hub/dashboard", "http://term.example.com/_hub/dashboard"),
+        ("/_hub/login?next=/x", "http://term.example.com/_hub/"),
+        ("/_hub/logout", "http://term.example.com/_hub/"),
+        ("/_hub/oauth/callback?code=1", "http://term.example.com/_hub/"),
+        ("/_hub/%2e%2e/x", "http://term.example.com/_hub/"),
+    ],
+)
+async def test_login_never_returns_into_itself(setup, next_path, return_to):
+    from urllib.parse import quote
+
+    from hubproxy.cookies import unsign
+
+    context, _, addons = setup
+    f = await run_request(addons, flow(path="/_hub/login?next=" + quote(next_path, safe="")))
+    q = parse_qs(urlsplit(f.response.headers["location"]).query)
+    assert unsign(q["state"][0], context.state_key, NOW)["r"] == return_to

@@ -7,6 +7,7 @@ test client does); ``SyncHub`` forwards each call to it and blocks until it is d
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,8 +25,12 @@ class SyncHub:
         self.hub = hub
         self.portal = portal
 
-    def ensure_running(self, user: str, template: str | None = None) -> Environment:
-        return self.portal.call(self.hub.ensure_running, user, template)
+    def ensure_running(
+        self, user: str, template: str | None = None, *, route: str | None = None
+    ) -> Environment:
+        return self.portal.call(
+            functools.partial(self.hub.ensure_running, route=route), user, template
+        )
 
     def stop(self, user: str, checkpoint: bool | None = None) -> None:
         self.portal.call(self.hub.stop, user, checkpoint)

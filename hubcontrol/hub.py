@@ -62,6 +62,8 @@ STATES = (
 )
 DEFAULT_READY_TIMEOUT = 120.0
 DEFAULT_PIDS_LIMIT = 8192
+# After one route port answers, how long to wait for the others before calling it ready.
+PARTIAL_READY_GRACE = 5.0
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,8 @@ class EnvironmentStatus:
     # CheckpointHealth.to_json(): failures, disabled (three strikes), last_error, checkpoint, ...
     checkpoint: Mapping[str, Any] = field(default_factory=dict)
     idle: str | None = None  # the idle culler's latest reason ("active 3m ago (idle timeout 30m)")
+    # hubcontrol.stats.UserStats.to_json(): disk_bytes, containers_running, images, sampled_at
+    stats: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """A JSON-able dict (for the API and the CLI)."""
@@ -167,6 +171,7 @@ class EnvironmentStatus:
         out["daemon"] = dict(self.daemon)
         out["ports"] = dict(self.ports)
         out["checkpoint"] = dict(self.checkpoint)
+        out["stats"] = dict(self.stats)
         return out
 
 
@@ -441,10 +446,15 @@ class Hub:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    async def ensure_running(self, user: str, template: str | None = None) -> Environment:
+    async def ensure_running(
+        self, user: str, template: str | None = None, *, route: str | None = None
+    ) -> Environment:
         """Start ``user``'s environment (daemon, network, image, container) if needed.
 
-        Returns once every route port accepts TCP connections at SERVICE_IP. ``template`` None
+        Returns once the environment answers at SERVICE_IP: on ``route``'s port when a route
+        prefix is given (what the proxy is about to forward), else on every route port, or, as
+        templates need not serve every route (a "lite" template without a desktop), on at least
+        one of them after ``PARTIAL_READY_GRACE`` seconds without the rest. ``template`` None
         keeps the user's current template (or the default); a different one rebuilds the
         container and keeps the persistent workspace. Raises a HubError subclass on failure,
         which ``progress(user)`` also shows.
@@ -455,7 +465,7 @@ class Hub:
             rec["user"] = user
             self._emit("environment-starting", rec)
             try:
-                return await self._ensure_running(rec, template)
+                return await self._ensure_running(rec, template, route)
             except HubError as e:
                 log.error("starting %s failed: %s", name, e.log_message)
                 self._set_state(
@@ -478,7 +488,9 @@ class Hub:
                 self._publish(rec)
                 raise
 
-    async def _ensure_running(self, rec: dict, template: str | None) -> Environment:
+    async def _ensure_running(
+        self, rec: dict, template: str | None, route: str | None = None
+    ) -> Environment:
         call = self.engine.call
         name = rec["name"]
         current = rec.get("template")
@@ -637,7 +649,7 @@ class Hub:
                 )
 
         self._step(rec, "ready", "Waiting for your services to answer")
-        await self._wait_ready(client, container_id, str(net.service_ip), name)
+        await self._wait_ready(client, container_id, str(net.service_ip), name, route)
         if not restored:
             rec["started_at"] = self.clock()
         self._set_state(rec, "running", step="running", message="Your environment is running")
@@ -681,10 +693,15 @@ class Hub:
             per_user_docker=bool(rec.get("per_user_docker")),
         )
 
-    async def _wait_ready(self, client, container_id: str, ip: str, name: str) -> None:
-        ports = sorted(set(self.config.routes.values()))
+    async def _wait_ready(
+        self, client, container_id: str, ip: str, name: str, route: str | None = None
+    ) -> None:
+        ports = set(self.config.routes.values())
+        if route is not None and route in self.config.routes:
+            ports = {self.config.routes[route]}
         pending = set(ports)
         deadline = anyio.current_time() + self.ready_timeout
+        first_answer = None
         delay = 0.05
         while pending:
             for port in sorted(pending):
@@ -697,6 +714,13 @@ class Hub:
                     pending.discard(port)
             if not pending:
                 return
+            now = anyio.current_time()
+            if len(pending) < len(ports):
+                first_answer = first_answer if first_answer is not None else now
+                if now - first_answer >= PARTIAL_READY_GRACE:
+                    log.info("%s: ports %s do not answer; the template may not serve them",
+                             name, sorted(pending))  # fmt: skip
+                    return
             info = await self.engine.call(client.api.inspect_container, container_id)
             if not info["State"]["Running"]:
                 tail = await self.engine.call(envs.logs_tail, client, container_id)
@@ -854,6 +878,9 @@ class Hub:
                         self.culler.decisions[rec["user"]].reason
                         if self.culler and rec.get("user") in self.culler.decisions
                         else None
+                    ),
+                    stats=MappingProxyType(
+                        sampled.to_json() if (sampled := self.stats.view().stats.get(name)) else {}
                     ),
                 )
             )

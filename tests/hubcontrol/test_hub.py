@@ -12,6 +12,7 @@ import dataclasses
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import anyio
@@ -365,3 +366,16 @@ def test_docker_inside_the_environment_is_the_users_own(tmp_path):
             assert len(out.split()) == 1  # only what this user's daemon holds
         finally:
             hub.destroy(user, remove_data=True)
+
+
+def test_a_template_serving_only_some_routes_is_ready(tmp_path, image):
+    """The seed's "lite" template serves code but not term: logins to code must not time out."""
+    user, other = unique_user("lite"), unique_user("lite")
+    lite = "exec httpd -f -p __SERVICE_IP__:8080 -h /"
+    with running_hub(tmp_path, image, command=lite) as hub:
+        started = time.monotonic()
+        env = hub.ensure_running(user, route="code")  # what the proxy asks for: code only
+        assert env.state == "running" and time.monotonic() - started < 15
+        env = hub.ensure_running(other)  # no route: one port plus a grace for the rest
+        assert env.state == "running"
+        assert hub.snapshot().get(other).target("term") == (env.service_ip, 7681)

@@ -17,6 +17,7 @@ from mitmproxy.addons import errorcheck, next_layer, proxyserver
 from mitmproxy.master import Master
 
 from hubproxy.context import HubContext
+from hubproxy.dispatch import CachedAddonManager
 from hubproxy.pipeline import PROXY_OPTIONS, hub_addons
 
 log = logging.getLogger("hubproxy")
@@ -29,6 +30,8 @@ def make_master(context: HubContext, port: int, listen_host: str = "") -> Master
     """A master listening on ``listen_host:port``; call inside a running event loop."""
     opts = options.Options()
     master = Master(opts)
+    # handlers looked up once per hook name, not per event (bench: see docs/performance.md)
+    master.addons = CachedAddonManager(master)
     master.addons.add(
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
         proxyserver.Proxyserver(),

@@ -13,7 +13,7 @@ import os
 import shutil
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h11
@@ -24,7 +24,7 @@ ENV_IMAGE = "rediacc-hub/env:latest"
 CRIU_BIN = "/opt/rediacc/criu/bin"
 PREFIX = "b"
 UPSTREAM_PORT = 8000
-USER = "bench"
+USER = "bench"  # the prefix of the benchmark's user names
 SESSION_SECRET = "be" * 32
 # the environment's command: the upstream, with wsproto/h11 (pure Python) copied next to it
 COMMAND = (
@@ -38,10 +38,17 @@ def process_env() -> dict[str, str]:
     return {**os.environ, "PATH": f"{CRIU_BIN}:{os.environ['PATH']}"}
 
 
+def unique_user() -> str:
+    """A user name no concurrent run shares: per-user cgroups and net-ID claims are host-wide
+    and keyed by user name, so two hubs on one host must not both spawn "bench"."""
+    return f"{USER}{os.getpid()}"
+
+
 @dataclass
 class Site:
     root: Path
     domain: str = "bench.test"
+    user: str = field(default_factory=unique_user)
 
     @property
     def labels(self) -> Path:
@@ -116,7 +123,7 @@ class Site:
 
         return load_config(self.labels, env_file=self.env_file, flags=self.flags())
 
-    def mint_cookie(self, user: str = USER) -> str:
+    def mint_cookie(self, user: str | None = None) -> str:
         """A real session: stored in the hub's session store, cookie signed with the hub's key.
 
         Call before the hub processes start (they read the store once at startup).
@@ -126,6 +133,7 @@ class Site:
 
         state = self.root / "state"
         state.mkdir(parents=True, exist_ok=True)
+        user = user or self.user
         session = SessionStore.open(state / "sessions.json").create(user)
         token = make_session_token(
             SessionCookie(user=user, sid=session.sid, exp=session.exp),
@@ -154,12 +162,12 @@ def control_plane(site: Site, cold: int, warm: int, log=print) -> tuple[str, dic
     colds: list[float] = []
     warms: list[float] = []
     with embedded(site.config()) as hub:
-        site.prepare_workspace(USER)
+        site.prepare_workspace(site.user)
         start = time.perf_counter()
-        hub.ensure_running(USER)
+        hub.ensure_running(site.user)
         colds.append(time.perf_counter() - start)
-        log(f"  cold spawn {USER}: {colds[-1]:.2f} s")
-        extra = [f"bench-cold-{i}" for i in range(1, 1 + max(cold - 1, 1 if warm else 0))]
+        log(f"  cold spawn {site.user}: {colds[-1]:.2f} s")
+        extra = [f"{site.user}-c{i}" for i in range(1, 1 + max(cold - 1, 1 if warm else 0))]
         for user in extra:
             site.prepare_workspace(user)
             start = time.perf_counter()
@@ -176,7 +184,7 @@ def control_plane(site: Site, cold: int, warm: int, log=print) -> tuple[str, dic
         for user in extra:
             with contextlib.suppress(Exception):
                 hub.destroy(user, remove_data=True)
-        route = hub.snapshot().get(USER)
+        route = hub.snapshot().get(site.user)
         service_ip = route.service_ip
     return service_ip, {"cold spawn": _summary(colds), "warm start": _summary(warms)}
 

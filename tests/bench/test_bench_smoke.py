@@ -41,7 +41,7 @@ def test_smoke_run_prints_every_table(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--profile", "smoke"]
         + ["--contenders", ",".join(CONTENDERS), "--workloads", "small,1m-down,ws1"]
-        + ["--doc", str(doc), "--json", str(raw)],
+        + ["--no-resume", "--doc", str(doc), "--json", str(raw)],
         cwd=ROOT,
         capture_output=True,
         text=True,

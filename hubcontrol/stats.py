@@ -248,6 +248,9 @@ class UserStats:
             return None
         return (self.workspace_bytes or 0) + (self.data_root_bytes or 0)
 
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "disk_bytes": self.disk_bytes}
+
 
 @dataclass(frozen=True)
 class StatusView:

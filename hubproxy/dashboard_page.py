@@ -162,7 +162,7 @@ function card(u){
   facts.appendChild(fact("Containers",num(u.containers_running),u.containers_running));
   facts.appendChild(fact("Images",num(u.images),u.images));
   c.appendChild(facts);
-  var idle=el("div","line idle");
+  var idle=el("div","line idle");if(u.idle_reason)idle.title="Idle culler: "+u.idle_reason;
   if(u.state==="running"&&u.idle_seconds!==null){
     idle.appendChild(document.createTextNode("Idle "));
     var b=el("b","idle-timer",dur(u.idle_seconds+elapsed()));b.dataset.base=u.idle_seconds;idle.appendChild(b);

@@ -54,6 +54,7 @@ ENTRY = {
             "enum": ["http", "ws-in", "ws-out", "start", None],
         },
         "cull_in_seconds": {**_NULLABLE_NUM, "description": "null without --idle-timeout"},
+        "idle_reason": {**_NULLABLE_STR, "description": "the idle culler's latest decision"},
         "disk_bytes": {**_NULLABLE_INT, "description": "workspace + data-root, sampled"},
         "workspace_bytes": _NULLABLE_INT,
         "data_root_bytes": _NULLABLE_INT,

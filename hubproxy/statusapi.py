@@ -190,6 +190,7 @@ def entry(
     checkpoint_enabled: bool = False,
     error: str | None = None,
     per_user_docker: bool = False,
+    idle_reason: str | None = None,
 ) -> dict[str, Any]:
     """One user's entry of ``/_hub/api/status`` (docs/api.md has the schema)."""
     return {
@@ -201,6 +202,7 @@ def entry(
         "service_ip": service_ip,
         "routes": dict(routes),
         **idle,
+        "idle_reason": idle_reason,
         "disk_bytes": stats.disk_bytes if stats else None,
         "workspace_bytes": stats.workspace_bytes if stats else None,
         "data_root_bytes": stats.data_root_bytes if stats else None,
@@ -281,6 +283,7 @@ def build_entries(
                 if state == "failed"
                 else None,
                 per_user_docker=row.per_user_docker,
+                idle_reason=getattr(row, "idle", None),
             )
         )
     return out

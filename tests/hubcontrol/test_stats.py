@@ -283,3 +283,7 @@ def test_stopped_users_are_not_walked_again_until_something_runs(tmp_path):
         assert again == first  # skipped
         named = hub.portal.call(stats.sample, ["zoe"]).stats["zoe"]
         assert named.workspace_bytes >= 250_000
+        # scripts see the same numbers in Hub.status()
+        [row] = hub.status()
+        assert row.stats["workspace_bytes"] == named.workspace_bytes
+        assert row.to_dict()["stats"]["disk_bytes"] == named.disk_bytes

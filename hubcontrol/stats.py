@@ -407,7 +407,7 @@ class StatsSampler:
             paths = UserPaths(self.hub.config.workspace_dir, name)
             docker_url = socket_path = None
             if row.per_user_docker:
-                spec = self.hub.daemon_spec(row.user)  # by username: it maps to the safe name
+                spec = self.hub.daemon_spec(name)  # by safe name (a record's name)
                 if spec is not None:
                     docker_url, socket_path = spec.url, str(spec.socket)
             try:

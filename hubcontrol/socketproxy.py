@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 HEAD_LIMIT = 64 * 1024
 LINE_LIMIT = 4096
-COPY_CHUNK = 64 * 1024
+COPY_CHUNK = 256 * 1024
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 << 20
 HOP_BY_HOP = frozenset(
@@ -171,6 +171,73 @@ def refusal_response(refusal: policy.Refusal, version: str = "HTTP/1.1") -> byte
     ).encode() + body
 
 
+_CHUNK_SIZE = re.compile(rb"^([0-9a-fA-F]{1,16})[ \t]*(;.*)?$")
+
+
+class ChunkScanner:
+    """Follows HTTP/1.1 chunked framing across blocks, as strictly as Go's reader: hex sizes
+    only (``0x10``, ``+1`` or ``1_0`` would be read differently by the daemon), CRLF line ends,
+    a CRLF after each chunk's data, trailers up to an empty line."""
+
+    def __init__(self) -> None:
+        self.state = "size"  # size, data, crlf, trailer
+        self.remaining = 0
+        self.line = bytearray()
+        self.decoded = bytearray()
+
+    def take_decoded(self) -> bytes:
+        out = bytes(self.decoded)
+        self.decoded.clear()
+        return out
+
+    def feed(self, data: bytes, *, decode: bool = False) -> int | None:
+        """Consume ``data``; the offset just past the body when it ends inside ``data``."""
+        i, n = 0, len(data)
+        while i < n:
+            if self.state == "data":
+                take = min(self.remaining, n - i)
+                if decode:
+                    self.decoded += data[i : i + take]
+                i += take
+                self.remaining -= take
+                if not self.remaining:
+                    self.state = "crlf"
+                continue
+            j = data.find(b"\n", i)
+            if j < 0:
+                self.line += data[i:]
+                if len(self.line) > LINE_LIMIT:
+                    raise HttpError(400, "hub policy refused a chunk line over 4 KiB")
+                return None
+            line = bytes(self.line) + data[i:j]
+            self.line.clear()
+            i = j + 1
+            if not line.endswith(b"\r"):
+                raise HttpError(400, "hub policy refused a chunked body with a bare LF")
+            line = line[:-1]
+            if self.state == "crlf":
+                if line:
+                    raise HttpError(400, "hub policy refused a malformed chunk")
+                self.state = "size"
+            elif self.state == "size":
+                m = _CHUNK_SIZE.match(line)
+                if not m:
+                    raise HttpError(400, "hub policy refused a malformed chunk size")
+                self.remaining = int(m.group(1), 16)
+                self.state = "data" if self.remaining else "trailer"
+            elif not line:  # the empty line after the trailers ends the body
+                return i
+        return None
+
+
+async def _take(reader: BufferedByteReceiveStream) -> bytes:
+    """The next block: whatever is buffered, else one read from the socket. Either way the
+    buffer is empty afterwards, so bytes past a body's end can be handed back with feed_data."""
+    if reader.buffer:
+        return await reader.receive(1 << 30)  # served from the buffer, no socket read
+    return await reader.receive(COPY_CHUNK)
+
+
 class _Connection:
     """One client connection and, once a request is allowed, its own upstream connection."""
 
@@ -264,33 +331,26 @@ class _Connection:
         return bytes(out)
 
     async def chunks(self, reader: BufferedByteReceiveStream, *, raw: bool):
-        """Yield a chunked body piece by piece: raw framing bytes (to relay) or decoded data."""
+        """Yield a chunked body block by block: the raw bytes (framing included, to relay) or the
+        decoded data. Blocks are as large as the socket delivers them; the scanner only finds
+        where the body ends, so relaying costs one send per block, not several per chunk."""
+        scanner = ChunkScanner()
         while True:
-            line = await reader.receive_until(b"\r\n", LINE_LIMIT)
-            try:
-                size = int(line.split(b";")[0].strip(), 16)
-            except ValueError:
-                raise HttpError(400, "hub policy refused a malformed chunk size") from None
-            if size < 0:
-                raise HttpError(400, "hub policy refused a malformed chunk size")
+            data = await _take(reader)
+            end = scanner.feed(data, decode=not raw)
+            if end is not None:
+                if end < len(data):
+                    reader.feed_data(data[end:])  # the next request, pipelined
+                data = data[:end]
             if raw:
-                yield line + b"\r\n"
-            if size == 0:
-                while True:  # trailers, then the empty line
-                    trailer = await reader.receive_until(b"\r\n", LINE_LIMIT)
-                    if raw:
-                        yield trailer + b"\r\n"
-                    if not trailer:
-                        return
-            remaining = size
-            while remaining:
-                data = await reader.receive(min(remaining, COPY_CHUNK))
-                remaining -= len(data)
-                yield data
-            if await reader.receive_exactly(2) != b"\r\n":
-                raise HttpError(400, "hub policy refused a malformed chunk")
-            if raw:
-                yield b"\r\n"
+                if data:
+                    yield data
+            else:
+                decoded = scanner.take_decoded()
+                if decoded:
+                    yield decoded
+            if end is not None:
+                return
 
     async def connect_upstream(self) -> None:
         if self.upstream is None:

@@ -144,3 +144,38 @@ def test_refusal_response_is_a_docker_error():
         b'{"message": "hub policy refused x: y"}'
     )
     assert b"Connection: close" in raw
+
+
+BODY = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 7, len(BODY)])
+def test_chunk_scanner_finds_the_end_across_blocks(split):
+    scanner = sp.ChunkScanner()
+    data = BODY + b"GET /next HTTP/1.1\r\n"
+    ends = []
+    for start in range(0, len(data), split):
+        end = scanner.feed(data[start : start + split], decode=True)
+        if end is not None:
+            ends.append(start + end)
+            break
+    assert ends == [len(BODY)]
+    assert scanner.take_decoded() == b"hello world"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"0x5\r\nhello\r\n0\r\n\r\n",  # Python's int() would read these sizes; Go would not
+        b"+5\r\nhello\r\n0\r\n\r\n",
+        b"0_5\r\nhello\r\n0\r\n\r\n",
+        b" 5\r\nhello\r\n0\r\n\r\n",
+        b"-1\r\n",
+        b"5\nhello\r\n0\r\n\r\n",  # bare LF
+        b"5\r\nhelloXX0\r\n\r\n",  # no CRLF after the data
+        b"11111111111111111\r\n",  # over 16 hex digits
+    ],
+)
+def test_chunk_scanner_is_as_strict_as_go(body):
+    with pytest.raises(sp.HttpError):
+        sp.ChunkScanner().feed(body)

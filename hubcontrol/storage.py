@@ -6,6 +6,7 @@ snapshotted, given a quota and deleted as a unit by ``hub gc``; elsewhere it is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -109,6 +110,16 @@ def unmount_under(path: Path) -> None:
     inside = [p for p in points if p == prefix or p.startswith(prefix + "/")]
     for point in sorted(set(inside), key=len, reverse=True):
         subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file, symlink or directory tree (best effort, no mounts followed)."""
+    if path.is_dir() and not path.is_symlink():
+        unmount_under(path)
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def remove_tree(path: Path) -> None:

@@ -207,6 +207,16 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+LOG_KEEP_BYTES = 10 << 20
+
+
+def _rotate(log: Path) -> None:
+    """Keep one previous log (``dockerd.log.1``) once the log passes 10 MiB."""
+    with contextlib.suppress(OSError):
+        if log.stat().st_size > LOG_KEEP_BYTES:
+            os.replace(log, log.with_name(log.name + ".1"))
+
+
 def _alive(pid: int) -> bool:
     state = _pid_state(pid)
     if state in ("Z", "X"):
@@ -291,6 +301,7 @@ class LocalSupervisor(DaemonSupervisor):
         # setsid --fork: dockerd is not our child, so it outlives the hub and is never a zombie
         # of ours; its output goes to its log file.
         argv = ["setsid", "--fork", "/bin/sh", "-c", script, "sh", *dockerd_argv(spec)]
+        _rotate(spec.log)
         with open(spec.log, "ab") as log:
             subprocess.run(
                 argv,
@@ -366,7 +377,13 @@ class LocalSupervisor(DaemonSupervisor):
         if self.pid(spec) is None:
             spec.pidfile.unlink(missing_ok=True)
             (spec.exec_root / "containerd" / "containerd.pid").unlink(missing_ok=True)
-        for sock in (spec.socket, spec.env_socket_path):
+        # (the environment's socket only when dockerd serves it: else it is the policy socket's)
+        for sock in (spec.socket, spec.env_socket_path) if spec.env_socket else (spec.socket,):
             with contextlib.suppress(OSError):
                 if sock.is_socket():
                     sock.unlink()
+        if self.pid(spec) is None:
+            # containerd leaves full memory images (ctrd-checkpoint*) there after restores
+            with contextlib.suppress(FileNotFoundError), os.scandir(spec.tmpdir) as entries:
+                for entry in entries:
+                    storage.remove_path(Path(entry.path))

@@ -213,3 +213,38 @@ def test_a_recycled_pid_is_not_taken_for_the_daemon(live_spec):
     spec.daemon_dir.mkdir(parents=True, exist_ok=True)
     spec.pidfile.write_text(f"{os.getpid()}\n")  # a live process that is not this dockerd
     assert not supervisor.is_running(spec)
+
+
+@pytest.mark.docker
+def test_a_start_rotates_a_large_log_and_empties_tmpdir(live_spec):
+    supervisor, spec = live_spec
+    spec.tmpdir.mkdir(parents=True)
+    (spec.tmpdir / "ctrd-checkpoint-123").mkdir()
+    (spec.tmpdir / "ctrd-checkpoint-123" / "pages-1.img").write_bytes(b"x" * 1024)
+    spec.log.write_bytes(b"old\n" * (3 << 20))  # 12 MiB
+    supervisor.start(spec)
+    assert not list(spec.tmpdir.iterdir())
+    assert spec.log.with_name("dockerd.log.1").stat().st_size == 12 << 20
+    assert spec.log.stat().st_size < 1 << 20
+
+
+def test_the_policy_socket_is_not_removed_with_the_daemons(tmp_path):
+    # env_socket=False: the file at env/docker.sock belongs to the policy socket process
+    import socket as so
+
+    spec = make_spec(tmp_path, env_socket=False, run_dir=tmp_path / "run")
+    spec.env_dir.mkdir(parents=True)
+    listener = so.socket(so.AF_UNIX)
+    listener.bind(str(spec.env_socket_path))
+    try:
+        LocalSupervisor(cgroups=_NoCgroups())._cleanup_stale(spec)
+        assert spec.env_socket_path.is_socket()
+    finally:
+        listener.close()
+
+
+class _NoCgroups:
+    """No cgroup tree (this test only checks which files a cleanup removes)."""
+
+    def pids(self, user):
+        return set()

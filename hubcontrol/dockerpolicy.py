@@ -400,6 +400,8 @@ def _parse_query(raw: str) -> dict[str, str] | Refusal:
 def fold(key: str) -> str:
     """Case-fold a JSON key at least as loosely as Go's ``encoding/json`` field matching does
     (ASCII case, the Kelvin sign and long s included), so no spelling escapes a rule."""
+    if key.isascii():
+        return key.lower()  # the same as NFKC + casefold for ASCII, and far cheaper
     return unicodedata.normalize("NFKC", key).casefold()
 
 
@@ -413,24 +415,32 @@ class JObject:
     (this folding is looser than Go's, so a key Go would not match is dropped, never kept beside).
     """
 
-    __slots__ = ("pairs",)
+    __slots__ = ("_folded", "pairs")
 
     def __init__(self, pairs: Iterable[tuple[str, Any]] = ()) -> None:
         self.pairs = list(pairs)
+        self._folded: list[str] | None = None  # fold() of each key, computed once
+
+    def _folds(self) -> list[str]:
+        if self._folded is None:
+            self._folded = [fold(k) for k, _ in self.pairs]
+        return self._folded
 
     def field(self, name: str, default: Any = None) -> Any:
         target = fold(name)
-        found = [(k, v) for k, v in self.pairs if fold(k) == target]
+        found = [i for i, f in enumerate(self._folds()) if f == target]
         if not found:
             return default
-        value = found[-1][1]
-        self.set_field(name, value)
+        value = self.pairs[found[-1]][1]
+        if len(found) > 1 or self.pairs[found[0]][0] != name:
+            self.set_field(name, value)
         return value
 
     def set_field(self, name: str, value: Any) -> None:
         target = fold(name)
-        self.pairs = [(k, v) for k, v in self.pairs if fold(k) != target]
-        self.pairs.append((name, value))
+        kept = [(p, f) for p, f in zip(self.pairs, self._folds(), strict=True) if f != target]
+        self.pairs = [p for p, _ in kept] + [(name, value)]
+        self._folded = [f for _, f in kept] + [target]
 
     def keys(self) -> list[str]:
         return [k for k, _ in self.pairs]
@@ -451,6 +461,8 @@ def read_json(body: bytes) -> Any | Refusal:
         )
     except (UnicodeDecodeError, ValueError) as e:
         return Refusal(f"hub policy refused a request body that is not valid JSON: {e}", 400)
+    except RecursionError:
+        return Refusal("hub policy refused a request body nested too deeply", 400)
 
 
 def _no_constants(name: str) -> Any:

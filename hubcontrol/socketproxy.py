@@ -832,15 +832,22 @@ class PolicySockets:
                 log.exception("policy socket of %s on %s failed", rec.get("name"), event)
 
 
+def _cmdline(pid: int) -> list[bytes]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return []
+
+
 def running_pid(args: ProxyArgs) -> int | None:
     """The PID of the policy socket process serving ``args.listen``, or None."""
     if not args.pidfile:
         return None
     try:
         pid = int(Path(args.pidfile).read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
+    cmdline = _cmdline(pid)
     if any(b"hubcontrol" in part and b"socketproxy" in part for part in cmdline) and (
         args.listen.encode() in cmdline
     ):
@@ -861,9 +868,12 @@ def start(
     unit bound to the daemon's (``systemd_run_argv``; its output goes to the journal)."""
     pid = running_pid(args)
     if pid is not None:
-        if _accepts(args.listen):
+        if _accepts(args.listen) and _cmdline(pid)[-len(command(args)) + 1 :] == [
+            a.encode() for a in command(args)[1:]
+        ]:
             return pid
-        # Running, but its socket file is gone (a daemon restart's cleanup removed it): start over.
+        # Running, but its socket file is gone (a daemon restart's cleanup removed it) or it
+        # serves other settings (a template switch moved the workspace): start over.
         stop(args)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:

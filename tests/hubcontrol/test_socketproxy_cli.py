@@ -4,6 +4,7 @@ real scratch dockerd: refused requests get the clear error and leave nothing beh
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -395,3 +396,15 @@ def test_idle_connections_are_dropped_on_sigusr1(sock):
     s.settimeout(5)
     assert s.recv(4096) == b""  # closed by the proxy: nothing left open for CRIU to trip on
     s.close()
+
+
+def test_start_is_idempotent_and_restarts_on_new_settings(sock):
+    assert socketproxy.start(sock.args) == sock.pid  # same settings: the running one
+    changed = dataclasses.replace(sock.args, container_workspace="/home/w")
+    pid = socketproxy.start(changed, log_path=sock.log)
+    try:
+        assert pid != sock.pid
+        r = docker(sock, "run", "--rm", "-v", "/home/w/proj:/p", IMG, "ls", "/p")
+        assert r.returncode == 0, r.stderr
+    finally:
+        sock.pid = socketproxy.start(sock.args, log_path=sock.log)

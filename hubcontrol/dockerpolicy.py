@@ -9,7 +9,8 @@ Everything here is data plus small pure functions:
 - ``ENDPOINTS`` is the allow-list of API endpoints (method, path pattern) with what each needs
   checked; an endpoint that is not listed is refused. ``DENIED`` lists whole API areas refused
   with a reason (swarm, plugins, checkpoints, BuildKit sessions).
-- ``HOST_CONFIG_RULES`` and friends are tables of field rules with the reason shown to the user.
+- ``FORBIDDEN_FIELDS``, ``SAFE_CAPABILITIES``, ``NAMESPACED_SYSCTLS`` and the other tables hold
+  the rules; every refusal carries the reason shown to the user.
 - ``classify(method, target)`` parses a request line into an ``ApiRequest`` (or a ``Refusal``),
   ``read_json(body)`` parses a body the way Go's ``encoding/json`` would (case-insensitive keys,
   last duplicate wins), ``references(request)`` names the containers and networks the decision

@@ -796,6 +796,10 @@ class Hub:
                     else:
                         await call(container.stop, timeout=10)
         if per_user:
+            if alive:
+                # dockerd runs with live-restore (see supervisor.daemon_config): it would leave
+                # the user's own containers running, so stop them first, all at once.
+                await self._stop_all_containers(self.engine.client(spec.url))
             self._emit("daemon-stopping", rec)
             await call(self.supervisor.stop, spec)
             self.engine.forget(spec.url)
@@ -806,6 +810,19 @@ class Hub:
         else:
             self._set_state(rec, "stopped", step="stopped", message="Your environment is stopped")
         self._emit("environment-stopped", rec)
+
+    async def _stop_all_containers(self, client, timeout: int = 10) -> None:
+        try:
+            running = await self.engine.call(client.containers.list)
+        except (docker.errors.DockerException, OSError):
+            return
+        async with anyio.create_task_group() as tg:
+            for container in running:
+                tg.start_soon(self._quiet_stop, container, timeout)
+
+    async def _quiet_stop(self, container, timeout: int) -> None:
+        with contextlib.suppress(docker.errors.DockerException, OSError):
+            await self.engine.call(container.stop, timeout=timeout)
 
     async def destroy(self, user: str, remove_data: bool = False) -> None:
         """Remove ``user``'s container, network, bridges, rules and daemon.

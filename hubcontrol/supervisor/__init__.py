@@ -136,7 +136,11 @@ def daemon_config(spec: DaemonSpec, *, cgroup_parent: str | None = None) -> dict
     config = {
         "experimental": True,
         "init-path": INIT_PATH,
-        "live-restore": False,
+        # Must stay true: dockerd 20.10, restarting with default-address-pools set and without
+        # live-restore, deletes the host's docker0 ("Clear stale bridge network" calls
+        # removeDefaultBridgeInterface), which takes down the host daemon's default network.
+        # The hub stops a user's containers itself before it stops the daemon.
+        "live-restore": True,
         "log-driver": "json-file",
         "log-opts": {"max-size": "10m", "max-file": "3"},
         **spec.network_config,

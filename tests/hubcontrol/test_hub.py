@@ -168,13 +168,17 @@ def test_returning_user_keeps_net_id_and_workspace_ephemeral_does_not(tmp_path, 
         client = _client(env.docker_url)
         code, _ = exec_in(client, env.container_id, "sh", "-c", "echo kept > /workspace/note")
         assert code == 0
+        own = client.containers.run(image, ["sleep", "1000"], detach=True)  # the user's own
         hub.stop(user)
         assert hub.snapshot().get(user) is None
+        assert not hub.hub.supervisor.is_running(hub.hub.daemon_spec(user))
         again = hub.ensure_running(user)
         assert again.net_id == env.net_id
         assert read_marker(tmp_path / "workspaces" / f"{user}-docker") == env.net_id
         client = _client(again.docker_url)
         assert exec_in(client, again.container_id, "cat", "/workspace/note") == (0, "kept\n")
+        # stopped with the daemon (live-restore would have left it running), kept for the user
+        assert client.containers.get(own.id).status == "exited"
 
         eph = hub.ensure_running(temp, "eph")
         client = _client(eph.docker_url)

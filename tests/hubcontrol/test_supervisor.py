@@ -248,3 +248,24 @@ class _NoCgroups:
 
     def pids(self, user):
         return set()
+
+
+@pytest.mark.docker
+def test_restarting_a_user_daemon_leaves_the_hosts_docker0_alone(live_spec):
+    """dockerd 20.10 deletes docker0 on restart with default-address-pools unless live-restore."""
+    supervisor, spec = live_spec
+    if subprocess.run(["ip", "link", "show", "docker0"], capture_output=True).returncode:
+        # the host daemon's bridge (BRIEF: 172.17.0.1/16) is missing: put it back first
+        subprocess.run(["ip", "link", "add", "docker0", "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", "172.17.0.1/16", "dev", "docker0"], check=True)
+        subprocess.run(["ip", "link", "set", "docker0", "up"], check=True)
+    assert json.loads(daemon_config_text(spec))["live-restore"] is True
+    for _ in range(2):
+        supervisor.start(spec)
+        supervisor.stop(spec)
+    supervisor.start(spec)
+    assert subprocess.run(["ip", "link", "show", "docker0"], capture_output=True).returncode == 0
+
+
+def daemon_config_text(spec: DaemonSpec) -> str:
+    return json.dumps(daemon_config(spec))

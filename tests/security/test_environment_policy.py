@@ -273,3 +273,20 @@ def test_checkpoint_and_restore_with_the_policy_in_place(tmp_path, image):
                 sync.destroy(user, remove_data=True)
             future.cancel()
             hub.engine.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (docs/security.md): the daemon fetches ADD <url> from the host's network, "
+    "outside the per-user iptables chains; needs an OUTPUT rule per daemon cgroup",
+)
+def test_build_cannot_fetch_another_users_service(two_users):
+    """Alice's daemon, as root on the host, would fetch Bob's unauthenticated service for her."""
+    hub, alice, bob, image = two_users
+    bob.container.exec_run(["sh", "-c", "echo bob-secret > /home/vscode/secret"], user="root")
+    code, out = alice.sh(
+        "mkdir -p /workspace/steal && cd /workspace/steal && "
+        f"printf 'FROM {image}\\nADD http://{bob.env.service_ip}:8080/secret /stolen\\n' > Dockerfile && "
+        "docker build -q -t stolen . && docker run --rm stolen cat /stolen"
+    )
+    assert "bob-secret" not in out, "alice's build read bob's service"

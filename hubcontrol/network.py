@@ -266,7 +266,28 @@ def ensure_chains() -> None:
         _ensure_chains()
 
 
+# IPv6 is off on user networks (docker disables it in containers of non-IPv6 networks); these
+# host-wide rules keep it that way should a container get it back: nothing over IPv6 from or to
+# a user bridge. They match every rdh* bridge, so they are added once and never removed.
+_IPV6_RULES = (
+    ("INPUT", ["-i", f"{BRIDGE_PREFIX}+", "-j", "DROP"]),
+    ("FORWARD", ["-i", f"{BRIDGE_PREFIX}+", "-j", "DROP"]),
+    ("FORWARD", ["-o", f"{BRIDGE_PREFIX}+", "-j", "DROP"]),
+)
+
+
+def _ensure_ipv6_rules() -> None:
+    for chain, rule in _IPV6_RULES:
+        try:
+            check = _run("ip6tables", "-w", "10", "-C", chain, *rule, check=False)
+        except FileNotFoundError:
+            return  # no ip6tables: no IPv6 firewall to configure
+        if check.returncode:
+            _run("ip6tables", "-w", "10", "-I", chain, "1", *rule, check=False)
+
+
 def _ensure_chains() -> None:
+    _ensure_ipv6_rules()
     for table, builtin, chain in _HOOKS:
         _ipt(table, "-N", chain, check=False)
         if _ipt(table, "-C", builtin, "-j", chain, check=False).returncode:

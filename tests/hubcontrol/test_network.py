@@ -174,4 +174,6 @@ def test_concurrent_hubs_hook_the_chains_once(claimed_net):
         list(pool.map(lambda _: network.apply_isolation(claimed_net), range(6)))
     forward = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True).stdout
     assert forward.count("-j RDH-FORWARD") == 1
+    v6 = subprocess.run(["ip6tables", "-S"], capture_output=True, text=True).stdout
+    assert v6.count("-A INPUT -i rdh+ -j DROP") == 1 and v6.count("-i rdh+ -j DROP") == 2
     assert _rules("filter", network.FORWARD_CHAIN).count(claimed_net.tag) == 5

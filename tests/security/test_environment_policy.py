@@ -290,3 +290,58 @@ def test_build_cannot_fetch_another_users_service(two_users):
         "docker build -q -t stolen . && docker run --rm stolen cat /stolen"
     )
     assert "bob-secret" not in out, "alice's build read bob's service"
+
+
+def test_docker_sessions_survive_a_hub_restart(tmp_path, image):
+    """The policy socket is its own process: a hub restart leaves it, and a `docker logs -f`
+    running in the environment through it, untouched; the new hub adopts it."""
+    config = make_config(tmp_path, image)
+    user = unique_user("restart")
+
+    @contextlib.contextmanager
+    def hub_process():
+        with start_blocking_portal() as portal:
+            hub = portal.call(lambda: Hub(config, ready_timeout=30))
+            future, _ = portal.start_task(hub.run)
+            try:
+                yield SyncHub(hub, portal)
+            finally:
+                future.cancel()
+                hub.engine.close()
+
+    try:
+        with hub_process() as first:
+            env = Env(first, user)
+            pid = (env.spec.exec_root / "policy.pid").read_text()
+            code, out = env.sh(
+                f"docker run -d --name ticker {image} sh -c 'while true; do echo tick; sleep 0.2; done'"
+            )
+            assert code == 0, out
+            env.container.exec_run(
+                ["sh", "-c", "docker logs -f ticker > /workspace/follow.log 2>&1"],
+                user="vscode",
+                environment={"DOCKER_CONFIG": "/tmp/.docker"},
+                detach=True,
+            )
+            time.sleep(1)
+            env.close()
+        # no hub now: the environment, its daemon and its policy socket keep running
+        follow = env.workspace / "follow.log"
+        before = follow.read_text().count("tick")
+        time.sleep(1)
+        assert follow.read_text().count("tick") > before
+        with hub_process() as second:
+            again = Env(second, user)
+            try:
+                assert (again.spec.exec_root / "policy.pid").read_text() == pid
+                mid = follow.read_text().count("tick")
+                time.sleep(1)
+                assert follow.read_text().count("tick") > mid  # the same stream, still flowing
+                code, out = again.sh(f"docker run --rm --privileged {image} true")
+                assert "privileged mode" in out, out
+            finally:
+                again.close()
+                second.destroy(user, remove_data=True)
+    finally:
+        with contextlib.suppress(Exception), hub_process() as cleanup:
+            cleanup.destroy(user, remove_data=True)

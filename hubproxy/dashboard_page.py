@@ -3,7 +3,9 @@
 The page renders from ``/_hub/api/status`` and polls it (every 3 s, every second while an
 environment is changing state, paused while the tab is hidden); idle timers tick locally between
 polls. Every value is inserted with ``textContent``, never as HTML. Actions are ``fetch`` POSTs
-carrying the session's CSRF token from the page's ``<meta name="hub-csrf">``.
+carrying the session's CSRF token from the page's ``<meta name="hub-csrf">``; a template switch
+logs in again with ``/_hub/login?template=NAME`` (the seed's way to pick one), so the new session
+carries the template the request path keeps the environment on.
 """
 
 from __future__ import annotations
@@ -116,18 +118,24 @@ function toast(msg){var t=document.getElementById("toast");t.textContent=msg;t.c
 function elapsed(){return doc?(Date.now()-fetchedAt)/1000:0;}
 
 var armed={}, inflight={}, chosen={};
-function act(u,action,button,template){
+function act(u,action,button){
   var url="/_hub/api/users/"+encodeURIComponent(u.name||u.user)+"/"+action;
-  if(template)url+="?template="+encodeURIComponent(template);
   inflight[u.user]=action;button.disabled=true;
   fetch(url,{method:"POST",credentials:"same-origin",headers:{"X-Hub-CSRF":CSRF}})
     .then(function(r){return r.json().catch(function(){return {};}).then(function(b){return [r,b];});})
-    .then(function(rb){var r=rb[0],b=rb[1];delete inflight[u.user];delete chosen[u.user];
-      if(r.ok){toast((action==="restart"&&template?"Switching "+u.user+" to "+template:
-        action.charAt(0).toUpperCase()+action.slice(1)+" "+u.user)+": "+(b.state||"done"));}
+    .then(function(rb){var r=rb[0],b=rb[1];delete inflight[u.user];
+      if(r.ok){toast(action.charAt(0).toUpperCase()+action.slice(1)+" "+u.user+": "+(b.state||"done"));}
       else{toast("Could not "+action+" "+u.user+": "+(b.error||r.status));}
       poll(true);})
     .catch(function(){delete inflight[u.user];toast("The hub did not answer.");render();});
+}
+// A template is chosen at login (the seed's /_hub/login?template=NAME): the new session carries
+// it, so the hub keeps the environment on it; the provider's session makes the round trip silent.
+function switchTemplate(u,template){
+  var here=location.origin+"/", next=null;
+  Object.keys(u.routes||{}).forEach(function(p){if(u.routes[p]===here)next=here;});
+  if(!next){var first=Object.keys(u.routes||{})[0];next=first?u.routes[first]:"/";}
+  location.href="/_hub/login?template="+encodeURIComponent(template)+"&next="+encodeURIComponent(next);
 }
 function confirmButton(label,cls,u,action){
   var key=u.user+"\n"+action, b=el("button",cls,label);b.dataset.action=action;
@@ -198,7 +206,7 @@ function card(u){
       sel.addEventListener("change",function(){chosen[u.user]=sel.value;});
       var sw=el("button",null,"Switch");sw.dataset.action="switch";
       sw.addEventListener("click",function(){if(sel.value===u.template){toast("Already on "+sel.value);return;}
-        act(u,"restart",sw,sel.value);});
+        switchTemplate(u,sel.value);});
       w.appendChild(sel);w.appendChild(sw);actions.appendChild(w);
     }
   }

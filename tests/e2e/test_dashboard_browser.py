@@ -208,10 +208,15 @@ def test_dashboard_for_a_user_and_an_admin(site, chromium):  # noqa: F811 - fixt
     shot(ap, "admin-phone")
     admin_phone.close()
 
-    # -- the user switches template -------------------------------------------------------------
+    # -- the user switches template ---------------------------------------------------------------
+    # through /_hub/login?template=lite (silent: the provider's session), into the rebuilt
+    # environment on the host the dashboard was on
     dash.select_option(f'.card[data-user="{USER}"] select', "lite")
     dash.click(f'.card[data-user="{USER}"] button[data-action="switch"]')
-    card(dash, USER, "running", timeout=180_000)
+    wait_terminal(dash, 180_000)
+    assert dash.url == site.url("term")
+    dash.goto(site.url("term", "/_hub/dashboard"))
+    card(dash, USER, "running")
     wait_for(lambda: entry(hub_status(site), USER)["template"] == "lite", 15, "template lite")
     dash.wait_for_selector(f'.card[data-user="{USER}"] .sub >> text=lite template')
     shot(dash, "user-after-switch")
@@ -219,7 +224,7 @@ def test_dashboard_for_a_user_and_an_admin(site, chromium):  # noqa: F811 - fixt
     # -- what the metrics counted ----------------------------------------------------------------
     text = httpx.get(f"http://127.0.0.1:{site.port}/_hub/metrics", timeout=10).text
     metrics = dict(re.findall(r"^([a-z_]+(?:\{[^}]*\})?) ([0-9.e+-]+)$", text, flags=re.MULTILINE))
-    assert float(metrics['hub_logins_total{outcome="success"}']) == 2
+    assert float(metrics['hub_logins_total{outcome="success"}']) == 3  # ben, ada, ben's switch
     assert float(metrics['hub_spawns_total{outcome="success"}']) >= 3
     assert float(metrics['hub_environments{state="running"}']) == 2
     assert float(metrics['hub_stops_total{state="stopped"}']) >= 1

@@ -72,6 +72,8 @@ RESTORE_TIMEOUT = (
 RESTORE_RETRIES = 3  # "content ... already exists" right after a dump on the same daemon
 RESTORE_RETRY_DELAY = 0.5
 STOP_TIMEOUT = 10
+VERIFY_ATTEMPTS = 5
+VERIFY_RETRY_DELAY = 0.25
 CRIU_LOG_LINES = 25
 AT_RANDOM = 25  # <elf.h>
 
@@ -503,7 +505,13 @@ class Checkpointer(abc.ABC):
         super().__init_subclass__(**kwargs)
         if not isinstance(getattr(cls, "name", None), str):
             raise TypeError(f"{cls.__name__} must set a class attribute `name`")
-        Checkpointer.registry[cls.name] = cls
+        # Only a class that names itself is registered: a subclass that merely overrides a method
+        # (a test double, a site customisation) must not replace "criu" for every Hub.
+        if "name" in cls.__dict__:
+            known = Checkpointer.registry.get(cls.name)
+            if known is not None and known is not cls:
+                raise TypeError(f"checkpointer name {cls.name!r} is taken by {known.__name__}")
+            Checkpointer.registry[cls.name] = cls
 
     def __init__(self, state_dir: Path, engine: Engine | None = None, *, clock=time.time) -> None:
         self.store = HealthStore(state_dir)
@@ -784,19 +792,17 @@ class CriuCheckpointer(Checkpointer):
                 f"{message}\n{excerpt}",
             )
         container.reload()
-        try:
-            after = container_processes(container.attrs["State"]["Pid"])
-            ok, detail = compare_fingerprints(before, after, restored_by)
-        except (OSError, CheckpointError) as exc:
-            ok, detail, after = False, f"cannot read the restored processes: {exc}", {}
+        ok, detail, after = self._verify(container.attrs["State"]["Pid"], before, restored_by)
         if not ok:
+            evidence = _restore_evidence(target, container.id, before, after, restored_by)
             self._stop_quietly(container)
             self._discard_now(target)
             raise self._fail(
                 user,
                 "Your suspended environment could not be restored faithfully; a fresh one was "
                 "started on your workspace.",
-                f"{user}: restore of {container.name} from {checkpoint_id} not verified: {detail}",
+                f"{user}: restore of {container.name} from {checkpoint_id} not verified: {detail}"
+                f"\n{evidence}",
             )
         hook_error = None
         if target.post_restore:
@@ -827,6 +833,28 @@ class CriuCheckpointer(Checkpointer):
             detail,
         )
         return RestoreResult(checkpoint_id, container.id, seconds, detail, hook_error, after)
+
+    @staticmethod
+    def _verify(
+        init_pid: int, before: Mapping[int, ProcessMark], restored_by: int
+    ) -> tuple[bool, str, dict[int, ProcessMark]]:
+        """Compare the restored processes with the recorded ones; a mismatch is read again a few
+        times over a second, in case a process was read while CRIU was still finishing it."""
+        after: dict[int, ProcessMark] = {}
+        ok, detail = False, "not read"
+        for attempt in range(VERIFY_ATTEMPTS):
+            if attempt:
+                time.sleep(VERIFY_RETRY_DELAY)
+            try:
+                after = container_processes(init_pid)
+                ok, detail = compare_fingerprints(before, after, restored_by)
+            except (OSError, CheckpointError) as exc:
+                ok, detail = False, f"cannot read the restored processes: {exc}"
+            if ok:
+                if attempt:
+                    detail += f" (matched on read {attempt + 1})"
+                break
+        return ok, detail, after
 
     def _start_from_checkpoint(
         self, target: CheckpointTarget, container_id: str, checkpoint_id: str
@@ -865,6 +893,32 @@ class CriuCheckpointer(Checkpointer):
         self.store.update(
             target.user, lambda h: dataclasses.replace(h, checkpoint=None, container=None)
         )
+
+
+def _restore_evidence(
+    target: CheckpointTarget,
+    container_id: str,
+    before: Mapping[int, ProcessMark],
+    after: Mapping[int, ProcessMark],
+    restored_by: int,
+) -> str:
+    """Recorded and found tokens and start times (a process started long before the restore
+    answered was not created by it), and CRIU's restore log if containerd kept one (it removes
+    the log after a restore it considers successful)."""
+    lines = [f"restore answered at boot tick {restored_by}"]
+    for pid in sorted(set(before) | set(after))[:8]:
+        b, a = before.get(pid), after.get(pid)
+        lines.append(
+            f"  pid {pid}: recorded {b.comm if b else '-'} {b.token[:8] if b else '-'}, "
+            f"now {a.comm if a else '-'} {a.token[:8] if a else '-'} started at tick "
+            f"{a.started if a else '-'}"
+        )
+    exec_root = Path(_socket_path(target.docker_url)).parent
+    logs = sorted(exec_root.glob(f"containerd/daemon/*/*/{container_id}/work/restore.log"))
+    if logs:
+        lines.append(f"CRIU restore log {logs[0]}:")
+        lines.append(criu_log_excerpt(logs[0].read_text(errors="replace"), lines=6))
+    return "\n".join(lines)
 
 
 def _error_message(response: httpx.Response) -> str:

@@ -72,6 +72,17 @@ def test_make_checkpointer_by_name(tmp_path: Path) -> None:
         make_checkpointer("zfs", tmp_path)
 
 
+def test_subclasses_do_not_replace_registered_checkpointers(tmp_path: Path) -> None:
+    class Tweaked(CriuCheckpointer):  # inherits name "criu"; e.g. a test double
+        pass
+
+    assert type(make_checkpointer("criu", tmp_path)) is CriuCheckpointer
+    with pytest.raises(TypeError, match="name 'criu' is taken by CriuCheckpointer"):
+
+        class Impostor(CriuCheckpointer):  # noqa: F841
+            name = "criu"
+
+
 def test_subclass_without_name_is_refused() -> None:
     with pytest.raises(TypeError, match="must set a class attribute `name`"):
 

@@ -327,6 +327,22 @@ def io_uring_open_to_containers(path: Path = IO_URING_SYSCTL) -> bool:
         return False  # kernels before 6.6 have no switch: nothing to say here
 
 
+def host_warnings() -> list[str]:
+    """What on this host will make checkpoints fail, said once at startup rather than per dump."""
+    out = []
+    if not host_can_dump_other_users():
+        out.append(
+            "root lacks CAP_SYS_RESOURCE here, so CRIU can only dump environments whose "
+            "processes run as root (template user root or 0); others fail and count as strikes"
+        )
+    if io_uring_open_to_containers():
+        out.append(
+            "kernel.io_uring_disabled=0: environments whose programs open an io_uring (libuv: "
+            "ttyd, node) cannot be dumped; set `sysctl kernel.io_uring_disabled=1`"
+        )
+    return out
+
+
 def _hint(excerpt: str) -> str:
     if "Can't get rlimit" in excerpt and not host_can_dump_other_users():
         return (
@@ -615,6 +631,11 @@ class CriuCheckpointer(Checkpointer):
     name = "criu"
     restore_timeout = RESTORE_TIMEOUT
 
+    def __init__(self, state_dir: Path, engine: Engine | None = None, *, clock=time.time) -> None:
+        super().__init__(state_dir, engine, clock=clock)
+        for warning in host_warnings():
+            log.warning("checkpointing: %s", warning)
+
     # -- dump --
 
     async def checkpoint(self, target: CheckpointTarget) -> CheckpointResult:
@@ -650,6 +671,7 @@ class CriuCheckpointer(Checkpointer):
         self._link_checkpoints(data_root, container.id, target.checkpoint_dir)
         # A failed dump leaves the container running and its old images useless either way.
         _remove_images(target.checkpoint_dir, keep=None)
+        clean_containerd_copies(target.daemon_tmpdir)  # left by a restore a crash interrupted
         self.store.update(user, lambda h: dataclasses.replace(h, checkpoint=None, container=None))
 
         container.pause()  # freeze, so the fingerprint is exactly the set CRIU will dump

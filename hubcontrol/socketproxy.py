@@ -868,7 +868,7 @@ def start(
     unit bound to the daemon's (``systemd_run_argv``; its output goes to the journal)."""
     pid = running_pid(args)
     if pid is not None:
-        if _accepts(args.listen) and _cmdline(pid)[-len(command(args)) + 1 :] == [
+        if _accepts(args.listen, tries=3) and _cmdline(pid)[-len(command(args)) + 1 :] == [
             a.encode() for a in command(args)[1:]
         ]:
             return pid
@@ -957,16 +957,21 @@ def systemd_run_argv(args: ProxyArgs, daemon_unit: str, python: str = sys.execut
     ]
 
 
-def _accepts(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX)
-    try:
-        probe.settimeout(1)
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
+def _accepts(path: str, tries: int = 1) -> bool:
+    """Whether ``path`` accepts a connection (``tries`` attempts, for a busy host: a needless
+    restart would cut the user's open docker sessions)."""
+    for attempt in range(tries):
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.settimeout(3)
+            probe.connect(path)
+            return True
+        except OSError:
+            if attempt + 1 < tries:
+                time.sleep(0.2)
+        finally:
+            probe.close()
+    return False
 
 
 def _alive(pid: int) -> bool:

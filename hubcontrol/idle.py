@@ -10,8 +10,9 @@ Rules, in order:
 1. ``--idle-timeout=0`` (the default) never culls.
 2. Only a ``running`` environment is culled; every other state is left alone.
 3. Idle time is ``now - last_activity``; ``last_activity`` is the latest proxied HTTP request or
-   WebSocket frame in either direction, or the moment the environment started if none came since.
-   Below the timeout: keep.
+   WebSocket frame in either direction, or the moment the environment started if none came since,
+   and never earlier than the moment this hub process began watching (activity stamps live in
+   memory: after a hub restart nobody is culled before a full timeout). Below the timeout: keep.
 4. Ephemeral environments are stopped (and removed), never checkpointed: their workspace is RAM
    the user was promised is thrown away, and a checkpoint would write it to disk instead.
 5. Checkpointing is on when ``--checkpoint`` is given or the template sets
@@ -58,6 +59,9 @@ class IdleFacts:
     started_at: float | None = None  # epoch seconds the environment (re)started
     template: Template | None = None
     checkpoint_disabled: bool = False  # three strikes
+    # When this hub process began watching activity: stamps live in memory, so after a hub
+    # restart a user active a second ago has none yet; nobody is culled before a full timeout.
+    observed_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,10 +98,18 @@ def decide(record: IdleRecord, now: float, config: HubConfig) -> Decision:
         return Decision(KEEP, "idle timeout disabled (--idle-timeout=0)")
     if record.state != "running":
         return Decision(KEEP, f"environment is {record.state}, not running")
-    stamps = [t for t in (record.last_activity, record.started_at) if t is not None]
+    observed = getattr(record, "observed_since", None)
+    stamps = [t for t in (record.last_activity, record.started_at, observed) if t is not None]
     if not stamps:
         return Decision(KEEP, "no activity or start time recorded yet")
     last = max(stamps)
+    if observed is not None and last == observed and now - observed < timeout:
+        return Decision(
+            KEEP,
+            f"no activity seen since the hub started {format_seconds(now - observed)} ago "
+            f"(idle timeout {format_seconds(timeout)})",
+            now - observed,
+        )
     idle = now - last
     if idle < 0:
         return Decision(KEEP, "last activity is in the future (clock changed); not culling")
@@ -143,6 +155,7 @@ class IdleCuller:
         self.hub = hub
         self.interval = interval or sweep_interval(hub.config.idle_timeout)
         self.decisions: dict[str, Decision] = {}
+        self.observed_since = hub.clock()
 
     @classmethod
     def attach(cls, hub, interval: float | None = None) -> IdleCuller | None:
@@ -167,6 +180,7 @@ class IdleCuller:
             started_at=rec.get("started_at"),
             template=template,
             checkpoint_disabled=disabled,
+            observed_since=self.observed_since,
         )
 
     def users(self) -> list[str]:

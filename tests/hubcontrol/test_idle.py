@@ -45,6 +45,25 @@ def cfg(timeout: float = 30 * MIN, checkpoint: bool = True) -> HubConfig:
         # activity counts from the later of last request and start (a restore counts as a start)
         (IdleFacts("running", NOW - 99 * MIN, NOW - 5 * MIN, PLAIN), cfg(), KEEP, "active 5m"),
         (IdleFacts("running", None, NOW - 31 * MIN, PLAIN), cfg(), CHECKPOINT, "idle 31m"),
+        # a hub restarted 1m ago has no stamps yet: a full timeout before anyone is culled
+        (
+            IdleFacts("running", None, NOW - 99 * MIN, PLAIN, observed_since=NOW - MIN),
+            cfg(),
+            KEEP,
+            "no activity seen since the hub started 60s ago",
+        ),
+        (
+            IdleFacts("running", None, NOW - 99 * MIN, PLAIN, observed_since=NOW - 31 * MIN),
+            cfg(),
+            CHECKPOINT,
+            "idle 31m",
+        ),
+        (
+            IdleFacts("running", NOW - 5, NOW - 99 * MIN, PLAIN, observed_since=NOW - 31 * MIN),
+            cfg(),
+            KEEP,
+            "active 5s ago",
+        ),
         # exactly at the timeout: culled
         (IdleFacts("running", NOW - 30 * MIN, template=PLAIN), cfg(), CHECKPOINT, "idle 30m"),
         # 4. ephemeral: stop and remove, even when checkpointing is on everywhere

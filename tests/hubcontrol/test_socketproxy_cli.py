@@ -408,3 +408,10 @@ def test_start_is_idempotent_and_restarts_on_new_settings(sock):
         assert r.returncode == 0, r.stderr
     finally:
         sock.pid = socketproxy.start(sock.args, log_path=sock.log)
+
+
+def test_zz_no_unhandled_error_in_the_policy_socket_log(sock):
+    """Runs last in this module: every flow above (build, exec -it, attach, logs -f, events,
+    compose, refusals) went through handled code paths only."""
+    log = sock.log.read_text()
+    assert "connection failed" not in log and "Traceback" not in log, log[-3000:]

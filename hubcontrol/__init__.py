@@ -8,6 +8,14 @@ or rich.
 
 from hubcontrol.audit import AuditManager, AuditStream
 from hubcontrol.auditlog import AuditLog, follow_audit_log, read_audit_log
+from hubcontrol.checkpoint import (
+    Checkpointer,
+    CheckpointHealth,
+    CheckpointTarget,
+    CriuCheckpointer,
+    RecreateCheckpointer,
+    make_checkpointer,
+)
 from hubcontrol.config import (
     ComposeService,
     HubConfig,
@@ -43,6 +51,7 @@ from hubcontrol.errors import (
 )
 from hubcontrol.gc import GCEntry, GCPlan, apply_gc, plan_gc
 from hubcontrol.hub import EnvironmentStatus, Hub, Progress, Route, RouteTable
+from hubcontrol.idle import Decision, IdleCuller, IdleFacts, decide
 from hubcontrol.names import safe_name
 
 __all__ = [
@@ -51,9 +60,14 @@ __all__ = [
     "AuditManager",
     "AuditStream",
     "CheckpointError",
+    "CheckpointHealth",
+    "CheckpointTarget",
+    "Checkpointer",
     "ComposeService",
     "ConfigError",
+    "CriuCheckpointer",
     "DaemonError",
+    "Decision",
     "Environment",
     "EnvironmentError_",
     "EnvironmentStatus",
@@ -64,12 +78,15 @@ __all__ = [
     "Hub",
     "HubConfig",
     "HubError",
+    "IdleCuller",
+    "IdleFacts",
     "ImageError",
     "LabelsFile",
     "NetworkError",
     "OAuthConfig",
     "PolicyError",
     "Progress",
+    "RecreateCheckpointer",
     "Route",
     "RouteTable",
     "SyncHub",
@@ -78,12 +95,14 @@ __all__ = [
     "apply_gc",
     "build_config",
     "config_as_dict",
+    "decide",
     "dump_labels_file",
     "embedded",
     "follow_audit_log",
     "load_compose",
     "load_config",
     "load_labels_file",
+    "make_checkpointer",
     "parse_cpu_quota",
     "parse_duration",
     "parse_size",

@@ -82,6 +82,10 @@ class ProxyConfig:
     context: policy.PolicyContext
     idle_timeout: float = 30.0
     mount_bind_root: bool = True  # set up context.bind_root as a nosymfollow view of the workspace
+    # Refusals are also written to the user's audit log (<audit-dir>/<user>.log) when set.
+    audit_dir: Path | None = None
+    audit_user: str | None = None
+    net_id: int | None = None
 
 
 class HttpError(Exception):
@@ -271,6 +275,7 @@ class _Connection:
     async def refuse(self, refusal: policy.Refusal, head: Head | None) -> bool:
         log.info("refused: %s", refusal.message)
         self.server.refused += 1
+        self.server.audit(refusal, head)
         self.linger = True
         await self.client.send(refusal_response(refusal, head.version if head else "HTTP/1.1"))
         return False
@@ -539,6 +544,29 @@ class PolicySocket:
         status, _ = _parse_response_head(head)
         return status, (json.loads(body) if status == 200 else None)
 
+    def audit(self, refusal: policy.Refusal, head: Head | None) -> None:
+        """Append the refusal to the user's audit log: attempts to get around the policy are
+        what an operator most wants to see there."""
+        config = self.config
+        if config.audit_dir is None or not config.audit_user:
+            return
+        from hubcontrol.auditlog import AuditLog  # noqa: PLC0415 - only with an audit log
+
+        target = head.target.partition("?")[0] if head else ""
+        record = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "user": config.audit_user,
+            "net_id": config.net_id,
+            "type": "policy",
+            "action": "refused",
+            "resource": f"{head.method} {target}"[:300] if head else "",
+            "attrs": {"status": str(refusal.status), "reason": refusal.message[:1000]},
+        }
+        try:
+            AuditLog(config.audit_dir).append(config.audit_user, [record])
+        except Exception:  # the refusal stands even when its record cannot be written
+            log.exception("could not write the refusal to the audit log")
+
     def drop_idle(self) -> int:
         """Close every connection waiting between requests (before a CRIU dump)."""
         dropped = 0
@@ -664,6 +692,9 @@ class ProxyArgs:
     publish_ip: str | None = None
     idle_timeout: float = 30.0
     pidfile: str | None = None
+    audit_dir: str | None = None
+    audit_user: str | None = None
+    net_id: int | None = None
 
 
 def default_bind_root(listen: str | Path) -> str:
@@ -686,35 +717,25 @@ BOOTSTRAP = (
 
 def command(args: ProxyArgs, python: str = sys.executable) -> list[str]:
     """The argv that runs a policy socket as its own process (see ``BOOTSTRAP``); equivalent to
-    ``python -m hubcontrol.socketproxy ARGS``."""
-    argv = [
-        python,
-        "-c",
-        BOOTSTRAP,
-        str(Path(__file__).resolve().parent),
-        "--listen",
-        args.listen,
-        "--upstream",
-        args.upstream,
-        "--workspace",
-        args.workspace,
-        "--container-workspace",
-        args.container_workspace,
-        "--idle-timeout",
-        str(args.idle_timeout),
-    ]
-    for flag, value in (
+    ``python -m hubcontrol.socketproxy ARGS``. Every value is joined to its flag with ``=``: the
+    username comes from the OAuth provider and may start with ``-``."""
+    options = [
+        ("--listen", args.listen),
+        ("--upstream", args.upstream),
+        ("--workspace", args.workspace),
+        ("--container-workspace", args.container_workspace),
+        ("--idle-timeout", str(args.idle_timeout)),
         ("--bind-root", args.bind_root),
         ("--publish-ip", args.publish_ip),
         ("--pidfile", args.pidfile),
-    ):
-        if value:
-            argv += [flag, value]
-    for net in args.user_networks:
-        argv += ["--user-network", net]
-    for reg in args.allowed_registries:
-        argv += ["--allow-registry", reg]
-    return argv
+        ("--audit-dir", args.audit_dir),
+        ("--audit-user", args.audit_user),
+        ("--net-id", None if args.net_id is None else str(args.net_id)),
+        *(("--user-network", net) for net in args.user_networks),
+        *(("--allow-registry", reg) for reg in args.allowed_registries),
+    ]
+    head = [python, "-c", BOOTSTRAP, str(Path(__file__).resolve().parent)]
+    return head + [f"{flag}={value}" for flag, value in options if value is not None]
 
 
 def args_for(
@@ -724,10 +745,12 @@ def args_for(
     container_workspace: str,
     net=None,
     allowed_registries: Sequence[str] = (),
+    audit: tuple[str, str, int] | None = None,
 ) -> ProxyArgs:
     """The policy socket of the per-user daemon ``spec`` (a ``supervisor.DaemonSpec``): it serves
     ``spec.env_socket_path`` and forwards to ``spec.socket``; ``net`` (a ``network.UserNetwork``)
-    gives the address block the user's own networks and published ports may use."""
+    gives the address block the user's own networks and published ports may use; ``audit`` is
+    (audit dir, username, net ID) for refusal records in the user's audit log."""
     return ProxyArgs(
         listen=str(spec.env_socket_path),
         upstream=str(spec.socket),
@@ -738,6 +761,9 @@ def args_for(
         publish_ip=str(net.bridge_address.ip) if net is not None else None,
         allowed_registries=tuple(allowed_registries),
         pidfile=str(spec.exec_root / "policy.pid"),
+        audit_dir=audit[0] if audit else None,
+        audit_user=audit[1] if audit else None,
+        net_id=audit[2] if audit else None,
     )
 
 
@@ -801,6 +827,7 @@ class PolicySockets:
             container_workspace=template.workspace if template else DEFAULT_WORKSPACE,
             net=network.user_network(rec["net_id"], config.user_subnet_pool),
             allowed_registries=self.allowed_registries,
+            audit=(str(config.audit_dir), rec.get("user") or rec["name"], rec["net_id"]),
         )
 
     async def run(self) -> None:
@@ -849,7 +876,7 @@ def running_pid(args: ProxyArgs) -> int | None:
         return None
     cmdline = _cmdline(pid)
     if any(b"hubcontrol" in part and b"socketproxy" in part for part in cmdline) and (
-        args.listen.encode() in cmdline
+        f"--listen={args.listen}".encode() in cmdline
     ):
         return pid
     return None
@@ -1008,6 +1035,9 @@ def config_from_argv(argv: Sequence[str]) -> tuple[ProxyConfig, str | None]:
     p.add_argument("--publish-ip", help='address the daemon binds published ports to (its "ip")')
     p.add_argument("--idle-timeout", type=float, default=30.0)
     p.add_argument("--pidfile", help="write the process ID here while serving")
+    p.add_argument("--audit-dir", help="also write refusals to <audit-dir>/<user>.log")
+    p.add_argument("--audit-user", help="the username audit records name")
+    p.add_argument("--net-id", type=int, help="the user's network ID, for audit records")
     a = p.parse_args(argv)
     listen = Path(a.listen)
     ctx = policy.PolicyContext(
@@ -1020,7 +1050,13 @@ def config_from_argv(argv: Sequence[str]) -> tuple[ProxyConfig, str | None]:
         publish_ip=a.publish_ip,
     )
     config = ProxyConfig(
-        listen=listen, upstream=Path(a.upstream), context=ctx, idle_timeout=a.idle_timeout
+        listen=listen,
+        upstream=Path(a.upstream),
+        context=ctx,
+        idle_timeout=a.idle_timeout,
+        audit_dir=Path(a.audit_dir) if a.audit_dir else None,
+        audit_user=a.audit_user,
+        net_id=a.net_id,
     )
     return config, a.pidfile
 

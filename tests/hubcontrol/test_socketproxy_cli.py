@@ -156,6 +156,18 @@ def test_refused_with_a_clear_error_and_nothing_left_behind(
     assert env_container.reload() is None and env_container.status == "running"
 
 
+def test_refusals_land_in_the_users_audit_log(sock):
+    r = docker(sock, "run", "--rm", "--privileged", IMG, "true")
+    assert r.returncode != 0
+    record = [x for x in sock.audit_records() if "privileged mode" in x["attrs"]["reason"]][-1]
+    assert record["type"] == "policy" and record["action"] == "refused"
+    assert record["user"] == "-alice" and record["net_id"] == 32768
+    assert record["resource"].startswith("POST /v1.") and record["resource"].endswith(
+        "/containers/create"
+    )
+    assert record["attrs"]["status"] == "403"
+
+
 def test_run_with_workspace_bind_writes_into_the_workspace(sock):
     r = docker(sock, "run", "--rm", "-v", "/workspace/proj:/p", IMG, "sh", "-c", "echo hi > /p/out")
     assert r.returncode == 0, r.stderr

@@ -93,6 +93,7 @@ def test_command_line_round_trips(tmp_path):
         container_workspace="/home/w",
         net=user_network(32768, "10.208.0.0/12"),
         allowed_registries=["127.0.0.1:5000"],
+        audit=("/var/log/rediacc/hub", "--help", 32768),
     )
     argv = sp.command(args)
     assert argv[1:3] == ["-c", sp.BOOTSTRAP]
@@ -110,6 +111,11 @@ def test_command_line_round_trips(tmp_path):
     )
     assert ctx.user_networks == args.user_networks and ctx.publish_ip == "10.208.0.65"
     assert ctx.allowed_registries == {"127.0.0.1:5000"} and ctx.policy_socket == args.listen
+    assert (str(config.audit_dir), config.audit_user, config.net_id) == (
+        "/var/log/rediacc/hub",
+        "--help",
+        32768,
+    )
 
 
 def test_bootstrap_imports_only_the_proxy():

@@ -22,6 +22,11 @@ class PolicySocket:
     pid: int
     log: Path
 
+    def audit_records(self) -> list[dict]:
+        from hubcontrol.auditlog import AuditLog, read_records
+
+        return list(read_records(AuditLog(self.args.audit_dir).path(self.args.audit_user)))
+
     @property
     def url(self) -> str:
         return f"unix://{self.socket}"
@@ -51,6 +56,9 @@ def policy_socket(daemon, *, user_networks: tuple[str, ...] = (), publish_ip: st
         publish_ip=publish_ip,
         idle_timeout=5,
         pidfile=str(tmp / "policy.pid"),
+        audit_dir=str(tmp / "audit"),
+        audit_user="-alice",  # a username may start with "-": it must not read as a flag
+        net_id=32768,
     )
     log = tmp / "policy.log"
     try:

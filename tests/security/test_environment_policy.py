@@ -199,6 +199,18 @@ def test_refused_inside_the_environment(two_users, args, expected):
     assert alice.containers() == before
 
 
+def test_refusals_are_in_the_users_audit_log(two_users):
+    from hubcontrol.auditlog import AuditLog, read_records
+
+    hub, alice, _, image = two_users
+    code, out = alice.sh(f"docker run --rm --cap-add SYS_MODULE {image} true")
+    assert "capability SYS_MODULE" in out, out
+    path = AuditLog(hub.hub.config.audit_dir).path(alice.user)
+    records = [r for r in read_records(path) if r.get("type") == "policy"]
+    assert any("SYS_MODULE" in r["attrs"]["reason"] for r in records), records[-3:]
+    assert all(r["user"] == alice.user and r["net_id"] == alice.env.net_id for r in records)
+
+
 def test_allowed_work_inside_the_environment(two_users):
     hub, alice, bob, image = two_users
     code, out = alice.sh(

@@ -57,11 +57,16 @@ def embedded(config: HubConfig, **hub_options: Any) -> Iterator[SyncHub]:
 
     Environments keep running after the block ends; stop them explicitly if that is wanted.
     """
-    with start_blocking_portal() as portal:
-        hub = portal.call(lambda: Hub(config, **hub_options))
-        future, _ = portal.start_task(hub.run)
-        try:
-            yield SyncHub(hub, portal)
-        finally:
-            future.cancel()
+    hub = None
+    try:
+        with start_blocking_portal() as portal:
+            hub = portal.call(lambda: Hub(config, **hub_options))
+            future, _ = portal.start_task(hub.run)
+            try:
+                yield SyncHub(hub, portal)
+            finally:
+                future.cancel()  # leaving the portal then waits for run() to wind down
+    finally:
+        # after the loop and its worker threads are done, nothing can open a connection again
+        if hub is not None:
             hub.engine.close()

@@ -12,16 +12,16 @@ from __future__ import annotations
 from mitmproxy import http
 
 from hubproxy import pages
-from hubproxy.context import ENDPOINT, SCHEME, USER, HubContext
+from hubproxy.context import ENDPOINT, SCHEME, SESSION, USER, HubContext
 from hubproxy.guard import fail_closed
 from hubproxy.hosts import sibling_url
 from hubproxy.router import upstream
 
 
-def progress_view(route, progress, prefixes) -> dict:
+def progress_view(route, progress, prefixes, template: str | None = None) -> dict:
     """What the progress page's script needs: is it ready, what is happening, what failed."""
     state = getattr(route, "state", None) or getattr(progress, "state", None) or "stopped"
-    ready = any(upstream(route, p, prefixes) is not None for p in prefixes)
+    ready = any(upstream(route, p, prefixes, template) is not None for p in prefixes)
     return {
         "ready": ready,
         "state": "running" if ready else (getattr(progress, "state", None) or state),
@@ -51,7 +51,10 @@ class HubApi:
             flow.response = pages.json_response(401, {"error": "not logged in"})
             return
         if endpoint == "api/progress":
-            view = progress_view(control.route(user), control.progress(user), config.routes)
+            template = flow.metadata[SESSION].template
+            view = progress_view(
+                control.route(user), control.progress(user), config.routes, template
+            )
             flow.response = pages.json_response(200, view)
         elif endpoint == "":
             scheme = flow.metadata[SCHEME]

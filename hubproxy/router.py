@@ -24,9 +24,17 @@ RUNNING = "running"
 MAX_ANSWERED_BODY = 1 << 20
 
 
-def upstream(route, prefix: str, default_ports) -> tuple[str, int] | None:
-    """``(service_ip, port)`` for ``prefix`` of a running route, else None."""
+def upstream(
+    route, prefix: str, default_ports, template: str | None = None
+) -> tuple[str, int] | None:
+    """``(service_ip, port)`` for ``prefix`` of a running route, else None.
+
+    With ``template`` (chosen at login), a route running another template does not count: the
+    environment is being rebuilt, and the old one must not answer in the meantime.
+    """
     if route is None or route.state != RUNNING or not route.service_ip:
+        return None
+    if template and getattr(route, "template", None) not in (None, "", template):
         return None
     ports = getattr(route, "ports", None) or {}
     port = ports.get(prefix) or default_ports.get(prefix)
@@ -66,9 +74,11 @@ class Router:
             flow.response = pages.not_found()
             return
         control = self.context.control
-        address = upstream(control.route(user), target.prefix, self.context.config.routes)
+        session = flow.metadata[SESSION]
+        address = upstream(
+            control.route(user), target.prefix, self.context.config.routes, session.template
+        )
         if address is None:
-            session = flow.metadata[SESSION]
             control.start(user, session.template)
             progress = control.progress(user)
             message = getattr(progress, "message", None) or "Preparing your environment..."

@@ -109,6 +109,30 @@ def test_upstream(route, prefix, address):
     assert upstream(route, prefix, PORTS) == address
 
 
+@pytest.mark.parametrize(
+    ("running_template", "chosen", "routed"),
+    [
+        ("default", None, True),
+        ("default", "default", True),
+        ("default", "python", False),
+        ("", "python", True),
+    ],
+)
+def test_upstream_waits_for_the_chosen_template(running_template, chosen, routed):
+    from dataclasses import dataclass
+
+    @dataclass
+    class TemplatedRoute:
+        user: str
+        state: str
+        service_ip: str
+        ports: dict
+        template: str
+
+    route = TemplatedRoute("a", "running", "10.208.0.2", PORTS, running_template)
+    assert (upstream(route, "term", PORTS, chosen) is not None) is routed
+
+
 def test_forwarded_for():
     assert forwarded_for(None, "10.0.0.1") == "10.0.0.1"
     assert forwarded_for("1.2.3.4", "10.0.0.1") == "1.2.3.4, 10.0.0.1"

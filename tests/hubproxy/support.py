@@ -27,6 +27,7 @@ class Route:
     state: str
     service_ip: str
     ports: dict
+    template: str = ""
 
 
 @dataclass

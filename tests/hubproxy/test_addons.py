@@ -427,3 +427,20 @@ async def test_login_never_returns_into_itself(setup, next_path, return_to):
     f = await run_request(addons, flow(path="/_hub/login?next=" + quote(next_path, safe="")))
     q = parse_qs(urlsplit(f.response.headers["location"]).query)
     assert unsign(q["state"][0], context.state_key, NOW)["r"] == return_to
+
+
+async def test_switching_template_waits_for_the_new_environment(setup):
+    context, control, addons = setup
+    control.routes["alice"] = Route("alice", "running", "10.208.0.2", {"term": 7681}, "default")
+    _, cookie = login_cookie(context, template="python")
+    f = await run_request(addons, flow(headers=[("cookie", cookie)]))
+    assert f.response.status_code == 503 and control.starts == [("alice", "python")]
+    f = await run_request(addons, flow(path="/_hub/api/progress", headers=[("cookie", cookie)]))
+    assert b'"ready":false' in f.response.content
+    control.routes["alice"] = Route("alice", "running", "10.208.0.2", {"term": 7681}, "python")
+    f = await run_request(addons, flow(headers=[("cookie", cookie)]))
+    assert f.response is None and f.request.data.host == "10.208.0.2"
+    # a session without a template choice takes whatever runs
+    _, plain = login_cookie(context)
+    f = await run_request(addons, flow(headers=[("cookie", plain)]))
+    assert f.response is None

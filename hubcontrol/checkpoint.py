@@ -350,6 +350,12 @@ def _hint(excerpt: str) -> str:
             "processes running as another user; only environments running as root (template "
             "user root or 0) can be checkpointed here"
         )
+    if "External socket is used" in excerpt:
+        return (
+            "\nhint: a process in the environment holds a connection to a unix socket outside "
+            "the container, typically `docker events` or `docker logs -f` on the mounted docker "
+            "socket; stop such processes in hook.checkpoint.pre_dump"
+        )
     if "io_uring" in excerpt:
         return (
             "\nhint: a process in the environment uses io_uring, which CRIU cannot checkpoint; "

@@ -53,6 +53,7 @@ COMMAND = (
     "exec python3 -m http.server 8080 --bind __SERVICE_IP__ --directory /workspace"
 )
 USER = "carol"
+ARM_SOCKET = "(trap '' HUP; exec docker events >/dev/null 2>&1) & sleep 1; echo ar''med"
 # A process holding a deleted 3 MB file (over CRIU's 1 MiB ghost-file limit: the dump fails),
 # immune to the SIGHUP ttyd sends when its page closes.
 ARM = (
@@ -269,13 +270,17 @@ def test_terminal_session_survives_checkpoint_and_restore(site, chromium):
             fresh = context.new_page()
             fresh.goto(site.url("term"))
             fresh.wait_for_selector(".xterm-rows", timeout=120_000)
-            type_and_read(fresh, ARM, "armed")
+            # strike 2: `docker events` left running holds a connection to the docker socket
+            # mounted from the host, a unix socket CRIU cannot dump
+            type_and_read(fresh, ARM_SOCKET if strike == 1 else ARM, "armed")
             fresh.close()
     health = json.loads((site.root / "state" / "checkpoint" / f"{USER}.json").read_text())
     assert health["disabled"] is True and health["failures"] == 3
     assert "CRIU dump failed" in health["last_error"]
     log = site.read_log()
-    assert "ghost" in log.lower()  # CRIU's own line reached the hub's log
+    assert "ghost" in log.lower()  # CRIU's own lines reached the hub's log
+    assert "External socket is used" in log  # strike 2: `docker events` on the docker socket
+    assert "connection to a unix socket outside the container" in log  # and the hub's hint
     assert (site.root / "workspaces" / USER / "keep.txt").read_text() == "workspace data"
 
     # shown in status; the next visit gets a fresh environment on the same workspace

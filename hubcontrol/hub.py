@@ -228,8 +228,7 @@ class Hub:
         # A policy socket process beside each per-user daemon, started and stopped with it.
         self.policy_sockets: PolicySockets | None = None
         if not env_socket_by_daemon:
-            self.policy_sockets = PolicySockets()
-            self.policy_sockets.attach(self)
+            self.policy_sockets = PolicySockets(self)
         # Idle environments are checkpointed or stopped (--idle-timeout; None when it is 0).
         self.culler = IdleCuller.attach(self)
         # Status rows, per-user disk/containers/images (every 30 s) and lifecycle counts for the
@@ -532,6 +531,8 @@ class Hub:
             was_running = await call(self.supervisor.is_running, spec)
             await call(self.supervisor.start, spec)
             await call(self.supervisor.apply_limits, spec)
+            if self.policy_sockets is not None:
+                await self.policy_sockets.ensure(spec, rec, tpl)
             if not was_running:
                 self.engine.forget(spec.url)
                 self._emit("daemon-started", rec)
@@ -801,6 +802,8 @@ class Hub:
                 # the user's own containers running, so stop them first, all at once.
                 await self._stop_all_containers(self.engine.client(spec.url))
             self._emit("daemon-stopping", rec)
+            if self.policy_sockets is not None:
+                await self.policy_sockets.stop(spec)
             await call(self.supervisor.stop, spec)
             self.engine.forget(spec.url)
         if checkpointed:
@@ -937,6 +940,8 @@ class Hub:
                     )
                 return
             await call(network.apply_isolation, net)
+            if self.policy_sockets is not None:
+                await self.policy_sockets.ensure(spec, rec, tpl)
             self._emit("daemon-started", rec)
             url = spec.url
         else:

@@ -23,7 +23,6 @@ swapped in after the policy's check must fail to resolve rather than lead out of
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import functools
 import json
@@ -36,7 +35,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -774,49 +773,32 @@ def drop_idle_for_daemon(spec) -> bool:
 
 
 class PolicySockets:
-    """Keeps a policy socket process beside every per-user daemon of a ``Hub``.
+    """Runs a policy socket process beside every per-user daemon of a ``Hub``.
 
-    ``attach(hub)`` follows the hub's lifecycle events: ``daemon-started`` and
-    ``environment-running`` start the user's policy socket (a no-op when it runs), and
-    ``daemon-stopping`` (also part of a destroy) stops it. The hub must be built with
-    ``env_socket_by_daemon=False``, so dockerd does not serve the environment's socket itself.
-    Listeners must not block, so events are queued and handled by ``run`` (a hub service).
+    The hub awaits ``ensure`` right after it starts or adopts a user's daemon and ``stop`` right
+    before it stops one, so a user's environment never runs without its policy socket, and a
+    stale stop can never hit the next start (lifecycle events arrive later, and out of the
+    hub's lock). The hub must be built with ``env_socket_by_daemon=False``, so dockerd does not
+    serve the environment's socket itself.
     """
 
-    def __init__(self, allowed_registries: Sequence[str] = ()) -> None:
-        self.allowed_registries = tuple(allowed_registries)
-        self._queue: collections.deque[tuple[str, dict]] = collections.deque()
-        self._wakeup: anyio.Event | None = None
-        self._hub = None
-
-    def attach(self, hub) -> None:
+    def __init__(self, hub, allowed_registries: Sequence[str] = ()) -> None:
         if getattr(hub, "env_socket_by_daemon", False):
             raise ValueError(
                 "PolicySockets needs Hub(env_socket_by_daemon=False): dockerd would serve the "
                 "environment's socket itself, without the policy"
             )
-        self._hub = hub
-        hub.add_listener(self._on_event)
-        hub.add_service(self.run)
+        self.hub = hub
+        self.allowed_registries = tuple(allowed_registries)  # --allow-registry, settable
 
-    def _on_event(self, event: str, rec) -> None:
-        if not rec.get("per_user_docker") or rec.get("net_id") is None:
-            return
-        # (a destroy stops the daemon first, so daemon-stopping covers it)
-        if event in ("daemon-started", "environment-running", "daemon-stopping"):
-            self._queue.append((event, dict(rec)))
-            if self._wakeup is not None:
-                self._wakeup.set()
-
-    def args(self, rec: dict) -> ProxyArgs:
-        """The policy socket of the user of ``rec`` (a hub user record)."""
+    def args(self, spec, rec: Mapping, template=None) -> ProxyArgs:
+        """The policy socket of the daemon ``spec`` of the user of ``rec`` (a hub record)."""
         from hubcontrol import network, storage  # noqa: PLC0415 - only needed with a hub
         from hubcontrol.config import DEFAULT_WORKSPACE  # noqa: PLC0415
 
-        hub = self._hub
-        config = hub.config
-        spec = hub.daemon_spec(rec["name"])
-        template = config.templates.get(rec.get("template") or config.default_template)
+        config = self.hub.config
+        if template is None:
+            template = config.templates.get(rec.get("template") or config.default_template)
         ephemeral = rec.get("mode") == "ephemeral" or (template is not None and template.ephemeral)
         return args_for(
             spec,
@@ -830,33 +812,27 @@ class PolicySockets:
             audit=(str(config.audit_dir), rec.get("user") or rec["name"], rec["net_id"]),
         )
 
-    async def run(self) -> None:
-        while True:
-            if not self._queue:
-                self._wakeup = anyio.Event()
-                await self._wakeup.wait()
-                continue
-            event, rec = self._queue.popleft()
-            try:
-                args = self.args(rec)
-                if event == "daemon-stopping":
-                    await anyio.to_thread.run_sync(stop, args)
-                else:
-                    spec = self._hub.daemon_spec(rec["name"])
-                    daemon_unit = None
-                    if getattr(self._hub.supervisor, "name", "") == "systemd":
-                        from hubcontrol.supervisor.systemd import service_name  # noqa: PLC0415
+    async def ensure(self, spec, rec: Mapping, template=None) -> None:
+        """Start the user's policy socket unless it runs with these settings; never raises (the
+        environment still starts, without a docker socket, and the failure is logged)."""
+        daemon_unit = None
+        if getattr(self.hub.supervisor, "name", "") == "systemd":
+            from hubcontrol.supervisor.systemd import service_name  # noqa: PLC0415
 
-                        daemon_unit = service_name(spec.user)
-                    launch = functools.partial(
-                        start,
-                        args,
-                        log_path=None if daemon_unit else spec.daemon_dir / "policy.log",
-                        daemon_unit=daemon_unit,
-                    )
-                    await anyio.to_thread.run_sync(launch)
-            except Exception:
-                log.exception("policy socket of %s on %s failed", rec.get("name"), event)
+            daemon_unit = service_name(spec.user)
+        try:
+            launch = functools.partial(
+                start,
+                self.args(spec, rec, template),
+                log_path=None if daemon_unit else spec.daemon_dir / "policy.log",
+                daemon_unit=daemon_unit,
+            )
+            await anyio.to_thread.run_sync(launch)
+        except Exception:
+            log.exception("the policy socket of %s did not start", rec.get("name"))
+
+    async def stop(self, spec) -> None:
+        await anyio.to_thread.run_sync(stop, args_for(spec, workspace="", container_workspace=""))
 
 
 def _cmdline(pid: int) -> list[bytes]:

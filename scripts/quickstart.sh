@@ -95,6 +95,9 @@ cmd_stop() {
 		note "leaving user environments running: the next quickstart picks them up"
 	elif live_pid "$HUB_PIDFILE" "hub start" >/dev/null; then
 		stop_environments
+	elif compgen -G "$STATE/workspaces/*-docker" >/dev/null; then
+		note "the hub is not running, so it cannot stop user environments it may have left running;"
+		note "start the quick start again and stop it to end them"
 	fi
 	stop_pid "hub" "$HUB_PIDFILE" "hub start"
 	stop_pid "OIDC provider" "$OIDC_PIDFILE" "provider.mjs"
@@ -220,7 +223,7 @@ start_hub() {
 		alive "$pid" || {
 			rm -f "$HUB_PIDFILE"
 			tail -n 30 "$LOGS/hub.log" >&2
-			die "the hub exited during start-up (log: $LOGS/hub.log)"
+			die "the hub exited during start-up (log: $LOGS/hub.log); the OIDC provider still runs: \`$0 stop\` ends it"
 		}
 		((SECONDS < deadline)) || die "the hub did not answer /_hub/health within 60 s (log: $LOGS/hub.log)"
 		sleep 0.2

@@ -135,6 +135,10 @@ def test_two_users_get_own_daemons_isolated_and_limited(tmp_path, image):
         assert info["HostConfig"]["CgroupParent"] == f"/rediacc.slice/hub-{alice}/containers"
         pid = status[alice].daemon["pid"]
         assert f"rediacc.slice/hub-{alice}/daemon" in Path(f"/proc/{pid}/cgroup").read_text()
+        env_pid = info["State"]["Pid"]  # the environment's processes sit in the limited group
+        assert (
+            f"rediacc.slice/hub-{alice}/containers/" in Path(f"/proc/{env_pid}/cgroup").read_text()
+        )
     # destroyed: no daemon, bridge, rules or cgroup is left behind (unless another test run on
     # this host has claimed the released network ID since)
     registry = NetIdRegistry()

@@ -52,6 +52,7 @@ HEAD_LIMIT = 64 * 1024
 LINE_LIMIT = 4096
 COPY_CHUNK = 256 * 1024
 LINGER_SECONDS = 2.0
+SOCKET_WATCH_SECONDS = 5.0
 LINGER_BYTES = 64 << 20
 HOP_BY_HOP = frozenset(
     {
@@ -505,6 +506,7 @@ class PolicySocket:
         self.config = config
         self.connections: set[_Connection] = set()
         self.refused = 0
+        self.inode = 0
 
     async def lookup(self, refs: set[tuple[str, str]]) -> policy.Facts | policy.Refusal:
         """Facts about the containers and networks a decision depends on (None: not found)."""
@@ -602,16 +604,35 @@ class PolicySocket:
         _remove_stale_socket(listen)
         listener = await anyio.create_unix_listener(listen)
         os.chmod(listen, 0o666)  # the environment's user (any uid) connects through its mount
+        self.inode = os.lstat(listen).st_ino
         try:
-            async with listener:
+            async with listener, anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_socket_file, tg.cancel_scope)
                 task_status.started(self)
                 await listener.serve(self._handle)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISSOCK(os.lstat(listen).st_mode):
+            # Clean up only what is still ours: another policy socket may have taken the path.
+            if self.socket_state() in ("ours", "gone"):
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(listen)
-            if self.config.mount_bind_root:
-                unmount_bind_root(self.config.context.bind_root)
+                if self.config.mount_bind_root:
+                    unmount_bind_root(self.config.context.bind_root)
+
+    def socket_state(self) -> str:
+        """``ours``, ``gone`` (someone removed the socket file) or ``replaced``."""
+        try:
+            st = os.lstat(self.config.listen)
+        except FileNotFoundError:
+            return "gone"
+        return "ours" if stat.S_ISSOCK(st.st_mode) and st.st_ino == self.inode else "replaced"
+
+    async def _watch_socket_file(self, scope: anyio.CancelScope) -> None:
+        """Exit once the socket file is gone or replaced: nobody can reach this process any more
+        (a daemon's cleanup removed it, or its user was destroyed), so it would only linger."""
+        while self.socket_state() == "ours":
+            await anyio.sleep(SOCKET_WATCH_SECONDS)
+        log.info("socket file %s; exiting", self.socket_state())
+        scope.cancel()
 
 
 _DISCONNECTS = (
@@ -654,17 +675,44 @@ def _is_mountpoint(path: str) -> bool:
 
 
 def mount_bind_root(workspace: str, bind_root: str) -> None:
-    """Make ``bind_root`` a view of ``workspace`` that never follows symlinks (idempotent)."""
+    """Make ``bind_root`` a view of ``workspace`` that never follows symlinks (idempotent).
+
+    A view already mounted there is kept only if it shows this very workspace: network IDs are
+    reused, and a view left behind by an earlier user of this ID would hand that user's
+    workspace to the next one."""
     os.makedirs(workspace, exist_ok=True)
     os.makedirs(bind_root, mode=0o700, exist_ok=True)
-    if _is_mountpoint(bind_root):
-        return
+    while _is_mountpoint(bind_root):
+        if _same_directory(bind_root, workspace) and _mount_options(bind_root) >= {
+            "nosymfollow",
+            "nosuid",
+            "nodev",
+        }:
+            return
+        if subprocess.run(["umount", bind_root], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", bind_root], capture_output=True, check=True)
     subprocess.run(["mount", "--bind", workspace, bind_root], check=True, capture_output=True)
     subprocess.run(
         ["mount", "-o", "remount,bind,nosymfollow,nosuid,nodev", bind_root],
         check=True,
         capture_output=True,
     )
+
+
+def _same_directory(a: str, b: str) -> bool:
+    sa, sb = os.stat(a), os.stat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _mount_options(path: str) -> set[str]:
+    """The per-mount options of the topmost mount at ``path``."""
+    options: set[str] = set()
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == path:
+                options = set(fields[5].split(","))  # later lines are mounted on top
+    return options
 
 
 def unmount_bind_root(bind_root: str) -> None:
@@ -842,19 +890,30 @@ def _cmdline(pid: int) -> list[bytes]:
         return []
 
 
-def running_pid(args: ProxyArgs) -> int | None:
-    """The PID of the policy socket process serving ``args.listen``, or None."""
-    if not args.pidfile:
-        return None
-    try:
-        pid = int(Path(args.pidfile).read_text().strip())
-    except (OSError, ValueError):
-        return None
+def _serves(pid: int, listen: str) -> bool:
+    """Whether ``pid`` is a policy socket process for ``listen`` (either flag spelling)."""
     cmdline = _cmdline(pid)
-    if any(b"hubcontrol" in part and b"socketproxy" in part for part in cmdline) and (
-        f"--listen={args.listen}".encode() in cmdline
-    ):
-        return pid
+    if not any(b"hubcontrol" in part and b"socketproxy" in part for part in cmdline):
+        return False
+    flag = f"--listen={listen}".encode()
+    pairs = zip(cmdline, cmdline[1:], strict=False)
+    return flag in cmdline or (b"--listen", listen.encode()) in pairs
+
+
+def running_pid(args: ProxyArgs) -> int | None:
+    """The PID of the policy socket process serving ``args.listen``, or None. Its pidfile is
+    asked first; without one, the process table (a process whose pidfile was removed by a
+    cleanup still holds the socket path, and must be found to be replaced)."""
+    if args.pidfile:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(Path(args.pidfile).read_text().strip())
+            if _serves(pid, args.listen):
+                return pid
+    with os.scandir("/proc") as entries:
+        for entry in entries:
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                if _serves(int(entry.name), args.listen) and _alive(int(entry.name)):
+                    return int(entry.name)
     return None
 
 
@@ -1040,7 +1099,7 @@ def config_from_argv(argv: Sequence[str]) -> tuple[ProxyConfig, str | None]:
 async def _run(config: ProxyConfig, pidfile: str | None) -> None:
     server = PolicySocket(config)
     async with anyio.create_task_group() as tg:
-        await tg.start(server.serve)
+        await tg.start(_serve_then_stop, server, tg.cancel_scope)
         if pidfile:
             Path(pidfile).write_text(f"{os.getpid()}\n")
         try:
@@ -1052,9 +1111,16 @@ async def _run(config: ProxyConfig, pidfile: str | None) -> None:
                     tg.cancel_scope.cancel()
                     return
         finally:
-            if pidfile:
-                with contextlib.suppress(OSError):
+            # only our own pidfile: a policy socket that replaced this one has written its own
+            with contextlib.suppress(OSError, ValueError):
+                if pidfile and int(Path(pidfile).read_text()) == os.getpid():
                     os.unlink(pidfile)
+
+
+async def _serve_then_stop(server: PolicySocket, scope: anyio.CancelScope, *, task_status) -> None:
+    """Serve; when serving ends on its own (the socket file went away), end the process."""
+    await server.serve(task_status=task_status)
+    scope.cancel()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

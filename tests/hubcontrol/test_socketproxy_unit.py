@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,54 @@ def test_chunk_scanner_finds_the_end_across_blocks(split):
 def test_chunk_scanner_is_as_strict_as_go(body):
     with pytest.raises(sp.HttpError):
         sp.ChunkScanner().feed(body)
+
+
+@pytest.mark.docker  # root, for mount(8)
+def test_a_view_left_by_an_earlier_user_of_the_net_id_is_replaced(tmp_path):
+    """Network IDs are reused: a stale view must never show the previous user's workspace."""
+    old, new, view = tmp_path / "old", tmp_path / "new", str(tmp_path / "view")
+    for ws in (old, new):
+        ws.mkdir()
+        (ws / "owner").write_text(ws.name)
+    try:
+        sp.mount_bind_root(str(old), view)
+        sp.mount_bind_root(str(old), view)  # idempotent for the same workspace
+        assert Path(view, "owner").read_text() == "old"
+        sp.mount_bind_root(str(new), view)
+        assert Path(view, "owner").read_text() == "new"
+        assert {"nosymfollow", "nosuid", "nodev"} <= sp._mount_options(view)
+        # a plain bind mount (no nosymfollow) of the right workspace is replaced too
+        sp.unmount_bind_root(view)
+        Path(view).mkdir()
+        subprocess.run(["mount", "--bind", str(new), view], check=True)
+        sp.mount_bind_root(str(new), view)
+        assert "nosymfollow" in sp._mount_options(view)
+    finally:
+        sp.unmount_bind_root(view)
+    assert not Path(view).exists()
+
+
+@pytest.mark.docker  # root, for mount(8)
+def test_a_policy_socket_whose_socket_file_is_removed_exits(tmp_path):
+    """A daemon's cleanup or a destroyed user removes the socket file: nobody can reach the
+    process any more, so it ends and takes its workspace view with it."""
+    (tmp_path / "ws").mkdir()
+    exec_root = tmp_path / "run"
+    args = sp.ProxyArgs(
+        listen=str(exec_root / "env" / "docker.sock"),
+        upstream=str(tmp_path / "no-daemon.sock"),
+        workspace=str(tmp_path / "ws"),
+        pidfile=str(exec_root / "policy.pid"),
+    )
+    pid = sp.start(args)
+    try:
+        assert sp._is_mountpoint(sp.default_bind_root(args.listen))
+        Path(args.listen).unlink()
+        deadline = time.monotonic() + 15
+        while sp._alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not sp._alive(pid)
+        assert not sp._is_mountpoint(sp.default_bind_root(args.listen))
+        assert not Path(args.pidfile).exists()
+    finally:
+        sp.stop(args)

@@ -247,6 +247,24 @@ def test_exec_with_a_tty(sock):
         docker(sock, "rm", "-f", "ttytarget")
 
 
+def test_run_with_a_tty_and_input(sock):
+    """`docker run -it` as typed in a terminal: attach (hijacked), start, resize, wait."""
+    r = subprocess.run(
+        [
+            "script",
+            "-qec",
+            f"docker run --rm -it {IMG} sh -c 'read x; tty; echo RUN-IT-$x'",
+            "/dev/null",
+        ],
+        env=sock.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        input="ok\n",
+    )
+    assert "RUN-IT-ok" in r.stdout and "/dev/pts/" in r.stdout, r.stdout + r.stderr
+
+
 def test_logs_follow_streams_while_the_container_runs(sock):
     r = docker(
         sock,

@@ -30,6 +30,7 @@ from hubcontrol.netids import index_of
 FORWARD_CHAIN = "RDH-FORWARD"
 INPUT_CHAIN = "RDH-INPUT"
 NAT_CHAIN = "RDH-POSTROUTING"
+DOCKER_USER = "DOCKER-USER"
 ENV_NETWORK = "rediacc-hub-env"
 BRIDGE_PREFIX = "rdh"
 
@@ -292,6 +293,12 @@ def _ensure_chains() -> None:
         _ipt(table, "-N", chain, check=False)
         if _ipt(table, "-C", builtin, "-j", chain, check=False).returncode:
             _ipt(table, "-I", builtin, "1", "-j", chain)
+    # A daemon with iptables on (the host's, where environments run without per-user docker)
+    # inserts ACCEPT rules for its networks above ours in FORWARD; DOCKER-USER is the chain it
+    # promises to evaluate before them, so the user rules are hooked there too.
+    if _ipt("filter", "-S", DOCKER_USER, check=False).returncode == 0:
+        if _ipt("filter", "-C", DOCKER_USER, "-j", FORWARD_CHAIN, check=False).returncode:
+            _ipt("filter", "-I", DOCKER_USER, "1", "-j", FORWARD_CHAIN)
 
 
 def apply_isolation(net: UserNetwork) -> None:

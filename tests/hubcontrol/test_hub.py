@@ -312,6 +312,23 @@ def test_shared_daemon_mode_keeps_the_fixed_address_and_rules(tmp_path, image):
             ["iptables", "-S", network.FORWARD_CHAIN], capture_output=True, text=True
         ).stdout
         assert f"rdh:{env.net_id}" in rules
+        # the host daemon puts ACCEPT rules for its networks above ours in FORWARD; the rules
+        # hooked in DOCKER-USER still keep this user from another user's environment
+        victim_user = unique_user("victim")
+        with running_hub(tmp_path / "per-user", image) as other_hub:
+            victim = other_hub.ensure_running(victim_user)
+            code, out = exec_in(host, env.container_id, "nc", "-w", "2", victim.service_ip, "8080")
+            assert code != 0, f"a shared-daemon user reached another user: {out}"
+            code, _ = exec_in(
+                _client(victim.docker_url),
+                victim.container_id,
+                "nc",
+                "-w",
+                "2",
+                env.service_ip,
+                "8080",
+            )
+            assert code != 0, "a per-user environment reached a shared-daemon one"
         hub.destroy(user, remove_data=True)
         assert not host.networks.list(names=[f"rdh{env.net_id}e"])
         assert (

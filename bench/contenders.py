@@ -265,11 +265,12 @@ def hub_workers(site: Site, cookie: str, workdir: Path, workers: int) -> Contend
     name = f"hub-{workers}w"
     procs = []
     for i in range(workers):
-        argv = [str(ROOT / ".venv/bin/python"), "-m", "bench.reuseport", "start"]
+        # -O as `hub start` itself runs (hubproxy/pyopt.py); it cannot re-exec this wrapper
+        argv = [str(ROOT / ".venv/bin/python"), "-O", "-m", "bench.reuseport", "start"]
         argv += ["--labels", str(site.labels), "--env-file", str(site.env_file), f"--port={port}"]
         flags = site.flags(f"audit-{name}-{i}")
         argv += [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
-        env = {**process_env(), "PYTHONPATH": str(ROOT)}
+        env = {**process_env(), "PYTHONPATH": str(ROOT), "HUB_PYTHON_OPTIMIZE": "0"}
         procs.append(_spawn(argv, workdir / f"{name}-{i}.log", env=env))
     endpoint = Endpoint("127.0.0.1", port, site.host_header, cookie)
     c = Contender(name, endpoint, procs[0], workdir / f"{name}-0.log", procs[1:])

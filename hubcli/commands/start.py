@@ -29,6 +29,9 @@ def start(ctx: typer.Context) -> None:
     SIGTERM or Ctrl-C stop the hub; user environments keep running and the next start picks
     them up. Exit status 2 means the configuration is invalid (every problem is printed).
     """
+    from hubproxy.pyopt import reexec_optimized
+
+    reexec_optimized()  # mitmproxy's debug-only checks off (hubproxy/pyopt.py)
     try:
         flags = parse_start_flags(list(ctx.args))
     except ConfigError as e:

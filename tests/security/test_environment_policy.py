@@ -249,8 +249,9 @@ def test_policy_socket_follows_the_daemon_across_stop_and_start(two_users):
 
 @pytest.mark.criu
 def test_checkpoint_and_restore_with_the_policy_in_place(tmp_path, image):
-    """The environment used its docker socket, is checkpointed (daemon and policy socket gone),
-    restored, and its docker socket is the policy socket again."""
+    """The environment used its docker socket and has a `docker events` stream open through it,
+    is checkpointed (daemon and policy socket gone), restored, and its docker socket is the
+    policy socket again."""
     user = unique_user("ckpt")
     # root: this host's root lacks CAP_SYS_RESOURCE, so CRIU cannot dump other users' processes
     config = make_config(tmp_path, image, checkpoint=True, user="root")
@@ -262,6 +263,15 @@ def test_checkpoint_and_restore_with_the_policy_in_place(tmp_path, image):
             env = Env(sync, user)
             code, out = env.sh(f"docker run --rm {image} echo before")
             assert code == 0 and "before" in out, out
+            # a user's open stream through the policy socket while the environment is suspended
+            env.container.exec_run(
+                ["sh", "-c", "docker events > /tmp/events.log 2>&1"],
+                user="vscode",
+                environment={"DOCKER_CONFIG": "/tmp/.docker"},
+                detach=True,
+            )
+            time.sleep(1)
+            assert "docker events" in env.container.exec_run(["ps"]).output.decode()
             pid_before = env.container.attrs["State"]["Pid"]
             env.close()
             sync.stop(user)

@@ -10,7 +10,9 @@ and ``hub config check`` read a command line the same way.
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import signal
 
 import typer
 
@@ -49,6 +51,8 @@ def start(ctx: typer.Context) -> None:
         raise typer.Exit(EXIT_USAGE) from None
     for warning in config.warnings:
         print_warning(warning)
+    # `kill -USR1 <pid>` writes every thread's stack to stderr: what a stuck hub is waiting on.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

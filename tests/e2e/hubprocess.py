@@ -30,6 +30,11 @@ COMMAND = (
     "ttyd --writable -t rendererType=dom --port 7681 bash & "
     "exec python3 -m http.server 8080 --bind __SERVICE_IP__ --directory /workspace"
 )
+# A second template for the template switch at login: it serves /etc instead of /workspace.
+ALT_COMMAND = (
+    "ttyd --writable -t rendererType=dom --port 7681 bash & "
+    "exec python3 -m http.server 8080 --bind __SERVICE_IP__ --directory /etc"
+)
 CLIENT_SECRET = "e2e-client-secret"
 SESSION_SECRET = "5e" * 32
 
@@ -42,6 +47,7 @@ def labels_file(path: Path) -> Path:
         f'  rediacc.hub.command: "{COMMAND}"',
         "  rediacc.hub.docker: per-user",
         "  rediacc.hub.user: vscode",
+        f'  rediacc.hub.templates.alt.command: "{ALT_COMMAND}"',
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 DOMAINS = ("localhost", "example.test")
-GROUPS = {"alice": ["dev"], "bob": ["dev", "ops"], "mallory": ["guests"]}
+GROUPS = {"alice": ["dev"], "bob": ["dev", "ops"], "carol": ["dev"], "mallory": ["guests"]}
 
 
 @pytest.fixture(scope="module")
@@ -213,3 +213,29 @@ def test_domain_cookie_shared_across_prefixes_and_restart_keeps_environments(wor
         type_and_read(page, "cat /workspace/marker.txt", "alice-was-here")
         assert re.match(r"http://term\.example\.test:\d+/$", page.url)
     context.close()
+
+
+def test_template_chosen_at_login_rebuilds_the_environment(world, chromium):
+    site = world["localhost"]
+    with running(site):
+        context = chromium.new_context()
+        page = context.new_page()
+        login(page, site, "term", "carol")
+        wait_terminal(page)
+        type_and_read(page, "echo kept > /workspace/kept.txt; echo done-$((1+1))", "done-2")
+        # the default template serves /workspace on code.
+        code = context.new_page()
+        code.goto(site.url("code", "/kept.txt"))
+        code.wait_for_selector("text=kept", timeout=20_000)
+        # log in again choosing the other template: the container is rebuilt from it, the
+        # persistent workspace stays
+        code.goto(site.url("code", "/_hub/login?template=alt&next=/"))
+        code.wait_for_selector("text=Starting your environment", timeout=20_000)
+        # the alt template's file server lists /etc (the default one lists the workspace)
+        code.wait_for_selector("a[href='passwd']", timeout=120_000)
+        assert code.url == site.url("code", "/")
+        shot(code, "carol-alt-template")
+        page.goto(site.url("term"))
+        wait_terminal(page)
+        type_and_read(page, "cat /workspace/kept.txt", "kept")
+        context.close()

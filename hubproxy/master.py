@@ -52,6 +52,20 @@ async def run_master(master: Master) -> None:
     try:
         await master.run()
     finally:
+        # Connections still open are cancelled with their server; asyncio would log each
+        # cancelled handler as an error ("Exception in callback ...") during a normal stop.
+        loop = asyncio.get_running_loop()
+        previous = loop.get_exception_handler()
+
+        def quiet_cancellations(loop, context) -> None:
+            if isinstance(context.get("exception"), asyncio.CancelledError):
+                return
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(quiet_cancellations)
         if ps := master.addons.get("proxyserver"):
             await ps.servers.update([])
 

@@ -29,6 +29,8 @@ from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from mitmproxy import http
 
+from hubcontrol.errors import UsernameError
+from hubcontrol.names import safe_name
 from hubproxy import cookies, hosts, pages
 from hubproxy.context import ENDPOINT, SCHEME, TARGET, HubContext
 from hubproxy.guard import close_connection, fail_closed
@@ -307,6 +309,11 @@ class OAuthLogin:
         except ProviderError as e:
             log.warning("hub: login failed: %s", e.detail)
             return pages.page(e.status, "Login failed", e.message, detail=e.detail, links=retry)
+        try:
+            safe_name(user)  # refuse now a name no environment can be made for
+        except UsernameError as e:
+            log.warning("hub: login refused: %s", e.log_message)
+            return pages.page(403, "Login refused", e.user_message, links=retry)
         groups = groups_from_userinfo(userinfo)
         if not allowed(groups, config.allowed_groups):
             log.info("hub: %s refused: not in HUB_ALLOWED_GROUPS", user)

@@ -380,3 +380,26 @@ def test_fixed_redirect_uri_on_another_host_with_a_domain_cookie(tmp_path, envs,
                 assert str(r.url) == f"{code}/notes?x=1"
                 wait_ready(c, code)
                 assert c.get(f"{code}/").json()["name"] == "alice-code"
+
+
+def test_unusable_username_is_refused_at_login(tmp_path, envs, proxy_port):
+    from oidc_provider_mock import User, run_server_in_thread
+
+    claims = {"login": "\u0007\u0008"}  # control characters only
+    with run_server_in_thread(user_claims=[User(sub="odd", claims=claims)]) as server:
+        issuer = f"http://localhost:{server.server_port}"
+        oauth = OAuthConfig(
+            client_id="c",
+            client_secret="s",
+            authorize_url=f"{issuer}/oauth2/authorize",
+            token_url=f"{issuer}/oauth2/token",
+            userinfo_url=f"{issuer}/userinfo",
+            userinfo_path="login",
+        )
+        hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
+        with running_proxy(hub_config(tmp_path, envs, issuer, oauth=oauth), hub, proxy_port) as p:
+            with browser(DOMAIN, proxy_port) as c:
+                r = c.get(f"http://term.{DOMAIN}:{proxy_port}/")
+                r = c.post(r.url, data={"sub": "odd"})
+                assert r.status_code == 403 and "characters the hub cannot use" in r.text
+            assert len(p.context.sessions) == 0 and hub.ensure_calls == []

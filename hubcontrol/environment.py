@@ -144,10 +144,15 @@ def ensure_env_network(client: docker.DockerClient, net: UserNetwork) -> str:
         configs = (existing.attrs.get("IPAM") or {}).get("Config") or []
         if any(c.get("Subnet") == str(net.env_subnet) for c in configs):
             return name
-        raise NetworkError(
-            "Your environment network is misconfigured; ask the operator.",
-            f"network {name} exists with {configs}, expected subnet {net.env_subnet}",
-        )
+        existing.reload()
+        if existing.attrs.get("Containers"):
+            raise NetworkError(
+                "Your environment network is misconfigured; ask the operator.",
+                f"network {name} exists with {configs} and attached containers, expected subnet "
+                f"{net.env_subnet} (two hubs with different --user-subnet-pool on one daemon?)",
+            )
+        # left over from an earlier owner of this network ID with another pool: replace it
+        existing.remove()
     ipam = docker.types.IPAMConfig(
         pool_configs=[
             docker.types.IPAMPool(subnet=str(net.env_subnet), gateway=str(net.env_gateway))

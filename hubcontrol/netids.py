@@ -4,8 +4,10 @@ User IDs are ``32768 + 64*k`` (the seed's scheme: each ID owns 64 addresses). A 
 recorded in ``<workspace-dir>/<u>-docker/.networkid`` so a returning user gets it back after any
 restart. IDs are claimed host-wide, so several hubs (or test runs) on one host never share one:
 a claim is a file ``<registry>/<net_id>`` created with ``O_EXCL`` that holds the data-root path it
-belongs to, and every allocation runs under an ``flock`` on ``<registry>/.lock``. A claim whose
-data-root no longer records that ID is stale and may be taken over.
+belongs to, and every allocation runs under an ``flock`` on ``<registry>/.lock``. A claim is
+stale, and may be taken over, only when its data-root no longer records that ID *and* nothing
+uses the ID any more: no daemon answers on its socket and no interface is attached to its
+bridges (a hub whose data-root was deleted under it may still run that user's daemon).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,8 @@ from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.errors import NetworkError
 
 DEFAULT_REGISTRY = Path("/var/lib/rediacc/netids")
+RUN_DIR = Path("/run/rediacc/hub")  # exec-roots, /run/rediacc/hub/<net_id> (supervisor.RUN_DIR)
+SYS_NET = Path("/sys/class/net")
 MARKER = ".networkid"
 MAX_USERS = 4096  # /24 blocks in the default /12 pool
 
@@ -47,6 +52,24 @@ def read_marker(data_root_dir: Path) -> int | None:
         return None
 
 
+def in_use(net_id: int, *, run_dir: Path = RUN_DIR, sys_net: Path = SYS_NET) -> bool:
+    """Whether anything on this host still uses ``net_id``: a daemon answering on its socket, or
+    an interface (a container's veth) attached to one of its bridges."""
+    for sock in (
+        run_dir / str(net_id) / "docker.sock",
+        run_dir / str(net_id) / "env" / "docker.sock",
+    ):
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(0.5)
+            probe.connect(str(sock))
+            return True
+    for bridge in (f"rdh{net_id}", f"rdh{net_id}e"):
+        with contextlib.suppress(OSError):
+            if any((sys_net / bridge / "brif").iterdir()):
+                return True
+    return False
+
+
 def write_marker(data_root_dir: Path, net_id: int) -> None:
     tmp = data_root_dir / f"{MARKER}.tmp"
     tmp.write_text(f"{net_id}\n")
@@ -56,9 +79,12 @@ def write_marker(data_root_dir: Path, net_id: int) -> None:
 class NetIdRegistry:
     """Host-wide claims on user network IDs (see the module docstring)."""
 
-    def __init__(self, directory: Path = DEFAULT_REGISTRY, *, max_users: int = MAX_USERS) -> None:
+    def __init__(
+        self, directory: Path = DEFAULT_REGISTRY, *, max_users: int = MAX_USERS, in_use=in_use
+    ) -> None:
         self.directory = Path(directory)
         self.max_users = max_users
+        self.in_use = in_use
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -86,7 +112,9 @@ class NetIdRegistry:
                 return True
             if owner is not None and read_marker(owner) == net_id:
                 return False  # a live claim by another data-root
-            path.unlink(missing_ok=True)  # stale: its data-root is gone or moved on
+            if self.in_use(net_id):
+                return False  # its data-root is gone, but its daemon or containers are not
+            path.unlink(missing_ok=True)  # stale: nothing uses it any more
             return self._claim(net_id, data_root_dir)
         with os.fdopen(fd, "w") as f:
             f.write(f"{data_root_dir}\n")

@@ -198,36 +198,43 @@ def delete_link(name: str) -> None:
 # -- iptables -------------------------------------------------------------------------------
 
 
-def isolation_rules(net: UserNetwork) -> list[tuple[str, str, list[str]]]:
+def isolation_rules(
+    net: UserNetwork, uplinks: Sequence[str] = ()
+) -> list[tuple[str, str, list[str]]]:
     """(table, chain, rule) for one user, in order. Pure; ``-m comment`` tags are added on apply.
 
     * within the block: allowed (environment <-> the user's own containers)
     * replies to connections the block opened: allowed
     * from the block to any other pool address, or new connections into the block from elsewhere
       (other users, other daemons' containers): dropped
-    * from the block to the world: allowed, masqueraded
+    * from the block to the world, i.e. out through an ``uplinks`` interface (those carrying a
+      default route): allowed, masqueraded; anywhere else (the host daemon's bridges and their
+      containers, other local networks): dropped
     * from the block to the host itself (INPUT): only replies; hub, host and loopback services
       are out of reach
     """
     b, pool = str(net.block), str(net.pool)
+    replies = ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]
+    forward = [
+        ["-s", b, "-d", b, "-j", "ACCEPT"],
+        ["-d", b, *replies],
+        ["-s", b, "-d", pool, "-j", "DROP"],
+        ["-d", b, "-j", "DROP"],
+        *(["-s", b, "-o", dev, "-j", "ACCEPT"] for dev in uplinks),
+        ["-s", b, "-j", "DROP"],
+    ]
     return [
-        ("filter", FORWARD_CHAIN, ["-s", b, "-d", b, "-j", "ACCEPT"]),
-        (
-            "filter",
-            FORWARD_CHAIN,
-            ["-d", b, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
-        ),
-        ("filter", FORWARD_CHAIN, ["-s", b, "-d", pool, "-j", "DROP"]),
-        ("filter", FORWARD_CHAIN, ["-d", b, "-j", "DROP"]),
-        ("filter", FORWARD_CHAIN, ["-s", b, "-j", "ACCEPT"]),
-        (
-            "filter",
-            INPUT_CHAIN,
-            ["-s", b, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
-        ),
+        *(("filter", FORWARD_CHAIN, rule) for rule in forward),
+        ("filter", INPUT_CHAIN, ["-s", b, *replies]),
         ("filter", INPUT_CHAIN, ["-s", b, "-j", "DROP"]),
         ("nat", NAT_CHAIN, ["-s", b, "!", "-d", b, "-j", "MASQUERADE"]),
     ]
+
+
+def uplinks() -> list[str]:
+    """Interfaces carrying a default route (the way to the world), from ``ip -j route``."""
+    routes = json.loads(_run("ip", "-j", "route", "show", "default").stdout or "[]")
+    return sorted({r["dev"] for r in routes if r.get("dev")})
 
 
 _HOOKS = (
@@ -309,7 +316,7 @@ def apply_isolation(net: UserNetwork) -> None:
 
 def _apply_isolation(net: UserNetwork) -> None:
     _ensure_chains()
-    rules = isolation_rules(net)
+    rules = isolation_rules(net, uplinks())
     tagged = [(t, c, [*r, "-m", "comment", "--comment", net.tag]) for t, c, r in rules]
     if all(_ipt(t, "-C", c, *r, check=False).returncode == 0 for t, c, r in tagged):
         return  # already in force; re-adding would open a window without them

@@ -73,6 +73,18 @@ def http_get(ip: str, port: int, path: str = "/") -> str:
     return data.decode(errors="replace")
 
 
+def wait_listening(ip: str, port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((ip, port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def exec_in(client: docker.DockerClient, container_id: str, *cmd: str, user: str | None = None):
     result = client.containers.get(container_id).exec_run(list(cmd), user=user or "")
     return result.exit_code, result.output.decode(errors="replace")
@@ -329,6 +341,25 @@ def test_shared_daemon_mode_keeps_the_fixed_address_and_rules(tmp_path, image):
                 "8080",
             )
             assert code != 0, "a per-user environment reached a shared-daemon one"
+            # nor any other container of the host daemon (a database, Traefik...): the world is
+            # only reachable through the uplink
+            net = host.networks.create(f"hubtest-{victim_user}", driver="bridge")
+            try:
+                other = host.containers.run(
+                    image, ["httpd", "-f", "-p", "8080"], network=net.name, detach=True
+                )
+                try:
+                    other.reload()
+                    ip = other.attrs["NetworkSettings"]["Networks"][net.name]["IPAddress"]
+                    wait_listening(ip, 8080)  # reachable from the host: the test can fail
+                    code, _ = exec_in(
+                        _client(victim.docker_url), victim.container_id, "nc", "-w", "2", ip, "8080"
+                    )
+                    assert code != 0, "a per-user environment reached a host daemon container"
+                finally:
+                    other.remove(force=True)
+            finally:
+                net.remove()
         hub.destroy(user, remove_data=True)
         assert not host.networks.list(names=[f"rdh{env.net_id}e"])
         assert (

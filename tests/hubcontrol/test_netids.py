@@ -18,9 +18,14 @@ from hubcontrol.netids import (
 )
 
 
+def IDLE(net_id: int) -> bool:  # noqa: N802 - a constant-like stand-in
+    """These registries live in temp dirs: whether this host's daemons use an ID is irrelevant."""
+    return False
+
+
 @pytest.fixture
 def registry(tmp_path):
-    return NetIdRegistry(tmp_path / "registry", max_users=64)
+    return NetIdRegistry(tmp_path / "registry", max_users=64, in_use=IDLE)
 
 
 @pytest.mark.parametrize(("index", "net_id"), [(0, 32768), (1, 32832), (4095, 294848)])
@@ -48,7 +53,7 @@ def test_returning_user_gets_the_same_id(registry, tmp_path):
     registry.allocate(b)
     assert registry.allocate(a) == first
     # a fresh registry (another host-wide state, e.g. after a reboot wiped /run) re-claims it
-    other = NetIdRegistry(tmp_path / "registry2")
+    other = NetIdRegistry(tmp_path / "registry2", in_use=IDLE)
     assert other.allocate(b) == read_marker(b)
 
 
@@ -92,7 +97,7 @@ def test_concurrent_allocations_never_share_an_id(tmp_path):
     def allocate(root):
         if roots.index(root) < 8:
             barrier.wait()
-        return NetIdRegistry(tmp_path / "registry").allocate(root)
+        return NetIdRegistry(tmp_path / "registry", in_use=IDLE).allocate(root)
 
     with ThreadPoolExecutor(8) as pool:
         ids = list(pool.map(allocate, roots))
@@ -101,7 +106,7 @@ def test_concurrent_allocations_never_share_an_id(tmp_path):
 
 
 def test_a_full_registry_is_a_clear_error(tmp_path):
-    registry = NetIdRegistry(tmp_path / "r", max_users=2)
+    registry = NetIdRegistry(tmp_path / "r", max_users=2, in_use=IDLE)
     registry.allocate(tmp_path / "a")
     registry.allocate(tmp_path / "b")
     with pytest.raises(NetworkError) as info:
@@ -115,3 +120,31 @@ def test_garbage_markers_are_ignored(registry, tmp_path):
     (root / MARKER).write_text("not a number")
     assert read_marker(root) is None
     assert registry.allocate(root) == 32768
+
+
+def test_a_claim_whose_data_root_vanished_is_kept_while_its_daemon_runs(tmp_path):
+    # e.g. a test's temp dir removed under a hub that still runs the user's daemon
+    busy = {32768}
+    registry = NetIdRegistry(tmp_path / "r", max_users=4, in_use=lambda net_id: net_id in busy)
+    gone = tmp_path / "gone"
+    assert registry.allocate(gone) == 32768
+    (gone / MARKER).unlink()
+    assert registry.allocate(tmp_path / "new") == 32832  # 32768 still in use
+    busy.clear()
+    assert registry.allocate(tmp_path / "newer") == 32768  # now it is free
+
+
+def test_in_use_sees_a_listening_daemon_socket(tmp_path):
+    import socket
+
+    from hubcontrol.netids import in_use
+
+    sock_dir = tmp_path / "run" / "40000"
+    sock_dir.mkdir(parents=True)
+    assert not in_use(40000, run_dir=tmp_path / "run", sys_net=tmp_path / "sys")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(sock_dir / "docker.sock"))
+        server.listen()
+        assert in_use(40000, run_dir=tmp_path / "run", sys_net=tmp_path / "sys")
+    (tmp_path / "sys" / "rdh40000e" / "brif" / "veth1").mkdir(parents=True)
+    assert in_use(40000, run_dir=tmp_path / "run", sys_net=tmp_path / "sys")

@@ -81,12 +81,17 @@ def test_overlapping_routes(routes, clash):
 
 def test_isolation_rules_drop_other_users_and_the_host():
     net = network.user_network(32768, POOL)
-    rules = network.isolation_rules(net)
+    rules = network.isolation_rules(net, ["eth0", "wan1"])
     forward = [r for t, c, r in rules if c == network.FORWARD_CHAIN]
     # order matters: own block first, then replies, then the drops, then the world
     assert forward[0] == ["-s", "10.208.0.0/24", "-d", "10.208.0.0/24", "-j", "ACCEPT"]
     assert ["-s", "10.208.0.0/24", "-d", POOL, "-j", "DROP"] in forward
-    assert forward[-1] == ["-s", "10.208.0.0/24", "-j", "ACCEPT"]
+    # the world only through the uplinks; the host daemon's bridges and other local nets: no
+    assert forward[-3:] == [
+        ["-s", "10.208.0.0/24", "-o", "eth0", "-j", "ACCEPT"],
+        ["-s", "10.208.0.0/24", "-o", "wan1", "-j", "ACCEPT"],
+        ["-s", "10.208.0.0/24", "-j", "DROP"],
+    ]
     inputs = [r for t, c, r in rules if c == network.INPUT_CHAIN]
     assert inputs[-1] == ["-s", "10.208.0.0/24", "-j", "DROP"]
 
@@ -127,7 +132,7 @@ def test_bridge_and_rules_are_idempotent_and_removed(claimed_net):
 
     network.apply_isolation(net)
     network.apply_isolation(net)
-    assert _rules("filter", network.FORWARD_CHAIN).count(net.tag) == 5
+    assert _rules("filter", network.FORWARD_CHAIN).count(net.tag) == 5 + len(network.uplinks())
     assert _rules("filter", network.INPUT_CHAIN).count(net.tag) == 2
     assert _rules("nat", network.NAT_CHAIN).count(net.tag) == 1
     assert (
@@ -176,4 +181,6 @@ def test_concurrent_hubs_hook_the_chains_once(claimed_net):
     assert forward.count("-j RDH-FORWARD") == 1
     v6 = subprocess.run(["ip6tables", "-S"], capture_output=True, text=True).stdout
     assert v6.count("-A INPUT -i rdh+ -j DROP") == 1 and v6.count("-i rdh+ -j DROP") == 2
-    assert _rules("filter", network.FORWARD_CHAIN).count(claimed_net.tag) == 5
+    assert _rules("filter", network.FORWARD_CHAIN).count(claimed_net.tag) == 5 + len(
+        network.uplinks()
+    )

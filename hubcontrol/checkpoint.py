@@ -44,6 +44,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import struct
 import threading
 import time
@@ -439,6 +440,22 @@ def _socket_path(url: str) -> str:
     return url.removeprefix("unix://")
 
 
+def daemon_answers(url: str, timeout: float = 5.0) -> bool:
+    """Whether the dockerd at ``url`` answers ``GET /_ping`` (a plain socket: docker-py and
+    httpcore leak the socket of a refused unix-socket connect)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(_socket_path(url))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            answer = b""
+            while len(answer) < 65536 and (chunk := sock.recv(4096)):  # 1.0: closed after it
+                answer += chunk
+        except OSError:
+            return False
+    return answer.startswith(b"HTTP/1.") and b" 200 " in answer[:16] and answer.endswith(b"OK")
+
+
 def _dir_bytes(path: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(path):
@@ -645,7 +662,29 @@ class CriuCheckpointer(Checkpointer):
     # -- dump --
 
     async def checkpoint(self, target: CheckpointTarget) -> CheckpointResult:
-        return await self.engine.call(self._checkpoint, target)
+        return await self.engine.call(self._guarded, self._checkpoint, target, "suspended")
+
+    def _guarded(self, fn, target: CheckpointTarget, what: str):
+        """Run ``fn(target)``; an unexpected docker or OS error becomes a counted CheckpointError,
+        so the Hub's fallback (stop, or start afresh) runs instead of a half-done operation."""
+        try:
+            if not daemon_answers(target.docker_url):
+                raise OSError(f"the daemon at {target.docker_url} does not answer /_ping")
+            return fn(target)
+        except CheckpointError:
+            raise
+        except (docker.errors.DockerException, httpx.HTTPError, OSError, ValueError) as exc:
+            if what == "restored":
+                with contextlib.suppress(Exception):
+                    self._discard_now(target)
+            raise self._fail(
+                target.user,
+                f"Your environment could not be {what}; "
+                + ("it was stopped instead." if what == "suspended" else "a fresh one was started.")
+                + " Your workspace files are kept.",
+                f"{target.user}: checkpoint{'' if what == 'suspended' else ' restore'} of "
+                f"{target.container} failed: {exc!r}",
+            ) from exc
 
     def _checkpoint(self, target: CheckpointTarget) -> CheckpointResult:
         user = target.user
@@ -759,7 +798,7 @@ class CriuCheckpointer(Checkpointer):
     # -- restore --
 
     async def restore(self, target: CheckpointTarget) -> RestoreResult | None:
-        return await self.engine.call(self._restore, target)
+        return await self.engine.call(self._guarded, self._restore, target, "restored")
 
     def _restore(self, target: CheckpointTarget) -> RestoreResult | None:
         user = target.user

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
@@ -505,3 +506,31 @@ def test_non_root_environment_needs_cap_sys_resource(
     assert "CAP_SYS_RESOURCE" in err.value.log_message  # and the hint
     ctr.reload()
     assert ctr.status == "running"
+
+
+def test_unexpected_errors_become_counted_failures(
+    daemon: RestartableDockerd, workspace: Path, checkpointers
+) -> None:
+    """A container that vanished or a daemon that does not answer must not leave the Hub halfway:
+    the error is a counted CheckpointError, so its fallback runs."""
+    cp = checkpointers()
+    gone = CheckpointTarget(
+        user=workspace.name,
+        docker_url=daemon.url,
+        container="hub-gone",
+        checkpoint_dir=workspace / ".checkpoint",
+    )
+    with pytest.raises(CheckpointError, match="could not be suspended") as err:
+        anyio.run(cp.checkpoint, gone)
+    assert "NotFound" in err.value.log_message
+    cp.store.update(workspace.name, lambda h: replace(h, checkpoint="hub-1", container="abc"))
+    dead = CheckpointTarget(
+        user=workspace.name,
+        docker_url="unix:///run/hubt-none/docker.sock",
+        container="abc",
+        checkpoint_dir=workspace / ".checkpoint",
+    )
+    with pytest.raises(CheckpointError, match="a fresh one was started"):
+        anyio.run(cp.restore, dead)
+    health = cp.health(workspace.name)
+    assert health.failures == 2 and health.checkpoint is None

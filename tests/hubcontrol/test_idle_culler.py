@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 import time
 from pathlib import Path
 
@@ -44,11 +45,28 @@ def culling_hub(tmp_path: Path, image: str):
                     hub.destroy(row.user, remove_data=True)
 
 
-def wait_state(hub, user: str, state: str, timeout: float = 30, keep_touching: str = "") -> None:
+@contextlib.contextmanager
+def touching(hub, user: str, every: float = 0.2):
+    """Stamp ``user``'s activity as the proxy does for WebSocket frames, from another thread."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every):
+            hub.touch(user, "ws-in")
+
+    thread = threading.Thread(target=run, daemon=True)
+    hub.touch(user, "ws-in")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def wait_state(hub, user: str, state: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        if keep_touching:
-            hub.touch(keep_touching, "ws-in")
         rec = hub.hub.record(user)
         if rec and rec.get("state") == state:
             return
@@ -59,16 +77,16 @@ def wait_state(hub, user: str, state: str, timeout: float = 30, keep_touching: s
 
 def test_idle_user_is_checkpointed_active_user_kept(tmp_path, image):
     idle, busy, eph = unique_user("idle"), unique_user("busy"), unique_user("eph")
-    with culling_hub(tmp_path, image) as hub:
+    with culling_hub(tmp_path, image) as hub, touching(hub, busy):
         assert hub.hub.culler is not None and hub.hub.culler.interval == 0.5
         env = hub.ensure_running(idle)
         (Path(tmp_path) / "workspaces" / env.name / "notes.txt").write_text("mine")
         hub.ensure_running(busy)
         hub.ensure_running(eph, "eph")
 
-        # the proxy stamps busy's WebSocket frames; idle and eph go quiet
-        wait_state(hub, idle, "checkpointed", keep_touching=busy)
-        wait_state(hub, eph, "stopped", keep_touching=busy)
+        # the proxy stamps busy's WebSocket frames all along; idle and eph go quiet
+        wait_state(hub, idle, "checkpointed")
+        wait_state(hub, eph, "stopped")
         rows = {row.user: row for row in hub.status()}
         assert rows[busy].state == "running"
         assert "active" in rows[busy].idle

@@ -125,3 +125,19 @@ def sibling_url(
     _, sep, port = (host_header or "").rpartition(":")
     suffix = f":{port}" if sep and _PORT.match(port) else ""
     return f"{scheme}://{prefix}.{base_domain}{suffix}{path}"
+
+
+def origin_allowed(origin: str | None, base_domain: str, prefixes: Container[str]) -> bool:
+    """True when a WebSocket handshake's ``Origin`` is one of the hub's own sites (any port).
+
+    A missing Origin (non-browser clients) is allowed: the session cookie still decides. A page
+    on another subdomain of the same registrable domain is "same-site" for SameSite=Lax cookies,
+    so without this check it could open a user's terminal WebSocket with the user's cookie.
+    """
+    if origin is None:
+        return True
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or parts.path not in ("", "/"):
+        return False
+    host = normalize_host(parts.netloc)
+    return host is not None and classify_host(host, base_domain, prefixes) is not None

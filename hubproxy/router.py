@@ -16,6 +16,7 @@ from mitmproxy import http
 from hubproxy import cookies, pages
 from hubproxy.context import ROUTED, SCHEME, SESSION, TARGET, USER, HubContext
 from hubproxy.guard import fail_closed
+from hubproxy.hosts import origin_allowed
 
 log = logging.getLogger("hubproxy.router")
 
@@ -74,6 +75,17 @@ class Router:
             flow.response = pages.not_found()
             return
         control = self.context.control
+        if flow.request.headers.get("upgrade", "").lower() == "websocket" and not origin_allowed(
+            flow.request.headers.get("origin"),
+            self.context.config.base_domain,
+            self.context.config.routes,
+        ):
+            flow.response = pages.page(
+                403,
+                "Forbidden",
+                "WebSocket connections are only accepted from the hub's own sites.",
+            )
+            return
         session = flow.metadata[SESSION]
         address = upstream(
             control.route(user), target.prefix, self.context.config.routes, session.template

@@ -444,3 +444,28 @@ async def test_switching_template_waits_for_the_new_environment(setup):
     _, plain = login_cookie(context)
     f = await run_request(addons, flow(headers=[("cookie", plain)]))
     assert f.response is None
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"),
+    [
+        ("https://blog.example.com", 403),
+        ("https://evil.org", 403),
+        ("https://code.example.com", None),
+    ],
+)
+async def test_websocket_from_a_foreign_origin_is_refused(setup, origin, status):
+    context, control, addons = setup
+    running(control)
+    _, cookie = login_cookie(context)
+    f = flow(
+        navigate=False,
+        headers=[
+            ("cookie", cookie),
+            ("upgrade", "websocket"),
+            ("connection", "Upgrade"),
+            ("origin", origin),
+        ],
+    )
+    await run_request(addons, f)
+    assert (f.response.status_code if f.response else None) == status

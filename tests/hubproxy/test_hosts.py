@@ -131,3 +131,22 @@ def test_safe_return_url(url, expected):
 )
 def test_sibling_url_keeps_the_port(host_header, url):
     assert h.sibling_url("https", host_header, "code", "example.com") == url
+
+
+@pytest.mark.parametrize(
+    ("origin", "ok"),
+    [
+        (None, True),
+        ("https://term.example.com", True),
+        ("http://code.example.com:7112", True),
+        ("https://example.com", True),
+        ("https://blog.example.com", False),  # same site, not ours
+        ("https://evil.org", False),
+        ("null", False),
+        ("https://term.example.com.evil.org", False),
+        ("https://term.example.com/path", False),
+        ("file://", False),
+    ],
+)
+def test_origin_allowed(origin, ok):
+    assert h.origin_allowed(origin, "example.com", PREFIXES) is ok

@@ -511,6 +511,15 @@ class Hub:
                 if info["State"]["Running"]:
                     return self._environment(rec)
         paths = storage.UserPaths(Path(self.config.workspace_dir), name)
+        if (
+            rec.get("net_id") is not None
+            and "per_user_docker" in rec
+            and bool(rec["per_user_docker"]) != tpl.per_user_docker
+        ):
+            # a switch between a per-user daemon and the shared one: the old environment holds
+            # SERVICE_IP and the bridge name the new one needs, so it goes first
+            self._step(rec, "container", f"Switching to the {tpl.name} environment")
+            await self._retire_environment(rec)
         rec.update(template=tpl.name, mode=tpl.mode, per_user_docker=tpl.per_user_docker)
         self._set_state(rec, "starting", step="storage", message="Preparing your storage")
 
@@ -826,6 +835,18 @@ class Hub:
     async def _quiet_stop(self, container, timeout: int) -> None:
         with contextlib.suppress(docker.errors.DockerException, OSError):
             await self.engine.call(container.stop, timeout=timeout)
+
+    async def _retire_environment(self, rec: dict) -> None:
+        """Remove the environment of ``rec`` where it runs now (container, env network, daemon)."""
+        if self.checkpointer is not None:
+            await self.checkpointer.discard(self.checkpoint_target(rec))
+        await self._stop(rec, remove_container=True)
+        net = network.user_network(rec["net_id"], self.config.user_subnet_pool)
+        if not rec.get("per_user_docker") and rec.get("docker_url"):
+            client = self.engine.client(rec["docker_url"])
+            with contextlib.suppress(docker.errors.DockerException):
+                await self.engine.call(envs.remove_env_network, client, net)
+        await self.engine.call(network.delete_link, net.env_bridge)
 
     async def destroy(self, user: str, remove_data: bool = False) -> None:
         """Remove ``user``'s container, network, bridges, rules and daemon.

@@ -439,3 +439,26 @@ def test_a_template_serving_only_some_routes_is_ready(tmp_path, image):
         env = hub.ensure_running(other)  # no route: one port plus a grace for the rest
         assert env.state == "running"
         assert hub.snapshot().get(other).target("term") == (env.service_ip, 7681)
+
+
+def test_switching_between_per_user_and_shared_daemon_templates(tmp_path, image):
+    user = unique_user("mode")
+    config = make_config(tmp_path, image)
+    shared = dataclasses.replace(config.templates["default"], name="shared", docker="")
+    config = dataclasses.replace(config, templates={**config.templates, "shared": shared})
+    with embedded(config, ready_timeout=20) as hub:
+        try:
+            own = hub.ensure_running(user)
+            (tmp_path / "workspaces" / user / "kept").write_text("yes")
+            moved = hub.ensure_running(user, "shared")
+            assert not moved.per_user_docker and moved.service_ip == own.service_ip
+            assert not hub.hub.supervisor.is_running(hub.hub.daemon_spec(user))
+            client = _client(moved.docker_url)
+            assert exec_in(client, moved.container_id, "cat", "/workspace/kept") == (0, "yes")
+            back = hub.ensure_running(user, "default")
+            assert back.per_user_docker and back.service_ip == own.service_ip
+            host = _client("unix:///var/run/docker.sock")
+            assert not host.networks.list(names=[f"rdh{own.net_id}e"])
+            assert not [c for c in host.containers.list(all=True) if c.name == f"hub-{user}"]
+        finally:
+            hub.destroy(user, remove_data=True)

@@ -30,7 +30,18 @@ def has_image(client: docker.DockerClient, image: str) -> bool:
 def transfer(source: docker.DockerClient, target: docker.DockerClient, image: str) -> None:
     """Stream ``image`` from ``source`` to ``target`` (docker save | docker load)."""
     stream = source.api.get_image(image, chunk_size=CHUNK)
-    target.api.load_image(stream, quiet=True)
+    try:
+        # the answer is a stream of progress messages: read it to the end, so the load has
+        # finished, its errors are seen and the connection is released
+        for message in target.api.load_image(stream, quiet=True):
+            error = message.get("error") or (message.get("errorDetail") or {}).get("message")
+            if error:
+                raise ImageError(
+                    f"The image {image} could not be loaded into your daemon.",
+                    f"docker load of {image}: {error}",
+                )
+    finally:
+        stream.close()
     if not has_image(target, image):
         raise ImageError(
             f"The image {image} could not be loaded into your daemon.",

@@ -130,6 +130,26 @@ configure_runc_criu() {
 	fi
 }
 
+configure_io_uring() {
+	# CRIU cannot dump an io_uring, and libuv (ttyd, node) opens one by default, so a terminal
+	# environment could never be checkpointed. io_uring_disabled=1 denies io_uring to processes
+	# without CAP_SYS_ADMIN, i.e. to containers; privileged host services keep it. Docker 25+
+	# blocks io_uring in its default seccomp profile for the same reason. Persisted in sysctl.d.
+	local conf=/etc/sysctl.d/60-rediacc-hub.conf
+	[[ -e /proc/sys/kernel/io_uring_disabled ]] || {
+		note "kernel has no io_uring_disabled switch; nothing to do"
+		return
+	}
+	if [[ ! -f $conf ]] || ! grep -qx 'kernel.io_uring_disabled = 1' "$conf"; then
+		printf '# rediacc hub: CRIU cannot checkpoint containers holding an io_uring\nkernel.io_uring_disabled = 1\n' >"$conf"
+		note "wrote $conf"
+	fi
+	if [[ $(cat /proc/sys/kernel/io_uring_disabled) == 0 ]]; then
+		echo 1 >/proc/sys/kernel/io_uring_disabled
+		note "kernel.io_uring_disabled=1 (containers cannot open io_uring, which CRIU cannot dump)"
+	fi
+}
+
 install_venv() {
 	local venv="$ROOT/.venv" stamp want
 	stamp="$venv/.rediacc-installed"
@@ -163,5 +183,6 @@ check_os
 install_debian_packages
 install_criu
 configure_runc_criu
+configure_io_uring
 install_venv
 say "host ready ($(script_elapsed) s)"

@@ -868,8 +868,8 @@ class Hub:
                 await self.engine.call(network.remove_isolation, net.net_id)
                 await self.engine.call(network.delete_link, net.bridge)
                 await self.engine.call(network.delete_link, net.env_bridge)
-                if rec.get("per_user_docker"):
-                    spec = self._spec(name, rec["net_id"], None)
+                spec = self._spec(name, rec["net_id"], None)
+                if not await self.engine.call(self.supervisor.is_running, spec):
                     await self.engine.call(storage.remove_tree, spec.exec_root)
             paths = storage.UserPaths(Path(self.config.workspace_dir), name)
             if remove_data:

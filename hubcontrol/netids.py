@@ -147,8 +147,14 @@ class NetIdRegistry:
             f"all {self.max_users} user network IDs in {self.directory} are claimed",
         )
 
-    def release(self, net_id: int, data_root_dir: Path) -> None:
-        """Drop the claim on ``net_id`` if ``data_root_dir`` holds it."""
+    def release(self, net_id: int, data_root_dir: Path) -> bool:
+        """Drop the claim on ``net_id`` if ``data_root_dir`` holds it and nothing uses the ID.
+
+        A daemon that failed to stop keeps its ID: handing it out again would put a second
+        daemon on the same exec-root, bridges and addresses. Returns True when released.
+        """
         with self._locked():
-            if self.owner(net_id) == Path(data_root_dir).resolve():
-                (self.directory / str(net_id)).unlink(missing_ok=True)
+            if self.owner(net_id) != Path(data_root_dir).resolve() or self.in_use(net_id):
+                return False
+            (self.directory / str(net_id)).unlink(missing_ok=True)
+            return True

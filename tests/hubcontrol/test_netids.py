@@ -148,3 +148,13 @@ def test_in_use_sees_a_listening_daemon_socket(tmp_path):
         assert in_use(40000, run_dir=tmp_path / "run", sys_net=tmp_path / "sys")
     (tmp_path / "sys" / "rdh40000e" / "brif" / "veth1").mkdir(parents=True)
     assert in_use(40000, run_dir=tmp_path / "run", sys_net=tmp_path / "sys")
+
+
+def test_an_id_still_in_use_is_not_released(tmp_path):
+    busy = {32768}
+    registry = NetIdRegistry(tmp_path / "r", in_use=lambda net_id: net_id in busy)
+    assert registry.allocate(tmp_path / "a") == 32768
+    assert registry.release(32768, tmp_path / "a") is False  # its daemon did not stop
+    assert registry.owner(32768) is not None
+    busy.clear()
+    assert registry.release(32768, tmp_path / "a") is True

@@ -698,7 +698,7 @@ def remove_daemon_leftovers(user: str, net_id: int) -> list[str]:
     """Delete what a dead daemon of ``net_id`` can leave on the host: its isolation rules, its
     bridges and its (empty) cgroups. Each step is idempotent; returns what was found."""
     from hubcontrol import network
-    from hubcontrol.supervisor.local import Cgroups
+    from hubcontrol.supervisor.local import Cgroups, group_name
 
     done = []
     network.remove_isolation(net_id)
@@ -708,8 +708,9 @@ def remove_daemon_leftovers(user: str, net_id: int) -> list[str]:
             done.append(f"bridge {bridge} deleted")
     with contextlib.suppress(OSError):
         cgroups = Cgroups()
-        if any(d.exists() for d in cgroups.dirs(user)):
-            cgroups.remove(user)
+        group = group_name(user, net_id)
+        if any(d.exists() for d in cgroups.dirs(group)):
+            cgroups.remove(group)
             done.append("cgroups removed")
     return done
 

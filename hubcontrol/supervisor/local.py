@@ -6,9 +6,9 @@ process's command line, so a recycled PID is never mistaken for it).
 
 Cgroups (v2 where the unified hierarchy has controllers, else v1 per controller)::
 
-    rediacc.slice/hub-<u>/              cpu limit (daemon and containers together)
-    rediacc.slice/hub-<u>/daemon        dockerd, containerd, shims: no memory limit
-    rediacc.slice/hub-<u>/containers    memory and pids limits; the daemon's --cgroup-parent
+    rediacc.slice/hub-<u>-<net_id>/              cpu limit (daemon and containers together)
+    rediacc.slice/hub-<u>-<net_id>/daemon        dockerd, containerd, shims: no memory limit
+    rediacc.slice/hub-<u>-<net_id>/containers    memory and pids limits; the daemon's --cgroup-parent
 
 The memory limit sits on the containers' group only: a limit shared with dockerd would let the
 OOM killer take the daemon down with the user's containers.
@@ -42,8 +42,18 @@ SLICE = "rediacc.slice"
 V1_CONTROLLERS = ("cpu", "memory", "pids")
 
 
-def group_path(user: str) -> str:
-    return f"/{SLICE}/hub-{user}"
+def group_name(user: str, net_id: int) -> str:
+    """The user's cgroup name: the network ID makes it unique on the host, so two hubs (or two
+    test runs) that both have a user ``alice`` never share, limit or kill each other's groups."""
+    return f"{user}-{net_id}"
+
+
+def _group(spec: DaemonSpec) -> str:
+    return group_name(spec.user, spec.net_id)
+
+
+def group_path(name: str) -> str:
+    return f"/{SLICE}/hub-{name}"
 
 
 class Cgroups:
@@ -259,23 +269,25 @@ class LocalSupervisor(DaemonSupervisor):
         return self.is_running(spec)
 
     def container_cgroup_parent(self, spec: DaemonSpec) -> str | None:
-        return f"{group_path(spec.user)}/containers"
+        return f"{group_path(_group(spec))}/containers"
 
     def describe(self, spec: DaemonSpec) -> dict:
         return {
             "supervisor": self.name,
             "pid": self.pid(spec),
             "socket": str(spec.socket),
-            "cgroup": group_path(spec.user),
-            "limits": self.cgroups.read(spec.user),
+            "cgroup": group_path(_group(spec)),
+            "limits": self.cgroups.read(_group(spec)),
             "log": str(spec.log),
         }
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def apply_limits(self, spec: DaemonSpec) -> None:
-        self.cgroups.create(spec.user)
-        self.cgroups.apply(spec.user, spec.limits.cpus, spec.limits.memory_bytes, spec.limits.pids)
+        self.cgroups.create(_group(spec))
+        self.cgroups.apply(
+            _group(spec), spec.limits.cpus, spec.limits.memory_bytes, spec.limits.pids
+        )
 
     def start(self, spec: DaemonSpec, timeout: float = 60.0) -> None:
         if self.is_running(spec):
@@ -293,7 +305,7 @@ class LocalSupervisor(DaemonSupervisor):
         # record our PID (dockerd's, after exec) before dockerd writes its own pidfile.
         launcher = spec.daemon_dir / "launcher.pid"
         launcher.unlink(missing_ok=True)
-        joins = " ".join(shlex.quote(str(p)) for p in self.cgroups.procs_files(spec.user))
+        joins = " ".join(shlex.quote(str(p)) for p in self.cgroups.procs_files(_group(spec)))
         script = (
             f"echo $$ > {shlex.quote(str(launcher))}; "
             f'for f in {joins}; do echo $$ > "$f" || exit 97; done; exec "$@"'
@@ -332,7 +344,7 @@ class LocalSupervisor(DaemonSupervisor):
         if pid is not None:
             self._terminate(pid, timeout)
         self._cleanup_stale(spec)
-        self.cgroups.remove(spec.user)
+        self.cgroups.remove(_group(spec))
 
     @staticmethod
     def _launched_pid(launcher: Path, timeout: float = 5.0) -> int | None:
@@ -364,7 +376,7 @@ class LocalSupervisor(DaemonSupervisor):
 
     def _cleanup_stale(self, spec: DaemonSpec) -> None:
         """What a stopped or crashed dockerd leaves: leftover processes, mounts, sockets."""
-        leftovers = self.cgroups.pids(spec.user)
+        leftovers = self.cgroups.pids(_group(spec))
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

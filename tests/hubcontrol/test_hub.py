@@ -144,12 +144,19 @@ def test_two_users_get_own_daemons_isolated_and_limited(tmp_path, image):
         assert limits.get("memory.max", limits.get("memory.limit_in_bytes")) == str(256 << 20)
         info = ca.api.inspect_container(env_a.container_id)
         assert info["HostConfig"]["Memory"] == 256 << 20
-        assert info["HostConfig"]["CgroupParent"] == f"/rediacc.slice/hub-{alice}/containers"
+        assert (
+            info["HostConfig"]["CgroupParent"]
+            == f"/rediacc.slice/hub-{alice}-{env_a.net_id}/containers"
+        )
         pid = status[alice].daemon["pid"]
-        assert f"rediacc.slice/hub-{alice}/daemon" in Path(f"/proc/{pid}/cgroup").read_text()
+        assert (
+            f"rediacc.slice/hub-{alice}-{env_a.net_id}/daemon"
+            in Path(f"/proc/{pid}/cgroup").read_text()
+        )
         env_pid = info["State"]["Pid"]  # the environment's processes sit in the limited group
         assert (
-            f"rediacc.slice/hub-{alice}/containers/" in Path(f"/proc/{env_pid}/cgroup").read_text()
+            f"rediacc.slice/hub-{alice}-{env_a.net_id}/containers/"
+            in Path(f"/proc/{env_pid}/cgroup").read_text()
         )
     # destroyed: no daemon, bridge, rules or cgroup is left behind (unless another test run on
     # this host has claimed the released network ID since)
@@ -162,7 +169,7 @@ def test_two_users_get_own_daemons_isolated_and_limited(tmp_path, image):
                 ["iptables", "-S", network.FORWARD_CHAIN], capture_output=True, text=True
             )
             assert f"rdh:{net_id}" not in rules.stdout
-    assert not list(Path("/sys/fs/cgroup").glob(f"**/rediacc.slice/hub-{alice}"))
+    assert not list(Path("/sys/fs/cgroup").glob(f"**/rediacc.slice/hub-{alice}-{env_a.net_id}"))
 
 
 @contextlib.contextmanager

@@ -180,7 +180,7 @@ def test_local_daemon_lifecycle_cgroups_and_adoption(live_spec):
     assert pid and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"dockerd")
     # dockerd and containerd sit in the daemon group, without a memory limit
     cgroups = Path(f"/proc/{pid}/cgroup").read_text()
-    assert f"rediacc.slice/hub-{spec.user}/daemon" in cgroups
+    assert f"rediacc.slice/hub-{spec.user}-{spec.net_id}/daemon" in cgroups
     limits = supervisor.describe(spec)["limits"]
     assert limits.get("cpu.max", limits.get("cpu.cfs_quota_us", "")).startswith("150000")
     assert limits.get("memory.max", limits.get("memory.limit_in_bytes")) == str(300 << 20)
@@ -192,7 +192,7 @@ def test_local_daemon_lifecycle_cgroups_and_adoption(live_spec):
     assert fresh.describe(spec)["pid"] == pid
     fresh.stop(spec)
     assert not supervisor.is_running(spec) and not spec.socket.exists()
-    assert not list(Path("/sys/fs/cgroup").glob(f"**/rediacc.slice/hub-{spec.user}"))
+    assert not list(Path("/sys/fs/cgroup").glob(f"**/rediacc.slice/hub-{spec.user}-{spec.net_id}"))
 
 
 @pytest.mark.docker

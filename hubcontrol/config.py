@@ -792,8 +792,9 @@ def _build(
     secret = environ.get("HUB_SESSION_SECRET") or ""
     if not secret.strip():
         warnings.append(
-            "HUB_SESSION_SECRET is not set: a random secret is used, so logins do not survive a hub "
-            "restart; set it to 64 hex characters (openssl rand -hex 32)"
+            "HUB_SESSION_SECRET is not set: a random secret is generated and kept in "
+            "<state-dir>/session.secret (0600); set it to 64 hex characters (openssl rand -hex 32) "
+            "so it is managed with your other secrets"
         )
     else:
         secret = secret.strip()

@@ -123,7 +123,9 @@ class NetIdRegistry:
     def allocate(self, data_root_dir: Path, *, reserved: frozenset[int] = frozenset()) -> int:
         """The network ID of ``data_root_dir``: its marker's ID if still ours, else a free one.
 
-        ``reserved`` IDs (the hub's own ``--network-id``) are never handed out. Writes the marker.
+        ``reserved`` IDs (the hub's own ``--network-id``) are never handed out. Writes the marker,
+        or refreshes its time for a returning user: ``hub gc`` judges age by the marker and takes
+        the same lock, so a user logging in is never collected between this call and the start.
         """
         data_root_dir = Path(data_root_dir).resolve()
         data_root_dir.mkdir(parents=True, exist_ok=True)
@@ -134,6 +136,7 @@ class NetIdRegistry:
                 and current not in reserved
                 and self._claim(current, data_root_dir)
             ):
+                os.utime(data_root_dir / MARKER)
                 return current
             for index in range(self.max_users):
                 net_id = net_id_for_index(index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -158,3 +159,14 @@ def test_an_id_still_in_use_is_not_released(tmp_path):
     assert registry.owner(32768) is not None
     busy.clear()
     assert registry.release(32768, tmp_path / "a") is True
+
+
+def test_a_returning_user_refreshes_the_marker_age(tmp_path):
+    """hub gc judges abandonment by the marker's age: a login must make the data-root young."""
+    registry = NetIdRegistry(tmp_path / "registry", in_use=IDLE)
+    root = tmp_path / "alice-docker"
+    net_id = registry.allocate(root)
+    old = 1_000_000_000
+    os.utime(root / ".networkid", (old, old))
+    assert registry.allocate(root) == net_id
+    assert (root / ".networkid").stat().st_mtime > old + 10**8

@@ -21,15 +21,28 @@ ENV = "HUB_PYTHON_OPTIMIZE"
 PROGRAMS = frozenset({"hub", "hubcli"})
 
 
-def should_reexec(optimize: int, env: dict[str, str], argv: list[str]) -> bool:
-    """Whether to re-run ``argv`` under ``python -O``: a pure decision, see the module doc."""
+def should_reexec(optimize: int, env: dict[str, str], argv: list[str], shebang: str) -> bool:
+    """Whether to re-run ``argv`` under ``python -O``; ``shebang`` is the first line of the file
+    ``argv[0]`` ("" if unreadable): only a Python script can be handed to the interpreter."""
     if optimize or env.get(ENV, "1").strip() == "0":
         return False
-    return bool(argv) and os.path.basename(argv[0]) in PROGRAMS and os.path.isfile(argv[0])
+    if not argv or os.path.basename(argv[0]) not in PROGRAMS:
+        return False
+    return shebang.startswith("#!") and "python" in shebang
+
+
+def _shebang(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.readline(200).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
 
 
 def reexec_optimized() -> None:
-    if should_reexec(sys.flags.optimize, dict(os.environ), sys.argv):
+    argv = sys.argv
+    shebang = _shebang(argv[0]) if argv else ""
+    if should_reexec(sys.flags.optimize, dict(os.environ), argv, shebang):
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, [sys.executable, "-O", *sys.argv])

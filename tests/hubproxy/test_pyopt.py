@@ -12,20 +12,24 @@ from hubproxy.pyopt import should_reexec
 HUB = sys.executable.rsplit("/", 1)[0] + "/hub"
 
 
+PY = "#!/opt/venv/bin/python3"
+
+
 @pytest.mark.parametrize(
-    ("optimize", "env", "argv", "expected"),
+    ("optimize", "env", "argv", "shebang", "expected"),
     [
-        (0, {}, [HUB, "start"], True),
-        (1, {}, [HUB, "start"], False),  # already -O
-        (0, {"HUB_PYTHON_OPTIMIZE": "0"}, [HUB, "start"], False),  # switched off
-        (0, {"HUB_PYTHON_OPTIMIZE": "1"}, [HUB, "start"], True),
-        (0, {}, ["/usr/bin/pytest", "tests"], False),  # a command invoked in-process
-        (0, {}, ["hub", "start"], False),  # not a file to re-run (e.g. sys.argv set by a wrapper)
-        (0, {}, [], False),
+        (0, {}, [HUB, "start"], PY, True),
+        (1, {}, [HUB, "start"], PY, False),  # already -O
+        (0, {"HUB_PYTHON_OPTIMIZE": "0"}, [HUB, "start"], PY, False),  # switched off
+        (0, {"HUB_PYTHON_OPTIMIZE": "1"}, [HUB, "start"], PY, True),
+        (0, {}, ["/usr/bin/pytest", "tests"], PY, False),  # a command invoked in-process
+        (0, {}, ["hub", "start"], "", False),  # no such file (a wrapper set sys.argv)
+        (0, {}, ["/usr/local/bin/hub", "start"], "#!/bin/sh", False),  # a shell shim
+        (0, {}, [], "", False),
     ],
 )
-def test_should_reexec(optimize, env, argv, expected):
-    assert should_reexec(optimize, env, argv) is expected
+def test_should_reexec(optimize, env, argv, shebang, expected):
+    assert should_reexec(optimize, env, argv, shebang) is expected
 
 
 def test_hub_start_runs_optimized(tmp_path):

@@ -35,7 +35,11 @@ unset http_proxy https_proxy HTTP_PROXY HTTPS_PROXY all_proxy ALL_PROXY
 say "pytest (warnings are errors, per-test timeouts: pyproject.toml)"
 t0=$(date +%s.%N)
 rc=0
-.venv/bin/pytest --junitxml="$ARTIFACTS/junit.xml" -o junit_family=xunit2 --durations=15 "$@" || rc=$?
+# A fresh base temp dir per run: pytest's own rotation under /tmp/pytest-of-root fails (and warns,
+# which is an error here) when an earlier run on this machine left a directory it cannot remove.
+BASETEMP=$(mktemp -d /tmp/hub-tests.XXXXXX)
+.venv/bin/pytest --basetemp="$BASETEMP" --junitxml="$ARTIFACTS/junit.xml" -o junit_family=xunit2 \
+	--durations=15 "$@" || rc=$?
 note "(pytest: $(elapsed "$t0") s, exit $rc)"
 # The host daemon's log, when these scripts started it, helps explain a failed docker test.
 cp "$LOG_DIR/host-dockerd.log" "$ARTIFACTS/" 2>/dev/null || true

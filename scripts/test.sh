@@ -40,6 +40,8 @@ rc=0
 BASETEMP=$(mktemp -d /tmp/hub-tests.XXXXXX)
 .venv/bin/pytest --basetemp="$BASETEMP" --junitxml="$ARTIFACTS/junit.xml" -o junit_family=xunit2 \
 	--durations=15 "$@" || rc=$?
+# Tests unmount what they mount; a directory something is still mounted under is kept to inspect.
+grep -q " $BASETEMP" /proc/self/mountinfo || rm -rf "$BASETEMP"
 note "(pytest: $(elapsed "$t0") s, exit $rc)"
 # The host daemon's log, when these scripts started it, helps explain a failed docker test.
 cp "$LOG_DIR/host-dockerd.log" "$ARTIFACTS/" 2>/dev/null || true

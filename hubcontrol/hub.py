@@ -857,17 +857,10 @@ class Hub:
         async with self.lock(user):
             rec = self._records.get(name) or self._load_record(name)
             if rec and rec.get("net_id") is not None:
-                if self.checkpointer is not None:
-                    await self.checkpointer.discard(self.checkpoint_target(rec))
-                await self._stop(rec, remove_container=True)
+                await self._retire_environment(rec)
                 net = network.user_network(rec["net_id"], self.config.user_subnet_pool)
-                if not rec.get("per_user_docker") and rec.get("docker_url"):
-                    client = self.engine.client(rec["docker_url"])
-                    with contextlib.suppress(docker.errors.DockerException):
-                        await self.engine.call(envs.remove_env_network, client, net)
                 await self.engine.call(network.remove_isolation, net.net_id)
                 await self.engine.call(network.delete_link, net.bridge)
-                await self.engine.call(network.delete_link, net.env_bridge)
                 spec = self._spec(name, rec["net_id"], None)
                 if not await self.engine.call(self.supervisor.is_running, spec):
                     await self.engine.call(storage.remove_tree, spec.exec_root)

@@ -6,19 +6,12 @@ reference is docs/api.md.
 
 from __future__ import annotations
 
+from hubcontrol.hub import STATES
+
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _NULLABLE_NUM = {"type": ["number", "null"]}
 _NULLABLE_STR = {"type": ["string", "null"]}
-_STATES = [
-    "stopped",
-    "starting",
-    "running",
-    "checkpointing",
-    "checkpointed",
-    "restoring",
-    "stopping",
-    "failed",
-]
+_STATES = list(STATES)
 
 ENTRY = {
     "type": "object",

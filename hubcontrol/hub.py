@@ -440,6 +440,21 @@ class Hub:
             post_restore=tpl.post_restore if tpl else None,
         )
 
+    def daemon_registries(self) -> list[str]:
+        """Registries a per-user daemon may reach even on a host or user-pool address: those
+        the operator allows users (``--allow-registry``) and those of the templates' images."""
+        found = list(self.policy_sockets.allowed_registries) if self.policy_sockets else []
+        for tpl in self.config.templates.values():
+            registry = network.image_registry(tpl.image) if tpl.image else None
+            if registry and registry not in found:
+                found.append(registry)
+        return found
+
+    def _isolate_daemon(self, spec: DaemonSpec, net: network.UserNetwork) -> None:
+        """The OUTPUT rules for the daemon's own traffic (its group exists once it runs)."""
+        allow = network.daemon_allowances(self.daemon_registries())
+        network.apply_daemon_isolation(net, self.supervisor.daemon_cgroup(spec), allow)
+
     def _reserved(self) -> frozenset[int]:
         return frozenset({self.config.network_id} if self.config.network_id is not None else ())
 
@@ -540,6 +555,8 @@ class Hub:
             was_running = await call(self.supervisor.is_running, spec)
             await call(self.supervisor.start, spec)
             await call(self.supervisor.apply_limits, spec)
+            # before the policy socket: the user reaches the daemon only through it
+            await call(self._isolate_daemon, spec, net)
             if self.policy_sockets is not None:
                 await self.policy_sockets.ensure(spec, rec, tpl)
             if not was_running:
@@ -954,6 +971,7 @@ class Hub:
                     )
                 return
             await call(network.apply_isolation, net)
+            await call(self._isolate_daemon, spec, net)
             if self.policy_sockets is not None:
                 await self.policy_sockets.ensure(spec, rec, tpl)
             self._emit("daemon-started", rec)

@@ -9,15 +9,25 @@ Per-user daemons run with ``--iptables=false``: the hub owns every rule, so daem
 over shared chains. Rules live in ``RDH-FORWARD`` (first in ``FORWARD``), ``RDH-INPUT`` (first in
 ``INPUT``) and ``RDH-POSTROUTING`` (nat, masquerading outbound traffic), each tagged with a
 comment ``rdh:<net_id>`` so one user's rules are removed without touching anyone else's.
+
+A per-user dockerd itself runs in the host's network namespace: what it fetches (image pulls,
+the classic builder's ``ADD <url>``) never passes ``FORWARD``. ``RDH-OUTPUT`` (first in
+``OUTPUT``, IPv4 and IPv6) matches the daemon's cgroup v2 group (``-m cgroup --path``, which
+includes containerd and the shims it spawns) and rejects its new connections to other users'
+blocks, to the host's own and loopback addresses and to anything not reached through an uplink,
+except DNS to the host's resolvers and the registries the operator allows (``daemon_rules``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import ipaddress
 import json
+import logging
 import os
+import socket
 import subprocess
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,7 +37,10 @@ from pathlib import Path
 from hubcontrol.errors import NetworkError
 from hubcontrol.netids import index_of
 
+log = logging.getLogger(__name__)
+
 FORWARD_CHAIN = "RDH-FORWARD"
+OUTPUT_CHAIN = "RDH-OUTPUT"
 INPUT_CHAIN = "RDH-INPUT"
 NAT_CHAIN = "RDH-POSTROUTING"
 DOCKER_USER = "DOCKER-USER"
@@ -326,21 +339,237 @@ def _apply_isolation(net: UserNetwork) -> None:
 
 
 def remove_isolation(net_id: int) -> None:
-    """Delete every rule tagged ``rdh:<net_id>`` from the RDH chains."""
+    """Delete every rule tagged ``rdh:<net_id>`` from the RDH chains (the daemon's included)."""
     with _rules_locked():
         _remove_isolation(net_id)
+        for family in (4, 6):
+            _remove_tagged(family, "filter", OUTPUT_CHAIN, net_id)
 
 
 def _remove_isolation(net_id: int) -> None:
+    for table, _builtin, chain in _HOOKS:
+        _remove_tagged(4, table, chain, net_id)
+
+
+def _remove_tagged(
+    family: int, table: str, chain: str, net_id: int, mark: str = "", only_marked: bool = False
+) -> None:
+    """Delete the rules of ``chain`` tagged ``rdh:<net_id>``; with ``mark``, only those (not)
+    also tagged ``mark``, as ``only_marked`` says."""
     tag = f'"rdh:{net_id}"'
     alt = f"rdh:{net_id}"
-    for table, _builtin, chain in _HOOKS:
-        listing = _ipt(table, "-S", chain, check=False)
-        if listing.returncode:
+    try:
+        listing = _iptables(family, table, "-S", chain, check=False)
+    except FileNotFoundError:
+        return  # no ip6tables
+    if listing.returncode:
+        return
+    for line in listing.stdout.splitlines():
+        words = line.split()
+        if words[:2] != ["-A", chain] or (tag not in words and alt not in words):
             continue
-        for line in listing.stdout.splitlines():
-            words = line.split()
-            if words[:2] != ["-A", chain] or (tag not in words and alt not in words):
-                continue
-            spec = [w.strip('"') for w in words[2:]]
-            _ipt(table, "-D", chain, *spec, check=False)
+        marked = bool(mark) and (mark in words or f'"{mark}"' in words)
+        if mark and marked != only_marked:
+            continue
+        spec = [w.strip('"') for w in words[2:]]
+        _iptables(family, table, "-D", chain, *spec, check=False)
+
+
+def _iptables(family: int, table: str, *args: str, check: bool = True):
+    exe = "iptables" if family == 4 else "ip6tables"
+    return _run(exe, "-w", "10", "-t", table, *args, check=check)
+
+
+def _have_ip6tables() -> bool:
+    try:
+        return _run("ip6tables", "-w", "10", "-S", "OUTPUT", check=False).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+# -- the daemon's own traffic (OUTPUT) ------------------------------------------------------
+
+Allowance = tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str, int]  # address, proto, port
+
+
+def daemon_rules(
+    net: UserNetwork,
+    cgroup: str,
+    uplinks4: Sequence[str] = (),
+    uplinks6: Sequence[str] = (),
+    allow: Iterable[Allowance] = (),
+) -> list[tuple[int, list[str]]]:
+    """(IP family, rule) for ``RDH-OUTPUT``, in order, for the daemon in cgroup v2 group ``cgroup``
+    (relative to the cgroup2 root). Pure; ``-m comment`` tags are added on apply.
+
+    * replies and related packets: returned to ``OUTPUT`` (the daemon's own listeners answer)
+    * the user's own block: allowed (published ports' docker-proxy, the user's own service)
+    * ``allow`` (DNS to the host's resolvers, the registries the operator allows): allowed, even
+      on loopback or a host address
+    * any other address of the user pool (other users): rejected
+    * out through an uplink interface (those carrying a default route): allowed
+    * anything else (loopback and the host's own addresses, which route through ``lo``; the host
+      daemon's and other local networks): rejected
+    """
+    match = ["-m", "cgroup", "--path", cgroup]
+    replies = ["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "RETURN"]
+    allowed = sorted(set(allow), key=lambda a: (a[0].version, int(a[0]), a[1], a[2]))
+    rules: list[tuple[int, list[str]]] = []
+    for family, links in ((4, uplinks4), (6, uplinks6)):
+        rules.append((family, [*match, *replies]))
+        if family == 4:
+            rules.append((family, [*match, "-d", str(net.block), "-j", "RETURN"]))
+        for addr, proto, port in allowed:
+            if addr.version == family:
+                dest = f"{addr}/{32 if family == 4 else 128}"
+                rule = ["-d", dest, "-p", proto, "-m", proto, "--dport", str(port), "-j", "RETURN"]
+                rules.append((family, [*match, *rule]))
+        if family == 4:
+            rules.append((family, [*match, "-d", str(net.pool), "-j", "REJECT"]))
+        rules.extend((family, [*match, "-o", dev, "-j", "RETURN"]) for dev in links)
+        rules.append((family, [*match, "-j", "REJECT"]))
+    return rules
+
+
+def registry_host_port(registry: str) -> tuple[str, list[int]]:
+    """The host and the ports the daemon uses for a registry ``host[:port]`` (HTTPS 443 and the
+    plain-HTTP fallback 80 without a port). Pure."""
+    registry = registry.strip().rstrip("/")
+    if registry.startswith("["):
+        host, _, rest = registry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif registry.count(":") == 1:
+        host, port = registry.split(":")
+    else:
+        host, port = registry, ""
+    if port:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise NetworkError(
+                "The hub's registry settings are misconfigured.",
+                f"registry {registry!r} has an invalid port; use host[:port]",
+            )
+        return host, [int(port)]
+    return host, [443, 80]
+
+
+def image_registry(image: str) -> str | None:
+    """The registry ``host[:port]`` an image reference names, None for Docker Hub. Pure."""
+    first, sep, _rest = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+        return first
+    return None
+
+
+def nameservers(text: str) -> list[str]:
+    """The ``nameserver`` addresses of a resolv.conf. Pure."""
+    found = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            found.append(words[1].split("%")[0])
+    return found
+
+
+def daemon_allowances(
+    registries: Iterable[str], resolv_conf: Path = Path("/etc/resolv.conf")
+) -> list[Allowance]:
+    """DNS to the host's resolvers and the addresses of ``registries`` (resolved now)."""
+    out: list[Allowance] = []
+    with contextlib.suppress(OSError):
+        for server in nameservers(resolv_conf.read_text()):
+            with contextlib.suppress(ValueError):
+                addr = ipaddress.ip_address(server)
+                out += [(addr, "udp", 53), (addr, "tcp", 53)]
+    for registry in registries:
+        host, ports = registry_host_port(registry)
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        except OSError as e:
+            log.warning("allowed registry %s does not resolve (%s): not allowed", registry, e)
+            continue
+        for info in infos:
+            with contextlib.suppress(ValueError):
+                addr = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+                out += [(addr, "tcp", port) for port in ports]
+    return out
+
+
+def cgroup2_root(mounts: str | None = None) -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted (``/sys/fs/cgroup`` or, on hybrid hosts,
+    ``/sys/fs/cgroup/unified``), from /proc/self/mounts; None without one."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
+
+
+def uplinks6() -> list[str]:
+    try:
+        routes = json.loads(_run("ip", "-6", "-j", "route", "show", "default").stdout or "[]")
+    except NetworkError:
+        return []
+    return sorted({r["dev"] for r in routes if r.get("dev")})
+
+
+def apply_daemon_isolation(
+    net: UserNetwork, cgroup: str | None, allow: Iterable[Allowance]
+) -> bool:
+    """Install the ``RDH-OUTPUT`` rules of the daemon in cgroup v2 group ``cgroup``; False (and
+    a warning) when there is no such group to match.
+
+    A rule holds the group it was added for, not its path: a group removed and made again (the
+    daemon stopped and started) is not matched by the old rules. So every rule also carries the
+    group's inode and a digest of the rule set as a second comment; rules with another one are
+    replaced, the new set going in before the old one is deleted (never a moment without rules).
+    """
+    root = cgroup2_root()
+    group = root / cgroup if root is not None and cgroup else None
+    try:
+        ino = group.stat().st_ino if group is not None else None
+    except OSError:
+        ino = None
+    if ino is None:
+        log.warning(
+            "net %s: no cgroup v2 group %s for the daemon: its own traffic is not isolated",
+            net.net_id,
+            cgroup,
+        )
+        return False
+    families = (4, 6) if _have_ip6tables() else (4,)
+    rules = [
+        (f, r) for f, r in daemon_rules(net, cgroup, uplinks(), uplinks6(), allow) if f in families
+    ]
+    digest = hashlib.sha256(repr(rules).encode()).hexdigest()[:10]
+    version = f"rdh-set:{ino}.{digest}"
+    tagged = [
+        (f, [*r, "-m", "comment", "--comment", net.tag, "-m", "comment", "--comment", version])
+        for f, r in rules
+    ]
+    with _rules_locked():
+        for family in families:
+            _ensure_output_chain(family)
+        if all(
+            _iptables(f, "filter", "-C", OUTPUT_CHAIN, *r, check=False).returncode == 0
+            for f, r in tagged
+        ):
+            return True
+        for family in families:  # a partial set of this version (tampered with): start over
+            _remove_tagged(family, "filter", OUTPUT_CHAIN, net.net_id, version, only_marked=True)
+        for family, rule in tagged:
+            _iptables(family, "filter", "-A", OUTPUT_CHAIN, *rule)
+        for family in families:
+            _remove_tagged(family, "filter", OUTPUT_CHAIN, net.net_id, version)
+    return True
+
+
+def _ensure_output_chain(family: int) -> None:
+    _iptables(family, "filter", "-N", OUTPUT_CHAIN, check=False)
+    hooked = _iptables(family, "filter", "-C", "OUTPUT", "-j", OUTPUT_CHAIN, check=False)
+    if hooked.returncode:
+        _iptables(family, "filter", "-I", "OUTPUT", "1", "-j", OUTPUT_CHAIN)

@@ -255,6 +255,11 @@ class DaemonSupervisor(abc.ABC):
     def apply_limits(self, spec: DaemonSpec) -> None:  # noqa: B027 - optional hook
         """Update the limits of a running daemon's groups (after a template switch)."""
 
+    def daemon_cgroup(self, spec: DaemonSpec) -> str | None:
+        """The daemon's cgroup v2 group relative to the v2 root, which the rules for the daemon's
+        own traffic match (``network.apply_daemon_isolation``); None when there is none."""
+        return None
+
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         if not getattr(cls, "__abstractmethods__", None) and not cls.name:

@@ -12,6 +12,11 @@ Cgroups (v2 where the unified hierarchy has controllers, else v1 per controller)
 
 The memory limit sits on the containers' group only: a limit shared with dockerd would let the
 OOM killer take the daemon down with the user's containers.
+
+On hybrid hosts (v1 controllers, the v2 hierarchy mounted at ``/sys/fs/cgroup/unified``) the
+daemon also joins ``rediacc.slice/hub-<u>-<net_id>/daemon`` there: the network rules for the
+daemon's own traffic match that v2 group (``network.apply_daemon_isolation``). CRIU, which runc
+starts from the daemon's group, moves to the sibling v2 group ``criu`` (``criu_wrapper``).
 """
 
 from __future__ import annotations
@@ -67,6 +72,44 @@ class Cgroups:
             self.available = set(unified.read_text().split())
         else:
             self.available = {c for c in V1_CONTROLLERS if (root / c / "cgroup.procs").exists()}
+        # the v2 hierarchy, for matching the daemon's sockets (none on pure v1 hosts)
+        self.unified: Path | None = root
+        if not self.v2:
+            hybrid = root / "unified"
+            self.unified = hybrid if (hybrid / "cgroup.procs").exists() else None
+
+    def daemon_cgroup(self, user: str) -> str | None:
+        """The daemon's group relative to the v2 root (what ``iptables -m cgroup --path`` takes),
+        None without a v2 hierarchy."""
+        if self.unified is None:
+            return None
+        return group_path(user).lstrip("/") + "/daemon"
+
+    def criu_dir(self, user: str) -> Path | None:
+        """The v2 group CRIU moves to (``criu_wrapper``), beside ``daemon``, not under it."""
+        if self.unified is None:
+            return None
+        return self.unified / group_path(user).lstrip("/") / "criu"
+
+    def _unified_daemon_dir(self, user: str) -> Path | None:
+        if self.v2 or self.unified is None:
+            return None  # on v2 the daemon group is among dirs() already
+        return self.unified / group_path(user).lstrip("/") / "daemon"
+
+    def join_daemon(self, user: str) -> None:
+        """Move the processes of the user's v1 daemon group into its v2 daemon group (a daemon
+        started before the v2 group existed, adopted after a hub upgrade)."""
+        target = self._unified_daemon_dir(user)
+        if target is None:
+            return
+        target.mkdir(parents=True, exist_ok=True)
+        pids: set[int] = set()
+        for base in self.dirs(user, "daemon"):
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in (base / "cgroup.procs").read_text().split())
+        for pid in sorted(pids):
+            with contextlib.suppress(OSError):  # exited meanwhile
+                (target / "cgroup.procs").write_text(str(pid))
 
     def dirs(self, user: str, leaf: str = "") -> list[Path]:
         rel = group_path(user).lstrip("/") + (f"/{leaf}" if leaf else "")
@@ -85,7 +128,7 @@ class Cgroups:
             enable = " ".join(f"+{c}" for c in wanted)
             slice_dir = self.root / SLICE
             top = self.root / group_path(user).lstrip("/")
-            for d in (slice_dir, top, top / "daemon", top / "containers"):
+            for d in (slice_dir, top, top / "daemon", top / "containers", top / "criu"):
                 d.mkdir(exist_ok=True)
             for d in (self.root, slice_dir, top):
                 if enable:
@@ -95,10 +138,16 @@ class Cgroups:
             for base in self.dirs(user):
                 (base / "daemon").mkdir(parents=True, exist_ok=True)
                 (base / "containers").mkdir(parents=True, exist_ok=True)
+            unified = self._unified_daemon_dir(user)
+            if unified is not None:
+                unified.mkdir(parents=True, exist_ok=True)
+                (unified.parent / "criu").mkdir(exist_ok=True)
 
     def procs_files(self, user: str) -> list[Path]:
         """Where the daemon's PID is written before it execs dockerd."""
-        return [d / "cgroup.procs" for d in self.dirs(user, "daemon")]
+        unified = self._unified_daemon_dir(user)
+        extra = [unified / "cgroup.procs"] if unified is not None else []
+        return [d / "cgroup.procs" for d in self.dirs(user, "daemon")] + extra
 
     def apply(self, user: str, cpus: float | None, memory: int | None, pids: int | None) -> None:
         if self.v2:
@@ -195,6 +244,34 @@ class Cgroups:
             ) from None
 
 
+def criu_wrapper(spec: DaemonSpec, group: Path) -> Path:
+    """Write ``<exec-root>/bin/criu``, first on dockerd's PATH; returns its directory.
+
+    runc runs CRIU from the daemon's group, whose own connections ``RDH-OUTPUT`` rejects on
+    loopback; CRIU's start-up check of TCP repair connects to itself on 127.0.0.1 and fails
+    there ("kerndat_tcp_repair failed"). The wrapper moves CRIU into the sibling group ``criu``
+    first: it works on the container's namespaces, which the user cannot steer (checkpoints are
+    the hub's only), so it needs no network limit.
+    """
+    bindir = spec.exec_root / "bin"
+    bindir.mkdir(exist_ok=True, mode=0o700)
+    procs = shlex.quote(str(group / "cgroup.procs"))
+    path = shlex.quote(dockerd_env(spec)["PATH"])
+    text = (
+        "#!/bin/sh\n"
+        "# written by the hub (hubcontrol.supervisor.local.criu_wrapper)\n"
+        f"echo $$ > {procs} 2>/dev/null\n"
+        f'PATH={path} exec criu "$@"\n'
+    )
+    wrapper = bindir / "criu"
+    if not wrapper.exists() or wrapper.read_text() != text:
+        tmp = bindir / "criu.tmp"
+        tmp.write_text(text)
+        tmp.chmod(0o700)
+        os.replace(tmp, wrapper)
+    return bindir
+
+
 def _pid_state(pid: int) -> str | None:
     """The process state letter from /proc, or None when there is no such process."""
     try:
@@ -266,7 +343,14 @@ class LocalSupervisor(DaemonSupervisor):
         return self.pid(spec) is not None
 
     def adopt(self, spec: DaemonSpec) -> bool:
-        return self.is_running(spec)
+        if not self.is_running(spec):
+            return False
+        self.cgroups.join_daemon(_group(spec))
+        return True
+
+    def daemon_cgroup(self, spec: DaemonSpec) -> str | None:
+        """The daemon's cgroup v2 group, relative to the v2 root (for the OUTPUT rules)."""
+        return self.cgroups.daemon_cgroup(_group(spec))
 
     def container_cgroup_parent(self, spec: DaemonSpec) -> str | None:
         return f"{group_path(_group(spec))}/containers"
@@ -310,6 +394,10 @@ class LocalSupervisor(DaemonSupervisor):
             f"echo $$ > {shlex.quote(str(launcher))}; "
             f'for f in {joins}; do echo $$ > "$f" || exit 97; done; exec "$@"'
         )
+        env = dockerd_env(spec)
+        criu = self.cgroups.criu_dir(_group(spec))
+        if criu is not None:
+            env["PATH"] = f"{criu_wrapper(spec, criu)}:{env['PATH']}"
         # setsid --fork: dockerd is not our child, so it outlives the hub and is never a zombie
         # of ours; its output goes to its log file.
         argv = ["setsid", "--fork", "/bin/sh", "-c", script, "sh", *dockerd_argv(spec)]
@@ -320,7 +408,7 @@ class LocalSupervisor(DaemonSupervisor):
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=dockerd_env(spec),
+                env=env,
                 check=True,
                 close_fds=True,
             )

@@ -47,6 +47,13 @@ def slice_name(user: str) -> str:
     return f"rediacc-hub-{escape(user)}.slice"
 
 
+def daemon_cgroup_path(user: str) -> str:
+    """The daemon unit's cgroup, relative to the v2 root (``iptables -m cgroup --path``): a
+    service in ``Slice=rediacc.slice`` lives at ``rediacc.slice/<unit>``, with containerd and the
+    shims it spawns."""
+    return f"{SLICE}/{service_name(user)}"
+
+
 def _quote(arg: str) -> str:
     # systemd's ExecStart= quoting is close to the shell's for plain arguments; "%" and "$" are
     # specifiers/variables there and must be doubled.
@@ -153,6 +160,9 @@ class SystemdSupervisor(DaemonSupervisor):
 
     def container_cgroup_parent(self, spec: DaemonSpec) -> str | None:
         return slice_name(spec.user)
+
+    def daemon_cgroup(self, spec: DaemonSpec) -> str | None:
+        return daemon_cgroup_path(spec.user)
 
     def apply_limits(self, spec: DaemonSpec) -> None:
         props = []

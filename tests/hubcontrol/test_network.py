@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import os
+import socket
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +189,153 @@ def test_concurrent_hubs_hook_the_chains_once(claimed_net):
     assert _rules("filter", network.FORWARD_CHAIN).count(claimed_net.tag) == 5 + len(
         network.uplinks()
     )
+
+
+# -- the daemon's own traffic (RDH-OUTPUT) ---------------------------------------------------
+
+LOOPBACK_DNS = ipaddress.ip_address("127.0.0.53")
+REGISTRY = ipaddress.ip_address("127.0.0.1")
+
+
+def test_daemon_rules_reject_other_users_and_the_host_but_allow_dns_and_registries():
+    net = network.user_network(32768 + 64 * 3, POOL)
+    allow = [(LOOPBACK_DNS, "udp", 53), (REGISTRY, "tcp", 5000), (LOOPBACK_DNS, "udp", 53)]
+    cg = "rediacc.slice/hub-alice-32960/daemon"
+    rules = network.daemon_rules(net, cg, ["eth0"], ["eth0"], allow)
+    v4 = [" ".join(r) for f, r in rules if f == 4]
+    v6 = [" ".join(r) for f, r in rules if f == 6]
+    assert all(r.startswith(f"-m cgroup --path {cg} ") for r in v4 + v6)
+    tails = [r.removeprefix(f"-m cgroup --path {cg} ") for r in v4]
+    assert tails == [
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        f"-d {net.block} -j RETURN",  # the user's own block (docker-proxy, own service)
+        "-d 127.0.0.1/32 -p tcp -m tcp --dport 5000 -j RETURN",
+        "-d 127.0.0.53/32 -p udp -m udp --dport 53 -j RETURN",  # once, though given twice
+        f"-d {POOL} -j REJECT",  # every other user
+        "-o eth0 -j RETURN",  # the world
+        "-j REJECT",  # loopback, the host's addresses, other local networks
+    ]
+    assert [r.removeprefix(f"-m cgroup --path {cg} ") for r in v6] == [
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j RETURN",
+        "-o eth0 -j RETURN",
+        "-j REJECT",
+    ]
+    # without an uplink, nothing but the allowances and the own block
+    bare = network.daemon_rules(net, cg)
+    assert not any("-o" in r for _f, r in bare)
+
+
+@pytest.mark.parametrize(
+    ("registry", "host", "ports"),
+    [
+        ("127.0.0.1:5000", "127.0.0.1", [5000]),
+        ("registry.example.com", "registry.example.com", [443, 80]),
+        ("localhost:5000/", "localhost", [5000]),
+        ("[::1]:5000", "::1", [5000]),
+        ("[::1]", "::1", [443, 80]),
+    ],
+)
+def test_registry_host_port(registry, host, ports):
+    assert network.registry_host_port(registry) == (host, ports)
+
+
+def test_a_bad_registry_port_is_refused():
+    with pytest.raises(NetworkError) as e:
+        network.registry_host_port("127.0.0.1:http")
+    assert "invalid port" in e.value.log_message and "127.0.0.1:http" in e.value.log_message
+
+
+@pytest.mark.parametrize(
+    ("image", "registry"),
+    [
+        ("busybox", None),
+        ("library/busybox:1", None),
+        ("127.0.0.1:5000/hub/env:1", "127.0.0.1:5000"),
+        ("localhost/env", "localhost"),
+        ("ghcr.io/rediacc/env@sha256:abc", "ghcr.io"),
+    ],
+)
+def test_image_registry(image, registry):
+    assert network.image_registry(image) == registry
+
+
+def test_nameservers_and_cgroup2_root():
+    conf = "# comment\nnameserver 127.0.0.53\nsearch x\nnameserver fe80::1%eth0\noptions edns0\n"
+    assert network.nameservers(conf) == ["127.0.0.53", "fe80::1"]
+    hybrid = (
+        "cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n"
+        "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n"
+    )
+    assert str(network.cgroup2_root(hybrid)) == "/sys/fs/cgroup/unified"
+    assert str(network.cgroup2_root("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n")) == "/sys/fs/cgroup"
+    assert network.cgroup2_root("cgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n") is None
+
+
+def _connects_from(procs: Path | None, port: int) -> bool:
+    """Whether a process in the cgroup of ``procs`` (None: ours) connects to 127.0.0.1:port."""
+    probe = (
+        "import socket,sys\n"
+        "try: socket.create_connection(('127.0.0.1', int(sys.argv[1])), 3).close()\n"
+        "except OSError: sys.exit(1)\n"
+    )
+    join = f'echo $$ > "{procs}" && ' if procs else ""
+    argv = ["sh", "-c", f'{join}exec "$@"', "sh", sys.executable, "-c", probe, str(port)]
+    return subprocess.run(argv, capture_output=True).returncode == 0
+
+
+@contextlib.contextmanager
+def _listener():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield s.getsockname()[1]
+
+
+@pytest.mark.docker
+def test_daemon_rules_match_its_cgroup_and_follow_a_recreated_group(claimed_net):
+    """A process in the daemon's v2 group cannot reach a loopback listener except an allowed
+    one; others still can; a re-made group (daemon restart) gets working rules again; the rules
+    go with the user's others."""
+    net = claimed_net
+    root = network.cgroup2_root()
+    if root is None:
+        pytest.fail("no cgroup v2 hierarchy mounted (needed for the daemon's rules)")
+    rel = f"rediacc.slice/hub-nettest{os.getpid()}-{net.net_id}/daemon"
+    group = root / rel
+    try:
+        with _listener() as blocked, _listener() as registry:
+            allow = [(REGISTRY, "tcp", registry)]
+            for _round in range(2):  # the second time in a group made again
+                group.mkdir(parents=True)
+                assert network.apply_daemon_isolation(net, rel, allow)
+                assert network.apply_daemon_isolation(net, rel, allow)  # idempotent
+                listing = _rules("filter", network.OUTPUT_CHAIN)
+                rules = network.daemon_rules(net, rel, network.uplinks(), allow=allow)
+                assert listing.count(net.tag) == len([r for f, r in rules if f == 4])
+                assert listing.count(f"rdh-set:{group.stat().st_ino}.") == listing.count(net.tag)
+                procs = group / "cgroup.procs"
+                assert not _connects_from(procs, blocked)
+                assert _connects_from(procs, registry)
+                assert _connects_from(None, blocked)  # the rules are the daemon's only
+                group.rmdir()
+            assert (
+                "-j RDH-OUTPUT"
+                in subprocess.run(
+                    ["iptables", "-S", "OUTPUT"], capture_output=True, text=True
+                ).stdout
+            )
+            network.remove_isolation(net.net_id)
+            assert net.tag not in _rules("filter", network.OUTPUT_CHAIN)
+            six = subprocess.run(
+                ["ip6tables", "-S", network.OUTPUT_CHAIN], capture_output=True, text=True
+            ).stdout
+            assert net.tag not in six
+    finally:
+        for d in (group, group.parent):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+def test_no_v2_group_means_no_rules_and_a_warning(claimed_net, caplog):
+    assert not network.apply_daemon_isolation(claimed_net, None, [])
+    assert "not isolated" in caplog.text

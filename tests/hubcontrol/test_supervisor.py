@@ -120,6 +120,10 @@ def test_systemd_units_as_text(tmp_path):
         "[Slice]" in slice_text and "MemoryMax=8G" in slice_text and "CPUQuota=200%" in slice_text
     )
     assert "TasksMax=4096" in slice_text
+    # the daemon's own traffic is matched by the unit's cgroup (the OUTPUT rules)
+    assert sd.SystemdSupervisor().daemon_cgroup(spec) == (
+        "rediacc.slice/rediacc-hub-dockerd-jean-luc.service"
+    )
     cfg = sd.daemon_json(spec)
     assert cfg["cgroup-parent"] == "rediacc-hub-jean\\x2dluc.slice"
     assert cfg["exec-opts"] == ["native.cgroupdriver=systemd"]
@@ -181,13 +185,29 @@ def test_local_daemon_lifecycle_cgroups_and_adoption(live_spec):
     # dockerd and containerd sit in the daemon group, without a memory limit
     cgroups = Path(f"/proc/{pid}/cgroup").read_text()
     assert f"rediacc.slice/hub-{spec.user}-{spec.net_id}/daemon" in cgroups
+    # ... in the v2 hierarchy too (on hybrid hosts as well), which the OUTPUT rules match
+    v2 = supervisor.daemon_cgroup(spec)
+    assert v2 == f"rediacc.slice/hub-{spec.user}-{spec.net_id}/daemon"
+    assert f"0::/{v2}\n" in cgroups
+    children = [
+        c for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()
+    ]  # fmt: skip - containerd
+    assert children and all(
+        f"0::/{v2}\n" in Path(f"/proc/{c}/cgroup").read_text() for c in children
+    )
     limits = supervisor.describe(spec)["limits"]
     assert limits.get("cpu.max", limits.get("cpu.cfs_quota_us", "")).startswith("150000")
     assert limits.get("memory.max", limits.get("memory.limit_in_bytes")) == str(300 << 20)
     assert limits.get("pids.max") == "500"
     # the daemon is not our child: a new supervisor (a restarted hub) adopts it, start is a no-op
+    # (a daemon an older hub started outside the v2 group is moved into it when adopted)
+    root = network.cgroup2_root()
+    for p in [pid, *children]:
+        (root / "cgroup.procs").write_text(str(p))
+    assert f"0::/{v2}\n" not in Path(f"/proc/{pid}/cgroup").read_text()
     fresh = LocalSupervisor()
     assert fresh.adopt(spec) and fresh.describe(spec)["pid"] == pid
+    assert all(f"0::/{v2}\n" in Path(f"/proc/{p}/cgroup").read_text() for p in [pid, *children])
     fresh.start(spec)
     assert fresh.describe(spec)["pid"] == pid
     fresh.stop(spec)

@@ -10,11 +10,14 @@ and a new start."""
 from __future__ import annotations
 
 import contextlib
+import http.server
 import io
 import os
 import socket
 import tarfile
+import threading
 import time
+import urllib.request
 
 import docker
 import pytest
@@ -23,6 +26,7 @@ from anyio.from_thread import start_blocking_portal
 from hubcontrol.embed import SyncHub
 from hubcontrol.hub import Hub
 from tests.hubcontrol._hubcore import HOST_SOCKET, env_rootfs_tar, make_config, unique_user
+from tests.hubcontrol.test_audit_stream import registry  # noqa: F401 - a fixture
 
 pytestmark = [
     pytest.mark.docker,
@@ -297,11 +301,6 @@ def test_checkpoint_and_restore_with_the_policy_in_place(tmp_path, image):
             hub.engine.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (docs/security.md): the daemon fetches ADD <url> from the host's network, "
-    "outside the per-user iptables chains; needs an OUTPUT rule per daemon cgroup",
-)
 def test_build_cannot_fetch_another_users_service(two_users):
     """Alice's daemon, as root on the host, would fetch Bob's unauthenticated service for her."""
     hub, alice, bob, image = two_users
@@ -312,6 +311,78 @@ def test_build_cannot_fetch_another_users_service(two_users):
         "docker build -q -t stolen . && docker run --rm stolen cat /stolen"
     )
     assert "bob-secret" not in out, "alice's build read bob's service"
+    assert code != 0 and "connection refused" in out.lower(), out  # refused, not failed otherwise
+    # the control: the same build from alice's own service (her own block) works
+    alice.container.exec_run(["sh", "-c", "echo alice-own > /home/vscode/own"], user="root")
+    code, out = alice.sh(
+        "cd /workspace/steal && "
+        f"printf 'FROM {image}\nADD http://{alice.env.service_ip}:8080/own /own\n' > Dockerfile && "
+        "docker build -q -t own . && docker run --rm own cat /own"
+    )
+    assert code == 0 and "alice-own" in out, out
+
+
+@contextlib.contextmanager
+def loopback_listener():
+    """An HTTP server on 127.0.0.1 (a host service no user may reach); yields its port."""
+    body = b"host-only-secret\n"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_daemon_cannot_reach_host_loopback_but_pulls_from_the_allowed_registry(
+    tmp_path,
+    image,
+    registry,  # noqa: F811
+):
+    """The daemon's own connections (a build's ADD) to a host loopback service are refused by
+    RDH-OUTPUT, while a pull from the local registry the operator allows still works."""
+    host = docker.DockerClient(base_url=f"unix://{HOST_SOCKET}", version="1.41", timeout=120)
+    remote = f"{registry}/{unique_user('reg')}/env"
+    host.images.get(image).tag(remote, "1")
+    try:
+        for line in host.api.push(remote, "1", stream=True, decode=True):
+            assert "error" not in line, line
+        with loopback_listener() as port, policy_hub(tmp_path, image) as hub:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                assert r.read() == b"host-only-secret\n"  # the control: the service is up
+            hub.hub.policy_sockets.allowed_registries = (registry,)
+            env = Env(hub, unique_user("loop"))
+            try:
+                code, out = env.sh(
+                    f"docker pull -q {remote}:1 && docker run --rm {remote}:1 echo pulled-ok"
+                )
+                assert code == 0 and "pulled-ok" in out, out
+                code, out = env.sh(
+                    "mkdir -p /workspace/lo && cd /workspace/lo && "
+                    f"printf 'FROM {image}\nADD http://127.0.0.1:{port}/ /got\n' > Dockerfile && "
+                    "docker build -q -t lo . && docker run --rm lo cat /got"
+                )
+                assert "host-only-secret" not in out, "the daemon fetched a host loopback service"
+                assert code != 0 and "connection refused" in out.lower(), out
+            finally:
+                env.close()
+    finally:
+        with contextlib.suppress(docker.errors.DockerException):
+            host.images.remove(f"{remote}:1")
+        host.close()
 
 
 def test_docker_sessions_survive_a_hub_restart(tmp_path, image):

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.browser import launch_chromium
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 VENDOR = ROOT.parent / "shared" / "vendor" / "criu"
@@ -323,18 +325,7 @@ def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_pat
         url = f"http://term.localhost:{port}/"
         assert f"Open       {url}" in started.stdout
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path="/usr/bin/chromium",
-                args=[
-                    "--no-sandbox",
-                    "--headless",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                ],
-            )
+            browser = launch_chromium(p)
             try:
                 page = browser.new_page()
                 page.goto(url)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.hubprocess import CLIENT_SECRET, ROUTES, new_site
+from tests.support.browser import launch_chromium
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 pytestmark = [
@@ -30,15 +31,6 @@ pytestmark = [
 ]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 DOMAINS = ("localhost", "example.test")
 GROUPS = {"alice": ["dev"], "bob": ["dev", "ops"], "carol": ["dev"], "mallory": ["guests"]}
 
@@ -67,10 +59,7 @@ def chromium():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=[*CHROMIUM_ARGS, "--host-resolver-rules=MAP *.example.test 127.0.0.1"],
-        )
+        browser = launch_chromium(p, "--host-resolver-rules=MAP *.example.test 127.0.0.1")
         try:
             yield browser
         finally:

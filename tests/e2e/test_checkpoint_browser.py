@@ -26,6 +26,7 @@ import pytest
 
 from hubcontrol.checkpoint import IO_URING_SYSCTL
 from tests.e2e.hubprocess import CLIENT_SECRET, ENV_IMAGE, ROUTES, HubSite, new_site
+from tests.support.browser import launch_chromium
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 pytestmark = [
@@ -38,15 +39,6 @@ pytestmark = [
 ]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 IDLE_TIMEOUT = 8  # seconds
 COMMAND = (
     "ttyd --writable -t rendererType=dom --port 7681 bash & "
@@ -131,7 +123,7 @@ def chromium():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch_chromium(p)
         try:
             yield browser
         finally:

@@ -39,16 +39,22 @@ CLIENT_SECRET = "e2e-client-secret"
 SESSION_SECRET = "5e" * 32
 
 
-def labels_file(path: Path) -> Path:
+def labels_file(
+    path: Path,
+    *,
+    user: str = "vscode",
+    extra: tuple[str, ...] = (f'rediacc.hub.templates.alt.command: "{ALT_COMMAND}"',),
+) -> Path:
+    """The e2e hubs' hub.labels.yaml: the routes and the ttyd template, plus ``extra`` labels."""
     lines = ["version: 1", "service: hub", "labels:"]
     lines += [f'  rediacc.hub.route.{p}: "{port}"' for p, port in ROUTES.items()]
     lines += [
         f"  rediacc.hub.image: {ENV_IMAGE}",
         f'  rediacc.hub.command: "{COMMAND}"',
         "  rediacc.hub.docker: per-user",
-        "  rediacc.hub.user: vscode",
-        f'  rediacc.hub.templates.alt.command: "{ALT_COMMAND}"',
+        f"  rediacc.hub.user: {user}",
     ]
+    lines += [f"  {label}" for label in extra]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from hubcontrol.checkpoint import IO_URING_SYSCTL
-from tests.e2e.hubprocess import CLIENT_SECRET, ENV_IMAGE, ROUTES, HubSite, new_site
+from tests.e2e.hubprocess import CLIENT_SECRET, ROUTES, HubSite, labels_file, new_site
 from tests.support.browser import launch_chromium
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
@@ -62,19 +62,16 @@ class CheckpointSite(HubSite):
 
 
 def labels(path: Path) -> Path:
-    lines = ["version: 1", "service: hub", "labels:"]
-    lines += [f'  rediacc.hub.route.{p}: "{port}"' for p, port in ROUTES.items()]
-    lines += [
-        f"  rediacc.hub.image: {ENV_IMAGE}",
-        f'  rediacc.hub.command: "{COMMAND}"',
-        "  rediacc.hub.docker: per-user",
-        "  rediacc.hub.user: root",
-        '  rediacc.hub.checkpoint: "true"',
-        '  rediacc.hub.hook.checkpoint.pre_dump: "echo dumped >> /workspace/hooks.log"',
-        '  rediacc.hub.hook.checkpoint.post_restore: "echo restored >> /workspace/hooks.log"',
-    ]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    # root: CRIU here can only dump processes of root (no CAP_SYS_RESOURCE, docs/checkpoint.md)
+    return labels_file(
+        path,
+        user="root",
+        extra=(
+            'rediacc.hub.checkpoint: "true"',
+            'rediacc.hub.hook.checkpoint.pre_dump: "echo dumped >> /workspace/hooks.log"',
+            'rediacc.hub.hook.checkpoint.post_restore: "echo restored >> /workspace/hooks.log"',
+        ),
+    )
 
 
 @pytest.fixture(scope="module")

@@ -54,8 +54,15 @@ class ProxyMetrics:
         self.logins = Counter("hub_logins_total", "OAuth login callbacks, by outcome", ("outcome",))
         # the scheme and port browsers reach the hub on, for links in token-authenticated answers
         self.last_origin: tuple[str, int | None] | None = None
+        # worker 0 of `hub start --workers N`: merges the other workers' samples in (workers.py)
+        self.fleet = None
 
     def families(self) -> list:
+        own = self.own_families()
+        return own if self.fleet is None else self.fleet.families(own)
+
+    def own_families(self) -> list:
+        """This process's own families (what a worker reports to worker 0)."""
         return [self.requests, self.websockets, self.websockets_open, self.logins]
 
 

@@ -62,6 +62,7 @@ __all__ = [
     "parse_memory_max",
     "parse_size",
     "parse_start_flags",
+    "parse_workers",
 ]
 
 DEFAULT_USER = "vscode"
@@ -157,6 +158,7 @@ class HubConfig:
     state_dir: Path = DEFAULT_STATE_DIR
     user_subnet_pool: str = DEFAULT_USER_SUBNET_POOL
     supervisor: str = "auto"  # "systemd", "local" or "auto" (systemd when PID 1 is systemd)
+    workers: int = 1  # proxy processes on --port; worker 0 also runs the control plane
     # where it came from (set by load_config; informational)
     source: Path | None = None  # the compose file or hub.labels.yaml
     service: str | None = None  # the compose service
@@ -212,6 +214,7 @@ LABELS_FILE_VERSION = 1
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _TEMPLATE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _TRUE = ("true", "1", "yes", "on")
+MAX_WORKERS = 64  # --workers: proxy processes sharing the port
 _FALSE = ("false", "0", "no", "off", "")
 
 
@@ -257,6 +260,11 @@ START_FLAGS: Mapping[str, StartFlag] = MappingProxyType(
                 "user-subnet-pool", "str", "IPv4 pool from which each user's daemon gets a /24"
             ),
             StartFlag("supervisor", "str", "how per-user daemons run: auto, systemd or local"),
+            StartFlag(
+                "workers",
+                "int",
+                f"proxy processes sharing --port (SO_REUSEPORT), 1-{MAX_WORKERS}; also HUB_WORKERS",
+            ),
         )
     }
 )
@@ -277,6 +285,7 @@ ENV_VARIABLES = (
     "HUB_SESSION_SECRET",
     "HUB_ALLOWED_GROUPS",
     "HUB_ADMIN_USERS",
+    "HUB_WORKERS",
 )
 SECRET_VARIABLES = ("HUB_OAUTH_CLIENT_SECRET", "HUB_SESSION_SECRET")
 REDACTED = "***"
@@ -380,6 +389,19 @@ def _parse_abs_path(text: object) -> Path:
     if not s.startswith("/"):
         raise ValueError(f"{text!r} is not an absolute path; expected a path starting with /")
     return Path(s)
+
+
+def parse_workers(text: object) -> int:
+    """``--workers`` (or ``HUB_WORKERS``): how many proxy processes share the port, 1-64."""
+    s = str(text).strip()
+    if isinstance(text, bool) or not re.fullmatch(r"[0-9]+", s):
+        raise ValueError(
+            f"{text!r} is not a whole number; expected 1 to {MAX_WORKERS} (e.g. the number of cores)"
+        )
+    n = int(s)
+    if not 1 <= n <= MAX_WORKERS:
+        raise ValueError(f"{n} is out of range; expected 1 to {MAX_WORKERS}")
+    return n
 
 
 def _parse_int(text: object) -> int:
@@ -760,6 +782,14 @@ def _build(
     flag("state_dir", _parse_abs_path)
     flag("user_subnet_pool", _parse_subnet_pool)
     flag("supervisor", _parse_supervisor)
+    flag("workers", parse_workers)
+    if "workers" not in kwargs and _flag(flags, "workers") is None:
+        variable = (environ.get("HUB_WORKERS") or "").strip()
+        if variable:
+            try:
+                kwargs["workers"] = parse_workers(variable)
+            except ValueError as exc:
+                problems.append(f"variable HUB_WORKERS={variable}: {exc}")
 
     domain = _flag(flags, "base_domain")
     source = "flag --base-domain"
@@ -1123,6 +1153,7 @@ def config_as_dict(config: HubConfig, *, redact: bool = True) -> dict[str, objec
             "state_dir": str(config.state_dir),
             "user_subnet_pool": config.user_subnet_pool,
             "supervisor": config.supervisor,
+            "workers": config.workers,
         },
         "routes": dict(config.routes),
         "default_template": config.default_template,

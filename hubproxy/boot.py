@@ -1,8 +1,9 @@
-"""Bring a configured hub up: session secret, control-plane thread, shared context."""
+"""Bring a configured hub up: session secret, control-plane thread, shared context, proxy."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from hubcontrol.config import HubConfig
 from hubproxy.context import HubContext
@@ -33,3 +34,25 @@ def start_control_plane(config: HubConfig, context: HubContext, hub=None) -> Con
     control = thread.start()
     context.setup(config, control, secret)
     return thread
+
+
+def run_proxy(
+    config: HubConfig, context: HubContext, thread: ControlThread, start_args: Sequence[str] = ()
+) -> None:
+    """Proxy on ``config.port`` until SIGTERM/SIGINT or the control plane ends (``hub start``).
+
+    With ``config.workers`` > 1 this process is worker 0 and keeps the other workers running
+    (hubproxy/workers.py); they read the same ``start_args`` (the ``hub start`` flags). One worker
+    is exactly the single-process hub: no extra process, socket option or link.
+    """
+    from hubproxy.master import run_loop, serve
+
+    if config.workers > 1:
+        from hubproxy.workers import serve_with_workers
+
+        run_loop(
+            serve_with_workers(context, config, start_args, stop_when=thread.run_future),
+            reuse_port=config.port,
+        )
+    else:
+        run_loop(serve(context, config.port, stop_when=thread.run_future))

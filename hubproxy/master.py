@@ -2,6 +2,11 @@
 
 mitmdump dispatches every hook to ~35 default addons; this master runs the proxy server, layer
 detection and the hub's own addons only (about 2.4x the requests per second, see BRIEF).
+
+``hub start --workers N`` runs one such master per process, all on the same port:
+``run_loop(..., reuse_port=port)`` gives them an event loop that opens that port with
+``SO_REUSEPORT`` (mitmproxy has no option for it), and the kernel spreads new connections across
+the processes (hubproxy/workers.py).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
 
 from mitmproxy import options
@@ -18,6 +24,7 @@ from mitmproxy.master import Master
 
 from hubproxy.context import HubContext
 from hubproxy.dispatch import CachedAddonManager
+from hubproxy.metrics import Metrics, ProxyMetrics
 from hubproxy.pipeline import PROXY_OPTIONS, hub_addons
 
 log = logging.getLogger("hubproxy")
@@ -26,8 +33,41 @@ log = logging.getLogger("hubproxy")
 PLACEHOLDER_TARGET = "http://127.0.0.1:1"
 
 
-def make_master(context: HubContext, port: int, listen_host: str = "") -> Master:
-    """A master listening on ``listen_host:port``; call inside a running event loop."""
+class ReusePortLoop(asyncio.SelectorEventLoop):
+    """An event loop whose listening sockets on ``port`` get ``SO_REUSEPORT``, so several
+    processes serve one port; listeners on other ports are opened as usual."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.reuse_port = port
+
+    async def create_server(self, protocol_factory, host=None, port=None, **kwargs):
+        if port == self.reuse_port:
+            kwargs["reuse_port"] = True
+        return await super().create_server(protocol_factory, host, port, **kwargs)
+
+
+def run_loop(main: Coroutine, reuse_port: int | None = None):
+    """``asyncio.run(main)``, on a ``ReusePortLoop`` for port ``reuse_port`` when given."""
+    if reuse_port is None:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=lambda: ReusePortLoop(reuse_port)) as runner:
+        return runner.run(main)
+
+
+def make_master(
+    context: HubContext,
+    port: int,
+    listen_host: str = "",
+    *,
+    before: Sequence = (),
+    modes: Sequence[str] = (),
+) -> Master:
+    """A master listening on ``listen_host:port``; call inside a running event loop.
+
+    ``before``: addons that run ahead of the hub's (the workers' forwarding and trust checks);
+    ``modes``: further mitmproxy listen modes (worker 0's private listener).
+    """
     opts = options.Options()
     master = Master(opts)
     # handlers looked up once per hook name, not per event (bench: see docs/performance.md)
@@ -36,14 +76,23 @@ def make_master(context: HubContext, port: int, listen_host: str = "") -> Master
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
         proxyserver.Proxyserver(),
         next_layer.NextLayer(),
+        *before,
         *hub_addons(context),
     )
     opts.update(
-        mode=[f"reverse:{PLACEHOLDER_TARGET}@{port}"],
+        mode=[f"reverse:{PLACEHOLDER_TARGET}@{port}", *modes],
         listen_host=listen_host,
         **PROXY_OPTIONS,
     )
     return master
+
+
+def proxy_metrics(master: Master) -> ProxyMetrics:
+    """The request path's counters of ``master`` (shared by its hub addons)."""
+    for addon in master.addons.chain:
+        if isinstance(addon, Metrics):
+            return addon.metrics
+    raise LookupError("the master has no hub Metrics addon")
 
 
 async def run_master(master: Master) -> None:
@@ -71,12 +120,19 @@ async def run_master(master: Master) -> None:
 
 
 async def serve(
-    context: HubContext, port: int, listen_host: str = "", stop_when: Future | None = None
+    context: HubContext,
+    port: int,
+    listen_host: str = "",
+    stop_when: Future | None = None,
+    *,
+    before: Sequence = (),
+    modes: Sequence[str] = (),
 ) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop_when`` completes, e.g. the control plane died);
-    stopping the proxy leaves user environments alone."""
+    stopping the proxy leaves user environments alone. ``before`` and ``modes``: see
+    ``make_master``."""
     handlers = list(logging.getLogger().handlers)
-    master = make_master(context, port, listen_host)
+    master = make_master(context, port, listen_host, before=before, modes=modes)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, master.shutdown)

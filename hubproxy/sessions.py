@@ -4,6 +4,10 @@ The cookie only names a session (user, id, expiry, signature); this store holds 
 lists never travel to the browser and logout really ends a session (a copied cookie stops working).
 The store is a small JSON file (0600) in the state directory, rewritten on every change, so a hub
 restart keeps everyone logged in.
+
+Under ``hub start --workers N`` only worker 0 creates and ends sessions (every ``/_hub/`` request
+is forwarded to it); ``listeners`` tell it what changed, and each other worker keeps a replica
+(``SessionStore.replica``, no file) that ``apply`` updates from worker 0's broadcasts.
 """
 
 from __future__ import annotations
@@ -36,11 +40,16 @@ class Session:
     admin: bool = False
 
 
+# ``listener(added, removed_sids)``: called after every change, on the caller's thread
+Listener = Callable[[list[Session], list[str]], None]
+
+
 @dataclass
 class SessionStore:
     path: Path | None
     clock: Callable[[], float] = time.time
     _sessions: dict[str, Session] = field(default_factory=dict)
+    listeners: list[Listener] = field(default_factory=list)
 
     @classmethod
     def open(cls, path: Path | None, clock: Callable[[], float] = time.time) -> SessionStore:
@@ -77,8 +86,9 @@ class SessionStore:
             admin=admin,
         )
         self._sessions[session.sid] = session
-        self._purge(now)
+        purged = self._purge(now)
         self._save()
+        self._notify([session], purged)
         return session
 
     def get(self, sid: str, user: str) -> Session | None:
@@ -92,6 +102,7 @@ class SessionStore:
         session = self._sessions.pop(sid, None)
         if session is not None:
             self._save()
+            self._notify([], [sid])
         return session
 
     def revoke_user(self, user: str) -> list[Session]:
@@ -101,14 +112,44 @@ class SessionStore:
             del self._sessions[session.sid]
         if ended:
             self._save()
+            self._notify([], [s.sid for s in ended])
         return ended
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def _purge(self, now: float) -> None:
-        for sid in [sid for sid, s in self._sessions.items() if s.exp <= now]:
+    def sessions(self) -> list[Session]:
+        """Every session held (live or not yet purged)."""
+        return list(self._sessions.values())
+
+    @classmethod
+    def replica(
+        cls, sessions: list[Session], clock: Callable[[], float] = time.time
+    ) -> SessionStore:
+        """A store without a file, kept in step with worker 0's by ``apply``."""
+        store = cls(None, clock)
+        store.apply(sessions, ())
+        return store
+
+    def apply(self, added, removed) -> None:
+        """Take changes made elsewhere (worker 0's broadcast); never written, never notified."""
+        for session in added:
+            self._sessions[session.sid] = session
+        for sid in removed:
+            self._sessions.pop(sid, None)
+
+    def _notify(self, added: list[Session], removed: list[str]) -> None:
+        for listener in self.listeners:
+            try:
+                listener(added, removed)
+            except Exception:  # a listener must not break a login or logout
+                log.exception("session listener failed")
+
+    def _purge(self, now: float) -> list[str]:
+        expired = [sid for sid, s in self._sessions.items() if s.exp <= now]
+        for sid in expired:
             del self._sessions[sid]
+        return expired
 
     def _save(self) -> None:
         if self.path is None:

@@ -9,7 +9,6 @@ and ``hub config check`` read a command line the same way.
 
 from __future__ import annotations
 
-import asyncio
 import faulthandler
 import logging
 import signal
@@ -29,7 +28,9 @@ def start(ctx: typer.Context) -> None:
     """Run the hub: OAuth login, per-user routing and the control plane, on --port (7112).
 
     SIGTERM or Ctrl-C stop the hub; user environments keep running and the next start picks
-    them up. Exit status 2 means the configuration is invalid (every problem is printed).
+    them up. --workers N (or HUB_WORKERS) runs N proxy processes on the port; this one also runs
+    the control plane. Exit status 2 means the configuration is invalid (every problem is
+    printed).
     """
     from hubproxy.pyopt import reexec_optimized
 
@@ -60,9 +61,8 @@ def start(ctx: typer.Context) -> None:
     for noisy in ("httpx", "httpcore", "mitmproxy.proxy.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from hubproxy.boot import start_control_plane
+    from hubproxy.boot import run_proxy, start_control_plane
     from hubproxy.context import HubContext
-    from hubproxy.master import serve
 
     context = HubContext()
     try:
@@ -75,7 +75,7 @@ def start(ctx: typer.Context) -> None:
         print_error(e.user_message)
         raise typer.Exit(EXIT_FAILURE) from None
     try:
-        asyncio.run(serve(context, config.port, stop_when=thread.run_future))
+        run_proxy(config, context, thread, list(ctx.args))
     finally:
         thread.stop()
     failure = thread.failure()

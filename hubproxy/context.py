@@ -18,8 +18,6 @@ from hubproxy.sessions import SessionStore
 if TYPE_CHECKING:
     import asyncio
 
-    from mitmproxy import http
-
     from hubcontrol.config import HubConfig
 
 # flow.metadata keys, set by one addon and read by the ones after it
@@ -58,8 +56,9 @@ class HubContext:
     state_key: bytes = b""
     pkce_key: bytes = b""
     clock: Callable[[], float] = time.time
-    # open WebSockets per session id, closed at logout
-    websockets: dict[str, set[http.HTTPFlow]] = field(default_factory=dict)
+    # open WebSockets per session id, closed at logout: hubproxy.relay.Relay objects, and
+    # mitmproxy WebSocket flows for connections the relay does not take (TLS, HTTP/2)
+    websockets: dict[str, set] = field(default_factory=dict)
     # token endpoint client authentication that worked last ("client_secret_basic"/"_post")
     token_auth_method: str = "client_secret_basic"
 

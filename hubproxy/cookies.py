@@ -161,3 +161,8 @@ def strip_hub_cookies(values: Iterable[str]) -> str | None:
         f"{n}={v}" for n, v in parse_cookie_header(values) if not n.startswith(HUB_COOKIE_PREFIX)
     ]
     return "; ".join(kept) or None
+
+
+def without_hub_set_cookies(values: Iterable[str]) -> list[str]:
+    """The ``Set-Cookie`` values an environment may send: none that sets a hub cookie."""
+    return [c for c in values if not c.strip().startswith(HUB_COOKIE_PREFIX)]

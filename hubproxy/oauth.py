@@ -467,8 +467,14 @@ class OAuthLogin:
 
 
 def close_websockets(context: HubContext, sid: str) -> int:
-    """Close every WebSocket opened with session ``sid``; returns how many."""
-    flows = context.websockets.pop(sid, set())
-    for flow in flows:
-        close_connection(flow)
-    return len(flows)
+    """Close every WebSocket opened with session ``sid`` (relayed ones and mitmproxy WebSocket
+    flows, see ``hubproxy.relay``); returns how many."""
+    from hubproxy.relay import Relay
+
+    live = context.websockets.pop(sid, set())
+    for item in list(live):
+        if isinstance(item, Relay):
+            item.close()
+        else:
+            close_connection(item)
+    return len(live)

@@ -10,6 +10,7 @@ from hubproxy.hostroute import HostRoute
 from hubproxy.hubapi import HubApi
 from hubproxy.metrics import Metrics, ProxyMetrics
 from hubproxy.oauth import OAuthLogin
+from hubproxy.relay import WebSocketRelay
 from hubproxy.router import Router
 from hubproxy.session import SessionCheck
 from hubproxy.statusapi import StatusApi
@@ -25,7 +26,8 @@ PROXY_OPTIONS = {
 
 def hub_addons(context: HubContext) -> list:
     """Health and admin-token API → host → OAuth endpoints → session → status API and
-    dashboard → hub API → router → metrics (observes only) → WebSocket activity."""
+    dashboard → hub API → router → WebSocket relay (takes routed upgrades over) → metrics
+    (observes only) → WebSocket activity (upgrades the relay does not take)."""
     metrics = ProxyMetrics()
     return [
         AdminApi(context, metrics),
@@ -36,6 +38,7 @@ def hub_addons(context: HubContext) -> list:
         Dashboard(context, metrics),
         HubApi(context),
         Router(context),
+        WebSocketRelay(context, metrics),
         Metrics(context, metrics),
         Activity(context),
     ]

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.clients import Endpoint
@@ -70,6 +70,17 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def _json(ep: Endpoint, path: str) -> dict:
+    """The JSON document at ``path`` ({} when it does not answer with one)."""
+    req = urllib.request.Request(f"http://{ep.host}:{ep.port}{path}")
+    req.add_header("Host", ep.host_header)
+    try:
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return json.loads(r.read())
+    except Exception:  # noqa: BLE001 - a hub that is not up yet
+        return {}
+
+
 def wait_http(ep: Endpoint, path: str, timeout: float, proc=None, want=200) -> None:
     deadline = time.monotonic() + timeout
     last = None
@@ -97,8 +108,6 @@ class Contender:
     endpoint: Endpoint
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
-    # further processes of the same contender (workers sharing the port)
-    others: list[subprocess.Popen] = field(default_factory=list)
 
     @property
     def pid(self) -> int | None:
@@ -107,23 +116,23 @@ class Contender:
     def rss_kb(self) -> int | None:
         if self.proc is None:
             return None
-        return sum(rss_kb(p.pid) for p in [self.proc, *self.others])
+        return rss_kb(self.proc.pid)
 
     def cpu_seconds(self) -> float | None:
         if self.proc is None:
             return None
-        return sum(cpu_seconds(p.pid) for p in [self.proc, *self.others])
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
-        procs = [p for p in [self.proc, *self.others] if p is not None and p.poll() is None]
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
     def log_tail(self) -> str:
         if self.log_path and self.log_path.exists():
@@ -240,13 +249,19 @@ def _wait_hub(c: Contender, timeout: float = 90) -> None:
 
 
 def hub_start(
-    site: Site, cookie: str, workdir: Path, name: str = "hub-start", source: Path | None = None
+    site: Site,
+    cookie: str,
+    workdir: Path,
+    name: str = "hub-start",
+    source: Path | None = None,
+    extra: list[str] | None = None,
 ) -> Contender:
-    """``hub start``; ``source`` runs it from another source tree (an A/B baseline, e.g. the
-    previous commit unpacked with ``git archive``) with this checkout's virtualenv."""
+    """``hub start`` (plus ``extra`` flags); ``source`` runs it from another source tree (an A/B
+    baseline, e.g. the previous commit unpacked with ``git archive``) with this checkout's
+    virtualenv."""
     port = free_port()
     argv = [str(ROOT / ".venv/bin/hub"), "start", "--labels", str(site.labels)]
-    argv += ["--env-file", str(site.env_file), f"--port={port}"]
+    argv += ["--env-file", str(site.env_file), f"--port={port}", *(extra or [])]
     argv += [f"--{k.replace('_', '-')}={v}" for k, v in site.flags(f"audit-{name}").items()]
     env = process_env()
     if source is not None:
@@ -259,27 +274,21 @@ def hub_start(
 
 
 def hub_workers(site: Site, cookie: str, workdir: Path, workers: int) -> Contender:
-    """``workers`` complete ``hub start`` processes on one port with ``SO_REUSEPORT``
-    (bench/reuseport.py): the kernel spreads connections across them."""
-    port = free_port()
+    """``hub start --workers N``: worker 0 (control plane and proxy) and N-1 proxy workers on
+    one port with ``SO_REUSEPORT``; the kernel spreads connections across them. Measured once
+    every worker listens (``/_hub/health`` says so). RSS and CPU cover the process tree."""
     name = f"hub-{workers}w"
-    procs = []
-    for i in range(workers):
-        # -O as `hub start` itself runs (hubproxy/pyopt.py); it cannot re-exec this wrapper
-        argv = [str(ROOT / ".venv/bin/python"), "-O", "-m", "bench.reuseport", "start"]
-        argv += ["--labels", str(site.labels), "--env-file", str(site.env_file), f"--port={port}"]
-        flags = site.flags(f"audit-{name}-{i}")
-        argv += [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
-        env = {**process_env(), "PYTHONPATH": str(ROOT), "HUB_PYTHON_OPTIMIZE": "0"}
-        procs.append(_spawn(argv, workdir / f"{name}-{i}.log", env=env))
-    endpoint = Endpoint("127.0.0.1", port, site.host_header, cookie)
-    c = Contender(name, endpoint, procs[0], workdir / f"{name}-0.log", procs[1:])
-    _wait_hub(c)
-    for p in procs[1:]:
-        if p.poll() is not None:
+    c = hub_start(site, cookie, workdir, name=name, extra=[f"--workers={workers}"])
+    health = Endpoint(c.endpoint.host, c.endpoint.port, c.endpoint.host_header)
+    deadline = time.monotonic() + 60
+    while True:
+        ready = _json(health, "/_hub/health").get("workers", {}).get("ready")
+        if ready == workers:
+            return c
+        if time.monotonic() > deadline or c.proc.poll() is not None:
             c.stop()
-            raise RuntimeError(f"{name}: a worker exited with {p.returncode}")
-    return c
+            raise RuntimeError(f"{name}: {ready} of {workers} workers listen\n{c.log_tail()}")
+        time.sleep(0.2)
 
 
 def hub_mitmdump(site: Site, cookie: str, workdir: Path) -> Contender:

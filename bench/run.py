@@ -38,7 +38,7 @@ from bench.site import ROOT, UPSTREAM_PORT, Site, control_plane, destroy_all
 
 MIB = 1024 * 1024
 PROXIES = ("nginx", "chp", "hub-start", "hub-mitmdump")
-# hub-2w: two `hub start` processes on one port (SO_REUSEPORT), the scaling measurement
+# hub-2w: `hub start --workers 2` (two proxy processes on one port), the scaling measurement
 ALL = ("direct", *PROXIES, "hub-2w")
 HUBS = ("hub-start", "hub-mitmdump")
 BEGIN = "<!-- bench:results:begin (written by bench/run.py; edit outside these markers) -->"

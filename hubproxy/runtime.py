@@ -33,6 +33,8 @@ class EmbeddedControlPlane:
         self._running = running
         self._starts: dict[str, asyncio.Future] = {}
         self._templates: dict[str, str | None] = {}
+        # more of the health document (hub start --workers: how many workers serve)
+        self.extra_health: Callable[[], dict] | None = None
 
     def route(self, user: str):
         return self.hub.snapshot().get(user)
@@ -72,11 +74,14 @@ class EmbeddedControlPlane:
 
     def health(self) -> dict:
         ok = self._running()
-        return {
+        health = {
             "ok": ok,
             "control_plane": "running" if ok else "stopped",
             "starting": sorted(self._starts),
         }
+        if self.extra_health is not None:
+            health.update(self.extra_health())
+        return health
 
 
 class ControlThread:

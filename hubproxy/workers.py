@@ -143,9 +143,9 @@ class FleetMetrics:
                 merged.inc(*values, amount=value)
             out.append(merged)
         workers = Gauge(
-            "hub_workers", "Proxy worker processes serving the port (hub start --workers)"
+            "hub_workers", "Proxy processes listening on the port, worker 0 included (--workers)"
         )
-        workers.inc(amount=1 + len(pool.links))
+        workers.inc(amount=1 + len(pool.ready))
         per_worker = Counter(
             "hub_worker_requests_total",
             "Requests proxied to user environments, by the worker process that proxied them",
@@ -211,6 +211,8 @@ class WorkerPool:
         from hubproxy.master import proxy_metrics
 
         proxy_metrics(ctx.master).fleet = FleetMetrics(self)
+        if hasattr(self.context.control, "extra_health"):
+            self.context.control.extra_health = self.health
         self.context.sessions.listeners.append(self._sessions_changed)
         with contextlib.suppress(FileNotFoundError):
             self.link_path.unlink()
@@ -232,6 +234,10 @@ class WorkerPool:
 
     async def done(self) -> None:
         await self.stop()
+
+    def health(self) -> dict:
+        """For ``/_hub/health``: workers listening (worker 0 included) out of ``--workers``."""
+        return {"workers": {"ready": 1 + len(self.ready), "configured": self.count}}
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

@@ -222,7 +222,7 @@ def test_fleet_metrics_sum_workers_and_keep_dead_workers_counts():
 
     class Pool:
         count = 3
-        links = {1: object()}
+        ready = {1}
         samples = {1: {"hub_proxy_requests_total": [(("term", "2xx"), 7.0)],
                        "hub_websockets_open": [(("term",), 2.0)]}}  # fmt: skip
         retired = {2: {"hub_proxy_requests_total": [(("term", "2xx"), 11.0)],
@@ -461,7 +461,7 @@ def hub_process(tmp_path: Path, port: int, issuer: str, term_port: int, workers:
     try:
         yield proc
     finally:
-        kids = children(proc.pid) if proc.poll() is None else []
+        kids = workers_of(tmp_path)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -473,6 +473,19 @@ def hub_process(tmp_path: Path, port: int, issuer: str, term_port: int, workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         log.close()
+
+
+def workers_of(tmp_path: Path) -> list[int]:
+    """Every live ``hubproxy.worker`` process of the hub in ``tmp_path``, whoever its parent."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+                if b"hubproxy.worker" in cmdline and str(tmp_path).encode() in cmdline:
+                    if not _zombie_or_gone(int(entry)):
+                        found.append(int(entry))
+    return found
 
 
 def hub_log(tmp_path: Path) -> str:
@@ -639,3 +652,26 @@ def _zombie_or_gone(pid: int) -> bool:
             return f.read().split(") ", 1)[1].startswith("Z")
     except OSError:
         return True
+
+
+@pytest.mark.timeout(60)
+def test_workers_exit_when_worker_0_is_killed(tmp_path):
+    port = free_port()
+    with hub_process(tmp_path, port, "http://127.0.0.1:9", free_port()) as hub:
+        w0, w1 = worker_pids(hub, 2)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # "ready" arrives just after the worker listens
+            health = httpx.get(
+                f"http://127.0.0.1:{port}/_hub/health", headers={"Host": f"term.{DOMAIN}"}
+            ).json()
+            if health["workers"]["ready"] == 2:
+                break
+            time.sleep(0.1)
+        assert health["workers"] == {"ready": 2, "configured": 2}
+        os.kill(w0, signal.SIGKILL)  # no chance to stop its workers itself
+        hub.wait(10)
+        deadline = time.monotonic() + 10
+        while workers_of(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert workers_of(tmp_path) == [], "an orphaned worker survived worker 0"
+        assert not _listeners(port)

@@ -36,6 +36,18 @@ def start_control_plane(config: HubConfig, context: HubContext, hub=None) -> Con
     return thread
 
 
+def check_workers(config: HubConfig) -> None:
+    """ConfigError when ``config.workers`` > 1 cannot run (call before starting anything)."""
+    if config.workers > 1:
+        from hubcontrol.errors import ConfigError
+        from hubproxy.workerlink import link_path
+
+        try:
+            link_path(config.state_dir)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+
 def run_proxy(
     config: HubConfig, context: HubContext, thread: ControlThread, start_args: Sequence[str] = ()
 ) -> None:
@@ -43,12 +55,15 @@ def run_proxy(
 
     With ``config.workers`` > 1 this process is worker 0 and keeps the other workers running
     (hubproxy/workers.py); they read the same ``start_args`` (the ``hub start`` flags). One worker
-    is exactly the single-process hub: no extra process, socket option or link.
+    is exactly the single-process hub: no extra process, socket option or link. Raises
+    ConfigError when the workers cannot be run as configured.
     """
     from hubproxy.master import run_loop, serve
 
     if config.workers > 1:
         from hubproxy.workers import serve_with_workers
+
+        check_workers(config)
 
         run_loop(
             serve_with_workers(context, config, start_args, stop_when=thread.run_future),

@@ -243,7 +243,11 @@ class Worker:
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while line := await reader.readline():
-                self.handle(decode(line))
+                message = decode(line)
+                try:
+                    self.handle(message)
+                except Exception:  # one bad message must not take the worker down
+                    log.exception("hub: worker %d: handling %r failed", self.index, message["t"])
         except (ConnectionError, LinkError, ValueError) as e:
             log.error("hub: worker %d: link to worker 0 failed: %s", self.index, e)
         finally:

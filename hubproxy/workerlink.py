@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
@@ -177,6 +178,20 @@ def sum_samples(parts: Iterable[Samples]) -> Samples:
 def backoff(failures: int) -> float:
     """Seconds to wait before restarting a worker that died ``failures`` times in a row."""
     return min(30.0, 0.5 * 2 ** max(0, failures - 1)) if failures else 0.5
+
+
+MAX_SOCKET_PATH = 107  # bytes in a Unix socket path (sun_path, without the trailing NUL)
+
+
+def link_path(state_dir) -> str:
+    """The link's socket in ``state_dir``; ValueError when the path is too long to bind."""
+    path = os.path.join(os.fspath(state_dir), LINK_FILE)
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise ValueError(
+            f"--state-dir={state_dir}: the workers' socket {path} is longer than "
+            f"{MAX_SOCKET_PATH} bytes; use a shorter --state-dir, or --workers=1"
+        )
+    return path
 
 
 def worker_command(

@@ -45,7 +45,6 @@ from hubproxy import pages
 from hubproxy.guard import fail_closed
 from hubproxy.workerlink import (
     CLIENT_HEADER,
-    LINK_FILE,
     MAX_MESSAGE,
     PRIVATE_MODE,
     PUBLISH_INTERVAL,
@@ -54,6 +53,7 @@ from hubproxy.workerlink import (
     backoff,
     decode,
     encode,
+    link_path,
     newer,
     progress_to_wire,
     routes_to_wire,
@@ -181,7 +181,7 @@ class WorkerPool:
         self.python = python
         self.optimize = sys.flags.optimize if optimize is None else optimize
         self.token = secrets.token_urlsafe(32)
-        self.link_path = Path(context.config.state_dir) / LINK_FILE
+        self.link_path = Path(link_path(context.config.state_dir))
         self.private_port: int | None = None
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.links: dict[int, asyncio.StreamWriter] = {}
@@ -257,7 +257,7 @@ class WorkerPool:
                 proc = await asyncio.create_subprocess_exec(
                     *command, stdin=asyncio.subprocess.DEVNULL, process_group=0
                 )
-            except OSError as e:
+            except Exception as e:  # noqa: BLE001 - e.g. out of memory or PIDs: try again later
                 log.error("hub: cannot start worker %d: %s", index, e)
                 proc = None
             if proc is not None:
@@ -448,16 +448,22 @@ class WorkerPool:
 
     async def _publish(self) -> None:
         while True:
-            table = self._snapshot()
-            if table is not self._table and table is not None:
-                self._table = table
-                self._broadcast({"t": "routes", "routes": routes_to_wire(table)})
-            for user in list(self._watch):
-                self._publish_progress(user)
-                if user not in self._pending:
-                    self._watch.discard(user)
-                    self._progress_sent.pop(user, None)
+            try:
+                self._publish_once()
+            except Exception:  # keep publishing: a stale table would misroute every worker
+                log.exception("hub: publishing to the workers failed")
             await asyncio.sleep(PUBLISH_INTERVAL)
+
+    def _publish_once(self) -> None:
+        table = self._snapshot()
+        if table is not self._table and table is not None:
+            self._table = table
+            self._broadcast({"t": "routes", "routes": routes_to_wire(table)})
+        for user in list(self._watch):
+            self._publish_progress(user)
+            if user not in self._pending:
+                self._watch.discard(user)
+                self._progress_sent.pop(user, None)
 
 
 async def serve_with_workers(

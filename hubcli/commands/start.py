@@ -61,11 +61,12 @@ def start(ctx: typer.Context) -> None:
     for noisy in ("httpx", "httpcore", "mitmproxy.proxy.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from hubproxy.boot import run_proxy, start_control_plane
+    from hubproxy.boot import check_workers, run_proxy, start_control_plane
     from hubproxy.context import HubContext
 
     context = HubContext()
     try:
+        check_workers(config)
         thread = start_control_plane(config, context)
     except ConfigError as e:
         print_problems(e.problems)

@@ -111,6 +111,32 @@ def test_bad_workers_is_a_config_problem(flags, environ, problem):
     assert any(problem in p for p in e.value.problems), e.value.problems
 
 
+def test_hub_start_refuses_bad_workers_before_starting_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from hubcli.app import app
+
+    labels = tmp_path / "hub.labels.yaml"
+    labels.write_text("version: 1\nservice: hub\nlabels:\n  rediacc.hub.route.term: '7681'\n")
+    result = CliRunner().invoke(app, ["start", "--labels", str(labels), "--workers=0"])
+    assert result.exit_code == 2
+    assert "--workers=0" in result.output and "expected 1 to 64" in result.output
+
+
+def test_link_path_fits_a_unix_socket(tmp_path):
+    assert workerlink.link_path("/var/lib/rediacc/hub") == "/var/lib/rediacc/hub/workers.sock"
+    with pytest.raises(ValueError, match="use a shorter --state-dir, or --workers=1"):
+        workerlink.link_path("/" + "d" * 100)
+
+
+def test_install_keeps_workers_in_the_unit():
+    from hubcontrol.install import exec_start_argv, render_unit
+
+    argv = exec_start_argv(["hub", "start", "--port=7112", "--workers=4"], hub_exe="/usr/bin/hub")
+    assert "--workers=4" in argv
+    assert "--workers=4" in render_unit(argv)
+
+
 def test_route_table_round_trip():
     table = RouteTable(
         {

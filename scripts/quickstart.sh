@@ -7,6 +7,12 @@
 #                                         hub and the OIDC provider this script started
 #   ... stop --keep-environments          the same, but leave the environments running
 #
+# A stopped environment keeps its daemon's data-root (images, containers) and its network: the
+# host-wide network-ID claim /var/lib/rediacc/netids/<id>, the bridges rdh<id> and rdh<id>e and
+# their iptables rules (comment rdh:<id>), so the user's next visit gets the same addresses and
+# images back. To remove all that for every stopped environment (workspaces stay), after stop:
+#   sudo .venv/bin/hub gc /var/lib/rediacc/hub-local/workspaces --max-age 0
+#
 # Start: host setup, host dockerd, the local environment image, a local OpenID Connect provider on
 # 127.0.0.1 (panva's oidc-provider, whose development login form accepts any name and password),
 # a hub env file and hub.labels.yaml in /var/lib/rediacc/hub-local, then `hub start` in the

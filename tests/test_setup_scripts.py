@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import leaks
 from tests.support.browser import launch_chromium
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -348,8 +349,31 @@ def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_pat
                 browser.close()
     finally:
         stopped = quickstart("stop")
+        # Stop keeps each stopped environment's data-root and network (claim, bridges, rules) for
+        # the next start; a test leaves nothing, so it removes them the way an operator does.
+        workspaces = tmp_path / "state" / "workspaces"
+        net_ids = leaks.net_ids_under(workspaces) if workspaces.is_dir() else set()
+        removed = _remove_stopped_environments(workspaces)
     assert stopped.returncode == 0, stopped.stderr
     assert f"environment of {user} stopped" in stopped.stderr
     assert "hub (pid" in stopped.stderr and "OIDC provider (pid" in stopped.stderr
-    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
-    assert leftovers.stdout == "", f"processes left running: {leftovers.stdout}"
+    processes = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert processes.stdout == "", f"processes left running: {processes.stdout}"
+    assert removed is not None and removed.returncode == 0, removed and removed.stderr
+    outcomes = {e["user"]: e["outcome"] for e in json.loads(removed.stdout)["entries"]}
+    assert (outcomes.get(safe_name(user)) or "").startswith("removed"), outcomes
+    assert len(net_ids) == 1, net_ids
+    assert leaks.leftovers(tmp_path, net_ids) == []
+
+
+def _remove_stopped_environments(workspaces: Path) -> subprocess.CompletedProcess[str] | None:
+    """``hub gc --max-age 0``: every data-root whose daemon is stopped goes, with its network-ID
+    claim, bridges, isolation rules and cgroups (hubcontrol.gc.apply_gc)."""
+    if not workspaces.is_dir():
+        return None
+    return subprocess.run(
+        [str(ROOT / ".venv/bin/hub"), "gc", str(workspaces), "--max-age", "0", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -38,6 +38,10 @@ rc=0
 # A fresh base temp dir per run: pytest's own rotation under /tmp/pytest-of-root fails (and warns,
 # which is an error here) when an earlier run on this machine left a directory it cannot remove.
 BASETEMP=$(mktemp -d /tmp/hub-tests.XXXXXX)
+# A run killed before its cleanup (SIGKILL, a session's end) leaves its per-user dockerds' data
+# directories mounted (dockerd unmounts them only on a clean exit); unmount those whose daemon is
+# gone, under test tmp dirs only (tests/support/leaks.py), so this run starts from a clean host.
+.venv/bin/python -m tests.support.leaks --sweep || warn "could not unmount stale test mounts"
 .venv/bin/pytest --basetemp="$BASETEMP" --junitxml="$ARTIFACTS/junit.xml" -o junit_family=xunit2 \
 	--durations=15 "$@" || rc=$?
 # Tests unmount what they mount; a directory something is still mounted under is kept to inspect.

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.support import leaks
+
 ROOT = Path(__file__).resolve().parents[2]
 ENV_IMAGE = "rediacc-hub/env:latest"
 CRIU_BIN = "/opt/rediacc/criu/bin"
@@ -111,6 +113,13 @@ class HubSite:
         env = {**os.environ, "PATH": f"{CRIU_BIN}:{os.environ['PATH']}"}
         self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, env=env, cwd=self.root)
         self._log = log
+        try:
+            self._wait_healthy(timeout)
+        except BaseException:
+            self.stop()  # fixtures call start() before their try: no hub may outlive a failure
+            raise
+
+    def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -144,22 +153,32 @@ class HubSite:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def cleanup(self) -> None:
-        """Destroy every user environment the hub made (daemons, bridges, data)."""
+        """Destroy every user environment the hub made (daemons, bridges, data), then check the
+        host: AssertionError naming what is left (a daemon, mount, claim, bridge, rule, cgroup)
+        or which destroy failed, so a leak fails the test run instead of piling up on the host."""
         from hubcontrol.config import load_config
         from hubcontrol.embed import embedded
 
+        net_ids = leaks.net_ids_under(self.root)
+        errors = []
         config = load_config(self.labels, env_file=self.env, flags=self.flags)
         with warnings.catch_warnings():
             # docker-py clients the control plane dropped during destroy are collected here
             warnings.simplefilter("ignore", ResourceWarning)
             with embedded(config) as hub:
                 for row in hub.status():
-                    with contextlib.suppress(Exception):
+                    try:
                         hub.destroy(row.user, remove_data=True)
+                    except Exception as e:  # noqa: BLE001 - destroy the others, report below
+                        errors.append(f"destroying {row.user}: {e!r}")
             gc.collect()
+        left = leaks.leftovers(self.root, net_ids)
+        assert not errors and not left, "\n".join(["cleanup left:", *errors, *left])
 
 
 def new_site(root: Path, issuer: str, domain: str, port: int, **extra_env: str) -> HubSite:
+    # what a killed earlier run left mounted (its dockerd gone) under the test tmp dirs
+    leaks.sweep_stale_daemon_mounts()
     root.mkdir(parents=True, exist_ok=True)
     return HubSite(
         root=root,

@@ -248,13 +248,13 @@ class Worker:
                     self.handle(message)
                 except Exception:  # one bad message must not take the worker down
                     log.exception("hub: worker %d: handling %r failed", self.index, message["t"])
-        except (ConnectionError, LinkError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever broke the link, the worker stops
             log.error("hub: worker %d: link to worker 0 failed: %s", self.index, e)
-        finally:
-            self.control.unlinked()
-            if self.master is not None:
-                log.info("hub: worker %d: worker 0 is gone; stopping", self.index)
-                self.master.shutdown()
+        # the link ended (not cancelled by this worker's own stop): no worker 0, no worker
+        self.control.unlinked()
+        if self.master is not None:
+            log.info("hub: worker %d: worker 0 is gone; stopping", self.index)
+            self.master.shutdown()
 
     def handle(self, message: dict) -> None:
         kind = message["t"]

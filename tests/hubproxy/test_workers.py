@@ -45,7 +45,6 @@ from hubproxy.sessions import Session, SessionStore
 from hubproxy.worker import RemoteControlPlane, parse_args
 from hubproxy.workers import FleetMetrics, trusted_client
 from tests.hubproxy.harness import HubTransport
-from tests.hubproxy.test_login_flow import provider_login
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
@@ -516,6 +515,14 @@ def workers_of(tmp_path: Path) -> list[int]:
 
 def hub_log(tmp_path: Path) -> str:
     return (tmp_path / "hub.log").read_text(errors="replace")
+
+
+def provider_login(client: httpx.Client, response: httpx.Response, login: str) -> httpx.Response:
+    """Fill in oidc-provider's development login form as a user would."""
+    assert "/interaction/" in str(response.url), response.text[:300]
+    action = re.search(r'<form[^>]*action="([^"]+)"', response.text).group(1)
+    url = httpx.URL(str(response.url)).join(action)
+    return client.post(url, data={"prompt": "login", "login": login, "password": "any"})
 
 
 def callbacks(port):

@@ -214,15 +214,9 @@ class WorkerPool:
         if hasattr(self.context.control, "extra_health"):
             self.context.control.extra_health = self.health
         self.context.sessions.listeners.append(self._sessions_changed)
-        with contextlib.suppress(FileNotFoundError):
-            self.link_path.unlink()
-        old = os.umask(0o077)  # the socket is created 0600: root only
-        try:
-            self._server = await asyncio.start_unix_server(
-                self._on_link, path=str(self.link_path), limit=MAX_MESSAGE
-            )
-        finally:
-            os.umask(old)
+        self._server = await asyncio.start_unix_server(
+            self._on_link, sock=self._bind_link(), limit=MAX_MESSAGE
+        )
         self._spawn_task(self._publish(), "publish")
         for index in range(1, self.count):
             self._spawn_task(self._keep_running(index), f"worker {index}")
@@ -231,6 +225,24 @@ class WorkerPool:
             self.count - 1,
             self.context.config.port,
         )
+
+    def _bind_link(self) -> socket.socket:
+        """The link's listening socket, mode 0600 before it appears under its name (bound to a
+        short temporary name, chmod, renamed over any stale socket; no process-wide umask)."""
+        tmp = self.link_path.with_name(f".w{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(tmp))
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.link_path)
+        except BaseException:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        return sock
 
     async def done(self) -> None:
         await self.stop()

@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -701,6 +702,15 @@ def test_workers_exit_when_worker_0_is_killed(tmp_path):
                 break
             time.sleep(0.1)
         assert health["workers"] == {"ready": 2, "configured": 2}
+        # The link is root-only, and only the process worker 0 spawned for an index may use it.
+        link = tmp_path / "state" / "workers.sock"
+        assert stat.S_ISSOCK(link.stat().st_mode) and stat.S_IMODE(link.stat().st_mode) == 0o600
+        for index in (1, 2):
+            with socket.socket(socket.AF_UNIX) as intruder:
+                intruder.settimeout(5)
+                intruder.connect(str(link))
+                intruder.sendall(workerlink.encode({"t": "hello", "index": index, "pid": w1}))
+                assert intruder.recv(65536) == b"", "worker 0 answered a stranger"
         os.kill(w0, signal.SIGKILL)  # no chance to stop its workers itself
         hub.wait(10)
         deadline = time.monotonic() + 10

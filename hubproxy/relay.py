@@ -369,6 +369,7 @@ class WebSocketRelay:
             session.sid,
             flow.metadata[TARGET].prefix or "",
         )
+        self.metrics.requests.inc(relay.prefix, "1xx")  # before the browser can see the 101
         relay.start(
             writer.transport,
             writer,
@@ -382,7 +383,6 @@ class WebSocketRelay:
             relay.upstream.eof_received()  # passed on as a half-close, like any later EOF
         flow.metadata[RELAYED] = relay
         flow.response = response
-        self.metrics.requests.inc(relay.prefix, "1xx")
         # mitmproxy ends the flow and its handling of the (detached) client connection
         flow.kill()
 

@@ -81,6 +81,15 @@ def _scripted(conn: socket.socket) -> None:
             while chunk := conn.recv(65536):
                 received += chunk
             conn.sendall(_text_frame(b"got %d" % len(received)))
+        elif path == b"/headers":  # what the environment was sent, as one frame
+            lower = head.lower()
+            facts = b"hub-cookie=%d forwarded=%d" % (
+                b"rediacc_hub" in lower,
+                b"x-forwarded-for: 127.0.0.1" in lower,
+            )
+            conn.sendall(ACCEPT % _accept_key(head) + b"\r\n" + _text_frame(facts))
+            while conn.recv(65536):
+                pass
         elif path == b"/silent":
             time.sleep(3)
 
@@ -215,6 +224,13 @@ def test_bytes_sent_with_the_101_reach_the_browser(proxy):
     with sock:
         (*_, greeting) = events_until(sock, ws, TextMessage)
         assert greeting.data == "hello"
+
+
+def test_the_environment_gets_the_routers_headers_without_hub_cookies(proxy):
+    sock, ws, _ = upgrade(proxy, "odd", "/headers")
+    with sock:
+        (*_, facts) = events_until(sock, ws, TextMessage)
+        assert facts.data == "hub-cookie=0 forwarded=1"
 
 
 def test_a_refused_upgrade_is_answered_without_hub_cookies(proxy):

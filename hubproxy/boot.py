@@ -37,15 +37,22 @@ def start_control_plane(config: HubConfig, context: HubContext, hub=None) -> Con
 
 
 def check_workers(config: HubConfig) -> None:
-    """ConfigError when ``config.workers`` > 1 cannot run (call before starting anything)."""
+    """Refuse ``config.workers`` > 1 that cannot run (call before starting anything): a state
+    dir too long for the link's socket (ConfigError), a port something already listens on
+    (HubError: with SO_REUSEPORT the two would silently share it)."""
     if config.workers > 1:
-        from hubcontrol.errors import ConfigError
-        from hubproxy.workerlink import link_path
+        from hubcontrol.errors import ConfigError, HubError
+        from hubproxy.workerlink import link_path, port_taken
 
         try:
             link_path(config.state_dir)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if (e := port_taken(config.port)) is not None:
+            raise HubError(
+                f"--port={config.port} is in use ({e.strerror or e}); is another hub running?",
+                f"port {config.port} probe: {e!r}",
+            )
 
 
 def run_proxy(

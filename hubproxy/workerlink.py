@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from typing import Any
@@ -192,6 +193,19 @@ def link_path(state_dir) -> str:
             f"{MAX_SOCKET_PATH} bytes; use a shorter --state-dir, or --workers=1"
         )
     return path
+
+
+def port_taken(port: int, host: str = "") -> OSError | None:
+    """Whether something already listens on ``host:port`` (the error binding it gave), checked
+    before this hub opens the port with ``SO_REUSEPORT``, which would otherwise silently share
+    it with a stale hub of the same user."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no listener
+        try:
+            probe.bind((host or "0.0.0.0", port))
+        except OSError as e:
+            return e
+    return None
 
 
 def worker_command(

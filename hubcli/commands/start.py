@@ -52,6 +52,16 @@ def start(ctx: typer.Context) -> None:
         raise typer.Exit(EXIT_USAGE) from None
     for warning in config.warnings:
         print_warning(warning)
+    from hubproxy.boot import check_workers, run_proxy, start_control_plane
+
+    try:
+        check_workers(config)
+    except ConfigError as e:
+        print_problems(e.problems)
+        raise typer.Exit(EXIT_USAGE) from None
+    except HubError as e:
+        print_error(e.user_message)
+        raise typer.Exit(EXIT_FAILURE) from None
     # `kill -USR1 <pid>` writes every thread's stack to stderr: what a stuck hub is waiting on.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(
@@ -61,12 +71,10 @@ def start(ctx: typer.Context) -> None:
     for noisy in ("httpx", "httpcore", "mitmproxy.proxy.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from hubproxy.boot import check_workers, run_proxy, start_control_plane
     from hubproxy.context import HubContext
 
     context = HubContext()
     try:
-        check_workers(config)
         thread = start_control_plane(config, context)
     except ConfigError as e:
         print_problems(e.problems)

@@ -123,6 +123,43 @@ def test_hub_start_refuses_bad_workers_before_starting_anything(tmp_path):
     assert "--workers=0" in result.output and "expected 1 to 64" in result.output
 
 
+def test_hub_start_with_workers_refuses_a_port_in_use(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from hubcli.app import app
+
+    labels = tmp_path / "hub.labels.yaml"
+    labels.write_text(
+        "version: 1\nservice: hub\nlabels:\n  rediacc.hub.route.term: '7681'\n"
+        "  rediacc.hub.image: img\n"
+    )
+    for name, value in {
+        "HUB_OAUTH_CLIENT_ID": "hub",
+        "HUB_OAUTH_CLIENT_SECRET": "s",
+        "HUB_OAUTH_AUTHORIZE_URL": "http://127.0.0.1:9/auth",
+        "HUB_OAUTH_TOKEN_URL": "http://127.0.0.1:9/token",
+        "HUB_OAUTH_USERINFO_URL": "http://127.0.0.1:9/me",
+        "HUB_OAUTH_USERINFO_PATH": "login",
+        "HUB_DOMAIN": DOMAIN,
+    }.items():
+        monkeypatch.setenv(name, value)
+    with socket.socket() as stale:  # e.g. an old hub, which SO_REUSEPORT would silently join
+        stale.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        stale.bind(("0.0.0.0", 0))
+        stale.listen()
+        port = stale.getsockname()[1]
+        assert workerlink.port_taken(port) is not None
+        result = CliRunner().invoke(
+            app,
+            ["start", "--labels", str(labels), f"--port={port}", "--workers=2"]
+            + [f"--state-dir={tmp_path / 'state'}", f"--workspace-dir={tmp_path / 'ws'}"],
+        )
+    assert result.exit_code == 1, result.output
+    assert f"--port={port} is in use" in result.output
+    assert not (tmp_path / "state" / "workers.sock").exists()
+    assert workerlink.port_taken(port) is None
+
+
 def test_link_path_fits_a_unix_socket(tmp_path):
     assert workerlink.link_path("/var/lib/rediacc/hub") == "/var/lib/rediacc/hub/workers.sock"
     with pytest.raises(ValueError, match="use a shorter --state-dir, or --workers=1"):

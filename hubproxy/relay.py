@@ -4,7 +4,8 @@ mitmproxy decodes every WebSocket frame with wsproto, re-encodes it for the othe
 hook task per message: about 4x the CPU of configurable-http-proxy's byte pipe per round trip
 (docs/performance.md). Once the hub has authenticated and routed an upgrade request, the frames
 are the user's own business with their own environment, so the hub can do what CHP does: pipe
-bytes, stamping activity per chunk.
+bytes, stamping activity for chunks that carry data frames (``FrameScanner`` follows frame
+headers without decoding payloads; pings and pongs are not a user's activity).
 
 How, for an upgrade request the router sent to an environment (``requestheaders``, after
 ``Router``):
@@ -174,10 +175,63 @@ class _Handshake(asyncio.Protocol):
                 self.result.set_exception(HandshakeError(str(e) or type(e).__name__))
 
 
+def frame_header(buf: bytes) -> tuple[int, int, int] | None:
+    """``(header size, payload length, opcode)`` of the WebSocket frame header that ``buf``
+    starts with (RFC 6455 5.2), or None while ``buf`` is shorter than the header."""
+    if len(buf) < 2:
+        return None
+    length = buf[1] & 0x7F
+    size = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if buf[1] & 0x80 else 0)
+    if len(buf) < size:
+        return None
+    if length == 126:
+        length = int.from_bytes(buf[2:4], "big")
+    elif length == 127:
+        length = int.from_bytes(buf[2:10], "big")
+    return size, length, buf[0] & 0x0F
+
+
+class FrameScanner:
+    """Follows the frame boundaries of one direction of a WebSocket without decoding payloads,
+    to tell a user's traffic (data frames) from keep-alive (ping, pong, close: ttyd pings every
+    few seconds, which must not keep an idle environment from being checkpointed)."""
+
+    __slots__ = ("skip", "head", "data")
+
+    def __init__(self) -> None:
+        self.skip = 0  # payload bytes of the current frame still to come
+        self.head = b""  # a frame header split across chunks
+        self.data = False  # the current frame is a data frame (text, binary, continuation)
+
+    def scan(self, chunk: bytes) -> bool:
+        """True when ``chunk`` carries any part of a data frame."""
+        active = False
+        pos, end = 0, len(chunk)
+        while pos < end:
+            if self.skip:
+                take = min(self.skip, end - pos)
+                self.skip -= take
+                pos += take
+                active = active or self.data
+                continue
+            held = self.head
+            parsed = frame_header(held + chunk[pos : pos + 14] if held else chunk[pos : pos + 14])
+            if parsed is None:  # fewer than 14 bytes left, and not a whole header yet
+                self.head = held + chunk[pos:]
+                return active
+            size, length, opcode = parsed
+            pos += size - len(held)
+            self.head = b""
+            self.data = opcode < 8
+            active = active or self.data
+            self.skip = length
+        return active
+
+
 class _Side(asyncio.Protocol):
     """One direction's reader: what arrives on ``transport`` is written to ``peer.transport``."""
 
-    __slots__ = ("relay", "transport", "peer", "touch", "eof")
+    __slots__ = ("relay", "transport", "peer", "touch", "eof", "frames")
 
     def __init__(self, relay: Relay, transport, touch) -> None:
         self.relay = relay
@@ -185,10 +239,12 @@ class _Side(asyncio.Protocol):
         self.peer: _Side | None = None
         self.touch = touch
         self.eof = False
+        self.frames = FrameScanner()
 
     def data_received(self, data: bytes) -> None:
+        if self.frames.scan(data):
+            self.touch()  # stamped before the other side can see the bytes
         self.peer.transport.write(data)
-        self.touch()
 
     def eof_received(self) -> bool:
         self.eof = True

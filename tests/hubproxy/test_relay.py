@@ -15,6 +15,8 @@ from wsproto.events import (
     BytesMessage,
     CloseConnection,
     Message,
+    Ping,
+    Pong,
     RejectConnection,
     RejectData,
     Request,
@@ -217,6 +219,63 @@ def test_relay_carries_small_and_large_messages_and_counts_them(proxy):
         assert any(isinstance(e, CloseConnection) for e in events_until(sock, ws, CloseConnection))
     wait_for(lambda: not open_relays(proxy))
     assert metrics.websockets_open.get("term") == 0
+
+
+def _frames() -> list[tuple[bytes, bool]]:
+    """Client and server frames of every header shape, each with whether it is a data frame."""
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    out = []
+    for masked in (True, False):  # browsers mask, servers do not
+        proto = FrameProtocol(client=masked, extensions=[])
+        out += [
+            (proto.send_data("hi"), True),
+            (proto.send_data(b"x" * 200), True),  # 16-bit length
+            (proto.send_data(b"y" * 70000), True),  # 64-bit length
+            (proto.send_data(b""), True),
+            (proto.ping(b"p"), False),
+            (proto.pong(b"p"), False),
+            (proto._serialize_frame(Opcode.TEXT, b"part", fin=False), True),
+            (proto._serialize_frame(Opcode.CONTINUATION, b"rest"), True),
+            (proto.close(1000), False),
+        ]
+    return out
+
+
+def test_frame_scanner_tells_data_from_keepalive_across_any_split():
+    frames = _frames()
+    stream = b"".join(f for f, _ in frames)
+    # per byte: does it show a data frame? The last byte of its header and every payload byte
+    # do (before the header is complete the opcode may be known, the frame's extent is not).
+    is_data = [d and i >= relay.frame_header(f)[0] - 1 for f, d in frames for i in range(len(f))]
+    for split in (1, 2, 3, 7, 13, 14, 15, 4096, len(stream)):
+        scanner = relay.FrameScanner()
+        for i in range(0, len(stream), split):
+            assert scanner.scan(stream[i : i + split]) == any(is_data[i : i + split]), (split, i)
+        assert scanner.skip == 0 and scanner.head == b"", split
+    # frame by frame: exactly the data frames count as activity
+    scanner = relay.FrameScanner()
+    assert [scanner.scan(f) for f, _ in frames] == [d for _, d in frames]
+    # a chunk holding only pings and pongs is not activity, one with a data frame is
+    scanner = relay.FrameScanner()
+    keepalive = [f for f, d in frames if not d and f[0] & 0x0F in (9, 10)]
+    assert scanner.scan(b"".join(keepalive)) is False
+    assert scanner.scan(keepalive[0] + frames[0][0]) is True
+
+
+def test_pings_do_not_count_as_activity_but_messages_do(proxy):
+    sock, ws, _ = upgrade(proxy, "term")
+    with sock:
+        proxy.hub.touches.clear()
+        for _ in range(5):
+            sock.sendall(ws.send(Ping(b"still there?")))
+            (*_, pong) = events_until(sock, ws, Pong)
+            assert pong.payload == b"still there?"
+        assert proxy.hub.touches == []
+        sock.sendall(ws.send(Message(data="typing")))
+        events_until(sock, ws, TextMessage)
+        assert ("alice", "ws-in") in proxy.hub.touches
+        assert ("alice", "ws-out") in proxy.hub.touches
 
 
 def test_bytes_sent_with_the_101_reach_the_browser(proxy):

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 import h11
@@ -196,12 +197,17 @@ class FrameScanner:
     to tell a user's traffic (data frames) from keep-alive (ping, pong, close: ttyd pings every
     few seconds, which must not keep an idle environment from being checkpointed)."""
 
-    __slots__ = ("skip", "head", "data")
+    __slots__ = ("skip", "head", "data", "closed")
 
     def __init__(self) -> None:
         self.skip = 0  # payload bytes of the current frame still to come
         self.head = b""  # a frame header split across chunks
         self.data = False  # the current frame is a data frame (text, binary, continuation)
+        self.closed = False  # a close frame went by
+
+    @property
+    def at_boundary(self) -> bool:
+        return not self.skip and not self.head
 
     def scan(self, chunk: bytes) -> bool:
         """True when ``chunk`` carries any part of a data frame."""
@@ -224,22 +230,46 @@ class FrameScanner:
             self.head = b""
             self.data = opcode < 8
             active = active or self.data
+            if opcode == 8:
+                self.closed = True
             self.skip = length
         return active
+
+
+# A normal close (1000), as the environment would send it (unmasked) and as a browser would.
+CLOSE_TO_BROWSER = b"\x88\x02\x03\xe8"
+
+
+def close_to_environment() -> bytes:
+    """A normal close frame as a client sends it: masked (RFC 6455 5.3)."""
+    mask = os.urandom(4)
+    return b"\x88\x82" + mask + bytes(b ^ mask[i] for i, b in enumerate(b"\x03\xe8"))
 
 
 class _Side(asyncio.Protocol):
     """One direction's reader: what arrives on ``transport`` is written to ``peer.transport``."""
 
-    __slots__ = ("relay", "transport", "peer", "touch", "eof", "frames")
+    __slots__ = ("relay", "transport", "peer", "touch", "eof", "frames", "goodbye")
 
-    def __init__(self, relay: Relay, transport, touch) -> None:
+    def __init__(self, relay: Relay, transport, touch, goodbye: bytes) -> None:
         self.relay = relay
         self.transport = transport
         self.peer: _Side | None = None
         self.touch = touch
         self.eof = False
         self.frames = FrameScanner()
+        self.goodbye = goodbye  # the close frame the other side gets if this one just vanishes
+
+    def _farewell(self) -> None:
+        """This side's connection ended without a close frame: give the other side a normal
+        close, as mitmproxy's WebSocket layer did (wsproto turns an abnormal closure into 1000).
+        A terminal (ttyd) reconnects by itself after anything but 1000, so an environment stopped
+        for idleness would otherwise be started again at once by a tab left open."""
+        frames = self.frames
+        peer = self.peer.transport
+        if not frames.closed and frames.at_boundary and not peer.is_closing():
+            frames.closed = True
+            peer.write(self.goodbye)
 
     def data_received(self, data: bytes) -> None:
         if self.frames.scan(data):
@@ -247,6 +277,7 @@ class _Side(asyncio.Protocol):
         self.peer.transport.write(data)
 
     def eof_received(self) -> bool:
+        self._farewell()
         self.eof = True
         peer = self.peer
         if peer.eof:
@@ -257,6 +288,8 @@ class _Side(asyncio.Protocol):
         return True  # keep our side open: the other direction may still send
 
     def connection_lost(self, exc) -> None:
+        if not self.eof:
+            self._farewell()
         self.relay.close()
 
     # our transport's write buffer is full: stop reading what fills it
@@ -323,18 +356,31 @@ class Relay:
         self.closed = False
 
     def start(
-        self, client_transport, writer, upstream_transport, to_client: bytes, to_upstream: bytes
+        self,
+        client_transport,
+        writer,
+        upstream_transport,
+        head: bytes,
+        to_client: bytes,
+        to_upstream: bytes,
     ):
         touch = self.context.control.touch
         user = self.user
         self._writer = writer
-        self.client = _Side(self, client_transport, lambda: touch(user, "ws-in"))
-        self.upstream = _Side(self, upstream_transport, lambda: touch(user, "ws-out"))
+        self.client = _Side(
+            self, client_transport, lambda: touch(user, "ws-in"), close_to_environment()
+        )
+        self.upstream = _Side(
+            self, upstream_transport, lambda: touch(user, "ws-out"), CLOSE_TO_BROWSER
+        )
         self.client.peer, self.upstream.peer = self.upstream, self.client
         self.context.websockets.setdefault(self.sid, set()).add(self)
         self.metrics.websockets.inc(self.prefix)
         self.metrics.websockets_open.inc(self.prefix)
-        client_transport.write(to_client)
+        # bytes that came with the handshake are the start of each direction's frame stream
+        self.upstream.frames.scan(to_client)
+        self.client.frames.scan(to_upstream)
+        client_transport.write(head + to_client)
         if to_upstream:
             upstream_transport.write(to_upstream)
         client_transport.set_protocol(self.client)
@@ -366,10 +412,12 @@ class WebSocketRelay:
     def __init__(self, context: HubContext, metrics) -> None:
         self.context = context
         self.metrics = metrics
+        # HUB_WEBSOCKET_RELAY=0: every WebSocket through mitmproxy's own layer (slower)
+        self.enabled = os.environ.get("HUB_WEBSOCKET_RELAY", "1") != "0"
 
     def requestheaders(self, flow: http.HTTPFlow):
         # a plain function for every other request: no coroutine per request on the hot path
-        if flow.metadata.get(ROUTED) and relayable(flow):
+        if self.enabled and flow.metadata.get(ROUTED) and relayable(flow):
             return self._relay(flow)
         return None
 
@@ -430,7 +478,8 @@ class WebSocketRelay:
             writer.transport,
             writer,
             transport,
-            http1.assemble_response_head(response) + extra + held,
+            http1.assemble_response_head(response),
+            extra + held,
             to_upstream,
         )
         if handshake.lost:

@@ -54,6 +54,9 @@ def _text_frame(text: bytes) -> bytes:
     return bytes([0x81, len(text)]) + text  # server frames are not masked
 
 
+RECORDED: dict[bytes, bytes] = {}
+
+
 def _scripted(conn: socket.socket) -> None:
     """One connection of the misbehaving environment; the request path picks the script."""
     with conn:
@@ -92,6 +95,12 @@ def _scripted(conn: socket.socket) -> None:
             conn.sendall(ACCEPT % _accept_key(head) + b"\r\n" + _text_frame(facts))
             while conn.recv(65536):
                 pass
+        elif path.startswith(b"/record/"):  # keeps what the browser sent, for the test to read
+            conn.sendall(ACCEPT % _accept_key(head) + b"\r\n")
+            received = b""
+            while chunk := conn.recv(65536):
+                received += chunk
+            RECORDED[path] = received
         elif path == b"/silent":
             time.sleep(3)
 
@@ -308,12 +317,32 @@ def test_a_refused_upgrade_is_answered_without_hub_cookies(proxy):
     assert not open_relays(proxy)
 
 
-def test_the_environment_going_away_closes_the_browser_connection(proxy):
+def test_the_environment_going_away_closes_the_browser_connection_normally(proxy):
+    # the environment closes its socket without a close frame (ttyd when its container stops):
+    # the browser gets a normal close (1000), as from mitmproxy's WebSocket layer, so a terminal
+    # tab does not reconnect by itself and restart an environment stopped for idleness
     sock, ws, _ = upgrade(proxy, "odd", "/hangup")
     with sock:
         seen = events_until(sock, ws, ())  # read to EOF
         assert [e.data for e in seen if isinstance(e, TextMessage)] == ["bye"]
+        # the close frame the browser got (wsproto adds a local 1006 for the EOF after it)
+        assert [e.code for e in seen if isinstance(e, CloseConnection)][0] == 1000
     wait_for(lambda: not open_relays(proxy))
+
+
+def test_a_browser_that_vanishes_leaves_the_environment_a_normal_close(proxy):
+    path = b"/record/%d" % time.monotonic_ns()
+    sock, ws, _ = upgrade(proxy, "odd", path.decode())
+    with sock:
+        sock.sendall(ws.send(Message(data="last words")))
+    wait_for(lambda: path in RECORDED)
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    frames = FrameProtocol(client=False, extensions=[])  # the environment's view: masked frames
+    frames.receive_bytes(RECORDED[path])
+    received = [(f.opcode, f.payload) for f in frames.received_frames()]
+    assert received[0] == (Opcode.TEXT, "last words")
+    assert received[1][0] == Opcode.CLOSE and received[1][1][0] == 1000
 
 
 def test_half_close_is_passed_on_and_the_answer_still_arrives(proxy):

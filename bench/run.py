@@ -602,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [k for k in chosen if k not in keys]:
         parser.error(f"unknown workload(s) {', '.join(bad)}; choose from {', '.join(sorted(keys))}")
     workloads = [w for w in WORKLOADS if w.key in chosen]
-    if args.baseline:
+    if args.baseline and "hub-base" not in only:
         only.append("hub-base")
     unknown = [c for c in only if c not in (*ALL, "hub-base")]
     if unknown:

@@ -21,7 +21,9 @@ from hubproxy.pipeline import PROXY_OPTIONS
 log = logging.getLogger("hubproxy")
 
 # Flags that mitmdump itself owns (the listen port) or that name the files read here.
-_NOT_OPTIONS = ("port", "labels", "env-file")
+# not mitmdump options: the listening port is mitmdump's own (--mode), and one mitmdump is one
+# process (run several yourself for more cores)
+_NOT_OPTIONS = ("port", "labels", "env-file", "workers")
 
 
 def option_name(flag: str) -> str:

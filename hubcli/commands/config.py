@@ -98,6 +98,7 @@ def _print_config(config: HubConfig) -> None:
         ("--audit-dir", str(config.audit_dir)),
         ("--state-dir", str(config.state_dir)),
         ("--user-subnet-pool", config.user_subnet_pool),
+        ("--workers", str(config.workers)),
         ("--supervisor", config.supervisor),
     ):
         hub.add_row(flag, escape(value))

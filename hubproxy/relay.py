@@ -438,6 +438,9 @@ class WebSocketRelay:
             transport.write(handshake.h11.send(request_event(flow.request)))
             transport.write(handshake.h11.send(h11.EndOfMessage()))
             event, extra = await asyncio.wait_for(handshake.result, HEAD_TIMEOUT)
+        except asyncio.CancelledError:
+            transport.close()
+            raise
         except (TimeoutError, HandshakeError, h11.LocalProtocolError) as e:
             transport.close()
             reason = "no answer in time" if isinstance(e, TimeoutError) else e
@@ -483,7 +486,7 @@ class WebSocketRelay:
             to_upstream,
         )
         if handshake.lost:
-            relay.close()  # what the environment sent is written; the browser sees it close
+            relay.upstream.connection_lost(None)  # as if it happened now: a normal close
         elif handshake.eof:
             relay.upstream.eof_received()  # passed on as a half-close, like any later EOF
         flow.metadata[RELAYED] = relay

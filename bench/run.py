@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -595,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         "(e.g. `git archive HEAD~1 hubproxy hubcontrol hubcli | tar -x -C DIR`)",
     )
     args = parser.parse_args(argv)
+    argv_given = sys.argv[1:] if argv is None else list(argv)
     profile = PROFILES[args.profile or ("quick" if args.quick else "full")]
     only = [c.strip() for c in args.contenders.split(",") if c.strip()]
     keys = {w.key for w in WORKLOADS}
@@ -610,9 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     for tool in ("wrk", "nginx", "docker"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} is not installed (scripts/install-test-deps.sh)")
-    command = ".venv/bin/python -m bench.run" + {"full": "", "quick": " --quick"}.get(
-        profile.name, f" --profile {profile.name}"
-    )
+    # the command as given (so a recorded run can be repeated), e.g. with --baseline DIR
+    command = " ".join([".venv/bin/python -m bench.run", *map(shlex.quote, argv_given)])
     contenders.raise_fd_limit()
     started = datetime.now(UTC)
     t0 = time.monotonic()

@@ -35,8 +35,10 @@ already consumed are not relayed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import socket
 import time
 
 import h11
@@ -341,6 +343,20 @@ def client_io(flow: http.HTTPFlow):
     return io
 
 
+def keepalive(transport) -> None:
+    """TCP keepalive on a relayed connection: a peer that vanished without a FIN (a laptop closed,
+    a network gone) is noticed within about two minutes, while a quiet but alive terminal stays
+    open as long as it likes (the relay has no idle timeout of its own)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+
+
 class Relay:
     """One relayed WebSocket: the browser's and the environment's transports, piped."""
 
@@ -383,6 +399,8 @@ class Relay:
         client_transport.write(head + to_client)
         if to_upstream:
             upstream_transport.write(to_upstream)
+        for transport in (client_transport, upstream_transport):
+            keepalive(transport)
         client_transport.set_protocol(self.client)
         upstream_transport.set_protocol(self.upstream)
         for transport in (client_transport, upstream_transport):

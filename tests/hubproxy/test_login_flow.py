@@ -362,6 +362,10 @@ def test_userinfo_shapes_of_github_and_nextcloud(tmp_path, envs, proxy_port, cla
             expected = "octocat" if path == "login" else "ncuser"
             (session,) = proxy.context.sessions._sessions.values()
             assert session.user == expected
+            # the start runs on the control thread: it may be a moment behind the response
+            deadline = time.monotonic() + 5
+            while not hub.ensure_calls and time.monotonic() < deadline:
+                time.sleep(0.02)
             assert hub.ensure_calls == [(expected, None)]
             json.dumps(claims)
 

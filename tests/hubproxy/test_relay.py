@@ -195,6 +195,11 @@ def test_relay_carries_small_and_large_messages_and_counts_them(proxy):
         assert isinstance(next(iter(ws.events())), AcceptConnection)
         (carrier,) = open_relays(proxy)
         assert carrier.user == "alice" and carrier.prefix == "term"
+        # dead peers are noticed (TCP keepalive on both relayed sockets)
+        for side in (carrier.client, carrier.upstream):
+            relayed = side.transport.get_extra_info("socket")
+            assert relayed.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert relayed.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
         metrics = carrier.metrics
         assert metrics.websockets.get("term") >= 1
         assert metrics.requests.get("term", "1xx") >= 1

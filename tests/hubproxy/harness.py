@@ -18,6 +18,15 @@ from dataclasses import dataclass, field, replace
 
 import anyio
 import httpx
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Message,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
 
 from hubproxy.boot import start_control_plane
 from hubproxy.context import HubContext
@@ -163,3 +172,36 @@ def browser(domain: str, proxy_port: int) -> httpx.Client:
         headers={"Accept": "text/html", "Sec-Fetch-Mode": "navigate"},
         timeout=15,
     )
+
+
+def ws_handshake(sock: socket.socket, host: str, cookie: str, path: str = "/ws") -> WSConnection:
+    """A WebSocket handshake on ``sock`` with the session ``cookie``; raises AssertionError
+    naming the status when the hub (or the environment) refuses it."""
+    ws = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(
+        ws.send(Request(host=host, target=path, extra_headers=[(b"cookie", cookie.encode())]))
+    )
+    while True:
+        data = sock.recv(65536)
+        assert data, "closed during handshake"
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, AcceptConnection):
+                return ws
+            if isinstance(event, RejectConnection):
+                raise AssertionError(f"WebSocket refused with {event.status_code}")
+
+
+def ws_roundtrip(sock: socket.socket, ws: WSConnection, text: str) -> str | None:
+    """Send ``text``, return the next text message, or None when the connection closes."""
+    sock.sendall(ws.send(Message(data=text)))
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return None
+        ws.receive_data(data)
+        for event in ws.events():
+            if isinstance(event, TextMessage):
+                return event.data
+            if isinstance(event, CloseConnection):
+                return None

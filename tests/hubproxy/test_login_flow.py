@@ -12,19 +12,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import (
-    AcceptConnection,
-    CloseConnection,
-    Message,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
 
 from hubcontrol.config import OAuthConfig, Template
 from hubproxy.relay import Relay
-from tests.hubproxy.harness import StubHub, browser, running_proxy
+from tests.hubproxy.harness import StubHub, browser, running_proxy, ws_handshake, ws_roundtrip
 from tests.hubproxy.support import make_config
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port, npm_oidc_provider
@@ -263,34 +254,11 @@ def test_provider_failures_end_on_clear_pages(tmp_path, envs, proxy_port):
 
 def ws_connect(port: int, host: str, cookie: str, path: str = "/ws"):
     sock = socket.create_connection(("127.0.0.1", port), 5)
-    ws = WSConnection(ConnectionType.CLIENT)
-    sock.sendall(
-        ws.send(Request(host=host, target=path, extra_headers=[(b"cookie", cookie.encode())]))
-    )
-    while True:
-        data = sock.recv(65536)
-        assert data, "closed during handshake"
-        ws.receive_data(data)
-        for event in ws.events():
-            if isinstance(event, AcceptConnection):
-                return sock, ws
-            if isinstance(event, RejectConnection):
-                sock.close()
-                raise AssertionError(f"WebSocket refused with {event.status_code}")
-
-
-def ws_roundtrip(sock, ws, text: str) -> str | None:
-    sock.sendall(ws.send(Message(data=text)))
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return None
-        ws.receive_data(data)
-        for event in ws.events():
-            if isinstance(event, TextMessage):
-                return event.data
-            if isinstance(event, CloseConnection):
-                return None
+    try:
+        return sock, ws_handshake(sock, host, cookie, path)
+    except AssertionError:
+        sock.close()
+        raise
 
 
 @pytest.mark.oidc

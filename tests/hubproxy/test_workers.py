@@ -26,15 +26,6 @@ from pathlib import Path
 import httpcore
 import httpx
 import pytest
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import (
-    AcceptConnection,
-    CloseConnection,
-    Message,
-    RejectConnection,
-    Request,
-    TextMessage,
-)
 
 from hubcontrol.config import MAX_WORKERS, build_config, parse_workers
 from hubcontrol.errors import ConfigError
@@ -45,7 +36,7 @@ from hubproxy.master import ReusePortLoop
 from hubproxy.sessions import Session, SessionStore
 from hubproxy.worker import RemoteControlPlane, parse_args
 from hubproxy.workers import FleetMetrics, trusted_client
-from tests.hubproxy.harness import HubTransport
+from tests.hubproxy.harness import HubTransport, ws_handshake, ws_roundtrip
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
@@ -450,36 +441,6 @@ def _holds_listener(pid: int) -> bool:
         return any(line.split()[3] == "0A" and int(line.split()[9]) in inodes for line in f)
 
 
-def ws_open(sock: socket.socket, host: str, cookie: str) -> WSConnection:
-    ws = WSConnection(ConnectionType.CLIENT)
-    sock.sendall(
-        ws.send(Request(host=host, target="/ws", extra_headers=[(b"cookie", cookie.encode())]))
-    )
-    while True:
-        data = sock.recv(65536)
-        assert data, "closed during handshake"
-        ws.receive_data(data)
-        for event in ws.events():
-            if isinstance(event, AcceptConnection):
-                return ws
-            if isinstance(event, RejectConnection):
-                raise AssertionError(f"WebSocket refused with {event.status_code}")
-
-
-def ws_echo(sock: socket.socket, ws: WSConnection, text: str) -> str | None:
-    sock.sendall(ws.send(Message(data=text)))
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return None
-        ws.receive_data(data)
-        for event in ws.events():
-            if isinstance(event, TextMessage):
-                return event.data
-            if isinstance(event, CloseConnection):
-                return None
-
-
 def metrics(client: httpx.Client, port: int) -> str:
     # From a direct local connection, /_hub/metrics needs no token (Prometheus on the host); the
     # worker that takes it forwards it to worker 0 with the true client address.
@@ -613,8 +574,8 @@ def test_two_workers_login_route_websocket_logout_metrics(tmp_path):
         # ... and a WebSocket held by worker 1 reaches the environment.
         sock = stack.enter_context(contextlib.closing(pinned_socket(port, w1, pids)))
         sock.settimeout(10)
-        ws = ws_open(sock, host, f"rediacc_hub_session={cookie}")
-        assert ws_echo(sock, ws, "hello") == "alice-term:hello"
+        ws = ws_handshake(sock, host, f"rediacc_hub_session={cookie}")
+        assert ws_roundtrip(sock, ws, "hello") == "alice-term:hello"
         # Activity seen by worker 1 reached the Hub in worker 0 (batched, about a second).
         deadline = time.monotonic() + 5
         touched = []
@@ -639,7 +600,7 @@ def test_two_workers_login_route_websocket_logout_metrics(tmp_path):
             browser0.cookies.set("rediacc_hub_session", cookie, domain=DOMAIN)
             r = browser0.get(f"{term}/_hub/logout")
             assert r.status_code == 200 and "Logged out" in r.text
-        assert ws_echo(sock, ws, "still there?") is None
+        assert ws_roundtrip(sock, ws, "still there?") is None
         sock.close()
         with pinned_browser(port, w1, pids) as browser1:
             browser1.cookies.set("rediacc_hub_session", cookie, domain=DOMAIN)

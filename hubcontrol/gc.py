@@ -197,7 +197,7 @@ def mounts_under(path: Path) -> list[str]:
     return sorted(found, key=lambda m: (m.count("/"), m), reverse=True)
 
 
-def _live_dockerds() -> dict[int, str]:
+def live_dockerds() -> dict[int, str]:
     """pid -> realpath of --data-root for every dockerd visible in /proc."""
     found: dict[int, str] = {}
     for entry in os.scandir("/proc"):
@@ -236,7 +236,7 @@ class HostProbe:
     def running(self, data_root: Path, net_id: int | None) -> str | None:
         data = os.path.realpath(data_root / ".rediacc/docker/data")
         if self._dockerds is None:
-            self._dockerds = _live_dockerds()
+            self._dockerds = live_dockerds()
         for pid, root in self._dockerds.items():
             if root == data and Path(f"/proc/{pid}").exists():
                 return f"dockerd pid {pid}"

@@ -94,19 +94,11 @@ def net_id_leftovers(net_id: int) -> list[str]:
 
 
 def _dockerds_under(root: Path) -> list[str]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdecimal():
-            continue
-        try:
-            raw = Path(entry.path, "cmdline").read_bytes()
-        except OSError:
-            continue
-        argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
-        data = gc.dockerd_data_root(argv)
-        if data is not None and _under(data, root):
-            found.append(f"dockerd pid {entry.name} (--data-root {data})")
-    return found
+    return [
+        f"dockerd pid {pid} (--data-root {data})"
+        for pid, data in gc.live_dockerds().items()
+        if _under(data, root)
+    ]
 
 
 def leftovers(root: Path, net_ids: Iterable[int] = ()) -> list[str]:

@@ -16,16 +16,21 @@ from hubproxy import pages
 log = logging.getLogger("hubproxy")
 
 
+def connection_handler(flow):
+    """mitmproxy's handler of the flow's client connection (it owns the sockets), or None."""
+    from mitmproxy import ctx
+
+    proxyserver = ctx.master.addons.get("proxyserver")
+    return proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
+
+
 def close_connection(flow) -> None:
     """Close the browser's connection of a live flow (e.g. a WebSocket at logout).
 
     ``flow.kill()`` is not enough for WebSockets in mitmproxy 11 (the WebSocket layer does not
     look at it), so the client connection is closed through the proxy server.
     """
-    from mitmproxy import ctx
-
-    proxyserver = ctx.master.addons.get("proxyserver")
-    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
+    handler = connection_handler(flow)
     if handler is not None:
         handler.close_connection(flow.client_conn)
     elif flow.killable:

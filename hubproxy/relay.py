@@ -47,7 +47,7 @@ from mitmproxy.net.http import http1
 
 from hubproxy import cookies, pages
 from hubproxy.context import ROUTED, SESSION, TARGET, USER, HubContext
-from hubproxy.guard import fail_closed
+from hubproxy.guard import connection_handler, fail_closed
 
 log = logging.getLogger("hubproxy.relay")
 
@@ -329,10 +329,7 @@ class _Detached:
 
 def client_io(flow: http.HTTPFlow):
     """mitmproxy's ``ConnectionIO`` of the flow's client connection, if it is a plain stream."""
-    from mitmproxy import ctx
-
-    proxyserver = ctx.master.addons.get("proxyserver")
-    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
+    handler = connection_handler(flow)
     io = handler.transports.get(flow.client_conn) if handler is not None else None
     if (
         io is None

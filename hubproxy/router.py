@@ -127,6 +127,6 @@ class Router:
         flow.response.stream = True
         # An environment must not set or overwrite the hub's own cookies.
         set_cookies = flow.response.headers.get_all("set-cookie")
-        kept = [c for c in set_cookies if not c.strip().startswith(cookies.HUB_COOKIE_PREFIX)]
+        kept = cookies.without_hub_set_cookies(set_cookies)
         if len(kept) != len(set_cookies):
             flow.response.headers.set_all("set-cookie", kept)

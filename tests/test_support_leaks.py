@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,11 @@ def test_sweep_unmounts_only_what_a_dead_daemon_left(tmp_path: Path) -> None:
         ["dockerd", "-c", "sleep 60; true", "sh", "--data-root", str(live)], executable="/bin/sh"
     )
     try:
+        # until the exec, /proc shows the forking Python's command line
+        deadline = time.monotonic() + 5
+        while not Path(f"/proc/{daemon.pid}/cmdline").read_bytes().startswith(b"dockerd\0"):
+            assert time.monotonic() < deadline, "the stand-in dockerd did not start"
+            time.sleep(0.01)
         found = leaks.leftovers(tmp_path)
         assert f"mount {merged}" in found and f"mount {dead}" in found
         assert f"dockerd pid {daemon.pid} (--data-root {live})" in found

@@ -20,9 +20,6 @@ from tests.support.images import import_busybox
 
 pytestmark = [
     pytest.mark.docker,
-    # tests/support/dockerd.py's readiness loop leaves an httpx client to the daemon unclosed;
-    # its ResourceWarning surfaces whenever it is collected, on whichever test runs then.
-    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
 ]
 IMG = "hub-test/busybox:latest"
 

@@ -31,7 +31,6 @@ from tests.hubcontrol.test_audit_stream import registry  # noqa: F401 - a fixtur
 pytestmark = [
     pytest.mark.docker,
     pytest.mark.timeout(300),
-    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
 ]
 
 DOCKER_CLI = "/usr/bin/docker"

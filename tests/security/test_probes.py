@@ -18,7 +18,6 @@ from tests.support.images import import_busybox
 
 pytestmark = [
     pytest.mark.docker,
-    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
 ]
 IMG = "hub-test/busybox:latest"
 

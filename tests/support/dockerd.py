@@ -13,13 +13,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import httpx
 
 CRIU_BIN = "/opt/rediacc/criu/bin"
 
@@ -52,6 +51,27 @@ def _unmount_under(path: Path) -> None:
         subprocess.run(["umount", "-l", m], capture_output=True)
 
 
+def _answers_ping(sock: Path) -> bool:
+    """Whether a daemon answers ``GET /_ping`` on ``sock``. A plain socket, closed on every
+    path: httpx's client leaves the socket of a refused Unix connection for the collector, and
+    its ResourceWarning then fails whichever test is running."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        try:
+            s.connect(str(sock))
+            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: d\r\n\r\n")
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        except OSError:
+            return False
+    return (
+        answer.startswith(b"HTTP/1.")
+        and b" 200 " in answer.split(b"\r\n", 1)[0]
+        and answer.endswith(b"OK")
+    )
+
+
 @contextlib.contextmanager
 def scratch_dockerd(index: int, *, iptables: bool = False):
     """Start a dockerd with bridge ``hubt<index>`` on 10.250.<index>.1/24; yield a ScratchDaemon."""
@@ -68,27 +88,38 @@ def scratch_dockerd(index: int, *, iptables: bool = False):
     config.write_text(json.dumps({}))
     env = dict(os.environ, TMPDIR=str(root / "tmp"), PATH=f"{CRIU_BIN}:{os.environ['PATH']}")
     cmd = [
-        "dockerd", "--data-root", str(root / "data"), "--exec-root", str(exec_root),
-        "-H", f"unix://{sock}", "--pidfile", str(root / "docker.pid"),
-        "--config-file", str(config), "--bridge", bridge, "--experimental",
-        "--init-path", "/usr/bin/tini-static", f"--iptables={'true' if iptables else 'false'}",
+        "dockerd",
+        "--data-root",
+        str(root / "data"),
+        "--exec-root",
+        str(exec_root),
+        "-H",
+        f"unix://{sock}",
+        "--pidfile",
+        str(root / "docker.pid"),
+        "--config-file",
+        str(config),
+        "--bridge",
+        bridge,
+        "--experimental",
+        "--init-path",
+        "/usr/bin/tini-static",
+        f"--iptables={'true' if iptables else 'false'}",
         "--ip-masq=false" if not iptables else "--ip-masq=true",
     ]
     if os.path.exists("/run/containerd/containerd.sock"):
         cmd += ["--containerd-namespace", bridge, "--containerd-plugins-namespace", f"{bridge}p"]
     log = open(root / "dockerd.log", "wb")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"dockerd exited: {(root / 'dockerd.log').read_text()[-2000:]}")
-            try:
-                with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock))) as probe:
-                    if probe.get("http://d/_ping", timeout=1).text == "OK":
-                        break
-            except httpx.HTTPError:
-                pass
+            if _answers_ping(sock):
+                break
             if time.monotonic() > deadline:
                 raise RuntimeError("dockerd did not answer /_ping within 30 s")
             time.sleep(0.05)

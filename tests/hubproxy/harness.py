@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import threading
 import time
@@ -205,3 +206,22 @@ def ws_roundtrip(sock: socket.socket, ws: WSConnection, text: str) -> str | None
                 return event.data
             if isinstance(event, CloseConnection):
                 return None
+
+
+def provider_login(client: httpx.Client, response: httpx.Response, login: str) -> httpx.Response:
+    """Fill in oidc-provider's development login form as a user would."""
+    assert "/interaction/" in str(response.url), response.text[:300]
+    action = re.search(r'<form[^>]*action="([^"]+)"', response.text).group(1)
+    url = httpx.URL(str(response.url)).join(action)
+    return client.post(url, data={"prompt": "login", "login": login, "password": "any"})
+
+
+def wait_ready(client: httpx.Client, base: str, timeout: float = 10) -> None:
+    """Poll the progress API, as the progress page does, until the environment is ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = client.get(f"{base}/_hub/api/progress", headers={"Sec-Fetch-Mode": "cors"})
+        if r.status_code == 200 and r.json()["ready"]:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("environment did not become ready")

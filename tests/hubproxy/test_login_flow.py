@@ -15,7 +15,15 @@ import pytest
 
 from hubcontrol.config import OAuthConfig, Template
 from hubproxy.relay import Relay
-from tests.hubproxy.harness import StubHub, browser, running_proxy, ws_handshake, ws_roundtrip
+from tests.hubproxy.harness import (
+    StubHub,
+    browser,
+    provider_login,
+    running_proxy,
+    wait_ready,
+    ws_handshake,
+    ws_roundtrip,
+)
 from tests.hubproxy.support import make_config
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port, npm_oidc_provider
@@ -59,24 +67,6 @@ def hub_config(tmp_path, envs, issuer, **overrides):
 
 def callbacks(port):
     return [f"http://{p}.{DOMAIN}:{port}/_hub/oauth/callback" for p in ("term", "code")]
-
-
-def provider_login(client: httpx.Client, response: httpx.Response, login: str) -> httpx.Response:
-    """Fill in oidc-provider's development login form as a user would."""
-    assert "/interaction/" in str(response.url), response.text[:300]
-    action = re.search(r'<form[^>]*action="([^"]+)"', response.text).group(1)
-    url = httpx.URL(str(response.url)).join(action)
-    return client.post(url, data={"prompt": "login", "login": login, "password": "any"})
-
-
-def wait_ready(client, base, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.get(f"{base}/_hub/api/progress", headers={"Sec-Fetch-Mode": "cors"})
-        if r.status_code == 200 and r.json()["ready"]:
-            return
-        time.sleep(0.1)
-    raise TimeoutError("environment did not become ready")
 
 
 def started(hub, timeout: float = 5.0) -> list:

@@ -36,7 +36,13 @@ from hubproxy.master import ReusePortLoop
 from hubproxy.sessions import Session, SessionStore
 from hubproxy.worker import RemoteControlPlane, parse_args
 from hubproxy.workers import FleetMetrics, trusted_client
-from tests.hubproxy.harness import HubTransport, ws_handshake, ws_roundtrip
+from tests.hubproxy.harness import (
+    HubTransport,
+    provider_login,
+    wait_ready,
+    ws_handshake,
+    ws_roundtrip,
+)
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
@@ -516,26 +522,8 @@ def hub_log(tmp_path: Path) -> str:
     return (tmp_path / "hub.log").read_text(errors="replace")
 
 
-def provider_login(client: httpx.Client, response: httpx.Response, login: str) -> httpx.Response:
-    """Fill in oidc-provider's development login form as a user would."""
-    assert "/interaction/" in str(response.url), response.text[:300]
-    action = re.search(r'<form[^>]*action="([^"]+)"', response.text).group(1)
-    url = httpx.URL(str(response.url)).join(action)
-    return client.post(url, data={"prompt": "login", "login": login, "password": "any"})
-
-
 def callbacks(port):
     return [f"http://term.{DOMAIN}:{port}/_hub/oauth/callback"]
-
-
-def wait_ready(client, base, timeout=10):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.get(f"{base}/_hub/api/progress", headers={"Sec-Fetch-Mode": "cors"})
-        if r.status_code == 200 and r.json()["ready"]:
-            return
-        time.sleep(0.1)
-    raise TimeoutError("environment did not become ready")
 
 
 @pytest.mark.oidc

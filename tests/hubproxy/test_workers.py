@@ -45,6 +45,7 @@ from tests.hubproxy.harness import (
 )
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port, npm_oidc_provider
+from tests.support.procs import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "example.test"
@@ -492,13 +493,7 @@ def hub_process(tmp_path: Path, port: int, issuer: str, term_port: int, workers:
         yield proc
     finally:
         kids = workers_of(tmp_path)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, 30)
         for pid in kids:  # never leave a worker behind, even when the test failed
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -12,13 +12,14 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.support.procs import stop
 
 CRIU_BIN = "/opt/rediacc/criu/bin"
 
@@ -130,12 +131,7 @@ def scratch_dockerd(index: int, *, iptables: bool = False):
                 c = ScratchDaemon(root, sock, bridge, proc).client()
                 for ctr in c.containers.list(all=True):
                     ctr.remove(force=True)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc, 30)
         log.close()
         _unmount_under(exec_root)
         _unmount_under(root)

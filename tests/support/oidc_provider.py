@@ -12,12 +12,13 @@ import contextlib
 import json
 import os
 import select
-import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from tests.support.procs import stop
 
 OIDC_DIR = Path(__file__).resolve().parent / "oidc"
 
@@ -65,11 +66,6 @@ def npm_oidc_provider(
             raise RuntimeError("oidc-provider did not start in time")
         yield line.decode().split()[1]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 5)
         for stream in (proc.stdout, proc.stderr):
             stream.close()

@@ -45,6 +45,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import struct
 import threading
 import time
@@ -57,6 +58,7 @@ import docker
 import docker.errors
 import httpx
 
+from hubcontrol import safefs, storage
 from hubcontrol.config import DEFAULT_USER, DEFAULT_WORKSPACE
 from hubcontrol.engine import Engine
 from hubcontrol.errors import CheckpointError
@@ -64,7 +66,7 @@ from hubcontrol.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 MAX_FAILURES = 3  # the seed: "If CRIU fails 3 times in a row for a user, checkpointing is disabled"
-CHECKPOINT_DIR = ".checkpoint"  # <workspace-dir>/<u>/.checkpoint/
+CHECKPOINT_DIR = storage.CHECKPOINT_DIR  # <workspace-dir>/<u>/.checkpoint/, root's, mode 0700
 FINGERPRINT_FILE = "hub-fingerprint.json"  # beside CRIU's images, written before the dump
 CHECKPOINT_PREFIX = "hub-"
 RESTORE_TIMEOUT = (
@@ -606,13 +608,24 @@ def make_checkpointer(name: str, state_dir: Path, engine: Engine | None = None) 
 
 
 def _remove_images(checkpoint_dir: Path, keep: str | None) -> list[str]:
-    """Delete every checkpoint image set in ``checkpoint_dir`` except ``keep``."""
+    """Delete every checkpoint image set in ``checkpoint_dir`` except ``keep``, through a
+    descriptor of ``.checkpoint`` reached without following links (``storage.checkpoint_dir``);
+    nothing a link points at is ever removed."""
     removed = []
-    with contextlib.suppress(FileNotFoundError), os.scandir(checkpoint_dir) as entries:
-        for entry in entries:
-            if entry.name != keep and entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed.append(entry.name)
+    try:
+        with storage.checkpoint_dir(checkpoint_dir, create=False) as fd:
+            if fd is None:
+                return removed
+            with os.scandir(fd) as entries:
+                names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+            for name in names:
+                if name != keep:
+                    shutil.rmtree(name, dir_fd=fd, ignore_errors=True)
+                    removed.append(name)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # a link where the workspace should be: leave it, say so
+        log.warning("checkpoint images in %s not removed: %s", checkpoint_dir, exc)
     return removed
 
 
@@ -780,16 +793,24 @@ class CriuCheckpointer(Checkpointer):
 
     @staticmethod
     def _link_checkpoints(data_root: Path, container_id: str, checkpoint_dir: Path) -> None:
-        """Point ``<data-root>/containers/<id>/checkpoints`` at the user's ``.checkpoint``."""
-        checkpoint_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        link = data_root / "containers" / container_id / "checkpoints"
-        if link.is_symlink():
-            if os.readlink(link) == str(checkpoint_dir):
-                return
-            link.unlink()
-        elif link.is_dir():
-            shutil.rmtree(link)
-        os.symlink(checkpoint_dir, link)
+        """Point ``<data-root>/containers/<id>/checkpoints`` at the user's ``.checkpoint``, made
+        root's and 0700 first; neither end is reached through a link."""
+        with storage.checkpoint_dir(checkpoint_dir):
+            pass
+        with safefs.open_dir(data_root, f"containers/{container_id}") as fd:
+            try:
+                st = os.stat("checkpoints", dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                if os.readlink("checkpoints", dir_fd=fd) == str(checkpoint_dir):
+                    return
+                os.unlink("checkpoints", dir_fd=fd)
+            elif st is not None and stat.S_ISDIR(st.st_mode):
+                shutil.rmtree("checkpoints", dir_fd=fd)
+            elif st is not None:
+                os.unlink("checkpoints", dir_fd=fd)
+            os.symlink(checkpoint_dir, "checkpoints", dir_fd=fd)
 
     def _api(self, target: CheckpointTarget) -> httpx.Client:
         transport = httpx.HTTPTransport(uds=_socket_path(target.docker_url))
@@ -1000,11 +1021,14 @@ def _write_fingerprint(images: Path, container_id: str, marks: Mapping[int, Proc
         "container": container_id,
         "processes": [dataclasses.asdict(m) for m in marks.values()],
     }
-    (images / FINGERPRINT_FILE).write_text(json.dumps(data))
+    # written and read from <workspace-dir> down without following a link (safefs)
+    safefs.write_atomic(
+        images / FINGERPRINT_FILE, json.dumps(data), mode=0o600, base=images.parents[2]
+    )
 
 
 def _read_fingerprint(images: Path, container_id: str) -> dict[int, ProcessMark]:
-    data = json.loads((images / FINGERPRINT_FILE).read_text())
+    data = json.loads(safefs.read_text(images / FINGERPRINT_FILE, base=images.parents[2]))
     if data.get("container") != container_id:
         raise ValueError(f"fingerprint belongs to container {data.get('container')}")
     return {p["nspid"]: ProcessMark(**p) for p in data["processes"]}

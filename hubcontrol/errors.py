@@ -9,6 +9,7 @@ Exception tree::
     ├── ConfigError          bad labels, flags, variables or files (one or more problems)
     ├── UsernameError        an OAuth username that cannot be mapped to a safe name
     ├── DaemonError          a per-user dockerd failed to start, stop or answer
+    ├── StorageError         a user's directories could not be made, or overlap another account's
     ├── NetworkError         bridges, subnets or firewall rules could not be set up
     ├── ImageError           the template image could not be made available to a daemon
     ├── EnvironmentError_    the environment container failed to start or become ready
@@ -52,6 +53,11 @@ class UsernameError(HubError):
 
 class DaemonError(HubError):
     """Raised when a per-user dockerd fails to start, stop or answer."""
+
+
+class StorageError(HubError):
+    """Raised when a user's workspace or data-root dir cannot be made safely, or what is on disk
+    overlaps another account's tree (the operator must decide; the hub never guesses)."""
 
 
 class NetworkError(HubError):

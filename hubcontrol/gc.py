@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from hubcontrol import names, safefs, storage
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.errors import GCError
 from hubcontrol.netids import DEFAULT_REGISTRY
@@ -53,8 +54,8 @@ from hubcontrol.supervisor import RUN_DIR
 from hubcontrol.supervisor import systemd as systemd_supervisor
 
 MARKER = ".networkid"
-DATA_ROOT_SUFFIX = "-docker"
-CHECKPOINT_DIR = ".checkpoint"
+DATA_ROOT_SUFFIX = names.DATA_ROOT_SUFFIX
+CHECKPOINT_DIR = storage.CHECKPOINT_DIR
 DEFAULT_MAX_AGE = 30 * 24 * 3600.0
 DEFAULT_EXEC_BASE = RUN_DIR  # /run/rediacc/hub: <net_id>/ is a daemon's exec-root
 DEFAULT_CLAIMS_DIR = DEFAULT_REGISTRY  # /var/lib/rediacc/netids
@@ -430,6 +431,16 @@ def _inspect_data_root(path: Path, workspace: Path) -> tuple[int | None, str | N
     inner = path / ".rediacc"
     if inner.is_symlink():
         return net_id, f".rediacc is a symlink to {os.path.realpath(inner)}"
+    user = path.name[: -len(DATA_ROOT_SUFFIX)]
+    if not names.is_safe_name(user):
+        return net_id, (
+            f"left by a user named {user!r}, a name older hubs allowed: its workspace "
+            f"{workspace / user} may be another user's data-root; resolve by hand "
+            '(docs/operations.md, "Names older hubs allowed")'
+        )
+    problems = storage.overlap_problems(storage.UserPaths(workspace, user))
+    if problems:
+        return net_id, f"overlaps another account's tree: {'; '.join(problems)}"
     return net_id, None
 
 
@@ -461,9 +472,9 @@ def plan_gc(
     probe = probe or HostProbe()
     probe.refresh()
     entries: list[GCEntry] = []
-    names = {e.name for e in os.scandir(workspace)}
+    entry_names = {e.name for e in os.scandir(workspace)}
     roots: dict[str, GCEntry] = {}
-    for name in sorted(names):
+    for name in sorted(entry_names):
         if not name.endswith(DATA_ROOT_SUFFIX) or name == DATA_ROOT_SUFFIX:
             continue
         path = workspace / name
@@ -490,9 +501,11 @@ def plan_gc(
         roots[user] = entry
         entries.append(entry)
 
-    for name in sorted(names):
+    for name in sorted(entry_names):
         ckpt = workspace / name / CHECKPOINT_DIR
         if name.endswith(DATA_ROOT_SUFFIX) and name in {f"{u}{DATA_ROOT_SUFFIX}" for u in roots}:
+            continue
+        if not names.is_safe_name(name):  # the hub's own entry, or a name older hubs allowed
             continue
         if (workspace / name).is_symlink() or ckpt.is_symlink() or not ckpt.is_dir():
             continue
@@ -625,7 +638,7 @@ def remove_tree(path: Path) -> str:
         if res.returncode != 0:
             raise GCError(f"cannot delete BTRFS subvolume {path}: {res.stderr.strip()}")
         return "deleted BTRFS subvolume"
-    shutil.rmtree(path)
+    safefs.remove_tree(path)
     return "removed directory" if not nested else f"removed directory and {len(nested)} subvolumes"
 
 
@@ -729,5 +742,10 @@ def _remove_checkpoint(
             entry.user, data_root, entry.net_id
         ):
             return "skipped: the user's daemon came back"
-    remove_tree(path)
+    # from <workspace-dir> down without following a link: .checkpoint is root's, 0700
+    with storage.checkpoint_dir(path.parent, create=False) as fd:
+        if fd is None:
+            return "skipped: checkpoint dir is gone"
+        unmount_all(path)
+        shutil.rmtree(path.name, dir_fd=fd)
     return "removed"

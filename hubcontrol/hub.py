@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -29,7 +28,7 @@ import docker.errors
 
 from hubcontrol import checkpoint as ckpt
 from hubcontrol import environment as envs
-from hubcontrol import images, network, storage
+from hubcontrol import images, network, safefs, storage
 from hubcontrol.audit import AuditManager
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.engine import Engine
@@ -42,7 +41,7 @@ from hubcontrol.errors import (
     UsernameError,
 )
 from hubcontrol.idle import IdleCuller, checkpoint_wanted
-from hubcontrol.names import safe_name
+from hubcontrol.names import is_safe_name, safe_name
 from hubcontrol.netids import DEFAULT_REGISTRY, NetIdRegistry
 from hubcontrol.socketproxy import PolicySockets
 from hubcontrol.stats import StatsSampler
@@ -309,7 +308,7 @@ class Hub:
         None before the user has a network ID. Unlike the other methods, this takes the safe
         name, since its callers (stats, policy sockets) work from records.
         """
-        if not re.fullmatch(r"[a-z0-9-]{1,32}", name or ""):
+        if not is_safe_name(name or ""):
             return None
         rec = self._records.get(name) or self._load_record(name)
         if not rec or rec.get("net_id") is None:
@@ -344,10 +343,11 @@ class Hub:
         rec["updated_at"] = self.clock()
         self._records[rec["name"]] = rec
         self.users_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = self._record_path(rec["name"])
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(rec, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        safefs.write_atomic(
+            self._record_path(rec["name"]),
+            json.dumps(rec, indent=2, sort_keys=True) + "\n",
+            mode=0o600,
+        )
 
     def _set_state(
         self, rec: dict, state: str, *, step: str = "", message: str = "", error: str | None = None
@@ -538,9 +538,12 @@ class Hub:
         rec.update(template=tpl.name, mode=tpl.mode, per_user_docker=tpl.per_user_docker)
         self._set_state(rec, "starting", step="storage", message="Preparing your storage")
 
-        rec["subvolume"] = await call(storage.ensure_data_root_dir, paths.data_root_dir)
-        if not tpl.ephemeral:
-            await call(paths.workspace.mkdir, parents=True, exist_ok=True)
+        rec["subvolume"] = await call(
+            storage.prepare_user_tree,
+            paths,
+            workspace=not tpl.ephemeral,
+            records_dir=self.users_dir,
+        )
         net_id = await call(self.netids.allocate, paths.data_root_dir, reserved=self._reserved())
         net = network.user_network(net_id, self.config.user_subnet_pool)
         rec.update(net_id=net_id, service_ip=str(net.service_ip))
@@ -1000,7 +1003,9 @@ class Hub:
 
 
 def _chown_top(path: Path, uid: int, gid: int) -> None:
-    """Give the workspace directory itself to the container user (contents are left alone)."""
-    st = os.stat(path)
-    if (st.st_uid, st.st_gid) != (uid, gid):
-        os.chown(path, uid, gid)
+    """Give the workspace directory itself to the container user (contents are left alone),
+    through a descriptor opened without following a link (``safefs``)."""
+    with safefs.open_dir(path.parent, path.name) as fd:
+        st = os.fstat(fd)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(fd, uid, gid)

@@ -19,6 +19,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from hubcontrol import safefs
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.errors import NetworkError
 
@@ -44,7 +45,7 @@ def index_of(net_id: int) -> int:
 def read_marker(data_root_dir: Path) -> int | None:
     """The network ID recorded in a data-root dir, or None when absent or unreadable."""
     try:
-        text = (data_root_dir / MARKER).read_text().strip()
+        text = safefs.read_text(Path(data_root_dir) / MARKER, limit=64).strip()
         net_id = int(text)
         index_of(net_id)
         return net_id
@@ -71,9 +72,7 @@ def in_use(net_id: int, *, run_dir: Path = RUN_DIR, sys_net: Path = SYS_NET) -> 
 
 
 def write_marker(data_root_dir: Path, net_id: int) -> None:
-    tmp = data_root_dir / f"{MARKER}.tmp"
-    tmp.write_text(f"{net_id}\n")
-    os.replace(tmp, data_root_dir / MARKER)
+    safefs.write_atomic(Path(data_root_dir) / MARKER, f"{net_id}\n", mode=0o644)
 
 
 class NetIdRegistry:

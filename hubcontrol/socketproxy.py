@@ -937,7 +937,7 @@ def start(
         # Running, but its socket file is gone (a daemon restart's cleanup removed it) or it
         # serves other settings (a template switch moved the workspace): start over.
         stop(args)
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    out = os.fdopen(_open_log(log_path), "ab") if log_path else subprocess.DEVNULL
     try:
         subprocess.run(
             systemd_run_argv(args, daemon_unit)
@@ -968,6 +968,14 @@ def start(
         f"policy socket {args.listen} did not start within {timeout:.0f} s"
         + (f"; see {log_path}" if log_path else ""),
     )
+
+
+def _open_log(path: str | Path) -> int:
+    """The policy socket's log, opened by root without following a link (docs/security.md,
+    "Paths root touches"); imported here only, so the policy process itself never loads it."""
+    from hubcontrol import safefs
+
+    return safefs.open_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
 
 def stop(args: ProxyArgs, timeout: float = 10.0) -> None:
@@ -1004,7 +1012,8 @@ def systemd_run_argv(args: ProxyArgs, daemon_unit: str, python: str = sys.execut
     systemd): a child of the hub would sit in the hub's own unit and die with every hub restart;
     this unit survives it, and stops with the daemon's unit (``BindsTo=``)."""
     base = daemon_unit.removesuffix(".service")
-    unit = base.replace("-dockerd-", "-policy-") if "-dockerd-" in base else f"{base}-policy"
+    # only the prefix: a username may itself contain "-dockerd-" (a-dockerd-b vs a-policy-b)
+    unit = base.replace("-dockerd-", "-policy-", 1) if "-dockerd-" in base else f"{base}-policy"
     return [
         "systemd-run",
         "--quiet",

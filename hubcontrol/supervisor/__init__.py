@@ -21,6 +21,7 @@ Contract (every method is blocking; the hub calls them in worker threads):
 from __future__ import annotations
 
 import abc
+import json
 import os
 import socket
 import time
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from hubcontrol import durations
+from hubcontrol import durations, safefs
 from hubcontrol.errors import ConfigError, DaemonError
 
 RUN_DIR = Path("/run/rediacc/hub")
@@ -198,9 +199,30 @@ def ping(path: Path, timeout: float = 1.0) -> bool:
     return head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n", 1)[0] and body == b"OK"
 
 
+def prepare_daemon_dirs(spec: DaemonSpec) -> None:
+    """Make the daemon dir, data-root and TMPDIR as root's directories without following a link
+    (the hub checked the chain above them: ``storage.prepare_user_tree``)."""
+    daemon_dir = Path(spec.daemon_dir)
+    daemon_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    safefs.ensure_dir(daemon_dir.parent, daemon_dir.name, mode=0o700)
+    for inner in (spec.data_root, spec.tmpdir):
+        rel = safefs.split(inner, daemon_dir)
+        safefs.ensure_dir(
+            daemon_dir,
+            "/".join(rel),
+            mode=0o710 if inner == spec.data_root else 0o700,
+            set_mode=inner != spec.data_root,
+        )
+
+
+def write_daemon_config(spec: DaemonSpec, config: Mapping) -> None:
+    """Write ``daemon.json``: a link planted at its path is replaced, never written through."""
+    safefs.write_atomic(spec.config_file, json.dumps(config, indent=2) + "\n", mode=0o600)
+
+
 def log_tail(path: Path, limit: int = 2000) -> str:
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(safefs.open_file(path), "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - limit))
             return f.read().decode(errors="replace")

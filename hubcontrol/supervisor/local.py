@@ -22,7 +22,6 @@ starts from the daemon's group, moves to the sibling v2 group ``criu`` (``criu_w
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shlex
 import signal
@@ -30,7 +29,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from hubcontrol import storage
+from hubcontrol import safefs, storage
 from hubcontrol.errors import DaemonError
 from hubcontrol.supervisor import (
     CPU_PERIOD_US,
@@ -39,7 +38,9 @@ from hubcontrol.supervisor import (
     daemon_config,
     dockerd_argv,
     dockerd_env,
+    prepare_daemon_dirs,
     wait_for_ping,
+    write_daemon_config,
 )
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -376,18 +377,18 @@ class LocalSupervisor(DaemonSupervisor):
     def start(self, spec: DaemonSpec, timeout: float = 60.0) -> None:
         if self.is_running(spec):
             return
-        for d in (spec.daemon_dir, spec.data_root, spec.tmpdir):
-            d.mkdir(parents=True, exist_ok=True)
+        prepare_daemon_dirs(spec)
         spec.run_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-        spec.exec_root.mkdir(exist_ok=True, mode=0o700)
-        spec.env_dir.mkdir(exist_ok=True, mode=0o755)
+        safefs.ensure_dir(spec.run_dir, str(spec.net_id), mode=0o700)
+        safefs.ensure_dir(spec.exec_root, "env", mode=0o755)
         self._cleanup_stale(spec)
         self.apply_limits(spec)
         config = daemon_config(spec, cgroup_parent=self.container_cgroup_parent(spec))
-        spec.config_file.write_text(json.dumps(config, indent=2) + "\n")
+        write_daemon_config(spec, config)
         # Join the cgroups before exec, so containerd and the shims dockerd spawns start there;
-        # record our PID (dockerd's, after exec) before dockerd writes its own pidfile.
-        launcher = spec.daemon_dir / "launcher.pid"
+        # record our PID (dockerd's, after exec) before dockerd writes its own pidfile. The
+        # shell writes it in the exec-root, root's 0700 dir: a redirect follows links.
+        launcher = spec.exec_root / "launcher.pid"
         launcher.unlink(missing_ok=True)
         joins = " ".join(shlex.quote(str(p)) for p in self.cgroups.procs_files(_group(spec)))
         script = (
@@ -402,7 +403,8 @@ class LocalSupervisor(DaemonSupervisor):
         # of ours; its output goes to its log file.
         argv = ["setsid", "--fork", "/bin/sh", "-c", script, "sh", *dockerd_argv(spec)]
         _rotate(spec.log)
-        with open(spec.log, "ab") as log:
+        log_fd = safefs.open_file(spec.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(log_fd, "ab") as log:
             subprocess.run(
                 argv,
                 stdin=subprocess.DEVNULL,

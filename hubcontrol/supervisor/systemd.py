@@ -15,7 +15,6 @@ gone after a reboot, when no daemon runs anyway; the hub writes them again on th
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 from pathlib import Path
@@ -27,7 +26,9 @@ from hubcontrol.supervisor import (
     daemon_config,
     dockerd_argv,
     dockerd_env,
+    prepare_daemon_dirs,
     wait_for_ping,
+    write_daemon_config,
 )
 
 UNIT_DIR = Path("/run/systemd/system")
@@ -146,8 +147,8 @@ class SystemdSupervisor(DaemonSupervisor):
             if not path.exists() or path.read_text() != text:
                 path.write_text(text)
                 changed = True
-        spec.daemon_dir.mkdir(parents=True, exist_ok=True)
-        spec.config_file.write_text(json.dumps(daemon_json(spec), indent=2) + "\n")
+        prepare_daemon_dirs(spec)
+        write_daemon_config(spec, daemon_json(spec))
         return changed
 
     def is_running(self, spec: DaemonSpec) -> bool:

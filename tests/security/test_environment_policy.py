@@ -25,6 +25,7 @@ from anyio.from_thread import start_blocking_portal
 
 from hubcontrol.embed import SyncHub
 from hubcontrol.hub import Hub
+from hubcontrol.names import safe_name
 from tests.hubcontrol._hubcore import HOST_SOCKET, env_rootfs_tar, make_config, unique_user
 from tests.hubcontrol.test_audit_stream import registry  # noqa: F401 - a fixture
 
@@ -107,7 +108,7 @@ class Env:
     def __init__(self, hub: SyncHub, user: str):
         self.user = user
         self.env = hub.ensure_running(user)
-        self.spec = hub.hub.daemon_spec(user)
+        self.spec = hub.hub.daemon_spec(safe_name(user))
         self.workspace = hub.hub.config.workspace_dir / self.spec.user
         wait_for_socket(self.spec.env_socket_path)
         self.client = docker.DockerClient(base_url=self.env.docker_url, version="1.41")

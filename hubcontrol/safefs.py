@@ -200,6 +200,19 @@ def open_file(
     return fd
 
 
+def open_own_file(path: str | os.PathLike, flags: int, mode: int = 0o600) -> int:
+    """``open_file`` for a file only the hub makes (a log): a link, FIFO or socket found at
+    ``path`` is not the hub's, so it is removed (never followed) and the file made afresh."""
+    try:
+        return open_file(path, flags | os.O_CREAT, mode)
+    except UnsafePathError:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise
+        os.unlink(path)
+        return open_file(path, flags | os.O_CREAT | os.O_EXCL, mode)
+
+
 def read_text(
     path: str | os.PathLike, *, base: str | os.PathLike | None = None, limit: int = 1 << 20
 ) -> str:

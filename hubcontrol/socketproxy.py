@@ -975,7 +975,7 @@ def _open_log(path: str | Path) -> int:
     "Paths root touches"); imported here only, so the policy process itself never loads it."""
     from hubcontrol import safefs
 
-    return safefs.open_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return safefs.open_own_file(path, os.O_WRONLY | os.O_APPEND, 0o600)
 
 
 def stop(args: ProxyArgs, timeout: float = 10.0) -> None:

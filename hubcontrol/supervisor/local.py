@@ -403,7 +403,7 @@ class LocalSupervisor(DaemonSupervisor):
         # of ours; its output goes to its log file.
         argv = ["setsid", "--fork", "/bin/sh", "-c", script, "sh", *dockerd_argv(spec)]
         _rotate(spec.log)
-        log_fd = safefs.open_file(spec.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        log_fd = safefs.open_own_file(spec.log, os.O_WRONLY | os.O_APPEND, 0o600)
         with os.fdopen(log_fd, "ab") as log:
             subprocess.run(
                 argv,

@@ -164,3 +164,51 @@ def test_workspaces_are_out_of_reach_of_other_host_accounts(hub):
         assert (hub.hub.users_dir / f"{dave.spec.user}.json").stat().st_mode & 0o077 == 0
     finally:
         dave.close()
+
+
+def test_links_planted_in_the_victims_tree_are_never_written_through(hub, tmp_path):
+    """The rest of the attack: links at daemon.json, the daemon log, the network-ID marker and
+    .checkpoint, planted while alice's daemon is stopped (as the attacker did through the
+    overlapping workspace); alice's next start writes none of them through."""
+    hub, _img = hub
+    victim = unique_user("erin")
+    erin = Env(hub, victim)
+    erin.close()
+    hub.stop(victim, checkpoint=False)
+    host = tmp_path / "host"
+    host.mkdir(mode=0o700)
+    canary = host / "shadow"
+    canary.write_text("root:secret\n")
+    canary.chmod(0o600)
+    (host / "dir").mkdir()
+    spec = erin.spec
+    root = hub.hub.config.workspace_dir / f"{spec.user}-docker"
+    plants = [
+        spec.config_file,
+        spec.log,
+        root / ".networkid",
+        hub.hub.config.workspace_dir / spec.user / ".checkpoint",
+    ]
+    marker = (root / ".networkid").read_text()
+    for path in plants:
+        if path.exists() or path.is_symlink():
+            os.replace(path, path.with_name(path.name + ".orig")) if path.is_file() else (
+                subprocess.run(["rm", "-rf", str(path)], check=True)
+            )
+        path.symlink_to(host / "dir" if path.name == ".checkpoint" else canary)
+    # the marker is read without following: restore its content beside the plant for the test
+    (root / ".networkid").unlink()
+    (root / ".networkid").write_text(marker)
+    again = Env(hub, victim)
+    try:
+        assert canary.read_text() == "root:secret\n" and canary.stat().st_mode & 0o777 == 0o600
+        assert list((host / "dir").iterdir()) == []
+        assert again.env.net_id == erin.env.net_id
+        assert not spec.config_file.is_symlink() and '"live-restore": true' in (
+            spec.config_file.read_text()
+        )
+        assert not spec.log.is_symlink()
+        code, out = again.sh("docker ps --format '{{.Names}}'")
+        assert code == 0 and f"hub-{spec.user}" in out, out
+    finally:
+        again.close()

@@ -229,6 +229,7 @@ class HostProbe:
     # After removing a data-root: delete what its daemon left on the host (bridges, isolation
     # rules, empty cgroups). Off in tests that use made-up network IDs.
     host_cleanup: bool = True
+    sys_net: Path = Path("/sys/class/net")
     _dockerds: dict[int, str] | None = field(default=None, repr=False)
 
     def refresh(self) -> None:
@@ -245,6 +246,15 @@ class HostProbe:
             sock = self.exec_base / str(net_id) / "docker.sock"
             if sock.exists() and _answers(sock):
                 return f"socket {sock} answers"
+            # An environment on the host's daemon (a template without a per-user daemon) has
+            # no dockerd of its own: its container's interface on the user's bridges says it
+            # runs, whatever the marker's age (removing it would strip a live environment of
+            # its bridges and isolation rules).
+            for bridge in (f"rdh{net_id}", f"rdh{net_id}e"):
+                with contextlib.suppress(OSError):
+                    attached = sorted(os.listdir(self.sys_net / bridge / "brif"))
+                    if attached:
+                        return f"interface {attached[0]} on bridge {bridge}"
         return None
 
     def configured(self, user: str, data_root: Path, net_id: int | None) -> str | None:

@@ -5,6 +5,7 @@ and the user's next login works on a fresh data-root with the workspace intact."
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from pathlib import Path
 
@@ -64,3 +65,39 @@ def test_gc_keeps_running_users_and_collects_stopped_ones(tmp_path: Path):
                 hub.destroy(user, remove_data=True)
     if env is not None:
         subprocess.run(["ip", "link", "del", f"rdh{env.net_id}"], capture_output=True)
+
+
+def test_gc_keeps_a_running_environment_on_the_host_daemon(tmp_path: Path):
+    """A template without a per-user daemon (``rediacc.hub.docker`` empty) runs on the host's
+    daemon: no dockerd of its own, so GC must see the environment itself. An outside test found
+    GC, with the hub stopped, removing such a data-root by the marker's age alone, releasing its
+    network ID and deleting the running environment's bridges and isolation rules."""
+    user = unique_user("gcs")
+    ws = tmp_path / "workspaces"
+    probe = HostProbe(claims_dir=DEFAULT_REGISTRY, unit_dirs=())
+    with host_test_image() as image:
+        config = make_config(tmp_path, image, docker="")
+        with embedded(config, ready_timeout=20) as hub:
+            try:
+                env = hub.ensure_running(user)
+                assert not env.per_user_docker
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    hub.destroy(user, remove_data=True)
+                raise
+        # the hub is gone; the environment keeps running on the host daemon
+        root = ws / f"{user}-docker"
+        try:
+            marker = root / ".networkid"
+            os.utime(marker, (0, 0))  # as old as can be
+            done = gc.apply_gc(gc.plan_gc(ws, max_age=0, probe=probe), probe=probe)
+            entry = next(e for e in done.entries if e.path == root)
+            assert entry.action is Action.KEEP and "bridge" in entry.reason, entry.reason
+            assert root.exists() and (DEFAULT_REGISTRY / str(env.net_id)).exists()
+            assert network.link_exists(f"rdh{env.net_id}e") or network.link_exists(
+                f"rdh{env.net_id}"
+            )
+        finally:
+            with embedded(config, ready_timeout=20) as hub:
+                with contextlib.suppress(Exception):
+                    hub.destroy(user, remove_data=True)

@@ -85,6 +85,7 @@ class Action(enum.StrEnum):
 class Kind(enum.StrEnum):
     DATA_ROOT = "data-root"
     CHECKPOINT = "checkpoint"
+    CLAIM = "claim"  # a network-ID claim whose data-root dir no longer exists
 
 
 # ---------------------------------------------------------------------------------------------
@@ -522,7 +523,53 @@ def plan_gc(
         entries.extend(
             _plan_checkpoints(workspace, name, ckpt, roots.get(name), max_age, now, probe, sizes)
         )
+    entries.extend(_plan_orphaned_claims(workspace, probe))
     return GCPlan(workspace, max_age, tuple(entries))
+
+
+def _plan_orphaned_claims(workspace: Path, probe: HostProbe) -> list[GCEntry]:
+    """Claims (``<claims-dir>/<net_id>``) naming a data-root dir directly inside ``workspace``
+    that no longer exists (removed by hand, with its workspace): the network ID, its bridges and
+    rules would otherwise stay taken for good. Kept while anything still uses the ID."""
+    out = []
+    with contextlib.suppress(OSError):
+        for entry in sorted(os.scandir(probe.claims_dir), key=lambda e: e.name):
+            if not entry.name.isdigit():
+                continue
+            net_id = int(entry.name)
+            owner = claim_owner(probe.claims_dir, net_id)
+            if owner is None:
+                continue
+            path = Path(owner)
+            if Path(os.path.realpath(path.parent)) != workspace or not path.name.endswith(
+                DATA_ROOT_SUFFIX
+            ):
+                continue
+            if os.path.lexists(path):
+                continue
+            user = path.name[: -len(DATA_ROOT_SUFFIX)]
+            running = probe.running(path, net_id)
+            if running:
+                action, reason = Action.KEEP, f"data-root gone but network ID in use ({running})"
+            else:
+                action, reason = Action.REMOVE, "data-root dir no longer exists"
+            out.append(GCEntry(Kind.CLAIM, path, user, net_id, None, None, action, reason))
+    return out
+
+
+def _release_orphaned_claim(entry: GCEntry, probe: HostProbe) -> str:
+    with claims_lock(probe.claims_dir):
+        if os.path.lexists(entry.path):
+            return "skipped: the data-root came back"
+        probe.refresh()
+        if running := probe.running(entry.path, entry.net_id):
+            return f"skipped: network ID in use ({running})"
+        if not release_claim(probe.claims_dir, entry.net_id, entry.path):
+            return "skipped: the claim changed"
+    details = ["claim released"]
+    if probe.host_cleanup:
+        details += remove_daemon_leftovers(entry.user, entry.net_id)
+    return f"removed ({', '.join(details)})"
 
 
 def _plan_checkpoints(
@@ -671,6 +718,8 @@ def apply_gc(plan: GCPlan, *, probe: HostProbe | None = None, now: float | None 
             if entry.kind is Kind.DATA_ROOT:
                 outcome = _remove_data_root(entry, plan, probe, now)
                 removed_users.add(entry.user)
+            elif entry.kind is Kind.CLAIM:
+                outcome = _release_orphaned_claim(entry, probe)
             else:
                 outcome = _remove_checkpoint(entry, plan, probe, removed_users)
         except GCError as e:

@@ -132,7 +132,8 @@ def make_data_root(ws: Path, user: str, net_id: int | str, age_days: float, now:
 
 @pytest.fixture
 def probe(tmp_path: Path) -> HostProbe:
-    # Unit dirs and claims under tmp: the host's own units and claims must not leak into tests.
+    # Unit dirs, claims and bridges under tmp: the host's own (other tests' daemons of these
+    # made-up network IDs) must not leak into tests.
     units = tmp_path / "units"
     units.mkdir()
     return HostProbe(
@@ -140,6 +141,7 @@ def probe(tmp_path: Path) -> HostProbe:
         claims_dir=tmp_path / "netids",
         unit_dirs=(units,),
         host_cleanup=False,
+        sys_net=tmp_path / "sysnet",
     )
 
 

@@ -123,7 +123,11 @@ def host(tmp_path: Path):
     units = tmp_path / "units"
     units.mkdir()
     probe = HostProbe(
-        exec_base=exec_base, claims_dir=tmp_path / "netids", unit_dirs=(units,), host_cleanup=False
+        exec_base=exec_base,
+        claims_dir=tmp_path / "netids",
+        unit_dirs=(units,),
+        host_cleanup=False,
+        sys_net=tmp_path / "sysnet",  # made-up network IDs: never another test's bridges
     )
     try:
         yield ws, probe
@@ -264,7 +268,11 @@ def test_btrfs_subvolumes_are_deleted_as_subvolumes(btrfs_ws: Path, tmp_path: Pa
     (ws / "erin").mkdir()
     age(root, 40)
     probe = HostProbe(
-        exec_base=tmp_path / "run", claims_dir=tmp_path / "netids", unit_dirs=(), host_cleanup=False
+        exec_base=tmp_path / "run",
+        claims_dir=tmp_path / "netids",
+        unit_dirs=(),
+        host_cleanup=False,
+        sys_net=tmp_path / "sysnet",
     )
     plan = gc.plan_gc(ws, max_age=30 * DAY, probe=probe)
     erin = entry_for(plan, root)
@@ -343,3 +351,31 @@ def test_sizes_count_self_binds_but_not_foreign_mounts(tmp_path: Path):
         assert before - 8192 <= gc.disk_usage(root) <= before
     finally:
         _unmount_all(root)
+
+
+def test_claims_whose_data_root_is_gone_are_released_unless_the_id_is_in_use(host, tmp_path):
+    """A data-root dir removed by hand (with its workspace) left its network-ID claim, bridges
+    and rules taken for good; GC releases them, but never while something still uses the ID."""
+    ws, probe = host
+    claims = probe.claims_dir
+    claims.mkdir()
+    gone, busy, elsewhere, alive = 40000, 40064, 40128, 40192
+    (claims / str(gone)).write_text(f"{ws / 'gone-docker'}\n")
+    (claims / str(busy)).write_text(f"{ws / 'busy-docker'}\n")
+    (claims / str(elsewhere)).write_text(f"{tmp_path / 'other' / 'x-docker'}\n")
+    (ws / "alive-docker").mkdir()
+    (claims / str(alive)).write_text(f"{ws / 'alive-docker'}\n")
+    (probe.sys_net / f"rdh{busy}e" / "brif" / "veth0").mkdir(parents=True)
+
+    plan = gc.plan_gc(ws, max_age=0, probe=probe)
+    claims_seen = {e.net_id: e for e in plan.entries if e.kind is gc.Kind.CLAIM}
+    assert set(claims_seen) == {gone, busy}
+    assert claims_seen[gone].action is Action.REMOVE
+    assert claims_seen[busy].action is Action.KEEP and "veth0" in claims_seen[busy].reason
+
+    done = gc.apply_gc(plan, probe=probe)
+    outcome = next(e for e in done.entries if e.net_id == gone).outcome
+    assert outcome.startswith("removed (claim released"), outcome
+    assert not (claims / str(gone)).exists()
+    for kept in (busy, elsewhere, alive):
+        assert (claims / str(kept)).exists()

@@ -212,7 +212,8 @@ def test_gc_refuses_a_data_root_left_by_a_name_older_hubs_allowed(tmp_path):
         (ws / name / netids.MARKER).write_text(f"{net_id}\n")
         os.utime(ws / name / netids.MARKER, (0, 0))
     (ws / "alice-docker" / ".checkpoint" / "hub-1").mkdir(parents=True)
-    plan = gc.plan_gc(ws, max_age=0, probe=gc.HostProbe(claims_dir=tmp_path / "claims"))
+    probe = gc.HostProbe(claims_dir=tmp_path / "claims", sys_net=tmp_path / "sysnet")
+    plan = gc.plan_gc(ws, max_age=0, probe=probe)
     by_path = {e.path.name: e for e in plan.entries}
     assert by_path["alice-docker-docker"].action is gc.Action.REFUSE
     assert "older hubs" in by_path["alice-docker-docker"].reason

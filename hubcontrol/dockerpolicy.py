@@ -515,6 +515,7 @@ def references(request: ApiRequest) -> set[tuple[str, str]]:
         for name in _obj(_obj(body.field("NetworkingConfig")).field("EndpointsConfig")).keys():
             if _is_named_network(name):
                 refs.add(("network", name))
+    refs |= _bound_references(request)
     return refs
 
 
@@ -540,6 +541,9 @@ def check(request: ApiRequest, ctx: PolicyContext, facts: Facts | None = None) -
             result = _CHECKS[name](request, ctx, facts, body)
             if result is not None:
                 body = result
+        bound = _BOUNDS.get(request.endpoint.name)
+        if bound is not None:
+            bound(request, facts, body)
         return body
     except _Refused as r:
         return r.refusal
@@ -747,6 +751,192 @@ _CHECKS: dict[str, Callable] = {
     "connect": _check_connect,
     "network-create": _check_network_create,
     "volume-create": _check_volume_create,
+}
+
+
+# --- bounds: what one user may make their daemon hold ------------------------------------------
+#
+# A per-user dockerd keeps the configuration of every container, network and volume in memory
+# (and reads all of it back at each start), so an unbounded request or an unbounded number of
+# them grows the daemon, however small the user's containers are: 400 creates with 900 KB labels
+# took an unlimited dockerd from 178 MB to 1.36 GB. The daemon runs within an allowance of its own
+# (hubcontrol.supervisor.DAEMON_MEMORY, 1 GiB), and these caps keep legitimate use far below it:
+# 100 containers of at most 256 KiB of configuration each is 25 MiB of configuration, held a few
+# times over. Images are not bounded here (builds, loads and pulls make them); the allowance is.
+
+MAX_CONTAINERS = 100  # per user, stopped ones included; each running one adds a shim of ~12 tasks
+MAX_NETWORKS = 32  # user-made networks (not bridge, host, none); the address block allows ~32
+MAX_VOLUMES = 256  # named volumes
+MAX_LABELS = 256  # per container, network or volume
+MAX_LABEL_BYTES = 64 << 10  # the labels of one object, keys and values together
+MAX_ENV_BYTES = 64 << 10  # a container's or exec's environment ("NAME=value" strings)
+MAX_ARGS_BYTES = 128 << 10  # Cmd and Entrypoint together (Linux caps one argument at 128 KiB)
+MAX_CONFIG_BYTES = 256 << 10  # a container's whole configuration as the daemon receives it
+MAX_NAME_LENGTH = 255  # names of containers, networks and volumes
+
+PREDEFINED_NETWORKS = frozenset({"bridge", "host", "none"})
+
+# What the proxy asks the daemon to count, per ("count", kind) reference: /info counts containers
+# without listing them (a listing carries every container's labels).
+COUNT_QUERIES = {
+    "containers": "/info",
+    "networks": "/networks",
+    "volumes": "/volumes",
+}
+MAX_LISTING_BYTES = 32 << 20  # MAX_VOLUMES volumes with MAX_LABEL_BYTES of labels each, and more
+
+
+def count_objects(kind: str, listing: Any) -> int:
+    """How many of ``kind`` the daemon's answer to ``COUNT_QUERIES[kind]`` holds against the
+    user's cap: every container (stopped ones too), networks other than the predefined ones,
+    named volumes. A ValueError when the answer is not what the daemon sends."""
+    if kind == "containers":
+        count = listing.get("Containers") if isinstance(listing, dict) else None
+        if not isinstance(count, int):
+            raise ValueError("the daemon's /info has no container count")
+        return count
+    if kind == "volumes":
+        listing = listing.get("Volumes") or [] if isinstance(listing, dict) else None
+    if not isinstance(listing, list):
+        raise ValueError(f"the daemon's {kind} listing is not a list")
+    if kind == "networks":
+        return sum(1 for n in listing if (n or {}).get("Name") not in PREDEFINED_NETWORKS)
+    return len(listing)
+
+
+def _bound_references(request: ApiRequest) -> set[tuple[str, str]]:
+    kind = {
+        "container create": "containers",
+        "network create": "networks",
+        "volume create": "volumes",
+    }.get(request.endpoint.name)
+    return {("count", kind)} if kind else set()
+
+
+def _kib(n: int) -> str:
+    return f"{n / 1024:.0f} KiB" if n >= 1024 else f"{n} bytes"
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1] in "aeiou" else "a ") + noun
+
+
+def _utf8_len(value: Any) -> int:
+    return len(str(value).encode("utf-8", "surrogatepass"))
+
+
+def _check_count(facts: Facts, kind: str, cap: int, what: str, hint: str) -> None:
+    count = facts.get(("count", kind))
+    if isinstance(count, int) and count >= cap:
+        raise _refuse(what, f"you have {count} {kind}, the most one user may have ({cap}); {hint}")
+
+
+def _check_name_length(name: Any, kind: str) -> None:
+    if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
+        raise _refuse(
+            f"a {kind} name of {len(name)} characters", f"at most {MAX_NAME_LENGTH} are allowed"
+        )
+
+
+def _check_label_sizes(labels: Any, kind: str) -> None:
+    pairs = _obj(labels).pairs
+    if len(pairs) > MAX_LABELS:
+        raise _refuse(
+            f"{len(pairs)} labels on a {kind}",
+            f"at most {MAX_LABELS} labels per {kind} (your daemon keeps them all in memory)",
+        )
+    size = sum(_utf8_len(k) + _utf8_len(v) for k, v in pairs)
+    if size > MAX_LABEL_BYTES:
+        raise _refuse(
+            f"{_kib(size)} of labels on a {kind}",
+            f"at most {_kib(MAX_LABEL_BYTES)} of labels (keys and values) per {kind}, since "
+            "your daemon keeps them all in memory; keep large data in a file or a volume",
+        )
+
+
+def _check_env_and_args(config: JObject, kind: str) -> None:
+    env = sum(_utf8_len(e) + 1 for e in _list(config.field("Env")))
+    if env > MAX_ENV_BYTES:
+        raise _refuse(
+            f"an environment (Env) of {_kib(env)} for {_a(kind)}",
+            f"at most {_kib(MAX_ENV_BYTES)} of variables per {kind}; pass large values in a "
+            "file in your workspace and mount it",
+        )
+    args = 0
+    for name in ("Cmd", "Entrypoint"):
+        value = config.field(name)
+        for arg in value if isinstance(value, list) else [value] if value else []:
+            args += _utf8_len(arg) + 1
+    if args > MAX_ARGS_BYTES:
+        raise _refuse(
+            f"a command line (Cmd and Entrypoint) of {_kib(args)} for {_a(kind)}",
+            f"at most {_kib(MAX_ARGS_BYTES)}; put a long script in a file in your workspace "
+            "and run that",
+        )
+
+
+def _bound_container_create(request: ApiRequest, facts: Facts, body: Any) -> None:
+    body = _obj(body)
+    _check_name_length(request.query.get("name"), "container")
+    _check_label_sizes(body.field("Labels"), "container")
+    _check_env_and_args(body, "container")
+    size = len(to_wire(body))
+    if size > MAX_CONFIG_BYTES:
+        raise _refuse(
+            f"a container configuration of {_kib(size)}",
+            f"at most {_kib(MAX_CONFIG_BYTES)} per container, since your daemon keeps every "
+            "container's configuration in memory",
+        )
+    _check_count(
+        facts,
+        "containers",
+        MAX_CONTAINERS,
+        "another container",
+        "stopped containers count too; remove them with `docker rm` or `docker container prune`",
+    )
+
+
+def _bound_container_rename(request: ApiRequest, facts: Facts, body: Any) -> None:
+    _check_name_length(request.query.get("name"), "container")
+
+
+def _bound_exec(request: ApiRequest, facts: Facts, body: Any) -> None:
+    _check_env_and_args(_obj(body), "exec")
+
+
+def _bound_network_create(request: ApiRequest, facts: Facts, body: Any) -> None:
+    body = _obj(body)
+    _check_name_length(body.field("Name"), "network")
+    _check_label_sizes(body.field("Labels"), "network")
+    _check_count(
+        facts,
+        "networks",
+        MAX_NETWORKS,
+        "another network",
+        "remove unused ones with `docker network rm` or `docker network prune`",
+    )
+
+
+def _bound_volume_create(request: ApiRequest, facts: Facts, body: Any) -> None:
+    body = _obj(body)
+    _check_name_length(body.field("Name"), "volume")
+    _check_label_sizes(body.field("Labels"), "volume")
+    _check_count(
+        facts,
+        "volumes",
+        MAX_VOLUMES,
+        "another volume",
+        "remove unused ones with `docker volume rm` or `docker volume prune`",
+    )
+
+
+# endpoint name -> its bound (run after the endpoint's checks, on the body to be forwarded)
+_BOUNDS: dict[str, Callable[[ApiRequest, Facts, Any], None]] = {
+    "container create": _bound_container_create,
+    "container rename": _bound_container_rename,
+    "container exec": _bound_exec,
+    "network create": _bound_network_create,
+    "volume create": _bound_volume_create,
 }
 
 

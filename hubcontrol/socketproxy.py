@@ -305,7 +305,18 @@ class _Connection:
             if isinstance(parsed, policy.Refusal):
                 return await self.refuse(parsed, head)
             request = request.with_body(parsed)
-        facts = await self.server.lookup(policy.references(request))
+        refs = policy.references(request)
+        if not any(kind == "count" for kind, _ in refs):
+            return await self.decide_and_forward(head, request, refs, body_bytes)
+        # A count and the create it allows are one step: concurrent creates would each see
+        # room for one more and together pass the cap.
+        async with self.server.counted:
+            return await self.decide_and_forward(head, request, refs, body_bytes)
+
+    async def decide_and_forward(
+        self, head: Head, request: policy.ApiRequest, refs: set, body_bytes: bytes | None
+    ) -> bool:
+        facts = await self.server.lookup(refs)
         if isinstance(facts, policy.Refusal):
             return await self.refuse(facts, head)
         decision = policy.check(request, self.server.config.context, facts)
@@ -505,6 +516,7 @@ class PolicySocket:
     def __init__(self, config: ProxyConfig) -> None:
         self.config = config
         self.connections: set[_Connection] = set()
+        self.counted = anyio.Lock()  # held from a capped create's count to the daemon's answer
         self.refused = 0
         self.inode = 0
 
@@ -512,6 +524,12 @@ class PolicySocket:
         """Facts about the containers and networks a decision depends on (None: not found)."""
         facts: dict[tuple[str, str], object] = {}
         for kind, ref in refs:
+            if kind == "count":
+                counted = await self._count(ref)
+                if isinstance(counted, policy.Refusal):
+                    return counted
+                facts[(kind, ref)] = counted
+                continue
             path = {"container": "/containers/{}/json", "network": "/networks/{}"}[kind]
             try:
                 status, data = await self._get_json(path.format(quote(ref, safe="")))
@@ -531,7 +549,20 @@ class PolicySocket:
                 facts[(kind, ref)] = policy.NetworkFacts(data["Id"], data.get("Driver", ""))
         return facts
 
-    async def _get_json(self, path: str) -> tuple[int, object]:
+    async def _count(self, kind: str) -> int | policy.Refusal:
+        """How many ``kind`` the user has, for the policy's caps (``policy.count_objects``); a
+        daemon that cannot say is a refusal: the caps fail closed."""
+        try:
+            status, data = await self._get_json(
+                policy.COUNT_QUERIES[kind], limit=policy.MAX_LISTING_BYTES
+            )
+            if status != 200:
+                raise ValueError(f"daemon said {status}")
+            return policy.count_objects(kind, data)
+        except (OSError, ValueError, TimeoutError, anyio.BrokenResourceError) as e:
+            return policy.Refusal(f"hub policy could not count your {kind}: {e}", 502)
+
+    async def _get_json(self, path: str, limit: int = 8 << 20) -> tuple[int, object]:
         """GET ``path`` from the daemon (HTTP/1.0: one response, then close). A few lines instead
         of an HTTP client library keep the per-user process small and quick to start."""
         with anyio.fail_after(10):
@@ -539,7 +570,7 @@ class PolicySocket:
                 await stream.send(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
                 data = bytearray()
                 with contextlib.suppress(anyio.EndOfStream):
-                    while len(data) < (8 << 20):
+                    while len(data) < limit:
                         data += await stream.receive()
         head, _, body = bytes(data).partition(b"\r\n\r\n")
         status, _ = _parse_response_head(head)

@@ -5,9 +5,11 @@ Nothing here runs on the request path. ``StatsSampler`` is one of the Hub's serv
 - every ``ROWS_INTERVAL`` seconds, and right after each lifecycle event, it refreshes the status
   rows (``Hub.status()``) and each user's checkpoint record (failures, disabled);
 - every ``STATS_INTERVAL`` (30) seconds, and soon after an environment starts or stops, it samples
-  per-user disk usage (workspace + data-root dir, like ``du -sx``), and from each running per-user
-  daemon the running containers and images (docker-py, in worker threads behind a small limiter
-  of its own so sampling never competes with starts for the engine's threads).
+  per-user disk usage (workspace + data-root dir, like ``du -sx``, walked in a child process at
+  the lowest priority and bounded per tree: ``hubcontrol.du``; a bounded walk's bytes are a lower
+  bound, ``disk_partial``), and from each running per-user daemon the running containers and
+  images (docker-py, in worker threads behind a small limiter of its own so sampling never
+  competes with starts for the engine's threads).
 
 Readers on any thread call ``view()``: an immutable ``StatusView`` replaced by reference, so the
 proxy's event loop reads it without locks or thread hops.
@@ -34,7 +36,7 @@ import anyio
 import docker
 import docker.errors
 
-from hubcontrol.gc import disk_usage
+from hubcontrol import du
 from hubcontrol.storage import UserPaths
 from hubcontrol.supervisor import ping
 
@@ -241,6 +243,9 @@ class UserStats:
     docker_sampled_at: float | None = None
     quiet: bool = False  # sampled while nothing of the user's ran (see StatsSampler.sample)
     error: str | None = None
+    # the walk stopped at its bound (hubcontrol.du): the bytes above are a lower bound
+    workspace_partial: bool = False
+    data_root_partial: bool = False
 
     @property
     def disk_bytes(self) -> int | None:
@@ -248,8 +253,17 @@ class UserStats:
             return None
         return (self.workspace_bytes or 0) + (self.data_root_bytes or 0)
 
+    @property
+    def disk_partial(self) -> bool:
+        """``disk_bytes`` is a lower bound: a walk stopped at its bound."""
+        return self.workspace_partial or self.data_root_partial
+
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "disk_bytes": self.disk_bytes}
+        return {
+            **dataclasses.asdict(self),
+            "disk_bytes": self.disk_bytes,
+            "disk_partial": self.disk_partial,
+        }
 
 
 @dataclass(frozen=True)
@@ -283,18 +297,25 @@ def sample_user(
     socket_path: str | None,
     previous: UserStats | None,
     now: float,
+    **walk_bounds: Any,
 ) -> UserStats:
-    """Measure one user (blocking: runs in a worker thread).
+    """Measure one user (blocking: runs in a worker thread). ``walk_bounds`` are ``du.measure``'s
+    ``max_entries``/``max_seconds``.
 
-    Disk usage is always measured. Containers and images come from the user's own daemon when
-    it answers; a stopped daemon runs no containers and keeps the images it had (they live in the
-    data-root), so the last sampled image count stays.
+    Disk usage is always measured, by a bounded walk in a child process (``hubcontrol.du``).
+    Containers and images come from the user's own daemon when it answers; a stopped daemon
+    runs no containers and keeps the images it had (they live in the data-root), so the last
+    sampled image count stays.
     """
-    workspace = disk_usage(paths.workspace)
-    data_root = disk_usage(paths.data_root_dir)
+    error = None
+    try:
+        workspace, data_root = du.measure([paths.workspace, paths.data_root_dir], **walk_bounds)
+    except (OSError, TimeoutError) as e:
+        log.warning("disk usage of %s: %s", paths.user, e)
+        error = f"disk usage not measured: {e}"
+        workspace = data_root = None
     containers = images = None
     docker_at = previous.docker_sampled_at if previous else None
-    error = None
     alive = False
     if docker_url is not None:
         alive = socket_path is None or ping(socket_path)
@@ -303,14 +324,16 @@ def sample_user(
                 containers, images = count_docker(docker_url)
                 docker_at = now
             except (docker.errors.DockerException, OSError) as e:
-                error = f"daemon did not answer: {e}"
+                error = "; ".join(filter(None, [error, f"daemon did not answer: {e}"]))
                 alive = False
         if not alive:
             containers = 0
             images = previous.images if previous else None
     return UserStats(
-        workspace_bytes=workspace,
-        data_root_bytes=data_root,
+        workspace_bytes=None if workspace is None else workspace.bytes,
+        data_root_bytes=None if data_root is None else data_root.bytes,
+        workspace_partial=workspace is not None and workspace.partial,
+        data_root_partial=data_root is not None and data_root.partial,
         containers_running=containers,
         images=images,
         daemon_running=alive,

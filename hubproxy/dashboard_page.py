@@ -166,7 +166,9 @@ function card(u){
     a.target="_blank";a.rel="noopener";links.appendChild(a);});
   if(links.childNodes.length)c.appendChild(links);
   var facts=el("div","facts");
-  facts.appendChild(fact("Disk",bytes(u.disk_bytes),u.disk_bytes));
+  var disk=fact("Disk",(u.disk_partial?"\u2265 ":"")+bytes(u.disk_bytes),u.disk_bytes);
+  if(u.disk_partial){disk.classList.add("partial");disk.title="At least this much: the sampler counts at most 100,000 files per directory tree";}
+  facts.appendChild(disk);
   facts.appendChild(fact("Containers",num(u.containers_running),u.containers_running));
   facts.appendChild(fact("Images",num(u.images),u.images));
   c.appendChild(facts);
@@ -221,12 +223,13 @@ function render(){
     (u.template||"").toLowerCase().indexOf(q)>=0||u.state.indexOf(q)>=0;});
   summary.textContent="";
   var counts={},disk=0,anyDisk=false;
-  doc.users.forEach(function(u){counts[u.state]=(counts[u.state]||0)+1;if(u.disk_bytes!==null){disk+=u.disk_bytes;anyDisk=true;}});
+  var anyPartial=false;
+  doc.users.forEach(function(u){counts[u.state]=(counts[u.state]||0)+1;if(u.disk_bytes!==null){disk+=u.disk_bytes;anyDisk=true;anyPartial=anyPartial||!!u.disk_partial;}});
   if(doc.viewer.admin){
     var c=el("span","chip");c.appendChild(el("b",null,doc.users.length));c.appendChild(document.createTextNode(" environments"));summary.appendChild(c);
     ["running","checkpointed","stopped","failed"].forEach(function(s){if(!counts[s])return;var x=el("span","chip");
       x.appendChild(el("b",null,counts[s]));x.appendChild(document.createTextNode(" "+s));summary.appendChild(x);});
-    if(anyDisk){var d=el("span","chip");d.appendChild(el("b",null,bytes(disk)));d.appendChild(document.createTextNode(" on disk"));summary.appendChild(d);}
+    if(anyDisk){var d=el("span","chip");d.appendChild(el("b",null,(anyPartial?"\u2265 ":"")+bytes(disk)));d.appendChild(document.createTextNode(" on disk"));summary.appendChild(d);}
     filter.hidden=false;
   }
   summary.appendChild(filter);

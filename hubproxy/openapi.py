@@ -49,6 +49,11 @@ ENTRY = {
         "cull_in_seconds": {**_NULLABLE_NUM, "description": "null without --idle-timeout"},
         "idle_reason": {**_NULLABLE_STR, "description": "the idle culler's latest decision"},
         "disk_bytes": {**_NULLABLE_INT, "description": "workspace + data-root, sampled"},
+        "disk_partial": {
+            "type": "boolean",
+            "description": "disk_bytes is a lower bound: the sampler's walk stopped at its bound "
+            "(hubcontrol.du: 100,000 entries or 2 s per directory tree)",
+        },
         "workspace_bytes": _NULLABLE_INT,
         "data_root_bytes": _NULLABLE_INT,
         "containers_running": {**_NULLABLE_INT, "description": "as `docker ps` counts them"},

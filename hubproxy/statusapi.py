@@ -204,6 +204,7 @@ def entry(
         **idle,
         "idle_reason": idle_reason,
         "disk_bytes": stats.disk_bytes if stats else None,
+        "disk_partial": stats.disk_partial if stats else False,
         "workspace_bytes": stats.workspace_bytes if stats else None,
         "data_root_bytes": stats.data_root_bytes if stats else None,
         "containers_running": stats.containers_running if stats else None,

@@ -92,7 +92,7 @@ def status_table(doc: dict, width: int = 120) -> Table:
             f"[{style}]{u['state']}[/]" if style else u["state"],
             escape(u.get("template") or ""),
             f"{idle} [dim]{kind}[/]" if idle and kind else idle,
-            "" if u.get("disk_bytes") is None else decimal(u["disk_bytes"]),
+            _disk(u),
             _num(u.get("containers_running")),
             _num(u.get("images")),
             ckpt,
@@ -101,6 +101,13 @@ def status_table(doc: dict, width: int = 120) -> Table:
             row += [escape(u.get("service_ip") or ""), _num(u.get("net_id"))]
         table.add_row(*row)
     return table
+
+
+def _disk(u: dict) -> str:
+    """Disk use; "≥" when the sampler's walk stopped at its bound (a lower bound)."""
+    if u.get("disk_bytes") is None:
+        return ""
+    return ("≥" if u.get("disk_partial") else "") + decimal(u["disk_bytes"])
 
 
 def status(

@@ -40,6 +40,16 @@ SYSTEM_CONTAINERD = Path("/run/containerd/containerd.sock")
 DOCKERD = "dockerd"
 CPU_PERIOD_US = 100_000
 
+# The daemon's own allowance, beside the template's limits (which hold the containers only).
+# Measured with the per-user dockerd 20.10 on the test host: dockerd and containerd take about
+# 50 MB and 16 tasks idle, and each running container adds a shim of about 5 MB and 12 tasks. The
+# policy socket caps a user at dockerpolicy.MAX_CONTAINERS (100) containers and caps what each
+# container's configuration may hold, so legitimate use stays near 600 MB and 1,250 tasks; the
+# rest is headroom for pulls, builds and loads. Past it, the kernel kills the daemon (memory) or
+# refuses it threads (tasks): the user's own daemon, never the host or another user.
+DAEMON_MEMORY = 1 << 30
+DAEMON_PIDS = 2048
+
 
 def parse_cpu_quota(value: str | None) -> float | None:
     """A ``rediacc.hub.limits.cpu`` value ("200%") as a number of CPUs (2.0); None when unset."""
@@ -66,8 +76,11 @@ class Limits:
     """Resource limits of one user (from the template's ``rediacc.hub.limits.*`` labels)."""
 
     cpu: str | None = None  # CPUQuota= form, "200%"
-    memory: str | None = None  # MemoryMax= form, "8G"
-    pids: int | None = None
+    memory: str | None = None  # MemoryMax= form, "8G"; the containers' group
+    pids: int | None = None  # the containers' group
+    # dockerd, containerd and the shims: a group (or unit) of their own, always limited
+    daemon_memory: int = DAEMON_MEMORY  # bytes
+    daemon_pids: int = DAEMON_PIDS
 
     @property
     def cpus(self) -> float | None:
@@ -76,6 +89,17 @@ class Limits:
     @property
     def memory_bytes(self) -> int | None:
         return parse_memory_max(self.memory)
+
+    @property
+    def total_memory(self) -> int | None:
+        """The whole user's memory (containers + daemon); None when the containers' is unset."""
+        memory = self.memory_bytes
+        return None if memory is None else memory + self.daemon_memory
+
+    @property
+    def total_pids(self) -> int | None:
+        """The whole user's tasks (containers + daemon); None when the containers' is unset."""
+        return None if self.pids is None else self.pids + self.daemon_pids
 
 
 @dataclass(frozen=True)

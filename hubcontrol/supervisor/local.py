@@ -6,12 +6,17 @@ process's command line, so a recycled PID is never mistaken for it).
 
 Cgroups (v2 where the unified hierarchy has controllers, else v1 per controller)::
 
-    rediacc.slice/hub-<u>-<net_id>/              cpu limit (daemon and containers together)
-    rediacc.slice/hub-<u>-<net_id>/daemon        dockerd, containerd, shims: no memory limit
-    rediacc.slice/hub-<u>-<net_id>/containers    memory and pids limits; the daemon's --cgroup-parent
+    rediacc.slice/hub-<u>-<net_id>/              cpu limit; memory and pids: the sum of the two below
+    rediacc.slice/hub-<u>-<net_id>/daemon        dockerd, containerd, shims: the daemon's allowance
+    rediacc.slice/hub-<u>-<net_id>/containers    the template's memory and pids limits; the
+                                                 daemon's --cgroup-parent
 
-The memory limit sits on the containers' group only: a limit shared with dockerd would let the
-OOM killer take the daemon down with the user's containers.
+The template's memory limit sits on the containers' group, and the daemon has an allowance of its
+own (``Limits.daemon_memory``/``daemon_pids``), not one limit shared by both: a container that
+passes its limit is OOM-killed inside the containers' group and the daemon never feels it, and
+a daemon the user makes grow (the policy socket caps what a request may make it hold, but images
+are unbounded) is killed inside its own group, where live-restore keeps the containers running.
+The parent's limits are the sum, so the whole user is bounded by one number the host can budget.
 
 On hybrid hosts (v1 controllers, the v2 hierarchy mounted at ``/sys/fs/cgroup/unified``) the
 daemon also joins ``rediacc.slice/hub-<u>-<net_id>/daemon`` there: the network rules for the
@@ -35,6 +40,7 @@ from hubcontrol.supervisor import (
     CPU_PERIOD_US,
     DaemonSpec,
     DaemonSupervisor,
+    Limits,
     daemon_config,
     dockerd_argv,
     dockerd_env,
@@ -150,49 +156,59 @@ class Cgroups:
         extra = [unified / "cgroup.procs"] if unified is not None else []
         return [d / "cgroup.procs" for d in self.dirs(user, "daemon")] + extra
 
-    def apply(self, user: str, cpus: float | None, memory: int | None, pids: int | None) -> None:
-        if self.v2:
-            top = self.root / group_path(user).lstrip("/")
-            quota = "max" if cpus is None else str(int(cpus * CPU_PERIOD_US))
-            self._write(top / "cpu.max", f"{quota} {CPU_PERIOD_US}")
-            self._write(top / "containers" / "memory.max", "max" if memory is None else str(memory))
-            self._write(top / "containers" / "pids.max", "max" if pids is None else str(pids))
-            return
-        cpu = self._v1("cpu", user)
-        if cpu is not None:
-            self._write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
-            self._write(
-                cpu / "cpu.cfs_quota_us", "-1" if cpus is None else str(int(cpus * CPU_PERIOD_US))
-            )
-        mem = self._v1("memory", user, "containers")
-        if mem is not None:
-            self._write(mem / "memory.limit_in_bytes", "-1" if memory is None else str(memory))
-        pid = self._v1("pids", user, "containers")
-        if pid is not None:
-            self._write(pid / "pids.max", "max" if pids is None else str(pids))
+    def apply(self, user: str, limits: Limits) -> None:
+        """Write ``limits``: the template's on the containers' group, the daemon's allowance on
+        the daemon's group, their sum on the user's group (unlimited when the template's is)."""
+        cpus = limits.cpus
+        quota = None if cpus is None else int(cpus * CPU_PERIOD_US)
+        for leaf, memory, pids in (
+            ("", limits.total_memory, limits.total_pids),
+            ("daemon", limits.daemon_memory, limits.daemon_pids),
+            ("containers", limits.memory_bytes, limits.pids),
+        ):
+            if self.v2:
+                d = self.root / group_path(user).lstrip("/") / leaf
+                if not leaf:
+                    self._write(
+                        d / "cpu.max", f"{'max' if quota is None else quota} {CPU_PERIOD_US}"
+                    )
+                self._write(d / "memory.max", "max" if memory is None else str(memory))
+                self._write(d / "pids.max", "max" if pids is None else str(pids))
+                continue
+            cpu = self._v1("cpu", user)
+            if not leaf and cpu is not None:
+                self._write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                self._write(cpu / "cpu.cfs_quota_us", "-1" if quota is None else str(quota))
+            mem = self._v1("memory", user, leaf)
+            if mem is not None:
+                self._write(mem / "memory.limit_in_bytes", "-1" if memory is None else str(memory))
+            pid = self._v1("pids", user, leaf)
+            if pid is not None:
+                self._write(pid / "pids.max", "max" if pids is None else str(pids))
 
     def read(self, user: str) -> dict:
-        """The limits in force, as the kernel reports them (for status pages and tests)."""
+        """The limits in force, as the kernel reports them (for status pages and tests): the
+        containers' group under the plain names, the daemon's under ``daemon.``, the whole
+        user's under ``total.``."""
         out: dict = {}
+        top = group_path(user).lstrip("/")
         if self.v2:
-            top = self.root / group_path(user).lstrip("/")
-            for key, path in (
-                ("cpu.max", top / "cpu.max"),
-                ("memory.max", top / "containers" / "memory.max"),
-                ("pids.max", top / "containers" / "pids.max"),
-            ):
-                with contextlib.suppress(OSError):
-                    out[key] = path.read_text().strip()
-            return out
-        for key, ctl, leaf, name in (
-            ("cpu.cfs_quota_us", "cpu", "", "cpu.cfs_quota_us"),
-            ("memory.limit_in_bytes", "memory", "containers", "memory.limit_in_bytes"),
-            ("pids.max", "pids", "containers", "pids.max"),
-        ):
-            d = self._v1(ctl, user, leaf)
-            if d is not None:
-                with contextlib.suppress(OSError):
-                    out[key] = (d / name).read_text().strip()
+            base = self.root / top
+            files = [("cpu.max", base / "cpu.max")]
+            for prefix, leaf in (("", "containers"), ("daemon.", "daemon"), ("total.", "")):
+                for name in ("memory.max", "pids.max"):
+                    files.append((prefix + name, base / leaf / name))
+        else:
+            files = []
+            if "cpu" in self.available:
+                files.append(("cpu.cfs_quota_us", self.root / "cpu" / top / "cpu.cfs_quota_us"))
+            for prefix, leaf in (("", "containers"), ("daemon.", "daemon"), ("total.", "")):
+                for ctl, name in (("memory", "memory.limit_in_bytes"), ("pids", "pids.max")):
+                    if ctl in self.available:
+                        files.append((prefix + name, self.root / ctl / top / leaf / name))
+        for key, path in files:
+            with contextlib.suppress(OSError):
+                out[key] = path.read_text().strip()
         return out
 
     def pids(self, user: str) -> set[int]:
@@ -370,9 +386,7 @@ class LocalSupervisor(DaemonSupervisor):
 
     def apply_limits(self, spec: DaemonSpec) -> None:
         self.cgroups.create(_group(spec))
-        self.cgroups.apply(
-            _group(spec), spec.limits.cpus, spec.limits.memory_bytes, spec.limits.pids
-        )
+        self.cgroups.apply(_group(spec), spec.limits)
 
     def start(self, spec: DaemonSpec, timeout: float = 60.0) -> None:
         if self.is_running(spec):

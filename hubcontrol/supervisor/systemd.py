@@ -5,12 +5,16 @@ gone after a reboot, when no daemon runs anyway; the hub writes them again on th
 
 * ``rediacc-hub-dockerd-<u>.service`` in ``rediacc.slice``: dockerd with ``CPUQuota=`` from the
   template, ``Delegate=yes`` and ``OOMScoreAdjust=-500``, no ``Restart=`` (an idle stop is the
-  hub's decision) and no memory limit: a memory limit shared with dockerd would let the OOM killer
-  take the daemon down with the user's containers;
+  hub's decision), and the daemon's own allowance ``MemoryMax=``/``TasksMax=``
+  (``Limits.daemon_memory``/``daemon_pids``). The template's memory limit is not shared with
+  dockerd: that would let the OOM killer take the daemon down with the user's containers; this
+  allowance holds only what the daemon itself (dockerd, containerd, the shims) grows to;
 * ``rediacc-hub-<u>.slice`` (``-`` in ``u`` escaped as ``\\x2d``, so it nests under
   ``rediacc-hub.slice`` in ``rediacc.slice``): the containers' ``--cgroup-parent``, with
   ``CPUQuota=``, ``MemoryMax=`` and ``TasksMax=``. dockerd uses the systemd cgroup driver, so each
   container is a scope in this slice.
+
+The whole user is bounded by the sum of the two units' limits.
 """
 
 from __future__ import annotations
@@ -92,7 +96,13 @@ def service_unit(spec: DaemonSpec) -> str:
     ]
     if spec.limits.cpu:
         lines.append(f"CPUQuota={spec.limits.cpu}")
+    lines += daemon_limit_properties(spec)
     return "\n".join(lines) + "\n"
+
+
+def daemon_limit_properties(spec: DaemonSpec) -> list[str]:
+    """The daemon unit's own allowance (see the module docstring)."""
+    return [f"MemoryMax={spec.limits.daemon_memory}", f"TasksMax={spec.limits.daemon_pids}"]
 
 
 def slice_unit(spec: DaemonSpec) -> str:
@@ -171,8 +181,15 @@ class SystemdSupervisor(DaemonSupervisor):
             props.append(f"CPUQuota={spec.limits.cpu}")
         if spec.limits.memory:
             props.append(f"MemoryMax={spec.limits.memory}")
-        if props and self.is_running(spec):
-            self._ctl("set-property", "--runtime", slice_name(spec.user), *props, check=False)
+        if spec.limits.pids:
+            props.append(f"TasksMax={spec.limits.pids}")
+        if self.is_running(spec):
+            if props:
+                self._ctl("set-property", "--runtime", slice_name(spec.user), *props, check=False)
+            self._ctl(
+                "set-property", "--runtime", service_name(spec.user),
+                *daemon_limit_properties(spec), check=False,
+            )  # fmt: skip
 
     def start(self, spec: DaemonSpec, timeout: float = 120.0) -> None:
         if self.is_running(spec):

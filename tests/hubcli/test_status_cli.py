@@ -163,3 +163,32 @@ def test_stop_checkpoint_warns_when_the_hub_could_not_checkpoint(site):
     assert result.exit_code == 0, result.output
     assert "alice: stopped" in result.stdout
     assert "the checkpoint did not succeed" in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_bounded_disk_walk_shows_as_at_least(tmp_path):
+    """A workspace of more files than the sampler walks (hubcontrol.du) is reported as a lower
+    bound: ``disk_partial`` in the API, "≥" in ``hub status``."""
+    import os
+    import time
+
+    from hubcontrol import du
+    from tests.hubcontrol.test_stats import tmpfs
+
+    with tmpfs(tmp_path / "ws" / "alice") as workspace:
+        for d in range(du.WALK_MAX_ENTRIES // 1000 + 20):
+            os.mkdir(workspace / f"d{d}")
+            for i in range(1000):
+                os.close(os.open(workspace / f"d{d}" / f"f{i}", os.O_CREAT | os.O_WRONLY))
+        with seeded_site(tmp_path) as site:
+            _, hub, _ = site
+            deadline = time.monotonic() + 60
+            while "alice" not in hub.stats.view().stats and time.monotonic() < deadline:
+                time.sleep(0.1)
+            doc = json.loads(cli(site, "status", "--json").stdout)
+            users = {u["user"]: u for u in doc["users"]}
+            assert users["alice"]["disk_partial"] is True
+            assert users["carol"]["disk_partial"] is False
+            table = cli(site, "status").stdout
+            assert "≥" in next(line for line in table.splitlines() if "alice" in line)
+            assert "≥" not in next(line for line in table.splitlines() if "carol" in line)

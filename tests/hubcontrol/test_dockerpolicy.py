@@ -516,7 +516,7 @@ def test_builtin_network_names_need_no_lookup():
             ).encode()
         )
     )
-    assert p.references(req) == set()
+    assert p.references(req) == {("count", "containers")}  # only the count for the cap
 
 
 def test_connect_to_host_network_is_refused(ctx):
@@ -753,3 +753,129 @@ def test_every_test_docs_security_md_cites_exists():
         if name and current is not None and f"def {name}(" not in current.read_text():
             missing.append(f"{current.relative_to(root)}::{name}")
     assert not missing
+
+
+# --- bounds: what one user may make their daemon hold ---------------------------------------------
+
+KIB = 1024
+COUNTS = {("count", "containers"): 3, ("count", "networks"): 1, ("count", "volumes"): 2}
+
+
+@pytest.mark.parametrize(
+    ("target", "body", "words"),
+    [
+        (
+            "/containers/create",
+            {"Image": "x", "Labels": {"big": "x" * (900 * KIB)}},
+            ["900 KiB of labels on a container", "at most 64 KiB", "file or a volume"],
+        ),
+        (
+            "/containers/create",
+            {"Image": "x", "Labels": {f"l{i}": "" for i in range(p.MAX_LABELS + 1)}},
+            ["257 labels on a container", "at most 256"],
+        ),
+        (
+            "/containers/create",
+            {"Image": "x", "Env": [f"V{i}={'x' * 1000}" for i in range(70)]},
+            ["an environment (Env) of 69 KiB", "at most 64 KiB", "file in your workspace"],
+        ),
+        (
+            "/containers/create",
+            {"Image": "x", "Cmd": ["sh", "-c", "x" * (130 * KIB)]},
+            ["a command line (Cmd and Entrypoint) of 130 KiB", "at most 128 KiB"],
+        ),
+        (
+            "/containers/create",
+            {"Image": "x", "Entrypoint": "x" * (100 * KIB), "Cmd": ["y" * (40 * KIB)]},
+            ["a command line", "at most 128 KiB"],
+        ),
+        (
+            "/containers/create",
+            {"Image": "x", "Healthcheck": {"Test": ["CMD", "x" * (300 * KIB)]}},
+            ["a container configuration of 300 KiB", "at most 256 KiB"],
+        ),
+        (
+            "/containers/create?name=" + "n" * 300,
+            {"Image": "x"},
+            ["a container name of 300 characters", "at most 255"],
+        ),
+        (
+            "/containers/abc/exec",
+            {"Cmd": ["sh"], "Env": ["V=" + "x" * (70 * KIB)]},
+            ["an environment (Env) of 70 KiB for an exec"],
+        ),
+        (
+            "/networks/create",
+            {"Name": "n", "Labels": {"big": "x" * (65 * KIB)}},
+            ["65 KiB of labels on a network"],
+        ),
+        ("/networks/create", {"Name": "n" * 256}, ["a network name of 256 characters"]),
+        (
+            "/volumes/create",
+            {"Name": "v", "Labels": {"big": "x" * (65 * KIB)}},
+            ["65 KiB of labels on a volume"],
+        ),
+        ("/volumes/create", {"Name": "v" * 256}, ["a volume name of 256 characters"]),
+    ],
+)
+def test_bounds_on_what_one_request_makes_the_daemon_hold(ctx, target, body, words):
+    refused(decide(ctx, "POST", target, body, COUNTS), *words)
+
+
+def test_bounds_allow_up_to_each_cap(ctx):
+    label_value = "x" * (p.MAX_LABEL_BYTES - len("big"))
+    wire(
+        decide(
+            ctx,
+            "POST",
+            "/containers/create",
+            {"Image": "x", "Labels": {"big": label_value}},
+            COUNTS,
+        )
+    )
+    env = ["V=" + "x" * (p.MAX_ENV_BYTES - len("V=") - 1)]
+    wire(decide(ctx, "POST", "/containers/create", {"Image": "x", "Env": env}, COUNTS))
+    wire(decide(ctx, "POST", "/containers/create?name=" + "n" * 255, {"Image": "x"}, COUNTS))
+    wire(decide(ctx, "POST", "/containers/abc/rename?name=" + "n" * 255, None, COUNTS))
+    refused(decide(ctx, "POST", "/containers/abc/rename?name=" + "n" * 256), "255")
+
+
+@pytest.mark.parametrize(
+    ("target", "body", "kind", "cap", "hint"),
+    [
+        ("/containers/create", {"Image": "x"}, "containers", p.MAX_CONTAINERS, "container prune"),
+        ("/networks/create", {"Name": "n"}, "networks", p.MAX_NETWORKS, "network prune"),
+        ("/volumes/create", {"Name": "v"}, "volumes", p.MAX_VOLUMES, "volume prune"),
+    ],
+)
+def test_counts_are_capped_per_user(ctx, target, body, kind, cap, hint):
+    req = p.classify("POST", target)
+    assert ("count", kind) in p.references(req)
+    wire(decide(ctx, "POST", target, body, {("count", kind): cap - 1}))
+    refused(
+        decide(ctx, "POST", target, body, {("count", kind): cap}),
+        f"you have {cap} {kind}, the most one user may have ({cap})",
+        hint,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "listing", "count"),
+    [
+        ("containers", {"Containers": 7, "ContainersRunning": 2}, 7),
+        ("networks", [{"Name": "bridge"}, {"Name": "host"}, {"Name": "none"}, {"Name": "a"}], 1),
+        ("volumes", {"Volumes": [{"Name": "a"}, {"Name": "b"}], "Warnings": None}, 2),
+        ("volumes", {"Volumes": None, "Warnings": None}, 0),
+    ],
+)
+def test_count_objects(kind, listing, count):
+    assert p.count_objects(kind, listing) == count
+
+
+@pytest.mark.parametrize(
+    ("kind", "listing"),
+    [("containers", {}), ("containers", []), ("networks", {"x": 1}), ("volumes", [1])],
+)
+def test_count_objects_refuses_what_a_daemon_does_not_send(kind, listing):
+    with pytest.raises(ValueError):
+        p.count_objects(kind, listing)

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
+import subprocess
+import time
 import warnings
 
 import pytest
 
+from hubcontrol import du
 from hubcontrol.checkpoint import CheckpointHealth
 from hubcontrol.stats import Counter, Gauge, Histogram, Lifecycle, UserStats, sample_user
 from hubcontrol.storage import UserPaths
@@ -289,3 +293,92 @@ def test_stopped_users_are_not_walked_again_until_something_runs(tmp_path):
         [row] = hub.status()
         assert row.stats["workspace_bytes"] == named.workspace_bytes
         assert row.to_dict()["stats"]["disk_bytes"] == named.disk_bytes
+
+
+# -- the walk is bounded: one user's files cannot take the hub's CPU ----------------------------
+
+
+def test_a_walk_stops_at_its_entry_bound_and_says_so(tmp_path):
+    for d in range(3):
+        (tmp_path / f"d{d}").mkdir()
+        for i in range(10):
+            (tmp_path / f"d{d}" / f"f{i}").write_bytes(b"x" * 5000)
+    whole = du.walk(tmp_path)
+    assert (whole.entries, whole.partial, whole.stopped_by) == (33, False, None)
+    assert whole.bytes >= 30 * 5000
+    bounded = du.walk(tmp_path, max_entries=12)
+    assert (bounded.entries, bounded.partial, bounded.stopped_by) == (12, True, "entries")
+    assert bounded.bytes < whole.bytes
+
+
+def test_a_walk_stops_at_its_time_bound_and_says_so(tmp_path):
+    for i in range(3000):
+        (tmp_path / f"f{i}").touch()
+    ticks = iter(range(100))  # each look at the clock is a second later
+    usage = du.walk(tmp_path, max_seconds=1.5, clock=lambda: next(ticks))
+    assert usage.partial and usage.stopped_by == "time" and usage.entries < 3000
+
+
+def test_a_walk_counts_hard_links_once_and_never_follows_symlinks(tmp_path):
+    (tmp_path / "a").write_bytes(os.urandom(200_000))
+    os.link(tmp_path / "a", tmp_path / "b")
+    (tmp_path / "up").symlink_to("/usr")
+    usage = du.walk(tmp_path)
+    assert 200_000 <= usage.bytes < 300_000 and not usage.partial
+
+
+@contextlib.contextmanager
+def tmpfs(path):
+    """A tmpfs at ``path``: 150,000 files are made there in about a second."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256m,nr_inodes=400000", "tmpfs", str(path)],
+        check=True,
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+@pytest.mark.timeout(120)
+def test_a_workspace_of_many_files_is_sampled_within_bounds_outside_the_hub(tmp_path):
+    """The outside test's attack: a million files in one workspace cost the hub 22% of a core,
+    walked whole in the hub process every 30 s. Now the walk runs in a child at nice 19 and stops
+    at its bound, and the number says it is a lower bound."""
+    paths = UserPaths(tmp_path, "many")
+    with tmpfs(paths.workspace):
+        (paths.workspace / "data").write_bytes(os.urandom(1 << 20))
+        for d in range(150):
+            os.mkdir(paths.workspace / f"d{d}")
+            for i in range(1000):
+                os.close(os.open(paths.workspace / f"d{d}" / f"f{i}", os.O_CREAT | os.O_WRONLY))
+        (paths.data_root / "x").parent.mkdir(parents=True)
+        (paths.data_root / "x").write_bytes(os.urandom(10_000))
+        own_cpu = time.process_time()
+        wall = time.monotonic()
+        stats = sample_user(paths, None, None, None, 1.0)
+        wall = time.monotonic() - wall
+        own_cpu = time.process_time() - own_cpu
+        # bounded: it stopped, said so, and took no longer than its bound allows
+        assert stats.workspace_partial and stats.disk_partial and not stats.data_root_partial
+        assert stats.workspace_bytes >= 0 and stats.data_root_bytes >= 10_000
+        assert wall < 2 * du.WALK_MAX_SECONDS + 5  # two trees, each stopped by its bound
+        # ... and not in the hub's process: the walk's CPU is the child's
+        assert own_cpu < 0.2, f"the hub's process spent {own_cpu:.2f} s of CPU walking"
+        assert stats.to_json()["disk_partial"] is True
+        out = subprocess.run(
+            du.command([paths.workspace]), capture_output=True, text=True, check=True
+        )
+        report = json.loads(out.stdout)
+        assert report["nice"] == du.NICE
+        [usage] = report["usage"]
+        # (at nice 19 on a busy machine the time bound may come first)
+        assert usage["partial"] and usage["entries"] <= du.WALK_MAX_ENTRIES
+        assert usage["stopped_by"] == "entries" or usage["stopped_by"] == "time"
+
+
+def test_a_walk_that_cannot_run_leaves_the_disk_unknown_not_wrong(tmp_path, monkeypatch):
+    monkeypatch.setattr(du.sys, "executable", "/nonexistent/python")
+    stats = sample_user(UserPaths(tmp_path, "alice"), None, None, None, 1.0)
+    assert stats.disk_bytes is None and "disk usage not measured" in stats.error

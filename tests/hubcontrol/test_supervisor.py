@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ from hubcontrol.errors import ConfigError
 from hubcontrol.netids import NetIdRegistry
 from hubcontrol.supervisor import (
     CRIU_BIN,
+    DAEMON_MEMORY,
+    DAEMON_PIDS,
     DaemonSpec,
     Limits,
     choose,
@@ -108,7 +111,11 @@ def test_systemd_units_as_text(tmp_path):
     service = sd.service_unit(spec)
     assert sd.service_name("jean-luc") == "rediacc-hub-dockerd-jean-luc.service"
     assert "Slice=rediacc.slice" in service
-    assert "CPUQuota=200%" in service and "MemoryMax" not in service  # never OOM-kill dockerd
+    assert "CPUQuota=200%" in service
+    # the daemon's own allowance, not the containers' 8G: a container past its limit is killed
+    # in the slice, never dockerd; dockerd past its allowance is killed in its own unit
+    assert f"MemoryMax={DAEMON_MEMORY}\n" in service and "MemoryMax=8G" not in service
+    assert f"TasksMax={DAEMON_PIDS}\n" in service
     assert "Restart=no" in service and "Delegate=yes" in service and "Type=notify" in service
     assert "OOMScoreAdjust=-500" in service
     exec_start = next(line for line in service.splitlines() if line.startswith("ExecStart="))
@@ -155,15 +162,14 @@ def test_choose():
 # -- LocalSupervisor with real dockerd ------------------------------------------------------
 
 
-@pytest.fixture
-def live_spec(tmp_path):
+@contextlib.contextmanager
+def local_daemon(tmp_path: Path, limits: Limits):
     registry = NetIdRegistry()
     root = tmp_path / "sup-docker"
     net_id = registry.allocate(root)
     net = network.user_network(net_id, POOL)
     network.ensure_bridge(net.bridge, net.bridge_address)
-    spec = make_spec(tmp_path, net_id=net_id, user=f"sup{os.getpid()}",
-                     limits=Limits(cpu="150%", memory="300M", pids=500))  # fmt: skip
+    spec = make_spec(tmp_path, net_id=net_id, user=f"sup{os.getpid()}", limits=limits)
     supervisor = LocalSupervisor()
     try:
         yield supervisor, spec
@@ -172,6 +178,12 @@ def live_spec(tmp_path):
         network.delete_link(net.bridge)
         subprocess.run(["rm", "-rf", str(spec.exec_root)])
         registry.release(net_id, root)
+
+
+@pytest.fixture
+def live_spec(tmp_path):
+    with local_daemon(tmp_path, Limits(cpu="150%", memory="300M", pids=500)) as pair:
+        yield pair
 
 
 @pytest.mark.docker
@@ -199,6 +211,13 @@ def test_local_daemon_lifecycle_cgroups_and_adoption(live_spec):
     assert limits.get("cpu.max", limits.get("cpu.cfs_quota_us", "")).startswith("150000")
     assert limits.get("memory.max", limits.get("memory.limit_in_bytes")) == str(300 << 20)
     assert limits.get("pids.max") == "500"
+    # the daemon's own allowance, and the whole user's group bounded by the sum
+    memory = limits.get("daemon.memory.max", limits.get("daemon.memory.limit_in_bytes"))
+    assert memory == str(DAEMON_MEMORY)
+    assert limits.get("daemon.pids.max") == str(DAEMON_PIDS)
+    total = limits.get("total.memory.max", limits.get("total.memory.limit_in_bytes"))
+    assert total == str((300 << 20) + DAEMON_MEMORY)
+    assert limits.get("total.pids.max") == str(500 + DAEMON_PIDS)
     # the daemon is not our child: a new supervisor (a restarted hub) adopts it, start is a no-op
     # (a daemon an older hub started outside the v2 group is moved into it when adopted)
     root = network.cgroup2_root()
@@ -289,3 +308,137 @@ def test_restarting_a_user_daemon_leaves_the_hosts_docker0_alone(live_spec):
 
 def daemon_config_text(spec: DaemonSpec) -> str:
     return json.dumps(daemon_config(spec))
+
+
+# -- one user cannot exhaust the host through their daemon ----------------------------------
+
+
+class GroupFiles:
+    """The kernel's accounting of one leaf (``daemon`` or ``containers``) of a user's groups, on
+    the v1 controllers or the v2 hierarchy, whichever holds the limits."""
+
+    def __init__(self, supervisor: LocalSupervisor, spec: DaemonSpec, leaf: str) -> None:
+        cg = supervisor.cgroups
+        rel = f"rediacc.slice/hub-{spec.user}-{spec.net_id}/{leaf}"
+        self.v2 = cg.v2
+        self.memory = cg.root / rel if cg.v2 else cg.root / "memory" / rel
+        self.pids = cg.root / rel if cg.v2 else cg.root / "pids" / rel
+
+    def peak_memory(self) -> int:
+        name = "memory.peak" if self.v2 else "memory.max_usage_in_bytes"
+        return int((self.memory / name).read_text())
+
+    def oom_kills(self) -> int:
+        """OOM kills in this group and below (v1 counts a kill only in the victim's own group,
+        a container's ``docker-<id>`` below ``containers``)."""
+        name = "memory.events" if self.v2 else "memory.oom_control"
+        total = 0
+        for path in self.memory.rglob(name):
+            fields = dict(line.split() for line in path.read_text().splitlines())
+            total += int(fields.get("oom_kill", 0))
+        return total
+
+    def limit_hits(self) -> int:
+        """How often this group's own memory limit was reached (v1 ``failcnt``, v2 ``max``)."""
+        if self.v2:
+            fields = dict(
+                line.split() for line in (self.memory / "memory.events").read_text().splitlines()
+            )
+            return int(fields["max"])
+        return int((self.memory / "memory.failcnt").read_text())
+
+    def tasks(self) -> int:
+        return int((self.pids / "pids.current").read_text())
+
+
+def _busybox(spec: DaemonSpec):
+    import docker
+
+    from tests.support.images import import_busybox
+
+    client = docker.DockerClient(base_url=spec.url, version="1.41", timeout=60)
+    return client, import_busybox(client)
+
+
+@pytest.mark.docker
+def test_a_daemon_made_to_hold_memory_is_killed_at_its_allowance_not_the_host(tmp_path):
+    """The outside test's attack, straight at the daemon's own socket (what the policy cannot
+    see, such as image configs, grows the daemon the same way): creates with 900 KB labels took
+    an unlimited dockerd from 178 MB to 1.36 GB. Held to its allowance, the daemon is OOM-killed
+    in its own group and the user's running containers are untouched."""
+    allowance = 200 << 20
+    limits = Limits(memory="256M", pids=500, daemon_memory=allowance)
+    with local_daemon(tmp_path, limits) as (supervisor, spec):
+        supervisor.start(spec)
+        client, image = _busybox(spec)
+        try:
+            work = client.containers.run(image, ["sleep", "1000"], detach=True)
+            work_pid = client.api.inspect_container(work.id)["State"]["Pid"]
+            daemon, containers = (
+                GroupFiles(supervisor, spec, "daemon"),
+                GroupFiles(supervisor, spec, "containers"),
+            )
+            big = "x" * (900 << 10)
+            created = 0
+            with contextlib.suppress(Exception):  # the daemon dies mid-request: reset
+                for i in range(400):
+                    client.api.create_container(image, ["true"], labels={"big": f"{big}{i}"})
+                    created += 1
+        finally:
+            client.close()
+        assert created < 400, "the daemon held every create: no allowance in force"
+        assert daemon.peak_memory() <= allowance + (64 << 10)  # the kernel charges in batches
+        assert daemon.oom_kills() >= 1 and containers.oom_kills() == 0
+        assert not supervisor.is_running(spec)
+        # the user's work keeps running (live-restore); only their own daemon is gone
+        assert Path(f"/proc/{work_pid}").exists()
+
+
+@pytest.mark.docker
+def test_a_container_past_its_memory_limit_is_killed_not_the_daemon(tmp_path):
+    with local_daemon(tmp_path, Limits(memory="64M", pids=500)) as (supervisor, spec):
+        supervisor.start(spec)
+        pid = supervisor.describe(spec)["pid"]
+        client, image = _busybox(spec)
+        try:
+            hog = "head -c 300000000 /dev/zero | tail -c 300000000 >/dev/null; echo survived"
+            c = client.containers.run(image, ["sh", "-c", hog], detach=True)
+            c.wait(timeout=60)
+            logs = c.logs().decode()
+        finally:
+            client.close()
+        assert "Killed" in logs and "survived" in logs  # tail was killed, its shell was not
+        assert GroupFiles(supervisor, spec, "containers").limit_hits() >= 1
+        daemon = GroupFiles(supervisor, spec, "daemon")
+        assert daemon.limit_hits() == 0 and daemon.oom_kills() == 0
+        assert supervisor.describe(spec)["pid"] == pid and ping(spec.socket)
+
+
+@pytest.mark.docker
+def test_the_daemons_tasks_are_bounded_and_it_survives_reaching_them(tmp_path):
+    """Each running container adds a shim of about 12 tasks to the daemon's group; without a
+    bound, about 2,700 small containers would exhaust the host's pid_max (32768)."""
+    bound = 120
+    limits = Limits(memory="256M", pids=500, daemon_pids=bound)
+    with local_daemon(tmp_path, limits) as (supervisor, spec):
+        supervisor.start(spec)
+        pid = supervisor.describe(spec)["pid"]
+        daemon = GroupFiles(supervisor, spec, "daemon")
+        client, image = _busybox(spec)
+        refused = None
+        try:
+            for _ in range(40):
+                try:
+                    client.containers.run(image, ["sleep", "1000"], detach=True)
+                except Exception as e:  # noqa: BLE001 - the daemon's error, whatever its class
+                    refused = str(e)
+                    break
+                assert daemon.tasks() <= bound
+            running = len(client.containers.list())
+        finally:
+            client.close()
+        assert refused is not None, "40 containers started: no task bound on the daemon"
+        assert "Resource temporarily unavailable" in refused
+        assert 3 <= running < 40
+        # the daemon itself is alive and answers
+        assert supervisor.describe(spec)["pid"] == pid and ping(spec.socket)

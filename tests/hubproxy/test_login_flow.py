@@ -18,6 +18,7 @@ from hubproxy.relay import Relay
 from tests.hubproxy.harness import (
     StubHub,
     browser,
+    logout,
     provider_login,
     running_proxy,
     wait_ready,
@@ -121,7 +122,7 @@ def test_login_lands_in_own_environment_with_domain_cookie(tmp_path, envs, proxy
                 assert hub.ensure_calls == [("alice", None)]
                 assert ("alice", "http") in hub.touches
                 # logout ends the session everywhere
-                r = client.get(f"{term}/_hub/logout")
+                r = logout(client, term)
                 assert r.status_code == 200 and "Logged out" in r.text
                 r = client.get(f"{term}/", follow_redirects=False)
                 assert r.status_code == 302 and r.headers["location"].startswith("/_hub/login")
@@ -288,7 +289,7 @@ def test_websocket_relays_stamps_activity_and_closes_at_logout(tmp_path, envs, p
                 # relayed as bytes (hubproxy/relay.py): nothing of the frames is kept
                 ((carrier,),) = proxy.context.websockets.values()
                 assert isinstance(carrier, Relay) and carrier.user == "alice"
-                client.get(f"{term}/_hub/logout")
+                logout(client, term)
                 sock.settimeout(5)
                 assert ws_roundtrip(sock, ws, "after logout") is None
                 sock.close()

@@ -38,6 +38,7 @@ from hubproxy.worker import RemoteControlPlane, parse_args
 from hubproxy.workers import FleetMetrics, trusted_client
 from tests.hubproxy.harness import (
     HubTransport,
+    logout,
     provider_login,
     wait_ready,
     ws_handshake,
@@ -577,11 +578,23 @@ def test_two_workers_login_route_websocket_logout_metrics(tmp_path):
         assert sample(text, 'hub_worker_requests_total{worker="1"}') >= 2
         per_worker = sum(sample(text, f'hub_worker_requests_total{{worker="{i}"}}') for i in (0, 1))
         assert family_total(text, "hub_proxy_requests_total") == per_worker
-        # Logging out on worker 0 closes the WebSocket worker 1 holds, and the session is gone
-        # on worker 1 too.
-        with pinned_browser(port, w0, pids) as browser0:
-            browser0.cookies.set("rediacc_hub_session", cookie, domain=DOMAIN)
-            r = browser0.get(f"{term}/_hub/logout")
+        # Logout is a POST with the session's CSRF token, forwarded by worker 1 to worker 0 with
+        # its form body. A GET, or a POST from another site, logs nobody out.
+        with pinned_browser(port, w1, pids) as browser1:
+            browser1.cookies.set("rediacc_hub_session", cookie, domain=DOMAIN)
+            r = browser1.get(f"{term}/_hub/logout")
+            assert r.status_code == 200 and "Log out?" in r.text
+            token = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)
+            r = browser1.post(
+                f"{term}/_hub/logout",
+                data={"csrf": token},
+                headers={"Origin": "https://evil.example.org", "Sec-Fetch-Site": "cross-site"},
+            )
+            assert r.status_code == 403 and "still logged in" in r.text
+            assert ws_roundtrip(sock, ws, "still open") == "alice-term:still open"
+            # Logging out through worker 1 (answered by worker 0) closes the WebSocket worker 1
+            # holds, and the session is gone on worker 1 too.
+            r = logout(browser1, term)
             assert r.status_code == 200 and "Logged out" in r.text
         assert ws_roundtrip(sock, ws, "still there?") is None
         sock.close()

@@ -13,10 +13,15 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 SESSION_COOKIE = "rediacc_hub_session"
+# A random id per browser, set at login and kept across logouts; a session is bound to the one
+# its login completed in (see hubproxy.session).
+BROWSER_COOKIE = "rediacc_hub_browser"
+BROWSER_TTL = 400 * 24 * 3600  # the longest lifetime browsers keep (RFC 6265bis caps at 400 days)
 STATE_COOKIE_PREFIX = "rediacc_hub_oauth_"
 HUB_COOKIE_PREFIX = "rediacc_hub_"
 # Tokens longer than this are refused before any parsing (a cookie is a few hundred bytes).
@@ -95,6 +100,22 @@ def read_session_token(token: str, key: bytes, now: float) -> SessionCookie | No
     if not isinstance(user, str) or not user or not isinstance(sid, str) or not sid:
         return None
     return SessionCookie(user=user, sid=sid, exp=int(payload["exp"]))
+
+
+def new_browser_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def browser_binding(browser_id: str) -> str:
+    """What a session stores of its browser cookie (a digest: the store never holds the id)."""
+    return hashlib.sha256(b"rediacc-hub/browser/" + browser_id.encode()).hexdigest()
+
+
+def browser_ids(values: Iterable[str]) -> list[str]:
+    """The distinct browser cookie values of a request's ``Cookie`` headers (a page may have
+    planted a second one), ignoring values too long to be ours."""
+    ids = [v for v in cookie_values(values, BROWSER_COOKIE) if 0 < len(v) <= 64]
+    return list(dict.fromkeys(ids))
 
 
 def cookie_domain(base_domain: str) -> str | None:

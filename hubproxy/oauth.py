@@ -37,7 +37,7 @@ from hubproxy.context import ENDPOINT, SCHEME, TARGET, HubContext
 from hubproxy.csrf import CSRF_FIELD, CSRF_HEADER, csrf_problem, csrf_token, origin_problem
 from hubproxy.guard import close_connection, fail_closed
 from hubproxy.router import large_body
-from hubproxy.session import conflict_response, request_sessions
+from hubproxy.session import conflict_response, lookup
 from hubproxy.sessions import SESSION_TTL
 from hubproxy.state import (
     STATE_TTL,
@@ -163,6 +163,22 @@ class OAuthLogin:
     def _domain(self) -> str | None:
         return cookies.cookie_domain(self.context.config.base_domain)
 
+    def _browser(self, flow: http.HTTPFlow) -> tuple[str, list[str]]:
+        """This browser's id, and the ``Set-Cookie`` that gives it one when it has none (or
+        two: a page planted the other, and the new one replaces the hub's at ``Path=/``)."""
+        ids = cookies.browser_ids(flow.request.headers.get_all("cookie"))
+        if len(ids) == 1:
+            return ids[0], []
+        browser_id = cookies.new_browser_id()
+        value = cookies.set_cookie(
+            cookies.BROWSER_COOKIE,
+            browser_id,
+            max_age=cookies.BROWSER_TTL,
+            secure=self._secure(flow),
+            domain=self._domain(),
+        )
+        return browser_id, [value]
+
     def _client(self, redirect: str, auth_method: str | None = None) -> AsyncOAuth2Client:
         oauth = self.context.config.oauth
         return AsyncOAuth2Client(
@@ -240,19 +256,18 @@ class OAuthLogin:
             code_challenge=create_s256_code_challenge(pkce_verifier(self.context.pkce_key, nonce)),
             code_challenge_method="S256",
         )
-        flow.response = pages.redirect(
-            url,
-            [
-                cookies.set_cookie(
-                    state_cookie_name(nonce),
-                    nonce,
-                    max_age=STATE_TTL,
-                    secure=self._secure(flow),
-                    domain=self._domain(),
-                    path=CALLBACK_PATH,
-                )
-            ],
-        )
+        set_cookies = [
+            cookies.set_cookie(
+                state_cookie_name(nonce),
+                nonce,
+                max_age=STATE_TTL,
+                secure=self._secure(flow),
+                domain=self._domain(),
+                path=CALLBACK_PATH,
+            )
+        ]
+        _, new_browser = self._browser(flow)
+        flow.response = pages.redirect(url, set_cookies + new_browser)
 
     # -- /_hub/oauth/callback ---------------------------------------------------------------
 
@@ -337,12 +352,14 @@ class OAuthLogin:
                 "account is not in a group allowed to use this hub.",
                 detail="Ask an administrator to add you to one of the allowed groups.",
             )
+        browser_id, new_browser = self._browser(flow)
         session = self.context.sessions.create(
             user,
             groups=groups,
             template=login.template,
             admin=identity.is_admin(config, user),
             ttl=SESSION_TTL,
+            browser=cookies.browser_binding(browser_id),
         )
         log.info("hub: %s logged in (session %s…)", identity.shown(user), session.sid[:6])
         if login.template is not None:
@@ -361,7 +378,8 @@ class OAuthLogin:
                     max_age=SESSION_TTL,
                     secure=self._secure(flow),
                     domain=self._domain(),
-                )
+                ),
+                *new_browser,
             ],
         )
 
@@ -447,11 +465,11 @@ class OAuthLogin:
         """GET: a page asking to confirm, with a form that POSTs the session's CSRF token.
         POST: end the session, if the token and the request's origin are the hub's own."""
         request = flow.request
-        sessions = request_sessions(self.context, request)
-        if len(sessions) > 1:
-            flow.response = conflict_response(self.context, flow, sessions)
+        found = lookup(self.context, request)
+        if found.conflict:
+            flow.response = conflict_response(self.context, flow, found.conflict)
             return
-        session = sessions[0] if sessions else None
+        session = found.session
         if request.method in ("GET", "HEAD"):
             flow.response = self._logout_confirmation(session)
             return

@@ -402,7 +402,11 @@ async def handle_api(
         problem = csrf_problem(request, context.session_key, principal.sid or "", scheme)
         if problem:
             log.warning(
-                "hub: refused %s %s from %s: %s", request.method, endpoint, principal.user, problem
+                "hub: refused %s %s from %s: %s",
+                request.method,
+                endpoint,
+                identity.shown(principal.user),
+                problem,
             )
             return _error(403, problem)
     entries = build_entries(context, scheme, port)
@@ -423,7 +427,12 @@ async def handle_api(
     if hub is None:
         return _error(503, "the control plane is not available")
     user = found["user"] if found else (principal.user if own else target)
-    log.info("hub: %s asked to %s %s", principal.user or "admin token", action, user)
+    log.info(
+        "hub: %s asked to %s %s",
+        identity.shown(principal.user) if principal.user else "admin token",
+        action,
+        identity.shown(user),
+    )
     try:
         rec = await asyncio.wait_for(
             asyncio.shield(on_control_loop(context, _act, hub, user, action)), ACTION_TIMEOUT

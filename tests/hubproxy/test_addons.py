@@ -507,11 +507,60 @@ async def test_two_valid_sessions_in_one_request_are_refused(setup, host, path, 
         if navigate:
             assert b"two different hub sessions" in f.response.content
         cleared = f.response.headers.get_all("set-cookie")
-        assert all(c.startswith("rediacc_hub_session=;") and "Max-Age=0" in c for c in cleared)
-        assert "Path=/; Max-Age=0; Domain=example.com" in "\n".join(cleared)
+        assert all("=; Path=" in c and "Max-Age=0" in c for c in cleared)
+        names = {c.split("=", 1)[0] for c in cleared}
+        assert names == {cookies.SESSION_COOKIE, cookies.BROWSER_COOKIE}
+        assert "rediacc_hub_session=; Path=/; Max-Age=0; Domain=example.com; HttpOnly" in "\n".join(
+            cleared
+        )
     assert control.touches == [] and control.starts == []
     # both sessions stay (neither acted; alice's other devices keep working)
     assert context.sessions.get(alice.sid, "alice") and context.sessions.get(bob.sid, "bob")
+
+
+def bound_cookie(context, user, browser_id):
+    """A session as a real login makes it: bound to the browser cookie ``browser_id``."""
+    session = context.sessions.create(user, browser=cookies.browser_binding(browser_id))
+    token = cookies.make_session_token(
+        cookies.SessionCookie(user, session.sid, session.exp), context.session_key
+    )
+    return session, f"{cookies.SESSION_COOKIE}={token}"
+
+
+async def test_a_session_of_another_browser_is_ignored(setup):
+    """bob plants his own session (bound to his browser) in alice's browser."""
+    context, control, addons = setup
+    running(control, "alice", "10.208.0.2")
+    running(control, "bob", "10.208.1.2")
+    _, alice = bound_cookie(context, "alice", "alices-browser")
+    _, bob = bound_cookie(context, "bob", "bobs-browser")
+    mine = f"{cookies.BROWSER_COOKIE}=alices-browser"
+    # planted first (narrower path) or alone (alice logged out): never bob
+    f = await run_request(addons, flow(headers=[("cookie", f"{bob}; {alice}; {mine}")]))
+    assert f.response is None and f.metadata[USER] == "alice"
+    assert f.request.data.host == "10.208.0.2"
+    f = await run_request(addons, flow(headers=[("cookie", f"{bob}; {mine}")]))
+    assert f.response.status_code == 302 and USER not in f.metadata
+    f = await run_request(addons, flow(headers=[("cookie", bob)]))  # no browser cookie at all
+    assert f.response.status_code == 302
+    # planting bob's browser cookie too makes two browser cookies: refused, both deleted
+    theirs = f"{cookies.BROWSER_COOKIE}=bobs-browser"
+    f = await run_request(addons, flow(headers=[("cookie", f"{bob}; {theirs}; {alice}; {mine}")]))
+    assert f.response.status_code == 401 and f.request.data.host == "0.0.0.0"
+    assert control.touches == [("alice", "http")]
+
+
+async def test_login_gives_the_browser_an_id_once(setup):
+    context, control, addons = setup
+    f = await run_request(addons, flow(path="/_hub/login"))
+    given = [c for c in f.response.headers.get_all("set-cookie") if "rediacc_hub_browser=" in c]
+    assert len(given) == 1 and "HttpOnly" in given[0] and "Domain=example.com" in given[0]
+    browser_id = given[0].split(";")[0].split("=", 1)[1]
+    f = await run_request(
+        addons,
+        flow(path="/_hub/login", headers=[("cookie", f"{cookies.BROWSER_COOKIE}={browser_id}")]),
+    )
+    assert not [c for c in f.response.headers.get_all("set-cookie") if "rediacc_hub_browser" in c]
 
 
 async def test_one_session_twice_or_beside_stale_cookies_is_fine(setup):

@@ -279,7 +279,11 @@ def test_websocket_relays_stamps_activity_and_closes_at_logout(tmp_path, envs, p
             with browser(DOMAIN, proxy_port) as client:
                 provider_login(client, client.get(f"{term}/"), "alice")
                 wait_ready(client, term)
-                cookie = "rediacc_hub_session=" + client.cookies.get("rediacc_hub_session")
+                # the session counts together with the browser cookie its login completed in
+                cookie = "; ".join(
+                    f"{name}={client.cookies.get(name)}"
+                    for name in ("rediacc_hub_session", "rediacc_hub_browser")
+                )
                 host = f"term.{DOMAIN}:{proxy_port}"
                 sock, ws = ws_connect(proxy_port, host, cookie)
                 hub.touches.clear()

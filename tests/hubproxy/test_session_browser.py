@@ -6,17 +6,19 @@ whatever they are given (as a dev server serving an untrusted repository would).
 The attack of issue #18: bob, an attacker with his own account, gets a page served by alice's
 environment to set bob's session cookie from JavaScript with ``domain=<base>`` and a narrower
 path. Chromium then sends bob's cookie first; the hub took the first that verified, so alice's
-dashboard and API calls ran as bob. Now a request carrying two sessions is refused, the cookies
-are deleted and alice logs in again as herself. ``Set-Cookie`` headers from the environment
-(nameless, oddly spelled) never reach the browser's jar.
+dashboard and API calls ran as bob. Now bob's session is bound to bob's browser cookie and is
+ignored in alice's browser (also after she logs out); planting bob's browser cookie as well is
+a request with two, refused: the cookies are deleted and alice logs in again as herself.
+``Set-Cookie`` headers from the environment (nameless, oddly spelled) never reach the jar.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
@@ -32,6 +34,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.oidc, pytest.mark.timeout(180)]
 DOMAIN = "example.test"
 ALICE_IP, BOB_IP = "127.0.0.2", "127.0.0.3"
 COOKIE = "rediacc_hub_session"
+BROWSER = "rediacc_hub_browser"
 
 PLANT = """<!doctype html><title>notes</title><p id="done">planting</p><script>
 document.cookie = %s;
@@ -49,8 +52,6 @@ class HostileEnvironment(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         headers = [("Content-Type", "text/html")]
         if url.path == "/plant":
-            import json
-
             body = PLANT % json.dumps(query["cookie"])
         elif url.path == "/headers":
             token = query["token"]
@@ -135,20 +136,43 @@ def chromium():
 
 
 def hub_cookies(context) -> list[dict]:
-    """The browser's cookies that the hub would read as its session cookie."""
+    """The browser's cookies that the hub would read as its own (session or browser cookie)."""
     return [
         c
         for c in context.cookies()
-        if c["name"] == COOKIE or (c["name"] == "" and c["value"].startswith(COOKIE + "="))
+        if c["name"] in (COOKIE, BROWSER)
+        or (c["name"] == "" and c["value"].split("=")[0] in (COOKIE, BROWSER))
     ]
 
 
 def sign_in(page, url: str, user: str) -> None:
+    """Open ``url``; if the provider asks (its own session may sign alice in silently), log in."""
     page.goto(url)
     if page.query_selector("input[name=login]"):
         page.fill("input[name=login]", user)
         page.fill("input[name=password]", "any")
         page.click("button[type=submit]")
+        page.wait_for_load_state()
+
+
+def plant(page, term: str, cookie: str) -> None:
+    """alice opens a page of her own environment that runs ``document.cookie = cookie``."""
+    page.goto(f"{term}/plant?{urlencode({'cookie': cookie})}")
+    page.wait_for_selector("text=planted")
+
+
+def viewer(page, base: str) -> str:
+    page.goto(f"{base}/_hub/dashboard")
+    page.wait_for_selector("#viewer")
+    return page.inner_text("#viewer")
+
+
+def api_viewer(page, base: str):
+    """Who ``/_hub/api/status`` says the browser is (opened as a page), or its status code."""
+    response = page.goto(f"{base}/_hub/api/status")
+    if response.status != 200:
+        return response.status
+    return json.loads(page.inner_text("body"))["viewer"]["user"]
 
 
 def test_a_cookie_planted_by_an_environment_page_never_makes_alice_bob(world, chromium):
@@ -159,50 +183,43 @@ def test_a_cookie_planted_by_an_environment_page_never_makes_alice_bob(world, ch
     page = context.new_page()
     sign_in(page, f"{term}/", "alice")  # the first user started gets ALICE_IP
     page.wait_for_selector("text=alice's environment", timeout=20_000)
-    page.goto(f"{base}/_hub/dashboard")
-    assert page.inner_text("#viewer") == "alice"
-    # bob logs in on his own and has a valid session cookie: the value he plants
+    assert viewer(page, base) == "alice"
+    # bob logs in on his own: his valid session cookie and his browser cookie are what he plants
     with browser(DOMAIN, proxy.port) as bob:
         provider_login(bob, bob.get(f"{term}/"), "bob")
         wait_ready(bob, term)
         assert bob.get(f"{term}/").json()["name"] == "bob-term"
-        bobs = bob.cookies.get(COOKIE)
-    assert bobs
+        bobs, bobs_browser = bob.cookies.get(COOKIE), bob.cookies.get(BROWSER)
+    assert bobs and bobs_browser
 
-    # 1. alice opens a page of her environment that plants bob's cookie for the whole domain,
-    #    on a narrower path than hers: Chromium now sends bob's first on /_hub/...
-    page.goto(f"{term}/plant?cookie={COOKIE}={bobs}; domain={DOMAIN}; path=/_hub")
-    page.wait_for_selector("text=planted")
+    # 1. bob's session for the whole domain on a narrower path than alice's: Chromium sends it
+    #    first on /_hub/... (the attack of issue #18). It is bound to bob's browser: ignored.
+    plant(page, term, f"{COOKIE}={bobs}; domain={DOMAIN}; path=/_hub")
     planted = [c for c in hub_cookies(context) if c["path"] == "/_hub"]
     assert planted and planted[0]["value"] == bobs and planted[0]["domain"] == "." + DOMAIN
-    # her API calls are not bob's: refused, and the browser is asked to forget both cookies
-    response = page.goto(f"{base}/_hub/api/status")
-    assert response.status == 401
+    assert viewer(page, base) == "alice"
+    assert api_viewer(page, base) == "alice"
+    # ... also once alice has logged out (the dashboard's button) and only bob's is left
+    page.goto(f"{base}/_hub/dashboard")
+    page.click("#logout")
+    page.wait_for_selector("text=Logged out")
+    assert [c["value"] for c in hub_cookies(context) if c["name"] == COOKIE] == [bobs]
+    sign_in(page, f"{base}/_hub/dashboard", "alice")
+    assert viewer(page, base) == "alice"
+
+    # 2. bob's browser cookie planted too: two browser cookies, refused; the hub deletes what it
+    #    can see and alice logs in again, as herself
+    plant(page, term, f"{BROWSER}={bobs_browser}; domain={DOMAIN}; path=/_hub")
+    assert api_viewer(page, base) == 401
     assert "two different hub sessions" in page.content() and "bob" not in page.content()
     assert hub_cookies(context) == []
-    # she logs in again (the provider remembers her): alice, not bob
-    page.click("text=Log in again")
-    page.wait_for_load_state()
-    page.goto(f"{base}/_hub/dashboard")
-    assert page.inner_text("#viewer") == "alice"
+    sign_in(page, f"{base}/_hub/login?next=/_hub/dashboard", "alice")
+    assert viewer(page, base) == "alice"
 
-    # 2. a nameless cookie would be sent as "rediacc_hub_session=<bob>" (RFC 6265bis); this
-    #    Chromium refuses to store a nameless cookie whose value holds "=", others may not:
-    #    either way alice's dashboard is never bob's
-    page.goto(f"{term}/plant?cookie==" + f"{COOKIE}={bobs}; domain={DOMAIN}; path=/_hub")
-    page.wait_for_selector("text=planted")
-    nameless = [c for c in hub_cookies(context) if c["name"] == ""]
-    response = page.goto(f"{base}/_hub/dashboard")
-    if nameless:
-        assert response.status == 401 and "Log in again" in page.content()
-        sign_in(page, f"{base}/_hub/login?next=/_hub/dashboard", "alice")
-        page.wait_for_selector("#viewer")
-    assert page.inner_text("#viewer") == "alice"
-
-    # 3. a host-only cookie on alice's prefix host, narrower path: refused there too
-    page.goto(f"{term}/plant?cookie={COOKIE}={bobs}; path=/_hub")
-    page.wait_for_selector("text=planted")
-    assert [c["domain"] for c in hub_cookies(context) if c["path"] == "/_hub"] == [f"term.{DOMAIN}"]
+    # 3. the same as host-only cookies of alice's prefix host: refused there too
+    plant(page, term, f"{COOKIE}={bobs}; path=/_hub")
+    plant(page, term, f"{BROWSER}={bobs_browser}; path=/_hub")
+    assert {c["domain"] for c in hub_cookies(context) if c["path"] == "/_hub"} == {f"term.{DOMAIN}"}
     response = page.goto(f"{term}/_hub/")
     assert response.status == 401 and "Log in again" in page.content()
     assert "bob" not in page.content()
@@ -210,18 +227,23 @@ def test_a_cookie_planted_by_an_environment_page_never_makes_alice_bob(world, ch
     sign_in(page, f"{term}/_hub/login?next=/_hub/", "alice")
     page.wait_for_selector("text=Logged in as alice.")
 
-    # 4. Set-Cookie headers from the environment, in every spelling, never reach the jar
+    # 4. a nameless cookie is sent as "rediacc_hub_session=<bob>" (RFC 6265bis); this Chromium
+    #    refuses to store one whose value holds "=", others may not: never bob either way
+    plant(page, term, f"={COOKIE}={bobs}; domain={DOMAIN}; path=/_hub")
+    plant(page, term, f"={BROWSER}={bobs_browser}; domain={DOMAIN}; path=/_hub")
+    if [c for c in hub_cookies(context) if c["name"] == ""]:
+        assert api_viewer(page, base) == 401
+        sign_in(page, f"{base}/_hub/login?next=/_hub/dashboard", "alice")
+    assert viewer(page, base) == "alice"
+
+    # 5. Set-Cookie headers from the environment, in every spelling, never reach the jar
     before = hub_cookies(context)
     page.goto(f"{term}/headers?token={bobs}")
     page.wait_for_selector("text=headers sent")
-    names = {(c["name"], c["path"]) for c in context.cookies()}
-    assert ("notes", "/") in names  # the environment's own cookie is kept
+    assert ("notes", "/") in {(c["name"], c["path"]) for c in context.cookies()}
     assert hub_cookies(context) == before
     assert not [c for c in context.cookies() if bobs in c["value"]]
-    page.goto(f"{base}/_hub/dashboard")
-    assert page.inner_text("#viewer") == "alice"
-    # and alice's environment still answers her, as her
+    assert viewer(page, base) == "alice"
     page.goto(f"{term}/")
     page.wait_for_selector("text=alice's environment")
-    assert [s.user for s in proxy.context.sessions.sessions()].count("alice") >= 1
     context.close()

@@ -12,12 +12,12 @@ import secrets
 
 from mitmproxy import http
 
-from hubproxy import pages
+from hubproxy import identity, pages
 from hubproxy.context import ENDPOINT, SESSION, USER, HubContext
+from hubproxy.csrf import csrf_token
 from hubproxy.dashboard_page import render_page
 from hubproxy.guard import fail_closed
 from hubproxy.metrics import ProxyMetrics, render_metrics
-from hubproxy.statusapi import csrf_token
 
 
 def dashboard_response(user: str, admin: bool, csrf: str) -> http.Response:
@@ -54,7 +54,7 @@ class Dashboard:
         if user is None or session is None:  # SessionCheck answers first; a second line
             flow.response = pages.page(401, "Not logged in", "Log in to use this hub.")
             return
-        admin = user in self.context.config.admin_users
+        admin = identity.is_admin(self.context.config, user)
         if flow.request.method not in ("GET", "HEAD"):
             flow.response = pages.json_response(405, {"error": f"use GET for /_hub/{endpoint}"})
         elif endpoint == "metrics":

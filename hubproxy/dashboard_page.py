@@ -3,7 +3,10 @@
 The page renders from ``/_hub/api/status`` and polls it (every 3 s, every second while an
 environment is changing state, paused while the tab is hidden); idle timers tick locally between
 polls. Every value is inserted with ``textContent``, never as HTML. Actions are ``fetch`` POSTs
-carrying the session's CSRF token from the page's ``<meta name="hub-csrf">``; a template switch
+carrying the session's CSRF token from the page's ``<meta name="hub-csrf">``; "Log out" is a plain
+form POSTing the same token to ``/_hub/logout``. Users are shown by their safe name
+(``hubcontrol.names.safe_name``: ``[a-z0-9-]``, different for names that only look alike), with
+the provider's name beside it when that differs; a template switch
 logs in again with ``/_hub/login?template=NAME`` (the seed's way to pick one), so the new session
 carries the template the request path keeps the environment on.
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import html
 from string import Template
+
+from hubproxy import identity
 
 STYLE = """
 :root{--bg:#f4f6fa;--card:#fff;--text:#1b2233;--muted:#667085;--line:#e4e7ee;--accent:#2457d6;
@@ -31,6 +36,7 @@ header{position:sticky;top:0;z-index:2;background:var(--card);border-bottom:1px 
 .logo i{width:1.4rem;height:1.4rem;border-radius:.4rem;background:linear-gradient(135deg,var(--accent),#7c4dff);
 display:inline-block}
 .who{margin-left:auto;display:flex;align-items:center;gap:.6rem;color:var(--muted);font-size:.9rem;min-width:0}
+.who form{display:inline;margin:0}
 .who b{color:var(--text);font-weight:600;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 a{color:var(--accent)}
 main{max-width:72rem;margin:0 auto;padding:1rem}
@@ -115,6 +121,8 @@ function dur(s){if(s===null||s===undefined)return "\u2014";s=Math.max(0,Math.flo
 function num(n){return n===null||n===undefined?"\u2014":String(n);}
 function toast(msg){var t=document.getElementById("toast");t.textContent=msg;t.className="on";
   clearTimeout(toast.t);toast.t=setTimeout(function(){t.className="";},3500);}
+// The safe name ([a-z0-9-], distinct for look-alike names) is what identifies a user here.
+function shown(u){return u.name||u.user;}
 function elapsed(){return doc?(Date.now()-fetchedAt)/1000:0;}
 
 var armed={}, inflight={}, chosen={};
@@ -124,8 +132,8 @@ function act(u,action,button){
   fetch(url,{method:"POST",credentials:"same-origin",headers:{"X-Hub-CSRF":CSRF}})
     .then(function(r){return r.json().catch(function(){return {};}).then(function(b){return [r,b];});})
     .then(function(rb){var r=rb[0],b=rb[1];delete inflight[u.user];
-      if(r.ok){toast(action.charAt(0).toUpperCase()+action.slice(1)+" "+u.user+": "+(b.state||"done"));}
-      else{toast("Could not "+action+" "+u.user+": "+(b.error||r.status));}
+      if(r.ok){toast(action.charAt(0).toUpperCase()+action.slice(1)+" "+shown(u)+": "+(b.state||"done"));}
+      else{toast("Could not "+action+" "+shown(u)+": "+(b.error||r.status));}
       poll(true);})
     .catch(function(){delete inflight[u.user];toast("The hub did not answer.");render();});
 }
@@ -154,7 +162,8 @@ function card(u){
   var me=doc.viewer.user, admin=doc.viewer.admin, own=(u.user===me);
   var c=el("article","card"+(own?" mine":""));c.dataset.user=u.user;c.dataset.state=u.state;
   var top=el("div","top"), t=el("div");
-  t.appendChild(el("div","name",u.user+(own&&admin?" (you)":"")));
+  t.appendChild(el("div","name",shown(u)+(own&&admin?" (you)":"")));
+  if(u.name&&u.name!==u.user)t.appendChild(el("div","sub provider","\u201c"+u.user+"\u201d at the login provider"));
   t.appendChild(el("div","sub",(u.template||"default")+" template"));
   if(u.service_ip||u.net_id)t.appendChild(el("div","net",(u.service_ip||"")+
     (u.net_id?(u.service_ip?" \u00b7 ":"")+"net "+u.net_id:"")));
@@ -220,6 +229,7 @@ function render(){
   if(!doc)return;
   var q=(filter.value||"").toLowerCase();
   var users=doc.users.filter(function(u){return !q||u.user.toLowerCase().indexOf(q)>=0||
+    shown(u).indexOf(q)>=0||
     (u.template||"").toLowerCase().indexOf(q)>=0||u.state.indexOf(q)>=0;});
   summary.textContent="";
   var counts={},disk=0,anyDisk=false;
@@ -279,7 +289,9 @@ PAGE = Template(
 <title>Hub dashboard</title><style nonce="$nonce">$style</style></head>
 <body>
 <header><div class="bar"><span class="logo"><i></i>Hub</span>
-<span class="who">$badge<b id="viewer">$user</b><a href="/_hub/logout">Log out</a></span></div></header>
+<span class="who">$badge<b id="viewer" title="$provider_name">$user</b>
+<form method="post" action="/_hub/logout"><input type="hidden" name="csrf" value="$csrf">
+<button type="submit" id="logout">Log out</button></form></span></div></header>
 <main>
 <div class="summary" id="summary"><input id="filter" class="filter" type="search"
  placeholder="Filter by user, template or state" aria-label="Filter" hidden></div>
@@ -299,6 +311,7 @@ def render_page(user: str, admin: bool, csrf: str, nonce: str) -> str:
         nonce=nonce,
         style=STYLE,
         script=SCRIPT,
-        user=html.escape(user),
+        user=html.escape(identity.shown(user)),
+        provider_name=html.escape(user),
         badge='<span class="chip">admin</span>' if admin else "",
     )

@@ -11,6 +11,8 @@ import functools
 import inspect
 import logging
 
+from mitmproxy import exceptions
+
 from hubproxy import pages
 
 log = logging.getLogger("hubproxy")
@@ -51,13 +53,16 @@ def _refuse(flow, name: str) -> None:
 
 
 def fail_closed(hook):
-    """Wrap a sync or async hook ``hook(self, flow)``."""
+    """Wrap a sync or async hook ``hook(self, flow)``; ``AddonHalt`` (a hook's way to keep the
+    addons after it from seeing the event) passes through."""
     if inspect.iscoroutinefunction(hook):
 
         @functools.wraps(hook)
         async def async_wrapper(self, flow):
             try:
                 await hook(self, flow)
+            except exceptions.AddonHalt:
+                raise
             except Exception:
                 _refuse(flow, f"{type(self).__name__}.{hook.__name__}")
 
@@ -67,6 +72,8 @@ def fail_closed(hook):
     def wrapper(self, flow):
         try:
             hook(self, flow)
+        except exceptions.AddonHalt:
+            raise
         except Exception:
             _refuse(flow, f"{type(self).__name__}.{hook.__name__}")
 

@@ -85,11 +85,16 @@ def hub_endpoint(path: str) -> str | None:
     return "/".join(segments)
 
 
-def safe_return_url(url: str | None, base_domain: str, default: str = "/") -> str:
-    """Where to send the browser after login: ``url`` if it stays on our hosts, else ``default``.
+def safe_return_url(
+    url: str | None, base_domain: str, prefixes: Container[str], default: str = "/"
+) -> str:
+    """Where to send the browser after login: ``url`` if it stays on a site the hub serves, else
+    ``default``.
 
     Accepted: a path (``/x?y``) that is not scheme-relative (``//evil``, ``/\\evil``), or an
-    absolute http(s) URL whose host is the base domain or one label under it, without userinfo.
+    absolute http(s) URL without userinfo whose host is the base domain or ``<prefix>.<base>``
+    for a configured prefix (``classify_host``). Other labels under the base domain may be
+    other services, or names a wildcard DNS entry sends anywhere: never returned to.
     """
     if not url or len(url) > 2048:
         return default
@@ -109,13 +114,9 @@ def safe_return_url(url: str | None, base_domain: str, default: str = "/") -> st
         netloc_host = normalize_host(parts.netloc)
     except ValueError:
         return default
-    if netloc_host is None:
+    if netloc_host is None or classify_host(netloc_host, base_domain, prefixes) is None:
         return default
-    base = base_domain.lower().rstrip(".")
-    prefix, sep, rest = netloc_host.partition(".")
-    if netloc_host == base or (sep and rest == base and prefix):
-        return url
-    return default
+    return url
 
 
 def sibling_url(

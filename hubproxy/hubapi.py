@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from hubproxy import pages
+from hubproxy import identity, pages
 from hubproxy.context import ENDPOINT, SCHEME, SESSION, USER, HubContext
 from hubproxy.guard import fail_closed
 from hubproxy.hosts import sibling_url
+from hubproxy.oauth import logout_form
 from hubproxy.router import upstream
 
 
@@ -61,15 +62,15 @@ class HubApi:
             flow.response = pages.page(
                 200,
                 "Your hub",
-                f"Logged in as {user}.",
+                f"Logged in as {identity.shown_with_provider_name(user)}.",
                 links=[
                     *(
                         (p, sibling_url(scheme, flow.request.host_header, p, config.base_domain))
                         for p in sorted(config.routes)
                     ),
                     ("Dashboard", "/_hub/dashboard"),
-                    ("Log out", "/_hub/logout"),
                 ],
+                forms=[logout_form(self.context, flow.metadata[SESSION])],
             )
         else:
             flow.response = pages.not_found(f"The hub has no page /_hub/{endpoint}.")

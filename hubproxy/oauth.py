@@ -1,6 +1,8 @@
 """OAuth2 authorization-code login (authlib, S256 PKCE), its callback, and logout.
 
-Endpoints: ``/_hub/login?next=URL&template=NAME``, ``/_hub/oauth/callback``, ``/_hub/logout``.
+Endpoints: ``/_hub/login?next=URL&template=NAME``, ``/_hub/oauth/callback``, ``/_hub/logout``
+(GET: a page asking to confirm; POST with the session's CSRF token from that page, the dashboard
+or the hub's index, same-origin: the logout itself, so no other site can log a user out).
 Only the seed's ``HUB_OAUTH_*`` variables configure it:
 
 - scopes: ``openid`` plus ``HUB_OAUTH_SCOPES`` (OIDC providers need ``openid`` for userinfo; plain
@@ -27,14 +29,15 @@ from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
-from mitmproxy import http
+from mitmproxy import exceptions, http
 
 from hubcontrol.errors import UsernameError
-from hubcontrol.names import safe_name
-from hubproxy import cookies, hosts, pages
+from hubproxy import cookies, hosts, identity, pages
 from hubproxy.context import ENDPOINT, SCHEME, TARGET, HubContext
+from hubproxy.csrf import CSRF_FIELD, CSRF_HEADER, csrf_problem, csrf_token, origin_problem
 from hubproxy.guard import close_connection, fail_closed
-from hubproxy.session import current_session
+from hubproxy.router import large_body
+from hubproxy.session import conflict_response, lookup
 from hubproxy.sessions import SESSION_TTL
 from hubproxy.state import (
     STATE_TTL,
@@ -51,6 +54,9 @@ log = logging.getLogger("hubproxy.oauth")
 CALLBACK_PATH = "/_hub/oauth/callback"
 GROUPS_CLAIM = "groups"
 PROVIDER_TIMEOUT = 10.0
+# flow.metadata: the session a logout POST names, checked once its form body has arrived
+LOGOUT_PENDING = "hub.logout"
+MAX_LOGOUT_BODY = 4096
 
 
 class ProviderError(Exception):
@@ -90,6 +96,10 @@ def dot_path(data: object, path: str) -> object:
 
 
 def username_from_userinfo(data: object, path: str) -> str:
+    """The username at ``path``, exactly as the provider sent it (a number becomes its digits).
+
+    Nothing is trimmed or normalised: ``identity.check_username`` refuses what would need it.
+    """
     try:
         value = dot_path(data, path)
     except KeyError:
@@ -99,14 +109,14 @@ def username_from_userinfo(data: object, path: str) -> str:
             f"The userinfo answer has no value at HUB_OAUTH_USERINFO_PATH={path!r}"
             + (f"; its top-level keys are {sorted(data)}" if isinstance(data, dict) else ""),
         ) from None
-    if isinstance(value, bool) or not isinstance(value, str | int) or str(value).strip() == "":
+    if isinstance(value, bool) or not isinstance(value, str | int) or str(value) == "":
         raise ProviderError(
             502,
             "The login provider did not tell us who you are.",
             f"The userinfo value at HUB_OAUTH_USERINFO_PATH={path!r} is not a non-empty "
             f"string or number (it is {type(value).__name__}).",
         )
-    return str(value).strip()
+    return str(value)
 
 
 def groups_from_userinfo(data: object, path: str = GROUPS_CLAIM) -> tuple[str, ...]:
@@ -153,6 +163,22 @@ class OAuthLogin:
     def _domain(self) -> str | None:
         return cookies.cookie_domain(self.context.config.base_domain)
 
+    def _browser(self, flow: http.HTTPFlow) -> tuple[str, list[str]]:
+        """This browser's id, and the ``Set-Cookie`` that gives it one when it has none (or
+        two: a page planted the other, and the new one replaces the hub's at ``Path=/``)."""
+        ids = cookies.browser_ids(flow.request.headers.get_all("cookie"))
+        if len(ids) == 1:
+            return ids[0], []
+        browser_id = cookies.new_browser_id()
+        value = cookies.set_cookie(
+            cookies.BROWSER_COOKIE,
+            browser_id,
+            max_age=cookies.BROWSER_TTL,
+            secure=self._secure(flow),
+            domain=self._domain(),
+        )
+        return browser_id, [value]
+
     def _client(self, redirect: str, auth_method: str | None = None) -> AsyncOAuth2Client:
         oauth = self.context.config.oauth
         return AsyncOAuth2Client(
@@ -193,7 +219,9 @@ class OAuthLogin:
         scheme = flow.metadata[SCHEME]
         host_header = request.host_header or ""
         here = f"{scheme}://{host_header.lower()}"
-        next_url = hosts.safe_return_url(request.query.get("next"), config.base_domain)
+        next_url = hosts.safe_return_url(
+            request.query.get("next"), config.base_domain, config.routes
+        )
         if next_url.startswith("/"):
             next_url = here + next_url
         if hosts.is_hub_path(urlsplit(next_url).path) and hosts.hub_endpoint(
@@ -228,19 +256,18 @@ class OAuthLogin:
             code_challenge=create_s256_code_challenge(pkce_verifier(self.context.pkce_key, nonce)),
             code_challenge_method="S256",
         )
-        flow.response = pages.redirect(
-            url,
-            [
-                cookies.set_cookie(
-                    state_cookie_name(nonce),
-                    nonce,
-                    max_age=STATE_TTL,
-                    secure=self._secure(flow),
-                    domain=self._domain(),
-                    path=CALLBACK_PATH,
-                )
-            ],
-        )
+        set_cookies = [
+            cookies.set_cookie(
+                state_cookie_name(nonce),
+                nonce,
+                max_age=STATE_TTL,
+                secure=self._secure(flow),
+                domain=self._domain(),
+                path=CALLBACK_PATH,
+            )
+        ]
+        _, new_browser = self._browser(flow)
+        flow.response = pages.redirect(url, set_cookies + new_browser)
 
     # -- /_hub/oauth/callback ---------------------------------------------------------------
 
@@ -310,27 +337,31 @@ class OAuthLogin:
             log.warning("hub: login failed: %s", e.detail)
             return pages.page(e.status, "Login failed", e.message, detail=e.detail, links=retry)
         try:
-            safe_name(user)  # refuse now a name no environment can be made for
+            # the exact name, and one an environment can be made for; refused now otherwise
+            identity.check_username(user)
         except UsernameError as e:
             log.warning("hub: login refused: %s", e.log_message)
             return pages.page(403, "Login refused", e.user_message, links=retry)
         groups = groups_from_userinfo(userinfo)
         if not allowed(groups, config.allowed_groups):
-            log.info("hub: %s refused: not in HUB_ALLOWED_GROUPS", user)
+            log.info("hub: %s refused: not in HUB_ALLOWED_GROUPS", identity.shown(user))
             return pages.page(
                 403,
                 "Access denied",
-                f"You are logged in as {user}, but your account is not in a group allowed to use this hub.",
+                f"You are logged in as {identity.shown_with_provider_name(user)}, but your "
+                "account is not in a group allowed to use this hub.",
                 detail="Ask an administrator to add you to one of the allowed groups.",
             )
+        browser_id, new_browser = self._browser(flow)
         session = self.context.sessions.create(
             user,
             groups=groups,
             template=login.template,
-            admin=user in config.admin_users,
+            admin=identity.is_admin(config, user),
             ttl=SESSION_TTL,
+            browser=cookies.browser_binding(browser_id),
         )
-        log.info("hub: %s logged in (session %s…)", user, session.sid[:6])
+        log.info("hub: %s logged in (session %s…)", identity.shown(user), session.sid[:6])
         if login.template is not None:
             # A template picked at login (re)builds the environment now, while the browser follows
             # the redirect; the router shows progress until it answers.
@@ -347,7 +378,8 @@ class OAuthLogin:
                     max_age=SESSION_TTL,
                     secure=self._secure(flow),
                     domain=self._domain(),
-                )
+                ),
+                *new_browser,
             ],
         )
 
@@ -430,7 +462,69 @@ class OAuthLogin:
     # -- /_hub/logout -------------------------------------------------------------------------
 
     def logout(self, flow: http.HTTPFlow) -> None:
-        session = current_session(self.context, flow.request)
+        """GET: a page asking to confirm, with a form that POSTs the session's CSRF token.
+        POST: end the session, if the token and the request's origin are the hub's own."""
+        request = flow.request
+        found = lookup(self.context, request)
+        if found.conflict:
+            flow.response = conflict_response(self.context, flow, found.conflict)
+            return
+        session = found.session
+        if request.method in ("GET", "HEAD"):
+            flow.response = self._logout_confirmation(session)
+            return
+        if request.method != "POST":
+            flow.response = pages.page(
+                405,
+                "Use the logout button",
+                "Logging out takes the button on the hub's logout page.",
+                links=[("Log out", "/_hub/logout")],
+                headers={"Allow": "GET, HEAD, POST"},
+            )
+            return
+        problem = origin_problem(request, flow.metadata[SCHEME])
+        if problem is None and session is not None and CSRF_HEADER not in request.headers:
+            if large_body(request, MAX_LOGOUT_BODY):
+                flow.response = pages.page(
+                    413, "Request too large", "A logout form is a few bytes; this was not."
+                )
+                return
+            # The token is in the form body, which mitmproxy reads before the ``request`` hook;
+            # the addons after this one must not answer the request meanwhile.
+            flow.metadata[LOGOUT_PENDING] = session
+            raise exceptions.AddonHalt
+        self._finish_logout(flow, session, None, problem)
+
+    @fail_closed
+    def request(self, flow: http.HTTPFlow) -> None:
+        session = flow.metadata.pop(LOGOUT_PENDING, None)
+        if session is None or flow.response:
+            return
+        form = flow.request.urlencoded_form if flow.request.content else {}
+        given = form.get(CSRF_FIELD, "")
+        live = self.context.sessions.get(session.sid, session.user)
+        self._finish_logout(flow, live, given, None)
+
+    def _finish_logout(self, flow, session, given: str | None, problem: str | None) -> None:
+        if problem is None and session is not None:
+            problem = csrf_problem(
+                flow.request, self.context.session_key, session.sid, flow.metadata[SCHEME], given
+            )
+        if problem is not None:
+            log.warning(
+                "hub: refused a logout of %s: %s",
+                identity.shown(session.user) if session else "nobody",
+                problem,
+            )
+            flow.response = pages.page(
+                403,
+                "Not logged out",
+                "This logout did not come from the hub's own logout button, so the hub ignored "
+                "it." + (" You are still logged in." if session is not None else ""),
+                detail=problem,
+                links=[("Log out", "/_hub/logout")],
+            )
+            return
         if session is not None:
             # Per-host cookies (e.g. on *.localhost) mean one browser holds a session per prefix;
             # logging out ends all of the user's sessions, so no prefix stays logged in.
@@ -438,7 +532,7 @@ class OAuthLogin:
             closed = sum(close_websockets(self.context, s.sid) for s in ended)
             log.info(
                 "hub: %s logged out (%d session(s), %d WebSocket(s) closed)",
-                session.user,
+                identity.shown(session.user),
                 len(ended),
                 closed,
             )
@@ -459,11 +553,35 @@ class OAuthLogin:
             200,
             "Logged out",
             "You are logged out of the hub on every prefix and device. Your environment keeps "
-            "running until it is idle.",
+            "running until it is idle."
+            if session is not None
+            else "You were not logged in.",
             links=[("Log in again", "/_hub/login")],
         )
         for c in expired:
             flow.response.headers.add("Set-Cookie", c)
+
+    def _logout_confirmation(self, session) -> http.Response:
+        if session is None:
+            return pages.page(
+                200,
+                "Not logged in",
+                "You are not logged in to this hub.",
+                links=[("Log in", "/_hub/login")],
+            )
+        return pages.page(
+            200,
+            "Log out?",
+            f"You are logged in as {identity.shown_with_provider_name(session.user)}. Log out "
+            "of the hub on every prefix and device? Your terminals and editors will close.",
+            forms=[logout_form(self.context, session)],
+            links=[("Back to the dashboard", "/_hub/dashboard")],
+        )
+
+
+def logout_form(context: HubContext, session) -> tuple[str, str, dict[str, str]]:
+    """The logout button for ``pages.page(forms=...)``: a POST carrying the session's token."""
+    return ("Log out", "/_hub/logout", {CSRF_FIELD: csrf_token(context.session_key, session.sid)})
 
 
 def close_websockets(context: HubContext, sid: str) -> int:

@@ -19,8 +19,10 @@ body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f5f6f8;color:#1d223
 main{max-width:36rem;margin:12vh auto;padding:2rem;background:#fff;border-radius:12px;
 box-shadow:0 2px 12px #0001}
 h1{font-size:1.3rem;margin:0 0 .75rem}p{margin:.5rem 0}.muted{color:#667}
-a.button{display:inline-block;margin:.75rem .75rem 0 0;padding:.45rem 1rem;border-radius:6px;
-background:#2457d6;color:#fff;text-decoration:none}
+a.button,button.button{display:inline-block;margin:.75rem .75rem 0 0;padding:.45rem 1rem;
+border-radius:6px;border:0;font:inherit;background:#2457d6;color:#fff;text-decoration:none;
+cursor:pointer}
+form{display:inline}
 code{background:#eef;padding:0 .25rem;border-radius:4px}
 .bar{height:6px;background:#e4e7ee;border-radius:3px;overflow:hidden;margin:1rem 0}
 .bar div{height:100%;width:30%;background:#2457d6;animation:s 1.2s infinite ease-in-out}
@@ -74,6 +76,18 @@ def _links(links: Iterable[tuple[str, str]]) -> str:
     )
 
 
+def post_form(label: str, action: str, fields: dict[str, str]) -> str:
+    """A button that POSTs ``fields`` (hidden) to ``action`` on the same site."""
+    hidden = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+        for k, v in fields.items()
+    )
+    return (
+        f'<form method="post" action="{html.escape(action)}">{hidden}'
+        f'<button class="button" type="submit">{html.escape(label)}</button></form>'
+    )
+
+
 def page(
     status: int,
     title: str,
@@ -81,12 +95,15 @@ def page(
     *,
     detail: str | None = None,
     links: Iterable[tuple[str, str]] = (),
+    forms: Iterable[tuple[str, str, dict[str, str]]] = (),
     headers: dict[str, str] | None = None,
 ) -> http.Response:
-    """An HTML page with a title, a message for the user, an optional detail and link buttons."""
+    """An HTML page with a title, a message for the user, an optional detail, POST buttons
+    (``forms``: label, action, hidden fields) and link buttons."""
     body = f"<p>{html.escape(message)}</p>"
     if detail:
         body += f'<p class="muted">{html.escape(detail)}</p>'
+    body += "".join(post_form(*form) for form in forms)
     body += _links(links)
     text = _PAGE.substitute(title=html.escape(title), style=_STYLE, body=body, script="")
     return http.Response.make(
@@ -94,7 +111,10 @@ def page(
         text.encode(),
         {
             "Content-Type": "text/html; charset=utf-8",
-            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+            "Content-Security-Policy": (
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                "base-uri 'none'; frame-ancestors 'none'"
+            ),
             **SECURITY_HEADERS,
             **(headers or {}),
         },

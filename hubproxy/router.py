@@ -42,12 +42,12 @@ def upstream(
     return (str(route.service_ip), int(port)) if port else None
 
 
-def large_body(request: http.Request) -> bool:
-    """True when a request announces a body above ``MAX_ANSWERED_BODY`` or of unknown length."""
+def large_body(request: http.Request, limit: int = MAX_ANSWERED_BODY) -> bool:
+    """True when a request announces a body above ``limit`` or of unknown length."""
     if "chunked" in request.headers.get("transfer-encoding", "").lower():
         return True
     try:
-        return int(request.headers.get("content-length", "0")) > MAX_ANSWERED_BODY
+        return int(request.headers.get("content-length", "0")) > limit
     except ValueError:
         return True
 

@@ -38,6 +38,9 @@ class Session:
     groups: tuple[str, ...] = ()
     template: str | None = None
     admin: bool = False
+    # ``cookies.browser_binding`` of the browser cookie the login completed in: the session is
+    # used only together with that cookie. None for sessions made before there was one.
+    browser: str | None = None
 
 
 # ``listener(added, removed_sids)``: called after every change, on the caller's thread
@@ -74,6 +77,7 @@ class SessionStore:
         template: str | None = None,
         admin: bool = False,
         ttl: int = SESSION_TTL,
+        browser: str | None = None,
     ) -> Session:
         now = int(self.clock())
         session = Session(
@@ -84,6 +88,7 @@ class SessionStore:
             groups=tuple(groups),
             template=template,
             admin=admin,
+            browser=browser,
         )
         self._sessions[session.sid] = session
         purged = self._purge(now)

@@ -26,9 +26,6 @@ control plane's loop and are awaited as asyncio futures.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,14 +35,14 @@ from mitmproxy import http
 
 from hubcontrol.errors import HubError, UsernameError
 from hubcontrol.names import safe_name
-from hubproxy import pages
+from hubproxy import identity, pages
 from hubproxy.context import ENDPOINT, SCHEME, SESSION, USER, HubContext
+from hubproxy.csrf import csrf_problem
 from hubproxy.guard import fail_closed
 from hubproxy.openapi import openapi_document
 
 log = logging.getLogger("hubproxy.api")
 
-CSRF_HEADER = "x-hub-csrf"
 ACTIONS = ("stop", "checkpoint", "restart")
 ACTION_TIMEOUT = 180.0
 TRANSITIONS = ("starting", "restoring", "stopping", "checkpointing")
@@ -84,39 +81,6 @@ def may(principal: Principal, action: str, own: bool) -> bool:
     if principal.admin:
         return True
     return own and action in ("view", "stop", "restart")
-
-
-def csrf_key(session_key: bytes) -> bytes:
-    return hmac.new(session_key, b"rediacc-hub/csrf", hashlib.sha256).digest()
-
-
-def csrf_token(session_key: bytes, sid: str) -> str:
-    """The CSRF token of session ``sid``: an HMAC, so it needs no storage and dies with the session."""
-    mac = hmac.new(csrf_key(session_key), sid.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
-
-
-def csrf_problem(request: http.Request, session_key: bytes, sid: str, scheme: str) -> str | None:
-    """Why a cookie-authenticated POST must be refused, or None when it passes.
-
-    The token (bound to the session) is required; ``Origin`` and ``Sec-Fetch-Site`` are checked
-    too when the browser sends them, as a second line (SameSite=Lax alone lets sibling subdomains
-    post).
-    """
-    given = request.headers.get(CSRF_HEADER, "")
-    if not given:
-        return "missing CSRF token (send the X-Hub-CSRF header the dashboard page carries)"
-    if not hmac.compare_digest(given.encode(), csrf_token(session_key, sid).encode()):
-        return "wrong CSRF token (reload the dashboard: the session changed)"
-    site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        return f"cross-site request (Sec-Fetch-Site: {site})"
-    origin = request.headers.get("origin")
-    if origin is not None:
-        expected = f"{scheme}://{(request.host_header or '').lower()}"
-        if origin.lower() != expected:
-            return f"cross-origin request (Origin {origin!r}, expected {expected!r})"
-    return None
 
 
 def parse_api_path(endpoint: str) -> tuple[str, str | None, str | None] | None:
@@ -324,7 +288,11 @@ def status_document(
     view = status_view(context)
     return {
         "users": entries,
-        "viewer": {"user": principal.user, "admin": principal.admin},
+        "viewer": {
+            "user": principal.user,
+            "name": identity.shown(principal.user) if principal.user is not None else None,
+            "admin": principal.admin,
+        },
         "templates": sorted(config.templates),
         "default_template": config.default_template,
         "idle_timeout_seconds": config.idle_timeout,
@@ -435,7 +403,11 @@ async def handle_api(
         problem = csrf_problem(request, context.session_key, principal.sid or "", scheme)
         if problem:
             log.warning(
-                "hub: refused %s %s from %s: %s", request.method, endpoint, principal.user, problem
+                "hub: refused %s %s from %s: %s",
+                request.method,
+                endpoint,
+                identity.shown(principal.user),
+                problem,
             )
             return _error(403, problem)
     entries = build_entries(context, scheme, port)
@@ -456,7 +428,12 @@ async def handle_api(
     if hub is None:
         return _error(503, "the control plane is not available")
     user = found["user"] if found else (principal.user if own else target)
-    log.info("hub: %s asked to %s %s", principal.user or "admin token", action, user)
+    log.info(
+        "hub: %s asked to %s %s",
+        identity.shown(principal.user) if principal.user else "admin token",
+        action,
+        identity.shown(user),
+    )
     try:
         rec = await asyncio.wait_for(
             asyncio.shield(on_control_loop(context, _act, hub, user, action)), ACTION_TIMEOUT
@@ -497,7 +474,7 @@ class StatusApi:
             flow.response = _error(401, "not logged in")
             return
         principal = Principal(
-            user=user, admin=user in self.context.config.admin_users, sid=session.sid
+            user=user, admin=identity.is_admin(self.context.config, user), sid=session.sid
         )
         flow.response = await handle_api(
             self.context,

@@ -157,7 +157,11 @@ def test_login_terminal_two_users_groups_logout_per_host_cookies(world, chromium
         # logout ends alice's session and closes her terminal's WebSocket
         closed = []
         sockets[0].on("close", lambda ws: closed.append(True))
+        # (a GET only asks; the button POSTs the session's CSRF token)
         code.goto(site.url("term", "/_hub/logout"))
+        code.wait_for_selector("text=Log out?")
+        assert not closed and not sockets[0].is_closed()
+        code.click("button[type=submit]")
         code.wait_for_selector("text=Logged out")
         page.wait_for_timeout(500)
         assert closed or sockets[0].is_closed()

@@ -225,3 +225,18 @@ def wait_ready(client: httpx.Client, base: str, timeout: float = 10) -> None:
             return
         time.sleep(0.1)
     raise TimeoutError("environment did not become ready")
+
+
+def logout(client: httpx.Client, base: str) -> httpx.Response:
+    """Log out as a browser does: open ``/_hub/logout``, press the button on the page (a
+    same-origin form POST carrying the session's CSRF token)."""
+    page = client.get(f"{base}/_hub/logout")
+    assert page.status_code == 200, page.text[:300]
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert token, page.text[:500]
+    origin = f"{httpx.URL(base).scheme}://{httpx.URL(base).netloc.decode()}"
+    return client.post(
+        f"{base}/_hub/logout",
+        data={"csrf": token.group(1)},
+        headers={"Origin": origin, "Sec-Fetch-Site": "same-origin"},
+    )

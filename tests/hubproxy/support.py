@@ -10,7 +10,7 @@ import asyncio
 import inspect
 from dataclasses import dataclass, field
 
-from mitmproxy import http
+from mitmproxy import exceptions, http
 from mitmproxy.test import tflow
 
 from hubcontrol.config import HubConfig, OAuthConfig, Template
@@ -101,6 +101,7 @@ def flow(
     headers=(),
     navigate=True,
     authority="",
+    body=b"",
 ) -> http.HTTPFlow:
     hdrs = [(b"host", host.encode())]
     if navigate:
@@ -115,7 +116,7 @@ def flow(
         path.encode(),
         b"HTTP/1.1",
         http.Headers(hdrs),
-        b"",
+        body,
         None,
         NOW,
         NOW,
@@ -126,12 +127,19 @@ def flow(
 
 
 async def run_request(addons, f) -> http.HTTPFlow:
-    for addon in addons:
-        hook = getattr(addon, "requestheaders", None)
-        if hook is not None:
-            result = hook(f)
-            if inspect.isawaitable(result):
-                await result
+    """Run the ``requestheaders`` hooks, then (the body being in) the ``request`` hooks, as
+    mitmproxy does for a request that is not streamed: ``AddonHalt`` ends a hook's round."""
+    for name in ("requestheaders", "request"):
+        for addon in addons:
+            hook = getattr(addon, name, None)
+            if hook is None:
+                continue
+            try:
+                result = hook(f)
+                if inspect.isawaitable(result):
+                    await result
+            except exceptions.AddonHalt:
+                break
     return f
 
 

@@ -11,6 +11,7 @@ from wsproto.frame_protocol import Opcode
 
 from hubproxy import cookies
 from hubproxy.context import SESSION, USER
+from hubproxy.csrf import csrf_token
 from hubproxy.state import state_cookie_name
 from tests.hubproxy.support import (
     NOW,
@@ -198,13 +199,25 @@ async def test_cookie_header_removed_when_only_hub_cookies(setup):
     assert "cookie" not in f.request.headers
 
 
-async def test_environment_cannot_set_hub_cookies(setup):
+@pytest.mark.parametrize(
+    "planted",
+    [
+        f"{cookies.SESSION_COOKIE}=evil; Domain=example.com",
+        f"={cookies.SESSION_COOKIE}=evil; Domain=example.com; Path=/_hub",  # nameless
+        f" = {cookies.SESSION_COOKIE}=evil",
+        f"{cookies.SESSION_COOKIE}",
+        f"  {cookies.SESSION_COOKIE}\t=evil",
+        "REDIACC_HUB_SESSION=evil",
+        f"__Host-{cookies.SESSION_COOKIE}=evil; Secure; Path=/",
+    ],
+)
+async def test_environment_cannot_set_hub_cookies(setup, planted):
     context, control, addons = setup
     running(control)
     _, cookie = login_cookie(context)
     f = await run_request(addons, flow(headers=[("cookie", cookie)]))
     f.response = tflow.tresp()
-    f.response.headers.add("set-cookie", f"{cookies.SESSION_COOKIE}=evil; Domain=example.com")
+    f.response.headers.add("set-cookie", planted)
     f.response.headers.add("set-cookie", "theirs=1")
     for addon in addons:
         if hasattr(addon, "responseheaders"):
@@ -347,14 +360,39 @@ async def test_callback_with_bad_state_is_400(setup):
     assert f.response.status_code == 400
 
 
+def logout_post(cookie, token=None, *, host="term.example.com", headers=(), field="csrf"):
+    """A logout POST as the hub's own form sends it (same origin, the token in the body)."""
+    body = b"" if token is None else f"{field}={token}".encode()
+    return flow(
+        host=host,
+        path="/_hub/logout",
+        method="POST",
+        headers=[
+            ("cookie", cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("content-length", str(len(body))),
+            *headers,
+        ],
+        body=body,
+    )
+
+
 async def test_logout_revokes_the_session(setup):
     context, control, addons = setup
     running(control)
     other_prefix, other_cookie = login_cookie(context)  # per-host cookie of another prefix
     bob, _ = login_cookie(context, "bob")
     session, cookie = login_cookie(context)
-    f = await run_request(addons, flow(path="/_hub/logout", headers=[("cookie", cookie)]))
-    assert f.response.status_code == 200
+    token = csrf_token(context.session_key, session.sid)
+    f = await run_request(
+        addons,
+        logout_post(
+            cookie,
+            token,
+            headers=[("origin", "http://term.example.com"), ("sec-fetch-site", "same-origin")],
+        ),
+    )
+    assert f.response.status_code == 200 and b"Logged out" in f.response.content
     assert any("Max-Age=0" in c for c in f.response.headers.get_all("set-cookie"))
     assert context.sessions.get(session.sid, "alice") is None
     assert context.sessions.get(other_prefix.sid, "alice") is None
@@ -362,6 +400,179 @@ async def test_logout_revokes_the_session(setup):
     for c in (cookie, other_cookie):
         f = await run_request(addons, flow(headers=[("cookie", c)]))
         assert f.response.status_code == 302
+
+
+async def test_logout_get_only_asks_to_confirm_with_a_form_carrying_the_token(setup):
+    context, control, addons = setup
+    session, cookie = login_cookie(context)
+    f = await run_request(addons, flow(path="/_hub/logout", headers=[("cookie", cookie)]))
+    page = f.response.content.decode()
+    assert f.response.status_code == 200 and "Log out?" in page
+    token = csrf_token(context.session_key, session.sid)
+    assert '<form method="post" action="/_hub/logout">' in page
+    assert f'<input type="hidden" name="csrf" value="{token}">' in page
+    assert "form-action 'self'" in f.response.headers["content-security-policy"]
+    assert not f.response.headers.get_all("set-cookie")
+    assert context.sessions.get(session.sid, "alice") == session
+    # without a session the page says so
+    f = await run_request(addons, flow(path="/_hub/logout"))
+    assert f.response.status_code == 200 and b"not logged in" in f.response.content
+
+
+@pytest.mark.parametrize(
+    ("token", "headers", "why"),
+    [
+        (None, [], b"missing CSRF token"),
+        ("wrong", [], b"wrong CSRF token"),
+        ("other-session", [], b"wrong CSRF token"),
+        ("good", [("sec-fetch-site", "cross-site")], b"cross-site request"),
+        ("good", [("sec-fetch-site", "same-site")], b"cross-site request"),
+        ("good", [("origin", "https://evil.org")], b"cross-origin request"),
+        ("good", [("origin", "http://code.example.com")], b"cross-origin request"),
+        ("good", [("origin", "null")], b"cross-origin request"),
+    ],
+)
+async def test_logout_post_without_the_token_or_from_elsewhere_is_refused(
+    setup, token, headers, why
+):
+    context, control, addons = setup
+    session, cookie = login_cookie(context)
+    other, _ = login_cookie(context, "bob")
+    value = {
+        "good": csrf_token(context.session_key, session.sid),
+        "other-session": csrf_token(context.session_key, other.sid),
+    }.get(token, token)
+    f = await run_request(addons, logout_post(cookie, value, headers=headers))
+    assert f.response.status_code == 403 and why in f.response.content
+    assert b"still logged in" in f.response.content
+    assert not f.response.headers.get_all("set-cookie")
+    assert context.sessions.get(session.sid, "alice") == session
+
+
+async def test_logout_token_in_the_header_works_and_other_methods_do_not(setup):
+    context, control, addons = setup
+    session, cookie = login_cookie(context)
+    for method in ("PUT", "DELETE"):
+        f = flow(path="/_hub/logout", method=method, headers=[("cookie", cookie)])
+        await run_request(addons, f)
+        assert f.response.status_code == 405
+    token = csrf_token(context.session_key, session.sid)
+    f = flow(
+        path="/_hub/logout",
+        method="POST",
+        navigate=False,
+        headers=[("cookie", cookie), ("x-hub-csrf", token)],
+    )
+    await run_request(addons, f)
+    assert f.response.status_code == 200
+    assert context.sessions.get(session.sid, "alice") is None
+
+
+async def test_logout_form_larger_than_a_form_is_refused_before_it_is_read(setup):
+    context, control, addons = setup
+    session, cookie = login_cookie(context)
+    f = logout_post(cookie, "x" * 5000)
+    await run_request(addons, f)
+    assert f.response.status_code == 413
+    assert context.sessions.get(session.sid, "alice") == session
+
+
+# -- two sessions in one request --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "navigate"),
+    [
+        ("term.example.com", "/", True),  # an environment
+        ("term.example.com", "/", False),
+        ("example.com", "/_hub/dashboard", True),
+        ("example.com", "/_hub/api/status", False),
+        ("code.example.com", "/_hub/", True),
+        ("term.example.com", "/_hub/logout", True),
+    ],
+)
+async def test_two_valid_sessions_in_one_request_are_refused(setup, host, path, navigate):
+    """A cookie planted by a page (bob's session, narrower path first) beside alice's own."""
+    context, control, addons = setup
+    running(control, "alice", "10.208.0.2")
+    running(control, "bob", "10.208.1.2")
+    alice, alice_cookie = login_cookie(context, "alice")
+    bob, bob_cookie = login_cookie(context, "bob")
+    for order in ((bob_cookie, alice_cookie), (alice_cookie, bob_cookie)):
+        f = flow(host=host, path=path, navigate=navigate, headers=[("cookie", "; ".join(order))])
+        await run_request(addons, f)
+        assert f.response is not None and f.response.status_code == 401
+        assert f.request.data.host == "0.0.0.0"  # never routed, to anyone
+        assert b"10.208" not in f.response.content and b"bob" not in f.response.content
+        if navigate:
+            assert b"two different hub sessions" in f.response.content
+        cleared = f.response.headers.get_all("set-cookie")
+        assert all("=; Path=" in c and "Max-Age=0" in c for c in cleared)
+        names = {c.split("=", 1)[0] for c in cleared}
+        assert names == {cookies.SESSION_COOKIE, cookies.BROWSER_COOKIE}
+        assert "rediacc_hub_session=; Path=/; Max-Age=0; Domain=example.com; HttpOnly" in "\n".join(
+            cleared
+        )
+    assert control.touches == [] and control.starts == []
+    # both sessions stay (neither acted; alice's other devices keep working)
+    assert context.sessions.get(alice.sid, "alice") and context.sessions.get(bob.sid, "bob")
+
+
+def bound_cookie(context, user, browser_id):
+    """A session as a real login makes it: bound to the browser cookie ``browser_id``."""
+    session = context.sessions.create(user, browser=cookies.browser_binding(browser_id))
+    token = cookies.make_session_token(
+        cookies.SessionCookie(user, session.sid, session.exp), context.session_key
+    )
+    return session, f"{cookies.SESSION_COOKIE}={token}"
+
+
+async def test_a_session_of_another_browser_is_ignored(setup):
+    """bob plants his own session (bound to his browser) in alice's browser."""
+    context, control, addons = setup
+    running(control, "alice", "10.208.0.2")
+    running(control, "bob", "10.208.1.2")
+    _, alice = bound_cookie(context, "alice", "alices-browser")
+    _, bob = bound_cookie(context, "bob", "bobs-browser")
+    mine = f"{cookies.BROWSER_COOKIE}=alices-browser"
+    # planted first (narrower path) or alone (alice logged out): never bob
+    f = await run_request(addons, flow(headers=[("cookie", f"{bob}; {alice}; {mine}")]))
+    assert f.response is None and f.metadata[USER] == "alice"
+    assert f.request.data.host == "10.208.0.2"
+    f = await run_request(addons, flow(headers=[("cookie", f"{bob}; {mine}")]))
+    assert f.response.status_code == 302 and USER not in f.metadata
+    f = await run_request(addons, flow(headers=[("cookie", bob)]))  # no browser cookie at all
+    assert f.response.status_code == 302
+    # planting bob's browser cookie too makes two browser cookies: refused, both deleted
+    theirs = f"{cookies.BROWSER_COOKIE}=bobs-browser"
+    f = await run_request(addons, flow(headers=[("cookie", f"{bob}; {theirs}; {alice}; {mine}")]))
+    assert f.response.status_code == 401 and f.request.data.host == "0.0.0.0"
+    assert control.touches == [("alice", "http")]
+
+
+async def test_login_gives_the_browser_an_id_once(setup):
+    context, control, addons = setup
+    f = await run_request(addons, flow(path="/_hub/login"))
+    given = [c for c in f.response.headers.get_all("set-cookie") if "rediacc_hub_browser=" in c]
+    assert len(given) == 1 and "HttpOnly" in given[0] and "Domain=example.com" in given[0]
+    browser_id = given[0].split(";")[0].split("=", 1)[1]
+    f = await run_request(
+        addons,
+        flow(path="/_hub/login", headers=[("cookie", f"{cookies.BROWSER_COOKIE}={browser_id}")]),
+    )
+    assert not [c for c in f.response.headers.get_all("set-cookie") if "rediacc_hub_browser" in c]
+
+
+async def test_one_session_twice_or_beside_stale_cookies_is_fine(setup):
+    context, control, addons = setup
+    running(control)
+    session, cookie = login_cookie(context)
+    revoked, revoked_cookie = login_cookie(context, "bob")
+    context.sessions.revoke(revoked.sid)
+    f = await run_request(addons, flow(headers=[("cookie", f"{cookie}; {cookie}")]))
+    assert f.response is None and f.metadata[USER] == "alice"
+    f = await run_request(addons, flow(headers=[("cookie", f"{revoked_cookie}; {cookie}")]))
+    assert f.response is None and f.metadata[USER] == "alice"
 
 
 async def test_token_endpoint_client_auth_falls_back_to_form_body(setup):

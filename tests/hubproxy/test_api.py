@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from hubproxy.admin import TOKEN_FILE
+from hubproxy.csrf import csrf_token
 from hubproxy.openapi import ENTRY
-from hubproxy.statusapi import csrf_token
 from tests.hubproxy.statussite import ADMIN, DOMAIN, admin_token, seeded_site, session_for
 
 
@@ -49,7 +49,7 @@ def test_admin_token_is_generated_root_only_and_sees_everyone(site):
     assert r.status_code == 200, r.text
     doc = r.json()
     assert sorted(u["user"] for u in doc["users"]) == ["alice", "bob", "carol"]
-    assert doc["viewer"] == {"user": None, "admin": True}
+    assert doc["viewer"] == {"user": None, "name": None, "admin": True}
     for entry in doc["users"]:
         assert set(ENTRY["required"]) <= set(entry)
         assert set(entry["routes"]) == {"term", "code"}
@@ -114,7 +114,7 @@ def test_regular_user_sees_only_own_entry(site):
     with client(proxy, **cookie) as c:
         doc = c.get("/_hub/api/status").json()
         assert [u["user"] for u in doc["users"]] == ["alice"]
-        assert doc["viewer"] == {"user": "alice", "admin": False}
+        assert doc["viewer"] == {"user": "alice", "name": "alice", "admin": False}
         assert doc["users"][0]["routes"] == {
             "code": f"http://code.{DOMAIN}:{proxy.port}/",
             "term": f"http://term.{DOMAIN}:{proxy.port}/",
@@ -140,7 +140,7 @@ def test_admin_session_sees_everyone(site):
     with client(proxy, **cookie) as c:
         doc = c.get("/_hub/api/status").json()
         assert sorted(u["user"] for u in doc["users"]) == ["alice", "bob", "carol"]
-        assert doc["viewer"] == {"user": ADMIN, "admin": True}
+        assert doc["viewer"] == {"user": ADMIN, "name": ADMIN, "admin": True}
         assert c.get("/_hub/api/users/bob").json()["template"] == "python"
 
 

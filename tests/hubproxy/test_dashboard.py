@@ -22,12 +22,11 @@ from hubproxy.admin import (
     read_token,
     token_matches,
 )
+from hubproxy.csrf import csrf_problem, csrf_token
 from hubproxy.dashboard import dashboard_response
 from hubproxy.dashboard_page import SCRIPT
 from hubproxy.statusapi import (
     Principal,
-    csrf_problem,
-    csrf_token,
     idle_facts,
     is_self,
     live_state,
@@ -266,6 +265,20 @@ def test_page_escapes_the_user_and_loads_nothing_external():
     assert text.count(f'nonce="{nonce}"') == 2  # the style and the script
     assert response.headers["x-frame-options"] == "DENY"
     assert response.headers["cache-control"] == "no-store"
+
+
+def test_page_shows_the_safe_name_and_logs_out_by_post_with_the_token():
+    from hubcontrol.names import safe_name
+
+    lookalike = "\u0430lice"  # Cyrillic a
+    text = dashboard_response(lookalike, False, "the-token").text
+    viewer = re.search(r'<b id="viewer" title="([^"]*)">([^<]*)</b>', text)
+    assert viewer.group(2) == safe_name(lookalike) != "alice"
+    assert viewer.group(1) == lookalike  # the provider's name, as a tooltip
+    form = re.search(r'<form method="post" action="/_hub/logout">(.*?)</form>', text, re.S)
+    assert '<input type="hidden" name="csrf" value="the-token">' in form.group(1)
+    assert 'href="/_hub/logout"' not in text  # no logout by GET link
+    assert "shown(u)" in SCRIPT and "at the login provider" in SCRIPT
 
 
 def test_script_never_inserts_html():

@@ -109,6 +109,10 @@ def test_is_hub_path(path, is_hub):
         ("data:text/html,x", "/"),
         ("ftp://term.example.com/", "/"),
         ("https://a.b.example.com/", "/"),
+        # only the sites the hub serves: the base domain and the configured prefixes
+        ("https://blog.example.com/", "/"),
+        ("http://desktop.example.com:7112/x", "/"),
+        ("https://code.example.com/work?x=1", "https://code.example.com/work?x=1"),
         ("/x\n", "/"),
         ("/ x", "/"),
         ("", "/"),
@@ -117,7 +121,7 @@ def test_is_hub_path(path, is_hub):
     ],
 )
 def test_safe_return_url(url, expected):
-    assert h.safe_return_url(url, "example.com") == expected
+    assert h.safe_return_url(url, "example.com", PREFIXES) == expected
 
 
 @pytest.mark.parametrize(

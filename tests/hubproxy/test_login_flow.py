@@ -14,10 +14,12 @@ import httpx
 import pytest
 
 from hubcontrol.config import OAuthConfig, Template
+from hubcontrol.names import safe_name
 from hubproxy.relay import Relay
 from tests.hubproxy.harness import (
     StubHub,
     browser,
+    logout,
     provider_login,
     running_proxy,
     wait_ready,
@@ -121,7 +123,7 @@ def test_login_lands_in_own_environment_with_domain_cookie(tmp_path, envs, proxy
                 assert hub.ensure_calls == [("alice", None)]
                 assert ("alice", "http") in hub.touches
                 # logout ends the session everywhere
-                r = client.get(f"{term}/_hub/logout")
+                r = logout(client, term)
                 assert r.status_code == 200 and "Logged out" in r.text
                 r = client.get(f"{term}/", follow_redirects=False)
                 assert r.status_code == 302 and r.headers["location"].startswith("/_hub/login")
@@ -277,7 +279,11 @@ def test_websocket_relays_stamps_activity_and_closes_at_logout(tmp_path, envs, p
             with browser(DOMAIN, proxy_port) as client:
                 provider_login(client, client.get(f"{term}/"), "alice")
                 wait_ready(client, term)
-                cookie = "rediacc_hub_session=" + client.cookies.get("rediacc_hub_session")
+                # the session counts together with the browser cookie its login completed in
+                cookie = "; ".join(
+                    f"{name}={client.cookies.get(name)}"
+                    for name in ("rediacc_hub_session", "rediacc_hub_browser")
+                )
                 host = f"term.{DOMAIN}:{proxy_port}"
                 sock, ws = ws_connect(proxy_port, host, cookie)
                 hub.touches.clear()
@@ -288,7 +294,7 @@ def test_websocket_relays_stamps_activity_and_closes_at_logout(tmp_path, envs, p
                 # relayed as bytes (hubproxy/relay.py): nothing of the frames is kept
                 ((carrier,),) = proxy.context.websockets.values()
                 assert isinstance(carrier, Relay) and carrier.user == "alice"
-                client.get(f"{term}/_hub/logout")
+                logout(client, term)
                 sock.settimeout(5)
                 assert ws_roundtrip(sock, ws, "after logout") is None
                 sock.close()
@@ -371,3 +377,140 @@ def test_unusable_username_is_refused_at_login(tmp_path, envs, proxy_port):
                 r = c.post(r.url, data={"sub": "odd"})
                 assert r.status_code == 403 and "characters the hub cannot use" in r.text
             assert len(p.context.sessions) == 0 and hub.ensure_calls == []
+
+
+@pytest.mark.oidc
+def test_logout_only_by_the_hubs_own_post_with_the_token(tmp_path, envs, proxy_port):
+    """Issue #18: any site could log a user out with a link to /_hub/logout."""
+    with npm_oidc_provider(
+        [
+            {
+                "client_id": "hub",
+                "client_secret": "hub-secret",
+                "redirect_uris": callbacks(proxy_port),
+            }
+        ]
+    ) as issuer:
+        hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
+        with running_proxy(hub_config(tmp_path, envs, issuer), hub, proxy_port) as proxy:
+            term = f"http://term.{DOMAIN}:{proxy_port}"
+            with browser(DOMAIN, proxy_port) as client:
+                provider_login(client, client.get(f"{term}/"), "alice")
+                wait_ready(client, term)
+
+                def still_in() -> bool:
+                    r = client.get(f"{term}/", follow_redirects=False)
+                    return r.status_code == 200 and r.json()["name"] == "alice-term"
+
+                # a link, an image or a top-level navigation from anywhere: only a question
+                for headers in ({}, {"Sec-Fetch-Site": "cross-site"}):
+                    r = client.get(f"{term}/_hub/logout", headers=headers)
+                    assert r.status_code == 200 and "Log out?" in r.text
+                token = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)
+                assert still_in()
+                # posts that are not the hub's own form: refused, nobody is logged out
+                refused = [
+                    ({}, {}),  # no token
+                    ({"csrf": "forged"}, {}),
+                    ({"csrf": token}, {"Origin": "https://evil.org"}),
+                    ({"csrf": token}, {"Origin": f"http://code.{DOMAIN}:{proxy_port}"}),
+                    ({"csrf": token}, {"Sec-Fetch-Site": "same-site"}),
+                    ({"csrf": token}, {"Sec-Fetch-Site": "cross-site"}),
+                ]
+                for data, headers in refused:
+                    r = client.post(f"{term}/_hub/logout", data=data, headers=headers)
+                    assert r.status_code == 403 and "still logged in" in r.text, (data, headers)
+                    assert still_in(), (data, headers)
+                assert len(proxy.context.sessions) == 1
+                # the button on the page: logged out, everywhere
+                r = client.post(
+                    f"{term}/_hub/logout",
+                    data={"csrf": token},
+                    headers={"Origin": term, "Sec-Fetch-Site": "same-origin"},
+                )
+                assert r.status_code == 200 and "Logged out" in r.text
+                assert not still_in() and len(proxy.context.sessions) == 0
+
+
+def _mock_provider_oauth(issuer: str, path: str) -> OAuthConfig:
+    return OAuthConfig(
+        client_id="c",
+        client_secret="s",
+        authorize_url=f"{issuer}/oauth2/authorize",
+        token_url=f"{issuer}/oauth2/token",
+        userinfo_url=f"{issuer}/userinfo",
+        userinfo_path=path,
+    )
+
+
+@pytest.mark.parametrize("impostor", ["alice\u00a0", "\u3000alice", "alice\u2028"])
+def test_unicode_padded_admin_names_never_become_alice(tmp_path, envs, proxy_port, impostor):
+    """Issue #18: str.strip() turned these provider names into ``alice``, admin included."""
+    from oidc_provider_mock import User, run_server_in_thread
+
+    users = [
+        User(sub="impostor", claims={"login": impostor}),
+        User(sub="look-alike", claims={"login": "\u0430lice"}),  # Cyrillic a: another user
+    ]
+    with run_server_in_thread(user_claims=users) as server:
+        issuer = f"http://localhost:{server.server_port}"
+        config = hub_config(
+            tmp_path,
+            envs,
+            issuer,
+            oauth=_mock_provider_oauth(issuer, "login"),
+            admin_users=frozenset({"alice"}),
+        )
+        hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
+        with running_proxy(config, hub, proxy_port) as proxy:
+            term = f"http://term.{DOMAIN}:{proxy_port}"
+            with browser(DOMAIN, proxy_port) as client:
+                r = client.post(client.get(f"{term}/").url, data={"sub": "impostor"})
+                assert r.status_code == 403 and "Login refused" in r.text
+                assert "spaces or invisible characters" in r.text or "line break" in r.text
+                assert "rediacc_hub_session" not in client.cookies
+            assert len(proxy.context.sessions) == 0 and hub.ensure_calls == []
+            # the look-alike logs in as itself: not alice, not an admin, shown by its safe name
+            with browser(DOMAIN, proxy_port) as client:
+                r = client.post(client.get(f"{term}/").url, data={"sub": "look-alike"})
+                assert r.status_code in (200, 503), r.text[:300]
+                status = client.get(
+                    f"{term}/_hub/api/status", headers={"Sec-Fetch-Mode": "cors"}
+                ).json()
+                shown = safe_name("\u0430lice")
+                assert status["viewer"] == {"user": "\u0430lice", "name": shown, "admin": False}
+                assert [u["name"] for u in status["users"]] == [shown]
+                page = client.get(f"http://{DOMAIN}:{proxy_port}/_hub/dashboard").text
+                assert f'<b id="viewer" title="\u0430lice">{shown}</b>' in page
+                # not alice's entry, which only alice or an admin may see
+                r = client.get(f"{term}/_hub/api/users/alice", headers={"Sec-Fetch-Mode": "cors"})
+                assert r.status_code == 403
+            (session,) = proxy.context.sessions.sessions()
+            assert session.user == "\u0430lice" and session.admin is False
+            assert started(hub) == [("\u0430lice", None)]
+
+
+@pytest.mark.oidc
+def test_return_urls_only_to_served_prefixes(tmp_path, envs, proxy_port):
+    with npm_oidc_provider(
+        [
+            {
+                "client_id": "hub",
+                "client_secret": "hub-secret",
+                "redirect_uris": callbacks(proxy_port),
+            }
+        ]
+    ) as issuer:
+        hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
+        with running_proxy(hub_config(tmp_path, envs, issuer), hub, proxy_port):
+            term = f"http://term.{DOMAIN}:{proxy_port}"
+            code = f"http://code.{DOMAIN}:{proxy_port}"
+            with browser(DOMAIN, proxy_port) as client:
+                # a label under the base domain that the hub does not serve: back to term.
+                nxt = f"http://blog.{DOMAIN}:{proxy_port}/steal"
+                r = client.get(f"{term}/_hub/login", params={"next": nxt})
+                r = provider_login(client, r, "alice")
+                assert str(r.url) == f"{term}/"
+                # a served prefix is fine
+                r = client.get(f"{term}/_hub/login", params={"next": f"{code}/notes"})
+                assert str(r.url) == f"{code}/notes"

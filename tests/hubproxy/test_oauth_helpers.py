@@ -17,7 +17,10 @@ NEXTCLOUD = {"ocs": {"meta": {"status": "ok"}, "data": {"id": "alice", "groups":
         (NEXTCLOUD, "ocs.data.id", "alice"),
         ({"id": 42}, "id", "42"),
         ({"emails": ["a@x", "b@x"]}, "emails.1", "b@x"),
-        ({"sub": "  padded "}, "sub", "padded"),
+        # exactly what the provider sent: refusing padded names is identity.check_username's
+        ({"sub": "  padded "}, "sub", "  padded "),
+        ({"sub": "alice\u00a0"}, "sub", "alice\u00a0"),
+        ({"sub": "  "}, "sub", "  "),
     ],
 )
 def test_username_from_userinfo(data, path, user):

@@ -26,9 +26,9 @@ from wsproto.utilities import generate_accept_token
 
 from hubproxy import relay
 from hubproxy.relay import Relay
-from tests.hubproxy.harness import StubHub, StubRoute, running_proxy
+from tests.hubproxy.harness import StubHub, StubRoute, browser, logout, running_proxy
 from tests.hubproxy.support import make_config
-from tests.hubproxy.test_proxy_security import cookie_for, get
+from tests.hubproxy.test_proxy_security import cookie_for
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port
 
@@ -55,6 +55,16 @@ def _text_frame(text: bytes) -> bytes:
 
 
 RECORDED: dict[bytes, bytes] = {}
+# Set-Cookie values for the hub's session cookie, as browsers parse names (RFC 6265bis 5.6)
+PLANTED = [
+    b"rediacc_hub_session=evil; Path=/",
+    b"=rediacc_hub_session=evil; Domain=example.test; Path=/_hub",  # nameless: sent as name=...
+    b" = rediacc_hub_session=evil",
+    b"rediacc_hub_session",
+    b"\trediacc_hub_session\t=evil",
+    b"REDIACC_HUB_SESSION=evil",
+    b"__Host-rediacc_hub_session=evil; Secure; Path=/",
+]
 
 
 def _scripted(conn: socket.socket) -> None:
@@ -69,6 +79,16 @@ def _scripted(conn: socket.socket) -> None:
         path = head.split(b" ", 2)[1]
         if path == b"/greet":  # the 101 and a first frame in one write
             conn.sendall(ACCEPT % _accept_key(head) + b"\r\n" + _text_frame(b"hello"))
+            while conn.recv(65536):
+                pass
+        elif path == b"/plant":  # a 101 that tries to set the hub's cookie in every spelling
+            planted = b"".join(b"Set-Cookie: %s\r\n" % c for c in PLANTED)
+            conn.sendall(
+                (ACCEPT % _accept_key(head))
+                + planted
+                + b"Set-Cookie: env=1\r\n\r\n"
+                + _text_frame(b"planted")
+            )
             while conn.recv(65536):
                 pass
         elif path == b"/refuse":
@@ -306,6 +326,21 @@ def test_the_environment_gets_the_routers_headers_without_hub_cookies(proxy):
         assert facts.data == "hub-cookie=0 forwarded=1"
 
 
+def test_a_101_cannot_set_the_hub_cookie_in_any_spelling(proxy):
+    sock, ws, data = upgrade(proxy, "odd", "/plant")
+    with sock:
+        head = data.split(b"\r\n\r\n")[0]
+        assert head.startswith(b"HTTP/1.1 101")
+        set_cookies = [
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"set-cookie:")
+        ]
+        assert set_cookies == [b"env=1"]
+        (*_, greeting) = events_until(sock, ws, TextMessage)
+        assert greeting.data == "planted"
+
+
 def test_a_refused_upgrade_is_answered_without_hub_cookies(proxy):
     sock, ws, data = upgrade(proxy, "odd", "/refuse")
     with sock:
@@ -372,8 +407,9 @@ def test_logout_closes_relayed_websockets(proxy):
     with sock:
         (carrier,) = open_relays(proxy)
         cookie = cookie_for(proxy, "alice")
-        status, _ = get(proxy.port, f"term.{DOMAIN}:{proxy.port}", cookie, "/_hub/logout")
-        assert status == 200
+        with browser(DOMAIN, proxy.port) as client:
+            client.cookies.set("rediacc_hub_session", cookie.split("=", 1)[1], domain=DOMAIN)
+            assert logout(client, f"http://term.{DOMAIN}:{proxy.port}").status_code == 200
         seen = events_until(sock, ws, ())  # the hub closes the connection: EOF
         assert not [e for e in seen if isinstance(e, TextMessage | BytesMessage | RejectData)]
     assert not open_relays(proxy)

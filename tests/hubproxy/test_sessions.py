@@ -25,6 +25,19 @@ def test_store_persists_and_revokes(tmp_path):
     assert store.get(t.sid, "carol") is None
 
 
+def test_browser_binding_persists_and_older_stores_still_load(tmp_path):
+    import json
+
+    path = tmp_path / "sessions.json"
+    store = SessionStore.open(path, clock=lambda: 1000.0)
+    s = store.create("alice", browser="digest")
+    assert SessionStore.open(path, clock=lambda: 1000.0).get(s.sid, "alice").browser == "digest"
+    rows = json.loads(path.read_text())
+    del rows[0]["browser"]  # written by a hub from before the binding
+    path.write_text(json.dumps(rows))
+    assert SessionStore.open(path, clock=lambda: 1000.0).get(s.sid, "alice").browser is None
+
+
 def test_store_ignores_corrupt_file(tmp_path):
     path = tmp_path / "sessions.json"
     path.write_text("{not json")

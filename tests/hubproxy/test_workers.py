@@ -38,6 +38,7 @@ from hubproxy.worker import RemoteControlPlane, parse_args
 from hubproxy.workers import FleetMetrics, trusted_client
 from tests.hubproxy.harness import (
     HubTransport,
+    logout,
     provider_login,
     wait_ready,
     ws_handshake,
@@ -261,7 +262,7 @@ def test_session_replica_follows_changes():
     store = SessionStore(None, clock=lambda: 1000.0)
     seen = []
     store.listeners.append(lambda added, removed: seen.append((added, removed)))
-    a = store.create("alice")
+    a = store.create("alice", browser="digest")
     b = store.create("alice", template="python")
     replica = SessionStore.replica(
         [workerlink.session_from_wire(json.loads(json.dumps(workerlink.session_to_wire(a))))],
@@ -543,6 +544,7 @@ def test_two_workers_login_route_websocket_logout_metrics(tmp_path):
             r = provider_login(browser1, r, "alice")
             assert r.status_code == 503 and "/_hub/api/progress" in r.text, r.text[:300]
             cookie = browser1.cookies.get("rediacc_hub_session")
+            browser_id = browser1.cookies.get("rediacc_hub_browser")
             assert cookie
             wait_ready(browser1, term)
             echo = browser1.get(f"{term}/work?x=1").json()
@@ -553,11 +555,14 @@ def test_two_workers_login_route_websocket_logout_metrics(tmp_path):
         # The same session works on worker 0 (it made it) ...
         with pinned_browser(port, w0, pids) as browser0:
             browser0.cookies.set("rediacc_hub_session", cookie, domain=DOMAIN)
+            browser0.cookies.set("rediacc_hub_browser", browser_id, domain=DOMAIN)
             assert browser0.get(f"{term}/").json()["name"] == "alice-term"
         # ... and a WebSocket held by worker 1 reaches the environment.
         sock = stack.enter_context(contextlib.closing(pinned_socket(port, w1, pids)))
         sock.settimeout(10)
-        ws = ws_handshake(sock, host, f"rediacc_hub_session={cookie}")
+        ws = ws_handshake(
+            sock, host, f"rediacc_hub_session={cookie}; rediacc_hub_browser={browser_id}"
+        )
         assert ws_roundtrip(sock, ws, "hello") == "alice-term:hello"
         # Activity seen by worker 1 reached the Hub in worker 0 (batched, about a second).
         deadline = time.monotonic() + 5
@@ -577,16 +582,30 @@ def test_two_workers_login_route_websocket_logout_metrics(tmp_path):
         assert sample(text, 'hub_worker_requests_total{worker="1"}') >= 2
         per_worker = sum(sample(text, f'hub_worker_requests_total{{worker="{i}"}}') for i in (0, 1))
         assert family_total(text, "hub_proxy_requests_total") == per_worker
-        # Logging out on worker 0 closes the WebSocket worker 1 holds, and the session is gone
-        # on worker 1 too.
-        with pinned_browser(port, w0, pids) as browser0:
-            browser0.cookies.set("rediacc_hub_session", cookie, domain=DOMAIN)
-            r = browser0.get(f"{term}/_hub/logout")
+        # Logout is a POST with the session's CSRF token, forwarded by worker 1 to worker 0 with
+        # its form body. A GET, or a POST from another site, logs nobody out.
+        with pinned_browser(port, w1, pids) as browser1:
+            browser1.cookies.set("rediacc_hub_session", cookie, domain=DOMAIN)
+            browser1.cookies.set("rediacc_hub_browser", browser_id, domain=DOMAIN)
+            r = browser1.get(f"{term}/_hub/logout")
+            assert r.status_code == 200 and "Log out?" in r.text
+            token = re.search(r'name="csrf" value="([^"]+)"', r.text).group(1)
+            r = browser1.post(
+                f"{term}/_hub/logout",
+                data={"csrf": token},
+                headers={"Origin": "https://evil.example.org", "Sec-Fetch-Site": "cross-site"},
+            )
+            assert r.status_code == 403 and "still logged in" in r.text
+            assert ws_roundtrip(sock, ws, "still open") == "alice-term:still open"
+            # Logging out through worker 1 (answered by worker 0) closes the WebSocket worker 1
+            # holds, and the session is gone on worker 1 too.
+            r = logout(browser1, term)
             assert r.status_code == 200 and "Logged out" in r.text
         assert ws_roundtrip(sock, ws, "still there?") is None
         sock.close()
         with pinned_browser(port, w1, pids) as browser1:
             browser1.cookies.set("rediacc_hub_session", cookie, domain=DOMAIN)
+            browser1.cookies.set("rediacc_hub_browser", browser_id, domain=DOMAIN)
             r = browser1.get(f"{term}/", follow_redirects=False)
             assert r.status_code == 302 and r.headers["location"].startswith("/_hub/login")
     assert "Traceback" not in hub_log(tmp_path), hub_log(tmp_path)[-3000:]

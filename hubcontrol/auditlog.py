@@ -29,6 +29,7 @@ from pathlib import Path
 
 from hubcontrol.durations import parse_duration
 from hubcontrol.names import safe_name
+from hubcontrol.text import inert_json
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
@@ -50,8 +51,12 @@ def file_stem(user: str) -> str:
 
 
 def format_record(record: dict) -> bytes:
-    """One audit record as a compact JSON line (the seed's exact field order and separators)."""
-    return (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    """One audit record as a compact JSON line (the seed's exact field order and separators).
+
+    UTF-8, with every character that controls a display (C0, DEL, C1, bidi controls, ``U+2028``)
+    as a ``\\uXXXX`` escape: the line is exact JSON and inert in ``tail -f`` or ``less -R``.
+    """
+    return (inert_json(record) + "\n").encode()
 
 
 def _ensure_dir(path: Path) -> None:

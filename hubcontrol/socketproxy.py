@@ -45,6 +45,7 @@ from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from hubcontrol import dockerpolicy as policy
+from hubcontrol.text import install_log_formatter
 
 log = logging.getLogger(__name__)
 
@@ -1124,7 +1125,9 @@ async def _serve_then_stop(server: PolicySocket, scope: anyio.CancelScope, *, ta
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_format = "%(asctime)s %(name)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.INFO, format=log_format)
+    install_log_formatter(log_format)  # refusal reasons quote what the user sent
     config, pidfile = config_from_argv(sys.argv[1:] if argv is None else argv)
     anyio.run(_run, config, pidfile)
 

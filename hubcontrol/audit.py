@@ -23,6 +23,7 @@ between are gone from the daemon: the stream writes an ``audit``/``gap`` record 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -499,7 +500,21 @@ class AuditManager:
     async def __aenter__(self) -> AuditManager:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        self._tg.start_soon(self._report_dropped)
         return self
+
+    async def _report_dropped(self) -> None:
+        """Say what the budget dropped once its report is due, even if the user went quiet."""
+        budget = self.log.budget
+        while budget is not None:
+            await anyio.sleep(budget.report_seconds)
+            try:
+                await anyio.to_thread.run_sync(
+                    functools.partial(self.log.flush_all, force=False), limiter=self._limiter
+                )
+            except OSError as exc:
+                log.error("audit: could not write a dropped record: %r", exc)
+            budget = self.log.budget
 
     async def __aexit__(self, *exc_info) -> bool | None:
         assert self._tg is not None

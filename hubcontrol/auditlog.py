@@ -235,10 +235,11 @@ class AuditLog:
                 self._unreport(user, report)
             raise
 
-    def flush(self, user: str) -> None:
-        """Write the ``dropped`` record of ``user``'s records dropped since the last one, if any."""
+    def flush(self, user: str, *, force: bool = True) -> None:
+        """Write the ``dropped`` record of ``user``'s records dropped since the last one, if any
+        (with ``force=False``, only if the last one is ``report_seconds`` old)."""
         with self._lock:
-            report = self._due_report(user, force=True)
+            report = self._due_report(user, force=force)
         if report is not None:
             try:
                 self._write(user, [format_record(report)])
@@ -246,10 +247,11 @@ class AuditLog:
                 self._unreport(user, report)
                 raise
 
-    def flush_all(self) -> None:
-        """``flush`` every user (before the writer exits)."""
+    def flush_all(self, *, force: bool = True) -> None:
+        """``flush`` every user: before the writer exits, and every ``report_seconds`` (with
+        ``force=False``) so a flood that stopped is reported without waiting for more records."""
         for user in list(self._spending):
-            self.flush(user)
+            self.flush(user, force=force)
 
     def _admit(self, user: str, record: dict, size: int) -> bool:
         if self.budget is None or exempt_from_budget(record):

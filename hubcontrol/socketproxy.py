@@ -575,6 +575,18 @@ class PolicySocket:
         except Exception:  # the refusal stands even when its record cannot be written
             log.exception("could not write the refusal to the audit log")
 
+    async def _report_dropped(self) -> None:
+        """Say how many refusals the budget dropped once the report is due (auditlog.AuditLog)."""
+        from hubcontrol.auditlog import DROPPED_REPORT_SECONDS  # noqa: PLC0415
+
+        while True:
+            await anyio.sleep(DROPPED_REPORT_SECONDS)
+            if self._audit_log is not None:
+                try:
+                    self._audit_log.flush_all(force=False)  # one small line, rarely: inline
+                except OSError:
+                    log.exception("could not write the dropped refusals' count to the audit log")
+
     def flush_audit(self) -> None:
         """Write the count of refusals the budget dropped (before the process exits)."""
         if self._audit_log is not None:
@@ -623,6 +635,7 @@ class PolicySocket:
         try:
             async with listener, anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_socket_file, tg.cancel_scope)
+                tg.start_soon(self._report_dropped)
                 task_status.started(self)
                 await listener.serve(self._handle)
         finally:

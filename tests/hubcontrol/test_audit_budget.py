@@ -162,3 +162,15 @@ def test_a_report_that_could_not_be_written_is_counted_again(tmp_path):
     log.flush("alice")
     reports = lines(tmp_path / "log" / "alice.log")
     assert sum(int(r["attrs"]["events"]) for r in reports) == 2
+
+
+def test_a_flood_that_stopped_is_reported_when_due_without_more_records(tmp_path):
+    clock = Clock()
+    log = AuditLog(tmp_path, AuditBudget(rate=0, burst=0, report_seconds=60, clock=clock))
+    for i in range(10):
+        log.append("alice", [exec_record(i)])
+    log.flush_all(force=False)  # the writers' periodic check: not due yet
+    assert [r["attrs"]["events"] for r in lines(tmp_path / "alice.log")] == ["1"]
+    clock.now += 60
+    log.flush_all(force=False)
+    assert [r["attrs"]["events"] for r in lines(tmp_path / "alice.log")] == ["1", "9"]

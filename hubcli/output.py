@@ -3,6 +3,12 @@
 Commands print results to ``console`` (stdout) and everything else (errors, warnings, progress)
 to ``err_console`` (stderr), so ``hub ... --json | jq`` always gets clean JSON. Both consoles look
 up ``sys.stdout``/``sys.stderr`` when they print, which keeps ``typer.testing.CliRunner`` working.
+
+Every value that did not come from this program's own string literals (usernames, templates,
+commands, paths, docker and hub messages) is printed through ``field()``: its control characters
+shown as visible escapes (``hubcontrol.text.inert``) and its rich markup escaped, so what users
+typed can neither drive the operator's terminal nor restyle the table around it. JSON output is
+exact JSON with the same characters escaped.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from hubcontrol.errors import ConfigError, HubError
+from hubcontrol.text import inert
 
 console = Console(highlight=False, soft_wrap=False)
 err_console = Console(stderr=True, highlight=False)
@@ -25,14 +32,20 @@ EXIT_FAILURE = 1  # the operation failed (daemon down, docker error, ...)
 EXIT_USAGE = 2  # bad input: configuration, flags, arguments
 
 
+def field(value: object) -> str:
+    """``value`` as rich markup that prints exactly as visible text: control characters escaped
+    (``\\x1b``, ``\\n``, ``\\u202e``), ``[`` not taken for a style tag."""
+    return escape(inert(value))
+
+
 def print_error(message: str) -> None:
     """One error line on stderr, prefixed ``error:``."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {field(message)}", soft_wrap=True)
 
 
 def print_warning(message: str) -> None:
     """One warning line on stderr, prefixed ``warning:``."""
-    err_console.print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    err_console.print(f"[yellow]warning:[/] {field(message)}", soft_wrap=True)
 
 
 def print_problems(problems: Iterable[str]) -> None:
@@ -60,5 +73,7 @@ def fail(exc: HubError | str | Iterable[str], code: int = EXIT_FAILURE) -> NoRet
 
 
 def print_json(data: Any) -> None:
-    """``data`` as indented JSON on stdout (plain text: no colour, no wrapping, stable key order)."""
+    """``data`` as indented JSON on stdout (plain text: no colour, no wrapping, stable key order).
+
+    ASCII only: every other character, control characters included, is a ``\\uXXXX`` escape."""
     typer.echo(json.dumps(data, indent=2, default=str))

@@ -23,8 +23,10 @@ between are gone from the daemon: the stream writes an ``audit``/``gap`` record 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -65,6 +67,13 @@ EVENT_TYPES = tuple(AUDITED)
 # Container labels are not copied: they are the user's free text, not an audit fact.
 KEPT_ATTRS = ("image", "name", "exitCode", "signal", "oldName", "execID", "driver", "type")
 ORIGIN_HUB = "hub"
+EXEC_ACTIONS = frozenset({"exec_start", "exec_die"})
+# What a user may still do to a container the hub manages (the policy refuses them everything
+# else on it: stop, kill, pause, rename, update, remove, archive; "not-hub" in dockerpolicy). The
+# hub itself never commits or exports an environment. Execs are judged by their own ID.
+USER_ACTIONS_ON_HUB_CONTAINERS = frozenset({"commit", "export"})
+# Events of a hub container after which the user's environment runs and can act.
+ENVIRONMENT_RUNS = frozenset({"start", "restart"})
 
 # dockerd's in-memory event buffer (moby daemon/events: eventsLimit).
 DAEMON_EVENT_BUFFER = 256
@@ -81,13 +90,112 @@ def split_action(action: str) -> tuple[str, str | None]:
     return (name.strip(), arg.strip() if sep else None)
 
 
-def to_record(event: Mapping, *, user: str, net_id: int, hub_acting: bool = False) -> dict | None:
+class HubActions:
+    """The execs and containers this hub process created on users' daemons, by ID.
+
+    Docker events do not say which client caused them. The hub tells its own apart by what only
+    it can know: the IDs the daemon returned to *its* requests. They are 256-bit random values
+    chosen by the daemon, so a user can neither predict nor reuse one, and the hub records an
+    ID before the action that emits the event (an exec's ID before ``exec start``; a container's
+    name before its ``create`` and its ID before its ``start``). Everything a user does goes
+    through their policy socket and gets IDs the hub never recorded: it is the user's.
+
+    Process-wide (``HUB_ACTIONS``) because IDs are unique across daemons and the code creating
+    them (``hubcontrol.environment``) has no handle on the audit manager. Thread-safe; keeps the
+    newest ``keep`` IDs of each kind. In memory only: after a hub restart, the IDs of environments
+    it adopts are recorded again from its user records (``AuditManager.attach``).
+    """
+
+    def __init__(self, keep: int = 4096) -> None:
+        self._lock = threading.Lock()
+        self._execs: dict[str, None] = {}
+        self._containers: dict[str, None] = {}
+        self._creating: dict[str, int] = {}
+        self._keep = keep
+
+    def _add(self, ids: dict[str, None], value: str) -> None:
+        with self._lock:
+            ids[value] = None
+            while len(ids) > self._keep:
+                del ids[next(iter(ids))]
+
+    def exec_created(self, exec_id: str) -> None:
+        """Record an exec the hub created; call before starting it."""
+        self._add(self._execs, exec_id)
+
+    def container_created(self, container_id: str) -> None:
+        """Record a container the hub created (an environment, a probe); call before starting it."""
+        self._add(self._containers, container_id)
+
+    @contextlib.contextmanager
+    def creating(self, name: str) -> Iterator[None]:
+        """Around the hub's create of a container named ``name``: its ``create`` event may be read
+        before the daemon's answer gives the hub its ID. Record the ID inside the block."""
+        with self._lock:
+            self._creating[name] = self._creating.get(name, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                left = self._creating.pop(name) - 1
+                if left:
+                    self._creating[name] = left
+
+    def is_exec(self, exec_id: str) -> bool:
+        return exec_id in self._execs
+
+    def is_container(self, container_id: str, *, action: str = "", name: str = "") -> bool:
+        if container_id in self._containers:
+            return True
+        return action == "create" and bool(name) and name in self._creating
+
+
+HUB_ACTIONS = HubActions()
+
+
+def origin_of(
+    event: Mapping, *, hub_acting: bool = False, hub_actions: HubActions | None = None
+) -> str | None:
+    """Who caused a docker event: ``"hub"``, or None for the user.
+
+    - An exec (``exec_start``, ``exec_die``) is the hub's exactly when the hub created that exec
+      ID (its hooks); every other exec, in any container, the environment included, is the
+      user's.
+    - Any other event on a container the hub created (the environment, a probe) is the hub's,
+      except a ``commit`` or ``export``, which only a user makes.
+    - Anything else is the hub's while ``hub_acting``: the hub was working on the daemon while
+      the user had no environment to act from (the template image transfer before the
+      environment starts, the containers a daemon stop stops).
+
+    Labels decide nothing: whoever creates a container chooses its labels (``docker build`` with
+    ``LABEL rediacc.hub.role=environment`` is enough), so a user could mark their own work.
+    """
+    hub_actions = hub_actions if hub_actions is not None else HubActions()
+    action, _ = split_action(str(event.get("Action") or ""))
+    actor = event.get("Actor") or {}
+    attributes = actor.get("Attributes") or {}
+    if action in EXEC_ACTIONS:
+        return ORIGIN_HUB if hub_actions.is_exec(str(attributes.get("execID", ""))) else None
+    if event.get("Type") == "container" and hub_actions.is_container(
+        str(actor.get("ID", "")), action=action, name=str(attributes.get("name", ""))
+    ):
+        return None if action in USER_ACTIONS_ON_HUB_CONTAINERS else ORIGIN_HUB
+    return ORIGIN_HUB if hub_acting else None
+
+
+def to_record(
+    event: Mapping,
+    *,
+    user: str,
+    net_id: int,
+    hub_acting: bool = False,
+    hub_actions: HubActions | None = None,
+) -> dict | None:
     """The audit record for one docker event (``events(decode=True)`` shape), or None to drop it.
 
-    ``hub_acting`` says the hub itself was working on this daemon when the event happened (for
-    example loading the template image before the user's environment existed). Records caused by
-    the hub, or concerning the environment container the hub manages (label
-    ``rediacc.hub.role=environment``), are kept but marked ``attrs.origin = "hub"``.
+    What the hub caused itself (``origin_of``: its execs and containers by ID, and anything while
+    ``hub_acting``, for example loading the template image before the user's environment
+    exists) is kept but marked ``attrs.origin = "hub"``; the user's records carry no origin.
     """
     etype = event.get("Type")
     action, argument = split_action(str(event.get("Action") or ""))
@@ -98,7 +206,7 @@ def to_record(event: Mapping, *, user: str, net_id: int, hub_acting: bool = Fals
     attrs: dict[str, str] = {k: str(attributes[k]) for k in KEPT_ATTRS if k in attributes}
     if argument:
         attrs["command"] = argument
-    if hub_acting or attributes.get(ENVIRONMENT_LABEL) == ENVIRONMENT_ROLE:
+    if origin_of(event, hub_acting=hub_acting, hub_actions=hub_actions) == ORIGIN_HUB:
         attrs["origin"] = ORIGIN_HUB
     return {
         "ts": iso_ts(event_nano(event)),
@@ -162,6 +270,16 @@ class _Windows:
         for sp in self.spans if span is None else [span]:
             if sp[1] is None:
                 sp[1] = end
+        self._forget_old()
+
+    def close_at(self, nano: int) -> None:
+        """End the open spans at ``nano`` (an event's time): the user's environment runs again."""
+        for sp in self.spans:
+            if sp[1] is None and sp[0] <= nano:  # type: ignore[operator]
+                sp[1] = nano
+        self._forget_old()
+
+    def _forget_old(self) -> None:
         floor = time.time_ns() - 600 * 1_000_000_000
         self.spans = [sp for sp in self.spans if sp[1] is None or sp[1] >= floor]
 
@@ -198,6 +316,7 @@ class AuditStream:
         hub_windows: _Windows | None = None,
         limiter: anyio.CapacityLimiter | None = None,
         counters: AuditCounters | None = None,
+        hub_actions: HubActions | None = None,
     ) -> None:
         self.user = user
         self.net_id = net_id
@@ -206,6 +325,7 @@ class AuditStream:
         self.started = False
         self.counters = counters or AuditCounters()
         self._windows = hub_windows or _Windows([])
+        self._hub_actions = hub_actions if hub_actions is not None else HUB_ACTIONS
         self._limiter = limiter
         self._cursor: Cursor | None = None
 
@@ -301,13 +421,30 @@ class AuditStream:
                     await self._write(batch, None, nano)
                 continue
             record = to_record(
-                event, user=self.user, net_id=self.net_id, hub_acting=self._windows.covers(nano)
+                event,
+                user=self.user,
+                net_id=self.net_id,
+                hub_acting=self._windows.covers(nano),
+                hub_actions=self._hub_actions,
             )
+            if record is not None and self._environment_runs(event):
+                # From here the user's environment runs, and what its processes do through the
+                # policy socket is theirs, even while the hub still waits for it to be ready.
+                self._windows.close_at(nano)
             if record is not None:
                 batch.append(record)
             elif not batch:
                 continue  # not audited: a replay drops it again, no need to remember it
             await self._write(batch, key, nano)
+
+    def _environment_runs(self, event: Mapping) -> bool:
+        actor = event.get("Actor") or {}
+        return (
+            event.get("Type") == "container"
+            and split_action(str(event.get("Action") or ""))[0] in ENVIRONMENT_RUNS
+            and self._hub_actions.is_container(str(actor.get("ID", "")))
+            and (actor.get("Attributes") or {}).get(ENVIRONMENT_LABEL) == ENVIRONMENT_ROLE
+        )
 
     async def _write(self, records: list[dict], key: str | None, nano: int) -> None:
         cursor = self._cursor
@@ -363,7 +500,21 @@ class AuditManager:
     async def __aenter__(self) -> AuditManager:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        self._tg.start_soon(self._report_dropped)
         return self
+
+    async def _report_dropped(self) -> None:
+        """Say what the budget dropped once its report is due, even if the user went quiet."""
+        budget = self.log.budget
+        while budget is not None:
+            await anyio.sleep(budget.report_seconds)
+            try:
+                await anyio.to_thread.run_sync(
+                    functools.partial(self.log.flush_all, force=False), limiter=self._limiter
+                )
+            except OSError as exc:
+                log.error("audit: could not write a dropped record: %r", exc)
+            budget = self.log.budget
 
     async def __aexit__(self, *exc_info) -> bool | None:
         assert self._tg is not None
@@ -434,6 +585,9 @@ class AuditManager:
                     # A running stream must not take the other users' streams down with it.
                     log.exception("audit stream for %s failed: %r", user, exc)
                 finally:
+                    # what the budget dropped since the last report: said before the stream ends
+                    with anyio.CancelScope(shield=True), contextlib.suppress(OSError):
+                        await anyio.to_thread.run_sync(self.log.flush, user, limiter=self._limiter)
                     done.set()
                     if self._streams.get(user, (None,))[0] is stream:
                         del self._streams[user]
@@ -483,13 +637,18 @@ class AuditManager:
 
         - ``daemon-started`` (a start, a restart before a restore, or adoption of a daemon that
           kept running across a hub restart): arm the user's stream, resuming from its cursor.
-          From here until ``environment-running`` the user has no environment to act from, so
-          what happens on the daemon (template image transfer, environment network) is the hub's
-          and is marked ``origin: hub``.
-        - ``daemon-stopping``: the hub is stopping the daemon; the stream ends by itself once the
-          daemon is gone, after recording the containers the shutdown stops (marked as the hub's).
+          Unless the environment was already running (an adoption), the user has no environment
+          to act from until it starts, so what happens on the daemon until then (template image
+          transfer, environment network) is the hub's and is marked ``origin: hub``. The stream
+          ends that window at the environment's own ``start`` event.
+        - ``daemon-stopping``: the environment is stopped and the hub is stopping the daemon; the
+          stream ends by itself once the daemon is gone, after recording the containers the
+          shutdown stops (marked as the hub's).
         - ``environment-running``: the user can act again; stop marking.
         - ``environment-destroyed``: disarm.
+
+        Every event's record names the environment container (``container_id``) the hub manages:
+        it goes into ``HUB_ACTIONS``, so its lifecycle stays the hub's across hub restarts.
 
         The listener only queues work (the Hub calls listeners synchronously and requires them
         not to block); ``run`` performs it in order.
@@ -503,8 +662,13 @@ class AuditManager:
             return  # a shared daemon has no per-user event stream
         user = rec.get("user") or rec["name"]
         windows = self._windows.setdefault(user, _Windows([]))
+        if rec.get("container_id"):
+            # the environment the hub manages, also one adopted after a hub restart
+            HUB_ACTIONS.container_created(str(rec["container_id"]))
         if event == "daemon-started":
-            windows.open()
+            if rec.get("state") != "running":
+                # not an adoption of a running environment, whose user may be acting right now
+                windows.open()
             url = self._hub.docker_url(user) if self._hub is not None else rec.get("docker_url")
             if url:
                 self._queue(self.arm, user, int(rec["net_id"]), url)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from hubcontrol.durations import parse_duration
 from hubcontrol.names import safe_name
+from hubcontrol.text import inert_json
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
@@ -50,8 +52,12 @@ def file_stem(user: str) -> str:
 
 
 def format_record(record: dict) -> bytes:
-    """One audit record as a compact JSON line (the seed's exact field order and separators)."""
-    return (json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+    """One audit record as a compact JSON line (the seed's exact field order and separators).
+
+    UTF-8, with every character that controls a display (C0, DEL, C1, bidi controls, ``U+2028``)
+    as a ``\\uXXXX`` escape: the line is exact JSON and inert in ``tail -f`` or ``less -R``.
+    """
+    return (inert_json(record) + "\n").encode()
 
 
 def _ensure_dir(path: Path) -> None:
@@ -71,11 +77,133 @@ def _open_append(path: Path) -> int:
     return fd
 
 
-class AuditLog:
-    """Appends audit records to ``<directory>/<user>.log``; blocking: call it from a worker thread."""
+# --- bounds: what one user can make the hub write (docs/audit.md, "Bounds") --------------------
 
-    def __init__(self, directory: Path | str) -> None:
+# Characters kept of any one string in a record (an exec's command line, a refusal's reason):
+# longer ones are cut, with a marker saying how much. dockerd puts an exec's whole command line
+# in its event, and a user chooses it: 900 KB per exec is possible.
+FIELD_LIMIT = 4096
+# Bytes per user a writer (the hub; each policy socket) may append, as a token bucket: BURST at
+# once, then RATE per second sustained, i.e. at most BURST + RATE * 86400 bytes a day (about
+# 177 MB). Records past the budget are dropped and counted in an ``audit``/``dropped`` record.
+BUDGET_RATE = 2048
+BUDGET_BURST = 256 * 1024
+# While records are being dropped, one ``dropped`` record at the first drop, then at most one
+# per this many seconds, and one when the stream ends.
+DROPPED_REPORT_SECONDS = 60.0
+
+
+def truncate(value: str, limit: int = FIELD_LIMIT) -> str:
+    """``value``, or its first ``limit`` characters and a marker saying how many were cut."""
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}...[{len(value) - limit} more characters cut by the hub]"
+
+
+def cap_record(record: dict) -> dict:
+    """A copy of ``record`` with every string in it (nested in ``attrs`` too) ``truncate``d."""
+    out: dict = {}
+    for key, value in record.items():
+        if isinstance(value, str):
+            out[key] = truncate(value)
+        elif isinstance(value, dict):
+            out[key] = cap_record(value)
+        else:
+            out[key] = value
+    return out
+
+
+def exempt_from_budget(record: dict) -> bool:
+    """The hub's own records (``origin: hub``) and the trail's notes (gaps, drops) are written
+    whatever a user did: a user cannot make them at will, and an operator needs them most when
+    a user floods."""
+    attrs = record.get("attrs")
+    origin = attrs.get("origin") if isinstance(attrs, dict) else None
+    return origin == "hub" or record.get("type") == "audit"
+
+
+@dataclass(frozen=True)
+class AuditBudget:
+    """How much one user's activity may add to their log, per writer (see BUDGET_RATE)."""
+
+    rate: float = BUDGET_RATE  # bytes per second, sustained
+    burst: float = BUDGET_BURST  # bytes at once
+    report_seconds: float = DROPPED_REPORT_SECONDS
+    clock: Callable[[], float] = time.monotonic
+
+
+DEFAULT_BUDGET = AuditBudget()
+
+
+@dataclass
+class _Spending:
+    """One user's bucket and the records dropped since the last ``dropped`` record."""
+
+    tokens: float
+    stamp: float
+    reported: float | None = None  # when the last ``dropped`` record was written
+    events: int = 0
+    size: int = 0
+    first: str = ""
+    last: str = ""
+    net_id: object = None
+    actions: dict[str, int] = field(default_factory=dict)
+
+    def take(self, size: int, now: float, budget: AuditBudget) -> bool:
+        self.tokens = min(budget.burst, self.tokens + (now - self.stamp) * budget.rate)
+        self.stamp = now
+        if size > self.tokens:
+            return False
+        self.tokens -= size
+        return True
+
+    def drop(self, record: dict, size: int) -> None:
+        self.events += 1
+        self.size += size
+        ts = str(record.get("ts", ""))
+        self.first = self.first or ts
+        self.last = ts
+        self.net_id = record.get("net_id")
+        what = f"{record.get('type', '')}/{record.get('action', '')}"
+        self.actions[what] = self.actions.get(what, 0) + 1
+
+    def report(self, user: str, budget: AuditBudget) -> dict:
+        """The ``dropped`` record for what was dropped so far (resets the counts)."""
+        record = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "user": user,
+            "net_id": self.net_id,
+            "type": "audit",
+            "action": "dropped",
+            "resource": "",
+            "attrs": {
+                "events": str(self.events),
+                "bytes": str(self.size),
+                "first": self.first,
+                "last": self.last,
+                "actions": " ".join(f"{k}={n}" for k, n in sorted(self.actions.items())),
+                "budget": f"{budget.rate:.0f} bytes/s, burst {budget.burst:.0f} bytes",
+            },
+        }
+        self.events = self.size = 0
+        self.first = self.last = ""
+        self.actions = {}
+        return record
+
+
+class AuditLog:
+    """Appends audit records to ``<directory>/<user>.log``; blocking: call it from a worker thread.
+
+    Each string in a record is capped at ``FIELD_LIMIT`` characters, and each user's records
+    (except the exempt ones, ``exempt_from_budget``) spend ``budget``; ``budget=None`` writes
+    everything. The budget is this object's: keep one ``AuditLog`` per writer process.
+    """
+
+    def __init__(self, directory: Path | str, budget: AuditBudget | None = DEFAULT_BUDGET) -> None:
         self.directory = Path(directory)
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._spending: dict[str, _Spending] = {}
 
     def path(self, user: str) -> Path:
         return self.directory / f"{file_stem(user)}.log"
@@ -84,8 +212,84 @@ class AuditLog:
         return self.directory / CURSOR_DIR / f"{file_stem(user)}.json"
 
     def append(self, user: str, records: Iterable[dict]) -> None:
-        """Append ``records`` to ``user``'s log, each line with a single ``write(2)``."""
-        lines = [format_record(r) for r in records]
+        """Append ``records`` to ``user``'s log, each line with a single ``write(2)``.
+
+        Records over the user's budget are counted, not written; a ``dropped`` record reports
+        them (at the first drop, then at most every ``report_seconds``, and at ``flush``).
+        """
+        lines = []
+        report = None
+        with self._lock:
+            for record in records:
+                record = cap_record(record)
+                line = format_record(record)
+                if self._admit(user, record, len(line)):
+                    lines.append(line)
+            report = self._due_report(user, force=False)
+        if report is not None:
+            lines.append(format_record(report))
+        try:
+            self._write(user, lines)
+        except BaseException:
+            if report is not None:
+                self._unreport(user, report)
+            raise
+
+    def flush(self, user: str, *, force: bool = True) -> None:
+        """Write the ``dropped`` record of ``user``'s records dropped since the last one, if any
+        (with ``force=False``, only if the last one is ``report_seconds`` old)."""
+        with self._lock:
+            report = self._due_report(user, force=force)
+        if report is not None:
+            try:
+                self._write(user, [format_record(report)])
+            except BaseException:
+                self._unreport(user, report)
+                raise
+
+    def flush_all(self, *, force: bool = True) -> None:
+        """``flush`` every user: before the writer exits, and every ``report_seconds`` (with
+        ``force=False``) so a flood that stopped is reported without waiting for more records."""
+        for user in list(self._spending):
+            self.flush(user, force=force)
+
+    def _admit(self, user: str, record: dict, size: int) -> bool:
+        if self.budget is None or exempt_from_budget(record):
+            return True
+        now = self.budget.clock()
+        spending = self._spending.get(user)
+        if spending is None:
+            spending = self._spending[user] = _Spending(self.budget.burst, now)
+        if spending.take(size, now, self.budget):
+            return True
+        spending.drop(record, size)
+        return False
+
+    def _due_report(self, user: str, *, force: bool) -> dict | None:
+        spending = self._spending.get(user)
+        if self.budget is None or spending is None or not spending.events:
+            return None
+        now = self.budget.clock()
+        if not force and spending.reported is not None:
+            if now - spending.reported < self.budget.report_seconds:
+                return None
+        spending.reported = now
+        return spending.report(user, self.budget)
+
+    def _unreport(self, user: str, report: dict) -> None:
+        # The report was not written: count its events again, for the next one.
+        with self._lock:
+            spending = self._spending[user]
+            attrs = report["attrs"]
+            spending.events += int(attrs["events"])
+            spending.size += int(attrs["bytes"])
+            spending.first = attrs["first"] or spending.first
+            spending.last = spending.last or attrs["last"]
+            for item in attrs["actions"].split():
+                what, _, n = item.rpartition("=")
+                spending.actions[what] = spending.actions.get(what, 0) + int(n)
+
+    def _write(self, user: str, lines: list[bytes]) -> None:
         if not lines:
             return
         _ensure_dir(self.directory)

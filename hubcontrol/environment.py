@@ -7,6 +7,7 @@ the rest are small blocking operations the hub runs in worker threads.
 from __future__ import annotations
 
 import io
+import secrets
 import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from types import MappingProxyType
 import docker
 import docker.errors
 
+from hubcontrol.audit import HUB_ACTIONS
 from hubcontrol.config import Template
 from hubcontrol.errors import EnvironmentError_, NetworkError
 from hubcontrol.network import UserNetwork
@@ -200,9 +202,12 @@ def create(client: docker.DockerClient, options: dict) -> str:
         {endpoint["network"]: api.create_endpoint_config(ipv4_address=endpoint["ipv4_address"])}
     )
     try:
-        created = api.create_container(
-            **options["container"], host_config=host_config, networking_config=networking
-        )
+        # the audit trail tells the hub's container from users' by its ID (audit.HubActions)
+        with HUB_ACTIONS.creating(options["container"]["name"]):
+            created = api.create_container(
+                **options["container"], host_config=host_config, networking_config=networking
+            )
+            HUB_ACTIONS.container_created(created["Id"])
     except docker.errors.APIError as e:
         raise EnvironmentError_(
             "Your environment could not be created.",
@@ -272,9 +277,12 @@ def resolve_user(client: docker.DockerClient, image: str, spec: str) -> tuple[in
     """uid and gid of ``spec`` in ``image`` (read from a created, never started, container)."""
     if spec.partition(":")[0].isdigit() and spec.partition(":")[2].isdigit():
         return parse_user(spec, "", "")
-    probe = client.api.create_container(
-        image, command=["true"], entrypoint=[], network_disabled=True
-    )
+    name = f"rediacc-hub-probe-{secrets.token_hex(8)}"
+    with HUB_ACTIONS.creating(name):
+        probe = client.api.create_container(
+            image, command=["true"], entrypoint=[], network_disabled=True, name=name
+        )
+        HUB_ACTIONS.container_created(probe["Id"])
     try:
         passwd = _read_file(client, probe["Id"], "/etc/passwd")
         group = _read_file(client, probe["Id"], "/etc/group")
@@ -291,7 +299,10 @@ def run_hook(
     workdir: str,
     service_ip: str,
 ) -> tuple[int, str]:
-    """Run a hook as the container user; returns (exit code, last output)."""
+    """Run a hook as the container user; returns (exit code, last output).
+
+    The exec is recorded as the hub's (``audit.HUB_ACTIONS``) before it starts, so its audit
+    records carry ``origin: hub``; every other exec in the environment is the user's."""
     api = client.api
     exec_id = api.exec_create(
         container_id,
@@ -300,6 +311,7 @@ def run_hook(
         workdir=workdir,
         environment={"SERVICE_IP": service_ip},
     )["Id"]
+    HUB_ACTIONS.exec_created(exec_id)
     output = api.exec_start(exec_id, stream=False, demux=False) or b""
     code = api.exec_inspect(exec_id).get("ExitCode")
     return (code if code is not None else -1), output.decode(errors="replace")[-4000:]

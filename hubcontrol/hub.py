@@ -826,11 +826,13 @@ class Hub:
                     else:
                         await call(container.stop, timeout=10)
         if per_user:
+            # before the user's own containers are stopped: the audit trail marks those stops,
+            # made with the environment already down, as the hub's
+            self._emit("daemon-stopping", rec)
             if alive:
                 # dockerd runs with live-restore (see supervisor.daemon_config): it would leave
                 # the user's own containers running, so stop them first, all at once.
                 await self._stop_all_containers(self.engine.client(spec.url))
-            self._emit("daemon-stopping", rec)
             if self.policy_sockets is not None:
                 await self.policy_sockets.stop(spec)
             await call(self.supervisor.stop, spec)

@@ -519,6 +519,7 @@ class PolicySocket:
         self.counted = anyio.Lock()  # held from a capped create's count to the daemon's answer
         self.refused = 0
         self.inode = 0
+        self._audit_log = None  # created at the first refusal
 
     async def lookup(self, refs: set[tuple[str, str]]) -> policy.Facts | policy.Refusal:
         """Facts about the containers and networks a decision depends on (None: not found)."""
@@ -578,12 +579,18 @@ class PolicySocket:
 
     def audit(self, refusal: policy.Refusal, head: Head | None) -> None:
         """Append the refusal to the user's audit log: attempts to get around the policy are
-        what an operator most wants to see there."""
+        what an operator most wants to see there.
+
+        This process's own budget (``AuditLog``'s, one per policy socket) bounds what a flood
+        of refused requests writes; a flood of the user's other activity, written by the hub,
+        spends the hub's budget and cannot crowd refusals out."""
         config = self.config
         if config.audit_dir is None or not config.audit_user:
             return
-        from hubcontrol.auditlog import AuditLog  # noqa: PLC0415 - only with an audit log
+        from hubcontrol.auditlog import AuditLog, truncate  # noqa: PLC0415 - only with a log
 
+        if self._audit_log is None:
+            self._audit_log = AuditLog(config.audit_dir)
         target = head.target.partition("?")[0] if head else ""
         record = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -591,13 +598,33 @@ class PolicySocket:
             "net_id": config.net_id,
             "type": "policy",
             "action": "refused",
-            "resource": f"{head.method} {target}"[:300] if head else "",
-            "attrs": {"status": str(refusal.status), "reason": refusal.message[:1000]},
+            "resource": truncate(f"{head.method} {target}", 300) if head else "",
+            "attrs": {"status": str(refusal.status), "reason": truncate(refusal.message, 1000)},
         }
         try:
-            AuditLog(config.audit_dir).append(config.audit_user, [record])
+            self._audit_log.append(config.audit_user, [record])
         except Exception:  # the refusal stands even when its record cannot be written
             log.exception("could not write the refusal to the audit log")
+
+    async def _report_dropped(self) -> None:
+        """Say how many refusals the budget dropped once the report is due (auditlog.AuditLog)."""
+        from hubcontrol.auditlog import DROPPED_REPORT_SECONDS  # noqa: PLC0415
+
+        while True:
+            await anyio.sleep(DROPPED_REPORT_SECONDS)
+            if self._audit_log is not None:
+                try:
+                    self._audit_log.flush_all(force=False)  # one small line, rarely: inline
+                except OSError:
+                    log.exception("could not write the dropped refusals' count to the audit log")
+
+    def flush_audit(self) -> None:
+        """Write the count of refusals the budget dropped (before the process exits)."""
+        if self._audit_log is not None:
+            try:
+                self._audit_log.flush_all()
+            except Exception:
+                log.exception("could not write the dropped refusals' count to the audit log")
 
     def drop_idle(self) -> int:
         """Close every connection waiting between requests (before a CRIU dump)."""
@@ -639,9 +666,11 @@ class PolicySocket:
         try:
             async with listener, anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_socket_file, tg.cancel_scope)
+                tg.start_soon(self._report_dropped)
                 task_status.started(self)
                 await listener.serve(self._handle)
         finally:
+            self.flush_audit()
             # Clean up only what is still ours: another policy socket may have taken the path.
             if self.socket_state() in ("ours", "gone"):
                 with contextlib.suppress(FileNotFoundError):
@@ -1164,7 +1193,11 @@ async def _serve_then_stop(server: PolicySocket, scope: anyio.CancelScope, *, ta
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_format = "%(asctime)s %(name)s %(levelname)s %(message)s"
+    logging.basicConfig(level=logging.INFO, format=log_format)
+    from hubcontrol.text import install_log_formatter  # noqa: PLC0415 - small; only when served
+
+    install_log_formatter(log_format)  # refusal reasons quote what the user sent
     config, pidfile = config_from_argv(sys.argv[1:] if argv is None else argv)
     anyio.run(_run, config, pidfile)
 

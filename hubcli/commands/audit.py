@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from hubcli.output import EXIT_FAILURE, EXIT_USAGE, console, err_console, fail
+from hubcli.output import EXIT_FAILURE, EXIT_USAGE, console, err_console, fail, field
 from hubcontrol.auditlog import AuditLog, follow, parse_since, read_records
 from hubcontrol.config import DEFAULT_AUDIT_DIR
 from hubcontrol.errors import UsernameError
+from hubcontrol.text import inert_json
 
 COLUMNS = ("time", "type", "action", "resource", "name", "image", "details")
 ACTION_STYLE = {
@@ -52,13 +51,13 @@ def row(record: dict) -> list[str]:
     action = str(record.get("action", ""))
     style = ACTION_STYLE.get(action)
     cells = [
-        str(record.get("ts", "")),
-        str(record.get("type", "")),
-        f"[{style}]{escape(action)}[/]" if style else escape(action),
-        escape(short_resource(str(record.get("resource", "")))),
-        escape(str(attrs.get("name", ""))),
-        escape(str(attrs.get("image", ""))),
-        escape(details(record)),
+        field(record.get("ts", "")),
+        field(record.get("type", "")),
+        f"[{style}]{field(action)}[/]" if style else field(action),
+        field(short_resource(str(record.get("resource", "")))),
+        field(str(attrs.get("name", ""))),
+        field(str(attrs.get("image", ""))),
+        field(details(record)),
     ]
     if attrs.get("origin"):
         cells = [f"[dim]{c}[/]" for c in cells]
@@ -66,7 +65,8 @@ def row(record: dict) -> list[str]:
 
 
 def _json_line(record: dict) -> str:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    # Exact JSON (it parses to the record as logged), with control characters as \u escapes.
+    return inert_json(record)
 
 
 def audit_command(
@@ -115,9 +115,11 @@ def audit_command(
             typer.echo(_json_line(record))
         return
     if not records:
-        err_console.print(f"no records for {escape(user)}" + (f" since {since}" if since else ""))
+        err_console.print(
+            f"no records for {field(user)}" + (f" since {field(since)}" if since else "")
+        )
         return
-    table = Table(title=f"audit log of {escape(user)} ({escape(str(path))})", title_justify="left")
+    table = Table(title=f"audit log of {field(user)} ({field(str(path))})", title_justify="left")
     for col in COLUMNS:
         table.add_column(col, overflow="fold")
     for record in records:
@@ -127,7 +129,7 @@ def audit_command(
 
 def _follow(path: Path, since_time, as_json: bool) -> None:
     if not path.exists():
-        err_console.print(f"waiting for {escape(str(path))} ...")
+        err_console.print(f"waiting for {field(str(path))} ...")
     try:
         for record in follow(path, since_time):
             if as_json:

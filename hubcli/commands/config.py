@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from hubcli.output import EXIT_USAGE, console, print_json, print_problems, print_warning
+from hubcli.output import EXIT_USAGE, console, field, print_json, print_problems, print_warning
 from hubcontrol.config import REDACTED, HubConfig, config_as_dict, load_config
 from hubcontrol.durations import format_duration
 from hubcontrol.errors import ConfigError
@@ -72,10 +71,10 @@ def check(
 
 def _print_config(config: HubConfig) -> None:
     where = f"{config.source}" + (f" (service {config.service})" if config.service else "")
-    console.print(f"[bold green]valid:[/] {escape(where)}", soft_wrap=True)
+    console.print(f"[bold green]valid:[/] {field(where)}", soft_wrap=True)
     if config.env_files:
         console.print(
-            "env files: " + escape(", ".join(str(p) for p in config.env_files)), soft_wrap=True
+            "env files: " + field(", ".join(str(p) for p in config.env_files)), soft_wrap=True
         )
 
     hub = Table(
@@ -101,7 +100,7 @@ def _print_config(config: HubConfig) -> None:
         ("--workers", str(config.workers)),
         ("--supervisor", config.supervisor),
     ):
-        hub.add_row(flag, escape(value))
+        hub.add_row(flag, field(value))
     console.print(hub)
 
     routes = Table(title="routes", title_justify="left")
@@ -115,20 +114,20 @@ def _print_config(config: HubConfig) -> None:
     for name, t in config.templates.items():
         title = f"template {name}" + (" (default)" if name == config.default_template else "")
         table = Table(
-            title=escape(title), title_justify="left", show_header=False, box=None, padding=(0, 2)
+            title=field(title), title_justify="left", show_header=False, box=None, padding=(0, 2)
         )
         table.add_column(style="bold")
         table.add_column(overflow="fold")
-        table.add_row("image", escape(t.image))
-        table.add_row("command", escape(t.command or "(the image's own)"))
-        table.add_row("user", escape(t.user))
-        table.add_row("workspace", escape(t.workspace))
+        table.add_row("image", field(t.image))
+        table.add_row("command", field(t.command or "(the image's own)"))
+        table.add_row("user", field(t.user))
+        table.add_row("workspace", field(t.workspace))
         table.add_row("shm_size", f"{_size(t.shm_size)} ({t.shm_size} bytes)")
         table.add_row("docker", t.docker or "(none: no docker daemon for the user)")
         table.add_row("limits", f"cpu {t.cpu or 'unlimited'}, memory {t.memory or 'unlimited'}")
-        for field in ("on_create", "pre_dump", "post_restore"):
-            if getattr(t, field):
-                table.add_row(f"hook {field}", escape(getattr(t, field)))
+        for hook in ("on_create", "pre_dump", "post_restore"):
+            if getattr(t, hook):
+                table.add_row(f"hook {hook}", field(getattr(t, hook)))
         table.add_row("checkpoint", "true" if t.checkpoint else "false")
         table.add_row("mode", t.mode)
         console.print(table)
@@ -159,7 +158,7 @@ def _print_config(config: HubConfig) -> None:
         ("HUB_ADMIN_USERS", ", ".join(sorted(config.admin_users)) or "(none)"),
     ]
     for name, value in rows:
-        env.add_row(name, escape(value) if value is not None else "[dim](not set)[/]")
+        env.add_row(name, field(value) if value is not None else "[dim](not set)[/]")
     console.print(env)
 
 

@@ -7,10 +7,9 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.filesize import decimal
-from rich.markup import escape
 from rich.table import Table
 
-from hubcli.output import EXIT_FAILURE, EXIT_USAGE, console, err_console, fail, print_json
+from hubcli.output import EXIT_FAILURE, EXIT_USAGE, console, err_console, fail, field, print_json
 from hubcontrol import gc
 from hubcontrol.durations import format_duration, parse_duration
 from hubcontrol.errors import GCError
@@ -23,7 +22,7 @@ def _count(n: int) -> str:
 
 
 def _table(plan: gc.GCPlan, dry_run: bool) -> Table:
-    title = f"hub gc {plan.workspace_dir} (max age {format_duration(plan.max_age)})"
+    title = f"hub gc {field(plan.workspace_dir)} (max age {format_duration(plan.max_age)})"
     table = Table(title=title + (" [dim]dry run[/]" if dry_run else ""), title_justify="left")
     for col in ("path", "net id", "age", "size", "action", "reason"):
         table.add_column(col, justify="right" if col in ("net id", "age", "size") else "left")
@@ -32,17 +31,17 @@ def _table(plan: gc.GCPlan, dry_run: bool) -> Table:
     order = {gc.Action.REMOVE: 0, gc.Action.REFUSE: 1, gc.Action.KEEP: 2}
     for e in sorted(plan.entries, key=lambda e: (order[e.action], e.user, str(e.path))):
         row = [
-            escape(str(e.path.relative_to(plan.workspace_dir))),
+            field(str(e.path.relative_to(plan.workspace_dir))),
             "" if e.net_id is None else str(e.net_id),
             "" if e.age is None else gc.format_age(e.age),
             "" if e.size is None else decimal(e.size),
             f"[{ACTION_STYLE[e.action]}]{e.action}[/]",
-            escape(e.reason),
+            field(e.reason),
         ]
         if not dry_run:
             outcome = e.outcome or ""
             row.append(
-                f"[red]{escape(outcome)}[/]" if outcome.startswith("failed") else escape(outcome)
+                f"[red]{field(outcome)}[/]" if outcome.startswith("failed") else field(outcome)
             )
         table.add_row(*row)
     return table

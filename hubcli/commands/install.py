@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
-from hubcli.output import EXIT_FAILURE, EXIT_USAGE, console, err_console, fail, print_warning
+from hubcli.output import EXIT_FAILURE, EXIT_USAGE, console, err_console, fail, field, print_warning
 from hubcontrol import install as inst
 from hubcontrol.compose import load_compose
 from hubcontrol.config import load_config
@@ -88,14 +87,14 @@ def _changes_table(
     for change in changes:
         what, mode = whats.get(change.path.name, ("", ""))
         style = STATUS_STYLE.get(change.status, "")
-        table.add_row(escape(str(change.path)), what, mode, f"[{style}]{change.status}[/]")
+        table.add_row(field(str(change.path)), what, mode, f"[{style}]{change.status}[/]")
     return table
 
 
 def print_systemctl_hint(cmds: list[list[str]], root: Path, why: str) -> None:
-    console.print(f"[yellow]systemd not used:[/] {escape(why)}. Run these where the hub will run:")
+    console.print(f"[yellow]systemd not used:[/] {field(why)}. Run these where the hub will run:")
     for cmd in cmds:
-        console.print("  " + escape(" ".join(cmd)))
+        console.print("  " + field(" ".join(cmd)))
 
 
 def systemd_absent_reason(root: Path) -> str:
@@ -185,7 +184,7 @@ def install_command(
             )
         for path in plan.remove:
             if inst.under_root(root, path).exists():
-                console.print(f"{escape(str(inst.under_root(root, path)))}: would be removed")
+                console.print(f"{field(str(inst.under_root(root, path)))}: would be removed")
         console.print("[dim]dry run: nothing written[/]")
         return
 

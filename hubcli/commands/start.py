@@ -18,6 +18,7 @@ import typer
 from hubcli.output import EXIT_FAILURE, EXIT_USAGE, print_error, print_problems, print_warning
 from hubcontrol.config import DEFAULT_LABELS_FILE, START_FLAGS, load_config, parse_start_flags
 from hubcontrol.errors import ConfigError, HubError
+from hubcontrol.text import install_log_formatter
 
 log = logging.getLogger("hubproxy")
 
@@ -64,9 +65,10 @@ def start(ctx: typer.Context) -> None:
         raise typer.Exit(EXIT_FAILURE) from None
     # `kill -USR1 <pid>` writes every thread's stack to stderr: what a stuck hub is waiting on.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO, format=log_format)
+    # usernames, commands and docker messages in log lines: shown, never interpreted
+    install_log_formatter(log_format)
     # per-connection chatter (client connect/disconnect) belongs to debug logs
     for noisy in ("httpx", "httpcore", "mitmproxy.proxy.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -12,11 +12,10 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.filesize import decimal
-from rich.markup import escape
 from rich.table import Table
 
 from hubcli.hubclient import DEFAULT_TOKEN_FILE, DEFAULT_URL, HubClient, HubClientError
-from hubcli.output import console, fail, print_json
+from hubcli.output import console, fail, field, print_json
 
 STATE_STYLE = {
     "running": "green",
@@ -59,7 +58,7 @@ def format_seconds(seconds: float | None) -> str:
 
 
 def _num(value) -> str:
-    return "" if value is None else str(value)
+    return "" if value is None else field(value)
 
 
 def status_table(doc: dict, width: int = 120) -> Table:
@@ -79,8 +78,9 @@ def status_table(doc: dict, width: int = 120) -> Table:
         table.add_column("net id", justify="right", no_wrap=True)
     for u in doc.get("users", []):
         style = STATE_STYLE.get(u["state"], "")
-        failures = u.get("checkpoint_failures") or 0
-        ckpt = str(failures)
+        state = field(u["state"])
+        failures = field(u.get("checkpoint_failures") or 0)
+        ckpt = failures
         if u.get("checkpoint_disabled"):
             ckpt = f"[red]{failures} off[/]"
         elif failures:
@@ -88,9 +88,9 @@ def status_table(doc: dict, width: int = 120) -> Table:
         idle = format_seconds(u.get("idle_seconds"))
         kind = KIND.get(u.get("activity_kind") or "", "")
         row = [
-            escape(u["user"]),
-            f"[{style}]{u['state']}[/]" if style else u["state"],
-            escape(u.get("template") or ""),
+            field(u["user"]),
+            f"[{style}]{state}[/]" if style else state,
+            field(u.get("template") or ""),
             f"{idle} [dim]{kind}[/]" if idle and kind else idle,
             _disk(u),
             _num(u.get("containers_running")),
@@ -98,7 +98,7 @@ def status_table(doc: dict, width: int = 120) -> Table:
             ckpt,
         ]
         if wide:
-            row += [escape(u.get("service_ip") or ""), _num(u.get("net_id"))]
+            row += [field(u.get("service_ip") or ""), _num(u.get("net_id"))]
         table.add_row(*row)
     return table
 

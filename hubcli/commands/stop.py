@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
 from hubcli.commands.status import TokenOption, UrlOption
 from hubcli.hubclient import DEFAULT_TOKEN_FILE, DEFAULT_URL, HubClient, HubClientError
-from hubcli.output import console, err_console, fail, print_json
+from hubcli.output import console, err_console, fail, field, print_json
 
 
 def stop(
@@ -35,7 +34,7 @@ def stop(
     action = "checkpoint" if checkpoint else "stop"
     try:
         with err_console.status(
-            f"{'Checkpointing' if checkpoint else 'Stopping'} {escape(username)}..."
+            f"{'Checkpointing' if checkpoint else 'Stopping'} {field(username)}..."
         ):
             result = HubClient(url=url, token_file=token_file).act(username, action)
     except HubClientError as e:
@@ -44,7 +43,7 @@ def stop(
         print_json(result)
         return
     state = result.get("state") or "?"
-    console.print(f"{escape(result.get('user', username))}: {state}")
+    console.print(f"{field(result.get('user', username))}: {field(state)}")
     if checkpoint and state != "checkpointed":
         err_console.print(
             "[yellow]warning:[/] the checkpoint did not succeed; the environment was stopped "

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from hubcli.commands.install import (
     ComposeArg,
@@ -17,7 +16,7 @@ from hubcli.commands.install import (
     print_systemctl_hint,
     systemd_absent_reason,
 )
-from hubcli.output import EXIT_FAILURE, console, fail, print_warning
+from hubcli.output import EXIT_FAILURE, console, fail, field, print_warning
 from hubcontrol import gc
 from hubcontrol import install as inst
 from hubcontrol.config import load_config
@@ -65,7 +64,7 @@ def uninstall_command(
         for path in inst.ALL_PATHS:
             target = inst.under_root(root, path)
             state = "would be removed" if target.exists() else "absent"
-            console.print(f"{escape(str(target))}: {state}")
+            console.print(f"{field(str(target))}: {state}")
         console.print("[dim]dry run: nothing removed[/]")
         return
     if systemd:
@@ -86,8 +85,8 @@ def uninstall_command(
     _warn_running_daemons(workspace)
     where = str(workspace) if workspace else "<workspace-dir>"
     console.print(
-        f"[green]preserved:[/] data-roots {escape(where)}/<user>-docker/, workspaces "
-        f"{escape(where)}/<user>/, audit logs and hub state. Per-user daemons that were running keep "
+        f"[green]preserved:[/] data-roots {field(where)}/<user>-docker/, workspaces "
+        f"{field(where)}/<user>/, audit logs and hub state. Per-user daemons that were running keep "
         "running until stopped; prune data-roots with `hub gc`."
     )
 

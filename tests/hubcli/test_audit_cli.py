@@ -169,3 +169,67 @@ def test_follow_keeps_printing_across_copytruncate(tmp_path):
             proc.stdout.close()
             proc.stderr.close()
     assert proc.returncode == 0
+
+
+# What a user can put into their own records: the command of a `docker exec`, a container name.
+HOSTILE_COMMAND = (
+    "sh -c true \x1b[2J\x1b[H\x1b]0;owned\x07\nFAKE root login\x9b31m\u202etxt.exe\u2028x"
+)
+HOSTILE_NAME = "[bold red]fake[/]\x1b[8m"
+DISPLAY_CONTROLS = ("\x1b", "\x07", "\x9b", "\u202e", "\u2028")
+
+
+@pytest.fixture
+def hostile_log(tmp_path: Path) -> Path:
+    AuditLog(tmp_path).append(
+        "alice",
+        [rec("2026-04-16T05:53:12Z", "exec_start", command=HOSTILE_COMMAND, name=HOSTILE_NAME)],
+    )
+    return tmp_path
+
+
+def test_control_characters_in_records_print_as_visible_escapes(hostile_log, monkeypatch):
+    from hubcli.output import console
+
+    monkeypatch.setattr(console, "_width", 400)  # every cell on one line
+    result = hub("alice", "--audit-dir", str(hostile_log))
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert not any(c in out for c in DISPLAY_CONTROLS), repr(out)
+    (line,) = [line for line in out.splitlines() if "FAKE root login" in line]
+    assert "2026-04-16T05:53:12Z" in line  # in the record's own row, not a line of its own
+    for shown in ("\\x1b[2J\\x1b[H", "\\x1b]0;owned\\x07", "\\nFAKE root login", "\\x9b31m",
+                  "\\u202etxt.exe", "\\u2028x"):  # fmt: skip
+        assert shown in out, shown
+    assert "[bold red]fake[/]\\x1b[8m" in out  # markup shown as typed, not applied
+
+
+def test_follow_prints_the_same_escapes(hostile_log):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from hubcli.app import main; main()", "audit", "alice",
+         "--follow", "--audit-dir", str(hostile_log)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "400"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        out = b""
+        while b"exec_start" not in out or not out.endswith(b"\n"):
+            assert time.monotonic() < deadline, out
+            out += os.read(proc.stdout.fileno(), 65536)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+    text = out.decode()
+    assert not any(c in text for c in DISPLAY_CONTROLS), repr(text)
+    assert "\\x1b[2J" in text and text.count("\n") == 1
+
+
+def test_json_output_is_exact_and_inert(hostile_log):
+    result = hub("alice", "--json", "--audit-dir", str(hostile_log))
+    assert result.exit_code == 0
+    assert not any(c in result.output for c in DISPLAY_CONTROLS)
+    (record,) = [json.loads(line) for line in result.output.splitlines()]
+    assert record["attrs"]["command"] == HOSTILE_COMMAND  # exact, once parsed
+    assert result.output.encode() == (hostile_log / "alice.log").read_bytes()  # as in the log

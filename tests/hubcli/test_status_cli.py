@@ -22,7 +22,7 @@ from hubcli.commands.status import format_seconds
 from hubcli.hubclient import EXIT_AUTH, EXIT_NO_HUB, EXIT_NO_USER, user_segment
 from hubcontrol.names import safe_name
 from hubproxy.admin import TOKEN_FILE
-from tests.hubproxy.statussite import seeded_site
+from tests.hubproxy.statussite import ADMIN, seeded_site
 from tests.support.oidc_provider import free_port
 
 runner = CliRunner()
@@ -192,3 +192,32 @@ def test_a_bounded_disk_walk_shows_as_at_least(tmp_path):
             table = cli(site, "status").stdout
             assert "≥" in next(line for line in table.splitlines() if "alice" in line)
             assert "≥" not in next(line for line in table.splitlines() if "carol" in line)
+
+
+# Names with control characters are refused at login (hubcontrol.names); markup is not. The
+# record's other fields carry what a name cannot.
+HOSTILE_USER = "[bold]mallory[/]"
+HOSTILE_USERS = {
+    HOSTILE_USER: {"state": "running\x1b]0;owned\x07", "template": "[red]x[/]\nroot\x9b1m\u2028"},
+    "alice": {"state": "running", "template": "default"},
+    ADMIN: {"state": "stopped", "template": "default"},
+}
+
+
+def test_status_shows_hostile_names_templates_and_states_as_text(tmp_path, monkeypatch):
+    from hubcli.output import console
+
+    monkeypatch.setattr(console, "_width", 300)  # every cell on one line
+    with seeded_site(tmp_path, HOSTILE_USERS) as site:
+        table = cli(site, "status")
+        as_json = cli(site, "status", "--json")
+    assert table.exit_code == 0, table.output
+    out = table.stdout
+    assert not any(c in out for c in ("\x1b", "\x07", "\x9b", "\u2028")), repr(out)
+    (line,) = [line for line in out.splitlines() if "mallory" in line]
+    for shown in ("[bold]mallory[/]", "running\\x1b]0;owned\\x07", "[red]x[/]\\nroot"):
+        assert shown in line, shown  # escaped, on the user's own row, markup not applied
+    assert as_json.exit_code == 0
+    assert not any(c in as_json.stdout for c in ("\x1b", "\x07", "\x9b", "\u2028"))
+    users = {u["user"]: u for u in json.loads(as_json.stdout)["users"]}
+    assert users[HOSTILE_USER]["template"] == HOSTILE_USERS[HOSTILE_USER]["template"]

@@ -7,7 +7,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hubcontrol.audit import AUDITED, AuditManager, gap_record, iso_ts, split_action, to_record
+from hubcontrol.audit import (
+    AUDITED,
+    AuditManager,
+    HubActions,
+    gap_record,
+    iso_ts,
+    origin_of,
+    split_action,
+    to_record,
+)
 from hubcontrol.auditlog import (
     RESUME_OVERLAP_NS,
     Cursor,
@@ -123,21 +132,74 @@ def test_image_network_and_volume_records(etype, action, actor, attrs, resource,
     assert record["attrs"] == want_attrs
 
 
+HUB_EXEC = "e" * 64  # an exec ID the hub created (a hook)
+USER_EXEC = "f" * 64
+ENV = {"image": "i", "name": "rediacc-hub-env", "rediacc.hub.role": "environment"}
+
+
+def hub_actions() -> HubActions:
+    actions = HubActions()
+    actions.exec_created(HUB_EXEC)
+    actions.container_created(CID)  # the environment
+    return actions
+
+
 @pytest.mark.parametrize(
-    ("labels", "hub_acting", "origin"),
+    ("etype", "action", "actor", "attrs", "hub_acting", "origin"),
     [
-        ({"rediacc.hub.role": "environment"}, False, "hub"),
-        ({"rediacc.hub.role": "something-else"}, False, None),
-        ({}, False, None),
-        ({}, True, "hub"),
+        # execs: by exec ID alone, whatever the container, its labels or the time
+        ("container", "exec_start: sh -c hook", CID, {**ENV, "execID": HUB_EXEC}, False, "hub"),
+        ("container", "exec_die", CID, {**ENV, "execID": HUB_EXEC, "exitCode": "0"}, False, "hub"),
+        ("container", "exec_start: ls", CID, {**ENV, "execID": USER_EXEC}, False, None),
+        ("container", "exec_die", CID, {**ENV, "execID": USER_EXEC}, False, None),
+        ("container", "exec_start: ls", CID, {**ENV, "execID": USER_EXEC}, True, None),
+        ("container", "exec_start: ls", "c" * 64, {"execID": USER_EXEC}, False, None),
+        ("container", "exec_start: ls", CID, {**ENV}, False, None),  # no ID: not the hub's
+        # the environment's lifecycle: the hub's; what a user may do to it: theirs
+        ("container", "create", CID, ENV, False, "hub"),
+        ("container", "start", CID, ENV, False, "hub"),
+        ("container", "checkpoint", CID, ENV, False, "hub"),
+        ("container", "die", CID, {**ENV, "exitCode": "137"}, False, "hub"),
+        ("container", "commit", CID, ENV, False, None),
+        ("container", "export", CID, ENV, True, None),
+        # a label proves nothing: anyone can build an image with it
+        ("container", "create", "c" * 64, ENV, False, None),
+        ("container", "start", "c" * 64, ENV, False, None),
+        ("container", "start", "c" * 64, {"image": "i", "name": "job"}, False, None),
+        # while the hub works and the user has no environment
+        ("container", "stop", "c" * 64, {"image": "i", "name": "job"}, True, "hub"),
+        ("image", "load", "img:1", {}, True, "hub"),
+        ("image", "pull", "img:1", {}, False, None),
+        ("network", "create", "n" * 64, {"name": "env", "type": "bridge"}, True, "hub"),
     ],
 )
-def test_the_hubs_own_events_are_marked_not_dropped(labels, hub_acting, origin):
-    attrs = {"image": "i", "name": "env", **labels}
-    record = to_record(event(attrs=attrs), user="u", net_id=1, hub_acting=hub_acting)
+def test_who_did_it(etype, action, actor, attrs, hub_acting, origin):
+    ev = event(etype, action, actor, attrs)
+    assert origin_of(ev, hub_acting=hub_acting, hub_actions=hub_actions()) == origin
+    record = to_record(ev, user="u", net_id=1, hub_acting=hub_acting, hub_actions=hub_actions())
     assert record is not None
     assert record["attrs"].get("origin") == origin
     assert "rediacc.hub.role" not in record["attrs"]  # labels are not copied
+
+
+def test_the_hubs_create_is_known_by_name_before_its_id():
+    actions = HubActions()
+    ev = event(action="create", actor_id=CID, attrs={"name": "rediacc-hub-env-alice"})
+    assert origin_of(ev, hub_actions=actions) is None
+    with actions.creating("rediacc-hub-env-alice"):
+        assert origin_of(ev, hub_actions=actions) == "hub"
+        # only its create: a start of a container by that name needs the ID the hub recorded
+        assert origin_of(event(action="start", attrs={"name": "rediacc-hub-env-alice"}),
+                         hub_actions=actions) is None  # fmt: skip
+        actions.container_created(CID)
+    assert origin_of(ev, hub_actions=actions) == "hub"
+
+
+def test_hub_actions_keep_the_newest_ids():
+    actions = HubActions(keep=3)
+    for i in range(5):
+        actions.exec_created(str(i))
+    assert [actions.is_exec(str(i)) for i in range(5)] == [False, False, True, True, True]
 
 
 def test_time_falls_back_to_seconds_without_time_nano():
@@ -322,3 +384,28 @@ def test_attach_ignores_environments_on_a_shared_daemon(tmp_path):
     audit.attach(hub)
     hub.listeners[0]("daemon-started", {"name": "bob", "user": "bob", "net_id": 32832})
     assert not audit._pending and "bob" not in audit._windows
+
+
+def test_attach_records_the_environment_and_opens_no_window_when_adopting_a_running_one(tmp_path):
+    from hubcontrol.audit import HUB_ACTIONS
+
+    hub = _RecordingHub()
+    audit = AuditManager(audit_dir=tmp_path)
+    audit.attach(hub)
+    env_id = "d" * 64
+    rec = {"name": "alice", "user": "alice", "net_id": 32768, "per_user_docker": True,
+           "state": "running", "container_id": env_id}  # fmt: skip
+    hub.listeners[0]("daemon-started", rec)  # a hub restart adopting a running environment
+    assert HUB_ACTIONS.is_container(env_id)
+    # the user is working in it right now: nothing they do is the hub's
+    assert not audit._windows["alice"].covers(time.time_ns())
+
+
+def test_the_environments_start_ends_the_hubs_window():
+    from hubcontrol.audit import _Windows
+
+    windows = _Windows([])
+    windows.open()
+    start = time.time_ns()
+    windows.close_at(start)
+    assert windows.covers(start - 1) and not windows.covers(start + 1)

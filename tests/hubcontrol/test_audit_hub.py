@@ -168,9 +168,14 @@ def test_audit_through_the_hub_across_daemon_restart_and_hub_restart(
     assert all(
         "origin" not in r["attrs"] for r in got if r["type"] == "image" and remote in r["resource"]
     )
-    # the hub's own work on the daemon: the environment container's lifecycle and the template
-    # image transfer, all marked
+    # the user's terminal ran its docker commands as execs in the environment: theirs, even in
+    # the container the hub manages (no hooks in this template: no exec is the hub's)
+    execs = [r for r in got if r["action"] in ("exec_start", "exec_die")]
+    assert execs and all("origin" not in r["attrs"] for r in execs)
+    # the hub's own work on the daemon: the environment container's lifecycle, the probe that
+    # reads the image's users, and the template image transfer, all marked
     env = [r for r in got if r["type"] == "container" and r["resource"] not in ids]
+    env = [r for r in env if r not in execs]
     assert env and all(r["attrs"].get("origin") == "hub" for r in env)
     env_actions = {r["action"] for r in env}
     assert {"create", "start"} <= env_actions

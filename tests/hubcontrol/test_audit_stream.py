@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from hubcontrol.audit import AuditManager
+from hubcontrol.audit import HUB_ACTIONS, AuditManager
 from hubcontrol.errors import AuditError
 from tests.support.dockerd import scratch_dockerd
 from tests.support.images import import_busybox
@@ -185,10 +185,14 @@ def test_user_lifecycle_records_have_the_seed_fields(daemon, audit_dir, registry
             await anyio.to_thread.run_sync(lambda: client.images.push(remote, "v1"))
             client.images.remove(f"{remote}:v1")
             await anyio.to_thread.run_sync(lambda: client.images.pull(remote, "v1"))
-            env = client.containers.create(
-                image, "sleep 30", name="env", labels={"rediacc.hub.role": "environment"}
-            )
+            labels = {"rediacc.hub.role": "environment"}
+            with HUB_ACTIONS.creating("env"):  # as hubcontrol.environment.create does
+                env = client.containers.create(image, "sleep 30", name="env", labels=labels)
+                HUB_ACTIONS.container_created(env.id)
             env.remove(force=True)
+            # the same label on a container the hub did not create proves nothing
+            forged = client.containers.create(image, "sleep 30", name="forged", labels=labels)
+            forged.remove(force=True)
             c = client.containers.run(f"{remote}:v1", "sleep 30", name="happy_pike", detach=True)
             c.stop(timeout=0)
             c.start()
@@ -202,9 +206,10 @@ def test_user_lifecycle_records_have_the_seed_fields(daemon, audit_dir, registry
                 ),
                 c.id,
                 env.id,
+                forged.id,
             )
 
-    got, cid, env_id = anyio.run(main)
+    got, cid, env_id, forged_id = anyio.run(main)
     for r in got:
         assert list(r) == ["ts", "user", "net_id", "type", "action", "resource", "attrs"]
         assert r["user"] == "alice" and r["net_id"] == NET_ID
@@ -224,6 +229,9 @@ def test_user_lifecycle_records_have_the_seed_fields(daemon, audit_dir, registry
     hub = [r for r in got if r["resource"] == env_id]
     assert [r["action"] for r in hub] == ["create", "destroy"]
     assert all(r["attrs"]["origin"] == "hub" for r in hub)
+    forged_records = [r for r in got if r["resource"] == forged_id]
+    assert [r["action"] for r in forged_records] == ["create", "destroy"]
+    assert all("origin" not in r["attrs"] for r in forged_records)
     line = (audit_dir / "alice.log").read_bytes().splitlines()[0]
     assert b", " not in line and b": " not in line  # compact separators, as the seed's example
     assert (audit_dir.stat().st_mode & 0o777) == 0o750

@@ -134,6 +134,20 @@ def test_bootstrap_imports_only_the_proxy():
     assert out.strip() == "['hubcontrol', 'hubcontrol.dockerpolicy', 'hubcontrol.socketproxy']"
 
 
+def test_the_served_process_logs_through_the_inert_formatter(tmp_path):
+    """What a user sends shows in the policy socket's log lines as text, one line per event."""
+    code = (
+        "import logging, sys; sys.argv[1:] = ['--help']\n"
+        "from hubcontrol import socketproxy\n"
+        "try:\n    socketproxy.main()\nexcept SystemExit:\n    pass\n"
+        "logging.getLogger('x').warning('refused: %s', 'GET /\\x1b[2J\\nfake line')\n"
+    )
+    err = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stderr
+    assert "\x1b" not in err and err.count("\n") == 1 and "/\\x1b[2J\\nfake line" in err
+
+
 def test_systemd_transient_unit_is_bound_to_the_daemon(tmp_path):
     args = sp.args_for(spec(tmp_path), workspace="/ws/alice", container_workspace="/workspace")
     argv = sp.systemd_run_argv(args, "rediacc-hub-dockerd-alice.service")

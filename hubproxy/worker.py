@@ -308,16 +308,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     from hubcontrol.config import DEFAULT_LABELS_FILE, load_config, parse_start_flags
+    from hubcontrol.text import install_log_formatter
     from hubproxy.master import run_loop
     from hubproxy.sessions import load_session_secret
 
     parent = os.getppid()
     _die_with_parent()
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: %(message)s",
-    )
+    log_format = f"%(asctime)s %(levelname)s %(name)s[worker {args.index}]: %(message)s"
+    logging.basicConfig(level=logging.INFO, format=log_format)
+    install_log_formatter(log_format)  # users' text in log lines stays one inert line
     for noisy in ("httpx", "httpcore", "mitmproxy.proxy.server"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if os.getppid() != parent:

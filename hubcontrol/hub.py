@@ -43,6 +43,7 @@ from hubcontrol.errors import (
 from hubcontrol.idle import IdleCuller, checkpoint_wanted
 from hubcontrol.names import is_safe_name, safe_name
 from hubcontrol.netids import DEFAULT_REGISTRY, NetIdRegistry
+from hubcontrol.placement import Placed, placement_for
 from hubcontrol.socketproxy import PolicySockets
 from hubcontrol.stats import StatsSampler
 from hubcontrol.supervisor import RUN_DIR, DaemonSpec, DaemonSupervisor, Limits, choose
@@ -505,111 +506,124 @@ class Hub:
     async def _ensure_running(
         self, rec: dict, template: str | None, route: str | None = None
     ) -> Environment:
-        call = self.engine.call
-        name = rec["name"]
+        """The start path, one named step each (each sets its own progress)."""
+        tpl = self._pick_template(rec, template)
+        if (env := await self._still_running(rec, tpl)) is not None:
+            return env
+        await self._leave_other_placement(rec, tpl)
+        paths, net = await self._prepare_storage(rec, tpl)
+        placed = await placement_for(self, tpl).prepare(rec, tpl, net)
+        rec["docker_url"] = placed.docker_url
+        client = self.engine.client(placed.docker_url)
+        network_name = await self._prepare_network(rec, client, net)
+        await self._provide_image(rec, tpl, client, placed)
+        container_id, created, restored = await self._ensure_container(
+            rec, tpl, client, paths, net, network_name, placed
+        )
+        if created and tpl.on_create:
+            await self._run_on_create(rec, tpl, client, container_id, net)
+        self._step(rec, "ready", "Waiting for your services to answer")
+        await self._wait_ready(client, container_id, str(net.service_ip), rec["name"], route)
+        return self._mark_running(rec, restored)
+
+    def _pick_template(self, rec: dict, template: str | None) -> Template:
+        """The asked-for template, else the user's current one, else the default."""
         current = rec.get("template")
         if not template and current is not None and current not in self.config.templates:
-            log.warning("%s: template %r is no longer configured; using the default", name, current)
+            log.warning(
+                "%s: template %r is no longer configured; using the default", rec["name"], current
+            )
             current = None
-        tpl = self.config.template(template or current)
-        if (
+        return self.config.template(template or current)
+
+    async def _still_running(self, rec: dict, tpl: Template) -> Environment | None:
+        """A second login or a retry: one inspect instead of the whole path."""
+        if not (
             rec.get("state") == "running"
-            and self._routes.by_name(name) is not None
+            and self._routes.by_name(rec["name"]) is not None
             and tpl.name == rec.get("template")
             and rec.get("container_id")
             and rec.get("docker_url")
         ):
-            # Already running (a second login, a retry): one inspect instead of the whole path.
-            client = self.engine.client(rec["docker_url"])
-            with contextlib.suppress(docker.errors.DockerException, OSError):
-                info = await call(client.api.inspect_container, rec["container_id"])
-                if info["State"]["Running"]:
-                    return self._environment(rec)
-        paths = storage.UserPaths(Path(self.config.workspace_dir), name)
+            return None
+        client = self.engine.client(rec["docker_url"])
+        with contextlib.suppress(docker.errors.DockerException, OSError):
+            info = await self.engine.call(client.api.inspect_container, rec["container_id"])
+            if info["State"]["Running"]:
+                return self._environment(rec)
+        return None
+
+    async def _leave_other_placement(self, rec: dict, tpl: Template) -> None:
+        """A switch between a per-user daemon and the shared one: the old environment holds
+        SERVICE_IP and the bridge name the new one needs, so it goes first."""
         if (
             rec.get("net_id") is not None
             and "per_user_docker" in rec
             and bool(rec["per_user_docker"]) != tpl.per_user_docker
         ):
-            # a switch between a per-user daemon and the shared one: the old environment holds
-            # SERVICE_IP and the bridge name the new one needs, so it goes first
             self._step(rec, "container", f"Switching to the {tpl.name} environment")
             await self._retire_environment(rec)
+
+    async def _prepare_storage(
+        self, rec: dict, tpl: Template
+    ) -> tuple[storage.UserPaths, network.UserNetwork]:
+        """The user's tree (checked, never through a link) and their network ID."""
         rec.update(template=tpl.name, mode=tpl.mode, per_user_docker=tpl.per_user_docker)
         self._set_state(rec, "starting", step="storage", message="Preparing your storage")
-
-        rec["subvolume"] = await call(
+        paths = storage.UserPaths(Path(self.config.workspace_dir), rec["name"])
+        rec["subvolume"] = await self.engine.call(
             storage.prepare_user_tree,
             paths,
             workspace=not tpl.ephemeral,
             records_dir=self.users_dir,
         )
-        net_id = await call(self.netids.allocate, paths.data_root_dir, reserved=self._reserved())
+        net_id = await self.engine.call(
+            self.netids.allocate, paths.data_root_dir, reserved=self._reserved()
+        )
         net = network.user_network(net_id, self.config.user_subnet_pool)
         rec.update(net_id=net_id, service_ip=str(net.service_ip))
         self._save_record(rec)
+        return paths, net
 
-        env_dir = None
-        if tpl.per_user_docker:
-            self._step(rec, "daemon", "Starting your Docker daemon")
-            spec = self._spec(name, net_id, tpl)
-            await call(network.ensure_bridge, net.bridge, net.bridge_address)
-            await call(network.apply_isolation, net)
-            was_running = await call(self.supervisor.is_running, spec)
-            await call(self.supervisor.start, spec)
-            await call(self.supervisor.apply_limits, spec)
-            # before the policy socket: the user reaches the daemon only through it
-            await call(self._isolate_daemon, spec, net)
-            if self.policy_sockets is not None:
-                await self.policy_sockets.ensure(spec, rec, tpl)
-            if not was_running:
-                self.engine.forget(spec.url)
-                self._emit("daemon-started", rec)
-            url = spec.url
-            env_dir = spec.env_dir
-            cgroup_parent = self.supervisor.container_cgroup_parent(spec)
-            host = self._host_client()
-        else:
-            await call(network.apply_isolation, net)
-            url = self._host_url()
-            cgroup_parent = None
-            host = None
-        rec["docker_url"] = url
-        client = self.engine.client(url)
-
+    async def _prepare_network(self, rec: dict, client, net: network.UserNetwork) -> str:
         self._step(rec, "network", "Setting up your network")
-        network_name = await call(envs.ensure_env_network, client, net)
+        return await self.engine.call(envs.ensure_env_network, client, net)
 
+    async def _provide_image(self, rec: dict, tpl: Template, client, placed: Placed) -> None:
         self._step(rec, "image", f"Making the image {tpl.image} available")
-        how = await call(images.ensure_image, client, tpl.image, host)
+        how = await self.engine.call(images.ensure_image, client, tpl.image, placed.image_source)
         if how != "present":
-            log.info("image %s for %s: %s", tpl.image, name, how)
+            log.info("image %s for %s: %s", tpl.image, rec["name"], how)
 
+    async def _ensure_container(
+        self,
+        rec: dict,
+        tpl: Template,
+        client,
+        paths: storage.UserPaths,
+        net: network.UserNetwork,
+        network_name: str,
+        placed: Placed,
+    ) -> tuple[str, bool, bool]:
+        """The environment container, running: kept, restored from a checkpoint, or created.
+        Returns (container ID, created, restored)."""
+        call = self.engine.call
+        name = rec["name"]
         self._step(rec, "container", "Starting your environment")
         container = await call(envs.find, client, name)
-        if container is not None:
+        if container is not None and self._must_recreate(container, tpl):
             current = container.labels.get(envs.LABEL_TEMPLATE)
-            stale_image = (
-                current == tpl.name
-                and not container.status == "running"
-                and (container.attrs.get("Config", {}).get("Image") != tpl.image)
+            self._step(
+                rec,
+                "container",
+                f"Switching to the {tpl.name} environment"
+                if current != tpl.name
+                else "Recreating your environment",
             )
-            if (
-                current != tpl.name
-                or stale_image
-                or (tpl.ephemeral and container.status != "running")
-            ):
-                self._step(
-                    rec,
-                    "container",
-                    f"Switching to the {tpl.name} environment"
-                    if current != tpl.name
-                    else "Recreating your environment",
-                )
-                if self.checkpointer is not None:
-                    await self.checkpointer.discard(self.checkpoint_target(rec, container.id))
-                await call(container.remove, force=True)
-                container = None
+            if self.checkpointer is not None:
+                await self.checkpointer.discard(self.checkpoint_target(rec, container.id))
+            await call(container.remove, force=True)
+            container = None
         restored = False
         if (
             container is not None
@@ -625,27 +639,8 @@ class Hub:
                 container = None
         created = container is None
         if created:
-            owner = await call(envs.resolve_user, client, tpl.image, tpl.user)
-            if owner is not None and not tpl.ephemeral:
-                await call(_chown_top, paths.workspace, *owner)
-            limits = self._limits(tpl)
-            options = envs.create_options(
-                username=rec["user"],
-                safe=name,
-                template=tpl,
-                net=net,
-                network_name=network_name,
-                workspace=None if tpl.ephemeral else paths.workspace,
-                env_dir=env_dir,
-                cgroup_parent=cgroup_parent,
-                cpus=limits.cpus,
-                memory=limits.memory_bytes,
-                owner=owner,
-            )
-            container_id = await call(envs.create, client, options)
-            if env_dir is not None:
-                await call(envs.install_socket_link, client, container_id)
-            rec["on_create"] = None
+            container_id = await self._create_container(rec, tpl, client, paths, net,
+                                                        network_name, placed)  # fmt: skip
         else:
             container_id = container.id
         rec["container_id"] = container_id
@@ -658,28 +653,78 @@ class Hub:
                 raise EnvironmentError_(
                     "Your environment could not start.", f"start {name}: {e}"
                 ) from None
+        return container_id, created, restored
 
-        if created and tpl.on_create:
-            self._step(rec, "hook", "Running the on_create hook")
-            code, output = await call(
-                envs.run_hook,
-                client,
-                container_id,
-                tpl.on_create,
-                tpl.user,
-                tpl.workspace,
-                str(net.service_ip),
+    @staticmethod
+    def _must_recreate(container, tpl: Template) -> bool:
+        """Another template's container, a stopped one of an older image, or a stopped
+        ephemeral one is replaced rather than started."""
+        current = container.labels.get(envs.LABEL_TEMPLATE)
+        stale_image = (
+            current == tpl.name
+            and container.status != "running"
+            and container.attrs.get("Config", {}).get("Image") != tpl.image
+        )
+        return (
+            current != tpl.name or stale_image or (tpl.ephemeral and container.status != "running")
+        )
+
+    async def _create_container(
+        self,
+        rec: dict,
+        tpl: Template,
+        client,
+        paths: storage.UserPaths,
+        net: network.UserNetwork,
+        network_name: str,
+        placed: Placed,
+    ) -> str:
+        call = self.engine.call
+        owner = await call(envs.resolve_user, client, tpl.image, tpl.user)
+        if owner is not None and not tpl.ephemeral:
+            await call(_chown_top, paths.workspace, *owner)
+        limits = self._limits(tpl)
+        options = envs.create_options(
+            username=rec["user"],
+            safe=rec["name"],
+            template=tpl,
+            net=net,
+            network_name=network_name,
+            workspace=None if tpl.ephemeral else paths.workspace,
+            env_dir=placed.env_dir,
+            cgroup_parent=placed.cgroup_parent,
+            cpus=limits.cpus,
+            memory=limits.memory_bytes,
+            owner=owner,
+        )
+        container_id = await call(envs.create, client, options)
+        if placed.env_dir is not None:
+            await call(envs.install_socket_link, client, container_id)
+        rec["on_create"] = None
+        return container_id
+
+    async def _run_on_create(
+        self, rec: dict, tpl: Template, client, container_id: str, net: network.UserNetwork
+    ) -> None:
+        self._step(rec, "hook", "Running the on_create hook")
+        code, output = await self.engine.call(
+            envs.run_hook,
+            client,
+            container_id,
+            tpl.on_create,
+            tpl.user,
+            tpl.workspace,
+            str(net.service_ip),
+        )
+        rec["on_create"] = {"exit_code": code, "output": output[-2000:]}
+        self._save_record(rec)
+        if code != 0:
+            raise HookError(
+                f"The on_create hook failed (exit {code}): {output.strip()[-300:]}",
+                f"on_create for {rec['name']} exited {code}: {output[-2000:]}",
             )
-            rec["on_create"] = {"exit_code": code, "output": output[-2000:]}
-            self._save_record(rec)
-            if code != 0:
-                raise HookError(
-                    f"The on_create hook failed (exit {code}): {output.strip()[-300:]}",
-                    f"on_create for {name} exited {code}: {output[-2000:]}",
-                )
 
-        self._step(rec, "ready", "Waiting for your services to answer")
-        await self._wait_ready(client, container_id, str(net.service_ip), name, route)
+    def _mark_running(self, rec: dict, restored: bool) -> Environment:
         if not restored:
             rec["started_at"] = self.clock()
         self._set_state(rec, "running", step="running", message="Your environment is running")

@@ -1,0 +1,107 @@
+"""Where an environment runs: the variable part of a start, as a small strategy.
+
+A start (``Hub._ensure_running``) is a list of named steps: pick the template, prepare storage,
+**place**, network, image, container, hooks, readiness. Placing is the one step whose work
+differs with where the environment runs, so it is a strategy with this contract (in the spirit
+of JupyterHub's ``Spawner``: documented on the base class, chosen per template):
+
+``prepare(rec, template, net) -> Placed``
+    Make a Docker engine ready for the user's environment and say how to reach it: the engine's
+    URL, the environment socket directory to mount (None: no docker inside), the cgroup parent
+    for the environment container, and the engine an image may be copied from. Called under the
+    user's lock with the network ID already allocated and the user's tree prepared. Idempotent:
+    an engine already running is adopted, not restarted. Sets its own progress step. Raises a
+    ``HubError`` subclass on failure.
+
+Two placements exist on this host:
+
+* ``PerUserDaemon`` (``rediacc.hub.docker=per-user``): the user's own dockerd under the daemon
+  supervisor, its isolation rules and its policy socket;
+* ``HostDaemon`` (``rediacc.hub.docker`` empty): the host's daemon (``--docker-socket``), with
+  the user's network isolation only.
+
+A placement on a cluster engine (docs/scaling.md) implements the same contract: it returns the
+URL of an engine it started elsewhere. Seeded data-roots (issue 14) plug into
+``PerUserDaemon.prepare``: the data-root is cloned from a seed before the daemon starts.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import docker
+
+from hubcontrol import network
+
+if TYPE_CHECKING:
+    from hubcontrol.config import Template
+    from hubcontrol.hub import Hub
+
+
+@dataclass(frozen=True)
+class Placed:
+    """What the rest of a start needs from a placement."""
+
+    docker_url: str  # the engine the environment container is created on
+    env_dir: Path | None = None  # mounted into the environment: its docker socket directory
+    cgroup_parent: str | None = None  # the cgroup the environment container goes under
+    image_source: docker.DockerClient | None = None  # where a missing image is copied from
+
+
+class Placement(abc.ABC):
+    """Where a user's environment runs (see the module docstring for the contract)."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    @abc.abstractmethod
+    async def prepare(
+        self, rec: dict[str, Any], template: Template, net: network.UserNetwork
+    ) -> Placed: ...
+
+
+class PerUserDaemon(Placement):
+    """The user's own dockerd: bridge, isolation, daemon, limits, daemon rules, policy socket."""
+
+    async def prepare(
+        self, rec: dict[str, Any], template: Template, net: network.UserNetwork
+    ) -> Placed:
+        hub, call = self.hub, self.hub.engine.call
+        hub._step(rec, "daemon", "Starting your Docker daemon")
+        spec = hub._spec(rec["name"], net.net_id, template)
+        await call(network.ensure_bridge, net.bridge, net.bridge_address)
+        await call(network.apply_isolation, net)
+        was_running = await call(hub.supervisor.is_running, spec)
+        await call(hub.supervisor.start, spec)
+        await call(hub.supervisor.apply_limits, spec)
+        # before the policy socket: the user reaches the daemon only through it
+        await call(hub._isolate_daemon, spec, net)
+        if hub.policy_sockets is not None:
+            await hub.policy_sockets.ensure(spec, rec, template)
+        if not was_running:
+            hub.engine.forget(spec.url)
+            hub._emit("daemon-started", rec)
+        return Placed(
+            docker_url=spec.url,
+            env_dir=spec.env_dir,
+            cgroup_parent=hub.supervisor.container_cgroup_parent(spec),
+            image_source=hub._host_client(),
+        )
+
+
+class HostDaemon(Placement):
+    """The host's daemon, shared by every such user; isolation rules only."""
+
+    async def prepare(
+        self, rec: dict[str, Any], template: Template, net: network.UserNetwork
+    ) -> Placed:
+        await self.hub.engine.call(network.apply_isolation, net)
+        return Placed(docker_url=self.hub._host_url())
+
+
+def placement_for(hub: Hub, template: Template) -> Placement:
+    """The placement a template asks for (``rediacc.hub.docker``)."""
+    return PerUserDaemon(hub) if template.per_user_docker else HostDaemon(hub)

@@ -45,21 +45,29 @@ HEALTH_ENDPOINTS = ("health", "health/live", "health/ready")
 def ensure_admin_token(state_dir: Path) -> Path:
     """Create ``<state_dir>/admin.token`` (0600) unless it exists; returns its path.
 
-    The file is created with O_EXCL, so two hub processes starting at once agree on one token.
+    The token is written to a temp file first and hard-linked into place, which fails if the
+    file exists: two hub processes starting at once agree on one token, and a reader (``hub
+    status`` right after the hub starts) never sees the file empty.
     """
     path = Path(state_dir) / TOKEN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            log.warning("hub: %s is readable by others (mode %o); tightening to 0600", path, mode)
-            os.chmod(path, 0o600)
-        return path
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_urlsafe(32) + "\n")
-    log.info("hub: generated the admin token in %s (root-only)", path)
+    if not path.exists():
+        tmp = path.with_name(f".{TOKEN_FILE}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+            os.link(tmp, path)
+            log.info("hub: generated the admin token in %s (root-only)", path)
+            return path
+        except FileExistsError:
+            pass  # another hub process won the race: its token is the one
+        finally:
+            tmp.unlink(missing_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("hub: %s is readable by others (mode %o); tightening to 0600", path, mode)
+        os.chmod(path, 0o600)
     return path
 
 

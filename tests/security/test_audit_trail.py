@@ -132,8 +132,11 @@ def test_a_loop_of_huge_execs_writes_a_bounded_log_and_says_what_it_dropped(tmp_
         client = docker.DockerClient(base_url=f"unix://{sock}", version="1.41", timeout=60)
         flood = []
         try:
-            for _ in range(20):  # the attack: 900 KB of arguments per exec
-                exec_id = client.api.exec_create(env.container_id, ["true", *["x" * 110_000] * 8])
+            # the attack was 900 KB of arguments per exec; the policy now caps an exec's
+            # command line at 128 KiB (dockerpolicy.MAX_ARGS_BYTES), and 20 execs just under
+            # that still wrote 5 MB without the audit bounds
+            for _ in range(20):
+                exec_id = client.api.exec_create(env.container_id, ["true", "x" * 120_000])
                 client.api.exec_start(exec_id["Id"])
                 flood.append(exec_id["Id"])
         finally:

@@ -29,7 +29,7 @@ import docker.errors
 
 from hubcontrol import checkpoint as ckpt
 from hubcontrol import environment as envs
-from hubcontrol import images, network, storage
+from hubcontrol import images, mounts, network, storage
 from hubcontrol.audit import AuditManager
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.engine import Engine
@@ -541,6 +541,8 @@ class Hub:
         rec["subvolume"] = await call(storage.ensure_data_root_dir, paths.data_root_dir)
         if not tpl.ephemeral:
             await call(paths.workspace.mkdir, parents=True, exist_ok=True)
+            # nosuid,nodev: what a root template plants there gives nothing on the host
+            await call(mounts.make_inert, str(paths.workspace))
         net_id = await call(self.netids.allocate, paths.data_root_dir, reserved=self._reserved())
         net = network.user_network(net_id, self.config.user_subnet_pool)
         rec.update(net_id=net_id, service_ip=str(net.service_ip))

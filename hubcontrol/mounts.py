@@ -181,7 +181,7 @@ def make_inert(path: str) -> None:
 
     The directory is opened with ``O_NOFOLLOW`` and mounted by descriptor: ``path`` must be the
     caller's (a root-owned parent), and if its last component is a symlink nothing is mounted."""
-    opts = mount_options(path)
+    opts = mount_options(os.path.realpath(path))  # mountinfo shows canonical paths
     if opts is not None and {"nosuid", "nodev"} <= opts and "nosymfollow" not in opts:
         return
     fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)

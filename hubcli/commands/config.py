@@ -131,6 +131,8 @@ def _print_config(config: HubConfig) -> None:
                 table.add_row(f"hook {field}", escape(getattr(t, field)))
         table.add_row("checkpoint", "true" if t.checkpoint else "false")
         table.add_row("mode", t.mode)
+        if t.cap_add:
+            table.add_row("cap_add", ", ".join(t.cap_add))
         console.print(table)
 
     env = Table(

@@ -71,13 +71,17 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
     if platform.machine() == "alpha":  # pragma: no cover - not a platform the hub runs on
         raise OSError(errno.ENOSYS, "openat2 has another syscall number on alpha")
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    fd = _libc.syscall(
-        ctypes.c_long(SYS_OPENAT2),
-        ctypes.c_int(dirfd),
-        ctypes.c_char_p(os.fsencode(path)),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
+    for _ in range(8):
+        fd = _libc.syscall(
+            ctypes.c_long(SYS_OPENAT2),
+            ctypes.c_int(dirfd),
+            ctypes.c_char_p(os.fsencode(path)),
+            ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
+        # EAGAIN: a scoped lookup raced a rename or mount somewhere on the host; retry
+        if fd >= 0 or ctypes.get_errno() != errno.EAGAIN:
+            break
     return _check(fd, "openat2", path)
 
 

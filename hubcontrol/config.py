@@ -31,6 +31,7 @@ from types import MappingProxyType
 import yaml
 
 from hubcontrol.compose import ComposeService, load_compose, parse_env_file, read_yaml
+from hubcontrol.dockerpolicy import SAFE_CAPABILITIES, normalize_capability
 from hubcontrol.durations import (
     format_duration,
     parse_cpu_quota,
@@ -108,6 +109,9 @@ class Template:
     post_restore: str | None = None
     checkpoint: bool = False
     mode: str = "persistent"  # or "ephemeral"
+    # Capabilities beyond the environment's default set (Docker's, minus MKNOD); only those a
+    # user's own containers may add through the policy (dockerpolicy.SAFE_CAPABILITIES).
+    cap_add: tuple[str, ...] = ()
 
     @property
     def per_user_docker(self) -> bool:
@@ -205,6 +209,7 @@ TEMPLATE_FIELDS: Mapping[str, str] = MappingProxyType(
         "hook.checkpoint.post_restore": "post_restore",
         "checkpoint": "checkpoint",
         "mode": "mode",
+        "cap_add": "cap_add",
     }
 )
 DOCKER_MODES = ("", "per-user")
@@ -534,6 +539,8 @@ def _parse_template_value(attr: str, value: str) -> object:
         return value
     if attr == "checkpoint":
         return parse_bool(value)
+    if attr == "cap_add":
+        return parse_cap_add(value)
     if attr == "cpu":
         parse_cpu_quota(value)
         return value.strip()
@@ -549,6 +556,20 @@ def _parse_template_value(attr: str, value: str) -> object:
     if attr in ("image", "user") and re.search(r"\s", value):
         raise ValueError(f"{value!r} contains white space")
     return value
+
+
+def parse_cap_add(value: str) -> tuple[str, ...]:
+    """``MKNOD,NET_ADMIN``-style capability names (``CAP_`` optional, any case), sorted; only
+    names from the policy's safe list: root in the environment must stay no stronger than root
+    in a container the user may run through the policy socket."""
+    caps = {normalize_capability(c) for c in value.split(",") if c.strip()}
+    unsafe = sorted(caps - SAFE_CAPABILITIES)
+    if unsafe:
+        raise ValueError(
+            f"{', '.join(unsafe)} cannot be given to an environment; allowed: "
+            + ", ".join(sorted(SAFE_CAPABILITIES))
+        )
+    return tuple(sorted(caps))
 
 
 def _template_problem(label: str, value: str, exc: ValueError) -> str:

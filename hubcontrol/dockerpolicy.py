@@ -22,6 +22,7 @@ what was checked (no duplicate keys, no case variants). See docs/security.md for
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -30,7 +31,7 @@ import re
 import socket
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -103,6 +104,9 @@ DOCKER_SOCKET_PATHS = frozenset(
     {"/var/run/docker.sock", "/run/docker.sock", "/run/rediacc/env/docker.sock"}
 )
 CHECKPOINT_DIR = ".checkpoint"
+# On containers the policy created with pinned binds: which workspace path each pin holds
+# (hubcontrol.pins). Under rediacc. (users cannot set it) but not rediacc.hub. (not an environment).
+BINDS_LABEL = "rediacc.binds"
 
 
 # --- types --------------------------------------------------------------------------------------
@@ -172,8 +176,10 @@ class PolicyContext:
     """Per-user facts the policy decides against (fixed for the life of a policy socket)."""
 
     workspace: str  # host path of the user's workspace, <workspace-dir>/<u>; "" when ephemeral
-    bind_root: str  # the hub's no-symlink-following view of the workspace; binds are rewritten here
     container_workspace: str = "/workspace"  # where the environment sees its workspace
+    # Pins a checked path inside the workspace: (relpath, readonly, create missing dirs) -> the
+    # source to hand the daemon (hubcontrol.pins.BindPins.pin). None: binds are refused.
+    pin: Callable[[str, bool, bool], str] | None = None
     policy_socket: str | None = None  # host path of this policy socket (for nested docker.sock)
     user_networks: tuple[str, ...] = ()  # CIDRs the user may give their own networks
     forbidden_registry_networks: tuple[str, ...] = (
@@ -656,8 +662,22 @@ def _check_build(request, ctx, facts, body):
 def _check_create(request, ctx, facts, body):
     body = _obj(body)
     _check_labels(body.field("Labels"), "container")
+    pinned: dict[str, tuple[str, bool]] = {}
+    if ctx.pin is not None:
+        pin = ctx.pin
+
+        def recording_pin(rel: str, readonly: bool, create: bool) -> str:
+            source = pin(rel, readonly, create)
+            pinned[posixpath.basename(source)] = (rel, readonly)
+            return source
+
+        ctx = replace(ctx, pin=recording_pin)
     for hc in _host_configs(body):
         _check_host_config(hc, ctx, facts)
+    if pinned:
+        # Which workspace path each pin holds, to pin it again with a fresh check (hubcontrol.pins)
+        labels = _obj(body.field("Labels"))
+        body.set_field("Labels", JObject([*labels.pairs, (BINDS_LABEL, _pins_label(pinned))]))
     endpoints = _obj(_obj(body.field("NetworkingConfig")).field("EndpointsConfig"))
     for name in endpoints.keys():
         _check_network_ref(name, facts)
@@ -1084,12 +1104,18 @@ def _check_host_config(hc: JObject, ctx: PolicyContext, facts: Facts) -> None:
     for entry in _list(hc.field("VolumesFrom")):
         if isinstance(entry, str):
             _check_joinable(entry.split(":")[0], f"--volumes-from {entry}", facts)
-    binds = hc.field("Binds")
-    if binds is not None:
-        hc.set_field("Binds", [_check_bind_string(b, ctx) for b in _list(binds)])
     mounts = hc.field("Mounts")
     if mounts is not None:
-        hc.set_field("Mounts", [_check_mount(_obj(m), ctx) for m in _list(mounts)])
+        mounts = [_check_mount(_obj(m), ctx) for m in _list(mounts)]
+        hc.set_field("Mounts", mounts)
+    binds = hc.field("Binds")
+    if binds is not None:
+        # Host paths become pinned Mounts (see bind_source); volumes and the docker socket stay.
+        checked = [_check_bind_string(b, ctx) for b in _list(binds)]
+        hc.set_field("Binds", [b for b in checked if isinstance(b, str)])
+        moved = [b for b in checked if isinstance(b, JObject)]
+        if moved:
+            hc.set_field("Mounts", [*(mounts or []), *moved])
 
 
 def _check_joinable(ref: str, what: str, facts: Facts) -> None:
@@ -1194,8 +1220,12 @@ def _check_volume_driver(driver: Any, options: Any) -> None:
 # --- bind mounts ----------------------------------------------------------------------------------
 
 
-def _check_bind_string(bind: Any, ctx: PolicyContext) -> str:
-    """``src:dst[:opts]`` from HostConfig.Binds; a source without a leading ``/`` is a volume."""
+def _check_bind_string(bind: Any, ctx: PolicyContext) -> str | JObject:
+    """``src:dst[:opts]`` from HostConfig.Binds; a source without a leading ``/`` is a volume.
+
+    A host path comes back as a ``Mounts`` entry of its pin (``bind_source``): for a ``Binds``
+    source the daemon creates what is missing at start, and would bind an empty directory where
+    a pin is gone; for a ``Mounts`` bind it refuses to start instead."""
     if not isinstance(bind, str):
         raise _refuse(f"bind {bind!r}", "not a string")
     parts = bind.split(":")
@@ -1203,7 +1233,8 @@ def _check_bind_string(bind: Any, ctx: PolicyContext) -> str:
         raise _refuse(f"bind {bind!r}", "expected source:destination[:options]")
     src, dst = parts[0], parts[1]
     opts = parts[2] if len(parts) == 3 else ""
-    for opt in filter(None, opts.split(",")):
+    flags = [opt for opt in opts.split(",") if opt]
+    for opt in flags:
         if opt not in BIND_OPTIONS:
             raise _refuse(
                 f"bind option {opt!r} in {bind!r}",
@@ -1213,8 +1244,21 @@ def _check_bind_string(bind: Any, ctx: PolicyContext) -> str:
             )
     if not src.startswith("/"):
         return bind  # a named volume on the local driver
-    host = bind_source(src, ctx)
-    return ":".join([host, dst] + ([opts] if opts else []))
+    if src in DOCKER_SOCKET_PATHS and ctx.policy_socket:
+        return ":".join([ctx.policy_socket, dst] + ([opts] if opts else []))
+    if "ro" in flags and "rw" in flags:
+        raise _refuse(f"bind {bind!r}", "ro and rw together; choose one")
+    source = bind_source(src, ctx, readonly="ro" in flags, create=True)
+    mount = JObject([("Type", "bind"), ("Source", source), ("Target", dst)])
+    propagation = [o for o in flags if o in SAFE_BIND_PROPAGATION]
+    if propagation:
+        mount.set_field("BindOptions", JObject([("Propagation", propagation[-1])]))
+    consistency = [o for o in flags if o in ("consistent", "cached", "delegated")]
+    if consistency:
+        mount.set_field("Consistency", consistency[-1])
+    # z/Z (SELinux relabelling) and nocopy (volumes only) have no Mounts form; the daemon
+    # relabels nothing through a pin.
+    return mount
 
 
 def _check_mount(mount: JObject, ctx: PolicyContext) -> JObject:
@@ -1229,7 +1273,15 @@ def _check_mount(mount: JObject, ctx: PolicyContext) -> JObject:
         src = mount.field("Source")
         if not isinstance(src, str) or not src.startswith("/"):
             raise _refuse(f"bind mount source {src!r}", "must be an absolute path")
-        mount.set_field("Source", bind_source(src, ctx))
+        if src in DOCKER_SOCKET_PATHS and ctx.policy_socket:
+            mount.set_field("Source", ctx.policy_socket)
+            return mount
+        readonly = _truthy(mount.field("ReadOnly"))
+        mount.set_field("Source", bind_source(src, ctx, readonly=readonly, create=False))
+        if readonly:
+            # The pin is read-only itself. Asked of the daemon, runc would remount the bind
+            # read-only and drop the pin's nosuid,nodev on the way.
+            mount.set_field("ReadOnly", False)
     elif kind == "volume":
         options = _obj(mount.field("VolumeOptions"))
         config = _obj(options.field("DriverConfig"))
@@ -1242,17 +1294,13 @@ def _check_mount(mount: JObject, ctx: PolicyContext) -> JObject:
     return mount
 
 
-def bind_source(src: str, ctx: PolicyContext) -> str:
-    """The host path a bind of ``src`` may use, or a refusal.
+def workspace_relpath(src: str, ctx: PolicyContext) -> str:
+    """The path inside the workspace that a bind of ``src`` names, or a refusal.
 
     ``src`` is either the environment's view (``/workspace/...``) or the host path of the user's
     workspace. It is resolved on the host (symlinks and ``..``) and must land strictly inside the
-    workspace and outside its checkpoint directory; it is then rewritten under ``ctx.bind_root``,
-    a view of the workspace that never follows symlinks, so swapping a directory for a symlink
-    after this check makes the daemon's mount fail instead of escaping.
+    workspace and outside its checkpoint directory.
     """
-    if src in DOCKER_SOCKET_PATHS and ctx.policy_socket:
-        return ctx.policy_socket
     if not ctx.workspace or ctx.realpath(ctx.workspace) == "/":
         raise _refuse(
             f"a bind mount of {src}",
@@ -1283,7 +1331,49 @@ def bind_source(src: str, ctx: PolicyContext) -> str:
         )
     if PurePosixPath(rel).parts[0] == CHECKPOINT_DIR:
         raise _refuse(f"a bind mount of {src}", "the checkpoint directory belongs to the hub")
-    return posixpath.join(ctx.bind_root, rel)
+    return rel
+
+
+def bind_source(
+    src: str, ctx: PolicyContext, *, readonly: bool = False, create: bool = False
+) -> str:
+    """The source to hand the daemon for a bind of ``src``, or a refusal.
+
+    The daemon resolves a bind source when the container *starts*, possibly long after this
+    check, and the user can swap a checked directory for a symlink in between. So the checked
+    path (``workspace_relpath``) is pinned (``ctx.pin``, hubcontrol.pins): opened below the
+    workspace without following any symlink and bind-mounted by descriptor onto a root-only
+    path, which is what the daemon gets. Symlinks *inside* the pinned directory keep working.
+    """
+    if src in DOCKER_SOCKET_PATHS and ctx.policy_socket:
+        return ctx.policy_socket
+    rel = workspace_relpath(src, ctx)
+    if ctx.pin is None:
+        raise _refuse(f"a bind mount of {src}", "this policy socket cannot pin bind sources")
+    try:
+        return ctx.pin(rel, readonly, create)
+    except FileNotFoundError:
+        raise _refuse(
+            f"a bind mount of {src}", "bind source path does not exist (create it first)"
+        ) from None
+    except OSError as e:
+        why = {
+            errno.ELOOP: "a symlink appeared on its path while it was checked; try again",
+            errno.EXDEV: "it leads out of your workspace",
+            errno.ENOTDIR: "a part of its path is not a directory",
+        }.get(e.errno or 0, f"it could not be opened ({e.strerror})")
+        raise _refuse(f"a bind mount of {src}", why) from None
+    except ValueError:
+        raise _refuse(
+            f"a bind mount of {src}", "only paths inside your workspace may be bind-mounted"
+        ) from None
+
+
+def _pins_label(pinned: Mapping[str, tuple[str, bool]]) -> str:
+    return json.dumps(
+        {pid: {"path": rel, "ro": ro} for pid, (rel, ro) in sorted(pinned.items())},
+        separators=(",", ":"),
+    )
 
 
 # --- registries -----------------------------------------------------------------------------------

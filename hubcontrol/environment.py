@@ -31,6 +31,7 @@ LABEL_ROLE = "rediacc.hub.role"
 LABEL_NET_ID = "rediacc.hub.net-id"
 LABEL_MODE = "rediacc.hub.mode"
 ROLE = "environment"
+DROPPED_CAPABILITIES = frozenset({"MKNOD"})  # from Docker's default set, unless cap_add has them
 
 
 @dataclass(frozen=True)
@@ -119,14 +120,21 @@ def create_options(
     if template.command:
         container["entrypoint"] = list(SHELL)
         container["command"] = [expand_command(template.command, service_ip)]
+    # CAP_MKNOD is Docker's default, but nothing in a development environment needs device
+    # nodes, and one made in the workspace is a file on the host (docs/security.md, "The
+    # environment container"); a template that needs it asks with rediacc.hub.cap_add=MKNOD.
+    caps = set(template.cap_add)
     host = {
         "binds": mounts,
+        "cap_drop": sorted(DROPPED_CAPABILITIES - caps),
         "tmpfs": tmpfs,
         "shm_size": template.shm_size,
         "init": True,
         "restart_policy": {"Name": "no"},
         "auto_remove": False,
     }
+    if caps:
+        host["cap_add"] = sorted(caps)
     if cgroup_parent:
         host["cgroup_parent"] = cgroup_parent
     if cpus:

@@ -28,7 +28,7 @@ import docker.errors
 
 from hubcontrol import checkpoint as ckpt
 from hubcontrol import environment as envs
-from hubcontrol import images, network, safefs, storage
+from hubcontrol import images, mounts, network, safefs, storage
 from hubcontrol.audit import AuditManager
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.engine import Engine
@@ -580,6 +580,9 @@ class Hub:
         net_id = await self.engine.call(
             self.netids.allocate, paths.data_root_dir, reserved=self._reserved()
         )
+        if not tpl.ephemeral:
+            # nosuid,nodev: what a root template plants there gives nothing on the host
+            await self.engine.call(mounts.make_inert, str(paths.workspace))
         net = network.user_network(net_id, self.config.user_subnet_pool)
         rec.update(net_id=net_id, service_ip=str(net.service_ip))
         self._save_record(rec)

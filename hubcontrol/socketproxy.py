@@ -15,15 +15,18 @@ own upstream connection, closed with it, so the proxy never keeps anything open 
 side that the client has not opened; idle keep-alive connections are closed after a timeout and
 at once on SIGUSR1 (before a CRIU dump, an open docker.sock connection blocks it).
 
-Allowed bind mounts are rewritten to ``bind_root``, a bind mount of the user's workspace with
-``nosymfollow``: the daemon resolves a bind source when the container *starts*, and a symlink
-swapped in after the policy's check must fail to resolve rather than lead out of the workspace.
+Allowed bind mounts are pinned (``hubcontrol.pins``): the checked directory is opened without
+following symlinks and bind-mounted by descriptor under ``<exec-root>/binds``, and the daemon is
+handed that pin. The daemon resolves a bind source when the container *starts*, and a symlink
+swapped in after the policy's check must not lead out of the workspace; symlinks inside the
+directory still work in the container.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -45,6 +48,7 @@ from anyio.abc import SocketStream
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from hubcontrol import dockerpolicy as policy
+from hubcontrol import pins as binds
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,8 @@ class ProxyConfig:
     upstream: Path
     context: policy.PolicyContext
     idle_timeout: float = 30.0
-    mount_bind_root: bool = True  # set up context.bind_root as a nosymfollow view of the workspace
+    # Where allowed binds are pinned (<exec-root>/binds, hubcontrol.pins); None refuses binds.
+    binds_dir: Path | None = None
     # Refusals are also written to the user's audit log (<audit-dir>/<user>.log) when set.
     audit_dir: Path | None = None
     audit_user: str | None = None
@@ -319,12 +324,25 @@ class _Connection:
         facts = await self.server.lookup(refs)
         if isinstance(facts, policy.Refusal):
             return await self.refuse(facts, head)
-        decision = policy.check(request, self.server.config.context, facts)
-        if isinstance(decision, policy.Refusal):
-            return await self.refuse(decision, head)
-        if request.endpoint.body:
-            body_bytes = policy.to_wire(decision) if decision is not None else body_bytes
-        return await self.forward(head, request, body_bytes)
+        server = self.server
+        decision = policy.check(request, server.context, facts)
+        made = server.pins.take_made() if server.pins else []  # pinned by this very check
+        server.pins_pending.update(made)
+        try:
+            if isinstance(decision, policy.Refusal):
+                return await self.refuse(decision, head)
+            if request.endpoint.name in ("container start", "container restart"):
+                refusal = await server.refresh_pins(request.params["id"])
+                if refusal is not None:
+                    return await self.refuse(refusal, head)
+            if request.endpoint.body:
+                body_bytes = policy.to_wire(decision) if decision is not None else body_bytes
+            return await self.forward(head, request, body_bytes)
+        finally:
+            server.pins_pending.difference_update(made)
+            server.pins_settled.update(dict.fromkeys(made, server.pins_epoch))
+            if made or request.endpoint.name in PINS_GC_AFTER:
+                await server.collect_pins()
 
     async def read_small_body(self, head: Head) -> bytes | policy.Refusal:
         cap = policy.MAX_JSON_BODY
@@ -510,6 +528,9 @@ def _parse_response_head(raw: bytes) -> tuple[int, dict[str, str]]:
     return status, headers
 
 
+PINS_GC_AFTER = frozenset({"container create", "container remove", "container prune"})
+
+
 class PolicySocket:
     """The policy socket server; ``serve()`` runs it in the current anyio event loop."""
 
@@ -520,6 +541,102 @@ class PolicySocket:
         self.refused = 0
         self.inode = 0
         self._audit_log = None  # created at the first refusal
+        self.pins: binds.BindPins | None = None
+        self.context = config.context
+        if config.binds_dir is not None and config.context.workspace:
+            self.pins = binds.BindPins(config.context.workspace, str(config.binds_dir))
+            self.context = dataclasses.replace(config.context, pin=self.pins.pin)
+        # Pins of requests still in flight are never collected; a pin settled at or after the
+        # epoch at which a collection listed the containers is kept until the next one.
+        self.pins_pending: set[str] = set()
+        self.pins_settled: dict[str, int] = {}
+        self.pins_epoch = 0
+        self.pins_lock = anyio.Lock()
+
+    async def collect_pins(self, *, startup: bool = False) -> None:
+        """Remove pins no container binds; at ``startup`` also pin again (fresh check) every pin
+        a container binds whose mount is gone (a reboot emptied /run). Never raises: a pin left
+        behind is collected the next time, and a missing one fails its container's start."""
+        if self.pins is None:
+            return
+        async with self.pins_lock:
+            epoch = self.pins_epoch
+            self.pins_epoch += 1
+            try:
+                status, data = await self._get_json("/containers/json?all=1")
+                if status != 200 or not isinstance(data, list):
+                    raise ValueError(f"daemon said {status}")
+            except (OSError, ValueError, TimeoutError, anyio.BrokenResourceError) as e:
+                log.warning("could not list containers to collect bind pins: %s", e)
+                return
+            wanted = binds.wanted(data, self.pins.directory)
+            for pid in self.pins.ids() - wanted.keys():
+                if pid not in self.pins_pending and self.pins_settled.get(pid, -1) <= epoch:
+                    self._unpin(pid)
+            if startup:
+                legacy = default_bind_root(self.config.listen)
+                if any(
+                    (m.get("Source") or "").startswith(legacy + "/")
+                    for c in data
+                    for m in c.get("Mounts") or []
+                ):
+                    # containers created before pins bind through the old nosymfollow view
+                    mount_bind_root(self.config.context.workspace, legacy)
+                else:
+                    unmount_bind_root(legacy)
+                for pid, entry in wanted.items():
+                    if entry is not None and not self.pins.attached(pid):
+                        self._repin(pid, *entry)
+
+    def _unpin(self, pid: str) -> None:
+        assert self.pins is not None
+        try:
+            self.pins.remove(pid)
+            self.pins_settled.pop(pid, None)
+        except OSError:
+            log.exception("could not remove bind pin %s", pid)
+
+    def _repin(self, pid: str, rel: str, readonly: bool) -> str | None:
+        """Pin ``pid`` again with a fresh check; the reason when that fails (the pin is then
+        gone, so its containers fail to start instead of binding something else)."""
+        assert self.pins is not None
+        try:
+            self.pins.repin(pid, rel, readonly)
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("bind pin %s of %r removed: %s", pid, rel, e)
+            return str(e.strerror if isinstance(e, OSError) else e)
+
+    async def refresh_pins(self, ref: str) -> policy.Refusal | None:
+        """Before a start through the socket: pin each bind of container ``ref`` again by its
+        path, as the daemon would resolve a plain bind (a directory replaced since create is
+        bound as it is now). A path that fails the check refuses the start."""
+        if self.pins is None:
+            return None
+        try:
+            status, data = await self._get_json(f"/containers/{quote(ref, safe='')}/json")
+        except (OSError, ValueError, TimeoutError, anyio.BrokenResourceError) as e:
+            return policy.Refusal(f"hub policy could not look up container {ref!r}: {e}", 502)
+        if status != 200 or not isinstance(data, dict):
+            return None  # the daemon answers the start itself (404)
+        described = binds.parse_label(
+            ((data.get("Config") or {}).get("Labels") or {}).get(binds.LABEL)
+        )
+        cws = self.config.context.container_workspace.rstrip("/")
+        async with self.pins_lock:
+            for m in data.get("Mounts") or []:
+                pid = binds.pin_id(m.get("Source") or "", self.pins.directory)
+                if pid is None or pid not in described:
+                    continue
+                rel, readonly = described[pid]
+                why = self._repin(pid, rel, readonly)
+                if why is not None:
+                    return policy.Refusal(
+                        f"hub policy refused to start container {ref!r}: its bind mount of "
+                        f"{cws}/{rel} is no longer a directory or file inside your workspace "
+                        f"({why}); remove the container or restore the path"
+                    )
+        return None
 
     async def lookup(self, refs: set[tuple[str, str]]) -> policy.Facts | policy.Refusal:
         """Facts about the containers and networks a decision depends on (None: not found)."""
@@ -654,8 +771,9 @@ class PolicySocket:
 
     async def serve(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
         listen = self.config.listen
-        if self.config.mount_bind_root and self.config.context.workspace:
-            mount_bind_root(self.config.context.workspace, self.config.context.bind_root)
+        if self.pins is not None:
+            self.pins.prepare()
+            await self.collect_pins(startup=True)
         # The environment mounts this directory, so its user must be able to traverse it; host
         # users are kept out one level up (the daemon's exec-root is 0700).
         listen.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -675,8 +793,10 @@ class PolicySocket:
             if self.socket_state() in ("ours", "gone"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(listen)
-                if self.config.mount_bind_root:
-                    unmount_bind_root(self.config.context.bind_root)
+                # Pins stay: the daemon starts containers with restart policies (at its own
+                # restart, too) without asking the policy socket, and they must find them.
+                if self.pins is not None:
+                    unmount_bind_root(default_bind_root(listen))
 
     def socket_state(self) -> str:
         """``ours``, ``gone`` (someone removed the socket file) or ``replaced``."""
@@ -737,6 +857,9 @@ def _is_mountpoint(path: str) -> bool:
 def mount_bind_root(workspace: str, bind_root: str) -> None:
     """Make ``bind_root`` a view of ``workspace`` that never follows symlinks (idempotent).
 
+    Only for containers created before bind sources were pinned: their binds name paths in this
+    view (``<exec-root>/workspace``), and keep working, with symlinks failing as they did.
+
     A view already mounted there is kept only if it shows this very workspace: network IDs are
     reused, and a view left behind by an earlier user of this ID would hand that user's
     workspace to the next one."""
@@ -793,7 +916,7 @@ class ProxyArgs:
     upstream: str
     workspace: str
     container_workspace: str = "/workspace"
-    bind_root: str | None = None
+    binds_dir: str | None = None
     user_networks: tuple[str, ...] = ()
     allowed_registries: tuple[str, ...] = ()
     publish_ip: str | None = None
@@ -805,10 +928,16 @@ class ProxyArgs:
 
 
 def default_bind_root(listen: str | Path) -> str:
-    """``<exec-root>/workspace`` for a socket at ``<exec-root>/env/docker.sock``: beside the env
-    directory, never inside it (the environment mounts that directory, and the view holds the
-    checkpoint images the environment must not see)."""
+    """``<exec-root>/workspace`` for a socket at ``<exec-root>/env/docker.sock``: where earlier
+    versions mounted a nosymfollow view of the workspace for binds (``mount_bind_root``)."""
     return str(Path(listen).parent.parent / "workspace")
+
+
+def default_binds_dir(listen: str | Path) -> str:
+    """``<exec-root>/binds`` for a socket at ``<exec-root>/env/docker.sock``: beside the env
+    directory, never inside it (the environment mounts that directory), in the exec-root that
+    is root-only."""
+    return str(Path(listen).parent.parent / "binds")
 
 
 # ``python -m hubcontrol.socketproxy`` would run hubcontrol/__init__.py, which imports the whole
@@ -832,7 +961,7 @@ def command(args: ProxyArgs, python: str = sys.executable) -> list[str]:
         ("--workspace", args.workspace),
         ("--container-workspace", args.container_workspace),
         ("--idle-timeout", str(args.idle_timeout)),
-        ("--bind-root", args.bind_root),
+        ("--binds-dir", args.binds_dir),
         ("--publish-ip", args.publish_ip),
         ("--pidfile", args.pidfile),
         ("--audit-dir", args.audit_dir),
@@ -863,7 +992,7 @@ def args_for(
         upstream=str(spec.socket),
         workspace=str(workspace),
         container_workspace=container_workspace,
-        bind_root=str(spec.exec_root / "workspace"),
+        binds_dir=str(spec.exec_root / "binds"),
         user_networks=(str(net.address_pool),) if net is not None else (),
         publish_ip=str(net.bridge_address.ip) if net is not None else None,
         allowed_registries=tuple(allowed_registries),
@@ -1050,7 +1179,8 @@ def stop(args: ProxyArgs, timeout: float = 10.0) -> None:
         if _alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    unmount_bind_root(args.bind_root or default_bind_root(args.listen))
+    # Bind pins stay (see PolicySocket.serve); the legacy view goes, as it always did.
+    unmount_bind_root(default_bind_root(args.listen))
     for path in (args.listen, args.pidfile):
         with contextlib.suppress(OSError, TypeError):
             if path and (path == args.pidfile or stat.S_ISSOCK(os.lstat(path).st_mode)):
@@ -1123,7 +1253,7 @@ def config_from_argv(argv: Sequence[str]) -> tuple[ProxyConfig, str | None]:
         "--workspace", default="", help="host path of the user's workspace (none: ephemeral)"
     )
     p.add_argument("--container-workspace", default="/workspace")
-    p.add_argument("--bind-root", help="nosymfollow view of the workspace (default: beside env/)")
+    p.add_argument("--binds-dir", help="where bind sources are pinned (default: beside env/)")
     p.add_argument(
         "--user-network",
         action="append",
@@ -1146,7 +1276,6 @@ def config_from_argv(argv: Sequence[str]) -> tuple[ProxyConfig, str | None]:
     listen = Path(a.listen)
     ctx = policy.PolicyContext(
         workspace=os.path.abspath(a.workspace) if a.workspace else "",
-        bind_root=a.bind_root or default_bind_root(listen),
         container_workspace=a.container_workspace,
         policy_socket=str(listen),
         user_networks=tuple(a.user_network),
@@ -1161,6 +1290,7 @@ def config_from_argv(argv: Sequence[str]) -> tuple[ProxyConfig, str | None]:
         audit_dir=Path(a.audit_dir) if a.audit_dir else None,
         audit_user=a.audit_user,
         net_id=a.net_id,
+        binds_dir=Path(a.binds_dir or default_binds_dir(listen)),
     )
     return config, a.pidfile
 

@@ -130,6 +130,8 @@ def _print_config(config: HubConfig) -> None:
                 table.add_row(f"hook {hook}", field(getattr(t, hook)))
         table.add_row("checkpoint", "true" if t.checkpoint else "false")
         table.add_row("mode", t.mode)
+        if t.cap_add:
+            table.add_row("cap_add", ", ".join(t.cap_add))
         console.print(table)
 
     env = Table(

@@ -41,6 +41,7 @@ SEED_TEMPLATE = {
     "post_restore": None,
     "checkpoint": False,
     "mode": "persistent",
+    "cap_add": [],
 }
 SEED_HUB = {
     "docker_socket": "/var/run/docker.sock",

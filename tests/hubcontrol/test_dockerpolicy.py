@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 from pathlib import Path
 
 import pytest
 
 from hubcontrol import dockerpolicy as p
+
+BINDS = "/run/rediacc/hub/32768/binds"
+
+
+class FakePins:
+    """Stands in for hubcontrol.pins.BindPins.pin (the real one is tested with real mounts in
+    test_socketproxy_cli and tests/security): records each call, returns a pin path."""
+
+    def __init__(self, error: OSError | None = None) -> None:
+        self.calls: list[tuple[str, bool, bool]] = []
+        self.error = error
+
+    def __call__(self, rel: str, readonly: bool, create: bool) -> str:
+        if self.error is not None:
+            raise self.error
+        self.calls.append((rel, readonly, create))
+        return f"{BINDS}/{len(self.calls):032x}"
 
 
 @pytest.fixture
@@ -21,7 +40,7 @@ def ctx(tmp_path):
     (ws / "relinside").symlink_to("proj/sub")
     return p.PolicyContext(
         workspace=str(ws),
-        bind_root="/run/rediacc/hub/32768/env/workspace",
+        pin=FakePins(),
         policy_socket="/run/rediacc/hub/32768/env/docker.sock",
         user_networks=("10.208.0.128/25",),
     )
@@ -331,18 +350,90 @@ def test_bind_sources_refused(ctx, src, words):
         ("{ws}/proj", "proj"),
     ],
 )
-def test_bind_sources_allowed_and_rewritten_to_the_nosymfollow_view(ctx, src, rewritten):
+def test_bind_sources_allowed_and_pinned(ctx, src, rewritten):
+    """The checked path (symlinks resolved) is pinned; the daemon gets a Mounts bind of the pin,
+    read-only by the pin itself, and the container a label saying what each pin holds."""
     src = src.format(ws=ctx.workspace)
+    out = wire(decide(ctx, "POST", "/containers/create", hc(Binds=[f"{src}:/x:ro"])))
+    pin = f"{BINDS}/{1:032x}"
+    assert out["HostConfig"]["Binds"] == []
+    assert out["HostConfig"]["Mounts"] == [{"Type": "bind", "Source": pin, "Target": "/x"}]
+    assert json.loads(out["Labels"][p.BINDS_LABEL]) == {
+        pin.rsplit("/", 1)[1]: {"path": rewritten, "ro": True}
+    }
+    # -v creates a missing source, as the daemon would; --mount does not
+    body = hc(Mounts=[{"Type": "bind", "Source": src, "Target": "/x", "ReadOnly": True}])
+    out = wire(decide(ctx, "POST", "/containers/create", body))
+    assert out["HostConfig"]["Mounts"] == [
+        {"Type": "bind", "Source": f"{BINDS}/{2:032x}", "Target": "/x", "ReadOnly": False}
+    ]
+    assert ctx.pin.calls == [(rewritten, True, True), (rewritten, True, False)]
+
+
+def test_binds_keep_their_options_and_sit_beside_volumes(ctx):
+    body = hc(
+        Binds=["data:/data", "/workspace/proj:/a:rslave,cached", "/workspace/proj/sub:/b:rw"],
+        Mounts=[{"Type": "tmpfs", "Target": "/t"}],
+    )
+    body["Labels"] = {"app": "x"}
+    out = wire(decide(ctx, "POST", "/containers/create", body))
+    assert out["HostConfig"]["Binds"] == ["data:/data"]
+    assert out["HostConfig"]["Mounts"] == [
+        {"Type": "tmpfs", "Target": "/t"},
+        {
+            "Type": "bind",
+            "Source": f"{BINDS}/{1:032x}",
+            "Target": "/a",
+            "BindOptions": {"Propagation": "rslave"},
+            "Consistency": "cached",
+        },
+        {"Type": "bind", "Source": f"{BINDS}/{2:032x}", "Target": "/b"},
+    ]
+    labels = out["Labels"]
+    assert labels["app"] == "x" and set(json.loads(labels[p.BINDS_LABEL])) == {
+        f"{1:032x}",
+        f"{2:032x}",
+    }
+    refused(
+        decide(ctx, "POST", "/containers/create", hc(Binds=["/workspace/proj:/a:ro,rw"])),
+        "ro and rw together",
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        (OSError(errno.ELOOP, "loop"), "a symlink appeared on its path"),
+        (OSError(errno.EXDEV, "xdev"), "leads out of your workspace"),
+        (FileNotFoundError(errno.ENOENT, "gone"), "bind source path does not exist"),
+        (OSError(errno.ENOTDIR, "notdir"), "not a directory"),
+        (ValueError("bad"), "only paths inside your workspace"),
+    ],
+)
+def test_a_pin_that_fails_refuses_the_bind(ctx, error, words):
+    """The pin's own check (no symlink anywhere, below the workspace) is the last word: a path
+    swapped between the policy's check and the pin is refused, with no host path revealed."""
+    ctx = dataclasses.replace(ctx, pin=FakePins(error))
     for body in (
-        hc(Binds=[f"{src}:/x:ro"]),
-        hc(Mounts=[{"Type": "bind", "Source": src, "Target": "/x"}]),
+        hc(Binds=["/workspace/proj:/x"]),
+        hc(Mounts=[{"Type": "bind", "Source": "/workspace/proj", "Target": "/x"}]),
     ):
-        out = wire(decide(ctx, "POST", "/containers/create", body))["HostConfig"]
-        expected = f"{ctx.bind_root}/{rewritten}"
-        if "Binds" in out:
-            assert out["Binds"] == [f"{expected}:/x:ro"]
-        else:
-            assert out["Mounts"][0]["Source"] == expected
+        r = refused(decide(ctx, "POST", "/containers/create", body), words, "/workspace/proj")
+        assert "/tmp" not in r.message
+
+
+def test_without_a_pin_binds_are_refused(ctx):
+    ctx = dataclasses.replace(ctx, pin=None)
+    refused(
+        decide(ctx, "POST", "/containers/create", hc(Binds=["/workspace/proj:/x"])),
+        "cannot pin",
+    )
+
+
+def test_the_binds_label_cannot_be_set_by_users(ctx):
+    body = hc()
+    body["Labels"] = {p.BINDS_LABEL: '{"' + "0" * 32 + '": {"path": "proj"}}'}
+    refused(decide(ctx, "POST", "/containers/create", body), "reserved")
 
 
 @pytest.mark.parametrize(
@@ -357,8 +448,6 @@ def test_bind_sources_allowed_and_rewritten_to_the_nosymfollow_view(ctx, src, re
     ],
 )
 def test_ports_publish_only_on_the_users_bridge_address(ctx, fields, allowed):
-    import dataclasses
-
     ctx = dataclasses.replace(ctx, publish_ip="10.208.0.65")
     result = decide(ctx, "POST", "/containers/create", hc(**fields))
     assert isinstance(result, p.Refusal) != allowed
@@ -713,8 +802,6 @@ def test_every_endpoint_is_documented():
 
 
 def test_ephemeral_environments_have_no_host_workspace_to_bind(ctx):
-    import dataclasses
-
     ctx = dataclasses.replace(ctx, workspace="")
     refused(
         decide(ctx, "POST", "/containers/create", hc(Binds=["/workspace/proj:/x"])), "ephemeral"

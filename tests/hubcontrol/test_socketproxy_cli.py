@@ -9,10 +9,11 @@ import json
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from hubcontrol import socketproxy
+from hubcontrol import pins, socketproxy
 from tests.conftest import IN_CI
 from tests.security.policysocket import policy_socket
 from tests.support.dockerd import scratch_dockerd
@@ -190,6 +191,228 @@ def test_symlink_swapped_in_after_create_does_not_escape(daemon, sock):
     finally:
         docker(sock, "rm", "-f", "swapper")
         target.unlink()
+
+
+def make_venv_like_tree(root):
+    """Symlinks as a Python venv and node_modules have them: a relative chain
+    (bin/python -> python3 -> python3.11), an absolute link that is valid where the tree is
+    mounted (/src/...), a directory link, and node_modules/.bin -> ../pkg/cli.sh."""
+    (root / "bin").mkdir(parents=True)
+    (root / "bin" / "python3.11").write_text("#!/bin/sh\necho python-ran\n")
+    (root / "bin" / "python3.11").chmod(0o755)
+    (root / "bin" / "python3").symlink_to("python3.11")
+    (root / "bin" / "python").symlink_to("python3")
+    (root / "lib" / "real").mkdir(parents=True)
+    (root / "lib" / "real" / "site.txt").write_text("site-packages\n")
+    (root / "lib" / "site").symlink_to("real")
+    (root / "lib" / "abs").symlink_to("/src/lib/real/site.txt")
+    (root / "node_modules" / "pkg").mkdir(parents=True)
+    (root / "node_modules" / "pkg" / "cli.sh").write_text("#!/bin/sh\necho node-tool-ran\n")
+    (root / "node_modules" / "pkg" / "cli.sh").chmod(0o755)
+    (root / "node_modules" / ".bin").mkdir()
+    (root / "node_modules" / ".bin" / "tool").symlink_to("../pkg/cli.sh")
+
+
+USE_THE_TREE = (
+    "/src/bin/python && cat /src/lib/site/site.txt /src/lib/abs && /src/node_modules/.bin/tool "
+    "&& grep ' /src ' /proc/self/mountinfo"
+)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        ["-v", "/workspace/venv:/src"],
+        ["-v", "{ws}/venv:/src:ro"],
+        ["--mount", "type=bind,source=/workspace/venv,target=/src"],
+        ["--mount", "type=bind,source=/workspace/venv,target=/src,readonly"],
+    ],
+)
+def test_symlinks_inside_a_bind_work(sock, how):
+    """The issue's complaint: binds carried nosymfollow and every link inside failed with 'Too
+    many levels of symbolic links'. Now the links resolve in the container, and the mount is
+    nosuid,nodev (read-only when asked) without nosymfollow."""
+    if not (sock.workspace / "venv").exists():
+        make_venv_like_tree(sock.workspace / "venv")
+    how = [h.format(ws=sock.workspace) for h in how]
+    r = docker(sock, "run", "--rm", *how, IMG, "sh", "-c", USE_THE_TREE)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:4] == ["python-ran", "site-packages", "site-packages", "node-tool-ran"]
+    options = set(lines[4].split()[5].split(","))
+    assert {"nosuid", "nodev"} <= options and "nosymfollow" not in options
+    assert ("ro" in options) == any(h.endswith((":ro", ",readonly")) for h in how)
+
+
+def test_compose_binds_are_pinned_too(daemon, sock):
+    """docker-compose sends relative binds as host paths; they get pins like -v does."""
+    if shutil.which("docker-compose") is None:
+        pytest.fail("needs Debian's docker-compose 1.29 (apt-get install docker-compose)")
+    project = sock.workspace / "proj" / "linked"
+    if not (project / "venv").exists():
+        make_venv_like_tree(project / "venv")
+    (project / "docker-compose.yml").write_text(
+        f"services:\n  app:\n    image: {IMG}\n    volumes: ['./venv:/src']\n"
+        f"    command: ['sh', '-c', {USE_THE_TREE!r}]\n"
+    )
+    env = sock.env()
+    try:
+        r = subprocess.run(
+            ["docker-compose", "run", "--rm", "app"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "python-ran" in r.stdout and "node-tool-ran" in r.stdout
+    finally:
+        subprocess.run(
+            ["docker-compose", "down", "-v"], cwd=project, env=env, capture_output=True, timeout=120
+        )
+
+
+def swap_for_root_symlink(path):
+    """The attack: the checked directory goes, a symlink to / takes its name."""
+    (path / "marker").unlink()
+    path.rmdir()
+    path.symlink_to("/")
+
+
+def test_swap_between_create_and_a_start_by_the_daemon_does_not_escape(daemon, sock):
+    """A start the daemon makes on its own (restart policy, daemon restart) never asks the
+    policy socket: it binds the pin, the directory that was checked (here renamed away), never
+    what the symlink now in its place points to."""
+    target = sock.workspace / "swap-daemon"
+    target.mkdir()
+    (target / "marker").write_text("checked\n")
+    r = docker(
+        sock,
+        "create",
+        "--name",
+        "swap-daemon",
+        "-v",
+        "/workspace/swap-daemon:/x",
+        IMG,
+        "sh",
+        "-c",
+        "ls /x; ls /x/etc/passwd",
+    )
+    assert r.returncode == 0, r.stderr
+    try:
+        target.rename(sock.workspace / "swap-daemon.old")
+        target.symlink_to("/")
+        daemon.api.api.start("swap-daemon")  # straight to the daemon, as a restart policy does
+        assert daemon.api.api.wait("swap-daemon")["StatusCode"] != 0
+        logs = daemon.api.api.logs("swap-daemon").decode()
+        assert "marker\n" in logs and "No such file" in logs  # stdout, stderr: any order
+    finally:
+        docker(sock, "rm", "-f", "swap-daemon")
+        target.unlink()
+        shutil.rmtree(sock.workspace / "swap-daemon.old")
+
+
+def test_swap_between_stop_and_restart_does_not_escape(daemon, sock):
+    """Stopped, swapped, started again: through the socket the pin is made again by its path,
+    which now holds a symlink, so the start is refused with why; by the daemon itself, the old
+    pin shows what was checked."""
+    target = sock.workspace / "swap-restart"
+    target.mkdir()
+    (target / "marker").write_text("checked\n")
+    r = docker(
+        sock,
+        "run",
+        "--name",
+        "swap-restart",
+        "-v",
+        "/workspace/swap-restart:/x",
+        IMG,
+        "cat",
+        "/x/marker",
+    )
+    assert r.returncode == 0 and r.stdout == "checked\n", r.stderr
+    try:
+        swap_for_root_symlink(target)
+        r = docker(sock, "start", "-a", "swap-restart")
+        assert r.returncode != 0
+        assert "no longer a directory or file inside your workspace" in r.stderr
+        assert "/tmp" not in r.stderr  # the host's layout stays hidden
+        # that pin is gone now: a start by the daemon fails instead of binding anything else
+        with pytest.raises(Exception, match="bind source path does not exist"):
+            daemon.api.api.start("swap-restart")
+        r = docker(sock, "restart", "swap-restart")
+        assert r.returncode != 0 and "no longer a directory" in r.stderr
+    finally:
+        docker(sock, "rm", "-f", "swap-restart")
+        target.unlink()
+
+
+def test_a_start_through_the_socket_binds_the_path_as_it_is_now(daemon, sock):
+    """Like a plain bind: a directory replaced by another real directory between two starts is
+    seen as it is at the second start (checked again), not the deleted one."""
+    target = sock.workspace / "replaced"
+    target.mkdir()
+    (target / "v").write_text("one\n")
+    r = docker(
+        sock, "run", "--name", "replaced", "-v", "/workspace/replaced:/x", IMG, "cat", "/x/v"
+    )
+    assert r.stdout == "one\n", r.stderr
+    try:
+        (target / "v").unlink()
+        target.rmdir()
+        target.mkdir()
+        (target / "v").write_text("two\n")
+        r = docker(sock, "start", "-a", "replaced")
+        assert r.stdout == "two\n", r.stderr
+    finally:
+        docker(sock, "rm", "-f", "replaced")
+        shutil.rmtree(target)
+
+
+def test_pins_of_removed_containers_are_collected(daemon, sock):
+    """A pin lives while a container binds it; removing the container removes its pin."""
+    pins_dir = Path(socketproxy.default_binds_dir(sock.args.listen))
+    (sock.workspace / "collected").mkdir(exist_ok=True)
+    before = {p.name for p in pins_dir.iterdir()}
+    r = docker(sock, "create", "--name", "collected", "-v", "/workspace/collected:/x", IMG, "true")
+    assert r.returncode == 0, r.stderr
+    made = {p.name for p in pins_dir.iterdir()} - before
+    assert len(made) == 1 and (pins_dir / next(iter(made))).is_symlink()
+    r = docker(
+        sock,
+        "create",
+        "--name",
+        "refused-late",
+        "-v",
+        "/workspace/collected:/x",
+        "-v",
+        "/etc:/y",
+        IMG,
+        "true",
+    )
+    assert r.returncode != 0  # pinned, then refused: that pin goes too
+    docker(sock, "rm", "collected")
+    # What is left is exactly what containers still bind (`--rm` runs, removed by the daemon
+    # itself, leave theirs to this collection). It runs once the answer is sent: wait for it.
+    referenced = {
+        m["Source"].rsplit("/", 1)[1]
+        for c in daemon.api.api.containers(all=True)
+        for m in c["Mounts"]
+        if m["Source"].startswith(str(pins_dir) + "/")
+    }
+    deadline = time.monotonic() + 10
+    while (left := {p.name for p in pins_dir.iterdir()} - {".mnt"}) != referenced:
+        assert time.monotonic() < deadline, (left, referenced)
+        time.sleep(0.1)
+    assert not made & left
+    pinned = [m for m in sp_mounts() if m.startswith(f"{pins_dir}/.mnt/")]
+    assert len(pinned) == len(referenced)
+
+
+def sp_mounts():
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f]
 
 
 def test_nested_docker_socket_is_the_policy_socket(daemon, sock):
@@ -442,3 +665,61 @@ def test_zz_no_unhandled_error_in_the_policy_socket_log(sock):
     compose, refusals) went through handled code paths only."""
     log = sock.log.read_text()
     assert "connection failed" not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_pins_across_a_daemon_restart_and_a_reboot():
+    """Pins outlive the policy socket, so containers the daemon restarts by itself find them
+    (and a swapped directory still shows what was checked). After a reboot empties /run the
+    daemon cannot start them ("bind source path does not exist", never an empty directory);
+    the policy socket, started again, pins each path anew with a fresh check."""
+    with scratch_dockerd(25) as d, policy_socket(d) as s:
+        d.api = d.client()
+        import_busybox(d.api)
+        for name in ("keep", "swap"):
+            (s.workspace / name).mkdir()
+            (s.workspace / name / "marker").write_text(f"{name}-checked\n")
+            r = docker(
+                s,
+                "run",
+                "-d",
+                "--restart",
+                "always",
+                "--name",
+                name,
+                "-v",
+                f"/workspace/{name}:/x",
+                IMG,
+                "sh",
+                "-c",
+                "cat /x/marker; ls /x/etc/passwd; sleep 300",
+            )
+            assert r.returncode == 0, r.stderr
+        (s.workspace / "swap").rename(s.workspace / "swap.old")
+        (s.workspace / "swap").symlink_to("/")
+
+        socketproxy.stop(s.args)  # the hub stops the policy socket, then the daemon
+        d.restart()
+        socketproxy.start(s.args, log_path=s.log)
+        for name in ("keep", "swap"):
+            info = d.api.api.inspect_container(name)
+            assert info["State"]["Running"], info["State"]
+            logs = d.api.api.logs(name).decode()
+            assert logs.count(f"{name}-checked") == 2 and "/x/etc/passwd\n" not in logs, logs
+
+        socketproxy.stop(s.args)
+        pins.BindPins(str(s.workspace), socketproxy.default_binds_dir(s.args.listen)).clear()
+        d.restart()  # as after a reboot: /run is empty
+        for name in ("keep", "swap"):
+            assert not d.api.api.inspect_container(name)["State"]["Running"]
+        socketproxy.start(s.args, log_path=s.log)
+        pins_dir = Path(socketproxy.default_binds_dir(s.args.listen))
+        assert len([p for p in pins_dir.iterdir() if p.is_symlink()]) == 1  # keep's, re-made
+        d.api.api.start("keep")  # by the daemon itself: the re-made pin is there
+        assert d.api.api.inspect_container("keep")["State"]["Running"]
+        with pytest.raises(Exception, match="bind source path does not exist"):
+            d.api.api.start("swap")
+        r = docker(s, "start", "swap")
+        assert r.returncode != 0 and "no longer a directory" in r.stderr
+        for name in ("keep", "swap"):
+            docker(s, "rm", "-f", name)
+        (s.workspace / "swap").unlink()

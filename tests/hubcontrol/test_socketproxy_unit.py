@@ -81,7 +81,7 @@ def test_args_for_a_daemon(tmp_path):
     )
     assert args.listen == "/run/rediacc/hub/32768/env/docker.sock"
     assert args.upstream == "/run/rediacc/hub/32768/docker.sock"
-    assert args.bind_root == "/run/rediacc/hub/32768/workspace"  # beside env/, never inside
+    assert args.binds_dir == "/run/rediacc/hub/32768/binds"  # beside env/, never inside
     assert args.pidfile == "/run/rediacc/hub/32768/policy.pid"
     assert args.user_networks == ("10.208.0.128/25",)
     assert args.publish_ip == "10.208.0.65"
@@ -105,10 +105,10 @@ def test_command_line_round_trips(tmp_path):
         args.upstream,
         args.pidfile,
     )
-    assert (ctx.workspace, ctx.container_workspace, ctx.bind_root) == (
+    assert (ctx.workspace, ctx.container_workspace, str(config.binds_dir)) == (
         "/ws/alice",
         "/home/w",
-        args.bind_root,
+        args.binds_dir,
     )
     assert ctx.user_networks == args.user_networks and ctx.publish_ip == "10.208.0.65"
     assert ctx.allowed_registries == {"127.0.0.1:5000"} and ctx.policy_socket == args.listen
@@ -131,7 +131,15 @@ def test_bootstrap_imports_only_the_proxy():
         text=True,
         check=True,
     ).stdout
-    assert out.strip() == "['hubcontrol', 'hubcontrol.dockerpolicy', 'hubcontrol.socketproxy']"
+    assert out.strip() == str(
+        [
+            "hubcontrol",
+            "hubcontrol.dockerpolicy",
+            "hubcontrol.mounts",
+            "hubcontrol.pins",
+            "hubcontrol.socketproxy",
+        ]
+    )
 
 
 def test_the_served_process_logs_through_the_inert_formatter(tmp_path):
@@ -230,7 +238,7 @@ def test_a_view_left_by_an_earlier_user_of_the_net_id_is_replaced(tmp_path):
 @pytest.mark.docker  # root, for mount(8)
 def test_a_policy_socket_whose_socket_file_is_removed_exits(tmp_path):
     """A daemon's cleanup or a destroyed user removes the socket file: nobody can reach the
-    process any more, so it ends and takes its workspace view with it."""
+    process any more, so it ends."""
     (tmp_path / "ws").mkdir()
     exec_root = tmp_path / "run"
     args = sp.ProxyArgs(
@@ -241,13 +249,12 @@ def test_a_policy_socket_whose_socket_file_is_removed_exits(tmp_path):
     )
     pid = sp.start(args)
     try:
-        assert sp._is_mountpoint(sp.default_bind_root(args.listen))
+        assert Path(sp.default_binds_dir(args.listen)).is_dir()
         Path(args.listen).unlink()
         deadline = time.monotonic() + 15
         while sp._alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not sp._alive(pid)
-        assert not sp._is_mountpoint(sp.default_bind_root(args.listen))
         assert not Path(args.pidfile).exists()
     finally:
         sp.stop(args)

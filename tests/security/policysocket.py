@@ -1,6 +1,7 @@
 """Start a real policy socket in front of a scratch dockerd, with a temporary workspace, the way
 the hub does: ``socketproxy.start`` runs ``python -m hubcontrol.socketproxy`` as its own detached
-process, ``socketproxy.stop`` ends it and removes its bind-root view."""
+process, ``socketproxy.stop`` ends it; its bind pins (which outlive it, as in the hub) are
+removed here, before anything is deleted."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubcontrol import socketproxy
+from hubcontrol import pins, socketproxy
 
 
 @dataclass
@@ -66,7 +67,8 @@ def policy_socket(daemon, *, user_networks: tuple[str, ...] = (), publish_ip: st
         yield PolicySocket(Path(args.listen), workspace, args, pid, log)
     finally:
         socketproxy.stop(args)
-        # stop() unmounts the bind-root view; never rmtree through a mount regardless
+        # pins are bind mounts of workspace directories: never rmtree through one
+        pins.BindPins(str(workspace), socketproxy.default_binds_dir(args.listen)).clear()
         socketproxy.unmount_bind_root(socketproxy.default_bind_root(args.listen))
         shutil.rmtree(exec_root, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)

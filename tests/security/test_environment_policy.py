@@ -13,16 +13,20 @@ import contextlib
 import http.server
 import io
 import os
+import shutil
 import socket
+import subprocess
 import tarfile
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import docker
 import pytest
 from anyio.from_thread import start_blocking_portal
 
+from hubcontrol import mounts
 from hubcontrol.embed import SyncHub
 from hubcontrol.hub import Hub
 from hubcontrol.names import safe_name
@@ -230,6 +234,121 @@ def test_allowed_work_inside_the_environment(two_users):
     assert (alice.workspace / "proj" / "out").read_text() == "from-container\n"
     # bob's daemon has none of it
     assert "mine" not in str(bob.client.images.list())
+
+
+VENV_LIKE_TREE = (
+    "mkdir -p /workspace/venv/bin /workspace/venv/lib/real /workspace/venv/node_modules/pkg "
+    "/workspace/venv/node_modules/.bin && cd /workspace/venv && "
+    "printf '#!/bin/sh\\necho python-ran\\n' > bin/python3.11 && chmod 755 bin/python3.11 && "
+    "busybox ln -sf python3.11 bin/python3 && busybox ln -sf python3 bin/python && "
+    "echo site-packages > lib/real/site.txt && busybox ln -sfn real lib/site && "
+    "busybox ln -sf /src/lib/real/site.txt lib/abs && "
+    "printf '#!/bin/sh\\necho node-tool-ran\\n' > node_modules/pkg/cli.sh && "
+    "chmod 755 node_modules/pkg/cli.sh && busybox ln -sf ../pkg/cli.sh node_modules/.bin/tool"
+)
+
+
+def test_symlinks_in_a_bound_workspace_folder_work(two_users):
+    """A venv-like tree of links (a relative chain, a directory link, an absolute link valid
+    where the tree is mounted, node_modules/.bin) used through `docker run -v` in a real
+    environment: every link resolves in the container."""
+    _, alice, _, image = two_users
+    code, out = alice.sh(
+        f"{VENV_LIKE_TREE} && docker run --rm -v /workspace/venv:/src {image} sh -c "
+        "'/src/bin/python && cat /src/lib/site/site.txt /src/lib/abs && /src/node_modules/.bin/tool'"
+    )
+    assert code == 0, out
+    assert out.splitlines()[-4:] == [
+        "python-ran",
+        "site-packages",
+        "site-packages",
+        "node-tool-ran",
+    ]
+
+
+def run_as_nobody(path) -> subprocess.CompletedProcess:
+    """Execute ``path`` as an unprivileged host account (nobody). The file is opened by root
+    and run through its descriptor, so directory permissions on the way do not matter: only
+    the file and the mount it lives on decide what the setuid bit does."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", f"/proc/self/fd/{fd}"],
+            pass_fds=(fd,),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        os.close(fd)
+
+
+def test_workspace_plants_are_inert_to_the_host(two_users, tmp_path):
+    """The issue's attack: a root template plants a setuid-root binary and a device node of the
+    host's disk in the workspace; a host account tries them. The workspace is nosuid,nodev on
+    the host (and so in the environment and every bind from it), and the environment has no
+    CAP_MKNOD."""
+    _, alice, _, image = two_users
+    host_view = mounts.mount_options(os.path.realpath(alice.workspace))
+    assert host_view is not None and {"nosuid", "nodev"} <= host_view
+    code, out = alice.sh("grep ' /workspace ' /proc/self/mountinfo")
+    assert code == 0 and {"nosuid", "nodev"} <= set(out.split()[5].split(",")), out
+    assert alice.container.attrs["HostConfig"]["CapDrop"] == ["MKNOD"]
+
+    # a setuid-root copy of id(1), made so by root in the environment (docker exec as root)
+    shutil.copy("/usr/bin/id", alice.workspace / "id-suid")  # brought in like any download
+    planted = alice.container.exec_run(
+        ["sh", "-c", "chown 0:0 /workspace/id-suid && chmod 4755 /workspace/id-suid"], user="root"
+    )
+    assert planted.exit_code == 0, planted.output
+    assert os.stat(alice.workspace / "id-suid").st_mode & 0o7777 == 0o4755
+    control = Path("/var/tmp") / f"id-suid-{os.getpid()}"  # the same bits off the workspace
+    shutil.copy("/usr/bin/id", control)
+    try:
+        control.chmod(0o4755)
+        assert "euid=0" in run_as_nobody(control).stdout  # the check can tell
+    finally:
+        control.unlink()
+    r = run_as_nobody(alice.workspace / "id-suid")
+    assert "uid=65534" in r.stdout and "euid=0" not in r.stdout, r.stdout + r.stderr
+
+    # a device node of the host's root disk: not from the environment (no CAP_MKNOD) ...
+    dev = os.stat("/").st_dev
+    major, minor = str(os.major(dev)), str(os.minor(dev))
+    made = alice.container.exec_run(
+        ["busybox", "mknod", "-m", "666", "/workspace/disk", "b", major, minor], user="root"
+    )
+    assert made.exit_code != 0 and b"not permitted" in made.output, made.output
+    # ... and one made by a container of the user (which may have CAP_MKNOD) in a bound folder
+    code, out = alice.sh(
+        f"mkdir -p /workspace/devs && docker run --rm -v /workspace/devs:/d {image} "
+        f"busybox mknod -m 666 /d/disk b {major} {minor} && ls -l /workspace/devs/disk && "
+        "head -c 1 /workspace/devs/disk"
+    )
+    assert "brw-rw-rw-" in out and "Permission denied" in out, out
+    node = alice.workspace / "devs" / "disk"
+    for who in ("root", "nobody"):
+        with pytest.raises(PermissionError):
+            if who == "root":
+                os.close(os.open(node, os.O_RDONLY))
+            else:
+                r = subprocess.run(
+                    [
+                        "setpriv",
+                        "--reuid=65534",
+                        "--regid=65534",
+                        "--clear-groups",
+                        "head",
+                        "-c",
+                        "1",
+                        str(node),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                if r.returncode != 0:
+                    raise PermissionError(r.stderr)
 
 
 def test_policy_socket_follows_the_daemon_across_stop_and_start(two_users):

@@ -30,10 +30,22 @@ class ScratchDaemon:
     socket: Path
     bridge: str
     proc: subprocess.Popen
+    cmd: list[str] | None = None
+    env: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
         return f"unix://{self.socket}"
+
+    def restart(self) -> None:
+        """Stop the daemon and start it again on the same roots (containers with restart
+        policies are started by the daemon itself, as after a host's daemon restart)."""
+        stop(self.proc, 30)
+        with open(self.root / "dockerd.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        _wait_ready(self.proc, self.socket, self.root)
 
     def client(self):
         import docker
@@ -71,6 +83,18 @@ def _answers_ping(sock: Path) -> bool:
         and b" 200 " in answer.split(b"\r\n", 1)[0]
         and answer.endswith(b"OK")
     )
+
+
+def _wait_ready(proc: subprocess.Popen, sock: Path, root: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"dockerd exited: {(root / 'dockerd.log').read_text()[-2000:]}")
+        if _answers_ping(sock):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("dockerd did not answer /_ping within 30 s")
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -114,18 +138,12 @@ def scratch_dockerd(index: int, *, iptables: bool = False):
     proc = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
+    daemon = ScratchDaemon(root=root, socket=sock, bridge=bridge, proc=proc, cmd=cmd, env=env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"dockerd exited: {(root / 'dockerd.log').read_text()[-2000:]}")
-            if _answers_ping(sock):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("dockerd did not answer /_ping within 30 s")
-            time.sleep(0.05)
-        yield ScratchDaemon(root=root, socket=sock, bridge=bridge, proc=proc)
+        _wait_ready(proc, sock, root)
+        yield daemon
     finally:
+        proc = daemon.proc  # restart() replaces it
         if proc.poll() is None:
             with contextlib.suppress(Exception):
                 c = ScratchDaemon(root, sock, bridge, proc).client()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 import urllib.parse
 from collections.abc import Mapping
 
+from hubcontrol.config.flags import START_FLAGS
 from hubcontrol.config.model import OAuthConfig
 
 OAUTH_REQUIRED = (
@@ -16,15 +18,15 @@ OAUTH_REQUIRED = (
     ("HUB_OAUTH_USERINFO_URL", "userinfo_url"),
     ("HUB_OAUTH_USERINFO_PATH", "userinfo_path"),
 )
+# Every HUB_* variable the hub reads, for "did you mean" on the others.
 ENV_VARIABLES = (
-    "HUB_DOMAIN",
+    *(f.variable for f in START_FLAGS.values() if f.variable is not None),
     *(name for name, _ in OAUTH_REQUIRED),
     "HUB_OAUTH_REDIRECT_URI",
     "HUB_OAUTH_SCOPES",
     "HUB_SESSION_SECRET",
     "HUB_ALLOWED_GROUPS",
     "HUB_ADMIN_USERS",
-    "HUB_WORKERS",
 )
 SECRET_VARIABLES = ("HUB_OAUTH_CLIENT_SECRET", "HUB_SESSION_SECRET")
 MIN_SESSION_SECRET_BYTES = 32
@@ -81,3 +83,39 @@ def _oauth_from_env(
     if bad:
         return None
     return OAuthConfig(redirect_uri=redirect, scopes=scopes, **values)
+
+
+def from_environ(
+    environ: Mapping[str, str], require: bool, problems: list[str], warnings: list[str]
+) -> dict[str, object]:
+    """The ``HubConfig`` fields set by variables alone (OAuth, session secret, groups, admins);
+    problems and warnings are appended, a variable close to a known one's name is warned about.
+
+    The variables that stand in for a flag (``HUB_DOMAIN``, ``HUB_WORKERS``) are read with their
+    flag (``StartFlag.variable``).
+    """
+    kwargs: dict[str, object] = {"oauth": _oauth_from_env(environ, require, problems)}
+    secret = environ.get("HUB_SESSION_SECRET") or ""
+    if not secret.strip():
+        warnings.append(
+            "HUB_SESSION_SECRET is not set: a random secret is generated and kept in "
+            "<state-dir>/session.secret (0600); set it to 64 hex characters (openssl rand -hex 32) "
+            "so it is managed with your other secrets"
+        )
+    else:
+        secret = secret.strip()
+        strength = session_secret_bytes(secret)
+        if strength < MIN_SESSION_SECRET_BYTES:
+            problems.append(
+                f"variable HUB_SESSION_SECRET: {strength} bytes is too short; at least "
+                f"{MIN_SESSION_SECRET_BYTES} bytes are needed, e.g. 64 hex characters from `openssl rand -hex 32`"
+            )
+        kwargs["session_secret"] = secret
+    kwargs["allowed_groups"] = _split_list(environ.get("HUB_ALLOWED_GROUPS") or "")
+    kwargs["admin_users"] = _split_list(environ.get("HUB_ADMIN_USERS") or "")
+    for name in sorted(environ):
+        if name.startswith("HUB_") and name not in ENV_VARIABLES:
+            match = difflib.get_close_matches(name, ENV_VARIABLES, n=1, cutoff=0.85)
+            if match:
+                warnings.append(f"variable {name} is not used by the hub; did you mean {match[0]}?")
+    return kwargs

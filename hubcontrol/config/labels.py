@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from hubcontrol.config.model import DEFAULT_TEMPLATE_NAME, MODES, Template
-from hubcontrol.config.values import _suggest, parse_bool, parse_port, parse_route_prefix
+from hubcontrol.config.values import parse_bool, parse_port, parse_route_prefix, suggest
 from hubcontrol.durations import parse_cpu_quota, parse_memory_max, parse_size
 
 HUB_PREFIX = "rediacc.hub."
@@ -57,7 +57,7 @@ def _suggest_label(key: str) -> str:
         candidates.append(
             f"{HUB_PREFIX}templates.{parts[1]}.{field_match[0] if field_match else rest}"
         )
-    return _suggest(key, candidates)
+    return suggest(key, candidates)
 
 
 def _parse_template_value(attr: str, value: str) -> object:
@@ -142,7 +142,7 @@ def _collect_labels(labels: Mapping[str, str], problems: list[str]):
                 continue
             if suffix not in TEMPLATE_FIELDS:
                 fields = ", ".join(TEMPLATE_FIELDS)
-                hint = _suggest(key, [f"{HUB_PREFIX}templates.{name}.{f}" for f in TEMPLATE_FIELDS])
+                hint = suggest(key, [f"{HUB_PREFIX}templates.{name}.{f}" for f in TEMPLATE_FIELDS])
                 problems.append(
                     f"label {key}: template {name} has no field {suffix!r}{hint} (fields: {fields})"
                 )

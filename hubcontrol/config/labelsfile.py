@@ -13,7 +13,7 @@ import yaml
 
 from hubcontrol.compose import ComposeService, read_yaml
 from hubcontrol.config.model import _frozen
-from hubcontrol.config.values import _suggest
+from hubcontrol.config.values import suggest
 from hubcontrol.errors import ConfigError
 
 LABELS_FILE_VERSION = 1
@@ -91,7 +91,7 @@ def _labels_file_from_doc(doc: object, path: Path) -> LabelsFile:
     for key in doc:
         if key not in _LABELS_FILE_KEYS:
             problems.append(
-                f"{path}: unknown key {key!r}{_suggest(str(key), list(_LABELS_FILE_KEYS))} (keys: {', '.join(_LABELS_FILE_KEYS)})"
+                f"{path}: unknown key {key!r}{suggest(str(key), list(_LABELS_FILE_KEYS))} (keys: {', '.join(_LABELS_FILE_KEYS)})"
             )
     version = doc.get("version")
     if version != LABELS_FILE_VERSION:

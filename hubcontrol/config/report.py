@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+from hubcontrol.config.flags import START_FLAGS
 from hubcontrol.config.model import HubConfig
 
 REDACTED = "***"
@@ -42,19 +44,9 @@ def config_as_dict(config: HubConfig, *, redact: bool = True) -> dict[str, objec
             "env_files": [str(p) for p in config.env_files],
         },
         "hub": {
-            "docker_socket": config.docker_socket,
-            "network_id": config.network_id,
-            "port": config.port,
-            "base_domain": config.base_domain,
-            "workspace_dir": str(config.workspace_dir),
-            "idle_timeout": config.idle_timeout,
-            "checkpoint": config.checkpoint,
-            "container_image": config.container_image,
-            "audit_dir": str(config.audit_dir),
-            "state_dir": str(config.state_dir),
-            "user_subnet_pool": config.user_subnet_pool,
-            "supervisor": config.supervisor,
-            "workers": config.workers,
+            spec.attr: _json_value(getattr(config, spec.attr))
+            for spec in START_FLAGS.values()
+            if spec.attr is not None
         },
         "routes": dict(config.routes),
         "default_template": config.default_template,
@@ -68,3 +60,8 @@ def config_as_dict(config: HubConfig, *, redact: bool = True) -> dict[str, objec
         "admin_users": sorted(config.admin_users),
         "warnings": list(config.warnings),
     }
+
+
+def _json_value(value: object) -> object:
+    """A flag field's value in JSON: paths as strings, the rest (str, int, float, bool, None) as is."""
+    return str(value) if isinstance(value, Path) else value

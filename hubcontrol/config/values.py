@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from hubcontrol.config.model import DEFAULT_USER_SUBNET_POOL
+from hubcontrol.durations import parse_duration
 
 SUPERVISORS = ("auto", "systemd", "local")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -20,7 +21,8 @@ MAX_WORKERS = 64  # --workers: proxy processes sharing the port
 _FALSE = ("false", "0", "no", "off", "")
 
 
-def _suggest(word: str, candidates: list[str]) -> str:
+def suggest(word: str, candidates: list[str]) -> str:
+    """``"; did you mean X?"`` for the candidate closest to ``word``, or ``""`` when none is close."""
     match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
     return f"; did you mean {match[0]}?" if match else ""
 
@@ -88,7 +90,8 @@ def parse_route_prefix(text: str) -> str:
     return s
 
 
-def _parse_abs_path(text: object) -> Path:
+def parse_abs_path(text: object) -> Path:
+    """An absolute path (``/var/lib/rediacc/hub``)."""
     s = str(text).strip()
     if not s.startswith("/"):
         raise ValueError(f"{text!r} is not an absolute path; expected a path starting with /")
@@ -108,14 +111,16 @@ def parse_workers(text: object) -> int:
     return n
 
 
-def _parse_int(text: object) -> int:
+def parse_whole_number(text: object) -> int:
+    """A whole number written in ASCII digits (``2816``); no sign, no booleans."""
     s = str(text).strip()
     if isinstance(text, bool) or not re.fullmatch(r"[0-9]+", s):
         raise ValueError(f"{text!r} is not a whole number; expected e.g. 2816")
     return int(s)
 
 
-def _parse_subnet_pool(text: object) -> str:
+def parse_subnet_pool(text: object) -> str:
+    """An IPv4 network of at least one /24, in its canonical spelling (``10.208.0.0/12``)."""
     try:
         net = ipaddress.IPv4Network(str(text).strip(), strict=True)
     except ValueError as exc:
@@ -129,8 +134,17 @@ def _parse_subnet_pool(text: object) -> str:
     return str(net)
 
 
-def _parse_supervisor(text: object) -> str:
+def parse_supervisor(text: object) -> str:
+    """One of ``SUPERVISORS``: ``auto``, ``systemd`` or ``local``."""
     s = str(text).strip()
     if s not in SUPERVISORS:
         raise ValueError(f"{text!r} is not a supervisor; expected one of {', '.join(SUPERVISORS)}")
     return s
+
+
+def parse_seconds(value: object) -> float:
+    """A duration (``"30m"``, see ``parse_duration``); from the Python API also a number of
+    seconds, zero or more."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return parse_duration(str(value))

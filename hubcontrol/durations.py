@@ -1,4 +1,5 @@
-"""Parsers for the value syntaxes the hub's labels and flags use: durations, sizes, CPU quotas.
+"""The value syntaxes the hub's labels and flags use: durations, sizes, CPU quotas; and the one
+duration formatter.
 
 Each parser raises ``ValueError`` with a message that says what would be accepted; the
 configuration loader wraps it with the label or flag name.
@@ -40,19 +41,40 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def format_duration(seconds: float) -> str:
-    """The shortest ``parse_duration`` spelling of ``seconds`` (``1800`` -> ``"30m"``)."""
+def format_duration(seconds: float, *, parts: int | None = None) -> str:
+    """``seconds`` in the syntax ``parse_duration`` reads, largest unit first: ``1d1h1m1s``.
+
+    The one duration formatter of the hub: flag values, idle and GC reasons, status tables.
+
+    - ``parts=None``: exact. Every non-zero unit (``90061`` -> ``"1d1h1m1s"``), a fraction of a
+      second kept (``0.5`` -> ``"0.5s"``, ``90.5`` -> ``"90.5s"``), so
+      ``parse_duration(format_duration(s)) == s``.
+    - ``parts=N``: short, for reasons and tables. The N units from the largest non-zero one down,
+      the rest dropped (rounded down, never up) and zero units left out: with ``parts=2``,
+      ``5400`` -> ``"1h30m"``, ``3725`` -> ``"1h2m"``, ``86401`` -> ``"1d"``, ``59.9`` -> ``"59s"``.
+
+    Zero and negative durations are ``"0s"``.
+    """
+    if parts is not None and parts < 1:
+        raise ValueError(f"parts={parts}: expected a number of units, 1 or more, or None")
     if seconds <= 0:
-        return "0"
+        return "0s"
     whole = int(seconds)
-    if whole != seconds:
+    if parts is None and whole != seconds:
         return f"{seconds:g}s"
-    parts = []
+    if whole == 0:
+        return "0s"
+    text = []
+    units = 0  # counted from the largest non-zero unit, zero ones included
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         count, whole = divmod(whole, size)
+        if count or units:
+            units += 1
         if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)
+            text.append(f"{count}{unit}")
+        if parts is not None and units == parts:
+            break
+    return "".join(text)
 
 
 # systemd's parse_size() with base 1024: upper-case suffixes only ("8g" is refused by systemd).

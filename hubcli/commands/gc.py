@@ -33,7 +33,7 @@ def _table(plan: gc.GCPlan, dry_run: bool) -> Table:
         row = [
             field(str(e.path.relative_to(plan.workspace_dir))),
             "" if e.net_id is None else str(e.net_id),
-            "" if e.age is None else gc.format_age(e.age),
+            "" if e.age is None else format_duration(e.age, parts=2),
             "" if e.size is None else decimal(e.size),
             f"[{ACTION_STYLE[e.action]}]{e.action}[/]",
             field(e.reason),

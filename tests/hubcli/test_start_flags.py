@@ -161,7 +161,7 @@ def test_config_check_shows_every_flag_field_once(tmp_path: Path) -> None:
     assert [flag for flag, _ in rows] == [f"--{n}" for n in FLAG_FIELDS]
     shown = dict(rows)
     assert shown["--network-id"] == "(not set)" and shown["--container-image"] == "(not set)"
-    assert shown["--idle-timeout"] == "0 (never)" and shown["--checkpoint"] == "false"
+    assert shown["--idle-timeout"] == "0s (never)" and shown["--checkpoint"] == "false"
     data = json.loads(
         CliRunner()
         .invoke(app, ["config", "check", str(tmp_path / "hub.labels.yaml"), "--json"])

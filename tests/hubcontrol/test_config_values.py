@@ -13,7 +13,6 @@ from hubcontrol.config import (
     session_secret_bytes,
 )
 from hubcontrol.durations import (
-    format_duration,
     parse_cpu_quota,
     parse_duration,
     parse_memory_max,
@@ -59,15 +58,6 @@ def test_parse_duration_rejects(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as info:
         parse_duration(text)
     assert "30m" in str(info.value)  # says what is accepted
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [(0, "0"), (1800, "30m"), (5400, "1h30m"), (90061, "1d1h1m1s"), (0.5, "0.5s")],
-)
-def test_format_duration_round_trips(seconds: float, text: str) -> None:
-    assert format_duration(seconds) == text
-    assert parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize(

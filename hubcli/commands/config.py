@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from hubcli.output import EXIT_USAGE, console, field, print_json, print_problems, print_warning
+from hubcli.exitcodes import EXIT_USAGE
+from hubcli.output import console, field, print_json, print_problems, print_warning
 from hubcontrol.config import REDACTED, START_FLAGS, HubConfig, config_as_dict, load_config
 from hubcontrol.errors import ConfigError
 

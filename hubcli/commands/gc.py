@@ -9,7 +9,8 @@ import typer
 from rich.filesize import decimal
 from rich.table import Table
 
-from hubcli.output import EXIT_FAILURE, EXIT_USAGE, console, err_console, fail, field, print_json
+from hubcli.exitcodes import EXIT_FAILURE, EXIT_USAGE
+from hubcli.output import console, err_console, fail, field, print_json
 from hubcontrol import gc
 from hubcontrol.durations import format_duration, parse_duration
 from hubcontrol.errors import GCError

@@ -21,7 +21,8 @@ with warnings.catch_warnings():  # as tests/hubproxy/conftest.py: ldap3's pyasn1
 
 from hubcli.app import app
 from hubcli.commands.status import status_table
-from hubcli.hubclient import EXIT_AUTH, EXIT_NO_HUB, EXIT_NO_USER, user_segment
+from hubcli.exitcodes import EXIT_AUTH, EXIT_NO_HUB, EXIT_NO_USER
+from hubcli.hubclient import user_segment
 from hubcontrol.names import safe_name
 from hubproxy.admin import TOKEN_FILE
 from tests.hubproxy.statussite import ADMIN, seeded_site

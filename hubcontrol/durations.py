@@ -121,13 +121,15 @@ def parse_size(text: str | int) -> int:
 MEMORY_HINT = f"{SIZE_HINT}; a percentage of physical memory such as 50%; or infinity"
 
 
-def parse_memory_max(text: str, *, total_memory: int | None = None) -> int | None:
-    """Bytes in a systemd ``MemoryMax=`` value; ``None`` for ``infinity`` (no limit).
+def parse_memory_max(text: str | None, *, total_memory: int | None = None) -> int | None:
+    """Bytes in a systemd ``MemoryMax=`` value (``rediacc.hub.limits.memory``): ``"8G"``, ``"50%"``.
 
-    Percentages are of ``total_memory`` (default: this machine's physical memory).
+    None means no limit: for ``infinity``, and for an unset value (None or blank), as an unset
+    label is. Percentages are of ``total_memory`` (default: this machine's physical memory).
+    Anything else raises ValueError saying what is accepted; the caller names the label.
     """
-    s = str(text).strip()
-    if s == "infinity":
+    s = "" if text is None else str(text).strip()
+    if s in ("", "infinity"):
         return None
     if s.endswith("%"):
         number = s[:-1]
@@ -150,12 +152,21 @@ def parse_memory_max(text: str, *, total_memory: int | None = None) -> int | Non
 CPU_HINT = "a percentage of one CPU, e.g. 50%, 200% (2 cores) or 150.5%"
 
 
-def parse_cpu_quota(text: str) -> float:
-    """CPUs in a systemd ``CPUQuota=`` value: ``"200%"`` -> ``2.0``.
+def parse_cpu_quota(text: str | None) -> float | None:
+    """CPUs in a systemd ``CPUQuota=`` value (``rediacc.hub.limits.cpu``): ``"200%"`` -> ``2.0``.
 
-    systemd accepts a positive percentage with at most two decimals; ``"2"`` (no ``%``) is refused.
+    None means no limit: for an unset value (None or blank), as an unset label is. Otherwise a
+    positive percentage with at most two decimals, as systemd accepts it; anything else, ``"2"``
+    (no ``%``), ``"0%"`` and ``"infinity"`` (which ``CPUQuota=`` does not take) included, raises
+    ValueError saying what is accepted; the caller names the label.
     """
-    s = str(text).strip()
+    s = "" if text is None else str(text).strip()
+    if not s:
+        return None
+    if s == "infinity":
+        raise ValueError(
+            f"{text!r} is not a CPUQuota= value; leave the label unset for no limit, or expect {CPU_HINT}"
+        )
     match = re.fullmatch(r"([0-9]+(?:\.[0-9]{1,2})?)%", s)
     if not match:
         if re.fullmatch(r"[0-9]+(\.[0-9]+)?", s):

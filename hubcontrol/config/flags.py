@@ -12,7 +12,7 @@ A flag is declared once, as a ``StartFlag`` in ``START_FLAGS`` (in the spirit of
 
 To add a flag: add a ``HubConfig`` field with its default (``model``), a value parser if none
 fits (``values``), one ``StartFlag`` below, a row in docs/configuration.md, and a sample value in
-tests/hubcontrol/test_config_flags.py (which fails until every flag field has one declaration).
+tests/hubcli/test_start_flags.py (which fails until every flag field has one declaration).
 """
 
 from __future__ import annotations

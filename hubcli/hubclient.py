@@ -5,7 +5,7 @@ admin token read from ``--token-file`` (``HUB_TOKEN_FILE``, default
 ``/var/lib/rediacc/hub/admin.token``, written by the hub at its first start, root-only).
 
 Every failure is a ``HubClientError`` with a message for the terminal and the exit code the
-commands use (see ``EXIT_*`` below and docs/api.md).
+commands use (``hubcli.exitcodes``, docs/api.md).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from hubcli.exitcodes import EXIT_AUTH, EXIT_FAILURE, EXIT_NO_HUB, EXIT_NO_USER, EXIT_USAGE
 from hubcontrol.config import DEFAULT_PORT, DEFAULT_STATE_DIR
 from hubcontrol.errors import UsernameError
 from hubcontrol.names import safe_name
@@ -24,11 +25,6 @@ DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_TOKEN_FILE = DEFAULT_STATE_DIR / "admin.token"
 TIMEOUT = 200.0  # a stop waits for the container, a checkpoint and the daemon
 
-EXIT_FAILURE = 1  # the hub answered with an error
-EXIT_USAGE = 2  # bad arguments
-EXIT_NO_HUB = 3  # nothing answers at the URL
-EXIT_NO_USER = 4  # the hub has no such user
-EXIT_AUTH = 5  # the token file is missing or unreadable, or the hub refused the token
 
 _PATH_SAFE = re.compile(r"[A-Za-z0-9_.@+-]+")
 

@@ -21,15 +21,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from hubcli.exitcodes import EXIT_FAILURE
 from hubcontrol.errors import ConfigError, HubError
 from hubcontrol.text import inert
 
 console = Console(highlight=False, soft_wrap=False)
 err_console = Console(stderr=True, highlight=False)
-
-EXIT_OK = 0
-EXIT_FAILURE = 1  # the operation failed (daemon down, docker error, ...)
-EXIT_USAGE = 2  # bad input: configuration, flags, arguments
 
 
 def field(value: object) -> str:

@@ -1,4 +1,5 @@
-"""Parsers for the value syntaxes the hub's labels and flags use: durations, sizes, CPU quotas.
+"""The value syntaxes the hub's labels and flags use: durations, sizes, CPU quotas; and the one
+duration formatter.
 
 Each parser raises ``ValueError`` with a message that says what would be accepted; the
 configuration loader wraps it with the label or flag name.
@@ -40,19 +41,40 @@ def parse_duration(text: str) -> float:
     return total
 
 
-def format_duration(seconds: float) -> str:
-    """The shortest ``parse_duration`` spelling of ``seconds`` (``1800`` -> ``"30m"``)."""
+def format_duration(seconds: float, *, parts: int | None = None) -> str:
+    """``seconds`` in the syntax ``parse_duration`` reads, largest unit first: ``1d1h1m1s``.
+
+    The one duration formatter of the hub: flag values, idle and GC reasons, status tables.
+
+    - ``parts=None``: exact. Every non-zero unit (``90061`` -> ``"1d1h1m1s"``), a fraction of a
+      second kept (``0.5`` -> ``"0.5s"``, ``90.5`` -> ``"90.5s"``), so
+      ``parse_duration(format_duration(s)) == s``.
+    - ``parts=N``: short, for reasons and tables. The N units from the largest non-zero one down,
+      the rest dropped (rounded down, never up) and zero units left out: with ``parts=2``,
+      ``5400`` -> ``"1h30m"``, ``3725`` -> ``"1h2m"``, ``86401`` -> ``"1d"``, ``59.9`` -> ``"59s"``.
+
+    Zero and negative durations are ``"0s"``.
+    """
+    if parts is not None and parts < 1:
+        raise ValueError(f"parts={parts}: expected a number of units, 1 or more, or None")
     if seconds <= 0:
-        return "0"
+        return "0s"
     whole = int(seconds)
-    if whole != seconds:
+    if parts is None and whole != seconds:
         return f"{seconds:g}s"
-    parts = []
+    if whole == 0:
+        return "0s"
+    text = []
+    units = 0  # counted from the largest non-zero unit, zero ones included
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         count, whole = divmod(whole, size)
+        if count or units:
+            units += 1
         if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)
+            text.append(f"{count}{unit}")
+        if parts is not None and units == parts:
+            break
+    return "".join(text)
 
 
 # systemd's parse_size() with base 1024: upper-case suffixes only ("8g" is refused by systemd).
@@ -99,13 +121,15 @@ def parse_size(text: str | int) -> int:
 MEMORY_HINT = f"{SIZE_HINT}; a percentage of physical memory such as 50%; or infinity"
 
 
-def parse_memory_max(text: str, *, total_memory: int | None = None) -> int | None:
-    """Bytes in a systemd ``MemoryMax=`` value; ``None`` for ``infinity`` (no limit).
+def parse_memory_max(text: str | None, *, total_memory: int | None = None) -> int | None:
+    """Bytes in a systemd ``MemoryMax=`` value (``rediacc.hub.limits.memory``): ``"8G"``, ``"50%"``.
 
-    Percentages are of ``total_memory`` (default: this machine's physical memory).
+    None means no limit: for ``infinity``, and for an unset value (None or blank), as an unset
+    label is. Percentages are of ``total_memory`` (default: this machine's physical memory).
+    Anything else raises ValueError saying what is accepted; the caller names the label.
     """
-    s = str(text).strip()
-    if s == "infinity":
+    s = "" if text is None else str(text).strip()
+    if s in ("", "infinity"):
         return None
     if s.endswith("%"):
         number = s[:-1]
@@ -128,12 +152,21 @@ def parse_memory_max(text: str, *, total_memory: int | None = None) -> int | Non
 CPU_HINT = "a percentage of one CPU, e.g. 50%, 200% (2 cores) or 150.5%"
 
 
-def parse_cpu_quota(text: str) -> float:
-    """CPUs in a systemd ``CPUQuota=`` value: ``"200%"`` -> ``2.0``.
+def parse_cpu_quota(text: str | None) -> float | None:
+    """CPUs in a systemd ``CPUQuota=`` value (``rediacc.hub.limits.cpu``): ``"200%"`` -> ``2.0``.
 
-    systemd accepts a positive percentage with at most two decimals; ``"2"`` (no ``%``) is refused.
+    None means no limit: for an unset value (None or blank), as an unset label is. Otherwise a
+    positive percentage with at most two decimals, as systemd accepts it; anything else, ``"2"``
+    (no ``%``), ``"0%"`` and ``"infinity"`` (which ``CPUQuota=`` does not take) included, raises
+    ValueError saying what is accepted; the caller names the label.
     """
-    s = str(text).strip()
+    s = "" if text is None else str(text).strip()
+    if not s:
+        return None
+    if s == "infinity":
+        raise ValueError(
+            f"{text!r} is not a CPUQuota= value; leave the label unset for no limit, or expect {CPU_HINT}"
+        )
     match = re.fullmatch(r"([0-9]+(?:\.[0-9]{1,2})?)%", s)
     if not match:
         if re.fullmatch(r"[0-9]+(\.[0-9]+)?", s):

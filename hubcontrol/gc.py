@@ -48,6 +48,7 @@ from pathlib import Path
 
 from hubcontrol import names, safefs, storage
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
+from hubcontrol.durations import format_duration
 from hubcontrol.errors import GCError
 from hubcontrol.netids import DEFAULT_REGISTRY
 from hubcontrol.supervisor import RUN_DIR
@@ -115,10 +116,13 @@ def data_root_verdict(
     if age is None:
         return Action.KEEP, "age unknown"
     if age <= max_age:
-        return Action.KEEP, f"used {format_age(age)} ago, max age {format_age(max_age)}"
+        return (
+            Action.KEEP,
+            f"used {format_duration(age, parts=2)} ago, max age {format_duration(max_age, parts=2)}",
+        )
     return (
         Action.REMOVE,
-        f"unused for {format_age(age)} (> {format_age(max_age)}), daemon not configured",
+        f"unused for {format_duration(age, parts=2)} (> {format_duration(max_age, parts=2)}), daemon not configured",
     )
 
 
@@ -138,8 +142,11 @@ def checkpoint_verdict(
     if age is None:
         return Action.KEEP, "age unknown"
     if age <= max_age:
-        return Action.KEEP, f"written {format_age(age)} ago, max age {format_age(max_age)}"
-    return Action.REMOVE, f"orphaned: no container left, {format_age(age)} old"
+        return (
+            Action.KEEP,
+            f"written {format_duration(age, parts=2)} ago, max age {format_duration(max_age, parts=2)}",
+        )
+    return Action.REMOVE, f"orphaned: no container left, {format_duration(age, parts=2)} old"
 
 
 def parse_marker(text: str) -> int | None:
@@ -151,21 +158,6 @@ def parse_marker(text: str) -> int | None:
     net_id = int(value)
     offset = net_id - USER_NETWORK_ID_BASE
     return net_id if offset >= 0 and offset % USER_NETWORK_ID_STEP == 0 else None
-
-
-def format_age(seconds: float) -> str:
-    """``3d4h``, ``5h``, ``12m``, ``40s``: short and exact enough for a table."""
-    seconds = int(max(seconds, 0))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h" if hours else f"{days}d"
-    if hours:
-        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
-    if minutes:
-        return f"{minutes}m"
-    return f"{secs}s"
 
 
 def dockerd_data_root(argv: Sequence[str]) -> str | None:

@@ -32,6 +32,7 @@ import anyio
 
 from hubcontrol.checkpoint import MAX_FAILURES
 from hubcontrol.config import HubConfig, Template
+from hubcontrol.durations import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +83,6 @@ def checkpoint_wanted(config: HubConfig, template: Template | None) -> tuple[boo
     return False, "checkpointing is off (no --checkpoint, no rediacc.hub.checkpoint=true)"
 
 
-def format_seconds(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
 def decide(record: IdleRecord, now: float, config: HubConfig) -> Decision:
     """Keep, checkpoint or stop the environment described by ``record`` at time ``now``."""
     timeout = config.idle_timeout
@@ -106,8 +98,8 @@ def decide(record: IdleRecord, now: float, config: HubConfig) -> Decision:
     if observed is not None and last == observed and now - observed < timeout:
         return Decision(
             KEEP,
-            f"no activity seen since the hub started {format_seconds(now - observed)} ago "
-            f"(idle timeout {format_seconds(timeout)})",
+            f"no activity seen since the hub started {format_duration(now - observed, parts=2)} ago "
+            f"(idle timeout {format_duration(timeout, parts=2)})",
             now - observed,
         )
     idle = now - last
@@ -116,10 +108,10 @@ def decide(record: IdleRecord, now: float, config: HubConfig) -> Decision:
     if idle < timeout:
         return Decision(
             KEEP,
-            f"active {format_seconds(idle)} ago (idle timeout {format_seconds(timeout)})",
+            f"active {format_duration(idle, parts=2)} ago (idle timeout {format_duration(timeout, parts=2)})",
             idle,
         )
-    over = f"idle {format_seconds(idle)} (timeout {format_seconds(timeout)})"
+    over = f"idle {format_duration(idle, parts=2)} (timeout {format_duration(timeout, parts=2)})"
     wanted, why = checkpoint_wanted(config, record.template)
     if not wanted:
         return Decision(STOP, f"{over}; {why}", idle)

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from hubcli.output import EXIT_FAILURE, EXIT_USAGE, console, err_console, fail, field
+from hubcli.exitcodes import EXIT_FAILURE, EXIT_USAGE
+from hubcli.output import console, err_console, fail, field
 from hubcontrol.auditlog import AuditLog, follow, parse_since, read_records
 from hubcontrol.config import DEFAULT_AUDIT_DIR
 from hubcontrol.errors import UsernameError

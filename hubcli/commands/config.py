@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from hubcli.output import EXIT_USAGE, console, field, print_json, print_problems, print_warning
-from hubcontrol.config import REDACTED, HubConfig, config_as_dict, load_config
-from hubcontrol.durations import format_duration
+from hubcli.exitcodes import EXIT_USAGE
+from hubcli.output import console, field, print_json, print_problems, print_warning
+from hubcontrol.config import REDACTED, START_FLAGS, HubConfig, config_as_dict, load_config
 from hubcontrol.errors import ConfigError
 
 config_app = typer.Typer(
@@ -82,25 +82,9 @@ def _print_config(config: HubConfig) -> None:
     )
     hub.add_column(style="bold")
     hub.add_column()
-    for flag, value in (
-        ("--docker-socket", config.docker_socket),
-        ("--network-id", "(not set)" if config.network_id is None else str(config.network_id)),
-        ("--port", str(config.port)),
-        ("--base-domain", config.base_domain),
-        ("--workspace-dir", str(config.workspace_dir)),
-        (
-            "--idle-timeout",
-            format_duration(config.idle_timeout) + (" (never)" if not config.idle_timeout else ""),
-        ),
-        ("--checkpoint", "true" if config.checkpoint else "false"),
-        ("--container-image", config.container_image or "(not set)"),
-        ("--audit-dir", str(config.audit_dir)),
-        ("--state-dir", str(config.state_dir)),
-        ("--user-subnet-pool", config.user_subnet_pool),
-        ("--workers", str(config.workers)),
-        ("--supervisor", config.supervisor),
-    ):
-        hub.add_row(flag, field(value))
+    for spec in START_FLAGS.values():
+        if spec.attr is not None:
+            hub.add_row(f"--{spec.name}", field(spec.shown(config)))
     console.print(hub)
 
     routes = Table(title="routes", title_justify="left")

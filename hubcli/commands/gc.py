@@ -9,7 +9,8 @@ import typer
 from rich.filesize import decimal
 from rich.table import Table
 
-from hubcli.output import EXIT_FAILURE, EXIT_USAGE, console, err_console, fail, field, print_json
+from hubcli.exitcodes import EXIT_FAILURE, EXIT_USAGE
+from hubcli.output import console, err_console, fail, field, print_json
 from hubcontrol import gc
 from hubcontrol.durations import format_duration, parse_duration
 from hubcontrol.errors import GCError
@@ -33,7 +34,7 @@ def _table(plan: gc.GCPlan, dry_run: bool) -> Table:
         row = [
             field(str(e.path.relative_to(plan.workspace_dir))),
             "" if e.net_id is None else str(e.net_id),
-            "" if e.age is None else gc.format_age(e.age),
+            "" if e.age is None else format_duration(e.age, parts=2),
             "" if e.size is None else decimal(e.size),
             f"[{ACTION_STYLE[e.action]}]{e.action}[/]",
             field(e.reason),

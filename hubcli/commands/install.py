@@ -14,7 +14,8 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
-from hubcli.output import EXIT_FAILURE, EXIT_USAGE, console, err_console, fail, field, print_warning
+from hubcli.exitcodes import EXIT_FAILURE, EXIT_USAGE
+from hubcli.output import console, err_console, fail, field, print_warning
 from hubcontrol import install as inst
 from hubcontrol.compose import load_compose
 from hubcontrol.config import load_config

@@ -15,7 +15,8 @@ import signal
 
 import typer
 
-from hubcli.output import EXIT_FAILURE, EXIT_USAGE, print_error, print_problems, print_warning
+from hubcli.exitcodes import EXIT_FAILURE, EXIT_USAGE
+from hubcli.output import print_error, print_problems, print_warning
 from hubcontrol.config import DEFAULT_LABELS_FILE, START_FLAGS, load_config, parse_start_flags
 from hubcontrol.errors import ConfigError, HubError
 from hubcontrol.text import install_log_formatter

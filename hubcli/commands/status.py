@@ -16,6 +16,7 @@ from rich.table import Table
 
 from hubcli.hubclient import DEFAULT_TOKEN_FILE, DEFAULT_URL, HubClient, HubClientError
 from hubcli.output import console, fail, field, print_json
+from hubcontrol.durations import format_duration
 
 STATE_STYLE = {
     "running": "green",
@@ -41,20 +42,6 @@ TokenOption = Annotated[
         show_default=True,
     ),
 ]
-
-
-def format_seconds(seconds: float | None) -> str:
-    """``1h02m``, ``4m05s``, ``12s``; empty for None."""
-    if seconds is None:
-        return ""
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def _num(value) -> str:
@@ -85,7 +72,7 @@ def status_table(doc: dict, width: int = 120) -> Table:
             ckpt = f"[red]{failures} off[/]"
         elif failures:
             ckpt = f"[yellow]{failures}[/]"
-        idle = format_seconds(u.get("idle_seconds"))
+        idle = "" if u.get("idle_seconds") is None else format_duration(u["idle_seconds"], parts=2)
         kind = KIND.get(u.get("activity_kind") or "", "")
         row = [
             field(u["user"]),

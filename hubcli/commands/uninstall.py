@@ -16,7 +16,8 @@ from hubcli.commands.install import (
     print_systemctl_hint,
     systemd_absent_reason,
 )
-from hubcli.output import EXIT_FAILURE, console, fail, field, print_warning
+from hubcli.exitcodes import EXIT_FAILURE
+from hubcli.output import console, fail, field, print_warning
 from hubcontrol import gc
 from hubcontrol import install as inst
 from hubcontrol.config import load_config

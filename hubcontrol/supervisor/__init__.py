@@ -25,10 +25,11 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from hubcontrol import durations, safefs
 from hubcontrol.errors import ConfigError, DaemonError
@@ -51,24 +52,12 @@ DAEMON_MEMORY = 1 << 30
 DAEMON_PIDS = 2048
 
 
-def parse_cpu_quota(value: str | None) -> float | None:
-    """A ``rediacc.hub.limits.cpu`` value ("200%") as a number of CPUs (2.0); None when unset."""
-    if value is None or str(value).strip() in ("", "infinity"):
-        return None
+def _limit(label: str, parse: Callable[[str | None], Any], value: str | None) -> Any:
+    """``parse(value)``, a bad value raising ConfigError naming the template label."""
     try:
-        return durations.parse_cpu_quota(value)
+        return parse(value)
     except ValueError as e:
-        raise ConfigError(f"rediacc.hub.limits.cpu: {e}") from None
-
-
-def parse_memory_max(value: str | None, *, total: int | None = None) -> int | None:
-    """A ``rediacc.hub.limits.memory`` value ("8G", "50%") in bytes; None when unset."""
-    if value is None or str(value).strip() == "":
-        return None
-    try:
-        return durations.parse_memory_max(value, total_memory=total)
-    except ValueError as e:
-        raise ConfigError(f"rediacc.hub.limits.memory: {e}") from None
+        raise ConfigError(f"rediacc.hub.limits.{label}: {e}") from None
 
 
 @dataclass(frozen=True)
@@ -84,11 +73,13 @@ class Limits:
 
     @property
     def cpus(self) -> float | None:
-        return parse_cpu_quota(self.cpu)
+        """The containers' CPUs (``cpu`` as a number); None when unlimited."""
+        return _limit("cpu", durations.parse_cpu_quota, self.cpu)
 
     @property
     def memory_bytes(self) -> int | None:
-        return parse_memory_max(self.memory)
+        """The containers' memory in bytes (``memory``); None when unlimited."""
+        return _limit("memory", durations.parse_memory_max, self.memory)
 
     @property
     def total_memory(self) -> int | None:

@@ -5,12 +5,14 @@ unknown user. The comparison with docker's own numbers is in tests/e2e/test_dash
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import threading
 import warnings
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 with warnings.catch_warnings():  # as tests/hubproxy/conftest.py: ldap3's pyasn1 deprecation
@@ -18,8 +20,9 @@ with warnings.catch_warnings():  # as tests/hubproxy/conftest.py: ldap3's pyasn1
     import mitmproxy.addons  # noqa: F401
 
 from hubcli.app import app
-from hubcli.commands.status import format_seconds
-from hubcli.hubclient import EXIT_AUTH, EXIT_NO_HUB, EXIT_NO_USER, user_segment
+from hubcli.commands.status import status_table
+from hubcli.exitcodes import EXIT_AUTH, EXIT_NO_HUB, EXIT_NO_USER
+from hubcli.hubclient import user_segment
 from hubcontrol.names import safe_name
 from hubproxy.admin import TOKEN_FILE
 from tests.hubproxy.statussite import ADMIN, seeded_site
@@ -50,10 +53,20 @@ def cli(site, *args):
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(None, ""), (0, "0s"), (59.9, "59s"), (61, "1m01s"), (3725, "1h02m"), (90000, "1d01h")],
+    [(None, ""), (0, "0s"), (59.9, "59s"), (61, "1m1s"), (3725, "1h2m"), (90000, "1d1h")],
 )
-def test_format_seconds(seconds, text):
-    assert format_seconds(seconds) == text
+def test_idle_column(seconds, text):
+    """The idle time in the duration spelling every hub command uses (hubcontrol.durations)."""
+    doc = {
+        "users": [
+            {"user": "alice", "state": "running", "template": "python", "idle_seconds": seconds}
+        ]
+    }
+    out = Console(width=120, record=True, file=io.StringIO())
+    out.print(status_table(doc))
+    row = out.export_text().splitlines()[-1].split()
+    assert row[:3] == ["alice", "running", "python"]
+    assert row[3] == (text or "0")  # no idle time: the next cell shown is ckpt's 0
 
 
 @pytest.mark.parametrize(

@@ -75,8 +75,8 @@ def problems(labels=None, flags=None, env=None, **kw) -> list[str]:
         (["--docker-socket="], {"docker_socket": ""}),
         (["--port=1", "--port=2"], {"port": "2"}),
         (
-            [f"--{name}=v" for name, f in START_FLAGS.items() if f.kind != "bool"],
-            {f.key: "v" for f in START_FLAGS.values() if f.kind != "bool"},
+            [f"--{name}=v" for name, f in START_FLAGS.items() if not f.switch],
+            {f.key: "v" for f in START_FLAGS.values() if not f.switch},
         ),
     ],
 )

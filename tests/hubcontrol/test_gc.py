@@ -96,22 +96,6 @@ def test_dockerd_data_root(argv, root):
     assert gc.dockerd_data_root(argv) == root
 
 
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [
-        (0, "0s"),
-        (59, "59s"),
-        (60, "1m"),
-        (3600, "1h"),
-        (5400, "1h30m"),
-        (86400, "1d"),
-        (90000, "1d1h"),
-    ],
-)
-def test_format_age(seconds, text):
-    assert gc.format_age(seconds) == text
-
-
 # --- planning over real directories ------------------------------------------------------------
 
 

@@ -12,7 +12,6 @@ from hubcontrol.idle import (
     IdleFacts,
     checkpoint_wanted,
     decide,
-    format_seconds,
 )
 
 NOW = 1_800_000_000.0
@@ -50,7 +49,7 @@ def cfg(timeout: float = 30 * MIN, checkpoint: bool = True) -> HubConfig:
             IdleFacts("running", None, NOW - 99 * MIN, PLAIN, observed_since=NOW - MIN),
             cfg(),
             KEEP,
-            "no activity seen since the hub started 60s ago",
+            "no activity seen since the hub started 1m ago",
         ),
         (
             IdleFacts("running", None, NOW - 99 * MIN, PLAIN, observed_since=NOW - 31 * MIN),
@@ -90,8 +89,13 @@ def cfg(timeout: float = 30 * MIN, checkpoint: bool = True) -> HubConfig:
             STOP,
             "disabled after 3 consecutive failures",
         ),
-        # long idle times read well
-        (IdleFacts("running", NOW - 3 * 3600 - 120, template=PLAIN), cfg(), CHECKPOINT, "3h02m"),
+        # long idle times read well (hubcontrol.durations.format_duration, parts=2)
+        (
+            IdleFacts("running", NOW - 3 * 3600 - 120, template=PLAIN),
+            cfg(),
+            CHECKPOINT,
+            "idle 3h2m",
+        ),
     ],
 )
 def test_decide(facts: IdleFacts, config: HubConfig, action: str, reason: str) -> None:
@@ -131,19 +135,3 @@ def test_decide_accepts_any_record_with_the_fields() -> None:
 )
 def test_checkpoint_wanted(template: Template | None, flag: bool, wanted: bool) -> None:
     assert checkpoint_wanted(HubConfig(checkpoint=flag), template)[0] is wanted
-
-
-@pytest.mark.parametrize(
-    ("seconds", "text"),
-    [
-        (0, "0s"),
-        (59.9, "59s"),
-        (119, "119s"),
-        (120, "2m"),
-        (7199, "119m"),
-        (7200, "2h00m"),
-        (90061, "25h01m"),
-    ],
-)
-def test_format_seconds(seconds: float, text: str) -> None:
-    assert format_seconds(seconds) == text

@@ -24,8 +24,6 @@ from hubcontrol.supervisor import (
     daemon_config,
     dockerd_argv,
     dockerd_env,
-    parse_cpu_quota,
-    parse_memory_max,
     ping,
 )
 from hubcontrol.supervisor import systemd as sd
@@ -45,18 +43,19 @@ def make_spec(tmp: Path, net_id: int = 32768, user: str = "alice", **kw) -> Daem
 
 @pytest.mark.parametrize(("value", "cpus"), [(None, None), ("", None), ("200%", 2.0), ("50%", 0.5)])
 def test_cpu_quota(value, cpus):
-    assert parse_cpu_quota(value) == cpus
+    assert Limits(cpu=value).cpus == cpus
 
 
 @pytest.mark.parametrize(
     ("value", "size"), [(None, None), ("8G", 8 << 30), ("512M", 512 << 20), ("infinity", None)]
 )
 def test_memory_max(value, size):
-    assert parse_memory_max(value) == size
+    assert Limits(memory=value).memory_bytes == size
 
 
 @pytest.mark.parametrize(
-    ("cpu", "memory"), [("2", None), ("-5%", None), (None, "lots"), (None, "8g")]
+    ("cpu", "memory"),
+    [("2", None), ("-5%", None), ("infinity", None), (None, "lots"), (None, "8g")],
 )
 def test_bad_limits_name_the_label(cpu, memory):
     with pytest.raises(ConfigError) as info:

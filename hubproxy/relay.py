@@ -377,6 +377,10 @@ class Relay:
         to_client: bytes,
         to_upstream: bytes,
     ):
+        # before anything is written or registered: once the browser has its 101 (or anyone sees
+        # this relay in context.websockets) the sockets are fully set up
+        for transport in (client_transport, upstream_transport):
+            keepalive(transport)
         touch = self.context.control.touch
         user = self.user
         self._writer = writer
@@ -396,8 +400,6 @@ class Relay:
         client_transport.write(head + to_client)
         if to_upstream:
             upstream_transport.write(to_upstream)
-        for transport in (client_transport, upstream_transport):
-            keepalive(transport)
         client_transport.set_protocol(self.client)
         upstream_transport.set_protocol(self.upstream)
         for transport in (client_transport, upstream_transport):

@@ -42,6 +42,7 @@ from hubcontrol.supervisor import ping
 
 if TYPE_CHECKING:
     from hubcontrol.checkpoint import CheckpointHealth
+    from hubcontrol.hub import EnvironmentStatus
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ class UserStats:
 class StatusView:
     """Everything the proxy reads, as of ``refreshed_at`` (rows) and each user's ``sampled_at``."""
 
-    rows: tuple = ()  # hubcontrol.hub.EnvironmentStatus, sorted by name
+    rows: tuple[EnvironmentStatus, ...] = ()  # sorted by name
     stats: Mapping[str, UserStats] = field(default_factory=lambda: MappingProxyType({}))
     checkpoints: Mapping[str, CheckpointHealth] = field(
         default_factory=lambda: MappingProxyType({})

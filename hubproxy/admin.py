@@ -116,12 +116,9 @@ def health_document(context: HubContext) -> tuple[int, dict]:
         control["starting"] = len(control["starting"])  # public: a count, never user names
     ready = bool(control.get("ok"))
     body = {**control, "live": True, "ready": ready}
-    hub = getattr(context.control, "hub", None)
-    stats = getattr(hub, "stats", None)
-    if stats is not None:
-        view = stats.view()
-        body["environments"] = len(view.rows)
-        body["status_refreshed_at"] = view.refreshed_at
+    view = context.control.status_view()
+    body["environments"] = len(view.rows)
+    body["status_refreshed_at"] = view.refreshed_at
     return (200 if ready else 503), body
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from hubcontrol.config import HubConfig
+from hubcontrol import ConfigError, Hub, HubConfig, HubError
 from hubproxy.context import HubContext
 from hubproxy.runtime import ControlThread
 from hubproxy.sessions import load_session_secret
@@ -13,7 +13,9 @@ from hubproxy.sessions import load_session_secret
 log = logging.getLogger("hubproxy")
 
 
-def start_control_plane(config: HubConfig, context: HubContext, hub=None) -> ControlThread:
+def start_control_plane(
+    config: HubConfig, context: HubContext, hub: Hub | None = None
+) -> ControlThread:
     """Start ``Hub.run()`` in its thread and fill ``context``; returns the thread to stop later.
 
     ``hub`` defaults to ``hubcontrol.Hub(config)``.
@@ -26,8 +28,6 @@ def start_control_plane(config: HubConfig, context: HubContext, hub=None) -> Con
             config.state_dir,
         )
     if hub is None:
-        from hubcontrol import Hub
-
         thread = ControlThread(factory=lambda: Hub(config))
     else:
         thread = ControlThread(hub)
@@ -41,7 +41,6 @@ def check_workers(config: HubConfig) -> None:
     dir too long for the link's socket (ConfigError), a port something already listens on
     (HubError: with SO_REUSEPORT the two would silently share it)."""
     if config.workers > 1:
-        from hubcontrol.errors import ConfigError, HubError
         from hubproxy.workerlink import link_path, port_taken
 
         try:

@@ -12,8 +12,7 @@ import logging
 
 from mitmproxy import ctx, exceptions
 
-from hubcontrol.config import DEFAULT_LABELS_FILE, START_FLAGS, load_config
-from hubcontrol.errors import ConfigError
+from hubcontrol import DEFAULT_LABELS_FILE, START_FLAGS, ConfigError, load_config
 from hubproxy.boot import start_control_plane
 from hubproxy.context import HubContext
 from hubproxy.pipeline import PROXY_OPTIONS

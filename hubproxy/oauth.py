@@ -31,7 +31,7 @@ from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from mitmproxy import exceptions, http
 
-from hubcontrol.errors import UsernameError
+from hubcontrol import UsernameError
 from hubproxy import cookies, hosts, identity, pages
 from hubproxy.context import ENDPOINT, SCHEME, TARGET, HubContext
 from hubproxy.csrf import CSRF_FIELD, CSRF_HEADER, csrf_problem, csrf_token, origin_problem

@@ -6,7 +6,7 @@ reference is docs/api.md.
 
 from __future__ import annotations
 
-from hubcontrol.hub import STATES
+from hubcontrol import STATES
 
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _NULLABLE_NUM = {"type": ["number", "null"]}

@@ -31,7 +31,22 @@ import time
 
 from mitmproxy import exceptions, http
 
+from hubcontrol import (
+    DEFAULT_LABELS_FILE,
+    Counter,
+    Histogram,
+    HubError,
+    Progress,
+    Route,
+    RouteTable,
+    StatusView,
+    install_log_formatter,
+    load_config,
+    parse_start_flags,
+)
 from hubproxy import hosts, pages
+from hubproxy.context import Action, ActionResult
+from hubproxy.sessions import Session
 from hubproxy.workerlink import (
     BATCH_INTERVAL,
     CLIENT_HEADER,
@@ -40,10 +55,8 @@ from hubproxy.workerlink import (
     LinkError,
     decode,
     encode,
-    progress_from_wire,
     routes_from_wire,
     samples_to_wire,
-    session_from_wire,
 )
 
 log = logging.getLogger("hubproxy.worker")
@@ -55,30 +68,56 @@ LOCAL_ENDPOINTS = frozenset({"api/progress"})
 
 
 class RemoteControlPlane:
-    """``hubproxy.context.ControlPlane`` of a worker: local copies fed by worker 0."""
+    """``hubproxy.context.ControlPlane`` of a worker: local copies fed by worker 0.
+
+    A worker forwards every ``/_hub/`` request but the progress poll to worker 0, so what only
+    those answer with is empty here: ``status_view()`` has no rows, ``metric_families()`` none,
+    and ``act`` fails.
+    """
 
     def __init__(self, send, clock=time.time) -> None:
-        from hubcontrol.hub import RouteTable
-
         self._send = send
         self.clock = clock
         self.table = RouteTable()
         self.linked = True
-        self._progress: dict = {}
+        self._progress: dict[str, Progress] = {}
         self._stamps: dict[str, tuple[float, str]] = {}
         self._starts: dict[str, asyncio.Future] = {}
         self._templates: dict[str, str | None] = {}
 
     # -- the ControlPlane protocol (the request path calls these) ---------------------------------
 
-    def route(self, user: str):
+    def route(self, user: str) -> Route | None:
         return self.table.get(user)
+
+    def snapshot(self) -> RouteTable:
+        return self.table
 
     def touch(self, user: str, kind: str) -> None:
         self._stamps[user] = (self.clock(), kind)
 
-    def progress(self, user: str):
-        return self._progress.get(user)
+    def activity(self, user: str) -> tuple[float, str] | None:
+        """This worker's own latest stamp not yet sent to worker 0."""
+        return self._stamps.get(user)
+
+    def progress(self, user: str) -> Progress:
+        return self._progress.get(user) or Progress()
+
+    def status_view(self) -> StatusView:
+        return StatusView()
+
+    def metric_families(self) -> list[Counter | Histogram]:
+        return []
+
+    def act(self, target: str, action: Action) -> asyncio.Future[ActionResult]:
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(
+            HubError(
+                "This request should have gone to the hub's first process; try again.",
+                f"worker asked to {action} {target!r}: /_hub/ requests go to worker 0",
+            )
+        )
+        return future
 
     def start(self, user: str, template: str | None) -> asyncio.Future:
         """Ask worker 0 to start ``user``'s environment; one request per user at a time."""
@@ -104,8 +143,8 @@ class RemoteControlPlane:
     def set_routes(self, rows) -> None:
         self.table = routes_from_wire(rows)  # a reference swap, as in the Hub
 
-    def set_progress(self, user: str, data) -> None:
-        self._progress[user] = progress_from_wire(data)
+    def set_progress(self, user: str, data: dict) -> None:
+        self._progress[user] = Progress.from_json(data)
 
     def started(self, user: str, template: str | None, error: str | None) -> None:
         future = self._starts.get(user)
@@ -211,7 +250,7 @@ class Worker:
         context.setup(self.config, control, self.secret)
         # worker 0 owns the session file; this process keeps a replica fed by its broadcasts
         context.sessions = SessionStore.replica(
-            [session_from_wire(s) for s in welcome["sessions"]], clock=context.clock
+            [Session.from_json(s) for s in welcome["sessions"]], clock=context.clock
         )
         self.context = context
         forwarder = Forwarder(
@@ -268,7 +307,7 @@ class Worker:
         elif kind == "sessions":
             from hubproxy.oauth import close_websockets
 
-            added = [session_from_wire(s) for s in message.get("added", ())]
+            added = [Session.from_json(s) for s in message.get("added", ())]
             removed = list(message.get("removed", ()))
             self.context.sessions.apply(added, removed)
             for sid in removed:
@@ -307,8 +346,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hubcontrol.config import DEFAULT_LABELS_FILE, load_config, parse_start_flags
-    from hubcontrol.text import install_log_formatter
     from hubproxy.master import run_loop
     from hubproxy.sessions import load_session_secret
 

@@ -40,9 +40,10 @@ from pathlib import Path
 
 from mitmproxy import ctx, http
 
-from hubcontrol.stats import Counter, Gauge, Histogram
+from hubcontrol import Counter, Gauge, Histogram, HubError
 from hubproxy import pages
 from hubproxy.guard import fail_closed
+from hubproxy.runtime import EmbeddedControlPlane
 from hubproxy.workerlink import (
     CLIENT_HEADER,
     MAX_MESSAGE,
@@ -55,10 +56,8 @@ from hubproxy.workerlink import (
     encode,
     link_path,
     newer,
-    progress_to_wire,
     routes_to_wire,
     samples_from_wire,
-    session_to_wire,
     sum_samples,
     worker_command,
 )
@@ -98,7 +97,7 @@ class WorkerIngress:
             del headers[CLIENT_HEADER]
         if token is not None:
             del headers[TOKEN_HEADER]
-        private = getattr(flow.client_conn.proxy_mode, "full_spec", None) == PRIVATE_MODE
+        private = flow.client_conn.proxy_mode.full_spec == PRIVATE_MODE
         if not private:
             return  # the public port: such headers are a client's own, dropped unread
         try:
@@ -151,7 +150,7 @@ class FleetMetrics:
             "Requests proxied to user environments, by the worker process that proxied them",
             ("worker",),
         )
-        own_requests = next((f for f in own if getattr(f, "name", None) == REQUESTS), None)
+        own_requests = next((f for f in own if f.name == REQUESTS), None)
         counts = {0: sum(v for _, v in own_requests.samples()) if own_requests else 0.0}
         for index in range(1, pool.count):
             total = 0.0
@@ -211,7 +210,7 @@ class WorkerPool:
         from hubproxy.master import proxy_metrics
 
         proxy_metrics(ctx.master).fleet = FleetMetrics(self)
-        if hasattr(self.context.control, "extra_health"):
+        if isinstance(self.context.control, EmbeddedControlPlane):  # worker 0's: always
             self.context.control.extra_health = self.health
         self.context.sessions.listeners.append(self._sessions_changed)
         self._server = await asyncio.start_unix_server(
@@ -353,16 +352,14 @@ class WorkerPool:
 
     def _welcome(self) -> dict:
         control = self.context.control
-        self._table = self._snapshot()
+        self._table = control.snapshot()
         return {
             "t": "welcome",
             "token": self.token,
             "private_port": self.private_port,
-            "routes": routes_to_wire(self._table) if self._table is not None else [],
-            "sessions": [session_to_wire(s) for s in self.context.sessions.sessions()],
-            "progress": {
-                user: progress_to_wire(control.progress(user)) for user in sorted(self._watch)
-            },
+            "routes": routes_to_wire(self._table),
+            "sessions": [s.to_json() for s in self.context.sessions.sessions()],
+            "progress": {user: control.progress(user).to_json() for user in sorted(self._watch)},
         }
 
     def _handle(self, index: int, message: dict) -> None:
@@ -421,7 +418,7 @@ class WorkerPool:
             if f.cancelled():
                 error = "the start was cancelled"
             elif (e := f.exception()) is not None:
-                error = getattr(e, "user_message", None) or str(e)
+                error = e.user_message if isinstance(e, HubError) else str(e)
             self._publish_progress(user)
             self._broadcast({"t": "started", "user": user, "template": template, "error": error})
 
@@ -429,31 +426,23 @@ class WorkerPool:
 
     def _merge_activity(self, stamps) -> None:
         control = self.context.control
-        hub = getattr(control, "hub", None)
-        activity = getattr(hub, "activity", None)
         for user, at, kind in stamps:
-            current = activity(user) if activity is not None else None
-            if newer(float(at), current):
+            if newer(float(at), control.activity(user)):
                 control.touch(str(user), str(kind))
 
     def _sessions_changed(self, added, removed) -> None:
         self._broadcast(
             {
                 "t": "sessions",
-                "added": [session_to_wire(s) for s in added],
+                "added": [s.to_json() for s in added],
                 "removed": list(removed),
             }
         )
 
     # -- what worker 0 publishes -------------------------------------------------------------------
 
-    def _snapshot(self):
-        hub = getattr(self.context.control, "hub", None)
-        return hub.snapshot() if hub is not None else None
-
     def _publish_progress(self, user: str) -> None:
-        progress = self.context.control.progress(user)
-        wire = progress_to_wire(progress)
+        wire = self.context.control.progress(user).to_json()
         if self._progress_sent.get(user) != wire:
             self._progress_sent[user] = wire
             self._broadcast({"t": "progress", "user": user, "progress": wire})
@@ -467,8 +456,8 @@ class WorkerPool:
             await asyncio.sleep(PUBLISH_INTERVAL)
 
     def _publish_once(self) -> None:
-        table = self._snapshot()
-        if table is not self._table and table is not None:
+        table = self.context.control.snapshot()
+        if table is not self._table:
             self._table = table
             self._broadcast({"t": "routes", "routes": routes_to_wire(table)})
         for user in list(self._watch):

@@ -16,9 +16,9 @@ from hubproxy.state import state_cookie_name
 from tests.hubproxy.support import (
     NOW,
     FakeControl,
-    Route,
     flow,
     make_context,
+    make_route,
     pipeline,
     run_request,
 )
@@ -44,7 +44,7 @@ def login_cookie(context, user="alice", **kw):
 
 
 def running(control, user="alice", ip="10.208.0.2"):
-    control.routes[user] = Route(user, "running", ip, {"term": 7681, "code": 8080})
+    control.routes[user] = make_route(user, "running", ip, {"term": 7681, "code": 8080})
 
 
 # -- host and path decisions ------------------------------------------------------------------
@@ -642,13 +642,15 @@ async def test_login_never_returns_into_itself(setup, next_path, return_to):
 
 async def test_switching_template_waits_for_the_new_environment(setup):
     context, control, addons = setup
-    control.routes["alice"] = Route("alice", "running", "10.208.0.2", {"term": 7681}, "default")
+    control.routes["alice"] = make_route(
+        "alice", "running", "10.208.0.2", {"term": 7681}, "default"
+    )
     _, cookie = login_cookie(context, template="python")
     f = await run_request(addons, flow(headers=[("cookie", cookie)]))
     assert f.response.status_code == 503 and control.starts == [("alice", "python")]
     f = await run_request(addons, flow(path="/_hub/api/progress", headers=[("cookie", cookie)]))
     assert b'"ready":false' in f.response.content
-    control.routes["alice"] = Route("alice", "running", "10.208.0.2", {"term": 7681}, "python")
+    control.routes["alice"] = make_route("alice", "running", "10.208.0.2", {"term": 7681}, "python")
     f = await run_request(addons, flow(headers=[("cookie", cookie)]))
     assert f.response is None and f.request.data.host == "10.208.0.2"
     # a session without a template choice takes whatever runs

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 from mitmproxy import http
 
+from hubcontrol import Progress
 from hubproxy.admin import (
     TOKEN_FILE,
     bearer,
@@ -118,10 +119,10 @@ def test_route_urls(scheme, port, url):
 @pytest.mark.parametrize(
     ("row", "progress", "refreshed", "state"),
     [
-        ("running", SimpleNamespace(state="stopping", updated=20), 10, "stopping"),
-        ("running", SimpleNamespace(state="starting", updated=5), 10, "running"),  # older
-        ("stopped", SimpleNamespace(state="stopped", updated=0), 10, "stopped"),  # never set
-        ("stopped", None, None, "stopped"),
+        ("running", Progress(state="stopping", updated=20), 10, "stopping"),
+        ("running", Progress(state="starting", updated=5), 10, "running"),  # older
+        ("stopped", Progress(state="stopped", updated=0), 10, "stopped"),  # never set
+        ("running", Progress(), None, "running"),  # nothing known: the rows say
     ],
 )
 def test_live_state(row, progress, refreshed, state):

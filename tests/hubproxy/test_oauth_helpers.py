@@ -4,7 +4,7 @@ import pytest
 
 from hubproxy import oauth
 from hubproxy.router import forwarded_for, upstream
-from tests.hubproxy.support import Route
+from tests.hubproxy.support import make_route
 
 NEXTCLOUD = {"ocs": {"meta": {"status": "ok"}, "data": {"id": "alice", "groups": ["dev"]}}}
 
@@ -99,12 +99,12 @@ PORTS = {"term": 7681, "code": 8080}
 @pytest.mark.parametrize(
     ("route", "prefix", "address"),
     [
-        (Route("a", "running", "10.208.0.2", PORTS), "term", ("10.208.0.2", 7681)),
-        (Route("a", "running", "10.208.0.2", {}), "code", ("10.208.0.2", 8080)),
-        (Route("a", "running", "10.208.0.2", PORTS), "desktop", None),
-        (Route("a", "starting", "10.208.0.2", PORTS), "term", None),
-        (Route("a", "checkpointed", "10.208.0.2", PORTS), "term", None),
-        (Route("a", "running", None, PORTS), "term", None),
+        (make_route("a", "running", "10.208.0.2", PORTS), "term", ("10.208.0.2", 7681)),
+        (make_route("a", "running", "10.208.0.2", {}), "code", ("10.208.0.2", 8080)),
+        (make_route("a", "running", "10.208.0.2", PORTS), "desktop", None),
+        (make_route("a", "starting", "10.208.0.2", PORTS), "term", None),
+        (make_route("a", "checkpointed", "10.208.0.2", PORTS), "term", None),
+        (make_route("a", "running", "", PORTS), "term", None),
         (None, "term", None),
     ],
 )
@@ -122,17 +122,7 @@ def test_upstream(route, prefix, address):
     ],
 )
 def test_upstream_waits_for_the_chosen_template(running_template, chosen, routed):
-    from dataclasses import dataclass
-
-    @dataclass
-    class TemplatedRoute:
-        user: str
-        state: str
-        service_ip: str
-        ports: dict
-        template: str
-
-    route = TemplatedRoute("a", "running", "10.208.0.2", PORTS, running_template)
+    route = make_route("a", "running", "10.208.0.2", PORTS, running_template)
     assert (upstream(route, "term", PORTS, chosen) is not None) is routed
 
 

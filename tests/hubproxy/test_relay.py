@@ -26,8 +26,8 @@ from wsproto.utilities import generate_accept_token
 
 from hubproxy import relay
 from hubproxy.relay import Relay
-from tests.hubproxy.harness import StubHub, StubRoute, browser, logout, running_proxy
-from tests.hubproxy.support import make_config
+from tests.hubproxy.harness import StubHub, browser, logout, running_proxy
+from tests.hubproxy.support import make_config, make_route
 from tests.hubproxy.test_proxy_security import cookie_for
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port
@@ -161,7 +161,7 @@ def proxy(tmp_path_factory):
         )
         hub = StubHub([ALICE_IP], routes, start_delay=0)
         with running_proxy(config, hub, free_port()) as running:
-            hub._set(StubRoute("alice", "running", ALICE_IP, routes))
+            hub._set(make_route("alice", "running", ALICE_IP, routes))
             yield running
 
 

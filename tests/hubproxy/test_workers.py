@@ -265,7 +265,7 @@ def test_session_replica_follows_changes():
     a = store.create("alice", browser="digest")
     b = store.create("alice", template="python")
     replica = SessionStore.replica(
-        [workerlink.session_from_wire(json.loads(json.dumps(workerlink.session_to_wire(a))))],
+        [Session.from_json(json.loads(json.dumps(a.to_json())))],
         clock=lambda: 1000.0,
     )
     replica.apply(*seen[1])

@@ -19,12 +19,7 @@ import sys
 from hubcontrol.config import load_config, parse_start_flags
 from hubproxy.boot import run_proxy, start_control_plane
 from hubproxy.context import HubContext
-from tests.hubproxy.harness import StubHub, StubTable
-
-
-class IterTable(StubTable):
-    def __iter__(self):
-        return iter(self._routes.values())
+from tests.hubproxy.harness import StubHub
 
 
 class FileStubHub(StubHub):
@@ -32,11 +27,6 @@ class FileStubHub(StubHub):
         super().touch(user, kind)
         with open(os.environ["STUB_TOUCHES"], "a") as f:
             f.write(json.dumps([user, kind, os.getpid()]) + "\n")
-
-    def _set(self, route):
-        routes = dict(self.table._routes)
-        routes[route.user] = route
-        self.table = IterTable(routes)
 
 
 def main() -> None:
@@ -47,7 +37,6 @@ def main() -> None:
     config = load_config(labels, env_file=env_file, flags=flags)
     ports = dict(config.routes)
     hub = FileStubHub(os.environ["STUB_ADDRESSES"].split(","), ports, start_delay=0.3)
-    hub.table = IterTable({})
     context = HubContext()
     thread = start_control_plane(config, context, hub=hub)
     try:

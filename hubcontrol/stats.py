@@ -17,7 +17,7 @@ proxy's event loop reads it without locks or thread hops.
 ``Lifecycle`` counts spawns, restores and checkpoints with latency histograms, from the Hub's
 lifecycle events (``environment-starting``, ``environment-running``, ``environment-failed``,
 ``environment-stopped``) and the checkpoint records. ``Counter`` and ``Histogram`` are the plain,
-thread-safe primitives ``hubproxy.metrics`` renders as Prometheus text.
+thread-safe primitives ``hubproxy.addons.metrics`` renders as Prometheus text.
 """
 
 from __future__ import annotations

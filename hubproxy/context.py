@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from hubproxy.cookies import derive_key
-from hubproxy.sessions import SessionStore
+from hubproxy.auth.cookies import derive_key
+from hubproxy.auth.sessionstore import SessionStore
 
 if TYPE_CHECKING:
     import asyncio
@@ -56,9 +56,10 @@ class ActionResult:
 class ControlPlane(Protocol):
     """The hub's control plane as the proxy's event loop sees it, in ``hubcontrol``'s value types.
 
-    Two implementations: ``runtime.EmbeddedControlPlane`` over the ``Hub`` in this process's
-    control thread, and ``worker.RemoteControlPlane`` in workers 1..N-1 of ``hub start
-    --workers N`` (local copies worker 0 keeps up to date). Tests use the same value types.
+    Two implementations: ``server.controlthread.EmbeddedControlPlane`` over the ``Hub`` in this
+    process's control thread, and ``workers.worker.RemoteControlPlane`` in workers 1..N-1 of
+    ``hub start --workers N`` (local copies worker 0 keeps up to date). Tests use the same value
+    types.
 
     Reads and stamps never wait for another thread: ``route``, ``snapshot``, ``touch``,
     ``activity``, ``progress``, ``status_view`` and ``metric_families`` are a reference read or a
@@ -79,10 +80,10 @@ class ControlPlane(Protocol):
         """The latest activity stamp ``(time, kind)`` of ``user``, or None."""
 
     def progress(self, user: str) -> Progress:
-        """What ``user``'s environment is doing (``Progress()``, "stopped", when nothing is known)."""
+        """What ``user``'s environment is doing; ``Progress()`` ("stopped") when nothing is known."""
 
     def status_view(self) -> StatusView:
-        """The sampled status rows, per-user numbers and checkpoint records (``hubcontrol.stats``)."""
+        """The sampled status rows, per-user numbers and checkpoint records."""
 
     def metric_families(self) -> Sequence[Counter | Histogram]:
         """The control plane's own metric families (spawns, restores, checkpoints, stops)."""
@@ -107,8 +108,8 @@ class HubContext:
     state_key: bytes = b""
     pkce_key: bytes = b""
     clock: Callable[[], float] = time.time
-    # open WebSockets per session id, closed at logout: hubproxy.relay.Relay objects, and
-    # mitmproxy WebSocket flows for connections the relay does not take (TLS, HTTP/2)
+    # open WebSockets per session id, closed at logout: hubproxy.addons.websocketrelay.Relay
+    # objects, and mitmproxy WebSocket flows for connections the relay does not take (TLS, HTTP/2)
     websockets: dict[str, set] = field(default_factory=dict)
     # token endpoint client authentication that worked last ("client_secret_basic"/"_post")
     token_auth_method: str = "client_secret_basic"

@@ -13,7 +13,7 @@ import logging
 
 from mitmproxy import exceptions, http
 
-from hubproxy import pages
+from hubproxy.web import pages
 
 log = logging.getLogger("hubproxy")
 

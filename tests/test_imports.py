@@ -2,7 +2,8 @@
 
 ruff's banned-api rule checks the source; this test checks what really gets imported at run time,
 so a transitive import (hubcontrol -> some helper -> mitmproxy) is caught too. The proxy reaches
-the control plane only through ``hubcontrol.__all__`` (checked on the source).
+the control plane only through ``hubcontrol.__all__``, and inside hubproxy the shared pieces (auth,
+web, hosts, guard, context) import no addon, process or worker module (both checked on the source).
 """
 
 from __future__ import annotations
@@ -80,3 +81,33 @@ def test_the_proxy_uses_only_hubcontrols_public_api() -> None:
 def test_hubcontrol_all_names_exist() -> None:
     missing = [name for name in hubcontrol.__all__ if not hasattr(hubcontrol, name)]
     assert missing == []
+
+
+# Inside hubproxy: the shared pieces never import the addons, the process or the workers.
+SHARED = (
+    "hubproxy/context.py",
+    "hubproxy/guard.py",
+    "hubproxy/hosts.py",
+    "hubproxy/auth",
+    "hubproxy/web",
+)
+UPPER = ("hubproxy.addons", "hubproxy.server", "hubproxy.workers")
+
+
+def test_hubproxys_shared_pieces_import_no_addon_process_or_worker() -> None:
+    found = {}
+    for entry in SHARED:
+        path = ROOT / entry
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            for node in ast.walk(ast.parse(file.read_text(), str(file))):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                bad = [
+                    n for n in names if n in UPPER or n.startswith(tuple(u + "." for u in UPPER))
+                ]
+                if bad:
+                    found[f"{file.relative_to(ROOT)}:{node.lineno}"] = bad[0]
+    assert found == {}

@@ -21,7 +21,7 @@ from hubcli.app import app
 from hubcli.commands.status import format_seconds
 from hubcli.hubclient import EXIT_AUTH, EXIT_NO_HUB, EXIT_NO_USER, user_segment
 from hubcontrol.names import safe_name
-from hubproxy.admin import TOKEN_FILE
+from hubproxy.addons.adminapi import TOKEN_FILE
 from tests.hubproxy.statussite import ADMIN, seeded_site
 from tests.support.oidc_provider import free_port
 

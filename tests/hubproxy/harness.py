@@ -32,9 +32,9 @@ from wsproto.events import (
 
 from hubcontrol import Lifecycle, Progress, Route, RouteTable, StatusView
 from hubcontrol.engine import Engine
-from hubproxy.boot import start_control_plane
 from hubproxy.context import HubContext
-from hubproxy.master import make_master, run_master
+from hubproxy.server.master import make_master, run_master
+from hubproxy.server.startup import start_control_plane
 from tests.hubproxy.support import make_route
 
 

@@ -1,7 +1,8 @@
 """Test doubles for addon tests: a control plane that records calls.
 
-The real one (``hubproxy.runtime.EmbeddedControlPlane`` over ``hubcontrol.Hub``) is exercised by
-the integration and end-to-end tests; these unit tests check the request path's decisions.
+The real one (``hubproxy.server.controlthread.EmbeddedControlPlane`` over ``hubcontrol.Hub``) is
+exercised by the integration and end-to-end tests; these unit tests check the request path's
+decisions. Both speak in hubcontrol's value types (``Route``, ``Progress``, ``StatusView``).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from hubcontrol import (
     Template,
     safe_name,
 )
+from hubproxy.addons import hub_addons
 from hubproxy.context import ActionResult, HubContext
-from hubproxy.pipeline import hub_addons
 
 SECRET = "s" * 64
 NOW = 1_800_000_000

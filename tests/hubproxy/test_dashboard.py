@@ -14,7 +14,7 @@ import pytest
 from mitmproxy import http
 
 from hubcontrol import Progress
-from hubproxy.admin import (
+from hubproxy.addons.adminapi import (
     TOKEN_FILE,
     bearer,
     default_origin,
@@ -23,10 +23,8 @@ from hubproxy.admin import (
     read_token,
     token_matches,
 )
-from hubproxy.csrf import csrf_problem, csrf_token
-from hubproxy.dashboard import dashboard_response
-from hubproxy.dashboard_page import SCRIPT
-from hubproxy.statusapi import (
+from hubproxy.addons.dashboard import dashboard_response
+from hubproxy.addons.statusapi import (
     Principal,
     idle_facts,
     is_self,
@@ -35,6 +33,8 @@ from hubproxy.statusapi import (
     parse_api_path,
     route_urls,
 )
+from hubproxy.auth.csrf import csrf_problem, csrf_token
+from hubproxy.web.dashboardpage import SCRIPT
 
 KEY = b"k" * 32
 ALICE = Principal("alice", admin=False, sid="s1")

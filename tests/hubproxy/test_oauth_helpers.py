@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from hubproxy import oauth
-from hubproxy.router import forwarded_for, upstream
+from hubproxy.addons import oauthlogin
+from hubproxy.addons.router import forwarded_for, upstream
 from tests.hubproxy.support import make_route
 
 NEXTCLOUD = {"ocs": {"meta": {"status": "ok"}, "data": {"id": "alice", "groups": ["dev"]}}}
@@ -24,7 +24,7 @@ NEXTCLOUD = {"ocs": {"meta": {"status": "ok"}, "data": {"id": "alice", "groups":
     ],
 )
 def test_username_from_userinfo(data, path, user):
-    assert oauth.username_from_userinfo(data, path) == user
+    assert oauthlogin.username_from_userinfo(data, path) == user
 
 
 @pytest.mark.parametrize(
@@ -42,8 +42,8 @@ def test_username_from_userinfo(data, path, user):
     ],
 )
 def test_username_missing_is_a_provider_error(data, path):
-    with pytest.raises(oauth.ProviderError) as e:
-        oauth.username_from_userinfo(data, path)
+    with pytest.raises(oauthlogin.ProviderError) as e:
+        oauthlogin.username_from_userinfo(data, path)
     assert e.value.status == 502 and path in e.value.detail
 
 
@@ -59,7 +59,7 @@ def test_username_missing_is_a_provider_error(data, path):
     ],
 )
 def test_groups_from_userinfo(data, groups):
-    assert oauth.groups_from_userinfo(data) == groups
+    assert oauthlogin.groups_from_userinfo(data) == groups
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_groups_from_userinfo(data, groups):
     ],
 )
 def test_allowed(groups, allowed_groups, ok):
-    assert oauth.allowed(groups, allowed_groups) is ok
+    assert oauthlogin.allowed(groups, allowed_groups) is ok
 
 
 @pytest.mark.parametrize(
@@ -80,17 +80,17 @@ def test_allowed(groups, allowed_groups, ok):
     [((), "openid"), (("read:user",), "openid read:user"), (("openid", "groups"), "openid groups")],
 )
 def test_effective_scopes(extra, scope):
-    assert oauth.effective_scopes(extra) == scope
+    assert oauthlogin.effective_scopes(extra) == scope
 
 
 def test_redirect_uri():
-    assert oauth.redirect_uri(None, "https", "Term.Example.com") == (
+    assert oauthlogin.redirect_uri(None, "https", "Term.Example.com") == (
         "https://term.example.com/_hub/oauth/callback"
     )
-    assert oauth.redirect_uri(None, "http", "term.localhost:7112") == (
+    assert oauthlogin.redirect_uri(None, "http", "term.localhost:7112") == (
         "http://term.localhost:7112/_hub/oauth/callback"
     )
-    assert oauth.redirect_uri("https://x/cb", "http", "term.localhost") == "https://x/cb"
+    assert oauthlogin.redirect_uri("https://x/cb", "http", "term.localhost") == "https://x/cb"
 
 
 PORTS = {"term": 7681, "code": 8080}
@@ -145,7 +145,7 @@ def test_forwarded_for():
 def test_large_body(headers, large):
     from mitmproxy.test import tutils
 
-    from hubproxy.router import large_body
+    from hubproxy.addons.router import large_body
 
     req = tutils.treq()
     req.headers.clear()

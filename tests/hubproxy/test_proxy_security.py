@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from hubproxy import cookies
+from hubproxy.auth import cookies
 from tests.hubproxy.harness import StubHub, running_proxy
 from tests.hubproxy.support import make_config, make_route
 from tests.support.echoenv import echo_environment

@@ -10,7 +10,7 @@ import pytest
 
 from hubcontrol import Progress, RouteTable
 from hubcontrol.engine import Engine
-from hubproxy.runtime import ControlThread
+from hubproxy.server.controlthread import ControlThread
 
 pytestmark = pytest.mark.anyio
 

@@ -2,10 +2,10 @@
 
     python -O -m tests.hubproxy.workerhub --labels L --env-file E --port=P --workers=2 ...
 
-Everything after the control plane is ``hub start``'s own code path (``hubproxy.boot.run_proxy``:
-worker 0, the real ``python -O -m hubproxy.worker`` children, ``SO_REUSEPORT``, the link); only
-the Hub is the stub, which "starts" a user by pointing their route at an echo server
-(``STUB_ADDRESSES``, comma-separated, one per new user). Each ``touch`` is appended as a JSON
+Everything after the control plane is ``hub start``'s own code path
+(``hubproxy.server.startup.run_proxy``: worker 0, the real ``python -O -m hubproxy.workers``
+children, ``SO_REUSEPORT``, the link); only the Hub is the stub, which "starts" a user by pointing
+their route at an echo server (``STUB_ADDRESSES``, comma-separated, one per new user). Each ``touch`` is appended as a JSON
 line to ``STUB_TOUCHES`` so the test can see activity that workers reported to worker 0.
 """
 
@@ -17,8 +17,8 @@ import os
 import sys
 
 from hubcontrol.config import load_config, parse_start_flags
-from hubproxy.boot import run_proxy, start_control_plane
 from hubproxy.context import HubContext
+from hubproxy.server.startup import run_proxy, start_control_plane
 from tests.hubproxy.harness import StubHub
 
 

@@ -5,7 +5,7 @@ single-process hub, on the port opened with ``SO_REUSEPORT``. After its control 
 and its listeners are up, ``WorkerPool`` (an addon of worker 0's master):
 
 - listens on ``<state-dir>/workers.sock`` (0600) and spawns workers 1..N-1 as
-  ``python -O -m hubproxy.worker`` (``hubproxy/worker.py``), each in its own process group;
+  ``python -O -m hubproxy.workers`` (``worker.py``), each in its own process group;
 - accepts a link only from the process it spawned for that index (``SO_PEERCRED``);
 - sends each worker the route table whenever the Hub swaps it (looked at every 100 ms), the
   progress of environments workers asked to start, and every session added or removed;
@@ -16,17 +16,14 @@ and its listeners are up, ``WorkerPool`` (an addon of worker 0's master):
 - restarts a worker that dies (with backoff), and on shutdown stops every worker by PID
   (SIGTERM, then SIGKILL after a timeout) and removes the socket.
 
-``WorkerIngress`` is worker 0's first addon: on the private listener (127.0.0.1, where workers
-forward ``/_hub/`` requests) it checks the token and takes the browser's address from the
-header; on the public port those headers are dropped unread.
+``WorkerIngress`` (``workeringress.py``) is worker 0's first addon: it trusts the browser address
+a worker forwards only on the private listener and with the token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import ipaddress
 import logging
 import os
 import secrets
@@ -38,18 +35,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx
 
 from hubcontrol import Counter, Gauge, Histogram, HubError
-from hubproxy import pages
-from hubproxy.guard import fail_closed
-from hubproxy.runtime import EmbeddedControlPlane
-from hubproxy.workerlink import (
-    CLIENT_HEADER,
+from hubproxy.server.controlthread import EmbeddedControlPlane
+from hubproxy.workers.link import (
     MAX_MESSAGE,
     PRIVATE_MODE,
     PUBLISH_INTERVAL,
-    TOKEN_HEADER,
     LinkError,
     backoff,
     decode,
@@ -61,6 +54,7 @@ from hubproxy.workerlink import (
     sum_samples,
     worker_command,
 )
+from hubproxy.workers.workeringress import WorkerIngress
 
 log = logging.getLogger("hubproxy.workers")
 
@@ -68,45 +62,6 @@ STOP_TIMEOUT = 10.0  # seconds a worker gets to exit after SIGTERM before SIGKIL
 HEALTHY_RUN = 30.0  # a worker that ran this long before dying is restarted without backoff
 MAX_BUFFERED = 64 << 20  # a worker that lets this much pile up on its link is cut off
 REQUESTS = "hub_proxy_requests_total"
-
-
-def trusted_client(private: bool, token: str | None, expected: str, client: str | None) -> str:
-    """The browser address of a request worker 0 got from a worker, or raise ValueError.
-
-    Only requests on the private listener with worker 0's token may name the client."""
-    if not private:
-        raise ValueError("not on the private listener")
-    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise ValueError("bad or missing worker token")
-    try:
-        return str(ipaddress.ip_address((client or "").strip()))
-    except ValueError:
-        raise ValueError(f"bad client address {client!r}") from None
-
-
-class WorkerIngress:
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    @fail_closed
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        headers = flow.request.headers
-        client = headers.get(CLIENT_HEADER)
-        token = headers.get(TOKEN_HEADER)
-        if client is not None:
-            del headers[CLIENT_HEADER]
-        if token is not None:
-            del headers[TOKEN_HEADER]
-        private = flow.client_conn.proxy_mode.full_spec == PRIVATE_MODE
-        if not private:
-            return  # the public port: such headers are a client's own, dropped unread
-        try:
-            ip = trusted_client(private, token, self.token, client)
-        except ValueError as e:
-            log.warning("hub: refused a request on the workers' listener: %s", e)
-            flow.response = pages.page(403, "Forbidden", "This listener is for hub workers only.")
-            return
-        flow.client_conn.peername = (ip, 0)
 
 
 def peer_pid(writer: asyncio.StreamWriter) -> int | None:
@@ -207,7 +162,7 @@ class WorkerPool:
         if self.private_port is None:
             log.error("hub: the workers' private listener is not up; running without workers")
             return
-        from hubproxy.master import proxy_metrics
+        from hubproxy.server.master import proxy_metrics
 
         proxy_metrics(ctx.master).fleet = FleetMetrics(self)
         if isinstance(self.context.control, EmbeddedControlPlane):  # worker 0's: always
@@ -471,7 +426,7 @@ async def serve_with_workers(
     context, config, start_args: Sequence[str], stop_when=None, listen_host: str = ""
 ) -> None:
     """Worker 0: proxy on ``config.port`` and keep ``config.workers - 1`` workers running."""
-    from hubproxy.master import serve
+    from hubproxy.server.master import serve
 
     pool = WorkerPool(context, config.workers, start_args)
     await serve(

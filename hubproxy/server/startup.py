@@ -6,9 +6,9 @@ import logging
 from collections.abc import Sequence
 
 from hubcontrol import ConfigError, Hub, HubConfig, HubError
+from hubproxy.auth.sessionstore import load_session_secret
 from hubproxy.context import HubContext
-from hubproxy.runtime import ControlThread
-from hubproxy.sessions import load_session_secret
+from hubproxy.server.controlthread import ControlThread
 
 log = logging.getLogger("hubproxy")
 
@@ -41,7 +41,7 @@ def check_workers(config: HubConfig) -> None:
     dir too long for the link's socket (ConfigError), a port something already listens on
     (HubError: with SO_REUSEPORT the two would silently share it)."""
     if config.workers > 1:
-        from hubproxy.workerlink import link_path, port_taken
+        from hubproxy.workers.link import link_path, port_taken
 
         try:
             link_path(config.state_dir)
@@ -60,14 +60,14 @@ def run_proxy(
     """Proxy on ``config.port`` until SIGTERM/SIGINT or the control plane ends (``hub start``).
 
     With ``config.workers`` > 1 this process is worker 0 and keeps the other workers running
-    (hubproxy/workers.py); they read the same ``start_args`` (the ``hub start`` flags). One worker
+    (hubproxy/workers/); they read the same ``start_args`` (the ``hub start`` flags). One worker
     is exactly the single-process hub: no extra process, socket option or link. Raises
     ConfigError when the workers cannot be run as configured.
     """
-    from hubproxy.master import run_loop, serve
+    from hubproxy.server.master import run_loop, serve
 
     if config.workers > 1:
-        from hubproxy.workers import serve_with_workers
+        from hubproxy.workers.workerpool import serve_with_workers
 
         check_workers(config)
 

@@ -1,17 +1,16 @@
 """A proxy worker of ``hub start --workers N`` (workers 1..N-1; worker 0 spawns them).
 
-    python -O -m hubproxy.worker --index=1 --link=<state-dir>/workers.sock -- <hub start flags>
+    python -O -m hubproxy.workers --index=1 --link=<state-dir>/workers.sock -- <hub start flags>
 
-A worker runs only the lean master (``hubproxy.master``) on the hub's port, shared with
+A worker runs only the lean master (``hubproxy.server.master``) on the hub's port, shared with
 ``SO_REUSEPORT``, with the same addons as worker 0 and a ``RemoteControlPlane``: routes, progress
 and sessions are local copies worker 0 keeps up to date over the link, activity stamps and metric
 counters are local stores sent to worker 0 once a second. A routed request or WebSocket never
 waits for worker 0; a stopped environment is started by asking worker 0 (one message).
 
 Every ``/_hub/`` request (login, OAuth callback, logout, status API, dashboard, metrics, health,
-admin API) but the progress poll is forwarded as it came, Host and cookies intact, to worker 0's private listener on
-127.0.0.1, with the browser's address in a header worker 0 trusts only there and only with the
-token it handed out. So sessions are created and ended in one process only.
+admin API) but the progress poll goes to worker 0 (``forwarder.Forwarder``, the worker's first
+addon), so sessions are created and ended in one process only.
 
 A worker exits when its link to worker 0 closes (worker 0 stopped or died), on SIGTERM/SIGINT,
 and when its parent dies (``PR_SET_PDEATHSIG``): no orphan keeps the port.
@@ -29,8 +28,6 @@ import signal
 import sys
 import time
 
-from mitmproxy import exceptions, http
-
 from hubcontrol import (
     DEFAULT_LABELS_FILE,
     Counter,
@@ -44,14 +41,12 @@ from hubcontrol import (
     load_config,
     parse_start_flags,
 )
-from hubproxy import hosts, pages
+from hubproxy.auth.sessionstore import Session
 from hubproxy.context import Action, ActionResult
-from hubproxy.sessions import Session
-from hubproxy.workerlink import (
+from hubproxy.workers.forwarder import Forwarder
+from hubproxy.workers.link import (
     BATCH_INTERVAL,
-    CLIENT_HEADER,
     MAX_MESSAGE,
-    TOKEN_HEADER,
     LinkError,
     decode,
     encode,
@@ -60,11 +55,6 @@ from hubproxy.workerlink import (
 )
 
 log = logging.getLogger("hubproxy.worker")
-
-FORWARDED = "hub.forwarded"  # flow.metadata: sent to worker 0
-# /_hub/ endpoints a worker answers itself: the progress page's poll reads the same local route
-# table the worker routes with, so "ready" there means this worker will route the reload.
-LOCAL_ENDPOINTS = frozenset({"api/progress"})
 
 
 class RemoteControlPlane:
@@ -168,49 +158,6 @@ class RemoteControlPlane:
         self._starts.clear()
 
 
-class Forwarder:
-    """A worker's first addon: ``/_hub/`` requests go to worker 0, everything else stays here."""
-
-    def __init__(self, port: int, token: str, on_running=None) -> None:
-        self.port = port
-        self.token = token
-        self.on_running = on_running
-
-    def running(self) -> None:
-        if self.on_running is not None:
-            self.on_running()
-
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        path = flow.request.path
-        if (
-            flow.response
-            or not hosts.is_hub_path(path)
-            or hosts.hub_endpoint(path) in LOCAL_ENDPOINTS
-        ):
-            return
-        try:
-            request = flow.request
-            request.data.host, request.data.port = "127.0.0.1", self.port
-            request.scheme = "http"
-            peer = flow.client_conn.peername
-            request.headers[CLIENT_HEADER] = peer[0] if peer else ""
-            request.headers[TOKEN_HEADER] = self.token
-            request.stream = True
-            flow.metadata[FORWARDED] = True
-        except Exception:
-            log.exception("hub: forwarding %s to worker 0 failed", flow.request.path)
-            flow.response = pages.page(
-                500, "Internal error", "The hub hit an unexpected error.", detail="See its log."
-            )
-        # worker 0 answers it: the hub's own addons here must not look at it
-        raise exceptions.AddonHalt
-
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get(FORWARDED) and flow.response is not None:
-            flow.response.stream = True
-            raise exceptions.AddonHalt
-
-
 class Worker:
     """One worker process: the link to worker 0 and the proxy."""
 
@@ -228,9 +175,9 @@ class Worker:
             writer.write(encode(message))
 
     async def run(self) -> int:
+        from hubproxy.auth.sessionstore import SessionStore
         from hubproxy.context import HubContext
-        from hubproxy.master import make_master, proxy_metrics, run_master
-        from hubproxy.sessions import SessionStore
+        from hubproxy.server.master import make_master, proxy_metrics, run_master
 
         reader, self.writer = await asyncio.open_unix_connection(self.link_path, limit=MAX_MESSAGE)
         self.send({"t": "hello", "index": self.index, "pid": os.getpid()})
@@ -305,7 +252,7 @@ class Worker:
         elif kind == "started":
             control.started(message["user"], message.get("template"), message.get("error"))
         elif kind == "sessions":
-            from hubproxy.oauth import close_websockets
+            from hubproxy.addons.oauthlogin import close_websockets
 
             added = [Session.from_json(s) for s in message.get("added", ())]
             removed = list(message.get("removed", ()))
@@ -335,7 +282,7 @@ def _die_with_parent() -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m hubproxy.worker")
+    parser = argparse.ArgumentParser(prog="python -m hubproxy.workers")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--link", required=True)
     parser.add_argument("start_args", nargs=argparse.REMAINDER)
@@ -346,8 +293,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hubproxy.master import run_loop
-    from hubproxy.sessions import load_session_secret
+    from hubproxy.auth.sessionstore import load_session_secret
+    from hubproxy.server.master import run_loop
 
     parent = os.getppid()
     _die_with_parent()
@@ -367,7 +314,3 @@ def main(argv: list[str] | None = None) -> int:
     secret, _ = load_session_secret(config.session_secret, config.state_dir)
     worker = Worker(config, args.index, args.link, secret)
     return run_loop(worker.run(), reuse_port=config.port)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -146,5 +146,5 @@ def worker_command(
     python: str, optimize: int, index: int, link: str, start_args: Iterable[str]
 ) -> list[str]:
     """How worker 0 runs worker ``index``: the same interpreter and -O, the same flags."""
-    command = [python, *(["-O"] if optimize else []), "-m", "hubproxy.worker"]
+    command = [python, *(["-O"] if optimize else []), "-m", "hubproxy.workers"]
     return [*command, f"--index={index}", f"--link={link}", "--", *start_args]

@@ -15,10 +15,11 @@ from collections.abc import Mapping
 from mitmproxy import http
 
 from hubcontrol import Route
-from hubproxy import cookies, pages
+from hubproxy.auth import cookies
 from hubproxy.context import ROUTED, SCHEME, SESSION, TARGET, USER, HubContext
 from hubproxy.guard import fail_closed
 from hubproxy.hosts import origin_allowed
+from hubproxy.web import pages
 
 log = logging.getLogger("hubproxy.router")
 

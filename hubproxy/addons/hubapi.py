@@ -4,7 +4,7 @@
 index with links to the routes and the dashboard). Unknown ``/_hub/`` endpoints are 404; login,
 callback and logout are answered earlier by the OAuth addon; ``/_hub/api/status``, the other API
 endpoints, ``/_hub/dashboard`` and ``/_hub/metrics`` by ``statusapi``, ``dashboard`` and
-``admin``.
+``adminapi``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from mitmproxy import http
 
 from hubcontrol import Progress, Route
-from hubproxy import identity, pages
+from hubproxy.addons.oauthlogin import logout_form
+from hubproxy.addons.router import upstream
+from hubproxy.auth import identity
 from hubproxy.context import ENDPOINT, SCHEME, SESSION, USER, HubContext
 from hubproxy.guard import fail_closed
 from hubproxy.hosts import sibling_url
-from hubproxy.oauth import logout_form
-from hubproxy.router import upstream
+from hubproxy.web import pages
 
 
 def progress_view(

@@ -30,11 +30,12 @@ from pathlib import Path
 
 from mitmproxy import http
 
-from hubproxy import hosts, pages
+from hubproxy import hosts
+from hubproxy.addons.metrics import ProxyMetrics, render_metrics
+from hubproxy.addons.statusapi import Principal, handle_api
 from hubproxy.context import HubContext
 from hubproxy.guard import fail_closed
-from hubproxy.metrics import ProxyMetrics, render_metrics
-from hubproxy.statusapi import Principal, handle_api
+from hubproxy.web import pages
 
 log = logging.getLogger("hubproxy.admin")
 

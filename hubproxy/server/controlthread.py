@@ -34,6 +34,7 @@ from hubcontrol import (
 )
 from hubproxy.context import Action, ActionResult, UnknownUser
 
+# Logger names are what operators filter the journal by: they stayed when the modules moved.
 log = logging.getLogger("hubproxy.runtime")
 
 

@@ -53,7 +53,8 @@ class ProxyMetrics:
         self.logins = Counter("hub_logins_total", "OAuth login callbacks, by outcome", ("outcome",))
         # the scheme and port browsers reach the hub on, for links in token-authenticated answers
         self.last_origin: tuple[str, int | None] | None = None
-        # worker 0 of `hub start --workers N`: merges the other workers' samples in (workers.py)
+        # worker 0 of `hub start --workers N`: merges the other workers' samples in
+        # (hubproxy/workers/workerpool.py)
         self.fleet = None
 
     def families(self) -> list:
@@ -139,7 +140,7 @@ def environments_by_state(states: Iterable[str]) -> list[tuple[tuple[str], int]]
 
 
 def metrics_text(context: HubContext, metrics: ProxyMetrics) -> str:
-    from hubproxy.statusapi import live_state
+    from hubproxy.addons.statusapi import live_state
 
     control = context.control
     lines: list[str] = []

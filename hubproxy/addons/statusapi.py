@@ -14,7 +14,7 @@ Endpoints (docs/api.md):
 ``{user}`` is the username or its safe name. Browser calls are authenticated by the session
 (this addon runs after ``SessionCheck``) and a POST also needs the CSRF token of that session in
 ``X-Hub-CSRF``, a same-origin ``Origin``/``Sec-Fetch-Site`` when the browser sends them; the
-CLI's calls carry the admin token and are answered by ``admin.AdminApi`` with the same handlers.
+CLI's calls carry the admin token and are answered by ``adminapi.AdminApi`` with the same handlers.
 Another user's entry is 403 for a regular user whether or not it exists; an unknown user is 404
 for an admin.
 
@@ -43,7 +43,8 @@ from hubcontrol import (
     checkpoint_wanted,
     safe_name,
 )
-from hubproxy import identity, pages
+from hubproxy.auth import identity
+from hubproxy.auth.csrf import csrf_problem
 from hubproxy.context import (
     ENDPOINT,
     SCHEME,
@@ -53,9 +54,9 @@ from hubproxy.context import (
     HubContext,
     UnknownUser,
 )
-from hubproxy.csrf import csrf_problem
 from hubproxy.guard import fail_closed
-from hubproxy.openapi import openapi_document
+from hubproxy.web import pages
+from hubproxy.web.openapi import openapi_document
 
 log = logging.getLogger("hubproxy.api")
 

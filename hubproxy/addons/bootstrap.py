@@ -13,9 +13,9 @@ import logging
 from mitmproxy import ctx, exceptions
 
 from hubcontrol import DEFAULT_LABELS_FILE, START_FLAGS, ConfigError, load_config
-from hubproxy.boot import start_control_plane
+from hubproxy.addons import PROXY_OPTIONS
 from hubproxy.context import HubContext
-from hubproxy.pipeline import PROXY_OPTIONS
+from hubproxy.server.startup import start_control_plane
 
 log = logging.getLogger("hubproxy")
 

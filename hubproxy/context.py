@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 # flow.metadata keys, set by one addon and read by the ones after it
 TARGET = "hub.target"  # hosts.Target
 ENDPOINT = "hub.endpoint"  # str: the /_hub/<endpoint>, or absent for environment traffic
-SESSION = "hub.session"  # sessions.Session of a verified cookie
+SESSION = "hub.session"  # auth.sessionstore.Session of a verified cookie
 USER = "hub.user"  # the session's user name
 ROUTED = "hub.routed"  # True once the router sent the flow to an environment
 SCHEME = "hub.scheme"  # "http"/"https" as the browser sees it (X-Forwarded-Proto)

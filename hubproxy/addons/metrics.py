@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from mitmproxy import http
 
 from hubcontrol import STATES, Counter, Gauge, Histogram
+from hubproxy.addons.statusapi import live_state
 from hubproxy.context import ENDPOINT, ROUTED, SCHEME, TARGET, HubContext
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -140,8 +141,6 @@ def environments_by_state(states: Iterable[str]) -> list[tuple[tuple[str], int]]
 
 
 def metrics_text(context: HubContext, metrics: ProxyMetrics) -> str:
-    from hubproxy.addons.statusapi import live_state
-
     control = context.control
     lines: list[str] = []
     view = control.status_view()

@@ -7,9 +7,9 @@ The reverse target is a placeholder: the hub routes every request itself. ``hub 
 same addons in a leaner embedded master.
 """
 
-from hubproxy.bootstrap import Bootstrap
+from hubproxy.addons import hub_addons
+from hubproxy.addons.bootstrap import Bootstrap
 from hubproxy.context import HubContext
-from hubproxy.pipeline import hub_addons
 
 _context = HubContext()
 addons = [Bootstrap(_context), *hub_addons(_context)]

@@ -128,8 +128,13 @@ class Site:
 
         Call before the hub processes start (they read the store once at startup).
         """
-        from hubproxy.cookies import SESSION_COOKIE, SessionCookie, derive_key, make_session_token
-        from hubproxy.sessions import SessionStore
+        from hubproxy.auth.cookies import (
+            SESSION_COOKIE,
+            SessionCookie,
+            derive_key,
+            make_session_token,
+        )
+        from hubproxy.auth.sessionstore import SessionStore
 
         state = self.root / "state"
         state.mkdir(parents=True, exist_ok=True)

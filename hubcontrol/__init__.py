@@ -17,6 +17,8 @@ from hubcontrol.checkpoint import (
     make_checkpointer,
 )
 from hubcontrol.config import (
+    DEFAULT_LABELS_FILE,
+    START_FLAGS,
     ComposeService,
     HubConfig,
     LabelsFile,
@@ -50,9 +52,11 @@ from hubcontrol.errors import (
     UsernameError,
 )
 from hubcontrol.gc import GCEntry, GCPlan, apply_gc, plan_gc
-from hubcontrol.hub import EnvironmentStatus, Hub, Progress, Route, RouteTable
-from hubcontrol.idle import Decision, IdleCuller, IdleFacts, decide
+from hubcontrol.hub import STATES, EnvironmentStatus, Hub, Progress, Route, RouteTable
+from hubcontrol.idle import Decision, IdleCuller, IdleFacts, checkpoint_wanted, decide
 from hubcontrol.names import safe_name
+from hubcontrol.stats import Counter, Gauge, Histogram, Lifecycle, StatusView, UserStats
+from hubcontrol.text import install_log_formatter
 
 __all__ = [
     "AuditError",
@@ -65,7 +69,9 @@ __all__ = [
     "Checkpointer",
     "ComposeService",
     "ConfigError",
+    "Counter",
     "CriuCheckpointer",
+    "DEFAULT_LABELS_FILE",
     "DaemonError",
     "Decision",
     "Environment",
@@ -74,6 +80,8 @@ __all__ = [
     "GCEntry",
     "GCError",
     "GCPlan",
+    "Gauge",
+    "Histogram",
     "HookError",
     "Hub",
     "HubConfig",
@@ -82,6 +90,7 @@ __all__ = [
     "IdleFacts",
     "ImageError",
     "LabelsFile",
+    "Lifecycle",
     "NetworkError",
     "OAuthConfig",
     "PolicyError",
@@ -89,16 +98,22 @@ __all__ = [
     "RecreateCheckpointer",
     "Route",
     "RouteTable",
+    "START_FLAGS",
+    "STATES",
+    "StatusView",
     "SyncHub",
     "Template",
+    "UserStats",
     "UsernameError",
     "apply_gc",
     "build_config",
+    "checkpoint_wanted",
     "config_as_dict",
     "decide",
     "dump_labels_file",
     "embedded",
     "follow_audit_log",
+    "install_log_formatter",
     "load_compose",
     "load_config",
     "load_labels_file",

@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -85,6 +85,14 @@ class Route:
         port = self.ports.get(prefix)
         return None if port is None else (self.service_ip, port)
 
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"ports": dict(self.ports)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Route:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
 
 class RouteTable:
     """An immutable table of running environments' routes, replaced by reference on change.
@@ -139,6 +147,14 @@ class Progress:
     message: str = ""
     error: str | None = None
     updated: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Progress:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass(frozen=True)

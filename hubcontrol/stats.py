@@ -17,7 +17,7 @@ proxy's event loop reads it without locks or thread hops.
 ``Lifecycle`` counts spawns, restores and checkpoints with latency histograms, from the Hub's
 lifecycle events (``environment-starting``, ``environment-running``, ``environment-failed``,
 ``environment-stopped``) and the checkpoint records. ``Counter`` and ``Histogram`` are the plain,
-thread-safe primitives ``hubproxy.metrics`` renders as Prometheus text.
+thread-safe primitives ``hubproxy.addons.metrics`` renders as Prometheus text.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from hubcontrol.supervisor import ping
 
 if TYPE_CHECKING:
     from hubcontrol.checkpoint import CheckpointHealth
+    from hubcontrol.hub import EnvironmentStatus
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +271,7 @@ class UserStats:
 class StatusView:
     """Everything the proxy reads, as of ``refreshed_at`` (rows) and each user's ``sampled_at``."""
 
-    rows: tuple = ()  # hubcontrol.hub.EnvironmentStatus, sorted by name
+    rows: tuple[EnvironmentStatus, ...] = ()  # sorted by name
     stats: Mapping[str, UserStats] = field(default_factory=lambda: MappingProxyType({}))
     checkpoints: Mapping[str, CheckpointHealth] = field(
         default_factory=lambda: MappingProxyType({})

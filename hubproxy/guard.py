@@ -11,9 +11,9 @@ import functools
 import inspect
 import logging
 
-from mitmproxy import exceptions
+from mitmproxy import exceptions, http
 
-from hubproxy import pages
+from hubproxy.web import pages
 
 log = logging.getLogger("hubproxy")
 
@@ -39,9 +39,9 @@ def close_connection(flow) -> None:
         flow.kill()
 
 
-def _refuse(flow, name: str) -> None:
+def _refuse(flow: http.HTTPFlow, name: str) -> None:
     log.exception("hub: %s failed for %s; refusing the request", name, flow.request.pretty_url)
-    if getattr(flow, "websocket", None) is not None:
+    if flow.websocket is not None:
         close_connection(flow)
         return
     flow.response = pages.page(

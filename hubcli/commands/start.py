@@ -34,9 +34,9 @@ def start(ctx: typer.Context) -> None:
     the control plane. Exit status 2 means the configuration is invalid (every problem is
     printed).
     """
-    from hubproxy.pyopt import reexec_optimized
+    from hubproxy.server.pyopt import reexec_optimized
 
-    reexec_optimized()  # mitmproxy's debug-only checks off (hubproxy/pyopt.py)
+    reexec_optimized()  # mitmproxy's debug-only checks off (hubproxy/server/pyopt.py)
     try:
         flags = parse_start_flags(list(ctx.args))
     except ConfigError as e:
@@ -54,7 +54,7 @@ def start(ctx: typer.Context) -> None:
         raise typer.Exit(EXIT_USAGE) from None
     for warning in config.warnings:
         print_warning(warning)
-    from hubproxy.boot import check_workers, run_proxy, start_control_plane
+    from hubproxy.server.startup import check_workers, run_proxy, start_control_plane
 
     try:
         check_workers(config)

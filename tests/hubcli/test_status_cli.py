@@ -24,7 +24,7 @@ from hubcli.commands.status import status_table
 from hubcli.exitcodes import EXIT_AUTH, EXIT_NO_HUB, EXIT_NO_USER
 from hubcli.hubclient import user_segment
 from hubcontrol.names import safe_name
-from hubproxy.admin import TOKEN_FILE
+from hubproxy.addons.adminapi import TOKEN_FILE
 from tests.hubproxy.statussite import ADMIN, seeded_site
 from tests.support.oidc_provider import free_port
 

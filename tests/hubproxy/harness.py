@@ -1,8 +1,9 @@
 """Run the real proxy (lean mitmproxy master + the hub's addons) in a thread for a test.
 
-The control plane is ``StubHub``: it implements the ``hubcontrol.Hub`` contract the proxy uses
-(snapshot/touch/progress/ensure_running/run) and "starts" an environment by pointing the user's
-route at an echo server on a loopback address of its own. Tests of the whole product use the real
+The control plane is ``StubHub``: it implements the part of the ``hubcontrol.Hub`` API the proxy
+uses (snapshot/touch/activity/progress/stats/ensure_running/run, in the Hub's own value types) and
+"starts" an environment by pointing the user's route at an echo server on a loopback address of
+its own. Tests of the whole product use the real
 Hub (tests/e2e); these check the request path with a real proxy, provider and sockets.
 """
 
@@ -29,33 +30,22 @@ from wsproto.events import (
     TextMessage,
 )
 
-from hubproxy.boot import start_control_plane
+from hubcontrol import Lifecycle, Progress, Route, RouteTable, StatusView
+from hubcontrol.engine import Engine
 from hubproxy.context import HubContext
-from hubproxy.master import make_master, run_master
+from hubproxy.server.master import make_master, run_master
+from hubproxy.server.startup import start_control_plane
+from tests.hubproxy.support import make_route
 
 
-@dataclass(frozen=True)
-class StubRoute:
-    user: str
-    state: str
-    service_ip: str | None
-    ports: dict
+class StubStats:
+    """The part of ``hubcontrol.StatsSampler`` the proxy reads: no rows, no lifecycle counts."""
 
+    def __init__(self) -> None:
+        self.lifecycle = Lifecycle()
 
-class StubTable:
-    def __init__(self, routes: dict) -> None:
-        self._routes = dict(routes)
-
-    def get(self, user):
-        return self._routes.get(user)
-
-
-@dataclass
-class StubProgress:
-    state: str
-    step: str | None = None
-    message: str | None = None
-    error: str | None = None
+    def view(self) -> StatusView:
+        return StatusView()
 
 
 @dataclass
@@ -65,37 +55,40 @@ class StubHub:
     addresses: list[str]
     ports: dict
     start_delay: float = 0.3
-    table: StubTable = field(default_factory=lambda: StubTable({}))
+    table: RouteTable = field(default_factory=RouteTable)
     touches: list = field(default_factory=list)
     ensure_calls: list = field(default_factory=list)
     assigned: dict = field(default_factory=dict)
+    stats: StubStats = field(default_factory=StubStats)
+    engine: Engine = field(default_factory=Engine)
 
-    def snapshot(self):
+    def snapshot(self) -> RouteTable:
         return self.table
 
     def touch(self, user, kind="http"):
         self.touches.append((user, kind))
 
-    def progress(self, user):
+    def activity(self, user):
+        return None  # every stamp a worker reports is newer: the tests count them all
+
+    def progress(self, user) -> Progress:
         route = self.table.get(user)
-        return StubProgress(route.state if route else "stopped", "container", "Starting")
+        return Progress(route.state if route else "stopped", "container", "Starting")
 
     async def ensure_running(self, user, template=None):
         self.ensure_calls.append((user, template))
         ip = self.assigned.setdefault(user, self.addresses[len(self.assigned)])
-        self._set(StubRoute(user, "starting", ip, self.ports))
+        self._set(make_route(user, "starting", ip, self.ports))
         await anyio.sleep(self.start_delay)
-        self._set(StubRoute(user, "running", ip, self.ports))
+        self._set(make_route(user, "running", ip, self.ports))
 
     def stop_user(self, user):
         route = self.table.get(user)
         if route:
             self._set(replace(route, state="checkpointed"))
 
-    def _set(self, route):
-        routes = dict(self.table._routes)
-        routes[route.user] = route
-        self.table = StubTable(routes)  # reference swap, as the real Hub does
+    def _set(self, route: Route) -> None:
+        self.table = self.table.replace(route.name, route)  # a reference swap, as the Hub does
 
     async def run(self, *, task_status=anyio.TASK_STATUS_IGNORED):
         task_status.started()

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from hubcontrol import Hub
 from hubcontrol.config import Template
 from hubcontrol.names import safe_name
-from hubproxy import cookies
-from hubproxy.admin import TOKEN_FILE
+from hubproxy.addons.adminapi import TOKEN_FILE
+from hubproxy.auth import cookies
 from tests.hubproxy.harness import RunningProxy, running_proxy
 from tests.hubproxy.support import make_config
 from tests.support.oidc_provider import free_port

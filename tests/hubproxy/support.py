@@ -1,7 +1,8 @@
 """Test doubles for addon tests: a control plane that records calls.
 
-The real one (``hubproxy.runtime.EmbeddedControlPlane`` over ``hubcontrol.Hub``) is exercised by
-the integration and end-to-end tests; these unit tests check the request path's decisions.
+The real one (``hubproxy.server.controlthread.EmbeddedControlPlane`` over ``hubcontrol.Hub``) is
+exercised by the integration and end-to-end tests; these unit tests check the request path's
+decisions. Both speak in hubcontrol's value types (``Route``, ``Progress``, ``StatusView``).
 """
 
 from __future__ import annotations
@@ -13,36 +14,38 @@ from dataclasses import dataclass, field
 from mitmproxy import exceptions, http
 from mitmproxy.test import tflow
 
-from hubcontrol.config import HubConfig, OAuthConfig, Template
-from hubproxy.context import HubContext
-from hubproxy.pipeline import hub_addons
+from hubcontrol import (
+    HubConfig,
+    OAuthConfig,
+    Progress,
+    Route,
+    RouteTable,
+    StatusView,
+    Template,
+    safe_name,
+)
+from hubproxy.addons import hub_addons
+from hubproxy.context import ActionResult, HubContext
 
 SECRET = "s" * 64
 NOW = 1_800_000_000
+STARTING = Progress(state="starting", step="daemon", message="Starting your Docker daemon")
 
 
-@dataclass
-class Route:
-    user: str
-    state: str
-    service_ip: str
-    ports: dict
-    template: str = ""
-
-
-@dataclass
-class Progress:
-    state: str = "starting"
-    step: str | None = "daemon"
-    message: str | None = "Starting your Docker daemon"
-    error: str | None = None
+def make_route(user: str, state: str, service_ip: str, ports: dict, template: str = "") -> Route:
+    """The control plane's ``Route`` of ``user`` (its safe name filled in)."""
+    return Route(user, safe_name(user), state, service_ip, ports, template)
 
 
 @dataclass
 class FakeControl:
-    routes: dict = field(default_factory=dict)
+    """A ``hubproxy.context.ControlPlane`` that records calls: routes by username, every user
+    ``STARTING``, no status rows."""
+
+    routes: dict[str, Route] = field(default_factory=dict)
     touches: list = field(default_factory=list)
     starts: list = field(default_factory=list)
+    acts: list = field(default_factory=list)
     fail_route: bool = False
     _pending: dict = field(default_factory=dict)
 
@@ -51,11 +54,23 @@ class FakeControl:
             raise RuntimeError("boom")
         return self.routes.get(user)
 
+    def snapshot(self):
+        return RouteTable({r.name: r for r in self.routes.values()})
+
     def touch(self, user, kind):
         self.touches.append((user, kind))
 
+    def activity(self, user):
+        return None
+
     def progress(self, user):
-        return Progress()
+        return STARTING
+
+    def status_view(self):
+        return StatusView()
+
+    def metric_families(self):
+        return []
 
     def start(self, user, template):
         if user in self._pending:
@@ -63,6 +78,12 @@ class FakeControl:
         self.starts.append((user, template))
         fut = asyncio.get_event_loop().create_future()
         self._pending[user] = fut
+        return fut
+
+    def act(self, target, action):
+        self.acts.append((target, action))
+        fut = asyncio.get_event_loop().create_future()
+        fut.set_result(ActionResult(target, "stopped"))
         return fut
 
     def health(self):

@@ -9,16 +9,16 @@ from mitmproxy.test import taddons, tflow
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
-from hubproxy import cookies
+from hubproxy.auth import cookies
+from hubproxy.auth.csrf import csrf_token
+from hubproxy.auth.oauthstate import state_cookie_name
 from hubproxy.context import SESSION, USER
-from hubproxy.csrf import csrf_token
-from hubproxy.state import state_cookie_name
 from tests.hubproxy.support import (
     NOW,
     FakeControl,
-    Route,
     flow,
     make_context,
+    make_route,
     pipeline,
     run_request,
 )
@@ -44,7 +44,7 @@ def login_cookie(context, user="alice", **kw):
 
 
 def running(control, user="alice", ip="10.208.0.2"):
-    control.routes[user] = Route(user, "running", ip, {"term": 7681, "code": 8080})
+    control.routes[user] = make_route(user, "running", ip, {"term": 7681, "code": 8080})
 
 
 # -- host and path decisions ------------------------------------------------------------------
@@ -320,7 +320,7 @@ async def test_login_redirects_to_provider_with_pkce_and_state(setup):
     assert set_cookie.startswith("rediacc_hub_oauth_")
     assert "Path=/_hub/oauth/callback" in set_cookie and "SameSite=Lax" in set_cookie
     assert "Secure" in set_cookie and "Domain=example.com" in set_cookie
-    from hubproxy.cookies import unsign
+    from hubproxy.auth.cookies import unsign
 
     state = unsign(q["state"], context.state_key, NOW)
     assert state["r"] == "https://term.example.com/work" and state["t"] == "python"
@@ -335,7 +335,7 @@ async def test_login_never_returns_to_a_foreign_site(setup, next_url):
 
     f = await run_request(addons, flow(path="/_hub/login?next=" + quote(next_url, safe="")))
     q = parse_qs(urlsplit(f.response.headers["location"]).query)
-    from hubproxy.cookies import unsign
+    from hubproxy.auth.cookies import unsign
 
     assert unsign(q["state"][0], context.state_key, NOW)["r"] == "http://term.example.com/"
 
@@ -580,9 +580,9 @@ async def test_token_endpoint_client_auth_falls_back_to_form_body(setup):
     oidc-provider-mock both accept either, so this one is an httpx MockTransport)."""
     import httpx
 
-    from hubproxy.hostroute import HostRoute
-    from hubproxy.oauth import OAuthLogin
-    from hubproxy.state import make_state, new_nonce
+    from hubproxy.addons.hostroute import HostRoute
+    from hubproxy.addons.oauthlogin import OAuthLogin
+    from hubproxy.auth.oauthstate import make_state, new_nonce
 
     context, control, addons = setup
     seen = []
@@ -632,7 +632,7 @@ async def test_token_endpoint_client_auth_falls_back_to_form_body(setup):
 async def test_login_never_returns_into_itself(setup, next_path, return_to):
     from urllib.parse import quote
 
-    from hubproxy.cookies import unsign
+    from hubproxy.auth.cookies import unsign
 
     context, _, addons = setup
     f = await run_request(addons, flow(path="/_hub/login?next=" + quote(next_path, safe="")))
@@ -642,13 +642,15 @@ async def test_login_never_returns_into_itself(setup, next_path, return_to):
 
 async def test_switching_template_waits_for_the_new_environment(setup):
     context, control, addons = setup
-    control.routes["alice"] = Route("alice", "running", "10.208.0.2", {"term": 7681}, "default")
+    control.routes["alice"] = make_route(
+        "alice", "running", "10.208.0.2", {"term": 7681}, "default"
+    )
     _, cookie = login_cookie(context, template="python")
     f = await run_request(addons, flow(headers=[("cookie", cookie)]))
     assert f.response.status_code == 503 and control.starts == [("alice", "python")]
     f = await run_request(addons, flow(path="/_hub/api/progress", headers=[("cookie", cookie)]))
     assert b'"ready":false' in f.response.content
-    control.routes["alice"] = Route("alice", "running", "10.208.0.2", {"term": 7681}, "python")
+    control.routes["alice"] = make_route("alice", "running", "10.208.0.2", {"term": 7681}, "python")
     f = await run_request(addons, flow(headers=[("cookie", cookie)]))
     assert f.response is None and f.request.data.host == "10.208.0.2"
     # a session without a template choice takes whatever runs

@@ -15,9 +15,9 @@ import stat
 import httpx
 import pytest
 
-from hubproxy.admin import TOKEN_FILE
-from hubproxy.csrf import csrf_token
-from hubproxy.openapi import ENTRY
+from hubproxy.addons.adminapi import TOKEN_FILE
+from hubproxy.auth.csrf import csrf_token
+from hubproxy.web.openapi import ENTRY
 from tests.hubproxy.statussite import ADMIN, DOMAIN, admin_token, seeded_site, session_for
 
 

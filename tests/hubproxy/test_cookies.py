@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from hubproxy import cookies as c
+from hubproxy.auth import cookies as c
 
 KEY = c.derive_key("x" * 64, "session")
 NOW = 1_800_000_000

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 from mitmproxy import http
 
-from hubproxy.admin import (
+from hubcontrol import Progress
+from hubproxy.addons.adminapi import (
     TOKEN_FILE,
     bearer,
     default_origin,
@@ -22,10 +23,8 @@ from hubproxy.admin import (
     read_token,
     token_matches,
 )
-from hubproxy.csrf import csrf_problem, csrf_token
-from hubproxy.dashboard import dashboard_response
-from hubproxy.dashboard_page import SCRIPT
-from hubproxy.statusapi import (
+from hubproxy.addons.dashboard import dashboard_response
+from hubproxy.addons.statusapi import (
     Principal,
     idle_facts,
     is_self,
@@ -34,6 +33,8 @@ from hubproxy.statusapi import (
     parse_api_path,
     route_urls,
 )
+from hubproxy.auth.csrf import csrf_problem, csrf_token
+from hubproxy.web.dashboardpage import SCRIPT
 
 KEY = b"k" * 32
 ALICE = Principal("alice", admin=False, sid="s1")
@@ -118,10 +119,10 @@ def test_route_urls(scheme, port, url):
 @pytest.mark.parametrize(
     ("row", "progress", "refreshed", "state"),
     [
-        ("running", SimpleNamespace(state="stopping", updated=20), 10, "stopping"),
-        ("running", SimpleNamespace(state="starting", updated=5), 10, "running"),  # older
-        ("stopped", SimpleNamespace(state="stopped", updated=0), 10, "stopped"),  # never set
-        ("stopped", None, None, "stopped"),
+        ("running", Progress(state="stopping", updated=20), 10, "stopping"),
+        ("running", Progress(state="starting", updated=5), 10, "running"),  # older
+        ("stopped", Progress(state="stopped", updated=0), 10, "stopped"),  # never set
+        ("running", Progress(), None, "running"),  # nothing known: the rows say
     ],
 )
 def test_live_state(row, progress, refreshed, state):

@@ -11,7 +11,7 @@ from mitmproxy.master import Master
 from mitmproxy.proxy.layers.http import HttpRequestHeadersHook
 from mitmproxy.test import tflow
 
-from hubproxy.dispatch import CachedAddonManager
+from hubproxy.server.dispatch import CachedAddonManager
 
 
 class Recorder:

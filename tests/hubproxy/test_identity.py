@@ -1,4 +1,4 @@
-"""The username is the provider's exact value: ``hubproxy.identity`` (pure functions)."""
+"""The username is the provider's exact value: ``hubproxy.auth.identity`` (pure functions)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from hubcontrol.errors import UsernameError
 from hubcontrol.names import safe_name
-from hubproxy import identity
+from hubproxy.auth import identity
 from tests.hubproxy.support import make_config
 
 # Names that str.strip() would turn into "alice", and names with line separators inside.

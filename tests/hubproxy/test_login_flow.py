@@ -15,7 +15,7 @@ import pytest
 
 from hubcontrol.config import OAuthConfig, Template
 from hubcontrol.names import safe_name
-from hubproxy.relay import Relay
+from hubproxy.addons.websocketrelay import Relay
 from tests.hubproxy.harness import (
     StubHub,
     browser,
@@ -291,7 +291,7 @@ def test_websocket_relays_stamps_activity_and_closes_at_logout(tmp_path, envs, p
                     assert ws_roundtrip(sock, ws, f"m{i}") == f"alice-term:m{i}"
                 assert hub.touches.count(("alice", "ws-in")) == 50
                 assert hub.touches.count(("alice", "ws-out")) == 50
-                # relayed as bytes (hubproxy/relay.py): nothing of the frames is kept
+                # relayed as bytes (addons/websocketrelay.py): nothing of the frames is kept
                 ((carrier,),) = proxy.context.websockets.values()
                 assert isinstance(carrier, Relay) and carrier.user == "alice"
                 logout(client, term)

@@ -12,9 +12,7 @@ from mitmproxy.test import tflow
 
 from hubcontrol.hub import STATES
 from hubcontrol.stats import Counter, Gauge, Histogram
-from hubproxy.context import ENDPOINT, ROUTED, SCHEME, TARGET
-from hubproxy.hosts import Target
-from hubproxy.metrics import (
+from hubproxy.addons.metrics import (
     Metrics,
     ProxyMetrics,
     environments_by_state,
@@ -22,6 +20,8 @@ from hubproxy.metrics import (
     render_family,
     status_class,
 )
+from hubproxy.context import ENDPOINT, ROUTED, SCHEME, TARGET
+from hubproxy.hosts import Target
 from tests.hubproxy.statussite import seeded_site
 
 # one sample line of the text format: name{labels} value

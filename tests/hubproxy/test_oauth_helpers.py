@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from hubproxy import oauth
-from hubproxy.router import forwarded_for, upstream
-from tests.hubproxy.support import Route
+from hubproxy.addons import oauthlogin
+from hubproxy.addons.router import forwarded_for, upstream
+from tests.hubproxy.support import make_route
 
 NEXTCLOUD = {"ocs": {"meta": {"status": "ok"}, "data": {"id": "alice", "groups": ["dev"]}}}
 
@@ -24,7 +24,7 @@ NEXTCLOUD = {"ocs": {"meta": {"status": "ok"}, "data": {"id": "alice", "groups":
     ],
 )
 def test_username_from_userinfo(data, path, user):
-    assert oauth.username_from_userinfo(data, path) == user
+    assert oauthlogin.username_from_userinfo(data, path) == user
 
 
 @pytest.mark.parametrize(
@@ -42,8 +42,8 @@ def test_username_from_userinfo(data, path, user):
     ],
 )
 def test_username_missing_is_a_provider_error(data, path):
-    with pytest.raises(oauth.ProviderError) as e:
-        oauth.username_from_userinfo(data, path)
+    with pytest.raises(oauthlogin.ProviderError) as e:
+        oauthlogin.username_from_userinfo(data, path)
     assert e.value.status == 502 and path in e.value.detail
 
 
@@ -59,7 +59,7 @@ def test_username_missing_is_a_provider_error(data, path):
     ],
 )
 def test_groups_from_userinfo(data, groups):
-    assert oauth.groups_from_userinfo(data) == groups
+    assert oauthlogin.groups_from_userinfo(data) == groups
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_groups_from_userinfo(data, groups):
     ],
 )
 def test_allowed(groups, allowed_groups, ok):
-    assert oauth.allowed(groups, allowed_groups) is ok
+    assert oauthlogin.allowed(groups, allowed_groups) is ok
 
 
 @pytest.mark.parametrize(
@@ -80,17 +80,17 @@ def test_allowed(groups, allowed_groups, ok):
     [((), "openid"), (("read:user",), "openid read:user"), (("openid", "groups"), "openid groups")],
 )
 def test_effective_scopes(extra, scope):
-    assert oauth.effective_scopes(extra) == scope
+    assert oauthlogin.effective_scopes(extra) == scope
 
 
 def test_redirect_uri():
-    assert oauth.redirect_uri(None, "https", "Term.Example.com") == (
+    assert oauthlogin.redirect_uri(None, "https", "Term.Example.com") == (
         "https://term.example.com/_hub/oauth/callback"
     )
-    assert oauth.redirect_uri(None, "http", "term.localhost:7112") == (
+    assert oauthlogin.redirect_uri(None, "http", "term.localhost:7112") == (
         "http://term.localhost:7112/_hub/oauth/callback"
     )
-    assert oauth.redirect_uri("https://x/cb", "http", "term.localhost") == "https://x/cb"
+    assert oauthlogin.redirect_uri("https://x/cb", "http", "term.localhost") == "https://x/cb"
 
 
 PORTS = {"term": 7681, "code": 8080}
@@ -99,12 +99,12 @@ PORTS = {"term": 7681, "code": 8080}
 @pytest.mark.parametrize(
     ("route", "prefix", "address"),
     [
-        (Route("a", "running", "10.208.0.2", PORTS), "term", ("10.208.0.2", 7681)),
-        (Route("a", "running", "10.208.0.2", {}), "code", ("10.208.0.2", 8080)),
-        (Route("a", "running", "10.208.0.2", PORTS), "desktop", None),
-        (Route("a", "starting", "10.208.0.2", PORTS), "term", None),
-        (Route("a", "checkpointed", "10.208.0.2", PORTS), "term", None),
-        (Route("a", "running", None, PORTS), "term", None),
+        (make_route("a", "running", "10.208.0.2", PORTS), "term", ("10.208.0.2", 7681)),
+        (make_route("a", "running", "10.208.0.2", {}), "code", ("10.208.0.2", 8080)),
+        (make_route("a", "running", "10.208.0.2", PORTS), "desktop", None),
+        (make_route("a", "starting", "10.208.0.2", PORTS), "term", None),
+        (make_route("a", "checkpointed", "10.208.0.2", PORTS), "term", None),
+        (make_route("a", "running", "", PORTS), "term", None),
         (None, "term", None),
     ],
 )
@@ -122,17 +122,7 @@ def test_upstream(route, prefix, address):
     ],
 )
 def test_upstream_waits_for_the_chosen_template(running_template, chosen, routed):
-    from dataclasses import dataclass
-
-    @dataclass
-    class TemplatedRoute:
-        user: str
-        state: str
-        service_ip: str
-        ports: dict
-        template: str
-
-    route = TemplatedRoute("a", "running", "10.208.0.2", PORTS, running_template)
+    route = make_route("a", "running", "10.208.0.2", PORTS, running_template)
     assert (upstream(route, "term", PORTS, chosen) is not None) is routed
 
 
@@ -155,7 +145,7 @@ def test_forwarded_for():
 def test_large_body(headers, large):
     from mitmproxy.test import tutils
 
-    from hubproxy.router import large_body
+    from hubproxy.addons.router import large_body
 
     req = tutils.treq()
     req.headers.clear()

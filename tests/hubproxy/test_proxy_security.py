@@ -9,9 +9,9 @@ import socket
 
 import pytest
 
-from hubproxy import cookies
-from tests.hubproxy.harness import StubHub, StubRoute, running_proxy
-from tests.hubproxy.support import make_config
+from hubproxy.auth import cookies
+from tests.hubproxy.harness import StubHub, running_proxy
+from tests.hubproxy.support import make_config, make_route
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port
 
@@ -38,7 +38,7 @@ def proxy(tmp_path_factory):
         hub = StubHub([ALICE_IP, BOB_IP], routes, start_delay=0)
         with running_proxy(config, hub, free_port()) as running:
             for user, ip in (("alice", ALICE_IP), ("bob", BOB_IP)):
-                hub._set(StubRoute(user, "running", ip, routes))
+                hub._set(make_route(user, "running", ip, routes))
             yield running
 
 

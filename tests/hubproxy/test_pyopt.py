@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hubproxy.pyopt import should_reexec
+from hubproxy.server.pyopt import should_reexec
 
 HUB = sys.executable.rsplit("/", 1)[0] + "/hub"
 

@@ -1,5 +1,6 @@
-"""WebSockets relayed as bytes (hubproxy/relay.py), through the real proxy (lean mitmproxy master)
-on raw sockets, against an echo environment and a scripted one that misbehaves on purpose."""
+"""WebSockets relayed as bytes (hubproxy/addons/websocketrelay.py), through the real proxy (lean
+mitmproxy master) on raw sockets, against an echo environment and a scripted one that misbehaves
+on purpose."""
 
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ from wsproto.events import (
 )
 from wsproto.utilities import generate_accept_token
 
-from hubproxy import relay
-from hubproxy.relay import Relay
-from tests.hubproxy.harness import StubHub, StubRoute, browser, logout, running_proxy
-from tests.hubproxy.support import make_config
+from hubproxy.addons import websocketrelay
+from hubproxy.addons.websocketrelay import Relay
+from tests.hubproxy.harness import StubHub, browser, logout, running_proxy
+from tests.hubproxy.support import make_config, make_route
 from tests.hubproxy.test_proxy_security import cookie_for
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port
@@ -161,7 +162,7 @@ def proxy(tmp_path_factory):
         )
         hub = StubHub([ALICE_IP], routes, start_delay=0)
         with running_proxy(config, hub, free_port()) as running:
-            hub._set(StubRoute("alice", "running", ALICE_IP, routes))
+            hub._set(make_route("alice", "running", ALICE_IP, routes))
             yield running
 
 
@@ -281,17 +282,19 @@ def test_frame_scanner_tells_data_from_keepalive_across_any_split():
     stream = b"".join(f for f, _ in frames)
     # per byte: does it show a data frame? The last byte of its header and every payload byte
     # do (before the header is complete the opcode may be known, the frame's extent is not).
-    is_data = [d and i >= relay.frame_header(f)[0] - 1 for f, d in frames for i in range(len(f))]
+    is_data = [
+        d and i >= websocketrelay.frame_header(f)[0] - 1 for f, d in frames for i in range(len(f))
+    ]
     for split in (1, 2, 3, 7, 13, 14, 15, 4096, len(stream)):
-        scanner = relay.FrameScanner()
+        scanner = websocketrelay.FrameScanner()
         for i in range(0, len(stream), split):
             assert scanner.scan(stream[i : i + split]) == any(is_data[i : i + split]), (split, i)
         assert scanner.skip == 0 and scanner.head == b"", split
     # frame by frame: exactly the data frames count as activity
-    scanner = relay.FrameScanner()
+    scanner = websocketrelay.FrameScanner()
     assert [scanner.scan(f) for f, _ in frames] == [d for _, d in frames]
     # a chunk holding only pings and pongs is not activity, one with a data frame is
-    scanner = relay.FrameScanner()
+    scanner = websocketrelay.FrameScanner()
     keepalive = [f for f, d in frames if not d and f[0] & 0x0F in (9, 10)]
     assert scanner.scan(b"".join(keepalive)) is False
     assert scanner.scan(keepalive[0] + frames[0][0]) is True
@@ -396,7 +399,7 @@ def test_half_close_is_passed_on_and_the_answer_still_arrives(proxy):
 
 
 def test_an_environment_that_never_answers_the_upgrade_gets_a_502(proxy, monkeypatch):
-    monkeypatch.setattr(relay, "HEAD_TIMEOUT", 0.5)
+    monkeypatch.setattr(websocketrelay, "HEAD_TIMEOUT", 0.5)
     sock, _, data = upgrade(proxy, "odd", "/silent")
     with sock:
         assert data.startswith(b"HTTP/1.1 502")
@@ -419,7 +422,7 @@ def test_logout_closes_relayed_websockets(proxy):
 def test_connections_the_relay_cannot_take_use_mitmproxys_websocket_layer(proxy, monkeypatch):
     # Stands in for a TLS or HTTP/2 client connection, which the relay leaves to mitmproxy; the
     # proxy, the environment and the frames are real.
-    monkeypatch.setattr(relay, "client_io", lambda flow: None)
+    monkeypatch.setattr(websocketrelay, "client_io", lambda flow: None)
     sock, ws, _ = upgrade(proxy, "term")
     with sock:
         sock.sendall(ws.send(Message(data="via mitmproxy")))

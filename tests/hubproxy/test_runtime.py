@@ -8,7 +8,9 @@ import asyncio
 import anyio
 import pytest
 
-from hubproxy.runtime import ControlThread
+from hubcontrol import Progress, RouteTable
+from hubcontrol.engine import Engine
+from hubproxy.server.controlthread import ControlThread
 
 pytestmark = pytest.mark.anyio
 
@@ -18,15 +20,16 @@ class SlowHub:
         self.calls: list = []
         self.running = False
         self.release = None
+        self.engine = Engine()
 
     def snapshot(self):
-        return {}
+        return RouteTable()
 
     def touch(self, user, kind="http"):
         pass
 
     def progress(self, user):
-        return None
+        return Progress()
 
     async def ensure_running(self, user, template=None):
         self.calls.append((user, template))

@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from hubcontrol.errors import ConfigError
-from hubproxy.sessions import SessionStore, load_session_secret
+from hubproxy.auth.sessionstore import SessionStore, load_session_secret
 
 
 def test_store_persists_and_revokes(tmp_path):

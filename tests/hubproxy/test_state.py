@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from hubproxy import state as s
-from hubproxy.cookies import derive_key
+from hubproxy.auth import oauthstate as s
+from hubproxy.auth.cookies import derive_key
 
 KEY = derive_key("k" * 64, "state")
 NOW = 1_800_000_000

@@ -2,7 +2,7 @@
 
 The integration tests run ``hub start``'s own code path in a subprocess (tests/hubproxy/
 workerhub.py: worker 0 with the harness's ``StubHub`` as control plane, which "starts" a user by
-routing to an echo server) and the real ``python -O -m hubproxy.worker`` children, sharing the
+routing to an echo server) and the real ``python -O -m hubproxy.workers`` children, sharing the
 port with ``SO_REUSEPORT``, against the real npm OIDC provider. Which process serves a
 connection is the kernel's choice; the test finds out through /proc (the accepted socket's inode
 in /proc/net/tcp, then the process holding it) and reconnects until it has the one it wants.
@@ -31,11 +31,12 @@ from hubcontrol.config import MAX_WORKERS, build_config, parse_workers
 from hubcontrol.errors import ConfigError
 from hubcontrol.hub import Route, RouteTable
 from hubcontrol.stats import Counter, Gauge
-from hubproxy import workerlink
-from hubproxy.master import ReusePortLoop
-from hubproxy.sessions import Session, SessionStore
-from hubproxy.worker import RemoteControlPlane, parse_args
-from hubproxy.workers import FleetMetrics, trusted_client
+from hubproxy.auth.sessionstore import Session, SessionStore
+from hubproxy.server.master import ReusePortLoop
+from hubproxy.workers import link
+from hubproxy.workers.worker import RemoteControlPlane, parse_args
+from hubproxy.workers.workeringress import trusted_client
+from hubproxy.workers.workerpool import FleetMetrics
 from tests.hubproxy.harness import (
     HubTransport,
     logout,
@@ -147,7 +148,7 @@ def test_hub_start_with_workers_refuses_a_port_in_use(tmp_path, monkeypatch):
         stale.bind(("0.0.0.0", 0))
         stale.listen()
         port = stale.getsockname()[1]
-        assert workerlink.port_taken(port) is not None
+        assert link.port_taken(port) is not None
         result = CliRunner().invoke(
             app,
             ["start", "--labels", str(labels), f"--port={port}", "--workers=2"]
@@ -156,13 +157,13 @@ def test_hub_start_with_workers_refuses_a_port_in_use(tmp_path, monkeypatch):
     assert result.exit_code == 1, result.output
     assert f"--port={port} is in use" in result.output
     assert not (tmp_path / "state" / "workers.sock").exists()
-    assert workerlink.port_taken(port) is None
+    assert link.port_taken(port) is None
 
 
 def test_link_path_fits_a_unix_socket(tmp_path):
-    assert workerlink.link_path("/var/lib/rediacc/hub") == "/var/lib/rediacc/hub/workers.sock"
+    assert link.link_path("/var/lib/rediacc/hub") == "/var/lib/rediacc/hub/workers.sock"
     with pytest.raises(ValueError, match="use a shorter --state-dir, or --workers=1"):
-        workerlink.link_path("/" + "d" * 100)
+        link.link_path("/" + "d" * 100)
 
 
 def test_install_keeps_workers_in_the_unit():
@@ -180,8 +181,8 @@ def test_route_table_round_trip():
             "bob--1a2b3c": Route("Bob", "bob--1a2b3c", "starting", "10.1.1.2", {}, ""),
         }
     )
-    wire = json.loads(json.dumps(workerlink.routes_to_wire(table)))
-    copy = workerlink.routes_from_wire(wire)
+    wire = json.loads(json.dumps(link.routes_to_wire(table)))
+    copy = link.routes_from_wire(wire)
     assert copy.get("alice") == table.get("alice")
     assert copy.by_name("bob--1a2b3c") == table.by_name("bob--1a2b3c")
     assert copy.get("bob--1a2b3c") is None  # a safe name is not a username, on workers too
@@ -201,7 +202,7 @@ def test_route_table_round_trip():
     ],
 )
 def test_sum_samples(parts, expected):
-    assert workerlink.sum_samples(parts) == expected
+    assert link.sum_samples(parts) == expected
 
 
 @pytest.mark.parametrize(
@@ -214,14 +215,14 @@ def test_sum_samples(parts, expected):
     ],
 )
 def test_newer_activity_wins(stamp, current, expected):
-    assert workerlink.newer(stamp, current) is expected
+    assert link.newer(stamp, current) is expected
 
 
 @pytest.mark.parametrize(
     ("failures", "delay"), [(0, 0.5), (1, 0.5), (2, 1.0), (3, 2.0), (7, 30.0), (50, 30.0)]
 )
 def test_restart_backoff(failures, delay):
-    assert workerlink.backoff(failures) == delay
+    assert link.backoff(failures) == delay
 
 
 @pytest.mark.parametrize(
@@ -244,12 +245,12 @@ def test_trusted_client(private, token, client, result):
 
 
 def test_worker_command_and_arguments():
-    command = workerlink.worker_command("/py", 1, 3, "/s/workers.sock", ["--port=7112", "--x"])
+    command = link.worker_command("/py", 1, 3, "/s/workers.sock", ["--port=7112", "--x"])
     assert command == [
-        "/py", "-O", "-m", "hubproxy.worker", "--index=3", "--link=/s/workers.sock", "--",
+        "/py", "-O", "-m", "hubproxy.workers", "--index=3", "--link=/s/workers.sock", "--",
         "--port=7112", "--x",
     ]  # fmt: skip
-    assert "-O" not in workerlink.worker_command("/py", 0, 1, "/s", [])
+    assert "-O" not in link.worker_command("/py", 0, 1, "/s", [])
     args = parse_args(command[4:])
     assert (args.index, args.link, args.start_args) == (
         3,
@@ -265,7 +266,7 @@ def test_session_replica_follows_changes():
     a = store.create("alice", browser="digest")
     b = store.create("alice", template="python")
     replica = SessionStore.replica(
-        [workerlink.session_from_wire(json.loads(json.dumps(workerlink.session_to_wire(a))))],
+        [Session.from_json(json.loads(json.dumps(a.to_json())))],
         clock=lambda: 1000.0,
     )
     replica.apply(*seen[1])
@@ -330,7 +331,7 @@ def test_reuse_port_loop_applies_to_its_port_only():
 async def test_remote_control_plane_reads_locally_and_starts_once():
     sent = []
     control = RemoteControlPlane(sent.append, clock=lambda: 42.0)
-    control.set_routes(workerlink.routes_to_wire(RouteTable({})))
+    control.set_routes(link.routes_to_wire(RouteTable({})))
     assert control.route("alice") is None
     first = control.start("alice", None)
     assert control.start("alice", None) is first
@@ -432,7 +433,7 @@ def worker_pids(hub: subprocess.Popen, count: int, timeout: float = 20.0) -> lis
 
 def _listening(pid: int) -> bool:
     with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
-        return b"hubproxy.worker" in f.read() and _holds_listener(pid)
+        return b"hubproxy.workers" in f.read() and _holds_listener(pid)
     return False
 
 
@@ -441,9 +442,9 @@ def _holds_listener(pid: int) -> bool:
     with contextlib.suppress(OSError):
         for fd in os.listdir(f"/proc/{pid}/fd"):
             with contextlib.suppress(OSError):
-                link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if link.startswith("socket:["):
-                    inodes.add(int(link[8:-1]))
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
     with open("/proc/net/tcp") as f:
         next(f)
         return any(line.split()[3] == "0A" and int(line.split()[9]) in inodes for line in f)
@@ -502,13 +503,13 @@ def hub_process(tmp_path: Path, port: int, issuer: str, term_port: int, workers:
 
 
 def workers_of(tmp_path: Path) -> list[int]:
-    """Every live ``hubproxy.worker`` process of the hub in ``tmp_path``, whoever its parent."""
+    """Every live ``hubproxy.workers`` process of the hub in ``tmp_path``, whoever its parent."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError), open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmdline = f.read()
-                if b"hubproxy.worker" in cmdline and str(tmp_path).encode() in cmdline:
+                if b"hubproxy.workers" in cmdline and str(tmp_path).encode() in cmdline:
                     if not _zombie_or_gone(int(entry)):
                         found.append(int(entry))
     return found
@@ -703,13 +704,14 @@ def test_workers_exit_when_worker_0_is_killed(tmp_path):
             time.sleep(0.1)
         assert health["workers"] == {"ready": 2, "configured": 2}
         # The link is root-only, and only the process worker 0 spawned for an index may use it.
-        link = tmp_path / "state" / "workers.sock"
-        assert stat.S_ISSOCK(link.stat().st_mode) and stat.S_IMODE(link.stat().st_mode) == 0o600
+        sock_path = tmp_path / "state" / "workers.sock"
+        mode = sock_path.stat().st_mode
+        assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
         for index in (1, 2):
             with socket.socket(socket.AF_UNIX) as intruder:
                 intruder.settimeout(5)
-                intruder.connect(str(link))
-                intruder.sendall(workerlink.encode({"t": "hello", "index": index, "pid": w1}))
+                intruder.connect(str(sock_path))
+                intruder.sendall(link.encode({"t": "hello", "index": index, "pid": w1}))
                 assert intruder.recv(65536) == b"", "worker 0 answered a stranger"
         os.kill(w0, signal.SIGKILL)  # no chance to stop its workers itself
         hub.wait(10)

@@ -2,10 +2,10 @@
 
     python -O -m tests.hubproxy.workerhub --labels L --env-file E --port=P --workers=2 ...
 
-Everything after the control plane is ``hub start``'s own code path (``hubproxy.boot.run_proxy``:
-worker 0, the real ``python -O -m hubproxy.worker`` children, ``SO_REUSEPORT``, the link); only
-the Hub is the stub, which "starts" a user by pointing their route at an echo server
-(``STUB_ADDRESSES``, comma-separated, one per new user). Each ``touch`` is appended as a JSON
+Everything after the control plane is ``hub start``'s own code path
+(``hubproxy.server.startup.run_proxy``: worker 0, the real ``python -O -m hubproxy.workers``
+children, ``SO_REUSEPORT``, the link); only the Hub is the stub, which "starts" a user by pointing
+their route at an echo server (``STUB_ADDRESSES``, comma-separated, one per new user). Each ``touch`` is appended as a JSON
 line to ``STUB_TOUCHES`` so the test can see activity that workers reported to worker 0.
 """
 
@@ -17,14 +17,9 @@ import os
 import sys
 
 from hubcontrol.config import load_config, parse_start_flags
-from hubproxy.boot import run_proxy, start_control_plane
 from hubproxy.context import HubContext
-from tests.hubproxy.harness import StubHub, StubTable
-
-
-class IterTable(StubTable):
-    def __iter__(self):
-        return iter(self._routes.values())
+from hubproxy.server.startup import run_proxy, start_control_plane
+from tests.hubproxy.harness import StubHub
 
 
 class FileStubHub(StubHub):
@@ -32,11 +27,6 @@ class FileStubHub(StubHub):
         super().touch(user, kind)
         with open(os.environ["STUB_TOUCHES"], "a") as f:
             f.write(json.dumps([user, kind, os.getpid()]) + "\n")
-
-    def _set(self, route):
-        routes = dict(self.table._routes)
-        routes[route.user] = route
-        self.table = IterTable(routes)
 
 
 def main() -> None:
@@ -47,7 +37,6 @@ def main() -> None:
     config = load_config(labels, env_file=env_file, flags=flags)
     ports = dict(config.routes)
     hub = FileStubHub(os.environ["STUB_ADDRESSES"].split(","), ports, start_delay=0.3)
-    hub.table = IterTable({})
     context = HubContext()
     thread = start_control_plane(config, context, hub=hub)
     try:

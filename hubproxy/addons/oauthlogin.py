@@ -31,15 +31,13 @@ from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from mitmproxy import exceptions, http
 
-from hubcontrol.errors import UsernameError
-from hubproxy import cookies, hosts, identity, pages
-from hubproxy.context import ENDPOINT, SCHEME, TARGET, HubContext
-from hubproxy.csrf import CSRF_FIELD, CSRF_HEADER, csrf_problem, csrf_token, origin_problem
-from hubproxy.guard import close_connection, fail_closed
-from hubproxy.router import large_body
-from hubproxy.session import conflict_response, lookup
-from hubproxy.sessions import SESSION_TTL
-from hubproxy.state import (
+from hubcontrol import UsernameError
+from hubproxy import hosts
+from hubproxy.addons.router import large_body
+from hubproxy.addons.sessioncheck import conflict_response, lookup
+from hubproxy.auth import cookies, identity
+from hubproxy.auth.csrf import CSRF_FIELD, CSRF_HEADER, csrf_problem, csrf_token, origin_problem
+from hubproxy.auth.oauthstate import (
     STATE_TTL,
     StateError,
     make_state,
@@ -48,6 +46,10 @@ from hubproxy.state import (
     read_state,
     state_cookie_name,
 )
+from hubproxy.auth.sessionstore import SESSION_TTL
+from hubproxy.context import ENDPOINT, SCHEME, TARGET, HubContext
+from hubproxy.guard import close_connection, fail_closed
+from hubproxy.web import pages
 
 log = logging.getLogger("hubproxy.oauth")
 
@@ -586,8 +588,8 @@ def logout_form(context: HubContext, session) -> tuple[str, str, dict[str, str]]
 
 def close_websockets(context: HubContext, sid: str) -> int:
     """Close every WebSocket opened with session ``sid`` (relayed ones and mitmproxy WebSocket
-    flows, see ``hubproxy.relay``); returns how many."""
-    from hubproxy.relay import Relay
+    flows, see ``hubproxy.addons.websocketrelay``); returns how many."""
+    from hubproxy.addons.websocketrelay import Relay
 
     live = context.websockets.pop(sid, set())
     for item in list(live):

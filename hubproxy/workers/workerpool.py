@@ -5,7 +5,7 @@ single-process hub, on the port opened with ``SO_REUSEPORT``. After its control 
 and its listeners are up, ``WorkerPool`` (an addon of worker 0's master):
 
 - listens on ``<state-dir>/workers.sock`` (0600) and spawns workers 1..N-1 as
-  ``python -O -m hubproxy.worker`` (``hubproxy/worker.py``), each in its own process group;
+  ``python -O -m hubproxy.workers`` (``worker.py``), each in its own process group;
 - accepts a link only from the process it spawned for that index (``SO_PEERCRED``);
 - sends each worker the route table whenever the Hub swaps it (looked at every 100 ms), the
   progress of environments workers asked to start, and every session added or removed;
@@ -16,17 +16,14 @@ and its listeners are up, ``WorkerPool`` (an addon of worker 0's master):
 - restarts a worker that dies (with backoff), and on shutdown stops every worker by PID
   (SIGTERM, then SIGKILL after a timeout) and removes the socket.
 
-``WorkerIngress`` is worker 0's first addon: on the private listener (127.0.0.1, where workers
-forward ``/_hub/`` requests) it checks the token and takes the browser's address from the
-header; on the public port those headers are dropped unread.
+``WorkerIngress`` (``workeringress.py``) is worker 0's first addon: it trusts the browser address
+a worker forwards only on the private listener and with the token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import ipaddress
 import logging
 import os
 import secrets
@@ -38,30 +35,26 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx
 
-from hubcontrol.stats import Counter, Gauge, Histogram
-from hubproxy import pages
-from hubproxy.guard import fail_closed
-from hubproxy.workerlink import (
-    CLIENT_HEADER,
+from hubcontrol import Counter, Gauge, Histogram, HubError
+from hubproxy.server.controlthread import EmbeddedControlPlane
+from hubproxy.workers.link import (
     MAX_MESSAGE,
     PRIVATE_MODE,
     PUBLISH_INTERVAL,
-    TOKEN_HEADER,
     LinkError,
     backoff,
     decode,
     encode,
     link_path,
     newer,
-    progress_to_wire,
     routes_to_wire,
     samples_from_wire,
-    session_to_wire,
     sum_samples,
     worker_command,
 )
+from hubproxy.workers.workeringress import WorkerIngress
 
 log = logging.getLogger("hubproxy.workers")
 
@@ -69,45 +62,6 @@ STOP_TIMEOUT = 10.0  # seconds a worker gets to exit after SIGTERM before SIGKIL
 HEALTHY_RUN = 30.0  # a worker that ran this long before dying is restarted without backoff
 MAX_BUFFERED = 64 << 20  # a worker that lets this much pile up on its link is cut off
 REQUESTS = "hub_proxy_requests_total"
-
-
-def trusted_client(private: bool, token: str | None, expected: str, client: str | None) -> str:
-    """The browser address of a request worker 0 got from a worker, or raise ValueError.
-
-    Only requests on the private listener with worker 0's token may name the client."""
-    if not private:
-        raise ValueError("not on the private listener")
-    if not token or not hmac.compare_digest(token.encode(), expected.encode()):
-        raise ValueError("bad or missing worker token")
-    try:
-        return str(ipaddress.ip_address((client or "").strip()))
-    except ValueError:
-        raise ValueError(f"bad client address {client!r}") from None
-
-
-class WorkerIngress:
-    def __init__(self, token: str) -> None:
-        self.token = token
-
-    @fail_closed
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        headers = flow.request.headers
-        client = headers.get(CLIENT_HEADER)
-        token = headers.get(TOKEN_HEADER)
-        if client is not None:
-            del headers[CLIENT_HEADER]
-        if token is not None:
-            del headers[TOKEN_HEADER]
-        private = getattr(flow.client_conn.proxy_mode, "full_spec", None) == PRIVATE_MODE
-        if not private:
-            return  # the public port: such headers are a client's own, dropped unread
-        try:
-            ip = trusted_client(private, token, self.token, client)
-        except ValueError as e:
-            log.warning("hub: refused a request on the workers' listener: %s", e)
-            flow.response = pages.page(403, "Forbidden", "This listener is for hub workers only.")
-            return
-        flow.client_conn.peername = (ip, 0)
 
 
 def peer_pid(writer: asyncio.StreamWriter) -> int | None:
@@ -151,7 +105,7 @@ class FleetMetrics:
             "Requests proxied to user environments, by the worker process that proxied them",
             ("worker",),
         )
-        own_requests = next((f for f in own if getattr(f, "name", None) == REQUESTS), None)
+        own_requests = next((f for f in own if f.name == REQUESTS), None)
         counts = {0: sum(v for _, v in own_requests.samples()) if own_requests else 0.0}
         for index in range(1, pool.count):
             total = 0.0
@@ -208,10 +162,10 @@ class WorkerPool:
         if self.private_port is None:
             log.error("hub: the workers' private listener is not up; running without workers")
             return
-        from hubproxy.master import proxy_metrics
+        from hubproxy.server.master import proxy_metrics
 
         proxy_metrics(ctx.master).fleet = FleetMetrics(self)
-        if hasattr(self.context.control, "extra_health"):
+        if isinstance(self.context.control, EmbeddedControlPlane):  # worker 0's: always
             self.context.control.extra_health = self.health
         self.context.sessions.listeners.append(self._sessions_changed)
         self._server = await asyncio.start_unix_server(
@@ -353,16 +307,14 @@ class WorkerPool:
 
     def _welcome(self) -> dict:
         control = self.context.control
-        self._table = self._snapshot()
+        self._table = control.snapshot()
         return {
             "t": "welcome",
             "token": self.token,
             "private_port": self.private_port,
-            "routes": routes_to_wire(self._table) if self._table is not None else [],
-            "sessions": [session_to_wire(s) for s in self.context.sessions.sessions()],
-            "progress": {
-                user: progress_to_wire(control.progress(user)) for user in sorted(self._watch)
-            },
+            "routes": routes_to_wire(self._table),
+            "sessions": [s.to_json() for s in self.context.sessions.sessions()],
+            "progress": {user: control.progress(user).to_json() for user in sorted(self._watch)},
         }
 
     def _handle(self, index: int, message: dict) -> None:
@@ -421,7 +373,7 @@ class WorkerPool:
             if f.cancelled():
                 error = "the start was cancelled"
             elif (e := f.exception()) is not None:
-                error = getattr(e, "user_message", None) or str(e)
+                error = e.user_message if isinstance(e, HubError) else str(e)
             self._publish_progress(user)
             self._broadcast({"t": "started", "user": user, "template": template, "error": error})
 
@@ -429,31 +381,23 @@ class WorkerPool:
 
     def _merge_activity(self, stamps) -> None:
         control = self.context.control
-        hub = getattr(control, "hub", None)
-        activity = getattr(hub, "activity", None)
         for user, at, kind in stamps:
-            current = activity(user) if activity is not None else None
-            if newer(float(at), current):
+            if newer(float(at), control.activity(user)):
                 control.touch(str(user), str(kind))
 
     def _sessions_changed(self, added, removed) -> None:
         self._broadcast(
             {
                 "t": "sessions",
-                "added": [session_to_wire(s) for s in added],
+                "added": [s.to_json() for s in added],
                 "removed": list(removed),
             }
         )
 
     # -- what worker 0 publishes -------------------------------------------------------------------
 
-    def _snapshot(self):
-        hub = getattr(self.context.control, "hub", None)
-        return hub.snapshot() if hub is not None else None
-
     def _publish_progress(self, user: str) -> None:
-        progress = self.context.control.progress(user)
-        wire = progress_to_wire(progress)
+        wire = self.context.control.progress(user).to_json()
         if self._progress_sent.get(user) != wire:
             self._progress_sent[user] = wire
             self._broadcast({"t": "progress", "user": user, "progress": wire})
@@ -467,8 +411,8 @@ class WorkerPool:
             await asyncio.sleep(PUBLISH_INTERVAL)
 
     def _publish_once(self) -> None:
-        table = self._snapshot()
-        if table is not self._table and table is not None:
+        table = self.context.control.snapshot()
+        if table is not self._table:
             self._table = table
             self._broadcast({"t": "routes", "routes": routes_to_wire(table)})
         for user in list(self._watch):
@@ -482,7 +426,7 @@ async def serve_with_workers(
     context, config, start_args: Sequence[str], stop_when=None, listen_host: str = ""
 ) -> None:
     """Worker 0: proxy on ``config.port`` and keep ``config.workers - 1`` workers running."""
-    from hubproxy.master import serve
+    from hubproxy.server.master import serve
 
     pool = WorkerPool(context, config.workers, start_args)
     await serve(

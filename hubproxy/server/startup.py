@@ -5,15 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from hubcontrol.config import HubConfig
+from hubcontrol import ConfigError, Hub, HubConfig, HubError
+from hubproxy.auth.sessionstore import load_session_secret
 from hubproxy.context import HubContext
-from hubproxy.runtime import ControlThread
-from hubproxy.sessions import load_session_secret
+from hubproxy.server.controlthread import ControlThread
 
 log = logging.getLogger("hubproxy")
 
 
-def start_control_plane(config: HubConfig, context: HubContext, hub=None) -> ControlThread:
+def start_control_plane(
+    config: HubConfig, context: HubContext, hub: Hub | None = None
+) -> ControlThread:
     """Start ``Hub.run()`` in its thread and fill ``context``; returns the thread to stop later.
 
     ``hub`` defaults to ``hubcontrol.Hub(config)``.
@@ -26,8 +28,6 @@ def start_control_plane(config: HubConfig, context: HubContext, hub=None) -> Con
             config.state_dir,
         )
     if hub is None:
-        from hubcontrol import Hub
-
         thread = ControlThread(factory=lambda: Hub(config))
     else:
         thread = ControlThread(hub)
@@ -41,8 +41,7 @@ def check_workers(config: HubConfig) -> None:
     dir too long for the link's socket (ConfigError), a port something already listens on
     (HubError: with SO_REUSEPORT the two would silently share it)."""
     if config.workers > 1:
-        from hubcontrol.errors import ConfigError, HubError
-        from hubproxy.workerlink import link_path, port_taken
+        from hubproxy.workers.link import link_path, port_taken
 
         try:
             link_path(config.state_dir)
@@ -61,14 +60,14 @@ def run_proxy(
     """Proxy on ``config.port`` until SIGTERM/SIGINT or the control plane ends (``hub start``).
 
     With ``config.workers`` > 1 this process is worker 0 and keeps the other workers running
-    (hubproxy/workers.py); they read the same ``start_args`` (the ``hub start`` flags). One worker
+    (hubproxy/workers/); they read the same ``start_args`` (the ``hub start`` flags). One worker
     is exactly the single-process hub: no extra process, socket option or link. Raises
     ConfigError when the workers cannot be run as configured.
     """
-    from hubproxy.master import run_loop, serve
+    from hubproxy.server.master import run_loop, serve
 
     if config.workers > 1:
-        from hubproxy.workers import serve_with_workers
+        from hubproxy.workers.workerpool import serve_with_workers
 
         check_workers(config)
 

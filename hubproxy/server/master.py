@@ -6,7 +6,7 @@ detection and the hub's own addons only (about 2.4x the requests per second, see
 ``hub start --workers N`` runs one such master per process, all on the same port:
 ``run_loop(..., reuse_port=port)`` gives them an event loop that opens that port with
 ``SO_REUSEPORT`` (mitmproxy has no option for it), and the kernel spreads new connections across
-the processes (hubproxy/workers.py).
+the processes (hubproxy/workers/).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from mitmproxy import options
 from mitmproxy.addons import errorcheck, next_layer, proxyserver
 from mitmproxy.master import Master
 
+from hubproxy.addons import PROXY_OPTIONS, hub_addons
+from hubproxy.addons.metrics import Metrics, ProxyMetrics
 from hubproxy.context import HubContext
-from hubproxy.dispatch import CachedAddonManager
-from hubproxy.metrics import Metrics, ProxyMetrics
-from hubproxy.pipeline import PROXY_OPTIONS, hub_addons
+from hubproxy.server.dispatch import CachedAddonManager
 
 log = logging.getLogger("hubproxy")
 

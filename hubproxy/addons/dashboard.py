@@ -12,12 +12,13 @@ import secrets
 
 from mitmproxy import http
 
-from hubproxy import identity, pages
+from hubproxy.addons.metrics import ProxyMetrics, render_metrics
+from hubproxy.auth import identity
+from hubproxy.auth.csrf import csrf_token
 from hubproxy.context import ENDPOINT, SESSION, USER, HubContext
-from hubproxy.csrf import csrf_token
-from hubproxy.dashboard_page import render_page
 from hubproxy.guard import fail_closed
-from hubproxy.metrics import ProxyMetrics, render_metrics
+from hubproxy.web import pages
+from hubproxy.web.dashboardpage import render_page
 
 
 def dashboard_response(user: str, admin: bool, csrf: str) -> http.Response:

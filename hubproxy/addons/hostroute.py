@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from hubproxy import hosts, pages
+from hubproxy import hosts
 from hubproxy.context import ENDPOINT, SCHEME, TARGET, HubContext
 from hubproxy.guard import fail_closed
+from hubproxy.web import pages
 
 # Browsers send a few KiB; nginx refuses more than 4 x 8 KiB by default. Anything above this is
 # refused before it reaches an environment (or the hub's own parsing).

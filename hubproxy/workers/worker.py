@@ -1,17 +1,16 @@
 """A proxy worker of ``hub start --workers N`` (workers 1..N-1; worker 0 spawns them).
 
-    python -O -m hubproxy.worker --index=1 --link=<state-dir>/workers.sock -- <hub start flags>
+    python -O -m hubproxy.workers --index=1 --link=<state-dir>/workers.sock -- <hub start flags>
 
-A worker runs only the lean master (``hubproxy.master``) on the hub's port, shared with
+A worker runs only the lean master (``hubproxy.server.master``) on the hub's port, shared with
 ``SO_REUSEPORT``, with the same addons as worker 0 and a ``RemoteControlPlane``: routes, progress
 and sessions are local copies worker 0 keeps up to date over the link, activity stamps and metric
 counters are local stores sent to worker 0 once a second. A routed request or WebSocket never
 waits for worker 0; a stopped environment is started by asking worker 0 (one message).
 
 Every ``/_hub/`` request (login, OAuth callback, logout, status API, dashboard, metrics, health,
-admin API) but the progress poll is forwarded as it came, Host and cookies intact, to worker 0's private listener on
-127.0.0.1, with the browser's address in a header worker 0 trusts only there and only with the
-token it handed out. So sessions are created and ended in one process only.
+admin API) but the progress poll goes to worker 0 (``forwarder.Forwarder``, the worker's first
+addon), so sessions are created and ended in one process only.
 
 A worker exits when its link to worker 0 closes (worker 0 stopped or died), on SIGTERM/SIGINT,
 and when its parent dies (``PR_SET_PDEATHSIG``): no orphan keeps the port.
@@ -29,56 +28,86 @@ import signal
 import sys
 import time
 
-from mitmproxy import exceptions, http
-
-from hubproxy import hosts, pages
-from hubproxy.workerlink import (
+from hubcontrol import (
+    DEFAULT_LABELS_FILE,
+    Counter,
+    Histogram,
+    HubError,
+    Progress,
+    Route,
+    RouteTable,
+    StatusView,
+    install_log_formatter,
+    load_config,
+    parse_start_flags,
+)
+from hubproxy.auth.sessionstore import Session
+from hubproxy.context import Action, ActionResult
+from hubproxy.workers.forwarder import Forwarder
+from hubproxy.workers.link import (
     BATCH_INTERVAL,
-    CLIENT_HEADER,
     MAX_MESSAGE,
-    TOKEN_HEADER,
     LinkError,
     decode,
     encode,
-    progress_from_wire,
     routes_from_wire,
     samples_to_wire,
-    session_from_wire,
 )
 
 log = logging.getLogger("hubproxy.worker")
 
-FORWARDED = "hub.forwarded"  # flow.metadata: sent to worker 0
-# /_hub/ endpoints a worker answers itself: the progress page's poll reads the same local route
-# table the worker routes with, so "ready" there means this worker will route the reload.
-LOCAL_ENDPOINTS = frozenset({"api/progress"})
-
 
 class RemoteControlPlane:
-    """``hubproxy.context.ControlPlane`` of a worker: local copies fed by worker 0."""
+    """``hubproxy.context.ControlPlane`` of a worker: local copies fed by worker 0.
+
+    A worker forwards every ``/_hub/`` request but the progress poll to worker 0, so what only
+    those answer with is empty here: ``status_view()`` has no rows, ``metric_families()`` none,
+    and ``act`` fails.
+    """
 
     def __init__(self, send, clock=time.time) -> None:
-        from hubcontrol.hub import RouteTable
-
         self._send = send
         self.clock = clock
         self.table = RouteTable()
         self.linked = True
-        self._progress: dict = {}
+        self._progress: dict[str, Progress] = {}
         self._stamps: dict[str, tuple[float, str]] = {}
         self._starts: dict[str, asyncio.Future] = {}
         self._templates: dict[str, str | None] = {}
 
     # -- the ControlPlane protocol (the request path calls these) ---------------------------------
 
-    def route(self, user: str):
+    def route(self, user: str) -> Route | None:
         return self.table.get(user)
+
+    def snapshot(self) -> RouteTable:
+        return self.table
 
     def touch(self, user: str, kind: str) -> None:
         self._stamps[user] = (self.clock(), kind)
 
-    def progress(self, user: str):
-        return self._progress.get(user)
+    def activity(self, user: str) -> tuple[float, str] | None:
+        """This worker's own latest stamp not yet sent to worker 0."""
+        return self._stamps.get(user)
+
+    def progress(self, user: str) -> Progress:
+        return self._progress.get(user) or Progress()
+
+    def status_view(self) -> StatusView:
+        return StatusView()
+
+    def metric_families(self) -> list[Counter | Histogram]:
+        return []
+
+    def act(self, target: str, action: Action) -> asyncio.Future[ActionResult]:
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(
+            HubError(
+                "This request should have gone to the hub's first process; try again.",
+                f"worker asked to {action} {target!r}: /_hub/ requests go to worker 0",
+            )
+        )
+        return future
 
     def start(self, user: str, template: str | None) -> asyncio.Future:
         """Ask worker 0 to start ``user``'s environment; one request per user at a time."""
@@ -104,8 +133,8 @@ class RemoteControlPlane:
     def set_routes(self, rows) -> None:
         self.table = routes_from_wire(rows)  # a reference swap, as in the Hub
 
-    def set_progress(self, user: str, data) -> None:
-        self._progress[user] = progress_from_wire(data)
+    def set_progress(self, user: str, data: dict) -> None:
+        self._progress[user] = Progress.from_json(data)
 
     def started(self, user: str, template: str | None, error: str | None) -> None:
         future = self._starts.get(user)
@@ -129,49 +158,6 @@ class RemoteControlPlane:
         self._starts.clear()
 
 
-class Forwarder:
-    """A worker's first addon: ``/_hub/`` requests go to worker 0, everything else stays here."""
-
-    def __init__(self, port: int, token: str, on_running=None) -> None:
-        self.port = port
-        self.token = token
-        self.on_running = on_running
-
-    def running(self) -> None:
-        if self.on_running is not None:
-            self.on_running()
-
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        path = flow.request.path
-        if (
-            flow.response
-            or not hosts.is_hub_path(path)
-            or hosts.hub_endpoint(path) in LOCAL_ENDPOINTS
-        ):
-            return
-        try:
-            request = flow.request
-            request.data.host, request.data.port = "127.0.0.1", self.port
-            request.scheme = "http"
-            peer = flow.client_conn.peername
-            request.headers[CLIENT_HEADER] = peer[0] if peer else ""
-            request.headers[TOKEN_HEADER] = self.token
-            request.stream = True
-            flow.metadata[FORWARDED] = True
-        except Exception:
-            log.exception("hub: forwarding %s to worker 0 failed", flow.request.path)
-            flow.response = pages.page(
-                500, "Internal error", "The hub hit an unexpected error.", detail="See its log."
-            )
-        # worker 0 answers it: the hub's own addons here must not look at it
-        raise exceptions.AddonHalt
-
-    def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get(FORWARDED) and flow.response is not None:
-            flow.response.stream = True
-            raise exceptions.AddonHalt
-
-
 class Worker:
     """One worker process: the link to worker 0 and the proxy."""
 
@@ -189,9 +175,9 @@ class Worker:
             writer.write(encode(message))
 
     async def run(self) -> int:
+        from hubproxy.auth.sessionstore import SessionStore
         from hubproxy.context import HubContext
-        from hubproxy.master import make_master, proxy_metrics, run_master
-        from hubproxy.sessions import SessionStore
+        from hubproxy.server.master import make_master, proxy_metrics, run_master
 
         reader, self.writer = await asyncio.open_unix_connection(self.link_path, limit=MAX_MESSAGE)
         self.send({"t": "hello", "index": self.index, "pid": os.getpid()})
@@ -211,7 +197,7 @@ class Worker:
         context.setup(self.config, control, self.secret)
         # worker 0 owns the session file; this process keeps a replica fed by its broadcasts
         context.sessions = SessionStore.replica(
-            [session_from_wire(s) for s in welcome["sessions"]], clock=context.clock
+            [Session.from_json(s) for s in welcome["sessions"]], clock=context.clock
         )
         self.context = context
         forwarder = Forwarder(
@@ -266,9 +252,9 @@ class Worker:
         elif kind == "started":
             control.started(message["user"], message.get("template"), message.get("error"))
         elif kind == "sessions":
-            from hubproxy.oauth import close_websockets
+            from hubproxy.addons.oauthlogin import close_websockets
 
-            added = [session_from_wire(s) for s in message.get("added", ())]
+            added = [Session.from_json(s) for s in message.get("added", ())]
             removed = list(message.get("removed", ()))
             self.context.sessions.apply(added, removed)
             for sid in removed:
@@ -296,7 +282,7 @@ def _die_with_parent() -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m hubproxy.worker")
+    parser = argparse.ArgumentParser(prog="python -m hubproxy.workers")
     parser.add_argument("--index", type=int, required=True)
     parser.add_argument("--link", required=True)
     parser.add_argument("start_args", nargs=argparse.REMAINDER)
@@ -307,10 +293,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hubcontrol.config import DEFAULT_LABELS_FILE, load_config, parse_start_flags
-    from hubcontrol.text import install_log_formatter
-    from hubproxy.master import run_loop
-    from hubproxy.sessions import load_session_secret
+    from hubproxy.auth.sessionstore import load_session_secret
+    from hubproxy.server.master import run_loop
 
     parent = os.getppid()
     _die_with_parent()
@@ -330,7 +314,3 @@ def main(argv: list[str] | None = None) -> int:
     secret, _ = load_session_secret(config.session_secret, config.state_dir)
     worker = Worker(config, args.index, args.link, secret)
     return run_loop(worker.run(), reuse_port=config.port)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

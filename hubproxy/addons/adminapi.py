@@ -30,11 +30,12 @@ from pathlib import Path
 
 from mitmproxy import http
 
-from hubproxy import hosts, pages
+from hubproxy import hosts
+from hubproxy.addons.metrics import ProxyMetrics, render_metrics
+from hubproxy.addons.statusapi import Principal, handle_api
 from hubproxy.context import HubContext
 from hubproxy.guard import fail_closed
-from hubproxy.metrics import ProxyMetrics, render_metrics
-from hubproxy.statusapi import Principal, handle_api
+from hubproxy.web import pages
 
 log = logging.getLogger("hubproxy.admin")
 
@@ -124,12 +125,9 @@ def health_document(context: HubContext) -> tuple[int, dict]:
         control["starting"] = len(control["starting"])  # public: a count, never user names
     ready = bool(control.get("ok"))
     body = {**control, "live": True, "ready": ready}
-    hub = getattr(context.control, "hub", None)
-    stats = getattr(hub, "stats", None)
-    if stats is not None:
-        view = stats.view()
-        body["environments"] = len(view.rows)
-        body["status_refreshed_at"] = view.refreshed_at
+    view = context.control.status_view()
+    body["environments"] = len(view.rows)
+    body["status_refreshed_at"] = view.refreshed_at
     return (200 if ready else 503), body
 
 

@@ -28,13 +28,9 @@ import math
 import os
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict
 from typing import Any
 
-from hubcontrol.errors import UsernameError
-from hubcontrol.hub import Progress, Route, RouteTable
-from hubcontrol.names import safe_name
-from hubproxy.sessions import Session
+from hubcontrol import Route, RouteTable
 
 LINK_FILE = "workers.sock"
 # The largest message: a route table of tens of thousands of users still fits.
@@ -67,80 +63,18 @@ def decode(line: bytes) -> dict[str, Any]:
     return message
 
 
-# -- routes ----------------------------------------------------------------------------------------
+# -- routes (progress and sessions go as their types' to_json) -----------------------------------
 
 
-def routes_to_wire(table: Iterable) -> list[dict[str, Any]]:
-    """Every route of a route table (``hubcontrol.RouteTable`` or anything iterable like it)."""
-    rows = []
-    for route in table:
-        user = route.user
-        name = getattr(route, "name", None)
-        if not name:
-            try:
-                name = safe_name(user)
-            except UsernameError:
-                continue
-        rows.append(
-            {
-                "user": user,
-                "name": name,
-                "state": route.state,
-                "service_ip": str(route.service_ip or ""),
-                "ports": {str(k): int(v) for k, v in (getattr(route, "ports", None) or {}).items()},
-                "template": getattr(route, "template", None) or "",
-            }
-        )
-    return rows
+def routes_to_wire(table: RouteTable) -> list[dict[str, Any]]:
+    """Every route of a route table."""
+    return [route.to_json() for route in table]
 
 
 def routes_from_wire(rows: Iterable[Mapping[str, Any]]) -> RouteTable:
     """The ``RouteTable`` a worker reads: ``get(user)`` maps raw usernames as worker 0 does."""
-    routes = {}
-    for row in rows:
-        route = Route(
-            user=str(row["user"]),
-            name=str(row["name"]),
-            state=str(row["state"]),
-            service_ip=str(row.get("service_ip") or ""),
-            ports={str(k): int(v) for k, v in (row.get("ports") or {}).items()},
-            template=str(row.get("template") or ""),
-        )
-        routes[route.name] = route
-    return RouteTable(routes)
-
-
-# -- progress and sessions -------------------------------------------------------------------------
-
-
-def progress_to_wire(progress) -> dict[str, Any] | None:
-    if progress is None:
-        return None
-    return {
-        "state": getattr(progress, "state", None) or "stopped",
-        "step": getattr(progress, "step", None) or "",
-        "message": getattr(progress, "message", None) or "",
-        "error": getattr(progress, "error", None),
-    }
-
-
-def progress_from_wire(data: Mapping[str, Any] | None) -> Progress | None:
-    if data is None:
-        return None
-    return Progress(
-        state=str(data.get("state") or "stopped"),
-        step=str(data.get("step") or ""),
-        message=str(data.get("message") or ""),
-        error=data.get("error"),
-    )
-
-
-def session_to_wire(session: Session) -> dict[str, Any]:
-    return asdict(session)
-
-
-def session_from_wire(data: Mapping[str, Any]) -> Session:
-    return Session(**{**data, "groups": tuple(data.get("groups") or ())})
+    routes = (Route.from_json(row) for row in rows)
+    return RouteTable({route.name: route for route in routes})
 
 
 # -- activity and metrics ---------------------------------------------------------------------------
@@ -212,5 +146,5 @@ def worker_command(
     python: str, optimize: int, index: int, link: str, start_args: Iterable[str]
 ) -> list[str]:
     """How worker 0 runs worker ``index``: the same interpreter and -O, the same flags."""
-    command = [python, *(["-O"] if optimize else []), "-m", "hubproxy.worker"]
+    command = [python, *(["-O"] if optimize else []), "-m", "hubproxy.workers"]
     return [*command, f"--index={index}", f"--link={link}", "--", *start_args]

@@ -10,13 +10,16 @@ the browser gets a progress page that continues by itself.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from mitmproxy import http
 
-from hubproxy import cookies, pages
+from hubcontrol import Route
+from hubproxy.auth import cookies
 from hubproxy.context import ROUTED, SCHEME, SESSION, TARGET, USER, HubContext
 from hubproxy.guard import fail_closed
 from hubproxy.hosts import origin_allowed
+from hubproxy.web import pages
 
 log = logging.getLogger("hubproxy.router")
 
@@ -26,7 +29,7 @@ MAX_ANSWERED_BODY = 1 << 20
 
 
 def upstream(
-    route, prefix: str, default_ports, template: str | None = None
+    route: Route | None, prefix: str, default_ports: Mapping[str, int], template: str | None = None
 ) -> tuple[str, int] | None:
     """``(service_ip, port)`` for ``prefix`` of a running route, else None.
 
@@ -35,10 +38,9 @@ def upstream(
     """
     if route is None or route.state != RUNNING or not route.service_ip:
         return None
-    if template and getattr(route, "template", None) not in (None, "", template):
+    if template and route.template not in ("", template):
         return None
-    ports = getattr(route, "ports", None) or {}
-    port = ports.get(prefix) or default_ports.get(prefix)
+    port = route.ports.get(prefix) or default_ports.get(prefix)
     return (str(route.service_ip), int(port)) if port else None
 
 
@@ -93,7 +95,7 @@ class Router:
         if address is None:
             control.start(user, session.template)
             progress = control.progress(user)
-            message = getattr(progress, "message", None) or "Preparing your environment..."
+            message = progress.message or "Preparing your environment..."
             if pages.wants_html(flow.request):
                 flow.response = pages.progress_page(target.prefix, message)
             else:

@@ -1,19 +1,26 @@
-"""The request path: the hub's addons in the order mitmproxy runs them (one plain list)."""
+"""The request path: the hub's mitmproxy addons, one per file named after its class, and the order
+mitmproxy runs them in (``hub_addons``, one plain list).
+
+Pure helpers an addon needs sit beside it as module-level functions (``router.upstream``,
+``statusapi.may``); the ones several addons share live in ``hubproxy.auth``, ``hubproxy.hosts``
+and ``hubproxy.web``. ``bootstrap.Bootstrap`` is added in front only under ``mitmdump -s
+addons/hub.py``; ``hub start --workers N`` adds its own first addons (``hubproxy.workers``).
+"""
 
 from __future__ import annotations
 
-from hubproxy.activity import Activity
-from hubproxy.admin import AdminApi
+from hubproxy.addons.activity import Activity
+from hubproxy.addons.adminapi import AdminApi
+from hubproxy.addons.dashboard import Dashboard
+from hubproxy.addons.hostroute import HostRoute
+from hubproxy.addons.hubapi import HubApi
+from hubproxy.addons.metrics import Metrics, ProxyMetrics
+from hubproxy.addons.oauthlogin import OAuthLogin
+from hubproxy.addons.router import Router
+from hubproxy.addons.sessioncheck import SessionCheck
+from hubproxy.addons.statusapi import StatusApi
+from hubproxy.addons.websocketrelay import WebSocketRelay
 from hubproxy.context import HubContext
-from hubproxy.dashboard import Dashboard
-from hubproxy.hostroute import HostRoute
-from hubproxy.hubapi import HubApi
-from hubproxy.metrics import Metrics, ProxyMetrics
-from hubproxy.oauth import OAuthLogin
-from hubproxy.relay import WebSocketRelay
-from hubproxy.router import Router
-from hubproxy.session import SessionCheck
-from hubproxy.statusapi import StatusApi
 
 # Options every hub proxy needs (see BRIEF: measured mitmproxy facts).
 PROXY_OPTIONS = {

@@ -18,10 +18,11 @@ from urllib.parse import quote
 
 from mitmproxy import http
 
-from hubproxy import cookies, identity, pages
+from hubproxy.auth import cookies, identity
+from hubproxy.auth.sessionstore import Session
 from hubproxy.context import ENDPOINT, SCHEME, SESSION, TARGET, USER, HubContext
 from hubproxy.guard import fail_closed
-from hubproxy.sessions import Session
+from hubproxy.web import pages
 
 log = logging.getLogger("hubproxy.session")
 

@@ -21,13 +21,13 @@ How, for an upgrade request the router sent to an environment (``requestheaders`
    browser, and from then on each side's ``data_received`` writes to the other's transport, with
    flow control (a full write buffer pauses reading on the other side) and half-close.
 
-Fallbacks to mitmproxy's own WebSocket layer (``hubproxy.activity``): a TLS or HTTP/2 client
+Fallbacks to mitmproxy's own WebSocket layer (``hubproxy.addons.activity``): a TLS or HTTP/2 client
 connection (the bytes on the socket are not the bytes of the exchange), a request with a body,
 no handle on the client connection, or the environment refusing the TCP connection (mitmproxy
 then answers 502 as for any request).
 
 A relay is registered under its session id in ``HubContext.websockets`` beside mitmproxy
-WebSocket flows; logout closes both kinds (``hubproxy.oauth.close_websockets``). The browser
+WebSocket flows; logout closes both kinds (``oauthlogin.close_websockets``). The browser
 must not send before the 101 (RFC 6455 4.1); bytes it sent anyway that mitmproxy's HTTP parser
 already consumed are not relayed.
 """
@@ -45,9 +45,10 @@ import h11
 from mitmproxy import http
 from mitmproxy.net.http import http1
 
-from hubproxy import cookies, pages
+from hubproxy.auth import cookies
 from hubproxy.context import ROUTED, SESSION, TARGET, USER, HubContext
 from hubproxy.guard import connection_handler, fail_closed
+from hubproxy.web import pages
 
 log = logging.getLogger("hubproxy.relay")
 
@@ -377,6 +378,10 @@ class Relay:
         to_client: bytes,
         to_upstream: bytes,
     ):
+        # before anything is written or registered: once the browser has its 101 (or anyone sees
+        # this relay in context.websockets) the sockets are fully set up
+        for transport in (client_transport, upstream_transport):
+            keepalive(transport)
         touch = self.context.control.touch
         user = self.user
         self._writer = writer
@@ -396,8 +401,6 @@ class Relay:
         client_transport.write(head + to_client)
         if to_upstream:
             upstream_transport.write(to_upstream)
-        for transport in (client_transport, upstream_transport):
-            keepalive(transport)
         client_transport.set_protocol(self.client)
         upstream_transport.set_protocol(self.upstream)
         for transport in (client_transport, upstream_transport):

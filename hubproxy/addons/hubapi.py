@@ -4,31 +4,39 @@
 index with links to the routes and the dashboard). Unknown ``/_hub/`` endpoints are 404; login,
 callback and logout are answered earlier by the OAuth addon; ``/_hub/api/status``, the other API
 endpoints, ``/_hub/dashboard`` and ``/_hub/metrics`` by ``statusapi``, ``dashboard`` and
-``admin``.
+``adminapi``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from mitmproxy import http
 
-from hubproxy import identity, pages
+from hubcontrol import Progress, Route
+from hubproxy.addons.oauthlogin import logout_form
+from hubproxy.addons.router import upstream
+from hubproxy.auth import identity
 from hubproxy.context import ENDPOINT, SCHEME, SESSION, USER, HubContext
 from hubproxy.guard import fail_closed
 from hubproxy.hosts import sibling_url
-from hubproxy.oauth import logout_form
-from hubproxy.router import upstream
+from hubproxy.web import pages
 
 
-def progress_view(route, progress, prefixes, template: str | None = None) -> dict:
+def progress_view(
+    route: Route | None,
+    progress: Progress,
+    prefixes: Mapping[str, int],
+    template: str | None = None,
+) -> dict:
     """What the progress page's script needs: is it ready, what is happening, what failed."""
-    state = getattr(route, "state", None) or getattr(progress, "state", None) or "stopped"
     ready = any(upstream(route, p, prefixes, template) is not None for p in prefixes)
     return {
         "ready": ready,
-        "state": "running" if ready else (getattr(progress, "state", None) or state),
-        "step": getattr(progress, "step", None),
-        "message": getattr(progress, "message", None),
-        "error": getattr(progress, "error", None),
+        "state": "running" if ready else progress.state,
+        "step": progress.step,
+        "message": progress.message,
+        "error": progress.error,
     }
 
 

@@ -17,9 +17,10 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,14 @@ class Session:
     # used only together with that cookie. None for sessions made before there was one.
     browser: str | None = None
 
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Session:
+        """The session ``to_json`` wrote; TypeError on a field this version does not know."""
+        return cls(**{**data, "groups": tuple(data.get("groups") or ())})
+
 
 # ``listener(added, removed_sids)``: called after every change, on the caller's thread
 Listener = Callable[[list[Session], list[str]], None]
@@ -62,7 +71,7 @@ class SessionStore:
                 rows = json.loads(path.read_text())
                 now = clock()
                 for row in rows:
-                    s = Session(**{**row, "groups": tuple(row.get("groups", ()))})
+                    s = Session.from_json(row)
                     if s.exp > now:
                         store._sessions[s.sid] = s
             except (OSError, ValueError, TypeError) as e:
@@ -160,7 +169,7 @@ class SessionStore:
         if self.path is None:
             return
         tmp = self.path.with_name(self.path.name + ".tmp")
-        data = json.dumps([asdict(s) for s in self._sessions.values()])
+        data = json.dumps([s.to_json() for s in self._sessions.values()])
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(data)
@@ -176,7 +185,7 @@ def load_session_secret(configured: str | None, state_dir: Path) -> tuple[str, b
     """
     if configured:
         if len(configured) < MIN_SECRET_LENGTH:
-            from hubcontrol.errors import ConfigError
+            from hubcontrol import ConfigError
 
             raise ConfigError(
                 f"HUB_SESSION_SECRET is {len(configured)} characters; use at least "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import html
 from string import Template
 
-from hubproxy import identity
+from hubproxy.auth import identity
 
 STYLE = """
 :root{--bg:#f4f6fa;--card:#fff;--text:#1b2233;--muted:#667085;--line:#e4e7ee;--accent:#2457d6;

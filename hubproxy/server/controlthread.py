@@ -17,17 +17,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from anyio.from_thread import start_blocking_portal
 
+from hubcontrol import (
+    Counter,
+    Histogram,
+    Hub,
+    HubError,
+    Progress,
+    Route,
+    RouteTable,
+    StatusView,
+    UsernameError,
+)
+from hubproxy.context import Action, ActionResult, UnknownUser
+
+# Logger names are what operators filter the journal by: they stayed when the modules moved.
 log = logging.getLogger("hubproxy.runtime")
 
 
 class EmbeddedControlPlane:
-    """``hubproxy.context.ControlPlane`` over a ``Hub`` living in another thread's event loop."""
+    """``hubproxy.context.ControlPlane`` over a ``Hub`` living in another thread's event loop.
 
-    def __init__(self, hub, portal, running: Callable[[], bool] = lambda: True) -> None:
+    Uses the Hub's public API only (docs/architecture.md): ``snapshot``, ``touch``, ``activity``,
+    ``progress``, ``stats``, ``ensure_running``, ``record``, ``stop``.
+    """
+
+    def __init__(self, hub: Hub, portal, running: Callable[[], bool] = lambda: True) -> None:
         self.hub = hub
         self.portal = portal
         self._running = running
@@ -36,14 +54,26 @@ class EmbeddedControlPlane:
         # more of the health document (hub start --workers: how many workers serve)
         self.extra_health: Callable[[], dict] | None = None
 
-    def route(self, user: str):
+    def route(self, user: str) -> Route | None:
         return self.hub.snapshot().get(user)
+
+    def snapshot(self) -> RouteTable:
+        return self.hub.snapshot()
 
     def touch(self, user: str, kind: str) -> None:
         self.hub.touch(user, kind)
 
-    def progress(self, user: str):
+    def activity(self, user: str) -> tuple[float, str] | None:
+        return self.hub.activity(user)
+
+    def progress(self, user: str) -> Progress:
         return self.hub.progress(user)
+
+    def status_view(self) -> StatusView:
+        return self.hub.stats.view()
+
+    def metric_families(self) -> Sequence[Counter | Histogram]:
+        return self.hub.stats.lifecycle.families()
 
     def start(self, user: str, template: str | None) -> asyncio.Future:
         """Start ``user``'s environment; concurrent calls share one start (one per user)."""
@@ -65,12 +95,37 @@ class EmbeddedControlPlane:
             if f.cancelled():
                 return
             if (e := f.exception()) is not None:
-                log.warning(
-                    "hub: starting %s's environment failed: %s", user, getattr(e, "log_message", e)
-                )
+                why = e.log_message if isinstance(e, HubError) else e
+                log.warning("hub: starting %s's environment failed: %s", user, why)
 
         future.add_done_callback(finished)
         return future
+
+    def act(self, target: str, action: Action) -> asyncio.Future[ActionResult]:
+        return asyncio.wrap_future(self.portal.start_task_soon(self._act, target, action))
+
+    async def _act(self, target: str, action: Action) -> ActionResult:
+        """Runs on the Hub's loop: resolve ``target`` (a username, else a safe name of a status
+        row) and stop or checkpoint it."""
+        hub = self.hub
+        try:
+            rec = hub.record(target)
+        except UsernameError:
+            rec = None
+        if rec is None:
+            for row in hub.stats.view().rows:
+                if target in (row.user, row.name):
+                    rec = hub.record(row.user)  # record() maps a username to its safe name
+                    break
+        if rec is None:
+            raise UnknownUser(target)
+        user = rec.get("user") or rec["name"]
+        if action == "checkpoint":
+            await hub.stop(user, checkpoint=True)
+        elif action == "stop" or rec.get("state") not in ("stopped", "checkpointed", None):
+            await hub.stop(user, checkpoint=False)
+        rec = hub.record(user) or rec
+        return ActionResult(rec.get("user") or user, rec.get("state"), rec.get("template"))
 
     def health(self) -> dict:
         ok = self._running()
@@ -87,7 +142,7 @@ class EmbeddedControlPlane:
 class ControlThread:
     """Runs ``Hub.run()`` in a thread; ``start()`` returns once the hub reported it is ready."""
 
-    def __init__(self, hub=None, factory: Callable[[], object] | None = None) -> None:
+    def __init__(self, hub: Hub | None = None, factory: Callable[[], Hub] | None = None) -> None:
         """``hub`` is used as given; else ``factory()`` makes it inside the control thread's loop
         (so anything it creates belongs to that loop)."""
         self.hub = hub
@@ -124,7 +179,7 @@ class ControlThread:
         """Cancel ``Hub.run()`` (environments keep running) and end the thread."""
         if self._run is not None and not self._run.done():
             self._run.cancel()
-        engine = getattr(self.hub, "engine", None)
+        engine = self.hub.engine if self.hub is not None else None
         with contextlib.suppress(Exception):
             self._stack.close()
         if engine is not None:

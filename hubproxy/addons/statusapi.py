@@ -14,13 +14,13 @@ Endpoints (docs/api.md):
 ``{user}`` is the username or its safe name. Browser calls are authenticated by the session
 (this addon runs after ``SessionCheck``) and a POST also needs the CSRF token of that session in
 ``X-Hub-CSRF``, a same-origin ``Origin``/``Sec-Fetch-Site`` when the browser sends them; the
-CLI's calls carry the admin token and are answered by ``admin.AdminApi`` with the same handlers.
+CLI's calls carry the admin token and are answered by ``adminapi.AdminApi`` with the same handlers.
 Another user's entry is 403 for a regular user whether or not it exists; an unknown user is 404
 for an admin.
 
-Nothing here waits for the control plane to read: entries are built from ``Hub.stats.view()``
+Nothing here waits for the control plane to read: entries are built from its ``status_view()``
 (sampled by the control plane), the route table, progress and activity stamps. Actions run on the
-control plane's loop and are awaited as asyncio futures.
+control plane's loop (``ControlPlane.act``) and are awaited as asyncio futures.
 """
 
 from __future__ import annotations
@@ -33,13 +33,30 @@ from typing import Any
 
 from mitmproxy import http
 
-from hubcontrol.errors import HubError, UsernameError
-from hubcontrol.names import safe_name
-from hubproxy import identity, pages
-from hubproxy.context import ENDPOINT, SCHEME, SESSION, USER, HubContext
-from hubproxy.csrf import csrf_problem
+from hubcontrol import (
+    CheckpointHealth,
+    HubConfig,
+    HubError,
+    Progress,
+    UsernameError,
+    UserStats,
+    checkpoint_wanted,
+    safe_name,
+)
+from hubproxy.auth import identity
+from hubproxy.auth.csrf import csrf_problem
+from hubproxy.context import (
+    ENDPOINT,
+    SCHEME,
+    SESSION,
+    USER,
+    ActionResult,
+    HubContext,
+    UnknownUser,
+)
 from hubproxy.guard import fail_closed
-from hubproxy.openapi import openapi_document
+from hubproxy.web import pages
+from hubproxy.web.openapi import openapi_document
 
 log = logging.getLogger("hubproxy.api")
 
@@ -106,12 +123,11 @@ def route_urls(prefixes, scheme: str, base_domain: str, port: int | None) -> dic
     return {p: f"{scheme}://{p}.{base_domain}{suffix}/" for p in sorted(prefixes)}
 
 
-def live_state(row_state: str, progress, refreshed_at: float | None) -> str:
+def live_state(row_state: str, progress: Progress, refreshed_at: float | None) -> str:
     """The state to show: the control plane's latest progress when it is newer than the rows."""
-    updated = getattr(progress, "updated", 0) or 0
-    state = getattr(progress, "state", None)
-    if state and updated and (refreshed_at is None or updated >= refreshed_at):
-        return state
+    updated = progress.updated
+    if updated and (refreshed_at is None or updated >= refreshed_at):
+        return progress.state
     return row_state
 
 
@@ -149,8 +165,8 @@ def entry(
     service_ip: str | None,
     routes: Mapping[str, str],
     idle: Mapping[str, Any],
-    stats=None,
-    health=None,
+    stats: UserStats | None = None,
+    health: CheckpointHealth | None = None,
     checkpoint_enabled: bool = False,
     error: str | None = None,
     per_user_docker: bool = False,
@@ -186,20 +202,7 @@ def entry(
 # -- reading the control plane ------------------------------------------------------------------
 
 
-def hub_of(context: HubContext):
-    """The ``hubcontrol.Hub`` behind the embedded control plane, or None (tests' fakes)."""
-    return getattr(context.control, "hub", None)
-
-
-def status_view(context: HubContext):
-    hub = hub_of(context)
-    stats = getattr(hub, "stats", None)
-    return stats.view() if stats is not None else None
-
-
-def _checkpoint_enabled(config, template_name: str) -> bool:
-    from hubcontrol.idle import checkpoint_wanted
-
+def _checkpoint_enabled(config: HubConfig, template_name: str) -> bool:
     tpl = config.templates.get(template_name) if template_name else None
     if tpl is None:
         tpl = config.templates.get(config.default_template)
@@ -213,24 +216,19 @@ def build_entries(
     activity; a regular user's poll costs one entry, not one per user of the hub."""
     config = context.config
     control = context.control
-    hub = hub_of(context)
-    view = status_view(context)
+    view = control.status_view()
     now = context.clock()
     urls = route_urls(config.routes, scheme, config.base_domain, port)
     out = []
-    for row in view.rows if view else ():
+    for row in view.rows:
         if principal is not None and not may(
             principal, "view", is_self(principal, row.user, row.name)
         ):
             continue
         progress = control.progress(row.user)  # progress() maps a username to its safe name
         state = live_state(row.state, progress, view.refreshed_at)
-        activity = hub.activity(row.user) if hub is not None else None
-        since = (
-            getattr(progress, "updated", None)
-            if getattr(progress, "state", "") == "running"
-            else None
-        )
+        activity = control.activity(row.user)
+        since = progress.updated if progress.state == "running" else None
         out.append(
             entry(
                 user=row.user,
@@ -244,11 +242,9 @@ def build_entries(
                 stats=view.stats.get(row.name),
                 health=view.checkpoints.get(row.name),
                 checkpoint_enabled=_checkpoint_enabled(config, row.template),
-                error=(getattr(progress, "error", None) or row.error)
-                if state == "failed"
-                else None,
+                error=(progress.error or row.error) if state == "failed" else None,
                 per_user_docker=row.per_user_docker,
-                idle_reason=getattr(row, "idle", None),
+                idle_reason=row.idle,
             )
         )
     return out
@@ -263,18 +259,18 @@ def own_placeholder(context: HubContext, user: str, template: str | None, scheme
         name = ""
     progress = context.control.progress(user)
     route = context.control.route(user)
-    state = getattr(route, "state", None) or getattr(progress, "state", None) or "stopped"
+    state = route.state if route is not None else progress.state
     return entry(
         user=user,
         name=name,
         template=template or config.default_template,
         state=state,
         net_id=None,
-        service_ip=getattr(route, "service_ip", None),
+        service_ip=route.service_ip if route is not None else None,
         routes=route_urls(config.routes, scheme, config.base_domain, port),
         idle=idle_facts(state, None, None, context.clock(), config.idle_timeout),
         checkpoint_enabled=_checkpoint_enabled(config, template or ""),
-        error=getattr(progress, "error", None),
+        error=progress.error,
     )
 
 
@@ -285,7 +281,7 @@ def status_document(
     entries = build_entries(context, scheme, port, principal)
     if principal.user is not None and not any(e["user"] == principal.user for e in entries):
         entries.insert(0, own_placeholder(context, principal.user, template, scheme, port))
-    view = status_view(context)
+    view = context.control.status_view()
     return {
         "users": entries,
         "viewer": {
@@ -296,8 +292,8 @@ def status_document(
         "templates": sorted(config.templates),
         "default_template": config.default_template,
         "idle_timeout_seconds": config.idle_timeout,
-        "stats_interval_seconds": view.interval if view else None,
-        "refreshed_at": view.refreshed_at if view else None,
+        "stats_interval_seconds": view.interval,
+        "refreshed_at": view.refreshed_at,
         "now": context.clock(),
     }
 
@@ -307,41 +303,6 @@ def find_entry(entries: list[dict], target: str) -> dict | None:
         if target in (e["user"], e["name"]):
             return e
     return None
-
-
-# -- actions on the control plane's loop -------------------------------------------------------
-
-
-class UnknownUser(LookupError):
-    """Raised when an action names a user the hub has no record of."""
-
-
-async def _act(hub, target: str, action: str) -> dict:
-    """Runs on the Hub's loop: resolve ``target`` and stop/checkpoint it; returns the record."""
-    rec = None
-    try:
-        rec = hub.record(target)
-    except UsernameError:
-        rec = None
-    if rec is None:
-        for row in hub.stats.view().rows if getattr(hub, "stats", None) else ():
-            if target in (row.user, row.name):
-                rec = hub.record(row.user)  # record() maps a username to its safe name
-                break
-    if rec is None:
-        raise UnknownUser(target)
-    user = rec.get("user") or rec["name"]
-    if action == "checkpoint":
-        await hub.stop(user, checkpoint=True)
-    elif action == "stop" or rec.get("state") not in ("stopped", "checkpointed", None):
-        await hub.stop(user, checkpoint=False)
-    return hub.record(user) or rec
-
-
-def on_control_loop(context: HubContext, fn, *args) -> asyncio.Future:
-    """Run ``await fn(*args)`` on the control plane's loop; an asyncio future of the result."""
-    portal = context.control.portal
-    return asyncio.wrap_future(portal.start_task_soon(fn, *args))
 
 
 # -- the HTTP side ------------------------------------------------------------------------------
@@ -424,9 +385,6 @@ async def handle_api(
         if new_template not in context.config.templates:
             known = ", ".join(sorted(context.config.templates))
             return _error(400, f"no template {new_template!r}; templates: {known}")
-    hub = hub_of(context)
-    if hub is None:
-        return _error(503, "the control plane is not available")
     user = found["user"] if found else (principal.user if own else target)
     log.info(
         "hub: %s asked to %s %s",
@@ -435,23 +393,22 @@ async def handle_api(
         identity.shown(user),
     )
     try:
-        rec = await asyncio.wait_for(
-            asyncio.shield(on_control_loop(context, _act, hub, user, action)), ACTION_TIMEOUT
+        result = await asyncio.wait_for(
+            asyncio.shield(context.control.act(user, action)), ACTION_TIMEOUT
         )
     except UnknownUser:
         if not (own and action == "restart"):
             return _error(404, f"no user {target!r} on this hub")
-        rec = {"user": principal.user, "state": "stopped"}
+        result = ActionResult(principal.user, "stopped")
     except TimeoutError:
         return _json(202, {"user": user, "action": action, "state": "in progress"})
     except HubError as e:
         log.warning("hub: %s of %s failed: %s", action, user, e.log_message)
         return _error(500, e.user_message)
     if action == "restart":
-        raw = rec.get("user") or user
-        context.control.start(raw, new_template or rec.get("template") or template)
-        return _json(202, {"user": raw, "action": action, "state": "starting"})
-    return _json(200, {"user": rec.get("user", user), "action": action, "state": rec.get("state")})
+        context.control.start(result.user, new_template or result.template or template)
+        return _json(202, {"user": result.user, "action": action, "state": "starting"})
+    return _json(200, {"user": result.user, "action": action, "state": result.state})
 
 
 class StatusApi:

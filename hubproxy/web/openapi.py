@@ -1,12 +1,12 @@
 """The OpenAPI 3.1 description of the hub's JSON API, served at ``/_hub/api/openapi.json``.
 
-Kept beside the handlers (``statusapi.py``) and checked against them by the API tests; the prose
-reference is docs/api.md.
+Kept apart from the handlers (``hubproxy/addons/statusapi.py``) and checked against them by the
+API tests; the prose reference is docs/api.md.
 """
 
 from __future__ import annotations
 
-from hubcontrol.hub import STATES
+from hubcontrol import STATES
 
 _NULLABLE_INT = {"type": ["integer", "null"]}
 _NULLABLE_NUM = {"type": ["number", "null"]}

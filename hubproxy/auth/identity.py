@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from hubcontrol.errors import UsernameError
-from hubcontrol.names import safe_name
+from hubcontrol import UsernameError, safe_name
 
 
 def check_username(name: str) -> None:

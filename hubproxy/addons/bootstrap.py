@@ -12,11 +12,10 @@ import logging
 
 from mitmproxy import ctx, exceptions
 
-from hubcontrol.config import DEFAULT_LABELS_FILE, START_FLAGS, load_config
-from hubcontrol.errors import ConfigError
-from hubproxy.boot import start_control_plane
+from hubcontrol import DEFAULT_LABELS_FILE, START_FLAGS, ConfigError, load_config
+from hubproxy.addons import PROXY_OPTIONS
 from hubproxy.context import HubContext
-from hubproxy.pipeline import PROXY_OPTIONS
+from hubproxy.server.startup import start_control_plane
 
 log = logging.getLogger("hubproxy")
 

@@ -26,8 +26,8 @@ from collections.abc import Iterable
 
 from mitmproxy import http
 
-from hubcontrol.hub import STATES
-from hubcontrol.stats import Counter, Gauge, Histogram
+from hubcontrol import STATES, Counter, Gauge, Histogram
+from hubproxy.addons.statusapi import live_state
 from hubproxy.context import ENDPOINT, ROUTED, SCHEME, TARGET, HubContext
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -54,7 +54,8 @@ class ProxyMetrics:
         self.logins = Counter("hub_logins_total", "OAuth login callbacks, by outcome", ("outcome",))
         # the scheme and port browsers reach the hub on, for links in token-authenticated answers
         self.last_origin: tuple[str, int | None] | None = None
-        # worker 0 of `hub start --workers N`: merges the other workers' samples in (workers.py)
+        # worker 0 of `hub start --workers N`: merges the other workers' samples in
+        # (hubproxy/workers/workerpool.py)
         self.fleet = None
 
     def families(self) -> list:
@@ -140,33 +141,26 @@ def environments_by_state(states: Iterable[str]) -> list[tuple[tuple[str], int]]
 
 
 def metrics_text(context: HubContext, metrics: ProxyMetrics) -> str:
-    from hubproxy.statusapi import hub_of, live_state
-
+    control = context.control
     lines: list[str] = []
-    hub = hub_of(context)
-    stats = getattr(hub, "stats", None)
-    view = stats.view() if stats is not None else None
-    states = []
-    if view is not None:
-        for row in view.rows:
-            states.append(
-                live_state(row.state, context.control.progress(row.user), view.refreshed_at)
-            )
+    view = control.status_view()
+    states = [
+        live_state(row.state, control.progress(row.user), view.refreshed_at) for row in view.rows
+    ]
     lines += render_gauge(
         "hub_environments", "Environments by state", ("state",), environments_by_state(states)
     )
-    if stats is not None:
-        for family in stats.lifecycle.families():
-            lines += render_family(family)
-        sampled = [s.sampled_at for s in view.stats.values() if s.sampled_at]
-        if sampled:
-            age = max(0.0, context.clock() - min(sampled))
-            lines += render_gauge(
-                "hub_stats_age_seconds",
-                "Age of the oldest per-user disk/docker sample",
-                (),
-                [((), round(age, 3))],
-            )
+    for family in control.metric_families():
+        lines += render_family(family)
+    sampled = [s.sampled_at for s in view.stats.values() if s.sampled_at]
+    if sampled:
+        age = max(0.0, context.clock() - min(sampled))
+        lines += render_gauge(
+            "hub_stats_age_seconds",
+            "Age of the oldest per-user disk/docker sample",
+            (),
+            [((), round(age, 3))],
+        )
     for family in metrics.families():
         lines += render_family(family)
     return "\n".join(lines) + "\n"

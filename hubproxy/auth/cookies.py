@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 SESSION_COOKIE = "rediacc_hub_session"
 # A random id per browser, set at login and kept across logouts; a session is bound to the one
-# its login completed in (see hubproxy.session).
+# its login completed in (see hubproxy.addons.sessioncheck).
 BROWSER_COOKIE = "rediacc_hub_browser"
 BROWSER_TTL = 400 * 24 * 3600  # the longest lifetime browsers keep (RFC 6265bis caps at 400 days)
 STATE_COOKIE_PREFIX = "rediacc_hub_oauth_"

@@ -14,7 +14,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from hubproxy.cookies import STATE_COOKIE_PREFIX, _b64, sign, unsign
+from hubproxy.auth.cookies import STATE_COOKIE_PREFIX, _b64, sign, unsign
 
 STATE_TTL = 600  # seconds a login may take at the provider
 

@@ -437,7 +437,7 @@ def test_the_daemons_tasks_are_bounded_and_it_survives_reaching_them(tmp_path):
         finally:
             client.close()
         assert refused is not None, "40 containers started: no task bound on the daemon"
-        assert "Resource temporarily unavailable" in refused
+        assert "resource temporarily unavailable" in refused.lower()  # EAGAIN, either spelling
         assert 3 <= running < 40
         # the daemon itself is alive and answers
         assert supervisor.describe(spec)["pid"] == pid and ping(spec.socket)

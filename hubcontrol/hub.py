@@ -901,6 +901,11 @@ class Hub:
                 await self.policy_sockets.stop(spec)
             await call(self.supervisor.stop, spec)
             self.engine.forget(spec.url)
+        if rec.get("mode") != "ephemeral":
+            # the workspace's nosuid,nodev self-mount is needed only while something runs on
+            # it; the next start (or restore) makes it again before anything does
+            with contextlib.suppress(OSError):
+                await call(mounts.release_inert, str(self.paths(rec["user"]).workspace))
         if checkpointed:
             self._set_state(
                 rec, "checkpointed", step="checkpointed", message="Your environment is suspended"

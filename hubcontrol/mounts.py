@@ -200,3 +200,23 @@ def make_inert(path: str) -> None:
         mount(None, path, None, flags)
     finally:
         os.close(fd)
+
+
+def release_inert(path: str) -> bool:
+    """Undo ``make_inert`` once nothing runs on the workspace (the environment and the user's
+    daemon are stopped): detach the mount at ``path`` if it is a mount of that very directory
+    (its root within the filesystem is ``path``'s own), never anything else mounted there.
+    The next start makes it inert again before anything runs. True when one was detached."""
+    real = os.path.realpath(path)
+    found = [(opts, root) for point, opts, root in mount_points() if point == real]
+    if not found:
+        return False
+    opts, root = found[-1]
+    if not ({"nosuid", "nodev"} <= opts):
+        return False  # not ours: the hub's self-mount always carries both
+    st_mount = os.stat(real)
+    parent = os.stat(os.path.dirname(real))
+    if st_mount.st_dev != parent.st_dev and not real.endswith(root):
+        return False
+    umount(real)
+    return True

@@ -76,10 +76,13 @@ def checkpoint_wanted(config: HubConfig, template: Template | None) -> tuple[boo
     """Whether idle environments of ``template`` are checkpointed rather than stopped, and why."""
     if template is not None and template.ephemeral:
         return False, "ephemeral environments are stopped and removed, never checkpointed"
-    if config.checkpoint:
-        return True, "--checkpoint is set"
+    # the template's own label wins over the flag either way (docs/configuration.md)
+    if template is not None and template.checkpoint is False:
+        return False, f"template {template.name!r} sets rediacc.hub.checkpoint=false"
     if template is not None and template.checkpoint:
         return True, f"template {template.name!r} sets rediacc.hub.checkpoint=true"
+    if config.checkpoint:
+        return True, "--checkpoint is set"
     return False, "checkpointing is off (no --checkpoint, no rediacc.hub.checkpoint=true)"
 
 

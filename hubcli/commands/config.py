@@ -112,7 +112,10 @@ def _print_config(config: HubConfig) -> None:
         for hook in ("on_create", "pre_dump", "post_restore"):
             if getattr(t, hook):
                 table.add_row(f"hook {hook}", field(getattr(t, hook)))
-        table.add_row("checkpoint", "true" if t.checkpoint else "false")
+        table.add_row(
+            "checkpoint",
+            "(--checkpoint)" if t.checkpoint is None else ("true" if t.checkpoint else "false"),
+        )
         table.add_row("mode", t.mode)
         if t.cap_add:
             table.add_row("cap_add", ", ".join(t.cap_add))

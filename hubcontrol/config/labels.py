@@ -200,6 +200,9 @@ def _build_templates(
     base = dict(flat)
     if "image" not in base and container_image:
         base["image"] = container_image
+    # resolved here: a template's own rediacc.hub.checkpoint, else the flag; checkpoint_wanted
+    # lets a template's true/false win over --checkpoint (a Template made in code may leave it
+    # None: the flag decides)
     base.setdefault("checkpoint", checkpoint_flag)
     default = default_name or DEFAULT_TEMPLATE_NAME
     if DEFAULT_TEMPLATE_NAME not in named and ("image" in base or default == DEFAULT_TEMPLATE_NAME):

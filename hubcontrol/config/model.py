@@ -51,7 +51,8 @@ class Template:
     on_create: str | None = None
     pre_dump: str | None = None
     post_restore: str | None = None
-    checkpoint: bool = False
+    # rediacc.hub.checkpoint: None (unset) follows --checkpoint; True/False win over it
+    checkpoint: bool | None = None
     mode: str = "persistent"  # or "ephemeral"
     # Capabilities beyond the environment's default set (Docker's, minus MKNOD); only those a
     # user's own containers may add through the policy (dockerpolicy.SAFE_CAPABILITIES).

@@ -116,7 +116,7 @@ def test_seed_defaults() -> None:
     assert config.routes == {"code": 8080}
     assert config.default_template == "default"
     t = config.templates["default"]
-    assert t == Template(name="default", image="img:1")
+    assert t == Template(name="default", image="img:1", checkpoint=False)  # the flag, resolved
     assert (t.user, t.workspace, t.shm_size, t.docker, t.mode, t.checkpoint) == (
         "vscode",
         "/workspace",
@@ -766,3 +766,29 @@ services:
         "route term: no Traefik router rule names term.example.org; add e.g. traefik.http.routers.hub-term.rule=Host(`term.example.org`)",
         "label traefik.http.services.hub-code.loadbalancer.server.port=8080: Traefik would send hub-code's traffic to port 8080, but the hub listens on --port 7112",
     )
+
+
+def test_a_templates_checkpoint_false_wins_over_the_flag() -> None:
+    """docs/configuration.md: a template's ``rediacc.hub.checkpoint`` wins over ``--checkpoint``;
+    the code used to OR them, so ``=false`` could not opt a template out."""
+    from hubcontrol.idle import checkpoint_wanted
+
+    labels = {
+        **MINIMAL,
+        "rediacc.hub.templates.lite.image": "img:2",
+        "rediacc.hub.templates.lite.checkpoint": "false",
+    }
+    config = build(labels, {"checkpoint": True})
+    assert checkpoint_wanted(config, config.templates["default"]) == (True, ANY_REASON)
+    wanted, why = checkpoint_wanted(config, config.templates["lite"])
+    assert not wanted and "rediacc.hub.checkpoint=false" in why
+    off = build(labels, {"checkpoint": False})
+    assert not checkpoint_wanted(off, off.templates["default"])[0]
+
+
+class _Any:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(other)
+
+
+ANY_REASON = _Any()

@@ -18,6 +18,7 @@ NOW = 1_800_000_000.0
 MIN = 60.0
 PLAIN = Template(name="default", image="img")
 LABELLED = Template(name="cp", image="img", checkpoint=True)
+OPTED_OUT = Template(name="nocp", image="img", checkpoint=False)
 EPHEMERAL = Template(name="demo", image="img", mode="ephemeral", checkpoint=True)
 
 
@@ -81,6 +82,13 @@ def cfg(timeout: float = 30 * MIN, checkpoint: bool = True) -> HubConfig:
             "rediacc.hub.checkpoint=true",
         ),
         (IdleFacts("running", NOW - 31 * MIN, template=PLAIN), cfg(), CHECKPOINT, "--checkpoint"),
+        # a template's rediacc.hub.checkpoint=false wins over --checkpoint (the docs' promise)
+        (
+            IdleFacts("running", NOW - 31 * MIN, template=OPTED_OUT),
+            cfg(),
+            STOP,
+            "rediacc.hub.checkpoint=false",
+        ),
         (IdleFacts("running", NOW - 31 * MIN, template=None), cfg(), CHECKPOINT, "--checkpoint"),
         # 6. three strikes: stop-and-recreate
         (

@@ -134,6 +134,7 @@ def _print_config(config: HubConfig) -> None:
         ("HUB_OAUTH_TOKEN_URL", o.token_url if o else None),
         ("HUB_OAUTH_USERINFO_URL", o.userinfo_url if o else None),
         ("HUB_OAUTH_USERINFO_PATH", o.userinfo_path if o else None),
+        ("HUB_OAUTH_GROUPS_PATH", o.groups_path if o else None),
         (
             "HUB_OAUTH_REDIRECT_URI",
             (o.redirect_uri or "(computed from the request host)") if o else None,

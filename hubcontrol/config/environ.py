@@ -26,10 +26,12 @@ ENV_VARIABLES = (
     "HUB_OAUTH_SCOPES",
     "HUB_SESSION_SECRET",
     "HUB_ALLOWED_GROUPS",
+    "HUB_OAUTH_GROUPS_PATH",
     "HUB_ADMIN_USERS",
 )
 SECRET_VARIABLES = ("HUB_OAUTH_CLIENT_SECRET", "HUB_SESSION_SECRET")
 MIN_SESSION_SECRET_BYTES = 32
+_DOT_PATH = re.compile(r"[^.\s]+(\.[^.\s]+)*")
 
 
 def _split_list(text: str) -> frozenset[str]:
@@ -68,9 +70,15 @@ def _oauth_from_env(
             )
             bad = True
     path = values["userinfo_path"]
-    if not re.fullmatch(r"[^.\s]+(\.[^.\s]+)*", path):
+    if not _DOT_PATH.fullmatch(path):
         problems.append(
             f"variable HUB_OAUTH_USERINFO_PATH={path}: not a dot-path; expected e.g. preferred_username or ocs.data.id"
+        )
+        bad = True
+    groups_path = (env.get("HUB_OAUTH_GROUPS_PATH") or "").strip() or "groups"
+    if not _DOT_PATH.fullmatch(groups_path):
+        problems.append(
+            f"variable HUB_OAUTH_GROUPS_PATH={groups_path}: not a dot-path; expected e.g. groups or ocs.data.groups"
         )
         bad = True
     redirect = (env.get("HUB_OAUTH_REDIRECT_URI") or "").strip() or None
@@ -82,7 +90,7 @@ def _oauth_from_env(
     scopes = tuple((env.get("HUB_OAUTH_SCOPES") or "").split())
     if bad:
         return None
-    return OAuthConfig(redirect_uri=redirect, scopes=scopes, **values)
+    return OAuthConfig(redirect_uri=redirect, scopes=scopes, groups_path=groups_path, **values)
 
 
 def from_environ(

@@ -79,6 +79,9 @@ class OAuthConfig:
     userinfo_path: str
     redirect_uri: str | None = None
     scopes: tuple[str, ...] = ()
+    # HUB_OAUTH_GROUPS_PATH: where HUB_ALLOWED_GROUPS looks in the userinfo answer, a dot-path
+    # like HUB_OAUTH_USERINFO_PATH (Nextcloud: ocs.data.groups)
+    groups_path: str = "groups"
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ def config_as_dict(config: HubConfig, *, redact: bool = True) -> dict[str, objec
             "token_url": o.token_url,
             "userinfo_url": o.userinfo_url,
             "userinfo_path": o.userinfo_path,
+            "groups_path": o.groups_path,
             "redirect_uri": o.redirect_uri,
             "scopes": list(o.scopes),
         }

@@ -10,8 +10,9 @@ Only the seed's ``HUB_OAUTH_*`` variables configure it:
 - redirect URI: ``HUB_OAUTH_REDIRECT_URI``, else ``<scheme>://<host>/_hub/oauth/callback`` of the
   host the login started on (register one per prefix host at the provider, or set the variable);
 - user name: ``HUB_OAUTH_USERINFO_PATH``, a dot-path into the userinfo JSON (``ocs.data.id``);
-- groups for ``HUB_ALLOWED_GROUPS``: the userinfo claim ``groups`` (a list of strings, or one
-  comma- or space-separated string); they are kept in the server-side session only;
+- groups for ``HUB_ALLOWED_GROUPS``: the userinfo value at ``HUB_OAUTH_GROUPS_PATH`` (a dot-path,
+  default ``groups``; Nextcloud ``ocs.data.groups``), a list of strings or one comma- or
+  space-separated string; they are kept in the server-side session only;
 - the token endpoint is called with HTTP Basic client authentication first and, if the provider
   answers ``invalid_client``/401, with the credentials in the form body (the way Go's oauth2
   package auto-detects), remembering what worked.
@@ -344,9 +345,14 @@ class OAuthLogin:
         except UsernameError as e:
             log.warning("hub: login refused: %s", e.log_message)
             return pages.page(403, "Login refused", e.user_message, links=retry)
-        groups = groups_from_userinfo(userinfo)
+        groups = groups_from_userinfo(userinfo, config.oauth.groups_path)
         if not allowed(groups, config.allowed_groups):
-            log.info("hub: %s refused: not in HUB_ALLOWED_GROUPS", identity.shown(user))
+            log.info(
+                "hub: %s refused: not in HUB_ALLOWED_GROUPS (groups at HUB_OAUTH_GROUPS_PATH=%s: %s)",
+                identity.shown(user),
+                config.oauth.groups_path,
+                ", ".join(groups) if groups else "none; check the path against the userinfo answer",
+            )
             return pages.page(
                 403,
                 "Access denied",

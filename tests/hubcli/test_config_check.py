@@ -226,6 +226,7 @@ def test_seed_example_resolves_to_seed_values(app: typer.Typer, name: str) -> No
         "token_url": "https://auth.example.com/token",
         "userinfo_url": "https://auth.example.com/userinfo",
         "userinfo_path": "preferred_username",
+        "groups_path": "groups",
         "redirect_uri": None,
         "scopes": [],
     }

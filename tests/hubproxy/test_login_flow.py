@@ -4,6 +4,7 @@ environments (``harness.StubHub``; the real Hub is covered by tests/e2e)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import socket
@@ -430,6 +431,59 @@ def test_logout_only_by_the_hubs_own_post_with_the_token(tmp_path, envs, proxy_p
                 )
                 assert r.status_code == 200 and "Logged out" in r.text
                 assert not still_in() and len(proxy.context.sessions) == 0
+
+
+@pytest.mark.parametrize(
+    ("shape", "claims", "user_path", "groups_path", "allowed_group"),
+    [
+        # Nextcloud's OCS user document: groups under ocs.data
+        ("nextcloud", {"ocs": {"meta": {"status": "ok"}, "data": {"id": "{u}", "groups": ["{g}",
+         "users"]}}}, "ocs.data.id", "ocs.data.groups", "devs"),
+        # Keycloak with a Group Membership mapper, full group paths
+        ("keycloak", {"preferred_username": "{u}", "groups": ["/{g}", "/offline"]},
+         "preferred_username", "groups", "/devs"),
+        # GitLab's OIDC userinfo: group full paths
+        ("gitlab", {"nickname": "{u}", "groups": ["acme/{g}", "acme"]}, "nickname", "groups",
+         "acme/devs"),
+    ],
+)  # fmt: skip
+def test_allowed_groups_read_from_any_providers_shape(
+    tmp_path, envs, proxy_port, shape, claims, user_path, groups_path, allowed_group
+):
+    """HUB_ALLOWED_GROUPS with HUB_OAUTH_GROUPS_PATH: a member gets in, a non-member is refused,
+    for the userinfo shapes of Nextcloud, Keycloak and GitLab (the groups claim used to be read
+    only at the top level, so with Nextcloud setting HUB_ALLOWED_GROUPS locked everyone out)."""
+    from oidc_provider_mock import User, run_server_in_thread
+
+    def shaped(user: str, group: str) -> dict:
+        return json.loads(json.dumps(claims).replace("{u}", user).replace("{g}", group))
+
+    users = [
+        User(sub="member", claims=shaped("ann", "devs")),
+        User(sub="outsider", claims=shaped("oz", "sales")),
+    ]
+    with run_server_in_thread(user_claims=users) as server:
+        issuer = f"http://localhost:{server.server_port}"
+        oauth = dataclasses.replace(
+            _mock_provider_oauth(issuer, user_path), groups_path=groups_path, scopes=("profile",)
+        )
+        hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
+        config = hub_config(
+            tmp_path, envs, issuer, oauth=oauth, allowed_groups=frozenset({allowed_group})
+        )
+        with running_proxy(config, hub, proxy_port) as proxy:
+            term = f"http://term.{DOMAIN}:{proxy_port}"
+            with browser(DOMAIN, proxy_port) as client:
+                r = client.get(f"{term}/")
+                r = client.post(r.url, data={"sub": "outsider"})
+                assert r.status_code == 403 and "not in a group" in r.text, shape
+            with browser(DOMAIN, proxy_port) as client:
+                r = client.get(f"{term}/")
+                r = client.post(r.url, data={"sub": "member"})
+                assert r.status_code in (200, 503), r.text[:500]
+            (session,) = proxy.context.sessions._sessions.values()
+            assert session.user == "ann" and allowed_group in session.groups
+            assert started(hub) == [("ann", None)]
 
 
 def _mock_provider_oauth(issuer: str, path: str) -> OAuthConfig:

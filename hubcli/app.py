@@ -30,6 +30,7 @@ COMMANDS: list[str] = [
     "audit",
     "status",
     "stop",
+    "checkpoint",
 ]
 
 for _name in COMMANDS:

@@ -834,6 +834,29 @@ class Hub:
             await anyio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
+    async def reset_checkpointing(self, user: str) -> ckpt.CheckpointHealth:
+        """Turn ``user``'s checkpointing back on after three failures in a row turned it off
+        (``hub checkpoint reset``; the operator has fixed what made CRIU fail). Raises
+        ``CheckpointError`` when this hub does not checkpoint at all."""
+        if self.checkpointer is None:
+            raise CheckpointError(
+                "This hub does not checkpoint environments.",
+                "checkpoint reset: the hub runs without a checkpointer (no --checkpoint and no "
+                "template with rediacc.hub.checkpoint=true)",
+            )
+        name = safe_name(user)
+        async with self.lock(user):
+            before = self.checkpointer.health(name)
+            health = self.checkpointer.reset(name)
+        await self.stats.refresh()  # the dashboard and `hub status` show it at once
+        log.info(
+            "%s: checkpointing reset by an operator (was %s after %d failures)",
+            name,
+            "disabled" if before.disabled else "enabled",
+            before.failures,
+        )
+        return health
+
     async def stop(self, user: str, checkpoint: bool | None = None) -> None:
         """Stop ``user``'s environment and (per-user docker) daemon; ephemeral ones are removed.
 

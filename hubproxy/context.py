@@ -36,7 +36,7 @@ USER = "hub.user"  # the session's user name
 ROUTED = "hub.routed"  # True once the router sent the flow to an environment
 SCHEME = "hub.scheme"  # "http"/"https" as the browser sees it (X-Forwarded-Proto)
 
-Action = Literal["stop", "checkpoint", "restart"]
+Action = Literal["stop", "checkpoint", "restart", "checkpoint-reset"]
 
 
 class UnknownUser(LookupError):

@@ -60,7 +60,7 @@ from hubproxy.web.openapi import openapi_document
 
 log = logging.getLogger("hubproxy.api")
 
-ACTIONS = ("stop", "checkpoint", "restart")
+ACTIONS = ("stop", "checkpoint", "restart", "checkpoint-reset")
 ACTION_TIMEOUT = 180.0
 TRANSITIONS = ("starting", "restoring", "stopping", "checkpointing")
 
@@ -92,9 +92,9 @@ def is_self(principal: Principal, target: str, target_name: str | None = None) -
 
 
 def may(principal: Principal, action: str, own: bool) -> bool:
-    """Whether ``principal`` may do ``action`` ("view", "stop", "checkpoint", "restart") to an
-    environment (``own``: the caller's). Admins: everything; users: view, stop and restart
-    (with a template switch) their own."""
+    """Whether ``principal`` may do ``action`` ("view", "stop", "checkpoint", "restart",
+    "checkpoint-reset") to an environment (``own``: the caller's). Admins: everything; users:
+    view, stop and restart (with a template switch) their own."""
     if principal.admin:
         return True
     return own and action in ("view", "stop", "restart")

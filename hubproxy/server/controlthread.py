@@ -120,7 +120,9 @@ class EmbeddedControlPlane:
         if rec is None:
             raise UnknownUser(target)
         user = rec.get("user") or rec["name"]
-        if action == "checkpoint":
+        if action == "checkpoint-reset":
+            await hub.reset_checkpointing(user)
+        elif action == "checkpoint":
             await hub.stop(user, checkpoint=True)
         elif action == "stop" or rec.get("state") not in ("stopped", "checkpointed", None):
             await hub.stop(user, checkpoint=False)

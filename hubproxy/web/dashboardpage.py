@@ -195,7 +195,9 @@ function card(u){
   c.appendChild(idle);
   var ck=el("div","line");
   if(u.checkpoint_disabled){ck=el("div","note warn","Checkpointing disabled after "+u.checkpoint_failures+
-    " failures in a row; idle stops recreate the environment."+(u.checkpoint_error?" Last: "+u.checkpoint_error:""));}
+    " failures in a row; idle stops recreate the environment."+(u.checkpoint_error?" Last: "+u.checkpoint_error:""));
+    if(admin&&!inflight[u.user]){var rc=el("button",null,"Turn checkpointing back on");rc.dataset.action="checkpoint-reset";
+      rc.addEventListener("click",function(){act(u,"checkpoint-reset",rc);});ck.appendChild(document.createTextNode(" "));ck.appendChild(rc);}}
   else{ck.appendChild(document.createTextNode("Checkpointing "));ck.appendChild(el("b",null,u.checkpoint_enabled?"on":"off"));
     if(u.checkpoint_failures)ck.appendChild(document.createTextNode(" \u00b7 "+u.checkpoint_failures+" recent failure"+(u.checkpoint_failures>1?"s":"")));}
   c.appendChild(ck);
@@ -204,7 +206,7 @@ function card(u){
   var live=(u.state==="running"||u.state==="starting"||u.state==="restoring");
   if(inflight[u.user]){
     actions.appendChild(el("span","sub",{stop:"Stopping",checkpoint:"Checkpointing",
-      restart:"Restarting"}[inflight[u.user]]+"\u2026"));
+      restart:"Restarting","checkpoint-reset":"Turning checkpointing on"}[inflight[u.user]]+"\u2026"));
   }else if(own||admin){
     if(live)actions.appendChild(confirmButton("Stop","danger",u,"stop"));
     if(admin&&u.state==="running")actions.appendChild(confirmButton("Checkpoint",null,u,"checkpoint"));

@@ -183,6 +183,9 @@ def openapi_document() -> dict:
             },
             "/_hub/api/users/{user}/stop": _action("Stop without a checkpoint (own, or admin)"),
             "/_hub/api/users/{user}/checkpoint": _action("CRIU-checkpoint and stop (admin)"),
+            "/_hub/api/users/{user}/checkpoint-reset": _action(
+                "Turn checkpointing back on after three failures in a row (admin)"
+            ),
             "/_hub/api/users/{user}/restart": _action(
                 "Stop if running and start again, optionally with another template",
                 "202",

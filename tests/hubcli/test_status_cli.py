@@ -234,3 +234,32 @@ def test_status_shows_hostile_names_templates_and_states_as_text(tmp_path, monke
     assert not any(c in as_json.stdout for c in ("\x1b", "\x07", "\x9b", "\u2028"))
     users = {u["user"]: u for u in json.loads(as_json.stdout)["users"]}
     assert users[HOSTILE_USER]["template"] == HOSTILE_USERS[HOSTILE_USER]["template"]
+
+
+def test_checkpoint_reset_turns_checkpointing_back_on_after_three_strikes(tmp_path):
+    """`hub checkpoint reset` (and its API, admins only) undo the three-strike rule: the
+    environment's next idle stop checkpoints again. No CLI or API could before."""
+    from hubcontrol.checkpoint import MAX_FAILURES, after_failure
+
+    with seeded_site(tmp_path, checkpoint=True) as site:
+        _, hub, _ = site
+        for n in range(MAX_FAILURES):
+            hub.checkpointer.store.update("bob", lambda h, n=n: after_failure(h, "dump", n))
+        assert hub.checkpointer.health("bob").disabled
+
+        result = cli(site, "checkpoint", "reset", "bob")
+        assert result.exit_code == 0, result.output
+        assert "bob: checkpointing on (environment checkpointed)" in result.stdout
+        health = hub.checkpointer.health("bob")
+        assert not health.disabled and health.failures == 0
+        users = {u["user"]: u for u in json.loads(cli(site, "status", "--json").stdout)["users"]}
+        assert users["bob"]["checkpoint_disabled"] is False
+
+        missing = cli(site, "checkpoint", "reset", "nobody")
+        assert missing.exit_code == 4, missing.output
+
+
+def test_checkpoint_reset_on_a_hub_that_does_not_checkpoint_says_so(site):
+    result = cli(site, "checkpoint", "reset", "bob")
+    assert result.exit_code == 1
+    assert "does not checkpoint" in result.stderr

@@ -42,7 +42,9 @@ def seed(state_dir, users=USERS) -> None:
 
 
 @contextlib.contextmanager
-def seeded_site(tmp_path, users=USERS) -> Iterator[tuple[RunningProxy, Hub, object]]:
+def seeded_site(
+    tmp_path, users=USERS, *, checkpoint: bool = False
+) -> Iterator[tuple[RunningProxy, Hub, object]]:
     config = make_config(
         tmp_path,
         routes={"term": 7681, "code": 8080},
@@ -52,6 +54,7 @@ def seeded_site(tmp_path, users=USERS) -> Iterator[tuple[RunningProxy, Hub, obje
         templates={"default": Template("default", "img"), "python": Template("python", "py")},
         workspace_dir=tmp_path / "ws",
         state_dir=tmp_path / "state",
+        checkpoint=checkpoint,
         idle_timeout=1800.0,
         # a pool of its own: other tests' per-user networks come and go in the default one
         user_subnet_pool="10.236.0.0/16",

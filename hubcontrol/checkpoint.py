@@ -161,9 +161,7 @@ class HealthStore:
         path = self._path(user)
         with self._lock:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(health.to_json(), indent=1))
-            os.replace(tmp, path)
+            safefs.write_atomic(path, json.dumps(health.to_json(), indent=1), mode=0o644)
 
     def update(self, user: str, fn) -> CheckpointHealth:
         with self._lock:

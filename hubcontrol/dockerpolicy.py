@@ -36,6 +36,8 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
+from hubcontrol.storage import CHECKPOINT_DIR  # the checkpoint images in a workspace
+
 # --- limits -------------------------------------------------------------------------------------
 
 MAX_JSON_BODY = 1 << 20  # inspected bodies (create, update, exec, networks, volumes) are small
@@ -103,7 +105,6 @@ SAFE_NETWORK_OPTIONS = frozenset(
 DOCKER_SOCKET_PATHS = frozenset(
     {"/var/run/docker.sock", "/run/docker.sock", "/run/rediacc/env/docker.sock"}
 )
-CHECKPOINT_DIR = ".checkpoint"
 # On containers the policy created with pinned binds: which workspace path each pin holds
 # (hubcontrol.pins). Under rediacc. (users cannot set it) but not rediacc.hub. (not an environment).
 BINDS_LABEL = "rediacc.binds"

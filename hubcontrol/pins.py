@@ -44,7 +44,7 @@ from collections.abc import Iterable, Mapping
 
 from hubcontrol import mounts
 from hubcontrol.dockerpolicy import BINDS_LABEL as LABEL  # id -> {"path": relpath, "ro": bool}
-from hubcontrol.dockerpolicy import CHECKPOINT_DIR
+from hubcontrol.storage import CHECKPOINT_DIR
 
 log = logging.getLogger(__name__)
 

@@ -135,9 +135,13 @@ def test_bootstrap_imports_only_the_proxy():
         [
             "hubcontrol",
             "hubcontrol.dockerpolicy",
+            "hubcontrol.errors",
             "hubcontrol.mounts",
+            "hubcontrol.names",
             "hubcontrol.pins",
+            "hubcontrol.safefs",
             "hubcontrol.socketproxy",
+            "hubcontrol.storage",  # CHECKPOINT_DIR's home
         ]
     )
 

@@ -44,7 +44,7 @@ from hubcontrol.idle import IdleCuller, checkpoint_wanted
 from hubcontrol.names import is_safe_name, safe_name
 from hubcontrol.netids import DEFAULT_REGISTRY, NetIdRegistry
 from hubcontrol.placement import Placed, placement_for
-from hubcontrol.socketproxy import PolicySockets
+from hubcontrol.policysockets import PolicySockets
 from hubcontrol.stats import StatsSampler
 from hubcontrol.supervisor import RUN_DIR, DaemonSpec, DaemonSupervisor, Limits, choose
 
@@ -203,7 +203,7 @@ class Hub:
         self.run_dir = Path(run_dir)
         self.ready_timeout = ready_timeout
         self.pids_limit = pids_limit
-        # False (default): the policy socket (hubcontrol.socketproxy, docs/security.md) serves
+        # False (default): the policy socket (hubcontrol.policysocket, docs/security.md) serves
         # <exec-root>/env/docker.sock; True: dockerd itself listens there, without the policy.
         self.env_socket_by_daemon = env_socket_by_daemon
         # "auto": CRIU when --checkpoint or any template asks for it; None: never checkpoint.

@@ -38,3 +38,25 @@ def test_hubcontrol_never_imports_data_plane_or_cli() -> None:
     loaded = json.loads(out.stdout)
     leaked = sorted({m.split(".")[0] for m in loaded if m.split(".")[0] in FORBIDDEN})
     assert leaked == [], f"hubcontrol imported {leaked}"
+
+
+def test_importing_hubcontrol_is_cheap_and_its_public_names_resolve() -> None:
+    """``hubcontrol/__init__.py`` imports on first use: the package alone loads nothing (so the
+    per-user processes, ``python -m hubcontrol.policysocket`` and ``hubcontrol.du``, load only
+    their own modules), and every name of ``__all__`` is still there."""
+    code = (
+        "import json, sys\n"
+        "import hubcontrol\n"
+        "alone = sorted(m for m in sys.modules if m.startswith(('hubcontrol', 'docker', 'yaml')))\n"
+        "resolved = {n: getattr(hubcontrol, n).__module__ for n in hubcontrol.__all__\n"
+        "            if hasattr(getattr(hubcontrol, n), '__module__')}\n"
+        "print(json.dumps([alone, sorted(hubcontrol.__all__), resolved, 'Hub' in dir(hubcontrol)]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    alone, names, resolved, listed = json.loads(out.stdout)
+    assert alone == ["hubcontrol"]
+    assert names == sorted(hubcontrol.__all__) and len(names) == len(set(names))
+    assert resolved["Hub"] == "hubcontrol.hub" and resolved["safe_name"] == "hubcontrol.names"
+    assert all(module.startswith("hubcontrol.") for module in resolved.values())
+    assert listed
+    assert set(hubcontrol._EXPORTS) == set(hubcontrol.__all__)

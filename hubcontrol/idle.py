@@ -23,7 +23,6 @@ Rules, in order:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -32,6 +31,7 @@ import anyio
 
 from hubcontrol.checkpoint import MAX_FAILURES
 from hubcontrol.config import HubConfig, Template
+from hubcontrol.records import UserRecord
 
 log = logging.getLogger(__name__)
 
@@ -166,18 +166,18 @@ class IdleCuller:
         hub.add_service(culler.run)
         return culler
 
-    def facts(self, rec: dict) -> IdleFacts:
-        seen = self.hub.activity(rec.get("user") or rec["name"])
+    def facts(self, rec: UserRecord) -> IdleFacts:
+        seen = self.hub.activity(rec.username)
         try:
-            template = self.hub.config.template(rec.get("template"))
+            template = self.hub.config.template(rec.template)
         except Exception:  # a template removed from the configuration: decide without it
             template = None
         checkpointer = getattr(self.hub, "checkpointer", None)
-        disabled = bool(checkpointer and checkpointer.health(rec["name"]).disabled)
+        disabled = bool(checkpointer and checkpointer.health(rec.name).disabled)
         return IdleFacts(
-            state=rec.get("state", "stopped"),
+            state=rec.state,
             last_activity=seen[0] if seen else None,
-            started_at=rec.get("started_at"),
+            started_at=rec.started_at,
             template=template,
             checkpoint_disabled=disabled,
             observed_since=self.observed_since,
@@ -185,23 +185,14 @@ class IdleCuller:
 
     def users(self) -> list[str]:
         """The raw usernames of every persisted record (records are keyed by safe name)."""
-        out = []
-        users_dir = self.hub.users_dir
-        for path in sorted(users_dir.glob("*.json")) if users_dir.is_dir() else []:
-            try:
-                user = json.loads(path.read_text()).get("user")
-            except (OSError, ValueError):
-                continue
-            if user:
-                out.append(user)
-        return out
+        return [rec.user for rec in self.hub.records.all() if rec.user]
 
     async def sweep(self) -> dict[str, Decision]:
         """One pass over every user; returns the decisions taken, by username."""
         taken: dict[str, Decision] = {}
         for user in self.users():
-            rec = self.hub.record(user)
-            if not rec or self.hub.lock(user).locked():
+            rec = self.hub.user_record(user)
+            if rec is None or self.hub.lock(user).locked():
                 continue
             decision = decide(self.facts(rec), self.hub.clock(), self.hub.config)
             self.decisions[user] = decision

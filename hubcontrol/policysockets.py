@@ -20,7 +20,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from hubcontrol import network, procs, safefs, storage
 from hubcontrol.config import DEFAULT_WORKSPACE
 from hubcontrol.errors import DaemonError
 from hubcontrol.policysocket.bindroot import default_bind_root, unmount_bind_root
+from hubcontrol.records import UserRecord
 
 log = logging.getLogger(__name__)
 
@@ -137,25 +138,26 @@ class PolicySockets:
         self.hub = hub
         self.allowed_registries = tuple(allowed_registries)  # --allow-registry, settable
 
-    def args(self, spec, rec: Mapping, template=None) -> ProxyArgs:
-        """The policy socket of the daemon ``spec`` of the user of ``rec`` (a hub record)."""
+    def args(self, spec, rec: UserRecord, template=None) -> ProxyArgs:
+        """The policy socket of the daemon ``spec`` of the user of ``rec``."""
+        assert rec.net_id is not None  # a per-user daemon has its network
         config = self.hub.config
         if template is None:
-            template = config.templates.get(rec.get("template") or config.default_template)
-        ephemeral = rec.get("mode") == "ephemeral" or (template is not None and template.ephemeral)
+            template = config.templates.get(rec.template or config.default_template)
+        ephemeral = rec.mode == "ephemeral" or (template is not None and template.ephemeral)
         return args_for(
             spec,
             # an ephemeral environment's workspace is a tmpfs: nothing on the host to bind
             workspace=""
             if ephemeral
-            else storage.UserPaths(Path(config.workspace_dir), rec["name"]).workspace,
+            else storage.UserPaths(Path(config.workspace_dir), rec.name).workspace,
             container_workspace=template.workspace if template else DEFAULT_WORKSPACE,
-            net=network.user_network(rec["net_id"], config.user_subnet_pool),
+            net=network.user_network(rec.net_id, config.user_subnet_pool),
             allowed_registries=self.allowed_registries,
-            audit=(str(config.audit_dir), rec.get("user") or rec["name"], rec["net_id"]),
+            audit=(str(config.audit_dir), rec.username, rec.net_id),
         )
 
-    async def ensure(self, spec, rec: Mapping, template=None) -> None:
+    async def ensure(self, spec, rec: UserRecord, template=None) -> None:
         """Start the user's policy socket unless it runs with these settings; never raises (the
         environment still starts, without a docker socket, and the failure is logged)."""
         daemon_unit = None
@@ -172,7 +174,7 @@ class PolicySockets:
             )
             await anyio.to_thread.run_sync(launch)
         except Exception:
-            log.exception("the policy socket of %s did not start", rec.get("name"))
+            log.exception("the policy socket of %s did not start", rec.name)
 
     async def stop(self, spec) -> None:
         await anyio.to_thread.run_sync(stop, args_for(spec, workspace="", container_workspace=""))

@@ -42,6 +42,7 @@ from hubcontrol.supervisor import ping
 
 if TYPE_CHECKING:
     from hubcontrol.checkpoint import CheckpointHealth
+    from hubcontrol.records import UserRecord
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +178,14 @@ class Lifecycle:
             self.stops,
         ]
 
-    def on_event(self, event: str, rec: Mapping[str, Any], now: float) -> None:
+    def on_event(self, event: str, rec: UserRecord, now: float) -> None:
         """Count one lifecycle event of the Hub (called on the Hub's loop; never blocks)."""
-        name = rec.get("name", "")
+        name = rec.name
         if event == "environment-starting":
-            self._starting[name] = (now, str(rec.get("state") or "stopped"))
+            self._starting[name] = (now, rec.state)
         elif event == "environment-running":
             started = self._starting.pop(name, None)
-            restored = rec.get("restored")
+            restored = rec.restored
             if started is None:  # adopted at a hub restart: nothing was started
                 if restored:
                     self._restored_seen[name] = restored
@@ -196,7 +197,7 @@ class Lifecycle:
                 self.restores.inc("success")
                 self.restore_seconds.observe(now - started[0])
             else:
-                if started[1] == "checkpointed" and rec.get("restore_error"):
+                if started[1] == "checkpointed" and rec.restore_error:
                     self.restores.inc("failed")  # then started afresh on the same workspace
                 self.spawns.inc("success")
                 self.spawn_seconds.observe(now - started[0])
@@ -204,7 +205,7 @@ class Lifecycle:
             self._starting.pop(name, None)
             self.spawns.inc("failed")
         elif event == "environment-stopped":
-            state = str(rec.get("state") or "stopped")
+            state = rec.state
             self.stops.inc(state)
             if state == "checkpointed":
                 self.checkpoints.inc("success")
@@ -377,10 +378,10 @@ class StatsSampler:
 
     # -- events (on the Hub's loop; must not block) ------------------------------------------
 
-    def _on_event(self, event: str, rec: Mapping[str, Any]) -> None:
+    def _on_event(self, event: str, rec: UserRecord) -> None:
         self.lifecycle.on_event(event, rec, self.clock())
         if event in ("environment-running", "environment-stopped", "environment-destroyed"):
-            self._resample.add(rec.get("name", ""))
+            self._resample.add(rec.name)
         if self._wake is not None:
             self._wake.set()
 

@@ -34,7 +34,9 @@ def test_hubcontrol_never_imports_data_plane_or_cli() -> None:
         "    importlib.import_module(name)\n"
         "print(json.dumps(sorted(set(sys.modules) - baseline)))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     loaded = json.loads(out.stdout)
     leaked = sorted({m.split(".")[0] for m in loaded if m.split(".")[0] in FORBIDDEN})
     assert leaked == [], f"hubcontrol imported {leaked}"
@@ -52,7 +54,9 @@ def test_importing_hubcontrol_is_cheap_and_its_public_names_resolve() -> None:
         "            if hasattr(getattr(hubcontrol, n), '__module__')}\n"
         "print(json.dumps([alone, sorted(hubcontrol.__all__), resolved, 'Hub' in dir(hubcontrol)]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
     alone, names, resolved, listed = json.loads(out.stdout)
     assert alone == ["hubcontrol"]
     assert names == sorted(hubcontrol.__all__) and len(names) == len(set(names))

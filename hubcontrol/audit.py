@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
@@ -41,6 +42,9 @@ from anyio.abc import TaskGroup, TaskStatus
 from hubcontrol.auditlog import AuditLog, Cursor, event_key, event_nano
 from hubcontrol.errors import AuditError
 from hubcontrol.records import UserRecord
+
+if TYPE_CHECKING:
+    from hubcontrol.services import HubServices
 
 log = logging.getLogger(__name__)
 
@@ -631,7 +635,7 @@ class AuditManager:
 
     # -- following a Hub ------------------------------------------------------------------------
 
-    def attach(self, hub) -> None:
+    def attach(self, hub: HubServices) -> None:
         """Follow ``hub``'s lifecycle: arm a stream whenever one of its per-user daemons starts.
 
         Registers ``run`` as one of the hub's services and a listener for its lifecycle events:

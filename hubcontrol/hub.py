@@ -12,6 +12,7 @@ lock, so concurrent logins share a single start.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -19,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import docker
@@ -28,7 +29,6 @@ import docker.errors
 from hubcontrol import checkpoint as ckpt
 from hubcontrol import environment as envs
 from hubcontrol import images, mounts, network, safefs, storage
-from hubcontrol.audit import AuditManager
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.engine import Engine
 from hubcontrol.environment import Environment
@@ -39,14 +39,19 @@ from hubcontrol.errors import (
     HubError,
     UsernameError,
 )
-from hubcontrol.idle import IdleCuller, checkpoint_wanted
+from hubcontrol.idle import checkpoint_wanted
 from hubcontrol.names import is_safe_name, safe_name
 from hubcontrol.netids import DEFAULT_REGISTRY, NetIdRegistry
 from hubcontrol.placement import Placed, placement_for
-from hubcontrol.policysockets import PolicySockets
 from hubcontrol.records import RecordStore, UserRecord
-from hubcontrol.stats import StatsSampler
+from hubcontrol.services import Services, Wiring, wire_default_services
 from hubcontrol.supervisor import RUN_DIR, DaemonSpec, DaemonSupervisor, Limits, choose
+
+if TYPE_CHECKING:  # the services' types; hub.py never constructs them (services.py does)
+    from hubcontrol.audit import AuditManager
+    from hubcontrol.idle import IdleCuller
+    from hubcontrol.policysockets import PolicySockets
+    from hubcontrol.stats import StatsSampler
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +200,7 @@ class Hub:
         pids_limit: int | None = DEFAULT_PIDS_LIMIT,
         env_socket_by_daemon: bool = False,
         checkpointer: ckpt.Checkpointer | str | None = "auto",
+        services: Wiring = wire_default_services,
     ) -> None:
         self.config = config
         self.supervisor = supervisor or choose(config.supervisor)
@@ -223,20 +229,30 @@ class Hub:
         self._services: list[Callable[[], Awaitable[None]]] = []
         self._listeners: list[Listener] = []
         self.users_dir = self.records.directory
-        # Each per-user daemon's docker events go to the user's audit log: streams are armed on
-        # the lifecycle events below (daemon-started, ...) and run as one of run()'s services.
-        self.audit = AuditManager(config)
-        self.audit.attach(self)
-        # A policy socket process beside each per-user daemon, started and stopped with it.
-        self.policy_sockets: PolicySockets | None = None
-        if not env_socket_by_daemon:
-            self.policy_sockets = PolicySockets(self)
-        # Idle environments are checkpointed or stopped (--idle-timeout; None when it is 0).
-        self.culler = IdleCuller.attach(self)
-        # Status rows, per-user disk/containers/images (every 30 s) and lifecycle counts for the
-        # dashboard, the API and /_hub/metrics: ``self.stats.view()``, readable from any thread.
-        self.stats = StatsSampler(self)
-        self.stats.attach(self)
+        # The audit streams, policy sockets, idle culler and stats sampler, wired from outside
+        # against the Hub's surface for services (hubcontrol.services.HubServices); last, since
+        # they read the configuration and register themselves.
+        self.services: Services = services(self)
+
+    @property
+    def audit(self) -> AuditManager | None:
+        """The audit streams' manager (``services.audit``), or None."""
+        return self.services.audit
+
+    @property
+    def policy_sockets(self) -> PolicySockets | None:
+        """The policy sockets beside per-user daemons (``services.policy_sockets``), or None."""
+        return self.services.policy_sockets
+
+    @property
+    def culler(self) -> IdleCuller | None:
+        """The idle culler (``services.culler``); None when ``--idle-timeout`` is 0."""
+        return self.services.culler
+
+    @property
+    def stats(self) -> StatsSampler | None:
+        """The stats sampler (``services.stats``): ``stats.view()`` from any thread; or None."""
+        return self.services.stats
 
     # -- hot path (any thread) -------------------------------------------------------------------
 
@@ -938,7 +954,18 @@ class Hub:
                 self._emit("environment-destroyed", rec)
 
     async def status(self) -> list[EnvironmentStatus]:
-        """Every known user's environment, from records and live daemon checks."""
+        """Every known user's environment, from records and live daemon checks, with the stats
+        sampler's latest numbers (``EnvironmentStatus.stats``)."""
+        view = self.stats.view() if self.stats is not None else None
+        return [
+            dataclasses.replace(row, stats=MappingProxyType(sampled.to_json()))
+            if view is not None and (sampled := view.stats.get(row.name))
+            else row
+            for row in await self.status_rows()
+        ]
+
+    async def status_rows(self) -> list[EnvironmentStatus]:
+        """``status()`` without the sampled stats: what the stats sampler itself reads."""
         rows = []
         for rec in list(self.records.all()):
             name = rec.name
@@ -970,9 +997,6 @@ class Hub:
                         self.culler.decisions[rec.user].reason
                         if self.culler and rec.user in self.culler.decisions
                         else None
-                    ),
-                    stats=MappingProxyType(
-                        sampled.to_json() if (sampled := self.stats.view().stats.get(name)) else {}
                     ),
                 )
             )

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import anyio
 
 from hubcontrol.checkpoint import MAX_FAILURES
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.records import UserRecord
+
+if TYPE_CHECKING:
+    from hubcontrol.services import HubServices
 
 log = logging.getLogger(__name__)
 
@@ -144,21 +147,21 @@ def sweep_interval(timeout: float) -> float:
 class IdleCuller:
     """Applies ``decide`` to every environment of a ``Hub`` every ``sweep_interval`` seconds.
 
-    Uses only the Hub's public surface (records, activity stamps, per-user locks, ``stop``), so the
-    Hub just runs ``culler.run`` as one of its services (``IdleCuller.attach(hub)``). An
+    Uses only the Hub's surface for services (``services.HubServices``: records, activity stamps,
+    per-user locks, ``stop``); ``IdleCuller.attach(hub)`` registers ``run`` as a service. An
     environment whose lock is held (starting, restoring, stopping) is skipped this round: its
     record is about to change. ``decisions`` keeps the latest decision per user for status pages
     ("active 3m ago", "idle 31m; --checkpoint is set").
     """
 
-    def __init__(self, hub, interval: float | None = None) -> None:
+    def __init__(self, hub: HubServices, interval: float | None = None) -> None:
         self.hub = hub
         self.interval = interval or sweep_interval(hub.config.idle_timeout)
         self.decisions: dict[str, Decision] = {}
         self.observed_since = hub.clock()
 
     @classmethod
-    def attach(cls, hub, interval: float | None = None) -> IdleCuller | None:
+    def attach(cls, hub: HubServices, interval: float | None = None) -> IdleCuller | None:
         """Register a culler as a service of ``hub``; None when ``--idle-timeout`` is 0."""
         if not hub.config.idle_timeout or hub.config.idle_timeout <= 0:
             return None
@@ -172,7 +175,7 @@ class IdleCuller:
             template = self.hub.config.template(rec.template)
         except Exception:  # a template removed from the configuration: decide without it
             template = None
-        checkpointer = getattr(self.hub, "checkpointer", None)
+        checkpointer = self.hub.checkpointer
         disabled = bool(checkpointer and checkpointer.health(rec.name).disabled)
         return IdleFacts(
             state=rec.state,

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -31,6 +32,9 @@ from hubcontrol.config import DEFAULT_WORKSPACE
 from hubcontrol.errors import DaemonError
 from hubcontrol.policysocket.bindroot import default_bind_root, unmount_bind_root
 from hubcontrol.records import UserRecord
+
+if TYPE_CHECKING:
+    from hubcontrol.services import HubServices
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +133,7 @@ class PolicySockets:
     serve the environment's socket itself.
     """
 
-    def __init__(self, hub, allowed_registries: Sequence[str] = ()) -> None:
+    def __init__(self, hub: HubServices, allowed_registries: Sequence[str] = ()) -> None:
         if getattr(hub, "env_socket_by_daemon", False):
             raise ValueError(
                 "PolicySockets needs Hub(env_socket_by_daemon=False): dockerd would serve the "

@@ -3,7 +3,7 @@
 Nothing here runs on the request path. ``StatsSampler`` is one of the Hub's services:
 
 - every ``ROWS_INTERVAL`` seconds, and right after each lifecycle event, it refreshes the status
-  rows (``Hub.status()``) and each user's checkpoint record (failures, disabled);
+  rows (``Hub.status_rows()``) and each user's checkpoint record (failures, disabled);
 - every ``STATS_INTERVAL`` (30) seconds, and soon after an environment starts or stops, it samples
   per-user disk usage (workspace + data-root dir, like ``du -sx``, walked in a child process at
   the lowest priority and bounded per tree: ``hubcontrol.du``; a bounded walk's bytes are a lower
@@ -43,6 +43,7 @@ from hubcontrol.supervisor import ping
 if TYPE_CHECKING:
     from hubcontrol.checkpoint import CheckpointHealth
     from hubcontrol.records import UserRecord
+    from hubcontrol.services import HubServices
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +350,7 @@ class StatsSampler:
 
     def __init__(
         self,
-        hub,
+        hub: HubServices,
         *,
         interval: float = STATS_INTERVAL,
         rows_interval: float = ROWS_INTERVAL,
@@ -368,7 +369,7 @@ class StatsSampler:
         self._wake: anyio.Event | None = None
         self._resample: set[str] = set()
 
-    def attach(self, hub) -> None:
+    def attach(self, hub: HubServices) -> None:
         hub.add_listener(self._on_event)
         hub.add_service(self.run)
 
@@ -388,8 +389,9 @@ class StatsSampler:
     # -- work ---------------------------------------------------------------------------------
 
     async def refresh(self) -> StatusView:
-        """Re-read the status rows and checkpoint records (cheap; no disk walk, no docker)."""
-        rows = tuple(await self.hub.status())
+        """Re-read the status rows (``status_rows()``) and checkpoint records (cheap; no disk walk,
+        no docker)."""
+        rows = tuple(await self.hub.status_rows())
         names = [r.name for r in rows]
         before = self._view.checkpoints
         health = await anyio.to_thread.run_sync(self._read_health, names, limiter=self._lim())

@@ -15,13 +15,11 @@ docs/configuration.md is the operator's reference for every label, flag and vari
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import ipaddress
 import os
 import re
-import tempfile
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from types import MappingProxyType
 
 import yaml
 
+from hubcontrol import safefs
 from hubcontrol.compose import ComposeService, load_compose, parse_env_file, read_yaml
 from hubcontrol.dockerpolicy import SAFE_CAPABILITIES, normalize_capability
 from hubcontrol.durations import (
@@ -947,16 +946,8 @@ def dump_labels_file(labels_file: LabelsFile, path: Path | str | None = None) ->
     if path is not None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        # the operator's directory as it is (a link to it included), as hub install's files
+        safefs.write_atomic(target, text, mode=0o644, base=target.parent)
     return text
 
 

@@ -30,9 +30,11 @@ _EXPORTS = {
     "RecreateCheckpointer": "hubcontrol.checkpoint",
     "make_checkpointer": "hubcontrol.checkpoint",
     "ComposeService": "hubcontrol.config",
+    "DEFAULT_LABELS_FILE": "hubcontrol.config",
     "HubConfig": "hubcontrol.config",
     "LabelsFile": "hubcontrol.config",
     "OAuthConfig": "hubcontrol.config",
+    "START_FLAGS": "hubcontrol.config",
     "Template": "hubcontrol.config",
     "build_config": "hubcontrol.config",
     "config_as_dict": "hubcontrol.config",
@@ -68,11 +70,20 @@ _EXPORTS = {
     "Progress": "hubcontrol.hub",
     "Route": "hubcontrol.hub",
     "RouteTable": "hubcontrol.hub",
+    "STATES": "hubcontrol.hub",
     "Decision": "hubcontrol.idle",
     "IdleCuller": "hubcontrol.idle",
     "IdleFacts": "hubcontrol.idle",
+    "checkpoint_wanted": "hubcontrol.idle",
     "decide": "hubcontrol.idle",
     "safe_name": "hubcontrol.names",
+    "Counter": "hubcontrol.stats",
+    "Gauge": "hubcontrol.stats",
+    "Histogram": "hubcontrol.stats",
+    "Lifecycle": "hubcontrol.stats",
+    "StatusView": "hubcontrol.stats",
+    "UserStats": "hubcontrol.stats",
+    "install_log_formatter": "hubcontrol.text",
 }
 
 __all__ = [
@@ -86,7 +97,9 @@ __all__ = [
     "Checkpointer",
     "ComposeService",
     "ConfigError",
+    "Counter",
     "CriuCheckpointer",
+    "DEFAULT_LABELS_FILE",
     "DaemonError",
     "Decision",
     "Environment",
@@ -95,6 +108,8 @@ __all__ = [
     "GCEntry",
     "GCError",
     "GCPlan",
+    "Gauge",
+    "Histogram",
     "HookError",
     "Hub",
     "HubConfig",
@@ -103,6 +118,7 @@ __all__ = [
     "IdleFacts",
     "ImageError",
     "LabelsFile",
+    "Lifecycle",
     "NetworkError",
     "OAuthConfig",
     "PolicyError",
@@ -110,16 +126,22 @@ __all__ = [
     "RecreateCheckpointer",
     "Route",
     "RouteTable",
+    "START_FLAGS",
+    "STATES",
+    "StatusView",
     "SyncHub",
     "Template",
+    "UserStats",
     "UsernameError",
     "apply_gc",
     "build_config",
+    "checkpoint_wanted",
     "config_as_dict",
     "decide",
     "dump_labels_file",
     "embedded",
     "follow_audit_log",
+    "install_log_formatter",
     "load_compose",
     "load_config",
     "load_labels_file",
@@ -145,6 +167,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         make_checkpointer,
     )
     from hubcontrol.config import (
+        DEFAULT_LABELS_FILE,
+        START_FLAGS,
         ComposeService,
         HubConfig,
         LabelsFile,
@@ -178,9 +202,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
         UsernameError,
     )
     from hubcontrol.gc import GCEntry, GCPlan, apply_gc, plan_gc
-    from hubcontrol.hub import EnvironmentStatus, Hub, Progress, Route, RouteTable
-    from hubcontrol.idle import Decision, IdleCuller, IdleFacts, decide
+    from hubcontrol.hub import STATES, EnvironmentStatus, Hub, Progress, Route, RouteTable
+    from hubcontrol.idle import Decision, IdleCuller, IdleFacts, checkpoint_wanted, decide
     from hubcontrol.names import safe_name
+    from hubcontrol.stats import Counter, Gauge, Histogram, Lifecycle, StatusView, UserStats
+    from hubcontrol.text import install_log_formatter
 
 
 def __getattr__(name: str) -> Any:

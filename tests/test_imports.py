@@ -50,8 +50,9 @@ def test_importing_hubcontrol_is_cheap_and_its_public_names_resolve() -> None:
         "import json, sys\n"
         "import hubcontrol\n"
         "alone = sorted(m for m in sys.modules if m.startswith(('hubcontrol', 'docker', 'yaml')))\n"
+        "import inspect\n"
         "resolved = {n: getattr(hubcontrol, n).__module__ for n in hubcontrol.__all__\n"
-        "            if hasattr(getattr(hubcontrol, n), '__module__')}\n"
+        "            if inspect.isclass(getattr(hubcontrol, n)) or callable(getattr(hubcontrol, n))}\n"
         "print(json.dumps([alone, sorted(hubcontrol.__all__), resolved, 'Hub' in dir(hubcontrol)]))\n"
     )
     out = subprocess.run(

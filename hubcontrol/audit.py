@@ -33,6 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 import httpx
@@ -40,6 +41,10 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from hubcontrol.auditlog import AuditLog, Cursor, event_key, event_nano
 from hubcontrol.errors import AuditError
+from hubcontrol.records import UserRecord
+
+if TYPE_CHECKING:
+    from hubcontrol.services import HubServices
 
 log = logging.getLogger(__name__)
 
@@ -630,7 +635,7 @@ class AuditManager:
 
     # -- following a Hub ------------------------------------------------------------------------
 
-    def attach(self, hub) -> None:
+    def attach(self, hub: HubServices) -> None:
         """Follow ``hub``'s lifecycle: arm a stream whenever one of its per-user daemons starts.
 
         Registers ``run`` as one of the hub's services and a listener for its lifecycle events:
@@ -657,21 +662,21 @@ class AuditManager:
         hub.add_listener(self._on_hub_event)
         hub.add_service(self.run)
 
-    def _on_hub_event(self, event: str, rec) -> None:
-        if not rec.get("per_user_docker") or rec.get("net_id") is None:
+    def _on_hub_event(self, event: str, rec: UserRecord) -> None:
+        if not rec.per_user_docker or rec.net_id is None:
             return  # a shared daemon has no per-user event stream
-        user = rec.get("user") or rec["name"]
+        user = rec.username
         windows = self._windows.setdefault(user, _Windows([]))
-        if rec.get("container_id"):
+        if rec.container_id:
             # the environment the hub manages, also one adopted after a hub restart
-            HUB_ACTIONS.container_created(str(rec["container_id"]))
+            HUB_ACTIONS.container_created(rec.container_id)
         if event == "daemon-started":
-            if rec.get("state") != "running":
+            if rec.state != "running":
                 # not an adoption of a running environment, whose user may be acting right now
                 windows.open()
-            url = self._hub.docker_url(user) if self._hub is not None else rec.get("docker_url")
+            url = self._hub.docker_url(user) if self._hub is not None else rec.docker_url
             if url:
-                self._queue(self.arm, user, int(rec["net_id"]), url)
+                self._queue(self.arm, user, rec.net_id, url)
         elif event == "daemon-stopping":
             windows.open()
         elif event == "environment-running":

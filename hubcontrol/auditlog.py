@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from hubcontrol import safefs
 from hubcontrol.durations import parse_duration
 from hubcontrol.names import safe_name
 from hubcontrol.text import inert_json
@@ -351,14 +352,8 @@ class Cursor:
             return cls()
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
         data = json.dumps({"nano": self.nano, "recent": sorted(self.recent.items())})
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
-        try:
-            os.write(fd, data.encode())
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        safefs.write_atomic(path, data, mode=FILE_MODE)
 
     def since(self) -> str:
         """The ``since`` parameter for the daemon's ``/events``: from a little before the cursor.

@@ -58,7 +58,7 @@ import docker
 import docker.errors
 import httpx
 
-from hubcontrol import safefs, storage
+from hubcontrol import procs, safefs, storage
 from hubcontrol.config import DEFAULT_USER, DEFAULT_WORKSPACE
 from hubcontrol.engine import Engine
 from hubcontrol.errors import CheckpointError
@@ -161,9 +161,7 @@ class HealthStore:
         path = self._path(user)
         with self._lock:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(health.to_json(), indent=1))
-            os.replace(tmp, path)
+            safefs.write_atomic(path, json.dumps(health.to_json(), indent=1), mode=0o644)
 
     def update(self, user: str, fn) -> CheckpointHealth:
         with self._lock:
@@ -204,11 +202,6 @@ def process_token(pid: int) -> str:
     return digest.hexdigest()[:32]
 
 
-def _pids() -> list[int]:
-    with os.scandir("/proc") as entries:
-        return [int(e.name) for e in entries if e.name.isdecimal()]
-
-
 def boot_ticks() -> int:
     """Now, in the clock ticks since boot that ``/proc/<pid>/stat`` start times use."""
     return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
@@ -231,7 +224,7 @@ def container_processes(init_pid: int) -> dict[int, ProcessMark]:
     """Every process in the PID namespace of host PID ``init_pid``, keyed by namespace PID."""
     namespace = os.readlink(f"/proc/{init_pid}/ns/pid")
     marks: dict[int, ProcessMark] = {}
-    for pid in _pids():
+    for pid in procs.pids():
         try:
             if os.readlink(f"/proc/{pid}/ns/pid") != namespace:
                 continue
@@ -487,15 +480,11 @@ def _kill_restore(container_id: str) -> int:
     children) is killed, runc then fails the restore and dockerd answers.
     """
     killed = 0
-    for runc in _pids():
-        try:
-            with open(f"/proc/{runc}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
+    for runc in procs.pids():
+        argv = procs.cmdline(runc)
+        if not argv or not argv[0].endswith("runc") or "restore" not in argv:
             continue
-        if not argv or not argv[0].endswith(b"runc") or b"restore" not in argv:
-            continue
-        if container_id.encode() not in argv:
+        if container_id not in argv:
             continue
         for pid in _descendants(runc):
             with contextlib.suppress(ProcessLookupError):

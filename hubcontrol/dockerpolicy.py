@@ -2,7 +2,7 @@
 
 A per-user dockerd runs as root on the host, so its raw socket is a path to host root
 (``docker run --privileged -v /:/host``). The environment gets a policy socket instead
-(``hubcontrol.socketproxy``), which asks this module about every request.
+(``hubcontrol.policysocket``), which asks this module about every request.
 
 Everything here is data plus small pure functions:
 
@@ -35,6 +35,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import parse_qsl, unquote
+
+from hubcontrol.storage import CHECKPOINT_DIR  # the checkpoint images in a workspace
 
 # --- limits -------------------------------------------------------------------------------------
 
@@ -103,9 +105,8 @@ SAFE_NETWORK_OPTIONS = frozenset(
 DOCKER_SOCKET_PATHS = frozenset(
     {"/var/run/docker.sock", "/run/docker.sock", "/run/rediacc/env/docker.sock"}
 )
-CHECKPOINT_DIR = ".checkpoint"
 # On containers the policy created with pinned binds: which workspace path each pin holds
-# (hubcontrol.pins). Under rediacc. (users cannot set it) but not rediacc.hub. (not an environment).
+# (hubcontrol.policysocket.pins). Under rediacc. (users cannot set it) but not rediacc.hub. (not an environment).
 BINDS_LABEL = "rediacc.binds"
 
 
@@ -178,7 +179,7 @@ class PolicyContext:
     workspace: str  # host path of the user's workspace, <workspace-dir>/<u>; "" when ephemeral
     container_workspace: str = "/workspace"  # where the environment sees its workspace
     # Pins a checked path inside the workspace: (relpath, readonly, create missing dirs) -> the
-    # source to hand the daemon (hubcontrol.pins.BindPins.pin). None: binds are refused.
+    # source to hand the daemon (hubcontrol.policysocket.pins.BindPins.pin). None: binds are refused.
     pin: Callable[[str, bool, bool], str] | None = None
     policy_socket: str | None = None  # host path of this policy socket (for nested docker.sock)
     user_networks: tuple[str, ...] = ()  # CIDRs the user may give their own networks
@@ -675,7 +676,7 @@ def _check_create(request, ctx, facts, body):
     for hc in _host_configs(body):
         _check_host_config(hc, ctx, facts)
     if pinned:
-        # Which workspace path each pin holds, to pin it again with a fresh check (hubcontrol.pins)
+        # Which workspace path each pin holds, to pin it again with a fresh check (hubcontrol.policysocket.pins)
         labels = _obj(body.field("Labels"))
         body.set_field("Labels", JObject([*labels.pairs, (BINDS_LABEL, _pins_label(pinned))]))
     endpoints = _obj(_obj(body.field("NetworkingConfig")).field("EndpointsConfig"))
@@ -1341,7 +1342,7 @@ def bind_source(
 
     The daemon resolves a bind source when the container *starts*, possibly long after this
     check, and the user can swap a checked directory for a symlink in between. So the checked
-    path (``workspace_relpath``) is pinned (``ctx.pin``, hubcontrol.pins): opened below the
+    path (``workspace_relpath``) is pinned (``ctx.pin``, hubcontrol.policysocket.pins): opened below the
     workspace without following any symlink and bind-mounted by descriptor onto a root-only
     path, which is what the daemon gets. Symlinks *inside* the pinned directory keep working.
     """

@@ -13,8 +13,9 @@ the walk held the interpreter the proxy serves requests from. So a walk:
 Exact numbers for big trees are the filesystem's job: BTRFS quotas (``btrfs qgroup show``) on the
 data-root subvolume, project quotas elsewhere (docs/operations.md).
 
-This module imports only the standard library: the child process loads nothing else
-(``BOOTSTRAP``), so it starts in a few tens of milliseconds.
+This module imports only the standard library: the child (``python -m hubcontrol.du``) loads
+nothing else (``hubcontrol/__init__.py`` imports lazily), so it starts in a few tens of
+milliseconds.
 """
 
 from __future__ import annotations
@@ -125,14 +126,6 @@ def walk(
     return Usage(total, entries)
 
 
-# ``python -m hubcontrol.du`` would import hubcontrol/__init__.py, the whole control plane (see
-# socketproxy.BOOTSTRAP): the child registers a bare package and imports this module alone.
-BOOTSTRAP = (
-    "import sys, types; p = types.ModuleType('hubcontrol'); p.__path__ = [sys.argv.pop(1)]; "
-    "sys.modules['hubcontrol'] = p; from hubcontrol import du; du.main(sys.argv[1:])"
-)
-
-
 def command(
     paths: Sequence[Path | str],
     *,
@@ -144,7 +137,7 @@ def command(
     low = ["nice", "-n", str(NICE)] if shutil.which("nice") else []
     if shutil.which("ionice"):
         low += ["ionice", "-c", "3"]
-    head = [python or sys.executable, "-c", BOOTSTRAP, str(Path(__file__).resolve().parent)]
+    head = [python or sys.executable, "-m", "hubcontrol.du"]
     bounds = [f"--max-entries={max_entries}", f"--max-seconds={max_seconds}", "--"]
     return low + head + bounds + [str(p) for p in paths]
 
@@ -194,3 +187,7 @@ def main(argv: Sequence[str]) -> None:
     paths = args[1:]
     usage = [walk(p, max_entries=max_entries, max_seconds=max_seconds) for p in paths]
     json.dump({"usage": [asdict(u) for u in usage], "nice": os.nice(0)}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

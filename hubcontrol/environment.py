@@ -21,6 +21,7 @@ from hubcontrol.audit import HUB_ACTIONS
 from hubcontrol.config import Template
 from hubcontrol.errors import EnvironmentError_, NetworkError
 from hubcontrol.network import UserNetwork
+from hubcontrol.storage import CHECKPOINT_DIR
 
 SHELL = ("bash", "-c")
 ENV_SOCKET_MOUNT = "/run/rediacc/env"  # where the env dir (with docker.sock) appears inside
@@ -102,7 +103,7 @@ def create_options(
     else:
         mounts.append(f"{workspace}:{template.workspace}:rw")
     # An empty read-only tmpfs over the checkpoint images, which CRIU restores as root.
-    tmpfs[f"{template.workspace.rstrip('/')}/.checkpoint"] = "ro,size=4k,mode=0555"
+    tmpfs[f"{template.workspace.rstrip('/')}/{CHECKPOINT_DIR}"] = "ro,size=4k,mode=0555"
     environment = {"SERVICE_IP": service_ip}
     if env_dir is not None:
         mounts.append(f"{env_dir}:{ENV_SOCKET_MOUNT}:ro")

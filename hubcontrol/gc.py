@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hubcontrol import names, safefs, storage
+from hubcontrol import names, procs, safefs, storage
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.durations import format_duration
 from hubcontrol.errors import GCError
@@ -194,17 +194,10 @@ def mounts_under(path: Path) -> list[str]:
 def live_dockerds() -> dict[int, str]:
     """pid -> realpath of --data-root for every dockerd visible in /proc."""
     found: dict[int, str] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdecimal():
-            continue
-        try:
-            raw = Path(entry.path, "cmdline").read_bytes()
-        except OSError:
-            continue
-        argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
-        root = dockerd_data_root(argv)
+    for pid in procs.pids():
+        root = dockerd_data_root(procs.cmdline(pid))
         if root is not None:
-            found[int(entry.name)] = os.path.realpath(root)
+            found[pid] = os.path.realpath(root)
     return found
 
 
@@ -233,7 +226,7 @@ class HostProbe:
         if self._dockerds is None:
             self._dockerds = live_dockerds()
         for pid, root in self._dockerds.items():
-            if root == data and Path(f"/proc/{pid}").exists():
+            if root == data and procs.alive(pid):
                 return f"dockerd pid {pid}"
         if net_id is not None:
             sock = self.exec_base / str(net_id) / "docker.sock"

@@ -12,7 +12,7 @@ lock, so concurrent logins share a single start.
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import logging
 import os
 import time
@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import docker
@@ -29,7 +29,6 @@ import docker.errors
 from hubcontrol import checkpoint as ckpt
 from hubcontrol import environment as envs
 from hubcontrol import images, mounts, network, safefs, storage
-from hubcontrol.audit import AuditManager
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.engine import Engine
 from hubcontrol.environment import Environment
@@ -40,13 +39,19 @@ from hubcontrol.errors import (
     HubError,
     UsernameError,
 )
-from hubcontrol.idle import IdleCuller, checkpoint_wanted
+from hubcontrol.idle import checkpoint_wanted
 from hubcontrol.names import is_safe_name, safe_name
 from hubcontrol.netids import DEFAULT_REGISTRY, NetIdRegistry
 from hubcontrol.placement import Placed, placement_for
-from hubcontrol.socketproxy import PolicySockets
-from hubcontrol.stats import StatsSampler
+from hubcontrol.records import RecordStore, UserRecord
+from hubcontrol.services import Services, Wiring, wire_default_services
 from hubcontrol.supervisor import RUN_DIR, DaemonSpec, DaemonSupervisor, Limits, choose
+
+if TYPE_CHECKING:  # the services' types; hub.py never constructs them (services.py does)
+    from hubcontrol.audit import AuditManager
+    from hubcontrol.idle import IdleCuller
+    from hubcontrol.policysockets import PolicySockets
+    from hubcontrol.stats import StatsSampler
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +196,8 @@ class EnvironmentStatus:
         return out
 
 
-Listener = Callable[[str, Mapping[str, Any]], None]
+# Called with the event's name and a copy of the user's record (changing it changes nothing).
+Listener = Callable[[str, UserRecord], None]
 
 
 class Hub:
@@ -210,6 +216,7 @@ class Hub:
         pids_limit: int | None = DEFAULT_PIDS_LIMIT,
         env_socket_by_daemon: bool = False,
         checkpointer: ckpt.Checkpointer | str | None = "auto",
+        services: Wiring = wire_default_services,
     ) -> None:
         self.config = config
         self.supervisor = supervisor or choose(config.supervisor)
@@ -219,7 +226,7 @@ class Hub:
         self.run_dir = Path(run_dir)
         self.ready_timeout = ready_timeout
         self.pids_limit = pids_limit
-        # False (default): the policy socket (hubcontrol.socketproxy, docs/security.md) serves
+        # False (default): the policy socket (hubcontrol.policysocket, docs/security.md) serves
         # <exec-root>/env/docker.sock; True: dockerd itself listens there, without the policy.
         self.env_socket_by_daemon = env_socket_by_daemon
         # "auto": CRIU when --checkpoint or any template asks for it; None: never checkpoint.
@@ -232,25 +239,36 @@ class Hub:
         self._routes = RouteTable()
         self._activity: dict[str, tuple[float, str]] = {}
         self._progress: dict[str, Progress] = {}
-        self._records: dict[str, dict] = {}
+        # Every user's persisted record (<state-dir>/users/<name>.json), typed and cached.
+        self.records = RecordStore(Path(config.state_dir) / "users", lambda: self.clock())
         self._locks: dict[str, anyio.Lock] = {}
         self._services: list[Callable[[], Awaitable[None]]] = []
         self._listeners: list[Listener] = []
-        self.users_dir = Path(config.state_dir) / "users"
-        # Each per-user daemon's docker events go to the user's audit log: streams are armed on
-        # the lifecycle events below (daemon-started, ...) and run as one of run()'s services.
-        self.audit = AuditManager(config)
-        self.audit.attach(self)
-        # A policy socket process beside each per-user daemon, started and stopped with it.
-        self.policy_sockets: PolicySockets | None = None
-        if not env_socket_by_daemon:
-            self.policy_sockets = PolicySockets(self)
-        # Idle environments are checkpointed or stopped (--idle-timeout; None when it is 0).
-        self.culler = IdleCuller.attach(self)
-        # Status rows, per-user disk/containers/images (every 30 s) and lifecycle counts for the
-        # dashboard, the API and /_hub/metrics: ``self.stats.view()``, readable from any thread.
-        self.stats = StatsSampler(self)
-        self.stats.attach(self)
+        self.users_dir = self.records.directory
+        # The audit streams, policy sockets, idle culler and stats sampler, wired from outside
+        # against the Hub's surface for services (hubcontrol.services.HubServices); last, since
+        # they read the configuration and register themselves.
+        self.services: Services = services(self)
+
+    @property
+    def audit(self) -> AuditManager | None:
+        """The audit streams' manager (``services.audit``), or None."""
+        return self.services.audit
+
+    @property
+    def policy_sockets(self) -> PolicySockets | None:
+        """The policy sockets beside per-user daemons (``services.policy_sockets``), or None."""
+        return self.services.policy_sockets
+
+    @property
+    def culler(self) -> IdleCuller | None:
+        """The idle culler (``services.culler``); None when ``--idle-timeout`` is 0."""
+        return self.services.culler
+
+    @property
+    def stats(self) -> StatsSampler | None:
+        """The stats sampler (``services.stats``): ``stats.view()`` from any thread; or None."""
+        return self.services.stats
 
     # -- hot path (any thread) -------------------------------------------------------------------
 
@@ -279,6 +297,7 @@ class Hub:
 
     def add_listener(self, fn: Listener) -> None:
         """Call ``fn(event, record)`` on the Hub's loop for lifecycle events; must not block.
+        ``record`` is a copy of the user's ``UserRecord``: changing it changes nothing.
 
         Events: ``daemon-started``, ``daemon-stopping``, ``environment-starting`` (before a start;
         the record still has the previous state), ``environment-running``, ``environment-failed``,
@@ -286,10 +305,10 @@ class Hub:
         """
         self._listeners.append(fn)
 
-    def _emit(self, event: str, record: Mapping[str, Any]) -> None:
+    def _emit(self, event: str, record: UserRecord) -> None:
         for fn in self._listeners:
             try:
-                fn(event, MappingProxyType(dict(record)))
+                fn(event, record.copy())
             except Exception:  # a listener must not break the lifecycle
                 log.exception("listener %r failed on %s", fn, event)
 
@@ -301,20 +320,25 @@ class Hub:
             lock = self._locks[name] = anyio.Lock()
         return lock
 
+    def user_record(self, user: str) -> UserRecord | None:
+        """A copy of the record of the (raw) username ``user``, or None."""
+        rec = self.records.get(safe_name(user))
+        return rec.copy() if rec is not None else None
+
     def record(self, user: str) -> dict | None:
-        """A copy of the persisted record of the (raw) username ``user``, or None."""
-        rec = self._records.get(safe_name(user))
-        if rec is None:
-            rec = self._load_record(safe_name(user))
-        return dict(rec) if rec else None
+        """The record of the (raw) username ``user`` in its JSON form (``UserRecord.to_json``),
+        or None: for readers that want the file's view (the status API, scripts)."""
+        rec = self.records.get(safe_name(user))
+        return rec.to_json() if rec is not None else None
 
     def update_record(self, user: str, /, **fields: Any) -> dict:
-        """Merge ``fields`` into the user's record and persist it."""
+        """Set ``fields`` of the user's record and persist it; returns its JSON form. Names this
+        version does not know are kept as they are (``UserRecord.unknown``)."""
         name = safe_name(user)
-        rec = self._records.get(name) or self._load_record(name) or {"name": name}
-        rec.update(fields)
-        self._save_record(rec)
-        return dict(rec)
+        rec = self.records.get(name) or UserRecord(name=name)
+        rec.update(**fields)
+        self.records.save(rec)
+        return rec.to_json()
 
     def paths(self, user: str) -> storage.UserPaths:
         return storage.UserPaths(Path(self.config.workspace_dir), safe_name(user))
@@ -327,71 +351,54 @@ class Hub:
         """
         if not is_safe_name(name or ""):
             return None
-        rec = self._records.get(name) or self._load_record(name)
-        if not rec or rec.get("net_id") is None:
+        rec = self.records.get(name)
+        if rec is None or rec.net_id is None:
             return None
-        tpl = template or self._template_or_none(rec.get("template"))
-        return self._spec(name, rec["net_id"], tpl)
+        tpl = template or self._template_or_none(rec.template)
+        return self._spec(name, rec.net_id, tpl)
 
     def docker_url(self, user: str) -> str | None:
         """The socket URL of the daemon the (raw) username ``user``'s environment runs on."""
-        rec = self.record(user)
-        if not rec:
+        rec = self.records.get(safe_name(user))
+        if rec is None:
             return None
-        if rec.get("per_user_docker"):
-            spec = self.daemon_spec(rec["name"])
+        if rec.per_user_docker:
+            spec = self.daemon_spec(rec.name)
             return spec.url if spec else None
         return self._host_url()
 
     # -- records ----------------------------------------------------------------------------------
 
-    def _record_path(self, name: str) -> Path:
-        return self.users_dir / f"{name}.json"
-
-    def _load_record(self, name: str) -> dict | None:
-        try:
-            rec = json.loads(self._record_path(name).read_text())
-        except (OSError, ValueError):
-            return None
-        self._records[name] = rec
-        return rec
-
-    def _save_record(self, rec: dict) -> None:
-        rec["updated_at"] = self.clock()
-        self._records[rec["name"]] = rec
-        self.users_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        safefs.write_atomic(
-            self._record_path(rec["name"]),
-            json.dumps(rec, indent=2, sort_keys=True) + "\n",
-            mode=0o600,
-        )
-
     def _set_state(
-        self, rec: dict, state: str, *, step: str = "", message: str = "", error: str | None = None
+        self,
+        rec: UserRecord,
+        state: str,
+        *,
+        step: str = "",
+        message: str = "",
+        error: str | None = None,
     ) -> None:
-        rec["state"] = state
+        rec.state = state
         if error is not None:
-            rec["error"] = error
+            rec.error = error
         elif state == "running":
-            rec.pop("error", None)
-        self._save_record(rec)
-        self._progress[rec["name"]] = Progress(state, step, message, error, self.clock())
+            rec.error = None
+        self.records.save(rec)
+        self._progress[rec.name] = Progress(state, step, message, error, self.clock())
 
-    def _step(self, rec: dict, step: str, message: str) -> None:
-        self._progress[rec["name"]] = Progress(
-            rec.get("state", "starting"), step, message, None, self.clock()
-        )
+    def _step(self, rec: UserRecord, step: str, message: str) -> None:
+        self._progress[rec.name] = Progress(rec.state, step, message, None, self.clock())
 
-    def _publish(self, rec: dict) -> None:
-        name = rec["name"]
-        if rec.get("state") == "running" and rec.get("service_ip"):
+    def _publish(self, rec: UserRecord) -> None:
+        name = rec.name
+        if rec.state == "running" and rec.service_ip:
             route = Route(
-                rec["user"],
+                rec.username,
                 name,
                 "running",
-                rec["service_ip"],
+                rec.service_ip,
                 dict(self.config.routes),
-                rec.get("template", ""),
+                rec.template or "",
             )
         else:
             route = None
@@ -434,25 +441,23 @@ class Hub:
             run_dir=self.run_dir,
         )
 
-    def checkpoint_target(
-        self, rec: Mapping[str, Any], container: str = ""
-    ) -> ckpt.CheckpointTarget:
+    def checkpoint_target(self, rec: UserRecord, container: str = "") -> ckpt.CheckpointTarget:
         """What the checkpointer needs to suspend or resume the environment of ``rec``."""
-        name = rec["name"]
-        tpl = self._template_or_none(rec.get("template"))
+        name = rec.name
+        tpl = self._template_or_none(rec.template)
         paths = storage.UserPaths(Path(self.config.workspace_dir), name)
         tmpdir = None
-        if rec.get("per_user_docker") and rec.get("net_id") is not None:
-            tmpdir = self._spec(name, rec["net_id"], tpl).tmpdir
+        if rec.per_user_docker and rec.net_id is not None:
+            tmpdir = self._spec(name, rec.net_id, tpl).tmpdir
         return ckpt.CheckpointTarget(
             user=name,
-            docker_url=rec.get("docker_url") or self._host_url(),
-            container=container or rec.get("container_id") or envs.container_name(name),
+            docker_url=rec.docker_url or self._host_url(),
+            container=container or rec.container_id or envs.container_name(name),
             checkpoint_dir=paths.checkpoints,
             daemon_tmpdir=tmpdir,
             container_user=tpl.user if tpl else "root",
             workdir=tpl.workspace if tpl else "/",
-            service_ip=rec.get("service_ip", ""),
+            service_ip=rec.service_ip or "",
             pre_dump=tpl.pre_dump if tpl else None,
             post_restore=tpl.post_restore if tpl else None,
         )
@@ -492,8 +497,8 @@ class Hub:
         """
         name = safe_name(user)
         async with self.lock(user):
-            rec = self._records.get(name) or self._load_record(name) or {"name": name}
-            rec["user"] = user
+            rec = self.records.get(name) or UserRecord(name=name)
+            rec.user = user
             self._emit("environment-starting", rec)
             try:
                 return await self._ensure_running(rec, template, route)
@@ -520,7 +525,7 @@ class Hub:
                 raise
 
     async def _ensure_running(
-        self, rec: dict, template: str | None, route: str | None = None
+        self, rec: UserRecord, template: str | None, route: str | None = None
     ) -> Environment:
         """The start path, one named step each (each sets its own progress)."""
         tpl = self._pick_template(rec, template)
@@ -529,7 +534,7 @@ class Hub:
         await self._leave_other_placement(rec, tpl)
         paths, net = await self._prepare_storage(rec, tpl)
         placed = await placement_for(self, tpl).prepare(rec, tpl, net)
-        rec["docker_url"] = placed.docker_url
+        rec.docker_url = placed.docker_url
         client = self.engine.client(placed.docker_url)
         network_name = await self._prepare_network(rec, client, net)
         await self._provide_image(rec, tpl, client, placed)
@@ -539,55 +544,55 @@ class Hub:
         if created and tpl.on_create:
             await self._run_on_create(rec, tpl, client, container_id, net)
         self._step(rec, "ready", "Waiting for your services to answer")
-        await self._wait_ready(client, container_id, str(net.service_ip), rec["name"], route)
+        await self._wait_ready(client, container_id, str(net.service_ip), rec.name, route)
         return self._mark_running(rec, restored)
 
-    def _pick_template(self, rec: dict, template: str | None) -> Template:
+    def _pick_template(self, rec: UserRecord, template: str | None) -> Template:
         """The asked-for template, else the user's current one, else the default."""
-        current = rec.get("template")
+        current = rec.template
         if not template and current is not None and current not in self.config.templates:
             log.warning(
-                "%s: template %r is no longer configured; using the default", rec["name"], current
+                "%s: template %r is no longer configured; using the default", rec.name, current
             )
             current = None
         return self.config.template(template or current)
 
-    async def _still_running(self, rec: dict, tpl: Template) -> Environment | None:
+    async def _still_running(self, rec: UserRecord, tpl: Template) -> Environment | None:
         """A second login or a retry: one inspect instead of the whole path."""
         if not (
-            rec.get("state") == "running"
-            and self._routes.by_name(rec["name"]) is not None
-            and tpl.name == rec.get("template")
-            and rec.get("container_id")
-            and rec.get("docker_url")
+            rec.state == "running"
+            and self._routes.by_name(rec.name) is not None
+            and tpl.name == rec.template
+            and rec.container_id
+            and rec.docker_url
         ):
             return None
-        client = self.engine.client(rec["docker_url"])
+        client = self.engine.client(rec.docker_url)
         with contextlib.suppress(docker.errors.DockerException, OSError):
-            info = await self.engine.call(client.api.inspect_container, rec["container_id"])
+            info = await self.engine.call(client.api.inspect_container, rec.container_id)
             if info["State"]["Running"]:
                 return self._environment(rec)
         return None
 
-    async def _leave_other_placement(self, rec: dict, tpl: Template) -> None:
+    async def _leave_other_placement(self, rec: UserRecord, tpl: Template) -> None:
         """A switch between a per-user daemon and the shared one: the old environment holds
         SERVICE_IP and the bridge name the new one needs, so it goes first."""
         if (
-            rec.get("net_id") is not None
-            and "per_user_docker" in rec
-            and bool(rec["per_user_docker"]) != tpl.per_user_docker
+            rec.net_id is not None
+            and rec.per_user_docker is not None
+            and rec.per_user_docker != tpl.per_user_docker
         ):
             self._step(rec, "container", f"Switching to the {tpl.name} environment")
             await self._retire_environment(rec)
 
     async def _prepare_storage(
-        self, rec: dict, tpl: Template
+        self, rec: UserRecord, tpl: Template
     ) -> tuple[storage.UserPaths, network.UserNetwork]:
         """The user's tree (checked, never through a link) and their network ID."""
-        rec.update(template=tpl.name, mode=tpl.mode, per_user_docker=tpl.per_user_docker)
+        rec.template, rec.mode, rec.per_user_docker = tpl.name, tpl.mode, tpl.per_user_docker
         self._set_state(rec, "starting", step="storage", message="Preparing your storage")
-        paths = storage.UserPaths(Path(self.config.workspace_dir), rec["name"])
-        rec["subvolume"] = await self.engine.call(
+        paths = storage.UserPaths(Path(self.config.workspace_dir), rec.name)
+        rec.subvolume = await self.engine.call(
             storage.prepare_user_tree,
             paths,
             workspace=not tpl.ephemeral,
@@ -600,23 +605,23 @@ class Hub:
             # nosuid,nodev: what a root template plants there gives nothing on the host
             await self.engine.call(mounts.make_inert, str(paths.workspace))
         net = network.user_network(net_id, self.config.user_subnet_pool)
-        rec.update(net_id=net_id, service_ip=str(net.service_ip))
-        self._save_record(rec)
+        rec.net_id, rec.service_ip = net_id, str(net.service_ip)
+        self.records.save(rec)
         return paths, net
 
-    async def _prepare_network(self, rec: dict, client, net: network.UserNetwork) -> str:
+    async def _prepare_network(self, rec: UserRecord, client, net: network.UserNetwork) -> str:
         self._step(rec, "network", "Setting up your network")
         return await self.engine.call(envs.ensure_env_network, client, net)
 
-    async def _provide_image(self, rec: dict, tpl: Template, client, placed: Placed) -> None:
+    async def _provide_image(self, rec: UserRecord, tpl: Template, client, placed: Placed) -> None:
         self._step(rec, "image", f"Making the image {tpl.image} available")
         how = await self.engine.call(images.ensure_image, client, tpl.image, placed.image_source)
         if how != "present":
-            log.info("image %s for %s: %s", tpl.image, rec["name"], how)
+            log.info("image %s for %s: %s", tpl.image, rec.name, how)
 
     async def _ensure_container(
         self,
-        rec: dict,
+        rec: UserRecord,
         tpl: Template,
         client,
         paths: storage.UserPaths,
@@ -627,7 +632,7 @@ class Hub:
         """The environment container, running: kept, restored from a checkpoint, or created.
         Returns (container ID, created, restored)."""
         call = self.engine.call
-        name = rec["name"]
+        name = rec.name
         self._step(rec, "container", "Starting your environment")
         container = await call(envs.find, client, name)
         if container is not None and self._must_recreate(container, tpl):
@@ -662,8 +667,8 @@ class Hub:
                                                         network_name, placed)  # fmt: skip
         else:
             container_id = container.id
-        rec["container_id"] = container_id
-        self._save_record(rec)
+        rec.container_id = container_id
+        self.records.save(rec)
         info = await call(client.api.inspect_container, container_id)
         if not info["State"]["Running"]:
             try:
@@ -690,7 +695,7 @@ class Hub:
 
     async def _create_container(
         self,
-        rec: dict,
+        rec: UserRecord,
         tpl: Template,
         client,
         paths: storage.UserPaths,
@@ -704,8 +709,8 @@ class Hub:
             await call(_chown_top, paths.workspace, *owner)
         limits = self._limits(tpl)
         options = envs.create_options(
-            username=rec["user"],
-            safe=rec["name"],
+            username=rec.username,
+            safe=rec.name,
             template=tpl,
             net=net,
             network_name=network_name,
@@ -719,11 +724,11 @@ class Hub:
         container_id = await call(envs.create, client, options)
         if placed.env_dir is not None:
             await call(envs.install_socket_link, client, container_id)
-        rec["on_create"] = None
+        rec.on_create = None
         return container_id
 
     async def _run_on_create(
-        self, rec: dict, tpl: Template, client, container_id: str, net: network.UserNetwork
+        self, rec: UserRecord, tpl: Template, client, container_id: str, net: network.UserNetwork
     ) -> None:
         self._step(rec, "hook", "Running the on_create hook")
         code, output = await self.engine.call(
@@ -735,37 +740,37 @@ class Hub:
             tpl.workspace,
             str(net.service_ip),
         )
-        rec["on_create"] = {"exit_code": code, "output": output[-2000:]}
-        self._save_record(rec)
+        rec.on_create = {"exit_code": code, "output": output[-2000:]}
+        self.records.save(rec)
         if code != 0:
             raise HookError(
                 f"The on_create hook failed (exit {code}): {output.strip()[-300:]}",
-                f"on_create for {rec['name']} exited {code}: {output[-2000:]}",
+                f"on_create for {rec.name} exited {code}: {output[-2000:]}",
             )
 
-    def _mark_running(self, rec: dict, restored: bool) -> Environment:
+    def _mark_running(self, rec: UserRecord, restored: bool) -> Environment:
         if not restored:
-            rec["started_at"] = self.clock()
+            rec.started_at = self.clock()
         self._set_state(rec, "running", step="running", message="Your environment is running")
         self._publish(rec)
         self._emit("environment-running", rec)
         return self._environment(rec)
 
-    async def _restore(self, rec: dict, client, container_id: str) -> bool:
+    async def _restore(self, rec: UserRecord, client, container_id: str) -> bool:
         """Resume a checkpointed environment; False (after reporting why) to start afresh."""
         self._set_state(rec, "restoring", step="restore", message="Resuming your environment")
         try:
             result = await self.checkpointer.restore(self.checkpoint_target(rec, container_id))
         except CheckpointError as e:
-            log.error("restore of %s failed: %s", rec["name"], e.log_message)
-            rec["restore_error"] = e.user_message
+            log.error("restore of %s failed: %s", rec.name, e.log_message)
+            rec.restore_error = e.user_message
             self._step(rec, "restore", e.user_message)
             return False
         if result is None:
             return False
-        rec.pop("restore_error", None)
-        rec["started_at"] = self.clock()
-        rec["restored"] = {
+        rec.restore_error = None
+        rec.started_at = self.clock()
+        rec.restored = {
             "checkpoint": result.checkpoint,
             "seconds": result.seconds,
             "detail": result.detail,
@@ -773,18 +778,19 @@ class Hub:
         }
         return True
 
-    def _environment(self, rec: dict) -> Environment:
+    def _environment(self, rec: UserRecord) -> Environment:
+        assert rec.net_id is not None and rec.service_ip is not None  # set before any start
         return Environment(
-            user=rec["user"],
-            name=rec["name"],
-            template=rec.get("template", ""),
-            net_id=rec["net_id"],
-            service_ip=rec["service_ip"],
+            user=rec.username,
+            name=rec.name,
+            template=rec.template or "",
+            net_id=rec.net_id,
+            service_ip=rec.service_ip,
             ports=dict(self.config.routes),
-            state=rec.get("state", "stopped"),
-            container_id=rec.get("container_id", ""),
-            docker_url=rec.get("docker_url", ""),
-            per_user_docker=bool(rec.get("per_user_docker")),
+            state=rec.state,
+            container_id=rec.container_id or "",
+            docker_url=rec.docker_url or "",
+            per_user_docker=bool(rec.per_user_docker),
         )
 
     async def _wait_ready(
@@ -848,7 +854,8 @@ class Hub:
         async with self.lock(user):
             before = self.checkpointer.health(name)
             health = self.checkpointer.reset(name)
-        await self.stats.refresh()  # the dashboard and `hub status` show it at once
+        if self.stats is not None:
+            await self.stats.refresh()  # the dashboard and `hub status` show it at once
         log.info(
             "%s: checkpointing reset by an operator (was %s after %d failures)",
             name,
@@ -868,25 +875,25 @@ class Hub:
         """
         name = safe_name(user)
         async with self.lock(user):
-            rec = self._records.get(name) or self._load_record(name)
-            if not rec:
+            rec = self.records.get(name)
+            if rec is None:
                 return
             await self._stop(rec, remove_container=False, checkpoint=checkpoint)
 
     async def _stop(
-        self, rec: dict, *, remove_container: bool, checkpoint: bool | None = False
+        self, rec: UserRecord, *, remove_container: bool, checkpoint: bool | None = False
     ) -> None:
         call = self.engine.call
-        name = rec["name"]
+        name = rec.name
         checkpointed = False
         self._set_state(rec, "stopping", step="stopping", message="Stopping your environment")
         self._routes = self._routes.replace(name, None)
-        tpl = self._template_or_none(rec.get("template"))
-        spec = self._spec(name, rec["net_id"], tpl) if rec.get("net_id") is not None else None
-        per_user = rec.get("per_user_docker") and spec is not None
+        tpl = self._template_or_none(rec.template)
+        spec = self._spec(name, rec.net_id, tpl) if rec.net_id is not None else None
+        per_user = bool(rec.per_user_docker) and spec is not None
         alive = (await call(self.supervisor.is_running, spec)) if per_user else True
-        if alive and rec.get("docker_url"):
-            client = self.engine.client(rec["docker_url"])
+        if alive and rec.docker_url:
+            client = self.engine.client(rec.docker_url)
             container = await call(envs.find, client, name)
             if checkpoint is None:
                 checkpoint = checkpoint_wanted(self.config, tpl)[0]
@@ -894,7 +901,7 @@ class Hub:
                 container is not None
                 and checkpoint
                 and not remove_container
-                and rec.get("mode") != "ephemeral"
+                and rec.mode != "ephemeral"
                 and self.checkpointer is not None
                 and container.status == "running"
             ):
@@ -902,13 +909,13 @@ class Hub:
                 try:
                     await self.checkpointer.checkpoint(self.checkpoint_target(rec, container.id))
                     checkpointed = True
-                    rec.pop("checkpoint_error", None)
+                    rec.checkpoint_error = None
                 except CheckpointError as e:
                     log.error("checkpoint of %s failed: %s", name, e.log_message)
-                    rec["checkpoint_error"] = e.user_message
+                    rec.checkpoint_error = e.user_message
             if container is not None and not checkpointed:
                 with contextlib.suppress(docker.errors.APIError):
-                    if remove_container or rec.get("mode") == "ephemeral":
+                    if remove_container or rec.mode == "ephemeral":
                         await call(container.remove, force=True)
                     else:
                         await call(container.stop, timeout=10)
@@ -924,11 +931,11 @@ class Hub:
                 await self.policy_sockets.stop(spec)
             await call(self.supervisor.stop, spec)
             self.engine.forget(spec.url)
-        if rec.get("mode") != "ephemeral":
+        if rec.mode != "ephemeral":
             # the workspace's nosuid,nodev self-mount is needed only while something runs on
             # it; the next start (or restore) makes it again before anything does
             with contextlib.suppress(OSError):
-                await call(mounts.release_inert, str(self.paths(rec["user"]).workspace))
+                await call(mounts.release_inert, str(self.paths(rec.username).workspace))
         if checkpointed:
             self._set_state(
                 rec, "checkpointed", step="checkpointed", message="Your environment is suspended"
@@ -950,14 +957,15 @@ class Hub:
         with contextlib.suppress(docker.errors.DockerException, OSError):
             await self.engine.call(container.stop, timeout=timeout)
 
-    async def _retire_environment(self, rec: dict) -> None:
+    async def _retire_environment(self, rec: UserRecord) -> None:
         """Remove the environment of ``rec`` where it runs now (container, env network, daemon)."""
+        assert rec.net_id is not None
         if self.checkpointer is not None:
             await self.checkpointer.discard(self.checkpoint_target(rec))
         await self._stop(rec, remove_container=True)
-        net = network.user_network(rec["net_id"], self.config.user_subnet_pool)
-        if not rec.get("per_user_docker") and rec.get("docker_url"):
-            client = self.engine.client(rec["docker_url"])
+        net = network.user_network(rec.net_id, self.config.user_subnet_pool)
+        if not rec.per_user_docker and rec.docker_url:
+            client = self.engine.client(rec.docker_url)
             with contextlib.suppress(docker.errors.DockerException):
                 await self.engine.call(envs.remove_env_network, client, net)
         await self.engine.call(network.delete_link, net.env_bridge)
@@ -969,84 +977,83 @@ class Hub:
         """
         name = safe_name(user)
         async with self.lock(user):
-            rec = self._records.get(name) or self._load_record(name)
-            if rec and rec.get("net_id") is not None:
+            rec = self.records.get(name)
+            if rec is not None and rec.net_id is not None:
                 await self._retire_environment(rec)
-                net = network.user_network(rec["net_id"], self.config.user_subnet_pool)
+                net = network.user_network(rec.net_id, self.config.user_subnet_pool)
                 await self.engine.call(network.remove_isolation, net.net_id)
                 await self.engine.call(network.delete_link, net.bridge)
-                spec = self._spec(name, rec["net_id"], None)
+                spec = self._spec(name, rec.net_id, None)
                 if not await self.engine.call(self.supervisor.is_running, spec):
                     await self.engine.call(storage.remove_tree, spec.exec_root)
             paths = storage.UserPaths(Path(self.config.workspace_dir), name)
             if remove_data:
-                if rec and rec.get("net_id") is not None:
-                    await self.engine.call(self.netids.release, rec["net_id"], paths.data_root_dir)
+                if rec is not None and rec.net_id is not None:
+                    await self.engine.call(self.netids.release, rec.net_id, paths.data_root_dir)
                 await self.engine.call(storage.remove_tree, paths.data_root_dir)
                 await self.engine.call(storage.remove_tree, paths.workspace)
             self._routes = self._routes.replace(name, None)
             self._progress.pop(name, None)
-            self._records.pop(name, None)
-            self._record_path(name).unlink(missing_ok=True)
-            if rec:
+            self.records.delete(name)
+            if rec is not None:
                 self._emit("environment-destroyed", rec)
 
     async def status(self) -> list[EnvironmentStatus]:
-        """Every known user's environment, from records and live daemon checks."""
+        """Every known user's environment, from records and live daemon checks, with the stats
+        sampler's latest numbers (``EnvironmentStatus.stats``)."""
+        view = self.stats.view() if self.stats is not None else None
+        return [
+            dataclasses.replace(row, stats=MappingProxyType(sampled.to_json()))
+            if view is not None and (sampled := view.stats.get(row.name))
+            else row
+            for row in await self.status_rows()
+        ]
+
+    async def status_rows(self) -> list[EnvironmentStatus]:
+        """``status()`` without the sampled stats: what the stats sampler itself reads."""
         rows = []
-        for name in sorted(self._all_names()):
-            rec = self._records.get(name) or self._load_record(name)
-            if not rec:
-                continue
+        for rec in list(self.records.all()):
+            name = rec.name
             daemon: dict = {}
-            if rec.get("per_user_docker") and rec.get("net_id") is not None:
-                spec = self._spec(name, rec["net_id"], self._template_or_none(rec.get("template")))
+            if rec.per_user_docker and rec.net_id is not None:
+                spec = self._spec(name, rec.net_id, self._template_or_none(rec.template))
                 daemon = await self.engine.call(self.supervisor.describe, spec)
-            seen = self._activity.get(rec.get("user", ""))
+            seen = self._activity.get(rec.user or "")
             rows.append(
                 EnvironmentStatus(
-                    user=rec.get("user", name),
+                    user=rec.username,
                     name=name,
-                    template=rec.get("template", ""),
-                    state=rec.get("state", "stopped"),
-                    net_id=rec.get("net_id"),
-                    service_ip=rec.get("service_ip"),
-                    per_user_docker=bool(rec.get("per_user_docker")),
-                    mode=rec.get("mode", ""),
-                    container_id=rec.get("container_id"),
+                    template=rec.template or "",
+                    state=rec.state,
+                    net_id=rec.net_id,
+                    service_ip=rec.service_ip,
+                    per_user_docker=bool(rec.per_user_docker),
+                    mode=rec.mode or "",
+                    container_id=rec.container_id,
                     daemon=MappingProxyType(daemon),
                     last_activity=seen[0] if seen else None,
                     activity_kind=seen[1] if seen else None,
                     ports=MappingProxyType(dict(self.config.routes)),
-                    error=rec.get("error"),
+                    error=rec.error,
                     checkpoint=MappingProxyType(
                         self.checkpointer.health(name).to_json() if self.checkpointer else {}
                     ),
                     idle=(
-                        self.culler.decisions[rec["user"]].reason
-                        if self.culler and rec.get("user") in self.culler.decisions
+                        self.culler.decisions[rec.user].reason
+                        if self.culler and rec.user in self.culler.decisions
                         else None
-                    ),
-                    stats=MappingProxyType(
-                        sampled.to_json() if (sampled := self.stats.view().stats.get(name)) else {}
                     ),
                 )
             )
         return rows
 
-    def _all_names(self) -> set[str]:
-        names = set(self._records)
-        if self.users_dir.is_dir():
-            names.update(p.stem for p in self.users_dir.glob("*.json"))
-        return names
-
     # -- the control loop --------------------------------------------------------------------------
 
     async def reconcile(self) -> None:
         """Adopt what is running (never restart or duplicate it); mark the rest stopped."""
-        for name in sorted(self._all_names()):
-            rec = self._load_record(name)
-            if not rec or rec.get("net_id") is None:
+        for name in sorted(self.records.names()):
+            rec = self.records.load(name)
+            if rec is None or rec.net_id is None:
                 continue
             try:
                 await self._reconcile_one(rec)
@@ -1054,15 +1061,16 @@ class Hub:
                 log.warning("reconciling %s: %s", name, e)
                 self._set_state(rec, "failed", step="failed", message=str(e), error=str(e))
 
-    async def _reconcile_one(self, rec: dict) -> None:
+    async def _reconcile_one(self, rec: UserRecord) -> None:
+        assert rec.net_id is not None
         call = self.engine.call
-        name = rec["name"]
-        tpl = self._template_or_none(rec.get("template"))
-        net = network.user_network(rec["net_id"], self.config.user_subnet_pool)
-        if rec.get("per_user_docker"):
-            spec = self._spec(name, rec["net_id"], tpl)
+        name = rec.name
+        tpl = self._template_or_none(rec.template)
+        net = network.user_network(rec.net_id, self.config.user_subnet_pool)
+        if rec.per_user_docker:
+            spec = self._spec(name, rec.net_id, tpl)
             if not await call(self.supervisor.adopt, spec):
-                if rec.get("state") not in ("checkpointed", "stopped"):
+                if rec.state not in ("checkpointed", "stopped"):
                     self._set_state(
                         rec, "stopped", step="stopped", message="Your environment is stopped"
                     )
@@ -1078,11 +1086,11 @@ class Hub:
         client = self.engine.client(url)
         container = await call(envs.find, client, name)
         if container is not None and container.status == "running":
-            rec.update(container_id=container.id, docker_url=url)
+            rec.container_id, rec.docker_url = container.id, url
             self._set_state(rec, "running", step="running", message="Your environment is running")
             self._publish(rec)
             self._emit("environment-running", rec)
-        elif rec.get("state") != "checkpointed":
+        elif rec.state != "checkpointed":
             self._set_state(rec, "stopped", step="stopped", message="Your environment is stopped")
 
     async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:

@@ -23,16 +23,19 @@ Rules, in order:
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import anyio
 
 from hubcontrol.checkpoint import MAX_FAILURES
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.durations import format_duration
+from hubcontrol.records import UserRecord
+
+if TYPE_CHECKING:
+    from hubcontrol.services import HubServices
 
 log = logging.getLogger(__name__)
 
@@ -139,21 +142,21 @@ def sweep_interval(timeout: float) -> float:
 class IdleCuller:
     """Applies ``decide`` to every environment of a ``Hub`` every ``sweep_interval`` seconds.
 
-    Uses only the Hub's public surface (records, activity stamps, per-user locks, ``stop``), so the
-    Hub just runs ``culler.run`` as one of its services (``IdleCuller.attach(hub)``). An
+    Uses only the Hub's surface for services (``services.HubServices``: records, activity stamps,
+    per-user locks, ``stop``); ``IdleCuller.attach(hub)`` registers ``run`` as a service. An
     environment whose lock is held (starting, restoring, stopping) is skipped this round: its
     record is about to change. ``decisions`` keeps the latest decision per user for status pages
     ("active 3m ago", "idle 31m; --checkpoint is set").
     """
 
-    def __init__(self, hub, interval: float | None = None) -> None:
+    def __init__(self, hub: HubServices, interval: float | None = None) -> None:
         self.hub = hub
         self.interval = interval or sweep_interval(hub.config.idle_timeout)
         self.decisions: dict[str, Decision] = {}
         self.observed_since = hub.clock()
 
     @classmethod
-    def attach(cls, hub, interval: float | None = None) -> IdleCuller | None:
+    def attach(cls, hub: HubServices, interval: float | None = None) -> IdleCuller | None:
         """Register a culler as a service of ``hub``; None when ``--idle-timeout`` is 0."""
         if not hub.config.idle_timeout or hub.config.idle_timeout <= 0:
             return None
@@ -161,18 +164,18 @@ class IdleCuller:
         hub.add_service(culler.run)
         return culler
 
-    def facts(self, rec: dict) -> IdleFacts:
-        seen = self.hub.activity(rec.get("user") or rec["name"])
+    def facts(self, rec: UserRecord) -> IdleFacts:
+        seen = self.hub.activity(rec.username)
         try:
-            template = self.hub.config.template(rec.get("template"))
+            template = self.hub.config.template(rec.template)
         except Exception:  # a template removed from the configuration: decide without it
             template = None
-        checkpointer = getattr(self.hub, "checkpointer", None)
-        disabled = bool(checkpointer and checkpointer.health(rec["name"]).disabled)
+        checkpointer = self.hub.checkpointer
+        disabled = bool(checkpointer and checkpointer.health(rec.name).disabled)
         return IdleFacts(
-            state=rec.get("state", "stopped"),
+            state=rec.state,
             last_activity=seen[0] if seen else None,
-            started_at=rec.get("started_at"),
+            started_at=rec.started_at,
             template=template,
             checkpoint_disabled=disabled,
             observed_since=self.observed_since,
@@ -180,23 +183,14 @@ class IdleCuller:
 
     def users(self) -> list[str]:
         """The raw usernames of every persisted record (records are keyed by safe name)."""
-        out = []
-        users_dir = self.hub.users_dir
-        for path in sorted(users_dir.glob("*.json")) if users_dir.is_dir() else []:
-            try:
-                user = json.loads(path.read_text()).get("user")
-            except (OSError, ValueError):
-                continue
-            if user:
-                out.append(user)
-        return out
+        return [rec.user for rec in self.hub.records.all() if rec.user]
 
     async def sweep(self) -> dict[str, Decision]:
         """One pass over every user; returns the decisions taken, by username."""
         taken: dict[str, Decision] = {}
         for user in self.users():
-            rec = self.hub.record(user)
-            if not rec or self.hub.lock(user).locked():
+            rec = self.hub.user_record(user)
+            if rec is None or self.hub.lock(user).locked():
                 continue
             decision = decide(self.facts(rec), self.hub.clock(), self.hub.config)
             self.decisions[user] = decision

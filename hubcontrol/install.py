@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from hubcontrol import safefs
 from hubcontrol.config import DEFAULT_LABELS_FILE, DEFAULT_PORT, LabelsFile, dump_labels_file
 from hubcontrol.errors import ConfigError, InstallError
 
@@ -634,19 +634,10 @@ def _write_if_changed(target: Path, content: str, mode: int) -> str:
     except FileNotFoundError:
         status = "created"
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    # Secrets are born with their final mode: the temp file is created 0600 and chmod-ed before
-    # the rename, so the content is never readable by others, not even for a moment.
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Secrets are born with their final mode: write_atomic's temp file is created 0600 and
+    # given ``mode`` before the rename, so the content is never readable by others, not even for
+    # a moment. ``base``: the operator's directory is used as it is, a link to it included.
+    safefs.write_atomic(target, data, mode=mode, base=target.parent, fsync=True)
     return status
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import docker
 
@@ -39,6 +39,7 @@ from hubcontrol import network
 if TYPE_CHECKING:
     from hubcontrol.config import Template
     from hubcontrol.hub import Hub
+    from hubcontrol.records import UserRecord
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Placement(abc.ABC):
 
     @abc.abstractmethod
     async def prepare(
-        self, rec: dict[str, Any], template: Template, net: network.UserNetwork
+        self, rec: UserRecord, template: Template, net: network.UserNetwork
     ) -> Placed: ...
 
 
@@ -67,11 +68,11 @@ class PerUserDaemon(Placement):
     """The user's own dockerd: bridge, isolation, daemon, limits, daemon rules, policy socket."""
 
     async def prepare(
-        self, rec: dict[str, Any], template: Template, net: network.UserNetwork
+        self, rec: UserRecord, template: Template, net: network.UserNetwork
     ) -> Placed:
         hub, call = self.hub, self.hub.engine.call
         hub._step(rec, "daemon", "Starting your Docker daemon")
-        spec = hub._spec(rec["name"], net.net_id, template)
+        spec = hub._spec(rec.name, net.net_id, template)
         await call(network.ensure_bridge, net.bridge, net.bridge_address)
         await call(network.apply_isolation, net)
         was_running = await call(hub.supervisor.is_running, spec)
@@ -96,7 +97,7 @@ class HostDaemon(Placement):
     """The host's daemon, shared by every such user; isolation rules only."""
 
     async def prepare(
-        self, rec: dict[str, Any], template: Template, net: network.UserNetwork
+        self, rec: UserRecord, template: Template, net: network.UserNetwork
     ) -> Placed:
         await self.hub.engine.call(network.apply_isolation, net)
         return Placed(docker_url=self.hub._host_url())

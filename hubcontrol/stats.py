@@ -3,7 +3,7 @@
 Nothing here runs on the request path. ``StatsSampler`` is one of the Hub's services:
 
 - every ``ROWS_INTERVAL`` seconds, and right after each lifecycle event, it refreshes the status
-  rows (``Hub.status()``) and each user's checkpoint record (failures, disabled);
+  rows (``Hub.status_rows()``) and each user's checkpoint record (failures, disabled);
 - every ``STATS_INTERVAL`` (30) seconds, and soon after an environment starts or stops, it samples
   per-user disk usage (workspace + data-root dir, like ``du -sx``, walked in a child process at
   the lowest priority and bounded per tree: ``hubcontrol.du``; a bounded walk's bytes are a lower
@@ -43,6 +43,8 @@ from hubcontrol.supervisor import ping
 if TYPE_CHECKING:
     from hubcontrol.checkpoint import CheckpointHealth
     from hubcontrol.hub import EnvironmentStatus
+    from hubcontrol.records import UserRecord
+    from hubcontrol.services import HubServices
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +180,14 @@ class Lifecycle:
             self.stops,
         ]
 
-    def on_event(self, event: str, rec: Mapping[str, Any], now: float) -> None:
+    def on_event(self, event: str, rec: UserRecord, now: float) -> None:
         """Count one lifecycle event of the Hub (called on the Hub's loop; never blocks)."""
-        name = rec.get("name", "")
+        name = rec.name
         if event == "environment-starting":
-            self._starting[name] = (now, str(rec.get("state") or "stopped"))
+            self._starting[name] = (now, rec.state)
         elif event == "environment-running":
             started = self._starting.pop(name, None)
-            restored = rec.get("restored")
+            restored = rec.restored
             if started is None:  # adopted at a hub restart: nothing was started
                 if restored:
                     self._restored_seen[name] = restored
@@ -197,7 +199,7 @@ class Lifecycle:
                 self.restores.inc("success")
                 self.restore_seconds.observe(now - started[0])
             else:
-                if started[1] == "checkpointed" and rec.get("restore_error"):
+                if started[1] == "checkpointed" and rec.restore_error:
                     self.restores.inc("failed")  # then started afresh on the same workspace
                 self.spawns.inc("success")
                 self.spawn_seconds.observe(now - started[0])
@@ -205,7 +207,7 @@ class Lifecycle:
             self._starting.pop(name, None)
             self.spawns.inc("failed")
         elif event == "environment-stopped":
-            state = str(rec.get("state") or "stopped")
+            state = rec.state
             self.stops.inc(state)
             if state == "checkpointed":
                 self.checkpoints.inc("success")
@@ -349,7 +351,7 @@ class StatsSampler:
 
     def __init__(
         self,
-        hub,
+        hub: HubServices,
         *,
         interval: float = STATS_INTERVAL,
         rows_interval: float = ROWS_INTERVAL,
@@ -368,7 +370,7 @@ class StatsSampler:
         self._wake: anyio.Event | None = None
         self._resample: set[str] = set()
 
-    def attach(self, hub) -> None:
+    def attach(self, hub: HubServices) -> None:
         hub.add_listener(self._on_event)
         hub.add_service(self.run)
 
@@ -378,18 +380,19 @@ class StatsSampler:
 
     # -- events (on the Hub's loop; must not block) ------------------------------------------
 
-    def _on_event(self, event: str, rec: Mapping[str, Any]) -> None:
+    def _on_event(self, event: str, rec: UserRecord) -> None:
         self.lifecycle.on_event(event, rec, self.clock())
         if event in ("environment-running", "environment-stopped", "environment-destroyed"):
-            self._resample.add(rec.get("name", ""))
+            self._resample.add(rec.name)
         if self._wake is not None:
             self._wake.set()
 
     # -- work ---------------------------------------------------------------------------------
 
     async def refresh(self) -> StatusView:
-        """Re-read the status rows and checkpoint records (cheap; no disk walk, no docker)."""
-        rows = tuple(await self.hub.status())
+        """Re-read the status rows (``status_rows()``) and checkpoint records (cheap; no disk walk,
+        no docker)."""
+        rows = tuple(await self.hub.status_rows())
         names = [r.name for r in rows]
         before = self._view.checkpoints
         health = await anyio.to_thread.run_sync(self._read_health, names, limiter=self._lim())

@@ -111,3 +111,26 @@ def test_hubproxys_shared_pieces_import_no_addon_process_or_worker() -> None:
                 if bad:
                     found[f"{file.relative_to(ROOT)}:{node.lineno}"] = bad[0]
     assert found == {}
+def test_importing_hubcontrol_is_cheap_and_its_public_names_resolve() -> None:
+    """``hubcontrol/__init__.py`` imports on first use: the package alone loads nothing (so the
+    per-user processes, ``python -m hubcontrol.policysocket`` and ``hubcontrol.du``, load only
+    their own modules), and every name of ``__all__`` is still there."""
+    code = (
+        "import json, sys\n"
+        "import hubcontrol\n"
+        "alone = sorted(m for m in sys.modules if m.startswith(('hubcontrol', 'docker', 'yaml')))\n"
+        "import inspect\n"
+        "resolved = {n: getattr(hubcontrol, n).__module__ for n in hubcontrol.__all__\n"
+        "            if inspect.isclass(getattr(hubcontrol, n)) or callable(getattr(hubcontrol, n))}\n"
+        "print(json.dumps([alone, sorted(hubcontrol.__all__), resolved, 'Hub' in dir(hubcontrol)]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    alone, names, resolved, listed = json.loads(out.stdout)
+    assert alone == ["hubcontrol"]
+    assert names == sorted(hubcontrol.__all__) and len(names) == len(set(names))
+    assert resolved["Hub"] == "hubcontrol.hub" and resolved["safe_name"] == "hubcontrol.names"
+    assert all(module.startswith("hubcontrol.") for module in resolved.values())
+    assert listed
+    assert set(hubcontrol._EXPORTS) == set(hubcontrol.__all__)

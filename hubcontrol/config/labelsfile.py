@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from hubcontrol import safefs
 from hubcontrol.compose import ComposeService, read_yaml
 from hubcontrol.config.model import _frozen
 from hubcontrol.config.values import suggest
@@ -69,16 +68,7 @@ def dump_labels_file(labels_file: LabelsFile, path: Path | str | None = None) ->
     if path is not None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        safefs.write_atomic(target, text, mode=0o644, base=target.parent)
     return text
 
 

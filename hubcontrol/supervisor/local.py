@@ -34,7 +34,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from hubcontrol import safefs, storage
+from hubcontrol import procs, safefs, storage
 from hubcontrol.errors import DaemonError
 from hubcontrol.supervisor import (
     CPU_PERIOD_US,
@@ -214,9 +214,9 @@ class Cgroups:
     def pids(self, user: str) -> set[int]:
         found: set[int] = set()
         for base in self.dirs(user):
-            for procs in base.rglob("cgroup.procs") if base.exists() else ():
+            for members in base.rglob("cgroup.procs") if base.exists() else ():
                 with contextlib.suppress(OSError, ValueError):
-                    found.update(int(p) for p in procs.read_text().split())
+                    found.update(int(p) for p in members.read_text().split())
         return found
 
     def remove(self, user: str, timeout: float = 5.0) -> bool:
@@ -272,43 +272,18 @@ def criu_wrapper(spec: DaemonSpec, group: Path) -> Path:
     """
     bindir = spec.exec_root / "bin"
     bindir.mkdir(exist_ok=True, mode=0o700)
-    procs = shlex.quote(str(group / "cgroup.procs"))
+    members = shlex.quote(str(group / "cgroup.procs"))
     path = shlex.quote(dockerd_env(spec)["PATH"])
     text = (
         "#!/bin/sh\n"
         "# written by the hub (hubcontrol.supervisor.local.criu_wrapper)\n"
-        f"echo $$ > {procs} 2>/dev/null\n"
+        f"echo $$ > {members} 2>/dev/null\n"
         f'PATH={path} exec criu "$@"\n'
     )
     wrapper = bindir / "criu"
     if not wrapper.exists() or wrapper.read_text() != text:
-        tmp = bindir / "criu.tmp"
-        tmp.write_text(text)
-        tmp.chmod(0o700)
-        os.replace(tmp, wrapper)
+        safefs.write_atomic(wrapper, text, mode=0o700)
     return bindir
-
-
-def _pid_state(pid: int) -> str | None:
-    """The process state letter from /proc, or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 LOG_KEEP_BYTES = 10 << 20
@@ -319,14 +294,6 @@ def _rotate(log: Path) -> None:
     with contextlib.suppress(OSError):
         if log.stat().st_size > LOG_KEEP_BYTES:
             os.replace(log, log.with_name(log.name + ".1"))
-
-
-def _alive(pid: int) -> bool:
-    state = _pid_state(pid)
-    if state in ("Z", "X"):
-        _reap(pid)
-        return False
-    return state is not None
 
 
 class LocalSupervisor(DaemonSupervisor):
@@ -345,13 +312,9 @@ class LocalSupervisor(DaemonSupervisor):
             pid = int(spec.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        state = _pid_state(pid)
-        if state is None:
+        if not procs.alive(pid, reap=True):
             return None
-        if state in ("Z", "X"):
-            _reap(pid)
-            return None
-        argv = _cmdline(pid)
+        argv = procs.cmdline(pid)
         if not argv or not argv[0].endswith("dockerd") or str(spec.pidfile) not in argv:
             return None
         return pid
@@ -430,7 +393,7 @@ class LocalSupervisor(DaemonSupervisor):
             )
         pid = self._launched_pid(launcher)
         try:
-            wait_for_ping(spec, lambda: pid is not None and _alive(pid), timeout)
+            wait_for_ping(spec, lambda: pid is not None and procs.alive(pid, reap=True), timeout)
         except DaemonError:
             if pid is not None:
                 self._terminate(pid, 5.0)
@@ -471,7 +434,7 @@ class LocalSupervisor(DaemonSupervisor):
     def _wait_gone(pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         delay = 0.02
-        while _alive(pid):
+        while procs.alive(pid, reap=True):
             if time.monotonic() > deadline:
                 return False
             time.sleep(delay)

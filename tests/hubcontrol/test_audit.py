@@ -26,6 +26,7 @@ from hubcontrol.auditlog import (
     parse_since,
 )
 from hubcontrol.errors import UsernameError
+from hubcontrol.records import UserRecord
 
 NANO = 1_776_318_792_123_456_789  # 2026-04-16T05:53:12.123456789Z, the seed's example time
 CID = "abc123" + "0" * 58
@@ -361,7 +362,7 @@ def test_attach_queues_arm_on_daemon_start_and_marks_until_the_environment_runs(
     audit.attach(hub)
     assert hub.services == [audit.run]
     emit = hub.listeners[0]
-    rec = {"name": "alice", "user": "alice", "net_id": 32768, "per_user_docker": True}
+    rec = UserRecord("alice", user="alice", net_id=32768, per_user_docker=True)
     emit("daemon-started", rec)
     assert [(op.__name__, args) for op, args in audit._pending] == [
         ("arm", ("alice", 32768, "unix:///run/rediacc/hub/alice/docker.sock"))
@@ -382,7 +383,7 @@ def test_attach_ignores_environments_on_a_shared_daemon(tmp_path):
     hub = _RecordingHub()
     audit = AuditManager(audit_dir=tmp_path)
     audit.attach(hub)
-    hub.listeners[0]("daemon-started", {"name": "bob", "user": "bob", "net_id": 32832})
+    hub.listeners[0]("daemon-started", UserRecord("bob", user="bob", net_id=32832))
     assert not audit._pending and "bob" not in audit._windows
 
 
@@ -393,8 +394,8 @@ def test_attach_records_the_environment_and_opens_no_window_when_adopting_a_runn
     audit = AuditManager(audit_dir=tmp_path)
     audit.attach(hub)
     env_id = "d" * 64
-    rec = {"name": "alice", "user": "alice", "net_id": 32768, "per_user_docker": True,
-           "state": "running", "container_id": env_id}  # fmt: skip
+    rec = UserRecord("alice", user="alice", net_id=32768, per_user_docker=True,
+                     state="running", container_id=env_id)  # fmt: skip
     hub.listeners[0]("daemon-started", rec)  # a hub restart adopting a running environment
     assert HUB_ACTIONS.is_container(env_id)
     # the user is working in it right now: nothing they do is the hub's

@@ -16,7 +16,7 @@ BINDS = "/run/rediacc/hub/32768/binds"
 
 class FakePins:
     """Stands in for hubcontrol.pins.BindPins.pin (the real one is tested with real mounts in
-    test_socketproxy_cli and tests/security): records each call, returns a pin path."""
+    test_policysocket_cli and tests/security): records each call, returns a pin path."""
 
     def __init__(self, error: OSError | None = None) -> None:
         self.calls: list[tuple[str, bool, bool]] = []

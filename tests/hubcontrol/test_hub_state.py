@@ -73,7 +73,7 @@ def test_records_persist_atomically_and_reload(hub, tmp_path):
     assert fresh.record(safe_name("Alice")) is None
 
 
-def test_listeners_get_read_only_records_and_cannot_break_the_hub(hub):
+def test_listeners_get_copies_of_records_and_cannot_break_the_hub(hub):
     seen = []
 
     def bad(event, rec):
@@ -81,7 +81,11 @@ def test_listeners_get_read_only_records_and_cannot_break_the_hub(hub):
 
     hub.add_listener(bad)
     hub.add_listener(lambda event, rec: seen.append((event, rec)))
-    hub._emit("environment-running", {"name": "x"})
-    assert seen[0][0] == "environment-running"
-    with pytest.raises(TypeError):
-        seen[0][1]["name"] = "y"
+    hub.update_record("x", user="x", restored={"checkpoint": "hub-1"})
+    hub._emit("environment-running", hub.records.get(safe_name("x")))
+    [(event, rec)] = seen
+    assert event == "environment-running" and rec.user == "x"
+    rec.state = "failed"
+    rec.restored["checkpoint"] = "forged"
+    assert hub.record("x")["state"] == "stopped"  # the hub's record is untouched
+    assert hub.record("x")["restored"] == {"checkpoint": "hub-1"}

@@ -131,13 +131,13 @@ def test_is_safe_name(name, safe):
 
 
 def test_policy_unit_names_are_distinct_for_names_holding_the_prefix():
-    from hubcontrol import socketproxy
+    from hubcontrol import policysockets
     from hubcontrol.supervisor.systemd import service_name
 
-    args = socketproxy.ProxyArgs(listen="/l", upstream="/u", workspace="/w")
+    args = policysockets.ProxyArgs(listen="/l", upstream="/u", workspace="/w")
 
     def unit(user):
-        argv = socketproxy.systemd_run_argv(args, service_name(user))
+        argv = policysockets.systemd_run_argv(args, service_name(user))
         return next(a for a in argv if a.startswith("--unit="))
 
     assert unit("a-dockerd-b") != unit("a-policy-b")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hubcontrol import mounts, pins
+from hubcontrol import mounts
+from hubcontrol.policysocket import pins
 
 ID1, ID2 = "a" * 32, "b" * 32
 BINDS = "/run/rediacc/hub/32768/binds"

@@ -15,6 +15,7 @@ import pytest
 
 from hubcontrol import du
 from hubcontrol.checkpoint import CheckpointHealth
+from hubcontrol.records import UserRecord
 from hubcontrol.stats import Counter, Gauge, Histogram, Lifecycle, UserStats, sample_user
 from hubcontrol.storage import UserPaths
 from tests.support.dockerd import scratch_dockerd
@@ -53,7 +54,7 @@ def test_histogram_buckets_are_cumulative():
 
 
 def rec(name="alice", **fields):
-    return {"name": name, "user": name, **fields}
+    return UserRecord(name, user=name, **fields)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Start a real policy socket in front of a scratch dockerd, with a temporary workspace, the way
-the hub does: ``socketproxy.start`` runs ``python -m hubcontrol.socketproxy`` as its own detached
-process, ``socketproxy.stop`` ends it; its bind pins (which outlive it, as in the hub) are
+the hub does: ``policysockets.start`` runs ``python -m hubcontrol.policysocket`` as its own detached
+process, ``policysockets.stop`` ends it; its bind pins (which outlive it, as in the hub) are
 removed here, before anything is deleted."""
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubcontrol import pins, socketproxy
+from hubcontrol import policysockets
+from hubcontrol.policysocket import bindroot, pins
 
 
 @dataclass
 class PolicySocket:
     socket: Path
     workspace: Path
-    args: socketproxy.ProxyArgs
+    args: policysockets.ProxyArgs
     pid: int
     log: Path
 
@@ -49,7 +50,7 @@ def policy_socket(daemon, *, user_networks: tuple[str, ...] = (), publish_ip: st
     workspace.mkdir(parents=True)
     (workspace / ".checkpoint").mkdir()
     exec_root = Path(f"{daemon.socket.parent}p")
-    args = socketproxy.ProxyArgs(
+    args = policysockets.ProxyArgs(
         listen=str(exec_root / "env" / "docker.sock"),
         upstream=str(daemon.socket),
         workspace=str(workspace),
@@ -63,12 +64,12 @@ def policy_socket(daemon, *, user_networks: tuple[str, ...] = (), publish_ip: st
     )
     log = tmp / "policy.log"
     try:
-        pid = socketproxy.start(args, log_path=log)
+        pid = policysockets.start(args, log_path=log)
         yield PolicySocket(Path(args.listen), workspace, args, pid, log)
     finally:
-        socketproxy.stop(args)
+        policysockets.stop(args)
         # pins are bind mounts of workspace directories: never rmtree through one
-        pins.BindPins(str(workspace), socketproxy.default_binds_dir(args.listen)).clear()
-        socketproxy.unmount_bind_root(socketproxy.default_bind_root(args.listen))
+        pins.BindPins(str(workspace), pins.default_binds_dir(args.listen)).clear()
+        bindroot.unmount_bind_root(bindroot.default_bind_root(args.listen))
         shutil.rmtree(exec_root, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)

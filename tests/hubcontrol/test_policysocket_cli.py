@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from hubcontrol import pins, socketproxy
+from hubcontrol import policysockets
+from hubcontrol.policysocket import pins
 from tests.conftest import IN_CI
 from tests.security.policysocket import policy_socket
 from tests.support.dockerd import scratch_dockerd
@@ -372,7 +373,7 @@ def test_a_start_through_the_socket_binds_the_path_as_it_is_now(daemon, sock):
 
 def test_pins_of_removed_containers_are_collected(daemon, sock):
     """A pin lives while a container binds it; removing the container removes its pin."""
-    pins_dir = Path(socketproxy.default_binds_dir(sock.args.listen))
+    pins_dir = Path(pins.default_binds_dir(sock.args.listen))
     (sock.workspace / "collected").mkdir(exist_ok=True)
     before = {p.name for p in pins_dir.iterdir()}
     r = docker(sock, "create", "--name", "collected", "-v", "/workspace/collected:/x", IMG, "true")
@@ -642,22 +643,22 @@ def test_idle_connections_are_dropped_on_sigusr1(sock):
     response = b""
     while not response.endswith(b"\r\n\r\nOK"):
         response += s.recv(4096)
-    assert socketproxy.drop_idle_connections(sock.args)
+    assert policysockets.drop_idle_connections(sock.args)
     s.settimeout(5)
     assert s.recv(4096) == b""  # closed by the proxy: nothing left open for CRIU to trip on
     s.close()
 
 
 def test_start_is_idempotent_and_restarts_on_new_settings(sock):
-    assert socketproxy.start(sock.args) == sock.pid  # same settings: the running one
+    assert policysockets.start(sock.args) == sock.pid  # same settings: the running one
     changed = dataclasses.replace(sock.args, container_workspace="/home/w")
-    pid = socketproxy.start(changed, log_path=sock.log)
+    pid = policysockets.start(changed, log_path=sock.log)
     try:
         assert pid != sock.pid
         r = docker(sock, "run", "--rm", "-v", "/home/w/proj:/p", IMG, "ls", "/p")
         assert r.returncode == 0, r.stderr
     finally:
-        sock.pid = socketproxy.start(sock.args, log_path=sock.log)
+        sock.pid = policysockets.start(sock.args, log_path=sock.log)
 
 
 def test_zz_no_unhandled_error_in_the_policy_socket_log(sock):
@@ -697,22 +698,22 @@ def test_pins_across_a_daemon_restart_and_a_reboot():
         (s.workspace / "swap").rename(s.workspace / "swap.old")
         (s.workspace / "swap").symlink_to("/")
 
-        socketproxy.stop(s.args)  # the hub stops the policy socket, then the daemon
+        policysockets.stop(s.args)  # the hub stops the policy socket, then the daemon
         d.restart()
-        socketproxy.start(s.args, log_path=s.log)
+        policysockets.start(s.args, log_path=s.log)
         for name in ("keep", "swap"):
             info = d.api.api.inspect_container(name)
             assert info["State"]["Running"], info["State"]
             logs = d.api.api.logs(name).decode()
             assert logs.count(f"{name}-checked") == 2 and "/x/etc/passwd\n" not in logs, logs
 
-        socketproxy.stop(s.args)
-        pins.BindPins(str(s.workspace), socketproxy.default_binds_dir(s.args.listen)).clear()
+        policysockets.stop(s.args)
+        pins.BindPins(str(s.workspace), pins.default_binds_dir(s.args.listen)).clear()
         d.restart()  # as after a reboot: /run is empty
         for name in ("keep", "swap"):
             assert not d.api.api.inspect_container(name)["State"]["Running"]
-        socketproxy.start(s.args, log_path=s.log)
-        pins_dir = Path(socketproxy.default_binds_dir(s.args.listen))
+        policysockets.start(s.args, log_path=s.log)
+        pins_dir = Path(pins.default_binds_dir(s.args.listen))
         assert len([p for p in pins_dir.iterdir() if p.is_symlink()]) == 1  # keep's, re-made
         d.api.api.start("keep")  # by the daemon itself: the re-made pin is there
         assert d.api.api.inspect_container("keep")["State"]["Running"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from hubcontrol import socketproxy as sp
+from hubcontrol import mounts, policysockets, procs
 from hubcontrol.network import user_network
+from hubcontrol.policysocket import __main__ as cli
+from hubcontrol.policysocket import bindroot, http1, pins
 from hubcontrol.supervisor import DaemonSpec
 
 
@@ -24,7 +27,7 @@ from hubcontrol.supervisor import DaemonSpec
     ],
 )
 def test_request_heads(raw, framing, length):
-    head = sp.parse_request_head(raw)
+    head = http1.parse_request_head(raw)
     assert (head.framing, head.length) == (framing, length)
 
 
@@ -50,13 +53,13 @@ def test_request_heads(raw, framing, length):
     ],
 )
 def test_request_heads_refused(raw):
-    with pytest.raises(sp.HttpError) as e:
-        sp.parse_request_head(raw)
+    with pytest.raises(http1.HttpError) as e:
+        http1.parse_request_head(raw)
     assert e.value.refusal.status == 400
 
 
 def test_upgrade_is_recognized():
-    head = sp.parse_request_head(
+    head = http1.parse_request_head(
         b"POST /exec/x/start HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: tcp"
     )
     assert head.wants_upgrade
@@ -73,7 +76,7 @@ def spec(tmp_path) -> DaemonSpec:
 
 
 def test_args_for_a_daemon(tmp_path):
-    args = sp.args_for(
+    args = policysockets.args_for(
         spec(tmp_path),
         workspace="/ws/alice",
         container_workspace="/home/w",
@@ -88,7 +91,7 @@ def test_args_for_a_daemon(tmp_path):
 
 
 def test_command_line_round_trips(tmp_path):
-    args = sp.args_for(
+    args = policysockets.args_for(
         spec(tmp_path),
         workspace="/ws/alice",
         container_workspace="/home/w",
@@ -96,9 +99,9 @@ def test_command_line_round_trips(tmp_path):
         allowed_registries=["127.0.0.1:5000"],
         audit=("/var/log/rediacc/hub", "--help", 32768),
     )
-    argv = sp.command(args)
-    assert argv[1:3] == ["-c", sp.BOOTSTRAP]
-    config, pidfile = sp.config_from_argv(argv[4:])
+    argv = policysockets.command(args)
+    assert argv[1:3] == ["-m", "hubcontrol.policysocket"]  # no bootstrap string, no package path
+    config, pidfile = cli.config_from_argv(argv[3:])
     ctx = config.context
     assert (str(config.listen), str(config.upstream), pidfile) == (
         args.listen,
@@ -119,35 +122,61 @@ def test_command_line_round_trips(tmp_path):
     )
 
 
-def test_bootstrap_imports_only_the_proxy():
-    """The served process must not import the whole control plane (docker-py, the Hub)."""
-    code = sp.BOOTSTRAP.replace(
-        "socketproxy.main(sys.argv[1:])",
-        "print(sorted(m for m in sys.modules if m.startswith(('hubcontrol', 'docker', 'httpx'))))",
+def _refused_request(path: str) -> bytes:
+    """One request on the policy socket at ``path``; the answer's raw bytes."""
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(10)
+        client.connect(path)
+        client.sendall(b"GET /swarm HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := client.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.docker  # root: the process prepares its pins directory with mounts
+def test_the_served_process_loads_neither_docker_py_nor_httpx_nor_yaml(tmp_path):
+    """The real process, started with the hub's own command line, serving and refusing a request
+    (which loads the audit log lazily): what it imported, from ``python -X importtime``."""
+    (tmp_path / "ws").mkdir()
+    args = policysockets.ProxyArgs(
+        listen=str(tmp_path / "run" / "env" / "docker.sock"),
+        upstream=str(tmp_path / "no-daemon.sock"),
+        workspace=str(tmp_path / "ws"),
+        audit_dir=str(tmp_path / "audit"),
+        audit_user="alice",
+        net_id=32768,
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(Path(sp.__file__).parent)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert out.strip() == str(
-        [
-            "hubcontrol",
-            "hubcontrol.dockerpolicy",
-            "hubcontrol.mounts",
-            "hubcontrol.pins",
-            "hubcontrol.socketproxy",
-        ]
+    argv = policysockets.command(args)
+    proc = subprocess.Popen(
+        [argv[0], "-X", "importtime", *argv[1:]], stderr=subprocess.PIPE, text=True
     )
+    try:
+        deadline = time.monotonic() + 15
+        while not Path(args.listen).exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "it did not start"
+            time.sleep(0.05)
+        assert b" 403 Forbidden" in _refused_request(args.listen)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=15)
+        bindroot.unmount_bind_root(bindroot.default_bind_root(args.listen))
+    loaded = {
+        line.split("|")[-1].strip() for line in err.splitlines() if line.startswith("import time:")
+    }
+    assert {"hubcontrol.policysocket.server", "hubcontrol.auditlog"} <= loaded  # it did serve
+    heavy = sorted(m for m in loaded if m.split(".")[0] in ("docker", "httpx", "yaml"))
+    assert heavy == []
+    hub_side = {"hubcontrol.hub", "hubcontrol.config", "hubcontrol.policysockets"} & loaded
+    assert hub_side == set()
 
 
 def test_the_served_process_logs_through_the_inert_formatter(tmp_path):
     """What a user sends shows in the policy socket's log lines as text, one line per event."""
     code = (
         "import logging, sys; sys.argv[1:] = ['--help']\n"
-        "from hubcontrol import socketproxy\n"
-        "try:\n    socketproxy.main()\nexcept SystemExit:\n    pass\n"
+        "from hubcontrol.policysocket.__main__ import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "logging.getLogger('x').warning('refused: %s', 'GET /\\x1b[2J\\nfake line')\n"
     )
     err = subprocess.run(
@@ -157,18 +186,20 @@ def test_the_served_process_logs_through_the_inert_formatter(tmp_path):
 
 
 def test_systemd_transient_unit_is_bound_to_the_daemon(tmp_path):
-    args = sp.args_for(spec(tmp_path), workspace="/ws/alice", container_workspace="/workspace")
-    argv = sp.systemd_run_argv(args, "rediacc-hub-dockerd-alice.service")
+    args = policysockets.args_for(
+        spec(tmp_path), workspace="/ws/alice", container_workspace="/workspace"
+    )
+    argv = policysockets.systemd_run_argv(args, "rediacc-hub-dockerd-alice.service")
     assert argv[0] == "systemd-run"
     assert "--unit=rediacc-hub-policy-alice.service" in argv
     assert "--property=BindsTo=rediacc-hub-dockerd-alice.service" in argv
     assert "--slice=rediacc.slice" in argv
-    cmd = sp.command(args)
+    cmd = policysockets.command(args)
     assert argv[-len(cmd) :] == cmd
 
 
 def test_refusal_response_is_a_docker_error():
-    raw = sp.refusal_response(sp.policy.Refusal("hub policy refused x: y"))
+    raw = http1.refusal_response(http1.policy.Refusal("hub policy refused x: y"))
     assert raw.startswith(b"HTTP/1.1 403 Forbidden\r\n") and raw.endswith(
         b'{"message": "hub policy refused x: y"}'
     )
@@ -180,7 +211,7 @@ BODY = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n"
 
 @pytest.mark.parametrize("split", [1, 2, 3, 7, len(BODY)])
 def test_chunk_scanner_finds_the_end_across_blocks(split):
-    scanner = sp.ChunkScanner()
+    scanner = http1.ChunkScanner()
     data = BODY + b"GET /next HTTP/1.1\r\n"
     ends = []
     for start in range(0, len(data), split):
@@ -206,8 +237,8 @@ def test_chunk_scanner_finds_the_end_across_blocks(split):
     ],
 )
 def test_chunk_scanner_is_as_strict_as_go(body):
-    with pytest.raises(sp.HttpError):
-        sp.ChunkScanner().feed(body)
+    with pytest.raises(http1.HttpError):
+        http1.ChunkScanner().feed(body)
 
 
 @pytest.mark.docker  # root, for mount(8)
@@ -218,20 +249,20 @@ def test_a_view_left_by_an_earlier_user_of_the_net_id_is_replaced(tmp_path):
         ws.mkdir()
         (ws / "owner").write_text(ws.name)
     try:
-        sp.mount_bind_root(str(old), view)
-        sp.mount_bind_root(str(old), view)  # idempotent for the same workspace
+        bindroot.mount_bind_root(str(old), view)
+        bindroot.mount_bind_root(str(old), view)  # idempotent for the same workspace
         assert Path(view, "owner").read_text() == "old"
-        sp.mount_bind_root(str(new), view)
+        bindroot.mount_bind_root(str(new), view)
         assert Path(view, "owner").read_text() == "new"
-        assert {"nosymfollow", "nosuid", "nodev"} <= sp._mount_options(view)
+        assert {"nosymfollow", "nosuid", "nodev"} <= mounts.mount_options(view)
         # a plain bind mount (no nosymfollow) of the right workspace is replaced too
-        sp.unmount_bind_root(view)
+        bindroot.unmount_bind_root(view)
         Path(view).mkdir()
         subprocess.run(["mount", "--bind", str(new), view], check=True)
-        sp.mount_bind_root(str(new), view)
-        assert "nosymfollow" in sp._mount_options(view)
+        bindroot.mount_bind_root(str(new), view)
+        assert "nosymfollow" in mounts.mount_options(view)
     finally:
-        sp.unmount_bind_root(view)
+        bindroot.unmount_bind_root(view)
     assert not Path(view).exists()
 
 
@@ -241,20 +272,72 @@ def test_a_policy_socket_whose_socket_file_is_removed_exits(tmp_path):
     process any more, so it ends."""
     (tmp_path / "ws").mkdir()
     exec_root = tmp_path / "run"
-    args = sp.ProxyArgs(
+    args = policysockets.ProxyArgs(
         listen=str(exec_root / "env" / "docker.sock"),
         upstream=str(tmp_path / "no-daemon.sock"),
         workspace=str(tmp_path / "ws"),
         pidfile=str(exec_root / "policy.pid"),
     )
-    pid = sp.start(args)
+    pid = policysockets.start(args)
     try:
-        assert Path(sp.default_binds_dir(args.listen)).is_dir()
+        assert Path(pins.default_binds_dir(args.listen)).is_dir()
         Path(args.listen).unlink()
         deadline = time.monotonic() + 15
-        while sp._alive(pid) and time.monotonic() < deadline:
+        while procs.alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not sp._alive(pid)
+        assert not procs.alive(pid)
         assert not Path(args.pidfile).exists()
     finally:
-        sp.stop(args)
+        policysockets.stop(args)
+
+
+# The bootstrap a hub before this version started its policy sockets with, verbatim: argv is
+# ``python -c <this> <hubcontrol package dir> --flag=value...``.
+LEGACY_BOOTSTRAP = (
+    "import sys, types; p = types.ModuleType('hubcontrol'); p.__path__ = [sys.argv.pop(1)]; "
+    "sys.modules['hubcontrol'] = p; from hubcontrol import socketproxy; "
+    "socketproxy.main(sys.argv[1:])"
+)
+
+
+@pytest.mark.docker  # root: the process prepares its pins directory with mounts
+def test_a_policy_socket_started_by_the_previous_version_is_found_and_replaced(tmp_path):
+    """An upgraded hub meets policy sockets running with the old command line: it must find
+    them (a second process on the same socket would fail) and replace them, so the new policy
+    code takes effect (docs/security.md, "The policy socket")."""
+    # The old installed package, as far as the old command line needs it: its package dir
+    # (here the current modules, plus the socketproxy module the bootstrap imports).
+    old_pkg = tmp_path / "old-hubcontrol"
+    old_pkg.mkdir()
+    for entry in Path(policysockets.__file__).parent.iterdir():
+        (old_pkg / entry.name).symlink_to(entry)
+    (old_pkg / "socketproxy.py").write_text("from hubcontrol.policysocket.__main__ import main\n")
+    (tmp_path / "ws").mkdir()
+    exec_root = tmp_path / "run"
+    args = policysockets.ProxyArgs(
+        listen=str(exec_root / "env" / "docker.sock"),
+        upstream=str(tmp_path / "no-daemon.sock"),
+        workspace=str(tmp_path / "ws"),
+        pidfile=str(exec_root / "policy.pid"),
+    )
+    options = policysockets.command(args)[3:]
+    old = subprocess.Popen(
+        [sys.executable, "-c", LEGACY_BOOTSTRAP, str(old_pkg), *options], start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while policysockets.running_pid(args) != old.pid or not Path(args.listen).exists():
+            assert old.poll() is None and time.monotonic() < deadline, "the old one did not start"
+            time.sleep(0.05)
+        assert b" 403 Forbidden" in _refused_request(args.listen)
+        pid = policysockets.start(args)
+        assert pid != old.pid and old.wait(timeout=15) == 0  # replaced, cleanly
+        assert procs.cmdline(pid)[1:3] == ["-m", "hubcontrol.policysocket"]
+        assert policysockets.running_pid(args) == pid
+        assert b" 403 Forbidden" in _refused_request(args.listen)  # the new one serves
+        assert policysockets.start(args) == pid  # and is kept from now on
+    finally:
+        policysockets.stop(args)
+        if old.poll() is None:
+            old.kill()
+            old.wait()

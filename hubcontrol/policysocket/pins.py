@@ -26,7 +26,7 @@ reboot emptied ``/run``, or on a ``docker start`` through the policy socket).
 
 Pins outlive the policy socket on purpose: a daemon restart starts containers with restart
 policies before the hub starts the policy socket again, and those must find their pins.
-Unreferenced pins are removed by ``gc`` (socketproxy runs it after container create, remove and
+Unreferenced pins are removed by ``gc`` (the policy socket runs it after container create, remove and
 prune, and when it starts).
 """
 
@@ -41,15 +41,23 @@ import re
 import secrets
 import stat
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from hubcontrol import mounts
 from hubcontrol.dockerpolicy import BINDS_LABEL as LABEL  # id -> {"path": relpath, "ro": bool}
-from hubcontrol.dockerpolicy import CHECKPOINT_DIR
+from hubcontrol.storage import CHECKPOINT_DIR
 
 log = logging.getLogger(__name__)
 
 MOUNTS = ".mnt"
 _ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def default_binds_dir(listen: str | Path) -> str:
+    """``<exec-root>/binds`` for a socket at ``<exec-root>/env/docker.sock``: beside the env
+    directory, never inside it (the environment mounts that directory), in the exec-root that
+    is root-only."""
+    return str(Path(listen).parent.parent / "binds")
 
 
 def check_relpath(rel: str) -> str:

@@ -1,0 +1,344 @@
+"""The hub's side of the policy sockets: starting, adopting, replacing and stopping one per-user
+process (``python -m hubcontrol.policysocket``) beside each per-user daemon.
+
+The process itself lives in ``hubcontrol.policysocket`` and imports none of this. What the two
+share is the command line: ``command(args)`` writes it, the process's ``__main__`` parses it.
+A running process is found by its command line (``running_pid``), and kept only while that
+command line is exactly the one this hub would start (``start``): a template switch, or a hub
+upgrade whose command line differs, replaces it, so fixes to the policy take effect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+
+from hubcontrol import network, procs, safefs, storage
+from hubcontrol.config import DEFAULT_WORKSPACE
+from hubcontrol.errors import DaemonError
+from hubcontrol.policysocket.bindroot import default_bind_root, unmount_bind_root
+from hubcontrol.records import UserRecord
+
+if TYPE_CHECKING:
+    from hubcontrol.services import HubServices
+
+log = logging.getLogger(__name__)
+
+MODULE = "hubcontrol.policysocket"
+# The command line of a policy socket started by a hub before the policy socket was its own
+# package: ``python -c <bootstrap> <package dir> --flag=value...``, the bootstrap importing
+# ``hubcontrol.socketproxy``. Such processes are found (to be replaced) by this part of it.
+LEGACY_MARKER = "from hubcontrol import socketproxy"
+
+
+@dataclass(frozen=True)
+class ProxyArgs:
+    """Everything a user's policy socket process is started with."""
+
+    listen: str
+    upstream: str
+    workspace: str
+    container_workspace: str = "/workspace"
+    binds_dir: str | None = None
+    user_networks: tuple[str, ...] = ()
+    allowed_registries: tuple[str, ...] = ()
+    publish_ip: str | None = None
+    idle_timeout: float = 30.0
+    pidfile: str | None = None
+    audit_dir: str | None = None
+    audit_user: str | None = None
+    net_id: int | None = None
+
+
+def command(args: ProxyArgs, python: str = sys.executable) -> list[str]:
+    """The argv that runs a policy socket as its own process: ``python -m hubcontrol.policysocket
+    --flag=value...``. Every value is joined to its flag with ``=``: the username comes from the
+    OAuth provider and may start with ``-``."""
+    options = [
+        ("--listen", args.listen),
+        ("--upstream", args.upstream),
+        ("--workspace", args.workspace),
+        ("--container-workspace", args.container_workspace),
+        ("--idle-timeout", str(args.idle_timeout)),
+        ("--binds-dir", args.binds_dir),
+        ("--publish-ip", args.publish_ip),
+        ("--pidfile", args.pidfile),
+        ("--audit-dir", args.audit_dir),
+        ("--audit-user", args.audit_user),
+        ("--net-id", None if args.net_id is None else str(args.net_id)),
+        *(("--user-network", net) for net in args.user_networks),
+        *(("--allow-registry", reg) for reg in args.allowed_registries),
+    ]
+    return [python, "-m", MODULE] + [
+        f"{flag}={value}" for flag, value in options if value is not None
+    ]
+
+
+def args_for(
+    spec,
+    *,
+    workspace: Path | str,
+    container_workspace: str,
+    net=None,
+    allowed_registries: Sequence[str] = (),
+    audit: tuple[str, str, int] | None = None,
+) -> ProxyArgs:
+    """The policy socket of the per-user daemon ``spec`` (a ``supervisor.DaemonSpec``): it serves
+    ``spec.env_socket_path`` and forwards to ``spec.socket``; ``net`` (a ``network.UserNetwork``)
+    gives the address block the user's own networks and published ports may use; ``audit`` is
+    (audit dir, username, net ID) for refusal records in the user's audit log."""
+    return ProxyArgs(
+        listen=str(spec.env_socket_path),
+        upstream=str(spec.socket),
+        workspace=str(workspace),
+        container_workspace=container_workspace,
+        binds_dir=str(spec.exec_root / "binds"),
+        user_networks=(str(net.address_pool),) if net is not None else (),
+        publish_ip=str(net.bridge_address.ip) if net is not None else None,
+        allowed_registries=tuple(allowed_registries),
+        pidfile=str(spec.exec_root / "policy.pid"),
+        audit_dir=audit[0] if audit else None,
+        audit_user=audit[1] if audit else None,
+        net_id=audit[2] if audit else None,
+    )
+
+
+def drop_idle_for_daemon(spec) -> bool:
+    """``drop_idle_connections`` for the policy socket of the daemon ``spec`` (a DaemonSpec),
+    for the checkpointer to call right before a dump."""
+    return drop_idle_connections(args_for(spec, workspace="", container_workspace=""))
+
+
+class PolicySockets:
+    """Runs a policy socket process beside every per-user daemon of a ``Hub``.
+
+    The hub awaits ``ensure`` right after it starts or adopts a user's daemon and ``stop`` right
+    before it stops one, so a user's environment never runs without its policy socket, and a
+    stale stop can never hit the next start (lifecycle events arrive later, and out of the
+    hub's lock). The hub must be built with ``env_socket_by_daemon=False``, so dockerd does not
+    serve the environment's socket itself.
+    """
+
+    def __init__(self, hub: HubServices, allowed_registries: Sequence[str] = ()) -> None:
+        if getattr(hub, "env_socket_by_daemon", False):
+            raise ValueError(
+                "PolicySockets needs Hub(env_socket_by_daemon=False): dockerd would serve the "
+                "environment's socket itself, without the policy"
+            )
+        self.hub = hub
+        self.allowed_registries = tuple(allowed_registries)  # --allow-registry, settable
+
+    def args(self, spec, rec: UserRecord, template=None) -> ProxyArgs:
+        """The policy socket of the daemon ``spec`` of the user of ``rec``."""
+        assert rec.net_id is not None  # a per-user daemon has its network
+        config = self.hub.config
+        if template is None:
+            template = config.templates.get(rec.template or config.default_template)
+        ephemeral = rec.mode == "ephemeral" or (template is not None and template.ephemeral)
+        return args_for(
+            spec,
+            # an ephemeral environment's workspace is a tmpfs: nothing on the host to bind
+            workspace=""
+            if ephemeral
+            else storage.UserPaths(Path(config.workspace_dir), rec.name).workspace,
+            container_workspace=template.workspace if template else DEFAULT_WORKSPACE,
+            net=network.user_network(rec.net_id, config.user_subnet_pool),
+            allowed_registries=self.allowed_registries,
+            audit=(str(config.audit_dir), rec.username, rec.net_id),
+        )
+
+    async def ensure(self, spec, rec: UserRecord, template=None) -> None:
+        """Start the user's policy socket unless it runs with these settings; never raises (the
+        environment still starts, without a docker socket, and the failure is logged)."""
+        daemon_unit = None
+        if getattr(self.hub.supervisor, "name", "") == "systemd":
+            from hubcontrol.supervisor.systemd import service_name  # noqa: PLC0415
+
+            daemon_unit = service_name(spec.user)
+        try:
+            launch = functools.partial(
+                start,
+                self.args(spec, rec, template),
+                log_path=None if daemon_unit else spec.daemon_dir / "policy.log",
+                daemon_unit=daemon_unit,
+            )
+            await anyio.to_thread.run_sync(launch)
+        except Exception:
+            log.exception("the policy socket of %s did not start", rec.name)
+
+    async def stop(self, spec) -> None:
+        await anyio.to_thread.run_sync(stop, args_for(spec, workspace="", container_workspace=""))
+
+
+def is_policy_socket(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` is a policy socket's command line: this version's (``-m
+    hubcontrol.policysocket``) or an earlier version's (``LEGACY_MARKER``), which a hub of this
+    version finds and replaces (its command line differs from ``command``)."""
+    head = list(argv[1:3])
+    return head == ["-m", MODULE] or (head[:1] == ["-c"] and LEGACY_MARKER in "".join(head[1:]))
+
+
+def _serves(pid: int, listen: str) -> bool:
+    """Whether ``pid`` is a policy socket process for ``listen`` (either flag spelling)."""
+    cmdline = procs.cmdline(pid)
+    if not is_policy_socket(cmdline):
+        return False
+    pairs = zip(cmdline, cmdline[1:], strict=False)
+    return f"--listen={listen}" in cmdline or ("--listen", listen) in pairs
+
+
+def running_pid(args: ProxyArgs) -> int | None:
+    """The PID of the policy socket process serving ``args.listen``, or None. Its pidfile is
+    asked first; without one, the process table (a process whose pidfile was removed by a
+    cleanup still holds the socket path, and must be found to be replaced)."""
+    if args.pidfile:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(Path(args.pidfile).read_text().strip())
+            if _serves(pid, args.listen):
+                return pid
+    for pid in procs.pids():
+        if pid != os.getpid() and _serves(pid, args.listen) and procs.alive(pid):
+            return pid
+    return None
+
+
+def start(
+    args: ProxyArgs,
+    *,
+    log_path: Path | str | None = None,
+    daemon_unit: str | None = None,
+    timeout: float = 15.0,
+) -> int:
+    """Start the policy socket process unless one serves ``args.listen`` already; return its PID
+    once the socket accepts connections. It outlives the hub, as the user's dockerd does: a
+    detached process (``setsid --fork``), or with ``daemon_unit`` (systemd hosts) a transient
+    unit bound to the daemon's (``systemd_run_argv``; its output goes to the journal)."""
+    pid = running_pid(args)
+    if pid is not None:
+        wanted = command(args)[1:]  # the interpreter's path aside
+        if _accepts(args.listen, tries=3) and procs.cmdline(pid)[-len(wanted) :] == wanted:
+            return pid
+        # Running, but its socket file is gone (a daemon restart's cleanup removed it), or it
+        # serves other settings (a template switch moved the workspace), or an earlier version
+        # of the hub started it (another command line, older code): start over.
+        stop(args)
+    out = os.fdopen(_open_log(log_path), "ab") if log_path else subprocess.DEVNULL
+    try:
+        subprocess.run(
+            systemd_run_argv(args, daemon_unit)
+            if daemon_unit
+            else ["setsid", "--fork", *command(args)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=True,
+            close_fds=True,
+            cwd="/",
+        )
+    finally:
+        if log_path:
+            out.close()
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while time.monotonic() < deadline:
+        pid = running_pid(args)
+        if pid is not None and _accepts(args.listen):
+            return pid
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.2)
+    raise DaemonError(
+        "The hub could not open your environment's docker socket.",
+        f"policy socket {args.listen} did not start within {timeout:.0f} s"
+        + (f"; see {log_path}" if log_path else ""),
+    )
+
+
+def _open_log(path: str | Path) -> int:
+    """The policy socket's log, opened by root without following a link (docs/security.md,
+    "Paths root touches")."""
+    return safefs.open_own_file(path, os.O_WRONLY | os.O_APPEND, 0o600)
+
+
+def stop(args: ProxyArgs, timeout: float = 10.0) -> None:
+    """Stop the policy socket process (SIGTERM, then SIGKILL) and remove what it leaves."""
+    pid = running_pid(args)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while procs.alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if procs.alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    # Bind pins stay (see PolicySocket.serve); the legacy view goes, as it always did.
+    unmount_bind_root(default_bind_root(args.listen))
+    for path in (args.listen, args.pidfile):
+        with contextlib.suppress(OSError, TypeError):
+            if path and (path == args.pidfile or stat.S_ISSOCK(os.lstat(path).st_mode)):
+                os.unlink(path)
+
+
+def drop_idle_connections(args: ProxyArgs) -> bool:
+    """Ask the policy socket to close idle client connections now (before a CRIU dump: an open
+    docker.sock connection in the container makes the dump fail). False when none runs."""
+    pid = running_pid(args)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGUSR1)
+    return True
+
+
+def systemd_run_argv(args: ProxyArgs, daemon_unit: str, python: str = sys.executable) -> list[str]:
+    """Run the policy socket as a transient unit beside ``daemon_unit`` (hosts whose PID 1 is
+    systemd): a child of the hub would sit in the hub's own unit and die with every hub restart;
+    this unit survives it, and stops with the daemon's unit (``BindsTo=``)."""
+    base = daemon_unit.removesuffix(".service")
+    # only the prefix: a username may itself contain "-dockerd-" (a-dockerd-b vs a-policy-b)
+    unit = base.replace("-dockerd-", "-policy-", 1) if "-dockerd-" in base else f"{base}-policy"
+    return [
+        "systemd-run",
+        "--quiet",
+        "--collect",
+        f"--unit={unit}.service",
+        "--slice=rediacc.slice",
+        f"--property=BindsTo={daemon_unit}",
+        f"--property=After={daemon_unit}",
+        "--property=KillMode=mixed",
+        "--property=Restart=on-failure",
+        # a transient unit gets a clean environment: the module must be found where the hub's
+        # own interpreter finds it (a detached child inherits the hub's environment anyway)
+        *([f"--setenv=PYTHONPATH={path}"] if (path := os.environ.get("PYTHONPATH")) else []),
+        *command(args, python),
+    ]
+
+
+def _accepts(path: str, tries: int = 1) -> bool:
+    """Whether ``path`` accepts a connection (``tries`` attempts, for a busy host: a needless
+    restart would cut the user's open docker sessions)."""
+    for attempt in range(tries):
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.settimeout(3)
+            probe.connect(path)
+            return True
+        except OSError:
+            if attempt + 1 < tries:
+                time.sleep(0.2)
+        finally:
+            probe.close()
+    return False

@@ -139,7 +139,13 @@ def daemon_network_config(net: UserNetwork) -> dict:
 def overlapping_routes(
     pool: ipaddress.IPv4Network, routes: Iterable[dict], *, ours: Sequence[str] = (BRIDGE_PREFIX,)
 ) -> list[str]:
-    """Routes (from ``ip -j route``) that overlap ``pool`` and are not on one of our bridges."""
+    """Routes (from ``ip -j route``) that overlap ``pool`` and are not the hub's.
+
+    The hub's: routes on its bridges (``rdh<net_id>``, ``rdh<net_id>e``), and routes on a
+    ``br-*`` bridge (the one dockerd makes for a ``docker network create``/compose network)
+    inside the address pool of a user's block (its upper /25, ``UserNetwork.address_pool``):
+    a per-user daemon's own networks. Without the second rule one user's compose network made
+    every later ``hub start`` refuse the pool."""
     found = []
     for route in routes:
         dst = route.get("dst", "")
@@ -150,8 +156,11 @@ def overlapping_routes(
         except ValueError:
             continue
         dev = route.get("dev", "")
-        if net.overlaps(pool) and not any(dev.startswith(p) for p in ours):
-            found.append(f"{dst} dev {dev}")
+        if not net.overlaps(pool) or any(dev.startswith(p) for p in ours):
+            continue
+        if dev.startswith("br-") and _in_a_users_address_pool(net, pool):
+            continue
+        found.append(f"{dst} dev {dev}")
     return found
 
 
@@ -163,6 +172,13 @@ def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
             f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}",
         )
     return proc
+
+
+def _in_a_users_address_pool(net: ipaddress.IPv4Network, pool: ipaddress.IPv4Network) -> bool:
+    if not net.subnet_of(pool) or net.prefixlen < 25:
+        return False
+    offset = int(net.network_address) & 0xFF  # within the user's /24 block
+    return offset >= 128
 
 
 def check_pool(pool: str) -> None:

@@ -78,7 +78,17 @@ def test_daemon_config_keeps_the_daemon_off_shared_chains():
      ([{"dst": "10.0.0.0/8", "dev": "eth1"}], ["10.0.0.0/8 dev eth1"]),
      ([{"dst": "10.210.3.0/24", "dev": "br-x"}], ["10.210.3.0/24 dev br-x"]),
      ([{"dst": "10.224.0.0/16", "dev": "eth1"}], []),
-     ([{"dst": "10.208.0.7", "dev": "tun0"}], ["10.208.0.7 dev tun0"])],
+     ([{"dst": "10.208.0.7", "dev": "tun0"}], ["10.208.0.7 dev tun0"]),
+     # a user's own `docker network create` (compose): dockerd's br-* bridge in the upper /25
+     # of their block (default-address-pools) is the hub's; one user's compose network used to
+     # make every later hub start refuse the pool
+     ([{"dst": "10.208.3.128/28", "dev": "br-5447a0354085"}], []),
+     ([{"dst": "10.208.3.240/28", "dev": "br-1"}], []),
+     # but not in the lower half (the environment's and daemon's bridges), nor wider, nor on
+     # another kind of device
+     ([{"dst": "10.208.3.0/28", "dev": "br-1"}], ["10.208.3.0/28 dev br-1"]),
+     ([{"dst": "10.208.3.0/24", "dev": "br-1"}], ["10.208.3.0/24 dev br-1"]),
+     ([{"dst": "10.208.3.128/28", "dev": "eth1"}], ["10.208.3.128/28 dev eth1"])],
 )  # fmt: skip
 def test_overlapping_routes(routes, clash):
     assert network.overlapping_routes(ipaddress.IPv4Network(POOL), routes) == clash

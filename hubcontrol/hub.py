@@ -44,6 +44,7 @@ from hubcontrol.idle import IdleCuller, checkpoint_wanted
 from hubcontrol.names import is_safe_name, safe_name
 from hubcontrol.netids import DEFAULT_REGISTRY, NetIdRegistry
 from hubcontrol.placement import Placed, placement_for
+from hubcontrol.seeds import Seeds
 from hubcontrol.socketproxy import PolicySockets
 from hubcontrol.stats import StatsSampler
 from hubcontrol.supervisor import RUN_DIR, DaemonSpec, DaemonSupervisor, Limits, choose
@@ -235,6 +236,8 @@ class Hub:
         # dashboard, the API and /_hub/metrics: ``self.stats.view()``, readable from any thread.
         self.stats = StatsSampler(self)
         self.stats.attach(self)
+        # Template images seeded once and cloned into new users' data-roots (docs/architecture.md)
+        self.seeds = Seeds.attach(self)
 
     # -- hot path (any thread) -------------------------------------------------------------------
 
@@ -594,9 +597,17 @@ class Hub:
 
     async def _provide_image(self, rec: dict, tpl: Template, client, placed: Placed) -> None:
         self._step(rec, "image", f"Making the image {tpl.image} available")
-        how = await self.engine.call(images.ensure_image, client, tpl.image, placed.image_source)
+        call = self.engine.call
+        how = await call(
+            images.ensure_image, client, tpl.image, placed.image_source, placed.image_layers
+        )
         if how != "present":
             log.info("image %s for %s: %s", tpl.image, rec["name"], how)
+        # an image the template no longer uses goes once nothing uses it (images.remove_unused)
+        previous = [*rec.get("stale_images", []), rec.get("image_id")]
+        rec["image_id"] = await call(images.image_id, client, tpl.image)
+        old = [i for i in previous if i and i != rec["image_id"]]
+        rec["stale_images"] = await call(images.remove_unused, client, old) if old else []
 
     async def _ensure_container(
         self,
@@ -614,7 +625,7 @@ class Hub:
         name = rec["name"]
         self._step(rec, "container", "Starting your environment")
         container = await call(envs.find, client, name)
-        if container is not None and self._must_recreate(container, tpl):
+        if container is not None and self._must_recreate(container, tpl, rec.get("image_id")):
             current = container.labels.get(envs.LABEL_TEMPLATE)
             self._step(
                 rec,
@@ -659,14 +670,18 @@ class Hub:
         return container_id, created, restored
 
     @staticmethod
-    def _must_recreate(container, tpl: Template) -> bool:
-        """Another template's container, a stopped one of an older image, or a stopped
-        ephemeral one is replaced rather than started."""
+    def _must_recreate(container, tpl: Template, image_id: str | None = None) -> bool:
+        """Another template's container, a stopped one of an older image (another name, or
+        the template's image updated to ``image_id``), or a stopped ephemeral one is replaced
+        rather than started."""
         current = container.labels.get(envs.LABEL_TEMPLATE)
         stale_image = (
             current == tpl.name
             and container.status != "running"
-            and container.attrs.get("Config", {}).get("Image") != tpl.image
+            and (
+                container.attrs.get("Config", {}).get("Image") != tpl.image
+                or (image_id is not None and container.attrs.get("Image") != image_id)
+            )
         )
         return (
             current != tpl.name or stale_image or (tpl.ephemeral and container.status != "running")

@@ -21,7 +21,7 @@ never a user's safe name, ``hubcontrol.names``)::
     <workspace-dir>/.seeds/<hex id>/                a complete seed (a read-only subvolume on BTRFS)
     <workspace-dir>/.seeds/<hex id>.lock            flock: exclusive to build or remove, shared to clone
     <workspace-dir>/.seeds/<hex id>.layers.json     the image's layer members in ``docker save``
-    <workspace-dir>/.seeds/.build-<hex12>-<token>/  a build in progress: data/ and the daemon's files
+    <workspace-dir>/.seeds/.build-<hex id>-<token>/ a build in progress: data/ and the daemon's files
     <workspace-dir>/.seeds/wanted.json              image IDs the hub's templates use now (hub gc)
 
 A seed is built into ``.build-*/data`` and renamed to ``<hex id>`` only once its daemon has the
@@ -304,7 +304,7 @@ def build_seed(
 ) -> Path:
     """Build the seed of ``image`` (ID ``want`` on ``host``) unless it exists; returns its path.
 
-    Under the seed's exclusive lock: a seed daemon on ``.build-<hex12>-<token>/data`` gets the
+    Under the seed's exclusive lock: a seed daemon on ``.build-<hex id>-<token>/data`` gets the
     image from ``host``, stops, loses its own state, and the data-root is renamed to the seed's
     name. ``abort`` set (the hub is shutting down) stops the seed daemon, which ends the load.
     Raises SeedError (the build is removed) when anything fails."""
@@ -315,10 +315,10 @@ def build_seed(
         if os.path.isdir(final):
             return final
         for stale in paths.builds():  # we hold the lock: an earlier build of this ID is dead
-            if stale.name.startswith(f"{BUILD_PREFIX}{hexid[:12]}-"):
+            if build_image(stale) == hexid:
                 delete_tree(stale)
         token = secrets.token_hex(4)
-        build = paths.dir / f"{BUILD_PREFIX}{hexid[:12]}-{token}"
+        build = paths.dir / f"{BUILD_PREFIX}{hexid}-{token}"
         os.mkdir(build, 0o700)
         data = build / "data"
         try:
@@ -467,7 +467,6 @@ def remove_seed(paths: SeedPaths, hexid: str) -> bool:
     """Remove the seed ``hexid`` (and its lock and layer record) unless it is busy; True when
     removed. The caller decided it is unused; the lock is taken without waiting."""
     lock = paths.lock(hexid)
-    paths.ensure()
     with seed_lock(lock, exclusive=True, blocking=False) as got:
         if not got:
             return False
@@ -478,14 +477,29 @@ def remove_seed(paths: SeedPaths, hexid: str) -> bool:
     return True
 
 
-def leftover_build(paths: SeedPaths, build: Path) -> bool:
-    """Whether ``build`` (``.build-<hex12>-<token>``) is dead: no build of its image holds a
-    lock. A running build holds its image's exclusive lock for its whole life."""
-    prefix = build.name[len(BUILD_PREFIX) :].split("-", 1)[0]
-    for hexid_lock in os.listdir(paths.dir):
-        if hexid_lock.startswith(prefix) and hexid_lock.endswith(".lock"):
-            if busy(paths, hexid_lock[: -len(".lock")]):
-                return False
+def build_image(build: Path) -> str | None:
+    """The hex image ID of a build directory ``.build-<hex id>-<token>`` (None: not one)."""
+    name = Path(build).name
+    if not name.startswith(BUILD_PREFIX):
+        return None
+    hexid = name[len(BUILD_PREFIX) :].rsplit("-", 1)[0]
+    try:
+        return hex_id(hexid)
+    except ValueError:
+        return None
+
+
+def remove_build(paths: SeedPaths, build: Path) -> bool:
+    """Remove a build that did not finish (the hub stopped or crashed during it) unless one is
+    running: a running build holds its image's exclusive lock for its whole life. True when
+    removed."""
+    hexid = build_image(build)
+    if hexid is None:
+        return False
+    with seed_lock(paths.lock(hexid), exclusive=True, blocking=False) as got:
+        if not got:
+            return False
+        delete_tree(build)
     return True
 
 

@@ -69,9 +69,7 @@ def large_image(
     on ``client``'s daemon under a tag unique to this run; removed on exit."""
     tag = f"t{os.getpid()}-{uuid.uuid4().hex[:6]}"
     ref = f"{repository}:{tag}"
-    dockerfile = (
-        f"FROM {base}\nRUN head -c {megabytes << 20} /dev/urandom > /large.bin && echo {tag} > /tag\n"
-    )
+    dockerfile = f"FROM {base}\nRUN head -c {megabytes << 20} /dev/urandom > /large.bin && echo {tag} > /tag\n"
     build(client, dockerfile, ref)
     try:
         yield ref

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- |")
     print(row("seeded (BTRFS snapshot of the template's seed)", seeded))
     if fallback is not None:
-        print(row(f"fallback (`save | load`, {storage.filesystem_type(tmp)})", fallback))
+        print(row(f"fallback (`save \\| load`, {storage.filesystem_type(tmp)})", fallback))
     total = args.disk_users * size
     print(f"\nDisk of {args.disk_users} new users of the {large_gb:.1f} GB image:\n")
     print("| measure | value | share of users x image |")

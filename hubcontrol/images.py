@@ -365,12 +365,13 @@ def update(
     layers = layers if layers is not None else LayerIndex()
     diff_ids = source.api.inspect_image(want).get("RootFS", {}).get("Layers") or []
     skip: set[str] = set()
-    if present_chains(target) & set(chain_ids(diff_ids)):
+    present = present_chains(target)
+    if present & set(chain_ids(diff_ids)):
         members = layers.get(want)
         if members is None:
             members = read_layer_members(source, image)
             layers.put(want, members)
-        skip = layers_to_skip(members, diff_ids, present_chains(target))
+        skip = layers_to_skip(members, diff_ids, present)
     if skip:
         try:
             return transfer(source, target, image, skip=skip, layers=layers)

@@ -254,8 +254,13 @@ def delete_tree(path: Path) -> None:
     if not os.path.lexists(path):
         return
     storage.unmount_under(path)
-    for inner in _subvolumes_below(path):
-        _run("btrfs", "subvolume", "delete", str(inner))
+    if storage.is_subvolume(path):
+        done = subprocess.run(["btrfs", "subvolume", "delete", str(path)], capture_output=True)
+        if done.returncode == 0:
+            return
+    if storage.filesystem_type(path) == "btrfs":
+        for inner in _subvolumes_below(path):  # a build's data/; deleted whole, not walked
+            _run("btrfs", "subvolume", "delete", str(inner))
     if storage.is_subvolume(path):
         _run("btrfs", "subvolume", "delete", str(path))
     else:
@@ -263,21 +268,16 @@ def delete_tree(path: Path) -> None:
 
 
 def _subvolumes_below(path: Path) -> list[Path]:
-    """Subvolumes strictly below ``path``, deepest first (a build's ``data``)."""
+    """The subvolumes strictly below ``path``, not looking inside them."""
     found = []
     for root, dirs, _files in os.walk(path):
         for d in list(dirs):
             p = Path(root, d)
-            if os.path.islink(p):
+            if os.path.islink(p) or os.lstat(p).st_ino == 256:
                 dirs.remove(d)
-            elif os.lstat(p).st_ino == 256:
-                found.append(p)
-                dirs.remove(d)
-    out = []
-    for p in found:
-        out.extend(_subvolumes_below(p))
-        out.append(p)
-    return out
+                if not os.path.islink(p):
+                    found.append(p)
+    return found
 
 
 def strip_daemon_state(data_root: Path) -> None:
@@ -525,6 +525,7 @@ class Seeds:
         self._detected = False
         self._builds: dict[str, _Build] = {}
         self._failed: dict[str, float] = {}  # hex ID -> when its build last failed
+        self._wanted: dict[str, list[str]] | None = None  # what wanted.json says now
 
     @classmethod
     def attach(cls, hub: Hub) -> Seeds | None:
@@ -564,10 +565,8 @@ class Seeds:
 
     async def refresh(self) -> None:
         """Record which images the templates use now, then build the seeds that are missing."""
-        if await self.method() is None:
-            return
         host = self.hub._host_client()
-        if host is None:
+        if host is None or await self.method() is None:
             return
         wanted: dict[str, list[str]] = {}
         refs: dict[str, str] = {}
@@ -579,7 +578,9 @@ class Seeds:
                 continue
             wanted.setdefault(hex_id(want), []).append(tpl.name)
             refs[want] = tpl.image
-        await self.hub.engine.call(self.paths.write_wanted, wanted)
+        if wanted != self._wanted:  # written when it changes (and once per hub process)
+            await self.hub.engine.call(self.paths.write_wanted, wanted)
+            self._wanted = wanted
         for want, image in refs.items():
             if time.monotonic() - self._failed.get(hex_id(want), -1e9) > 10 * self.interval:
                 await self.seed(image, want)

@@ -603,11 +603,14 @@ class Hub:
         )
         if how != "present":
             log.info("image %s for %s: %s", tpl.image, rec["name"], how)
-        # an image the template no longer uses goes once nothing uses it (images.remove_unused)
+        # in the user's own daemon, an image the template no longer uses goes once nothing uses
+        # it (images.remove_unused); the host's daemon and its images are the operator's
         previous = [*rec.get("stale_images", []), rec.get("image_id")]
         rec["image_id"] = await call(images.image_id, client, tpl.image)
         old = [i for i in previous if i and i != rec["image_id"]]
-        rec["stale_images"] = await call(images.remove_unused, client, old) if old else []
+        if old and placed.image_source is not None:
+            old = await call(images.remove_unused, client, old)
+        rec["stale_images"] = old if placed.image_source is not None else []
 
     async def _ensure_container(
         self,

@@ -26,6 +26,10 @@ Definitions (documented for operators in docs/operations.md):
   running (a live dockerd recorded in its pidfile). The network-ID claim is not evidence either
   way: it lasts as long as the marker does, and GC releases it with the data-root.
 * A data-root is **eligible** when age > max-age AND the daemon is neither running nor configured.
+* A **seed** is a directory ``<workspace-dir>/.seeds/<image id>`` (``hubcontrol.seeds``). It is
+  removed when the hub's last record of what its templates use (``.seeds/wanted.json``) does not
+  name its image and nothing holds its lock (a build or a clone); without that record every seed
+  is kept. A ``.seeds/.build-*`` directory nobody is building (a crash) is removed too.
 * A **checkpoint image** is an entry of ``<workspace-dir>/<u>/.checkpoint/``. It is **orphaned**
   when it is older than max-age (mtime), the user's daemon is neither running nor configured, and
   no container is left that could restore it: the user's data-root is gone (or removed in this
@@ -46,7 +50,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hubcontrol import names, procs, safefs, storage
+from hubcontrol import names, procs, safefs, seeds, storage
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.durations import format_duration
 from hubcontrol.errors import GCError
@@ -87,6 +91,7 @@ class Kind(enum.StrEnum):
     DATA_ROOT = "data-root"
     CHECKPOINT = "checkpoint"
     CLAIM = "claim"  # a network-ID claim whose data-root dir no longer exists
+    SEED = "seed"  # a seed data-root (or a build of one) under <workspace-dir>/.seeds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -509,7 +514,44 @@ def plan_gc(
             _plan_checkpoints(workspace, name, ckpt, roots.get(name), max_age, now, probe, sizes)
         )
     entries.extend(_plan_orphaned_claims(workspace, probe))
+    entries.extend(_plan_seeds(workspace, sizes))
     return GCPlan(workspace, max_age, tuple(entries))
+
+
+def _plan_seeds(workspace: Path, sizes: bool) -> list[GCEntry]:
+    """Seeds no configured template uses, and builds nobody is running (``seeds.seed_verdict``)."""
+    paths = seeds.SeedPaths(workspace)
+    if safefs.is_link(paths.dir) or not paths.dir.is_dir():
+        return []
+    wanted = paths.read_wanted()
+    out = []
+    for hexid in paths.seeds():
+        remove, reason = seeds.seed_verdict(hexid, wanted, seeds.busy(paths, hexid))
+        path = paths.seed(hexid)
+        size = disk_usage(path) if sizes and remove else None
+        action = Action.REMOVE if remove else Action.KEEP
+        out.append(GCEntry(Kind.SEED, path, "", None, None, size, action, reason))
+    for build in paths.builds():
+        hexid = seeds.build_image(build)
+        if hexid is not None and seeds.busy(paths, hexid):
+            action, reason = Action.KEEP, "being built"
+        else:
+            action, reason = Action.REMOVE, "a seed build that did not finish"
+        out.append(GCEntry(Kind.SEED, build, "", None, None, None, action, reason))
+    return out
+
+
+def _remove_seed(entry: GCEntry) -> str:
+    """Remove a seed or a dead build, re-checked under its lock (taken without waiting)."""
+    paths = seeds.SeedPaths(entry.path.parent.parent)
+    if seeds.build_image(entry.path) is not None:
+        return "removed" if seeds.remove_build(paths, entry.path) else "skipped: being built"
+    remove, reason = seeds.seed_verdict(entry.path.name, paths.read_wanted(), busy=False)
+    if not remove:
+        return f"skipped: {reason}"
+    if not seeds.remove_seed(paths, entry.path.name):
+        return "skipped: being built or cloned"
+    return "removed"
 
 
 def _plan_orphaned_claims(workspace: Path, probe: HostProbe) -> list[GCEntry]:
@@ -705,6 +747,8 @@ def apply_gc(plan: GCPlan, *, probe: HostProbe | None = None, now: float | None 
                 removed_users.add(entry.user)
             elif entry.kind is Kind.CLAIM:
                 outcome = _release_orphaned_claim(entry, probe)
+            elif entry.kind is Kind.SEED:
+                outcome = _remove_seed(entry)
             else:
                 outcome = _remove_checkpoint(entry, plan, probe, removed_users)
         except GCError as e:

@@ -270,6 +270,11 @@ class Hub:
         """The stats sampler (``services.stats``): ``stats.view()`` from any thread; or None."""
         return self.services.stats
 
+    @property
+    def seeds(self):
+        """Seed data-roots (``services.seeds``, hubcontrol/seeds.py), or None."""
+        return self.services.seeds
+
     # -- hot path (any thread) -------------------------------------------------------------------
 
     def snapshot(self) -> RouteTable:
@@ -615,9 +620,20 @@ class Hub:
 
     async def _provide_image(self, rec: UserRecord, tpl: Template, client, placed: Placed) -> None:
         self._step(rec, "image", f"Making the image {tpl.image} available")
-        how = await self.engine.call(images.ensure_image, client, tpl.image, placed.image_source)
+        call = self.engine.call
+        how = await call(
+            images.ensure_image, client, tpl.image, placed.image_source, placed.image_layers
+        )
         if how != "present":
             log.info("image %s for %s: %s", tpl.image, rec.name, how)
+        # in the user's own daemon, an image the template no longer uses goes once nothing uses
+        # it (images.remove_unused); the host's daemon and its images are the operator's
+        previous = [*(rec.stale_images or []), rec.image_id]
+        rec.image_id = await call(images.image_id, client, tpl.image)
+        old = [i for i in previous if i and i != rec.image_id]
+        if old and placed.image_source is not None:
+            old = await call(images.remove_unused, client, old)
+        rec.stale_images = old if placed.image_source is not None else []
 
     async def _ensure_container(
         self,
@@ -635,7 +651,7 @@ class Hub:
         name = rec.name
         self._step(rec, "container", "Starting your environment")
         container = await call(envs.find, client, name)
-        if container is not None and self._must_recreate(container, tpl):
+        if container is not None and self._must_recreate(container, tpl, rec.image_id):
             current = container.labels.get(envs.LABEL_TEMPLATE)
             self._step(
                 rec,
@@ -680,14 +696,18 @@ class Hub:
         return container_id, created, restored
 
     @staticmethod
-    def _must_recreate(container, tpl: Template) -> bool:
-        """Another template's container, a stopped one of an older image, or a stopped
-        ephemeral one is replaced rather than started."""
+    def _must_recreate(container, tpl: Template, image_id: str | None = None) -> bool:
+        """Another template's container, a stopped one of an older image (another name, or
+        the template's image updated to ``image_id``), or a stopped ephemeral one is replaced
+        rather than started."""
         current = container.labels.get(envs.LABEL_TEMPLATE)
         stale_image = (
             current == tpl.name
             and container.status != "running"
-            and container.attrs.get("Config", {}).get("Image") != tpl.image
+            and (
+                container.attrs.get("Config", {}).get("Image") != tpl.image
+                or (image_id is not None and container.attrs.get("Image") != image_id)
+            )
         )
         return (
             current != tpl.name or stale_image or (tpl.ephemeral and container.status != "running")

@@ -21,8 +21,9 @@ Two placements exist on this host:
   the user's network isolation only.
 
 A placement on a cluster engine (docs/scaling.md) implements the same contract: it returns the
-URL of an engine it started elsewhere. Seeded data-roots (issue 14) plug into
-``PerUserDaemon.prepare``: the data-root is cloned from a seed before the daemon starts.
+URL of an engine it started elsewhere. Seeded data-roots (``hubcontrol.seeds``) plug into
+``PerUserDaemon.prepare``: an empty data-root is cloned from its template's seed before the
+daemon's first start, so the image step finds the image there.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import docker
 
-from hubcontrol import network
+from hubcontrol import images, network
 
 if TYPE_CHECKING:
     from hubcontrol.config import Template
@@ -50,6 +51,7 @@ class Placed:
     env_dir: Path | None = None  # mounted into the environment: its docker socket directory
     cgroup_parent: str | None = None  # the cgroup the environment container goes under
     image_source: docker.DockerClient | None = None  # where a missing image is copied from
+    image_layers: images.LayerIndex | None = None  # what the source's save streams hold
 
 
 class Placement(abc.ABC):
@@ -76,6 +78,10 @@ class PerUserDaemon(Placement):
         await call(network.ensure_bridge, net.bridge, net.bridge_address)
         await call(network.apply_isolation, net)
         was_running = await call(hub.supervisor.is_running, spec)
+        seeds = getattr(hub, "seeds", None)
+        if not was_running and seeds is not None:
+            if cloned := await seeds.provide(rec, template, spec):
+                rec.seeded = cloned
         await call(hub.supervisor.start, spec)
         await call(hub.supervisor.apply_limits, spec)
         # before the policy socket: the user reaches the daemon only through it
@@ -90,6 +96,7 @@ class PerUserDaemon(Placement):
             env_dir=spec.env_dir,
             cgroup_parent=hub.supervisor.container_cgroup_parent(spec),
             image_source=hub._host_client(),
+            image_layers=seeds.layers if seeds is not None else None,
         )
 
 

@@ -55,6 +55,9 @@ class UserRecord:
     restored: dict[str, Any] | None = None
     on_create: dict[str, Any] | None = None  # the on_create hook's {"exit_code", "output"}
     started_at: float | None = None  # when the environment last (re)started, epoch seconds
+    image_id: str | None = None  # the template image's ID in the user's daemon (seeds, updates)
+    stale_images: list[str] | None = None  # older template images left to remove once unused
+    seeded: str | None = None  # how the data-root was cloned from a seed (snapshot, reflink)
     updated_at: float | None = None  # when the record was last saved
     # keys this version does not know, kept as they were (module docstring)
     unknown: dict[str, Any] = field(default_factory=dict)
@@ -143,6 +146,9 @@ _TYPES: dict[str, Callable[[object], bool]] = {
     "on_create": lambda v: isinstance(v, dict),
     "started_at": _is_number,
     "updated_at": _is_number,
+    "image_id": lambda v: isinstance(v, str),
+    "stale_images": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
+    "seeded": lambda v: isinstance(v, str),
 }
 assert set(_TYPES) == {f.name for f in _FIELDS}, "every field has its JSON type"
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 from hubcontrol.audit import AuditManager
 from hubcontrol.idle import IdleCuller
 from hubcontrol.policysockets import PolicySockets
+from hubcontrol.seeds import Seeds
 from hubcontrol.stats import StatsSampler
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class Services:
     policy_sockets: PolicySockets | None = None  # a policy socket beside each per-user daemon
     culler: IdleCuller | None = None  # None when --idle-timeout is 0
     stats: StatsSampler | None = None  # status rows, disk and docker numbers, lifecycle counts
+    seeds: Seeds | None = None  # template images seeded once, cloned into new users' data-roots
 
 
 Wiring = Callable[[HubServices], Services]
@@ -110,7 +112,12 @@ def wire_default_services(hub: HubServices) -> Services:
     # dashboard, the API and /_hub/metrics: ``stats.view()``, readable from any thread.
     stats = StatsSampler(hub)
     stats.attach(hub)
-    return Services(audit=audit, policy_sockets=policy_sockets, culler=culler, stats=stats)
+    # Template images seeded once and cloned into new users' data-roots (docs/architecture.md,
+    # "Seed data-roots"); None when no template has a per-user daemon.
+    seeds = Seeds.attach(hub)
+    return Services(
+        audit=audit, policy_sockets=policy_sockets, culler=culler, stats=stats, seeds=seeds
+    )
 
 
 def wire_no_services(hub: HubServices) -> Services:

@@ -321,6 +321,10 @@ def remove_tree(path: Path) -> None:
     if not path.exists():
         return
     unmount_under(path)
+    # a data-root cloned from a seed is a subvolume of its own: deleted as one, not file by file
+    data = path / ".rediacc" / "docker" / "data"
+    if not safefs.is_link(path / ".rediacc") and is_subvolume(data):
+        subprocess.run(["btrfs", "subvolume", "delete", str(data)], capture_output=True)
     subvolume = is_subvolume(path)
     # rmdir removes empty subvolumes too (kernel >= 4.18), including the ones dockerd's btrfs
     # storage driver nests inside; the top one is deleted explicitly so its space is reclaimed.

@@ -13,6 +13,13 @@
 # images back. To remove all that for every stopped environment (workspaces stay), after stop:
 #   sudo .venv/bin/hub gc /var/lib/rediacc/hub-local/workspaces --max-age 0
 #
+# The workspace dir is put on BTRFS (the fast path: a new user's data-root is a snapshot of the
+# template's seed, seconds whatever the image's size; docs/architecture.md, "Seed data-roots"):
+# unless $QUICKSTART_DIR/workspaces already is on BTRFS, a sparse loop file
+# $QUICKSTART_DIR/workspaces.btrfs (QUICKSTART_BTRFS_SIZE, default 64G) is formatted once and
+# mounted there, again after a reboot. QUICKSTART_BTRFS=0 keeps the directory where it is (each new
+# user then loads the image). To remove it: stop, then `umount` the directory and delete the file.
+#
 # Start: host setup, host dockerd, the local environment image, a local OpenID Connect provider on
 # 127.0.0.1 (panva's oidc-provider, whose development login form accepts any name and password),
 # a hub env file and hub.labels.yaml in /var/lib/rediacc/hub-local, then `hub start` in the
@@ -122,7 +129,35 @@ cmd_status() {
 
 secret() { "$ROOT/.venv/bin/python" -c 'import secrets; print(secrets.token_hex(32))'; }
 
+# The workspace dir on BTRFS (see the header): a loop file unless it is on BTRFS already.
+workspaces_on_btrfs() {
+	local dir=$STATE/workspaces image=$STATE/workspaces.btrfs fs
+	mkdir -p "$dir"
+	fs=$(stat -f -c %T "$dir")
+	if [[ $fs == btrfs ]]; then
+		note "workspaces on BTRFS ($dir): new users get snapshots of the template's seed"
+		return
+	fi
+	if [[ ${QUICKSTART_BTRFS:-1} == 0 ]]; then
+		note "workspaces on $fs (QUICKSTART_BTRFS=0): each new user loads the image"
+		return
+	fi
+	if [[ -n $(ls -A "$dir") ]]; then
+		warn "$dir is on $fs and not empty: it stays there, and each new user loads the image;"
+		warn "move it away (after \`$0 stop\`) to get the BTRFS fast path"
+		return
+	fi
+	if [[ ! -f $image ]]; then
+		truncate -s "${QUICKSTART_BTRFS_SIZE:-64G}" "$image"
+		mkfs.btrfs -q "$image" >/dev/null || die "mkfs.btrfs $image failed"
+	fi
+	mount -o loop "$image" "$dir" || die "mounting $image at $dir failed"
+	chmod 700 "$dir"
+	note "workspaces on BTRFS: $image (sparse) mounted at $dir"
+}
+
 write_config() {
+	workspaces_on_btrfs
 	mkdir -p "$STATE/run" "$STATE/workspaces" "$STATE/state" "$LOGS/audit"
 	chmod 700 "$STATE/run"
 	local secrets="$STATE/secrets.env"

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from hubcontrol import durations, safefs
+from hubcontrol import durations, safefs, storage
 from hubcontrol.errors import ConfigError, DaemonError
 
 RUN_DIR = Path("/run/rediacc/hub")
@@ -147,6 +147,41 @@ class DaemonSpec:
         return f"unix://{self.socket}"
 
 
+# Docker's storage drivers, as directories of a data-root (a data-root holds its driver's).
+STORAGE_DRIVERS = frozenset(
+    {"overlay2", "btrfs", "zfs", "fuse-overlayfs", "aufs", "overlay", "devicemapper", "vfs"}
+)
+
+
+def storage_driver(backing_filesystem: str, entries: frozenset[str] | set[str]) -> str | None:
+    """The ``storage-driver`` of a per-user dockerd whose data-root is on ``backing_filesystem``
+    and holds the directory ``entries``; None lets dockerd choose (its earlier driver, else its
+    default).
+
+    On BTRFS dockerd would choose its ``btrfs`` driver, which makes a subvolume per layer; a
+    snapshot of the data-root does not include nested subvolumes, so a clone of a seed
+    (``hubcontrol.seeds``) would have no layers. ``overlay2`` keeps every layer inside the
+    data-root's one subvolume, and on BTRFS it diffs natively (measured: docs/architecture.md,
+    "Seed data-roots"). Elsewhere dockerd's own default is ``overlay2`` already, and on a
+    filesystem that cannot hold it (overlay on overlay) naming it would stop the daemon. A
+    data-root an older hub filled with another driver keeps that driver: its images are there."""
+    if backing_filesystem != "btrfs":
+        return None
+    others = (set(entries) & STORAGE_DRIVERS) - {"overlay2"}
+    if others and "overlay2" not in entries:
+        return None
+    return "overlay2"
+
+
+def data_root_storage_driver(data_root: Path) -> str | None:
+    """``storage_driver`` for the data-root ``data_root`` as it is on disk now."""
+    try:
+        entries = set(os.listdir(data_root))
+    except OSError:
+        entries = set()
+    return storage_driver(storage.filesystem_type(Path(data_root)), entries)
+
+
 def daemon_config(spec: DaemonSpec, *, cgroup_parent: str | None = None) -> dict:
     """The ``daemon.json`` of a per-user dockerd (flags for paths, this file for the rest)."""
     config = {
@@ -163,6 +198,9 @@ def daemon_config(spec: DaemonSpec, *, cgroup_parent: str | None = None) -> dict
     }
     if cgroup_parent:
         config["cgroup-parent"] = cgroup_parent
+    driver = data_root_storage_driver(spec.data_root)
+    if driver:
+        config["storage-driver"] = driver
     return config
 
 

@@ -117,6 +117,47 @@ def test_images_are_transferred_from_the_host_daemon_and_errors_name_the_image(t
                 host.close()
 
 
+@pytest.mark.docker
+def test_an_updated_image_sends_only_its_new_layers_and_a_stale_record_sends_all(tmp_path):
+    """The host's image is rebuilt under the same tag: a daemon holding the old one gets the new
+    one with only the new layer sent, and the old one goes once untagged and unused. A record of
+    the stream's members that no longer fits makes the load fail; everything is then sent."""
+    from tests.support.btrfs import build
+
+    host = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
+    tag = f"hub-test/update-{uuid.uuid4().hex[:8]}:1"
+    made = []
+    with host_test_image() as ref, user_daemon(tmp_path) as daemon:
+        target = docker.DockerClient(base_url=daemon.url, version="1.41")
+        try:
+            made.append(build(host, f"FROM {ref}\nRUN head -c 8388608 /dev/urandom > /v1\n", tag))
+            layers = images.LayerIndex()
+            assert images.ensure_image(target, tag, host, layers) == "transfer"
+            old = images.image_id(target, tag)
+            made.append(build(host, f"FROM {tag}\nRUN echo two > /v2\n", tag))
+            moved = images.update(host, target, tag, made[-1], layers)
+            assert moved.skipped > 8 << 20 and moved.sent < 1 << 20
+            assert images.image_id(target, tag) == made[-1]
+            assert images.ensure_image(target, tag, host, layers) == "present"
+            assert images.remove_unused(target, [old]) == []  # untagged, no container
+            with pytest.raises(docker.errors.ImageNotFound):
+                target.images.get(old)
+
+            made.append(build(host, f"FROM {tag}\nRUN echo three > /v3\n", tag))
+            # the stream's members out of order: the new layer's is among those left out
+            bogus = list(reversed(images.read_layer_members(host, tag)))
+            layers.put(made[-1], bogus)
+            assert images.ensure_image(target, tag, host, layers) == "transfer"
+            assert images.image_id(target, tag) == made[-1]
+            assert layers.get(made[-1]) != bogus  # learnt again from the full stream
+        finally:
+            target.close()
+            for image in reversed(made):
+                with contextlib.suppress(docker.errors.DockerException):
+                    host.images.remove(image, force=True)
+            host.close()
+
+
 @contextlib.contextmanager
 def local_registry(tmp_path):
     """Debian's docker-registry on a free 127.0.0.1 port (daemons trust 127/8 as insecure)."""

@@ -865,9 +865,8 @@ class PolicySockets:
         environment still starts, without a docker socket, and the failure is logged)."""
         daemon_unit = None
         if getattr(self.hub.supervisor, "name", "") == "systemd":
-            from hubcontrol.supervisor.systemd import service_name  # noqa: PLC0415
-
-            daemon_unit = service_name(spec.user)
+            # the unit really running the daemon (with the network ID in its name)
+            daemon_unit = self.hub.supervisor.unit(spec)
         try:
             launch = functools.partial(
                 start,
@@ -891,13 +890,24 @@ def _cmdline(pid: int) -> list[bytes]:
 
 
 def _serves(pid: int, listen: str) -> bool:
-    """Whether ``pid`` is a policy socket process for ``listen`` (either flag spelling)."""
+    """Whether ``pid`` is a policy socket process for ``listen`` (either flag spelling) in this
+    process's mount namespace: the same path in another one (a hub in a container, seen in the
+    host's /proc) is another file, and that process is not ours to replace or stop."""
+    if not _same_mount_namespace(pid):
+        return False
     cmdline = _cmdline(pid)
     if not any(b"hubcontrol" in part and b"socketproxy" in part for part in cmdline):
         return False
     flag = f"--listen={listen}".encode()
     pairs = zip(cmdline, cmdline[1:], strict=False)
     return flag in cmdline or (b"--listen", listen.encode()) in pairs
+
+
+def _same_mount_namespace(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return False
 
 
 def running_pid(args: ProxyArgs) -> int | None:

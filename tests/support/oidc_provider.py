@@ -36,9 +36,11 @@ def npm_oidc_provider(
     port: int | None = None,
     skip_consent: bool = True,
     timeout: float = 15.0,
+    host: str = "127.0.0.1",
 ) -> Iterator[str]:
     port = port or free_port()
     options = {
+        "host": host,
         "port": port,
         "clients": clients,
         "groups": groups or {},

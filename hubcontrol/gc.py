@@ -19,11 +19,14 @@ Definitions (documented for operators in docs/operations.md):
   ``.rediacc/docker/data`` as its ``--data-root`` (found via its pidfile or /proc), or something
   answers on its socket ``/run/rediacc/hub/<net_id>/docker.sock``.
 * The daemon is **configured** when the host would start it without the hub deciding anew:
-  systemd supervisor: the user's unit ``rediacc-hub-dockerd-<u>.service`` (or a drop-in or
-  enablement link for it) exists under /run/systemd/system (where the supervisor writes it, until
-  the next reboot), /etc/systemd/system or /run/systemd/transient; local
-  supervisor: nothing outlives the hub but the daemon process itself, so configured means
-  running (a live dockerd recorded in its pidfile). The network-ID claim is not evidence either
+  systemd supervisor: a unit file for the user's daemon (``rediacc-hub-dockerd-<u>-<net_id>``
+  or an older hub's ``rediacc-hub-dockerd-<u>``) in /etc/systemd/system or
+  /run/systemd/transient, a drop-in or enablement link for it, or such a file in
+  /run/systemd/system the hub did not write. The runtime unit the supervisor writes there for a
+  start (its first line is ``systemd.MARKER``) is not: only the hub starts it, the supervisor
+  removes it when it stops the daemon, and while the daemon runs it is "running" (an active unit
+  counts too). GC removes those a dead daemon left with its data-root. Local supervisor: nothing
+  outlives the hub but the daemon process itself, so configured means running. The network-ID claim is not evidence either
   way: it lasts as long as the marker does, and GC releases it with the data-root.
 * A data-root is **eligible** when age > max-age AND the daemon is neither running nor configured.
 * A **checkpoint image** is an entry of ``<workspace-dir>/<u>/.checkpoint/``. It is **orphaned**

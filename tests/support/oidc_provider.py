@@ -3,6 +3,9 @@
     with npm_oidc_provider(clients=[...], groups={"alice": ["dev"]}) as issuer:
         ...  # issuer = "http://127.0.0.1:<port>"; endpoints /auth, /token, /me
 
+``host`` is the address it listens on (and names in its issuer): docker's bridge gateway for a
+hub in a container (tests/systemd).
+
 Its development login form accepts any login name (see provider.mjs).
 """
 

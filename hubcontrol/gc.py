@@ -19,11 +19,14 @@ Definitions (documented for operators in docs/operations.md):
   ``.rediacc/docker/data`` as its ``--data-root`` (found via its pidfile or /proc), or something
   answers on its socket ``/run/rediacc/hub/<net_id>/docker.sock``.
 * The daemon is **configured** when the host would start it without the hub deciding anew:
-  systemd supervisor: the user's unit ``rediacc-hub-dockerd-<u>.service`` (or a drop-in or
-  enablement link for it) exists under /run/systemd/system (where the supervisor writes it, until
-  the next reboot), /etc/systemd/system or /run/systemd/transient; local
-  supervisor: nothing outlives the hub but the daemon process itself, so configured means
-  running (a live dockerd recorded in its pidfile). The network-ID claim is not evidence either
+  systemd supervisor: a unit file for the user's daemon (``rediacc-hub-dockerd-<u>-<net_id>``
+  or an older hub's ``rediacc-hub-dockerd-<u>``) in /etc/systemd/system or
+  /run/systemd/transient, a drop-in or enablement link for it, or such a file in
+  /run/systemd/system the hub did not write. The runtime unit the supervisor writes there for a
+  start (its first line is ``systemd.MARKER``) is not: only the hub starts it, the supervisor
+  removes it when it stops the daemon, and while the daemon runs it is "running" (an active unit
+  counts too). GC removes those a dead daemon left with its data-root. Local supervisor: nothing
+  outlives the hub but the daemon process itself, so configured means running. The network-ID claim is not evidence either
   way: it lasts as long as the marker does, and GC releases it with the data-root.
 * A data-root is **eligible** when age > max-age AND the daemon is neither running nor configured.
 * A **seed** is a directory ``<workspace-dir>/.seeds/<image id>`` (``hubcontrol.seeds``). It is
@@ -206,6 +209,10 @@ def live_dockerds() -> dict[int, str]:
     return found
 
 
+def _systemctl_default() -> str | None:
+    return "systemctl" if Path("/run/systemd/system").is_dir() else None
+
+
 @dataclass
 class HostProbe:
     """Finds out, on this host, whether a user's daemon is running or configured.
@@ -216,7 +223,13 @@ class HostProbe:
     exec_base: Path = DEFAULT_EXEC_BASE
     claims_dir: Path = DEFAULT_CLAIMS_DIR
     unit_dirs: Sequence[Path] = SYSTEMD_UNIT_DIRS
-    unit_names: Callable[[str], Iterable[str]] | None = None
+    # Where the systemd supervisor writes its runtime units (``SystemdSupervisor.unit_dir``): a
+    # unit file there that carries its marker was written by the hub for one start and is not
+    # evidence on its own (see ``configured``).
+    runtime_unit_dirs: Sequence[Path] = (systemd_supervisor.UNIT_DIR,)
+    unit_names: Callable[[str, int | None], Iterable[str]] | None = None
+    # systemctl to ask whether a user's unit is active (None where PID 1 is not systemd)
+    systemctl: str | None = field(default_factory=_systemctl_default)
     # After removing a data-root: delete what its daemon left on the host (bridges, isolation
     # rules, empty cgroups). Off in tests that use made-up network IDs.
     host_cleanup: bool = True
@@ -226,7 +239,7 @@ class HostProbe:
     def refresh(self) -> None:
         self._dockerds = None
 
-    def running(self, data_root: Path, net_id: int | None) -> str | None:
+    def running(self, data_root: Path, net_id: int | None, user: str = "") -> str | None:
         data = os.path.realpath(data_root / ".rediacc/docker/data")
         if self._dockerds is None:
             self._dockerds = live_dockerds()
@@ -246,20 +259,80 @@ class HostProbe:
                     attached = sorted(os.listdir(self.sys_net / bridge / "brif"))
                     if attached:
                         return f"interface {attached[0]} on bridge {bridge}"
+        if user and self.systemctl and net_id is not None and self.unit_names is None:
+            # the supervisor's unit between its start and dockerd's exec (or while it stops)
+            # has no dockerd to find yet
+            name = systemd_supervisor.service_name(user, net_id)
+            state = _unit_state(self.systemctl, name)
+            if state in ("active", "activating", "deactivating", "reloading"):
+                return f"systemd unit {name} {state}"
         return None
 
     def configured(self, user: str, data_root: Path, net_id: int | None) -> str | None:
-        for name in self._unit_names(user):
+        """Evidence that the host would start the user's daemon without the hub: a unit file for
+        it in /etc or /run/systemd/transient, a drop-in, or an enablement link. The runtime unit
+        the systemd supervisor writes for a start (``/run/systemd/system``, with its marker) is
+        not: nothing but the hub starts it, and the supervisor removes it when it stops the
+        daemon (``running`` covers the time it runs)."""
+        runtime = {os.path.realpath(d) for d in self.runtime_unit_dirs}
+        for name in self._unit_names(user, net_id):
             for d in self.unit_dirs:
                 for candidate in (d / name, d / f"{name}.d", *d.glob(f"*.wants/{name}")):
-                    if candidate.exists() or candidate.is_symlink():
-                        return f"systemd unit {candidate}"
+                    if not (candidate.exists() or candidate.is_symlink()):
+                        continue
+                    if candidate == d / name and os.path.realpath(d) in runtime:
+                        if _hub_written(candidate):
+                            continue
+                    return f"systemd unit {candidate}"
         return None
 
-    def _unit_names(self, user: str) -> Iterable[str]:
+    def remove_runtime_units(self, user: str, net_id: int) -> list[str]:
+        """Delete the runtime units the systemd supervisor wrote for ``user``/``net_id`` (a daemon
+        that died without the hub's stop leaves them); returns what was removed."""
+        names = (
+            systemd_supervisor.service_name(user, net_id),
+            systemd_supervisor.slice_name(user, net_id),
+        )
+        done = []
+        for d in self.runtime_unit_dirs:
+            for name in names:
+                path = d / name
+                if not path.is_symlink() and path.is_file() and _hub_written(path):
+                    path.unlink()
+                    done.append(f"unit {name} removed")
+        if done and self.systemctl:
+            _run(self.systemctl, "daemon-reload")
+        return done
+
+    def _unit_names(self, user: str, net_id: int | None) -> Iterable[str]:
         if self.unit_names is not None:
-            return self.unit_names(user)
-        return (systemd_supervisor.service_name(user),)
+            return self.unit_names(user, net_id)
+        names = [systemd_supervisor.legacy_service_name(user)]
+        if net_id is not None:
+            names.insert(0, systemd_supervisor.service_name(user, net_id))
+        return names
+
+
+def _hub_written(path: Path) -> bool:
+    """Whether the unit file at ``path`` starts with the systemd supervisor's marker."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().rstrip("\n") == systemd_supervisor.MARKER
+    except OSError:
+        return False
+
+
+def _unit_state(systemctl: str, unit: str) -> str:
+    try:
+        proc = subprocess.run(
+            [systemctl, "show", "-p", "ActiveState", "--value", unit],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return proc.stdout.strip() or "unknown"
 
 
 def _answers(sock: Path) -> bool:
@@ -491,7 +564,7 @@ def plan_gc(
         running = configured = None
         age = None
         if refusal is None:
-            running = probe.running(path, net_id)
+            running = probe.running(path, net_id, user)
             configured = probe.configured(user, path, net_id)
             age = _age((path / s for s in USE_STAMPS), now)
         action, reason = data_root_verdict(
@@ -773,7 +846,7 @@ def _remove_data_root_locked(entry: GCEntry, plan: GCPlan, probe: HostProbe, now
     if refusal or net_id != entry.net_id:
         return f"skipped: {refusal or 'network ID changed'}"
     probe.refresh()
-    running = probe.running(path, net_id)
+    running = probe.running(path, net_id, entry.user)
     configured = probe.configured(entry.user, path, net_id)
     age = _age((path / s for s in USE_STAMPS), now)
     action, reason = data_root_verdict(
@@ -792,6 +865,8 @@ def _remove_data_root_locked(entry: GCEntry, plan: GCPlan, probe: HostProbe, now
     # The network ID's bridges and rules are ours to delete only when no one else claims the ID.
     if probe.host_cleanup and (released or owner is None):
         details += remove_daemon_leftovers(entry.user, net_id)
+    if released or owner is None:
+        details += probe.remove_runtime_units(entry.user, net_id)
     return f"removed ({', '.join(details)})"
 
 
@@ -826,7 +901,7 @@ def _remove_checkpoint(
         return "skipped: checkpoint dir became a symlink"
     data_root = plan.workspace_dir / f"{entry.user}{DATA_ROOT_SUFFIX}"
     if entry.user not in removed_users and data_root.exists():
-        if probe.running(data_root, entry.net_id) or probe.configured(
+        if probe.running(data_root, entry.net_id, entry.user) or probe.configured(
             entry.user, data_root, entry.net_id
         ):
             return "skipped: the user's daemon came back"

@@ -166,9 +166,8 @@ class PolicySockets:
         environment still starts, without a docker socket, and the failure is logged)."""
         daemon_unit = None
         if getattr(self.hub.supervisor, "name", "") == "systemd":
-            from hubcontrol.supervisor.systemd import service_name  # noqa: PLC0415
-
-            daemon_unit = service_name(spec.user)
+            # the unit really running the daemon (with the network ID in its name)
+            daemon_unit = self.hub.supervisor.unit(spec)
         try:
             launch = functools.partial(
                 start,
@@ -192,8 +191,19 @@ def is_policy_socket(argv: Sequence[str]) -> bool:
     return head == ["-m", MODULE] or (head[:1] == ["-c"] and LEGACY_MARKER in "".join(head[1:]))
 
 
+def _same_mount_namespace(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return False
+
+
 def _serves(pid: int, listen: str) -> bool:
-    """Whether ``pid`` is a policy socket process for ``listen`` (either flag spelling)."""
+    """Whether ``pid`` is a policy socket process for ``listen`` (either flag spelling) in this
+    process's mount namespace: the same path in another one (a hub in a container, seen in the
+    host's /proc) is another file, and that process is not ours to replace or stop."""
+    if not _same_mount_namespace(pid):
+        return False
     cmdline = procs.cmdline(pid)
     if not is_policy_socket(cmdline):
         return False

@@ -231,6 +231,21 @@ def test_image_build_is_skipped_when_the_recipe_is_unchanged(host_docker) -> Non
     assert "is up to date" in again.stderr
 
 
+@pytest.mark.docker
+def test_systemd_image_build_is_skipped_when_the_recipe_is_unchanged(host_docker) -> None:
+    # scripts/test.sh builds it before pytest; this run finds it (or builds it) and the second
+    # one must not pay again (tests/systemd boots it)
+    first = subprocess.run(
+        [str(SCRIPTS / "build-systemd-image.sh")], capture_output=True, text=True, timeout=900
+    )
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run(
+        [str(SCRIPTS / "build-systemd-image.sh")], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr
+    assert "is up to date" in again.stderr
+
+
 START_DOCKERD_IN_NAMESPACE = """
 set -e
 mount -t tmpfs tmpfs /run

@@ -128,6 +128,8 @@ def host(tmp_path: Path):
         unit_dirs=(units,),
         host_cleanup=False,
         sys_net=tmp_path / "sysnet",  # made-up network IDs: never another test's bridges
+        runtime_unit_dirs=(units,),  # stands for /run/systemd/system
+        systemctl=None,
     )
     try:
         yield ws, probe
@@ -190,30 +192,48 @@ def test_running_then_crashed_then_collected(host):
     assert (ws / "carol/work.txt").read_text() == "the user's work"
 
 
-def test_configured_but_stopped_is_kept(host):
+def test_runtime_units_of_a_stopped_daemon_do_not_keep_its_data_root(host, tmp_path):
+    """The systemd supervisor's runtime units (its marker first) start nothing on their own:
+    they are not "configured", and GC removes them with the data-root (a daemon that died
+    without the hub's stop leaves them). An operator's unit or an enablement link is."""
     ws, probe = host
+    units = probe.unit_dirs[0]
     root = make_data_root(ws, "dave", 32768)
     exec_root = probe.exec_base / "32768"
     exec_root.mkdir(parents=True)
     with dockerd_on(root, exec_root):
         pass  # ran once, stopped cleanly
-    # the systemd supervisor's own unit files, written where it writes them (here: a temp dir)
     spec = DaemonSpec(
         user="dave",
         net_id=32768,
         data_root=root / ".rediacc/docker/data",
         daemon_dir=root / ".rediacc/docker",
+        run_dir=tmp_path / "run",
     )
-    SystemdSupervisor(unit_dir=probe.unit_dirs[0]).write_units(spec)
-    unit = probe.unit_dirs[0] / "rediacc-hub-dockerd-dave.service"
+    SystemdSupervisor(unit_dir=units, systemctl="false", wrapper_dir=tmp_path / "bin").write_units(
+        spec
+    )
+    unit = units / "rediacc-hub-dockerd-dave-32768.service"
+    assert unit.exists()
     age(root, 400)
+    # enabled (a wants link): configured, kept
+    (units / "multi-user.target.wants").mkdir()
+    (units / "multi-user.target.wants" / unit.name).symlink_to(unit)
+    dave = entry_for(gc.plan_gc(ws, max_age=30 * DAY, probe=probe), root)
+    assert dave.action is Action.KEEP and "configured" in dave.reason, dave.reason
+    shutil.rmtree(units / "multi-user.target.wants")
+    # a unit file the hub did not write (an operator's, or an older hub's): configured, kept
+    legacy = units / "rediacc-hub-dockerd-dave.service"
+    legacy.write_text("[Service]\nExecStart=/usr/bin/dockerd\n")
+    dave = entry_for(gc.plan_gc(ws, max_age=30 * DAY, probe=probe), root)
+    assert dave.action is Action.KEEP and str(legacy) in dave.reason, dave.reason
+    legacy.unlink()
+    # only the hub's own runtime units: removed, and the units with it
     plan = gc.plan_gc(ws, max_age=30 * DAY, probe=probe)
-    dave = entry_for(plan, root)
-    assert dave.action is Action.KEEP and "configured" in dave.reason and str(unit) in dave.reason
-    gc.apply_gc(plan, probe=probe)
-    assert root.exists()
-    unit.unlink()
-    assert entry_for(gc.plan_gc(ws, max_age=30 * DAY, probe=probe), root).action is Action.REMOVE
+    assert entry_for(plan, root).action is Action.REMOVE, entry_for(plan, root).reason
+    outcome = entry_for(gc.apply_gc(plan, probe=probe), root).outcome
+    assert outcome.startswith("removed") and "unit" in outcome, outcome
+    assert not root.exists() and list(units.iterdir()) == []
 
 
 def test_a_daemon_start_makes_an_old_data_root_young(host):

@@ -137,7 +137,7 @@ def test_policy_unit_names_are_distinct_for_names_holding_the_prefix():
     args = policysockets.ProxyArgs(listen="/l", upstream="/u", workspace="/w")
 
     def unit(user):
-        argv = policysockets.systemd_run_argv(args, service_name(user))
+        argv = policysockets.systemd_run_argv(args, service_name(user, 32768))
         return next(a for a in argv if a.startswith("--unit="))
 
     assert unit("a-dockerd-b") != unit("a-policy-b")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 from pathlib import Path
@@ -107,8 +108,10 @@ def test_daemon_config_and_environment(tmp_path):
 
 def test_systemd_units_as_text(tmp_path):
     spec = make_spec(tmp_path, user="jean-luc", limits=Limits(cpu="200%", memory="8G", pids=4096))
-    service = sd.service_unit(spec)
-    assert sd.service_name("jean-luc") == "rediacc-hub-dockerd-jean-luc.service"
+    service = sd.service_unit(spec, wrapper_dir=Path("/var/lib/rediacc/hub/bin"))
+    # the network ID makes the names unique on the host (two hubs' "jean-luc" never share one)
+    assert sd.service_name("jean-luc", 32768) == "rediacc-hub-dockerd-jean-luc-32768.service"
+    assert service.splitlines()[0] == sd.MARKER  # how hub gc tells the hub's runtime units
     assert "Slice=rediacc.slice" in service
     assert "CPUQuota=200%" in service
     # the daemon's own allowance, not the containers' 8G: a container past its limit is killed
@@ -118,21 +121,74 @@ def test_systemd_units_as_text(tmp_path):
     assert "Restart=no" in service and "Delegate=yes" in service and "Type=notify" in service
     assert "OOMScoreAdjust=-500" in service
     exec_start = next(line for line in service.splitlines() if line.startswith("ExecStart="))
+    assert exec_start.startswith('ExecStart=/bin/sh -c "')  # joins the unit's "daemon" group
+    assert " sh dockerd --data-root " in exec_start
     assert "--exec-root /run/rediacc/hub/32768" in exec_start
-    assert f'Environment="PATH={CRIU_BIN}:' in service
-    assert sd.slice_name("jean-luc") == "rediacc-hub-jean\\x2dluc.slice"
+    assert f"Environment=PATH=/var/lib/rediacc/hub/bin:{CRIU_BIN}:" in service
+    assert sd.slice_name("jean-luc", 32768) == "rediacc-hub-jean\\x2dluc\\x2d32768.slice"
     slice_text = sd.slice_unit(spec)
     assert (
         "[Slice]" in slice_text and "MemoryMax=8G" in slice_text and "CPUQuota=200%" in slice_text
     )
     assert "TasksMax=4096" in slice_text
-    # the daemon's own traffic is matched by the unit's cgroup (the OUTPUT rules)
-    assert sd.SystemdSupervisor().daemon_cgroup(spec) == (
-        "rediacc.slice/rediacc-hub-dockerd-jean-luc.service"
+    # before the daemon runs (no unit to ask): where a host's systemd puts its "daemon" group
+    assert sd.SystemdSupervisor(systemctl="false").daemon_cgroup(spec) == (
+        "rediacc.slice/rediacc-hub-dockerd-jean-luc-32768.service/daemon"
     )
     cfg = sd.daemon_json(spec)
-    assert cfg["cgroup-parent"] == "rediacc-hub-jean\\x2dluc.slice"
+    assert cfg["cgroup-parent"] == "rediacc-hub-jean\\x2dluc\\x2d32768.slice"
     assert cfg["exec-opts"] == ["native.cgroupdriver=systemd"]
+
+
+def test_systemd_exec_start_runs_as_systemd_splits_it(tmp_path):
+    """The ExecStart line, split the way systemd splits it (systemd-analyze's own parser is not
+    reachable without a running systemd; shlex in POSIX mode agrees for double-quoted words),
+    runs the join script, which moves the shell into ``<group>/daemon`` and execs dockerd."""
+    spec = make_spec(tmp_path / "my work")
+    line = next(x for x in sd.service_unit(spec).splitlines() if x.startswith("ExecStart="))
+    argv = shlex.split(line.removeprefix("ExecStart=").replace("$$", "$"))
+    assert argv[:2] == ["/bin/sh", "-c"] and argv[3:5] == ["sh", "dockerd"]
+    assert str(spec.data_root) in argv  # a path with a space stays one argument
+    cgroup = tmp_path / "cg"
+    (cgroup / "unit").mkdir(parents=True)
+    (cgroup / "cgroup.procs").touch()
+    (cgroup / "cgroup.controllers").touch()  # a pure v2 hierarchy
+    script = (
+        argv[2]
+        .replace("/sys/fs/cgroup", str(cgroup))
+        .replace("$(sed -n 's/^0:://p' /proc/self/cgroup)", "/unit")
+    )
+    out = subprocess.run(
+        ["/bin/sh", "-c", script, "sh", "echo", "dockerd-would-run"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "dockerd-would-run"
+    assert (cgroup / "unit/criu").is_dir()
+    assert (cgroup / "unit/daemon/cgroup.procs").read_text().strip().isdigit()
+
+
+def test_systemd_criu_wrapper_moves_criu_beside_the_daemon_group(tmp_path):
+    text = sd.criu_wrapper_text()
+    cgroup = tmp_path / "cg"
+    (cgroup / "u.service/criu").mkdir(parents=True)
+    (cgroup / "cgroup.procs").touch()
+    (cgroup / "cgroup.controllers").touch()  # a pure v2 hierarchy
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "criu").write_text('#!/bin/sh\necho real criu "$@"\n')
+    (bindir / "criu").chmod(0o755)
+    script = (
+        text.replace("/sys/fs/cgroup", str(cgroup))
+        .replace("$(sed -n 's/^0:://p' /proc/self/cgroup)", "/u.service/daemon")
+        .replace(f"PATH={CRIU_BIN}:", f"PATH={bindir}:")
+    )
+    out = subprocess.run(
+        ["/bin/sh", "-c", script, "criu", "dump", "-v"], capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "real criu dump -v", out
+    assert (cgroup / "u.service/criu/cgroup.procs").read_text().strip().isdigit()
 
 
 def test_systemd_quotes_specifiers(tmp_path):
@@ -141,12 +197,28 @@ def test_systemd_quotes_specifiers(tmp_path):
 
 
 def test_systemd_writes_units_once(tmp_path):
-    supervisor = sd.SystemdSupervisor(unit_dir=tmp_path / "units")
-    spec = make_spec(tmp_path, limits=Limits(cpu="100%"))
+    supervisor = sd.SystemdSupervisor(
+        unit_dir=tmp_path / "units", systemctl="false", wrapper_dir=tmp_path / "bin"
+    )
+    spec = make_spec(tmp_path, limits=Limits(cpu="100%"), run_dir=tmp_path / "run")
     assert supervisor.write_units(spec) is True
     assert supervisor.write_units(spec) is False
-    assert (tmp_path / "units" / "rediacc-hub-dockerd-alice.service").exists()
+    assert (tmp_path / "units" / "rediacc-hub-dockerd-alice-32768.service").exists()
+    assert (tmp_path / "units" / "rediacc-hub-alice\\x2d32768.slice").exists()
+    assert os.access(tmp_path / "bin" / "criu", os.X_OK)
     assert json.loads(spec.config_file.read_text())["exec-opts"] == ["native.cgroupdriver=systemd"]
+
+
+def test_systemd_stop_removes_the_units(tmp_path):
+    """A stopped user leaves no unit file: ``hub gc`` and ``systemctl list-units`` see nothing
+    of them (the systemd test, tests/systemd, checks it on a real systemd)."""
+    supervisor = sd.SystemdSupervisor(
+        unit_dir=tmp_path / "units", systemctl="true", wrapper_dir=tmp_path / "bin"
+    )
+    spec = make_spec(tmp_path, run_dir=tmp_path / "run")
+    supervisor.write_units(spec)
+    supervisor.stop(spec)
+    assert list((tmp_path / "units").iterdir()) == []
 
 
 def test_choose():

@@ -3,6 +3,9 @@
     with npm_oidc_provider(clients=[...], groups={"alice": ["dev"]}) as issuer:
         ...  # issuer = "http://127.0.0.1:<port>"; endpoints /auth, /token, /me
 
+``host`` is the address it listens on (and names in its issuer): docker's bridge gateway for a
+hub in a container (tests/systemd).
+
 Its development login form accepts any login name (see provider.mjs).
 """
 
@@ -36,9 +39,11 @@ def npm_oidc_provider(
     port: int | None = None,
     skip_consent: bool = True,
     timeout: float = 15.0,
+    host: str = "127.0.0.1",
 ) -> Iterator[str]:
     port = port or free_port()
     options = {
+        "host": host,
         "port": port,
         "clients": clients,
         "groups": groups or {},

@@ -369,6 +369,16 @@ def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_pat
         workspaces = tmp_path / "state" / "workspaces"
         net_ids = leaks.net_ids_under(workspaces) if workspaces.is_dir() else set()
         removed = _remove_stopped_environments(workspaces)
+        # the quick start put the workspaces on a BTRFS loop file (the seeded fast path); it
+        # stays mounted across stop, for the next start: the test unmounts it, as an operator
+        # removing the quick start would (the loop device goes with it: autoclear)
+        fs = subprocess.run(
+            ["stat", "-f", "-c", "%T", str(workspaces)], capture_output=True, text=True
+        ).stdout.strip()
+        if workspaces.is_dir():
+            leaks_umount = subprocess.run(["umount", str(workspaces)], capture_output=True)
+        else:
+            leaks_umount = None
     assert stopped.returncode == 0, stopped.stderr
     assert f"environment of {user} stopped" in stopped.stderr
     assert "hub (pid" in stopped.stderr and "OIDC provider (pid" in stopped.stderr
@@ -378,6 +388,8 @@ def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_pat
     outcomes = {e["user"]: e["outcome"] for e in json.loads(removed.stdout)["entries"]}
     assert (outcomes.get(safe_name(user)) or "").startswith("removed"), outcomes
     assert len(net_ids) == 1, net_ids
+    assert fs == "btrfs", f"the quick start's workspaces are on {fs}, not BTRFS"
+    assert leaks_umount is not None and leaks_umount.returncode == 0, leaks_umount
     assert leaks.leftovers(tmp_path, net_ids) == []
 
 

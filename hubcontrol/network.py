@@ -151,8 +151,19 @@ def overlapping_routes(
             continue
         dev = route.get("dev", "")
         if net.overlaps(pool) and not any(dev.startswith(p) for p in ours):
+            if dev.startswith("br-") and _in_users_own_pool(net, pool):
+                continue  # a network a user made on their daemon (default-address-pools)
             found.append(f"{dst} dev {dev}")
     return found
+
+
+def _in_users_own_pool(net: ipaddress.IPv4Network, pool: ipaddress.IPv4Network) -> bool:
+    """Whether ``net`` lies in some block's ``B.128/25``, where each user's daemon makes the
+    networks its user creates (bridges ``br-<id>``); without this, one user's own network would
+    stop every later ``hub start``."""
+    if not net.subnet_of(pool) or net.prefixlen < 25:
+        return False
+    return (int(net.network_address) - int(pool.network_address)) % 256 >= 128
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:

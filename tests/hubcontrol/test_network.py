@@ -78,7 +78,12 @@ def test_daemon_config_keeps_the_daemon_off_shared_chains():
      ([{"dst": "10.0.0.0/8", "dev": "eth1"}], ["10.0.0.0/8 dev eth1"]),
      ([{"dst": "10.210.3.0/24", "dev": "br-x"}], ["10.210.3.0/24 dev br-x"]),
      ([{"dst": "10.224.0.0/16", "dev": "eth1"}], []),
-     ([{"dst": "10.208.0.7", "dev": "tun0"}], ["10.208.0.7 dev tun0"])],
+     ([{"dst": "10.208.0.7", "dev": "tun0"}], ["10.208.0.7 dev tun0"]),
+     # users' own networks, made by their daemons in B.128/25: not a clash
+     ([{"dst": "10.208.0.128/28", "dev": "br-1a2b3c"}, {"dst": "10.208.7.192/26", "dev": "br-9"}], []),
+     ([{"dst": "10.208.0.128/28", "dev": "eth1"}], ["10.208.0.128/28 dev eth1"]),
+     ([{"dst": "10.208.0.0/28", "dev": "br-x"}], ["10.208.0.0/28 dev br-x"]),
+     ([{"dst": "10.208.0.0/24", "dev": "br-x"}], ["10.208.0.0/24 dev br-x"])],
 )  # fmt: skip
 def test_overlapping_routes(routes, clash):
     assert network.overlapping_routes(ipaddress.IPv4Network(POOL), routes) == clash

@@ -7,7 +7,8 @@
 #               busybox (httpd, wget); user vscode (1000). Environments for `docker build`/buildx/compose tests, and the
 #               git server and client of the on_create hook test.
 #   nobash      rediacc-hub/test-nobash:latest      Debian 13's nodejs, with bash removed: /bin/sh
-#               is dash, as on the seed's node:22-alpine example (busybox ash); user node (1000).
+#               is dash, as on the seed's node:22-alpine example (busybox ash); user node (1000);
+#               a small web app in /opt/app (a notes page kept in /workspace/notes.txt).
 #
 # Tests call this script from a module fixture: the image carries a label with a hash of this
 # script, and when the host's image has the same hash the build is skipped. The Debian minbase
@@ -123,6 +124,39 @@ nobash)
 		die "removing bash failed (log: $log)"
 	[[ ! -e $rootfs/bin/bash && ! -e $rootfs/usr/bin/bash ]] || die "bash is still in the image"
 	in_chroot sh -c 'node -e "process.exit(0)"' || die "node does not run without bash"
+	install -d -m 755 "$rootfs/opt/app"
+	cat >"$rootfs/opt/app/server.js" <<'JS'
+// A dev server as the seed's ephemeral example runs one (`... exec npm run dev -- --host IP`):
+// a page with this process's boot id, the notes kept in /workspace/notes.txt and a form to add one.
+const http = require("http");
+const fs = require("fs");
+const crypto = require("crypto");
+const at = process.argv.indexOf("--host");
+const host = at > 0 ? process.argv[at + 1] : "127.0.0.1";
+const port = Number(process.env.PORT || 3000);
+const boot = crypto.randomBytes(6).toString("hex");
+const notes = "/workspace/notes.txt";
+const esc = (s) => s.replace(/[&<>"]/g, (c) => `&#${c.charCodeAt(0)};`);
+http.createServer((req, res) => {
+  if (req.method === "POST" && req.url === "/notes") {
+    let body = "";
+    req.on("data", (c) => (body += c));
+    req.on("end", () => {
+      fs.appendFileSync(notes, (new URLSearchParams(body).get("note") || "") + "\n");
+      res.writeHead(303, { Location: "/" });
+      res.end();
+    });
+    return;
+  }
+  const list = fs.existsSync(notes) ? fs.readFileSync(notes, "utf8").split("\n").filter(Boolean) : [];
+  const files = fs.readdirSync("/workspace").sort();
+  res.writeHead(200, { "Content-Type": "text/html; charset=utf-8" });
+  res.end(`<!doctype html><title>notes</title><p id="boot">${boot}</p>` +
+    `<ul id="notes">${list.map((n) => `<li>${esc(n)}</li>`).join("")}</ul>` +
+    `<p id="files">${files.map(esc).join(" ")}</p>` +
+    `<form method="post" action="/notes"><input name="note"><button>add</button></form>`);
+}).listen(port, host, () => console.log(`listening on ${host}:${port}`));
+JS
 	;;
 esac
 cleanup

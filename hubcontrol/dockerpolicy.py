@@ -8,7 +8,7 @@ Everything here is data plus small pure functions:
 
 - ``ENDPOINTS`` is the allow-list of API endpoints (method, path pattern) with what each needs
   checked; an endpoint that is not listed is refused. ``DENIED`` lists whole API areas refused
-  with a reason (swarm, plugins, checkpoints, BuildKit sessions).
+  with a reason (swarm, plugins, checkpoints).
 - ``FORBIDDEN_FIELDS``, ``SAFE_CAPABILITIES``, ``NAMESPACED_SYSCTLS`` and the other tables hold
   the rules; every refusal carries the reason shown to the user.
 - ``classify(method, target)`` parses a request line into an ``ApiRequest`` (or a ``Refusal``),
@@ -271,6 +271,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     _ep("image list", "GET", "/images/json"),
     _ep("image build", "POST", "/build", checks=("build",)),
     _ep("build prune", "POST", "/build/prune"),
+    _ep("build cancel", "POST", "/build/cancel"),
+    # BuildKit: the CLI's session (its files, credentials and secrets, served to the daemon) and
+    # buildx's gRPC control API, both HTTP/2 after an upgrade, relayed as they are. What they
+    # carry (LLB, entitlements, exporters) is not inspected: the daemon refuses the network.host
+    # and security.insecure entitlements itself (supervisor.BUILDER_ENTITLEMENTS), build steps
+    # run on the user's bridge in the user's cgroup, and what the daemon fetches meets
+    # RDH-OUTPUT (docs/security.md, "BuildKit").
+    _ep("buildkit session", "POST", "/session", hijack=True),
+    _ep("buildkit grpc", "POST", "/grpc", hijack=True),
     _ep("image create", "POST", "/images/create", checks=("image-create",)),
     _ep("image search", "GET", "/images/search", checks=("search",)),
     _ep("image prune", "POST", "/images/prune"),
@@ -322,12 +331,6 @@ DENIED: tuple[tuple[re.Pattern, str, str], ...] = tuple(
             r"^/containers/[^/]+/checkpoints(/|$)",
             "container checkpoints",
             "CRIU runs as root on the host; the hub alone checkpoints environments",
-        ),
-        (
-            r"^/(session|grpc)$",
-            "BuildKit sessions",
-            "BuildKit builds are not available here (its network.host entitlement is on by "
-            "default); unset DOCKER_BUILDKIT to use the classic builder",
         ),
     )
 )
@@ -640,15 +643,24 @@ def _check_distribution(request, ctx, facts, body):
     _check_registry_host(registry_host(request.params["name"]), ctx, "a registry lookup")
 
 
+# With BuildKit (version=2) the context comes over the client's session, named by this value.
+BUILDKIT_SESSION_CONTEXT = "client-session"
+
+
 def _check_build(request, ctx, facts, body):
     q = request.query
-    if q.get("version", "1") != "1":
-        raise _refuse("a BuildKit build (version=2)", "use the classic builder (DOCKER_BUILDKIT=0)")
-    if q.get("remote"):
+    version = q.get("version", "1") or "1"
+    if version not in ("1", "2"):
+        raise _refuse(f"a build with version={version}", "1 (classic) and 2 (BuildKit) exist")
+    remote = q.get("remote", "")
+    if remote and not (version == "2" and remote == BUILDKIT_SESSION_CONTEXT):
         raise _refuse(
             "a build from a remote context (remote=)",
             "the daemon would fetch it from the host's network; send the context instead",
         )
+    if version == "2":
+        for ref in _json_strings(q.get("cachefrom", "")):
+            _check_registry_host(registry_host(ref), ctx, f"a build cache import from {ref!r}")
     mode = q.get("networkmode", "")
     if mode.lower() == "host" or mode.startswith("container:"):
         raise _refuse(f"a build with --network={mode}", _NS_WHY["network"])
@@ -658,6 +670,21 @@ def _check_build(request, ctx, facts, body):
         raise _refuse("a build with --cgroup-parent", _WHY_CGROUP_PARENT)
     if q.get("isolation", "default") not in ("", "default"):
         raise _refuse("a build with --isolation", "only the default isolation exists here")
+
+
+def _json_strings(raw: str) -> list[str]:
+    """The strings of a JSON list query parameter (``cachefrom=["a","b"]``); [] when absent."""
+    if not raw:
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise _refuse(
+            f"a query parameter {raw[:80]!r}", "expected a JSON list of strings"
+        ) from None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _refuse(f"a query parameter {raw[:80]!r}", "expected a JSON list of strings")
+    return value
 
 
 def _check_create(request, ctx, facts, body):

@@ -7,6 +7,7 @@ the rest are small blocking operations the hub runs in worker threads.
 from __future__ import annotations
 
 import io
+import posixpath
 import secrets
 import tarfile
 from collections.abc import Mapping
@@ -17,13 +18,13 @@ from types import MappingProxyType
 import docker
 import docker.errors
 
+from hubcontrol import shells
 from hubcontrol.audit import HUB_ACTIONS
 from hubcontrol.config import Template
-from hubcontrol.errors import EnvironmentError_, NetworkError
+from hubcontrol.errors import EnvironmentError_, HookError, NetworkError
 from hubcontrol.network import UserNetwork
 from hubcontrol.storage import CHECKPOINT_DIR
 
-SHELL = ("bash", "-c")
 ENV_SOCKET_MOUNT = "/run/rediacc/env"  # where the env dir (with docker.sock) appears inside
 LABEL_USER = "rediacc.hub.user"
 LABEL_SAFE = "rediacc.hub.safe-name"
@@ -31,6 +32,9 @@ LABEL_TEMPLATE = "rediacc.hub.template"
 LABEL_ROLE = "rediacc.hub.role"
 LABEL_NET_ID = "rediacc.hub.net-id"
 LABEL_MODE = "rediacc.hub.mode"
+# The shell (absolute path) the command runs with and hooks run with, chosen from the image's
+# files when the container is created (hubcontrol.shell).
+LABEL_SHELL = "rediacc.hub.shell"
 ROLE = "environment"
 DROPPED_CAPABILITIES = frozenset({"MKNOD"})  # from Docker's default set, unless cap_add has them
 
@@ -63,8 +67,10 @@ def expand_command(command: str, service_ip: str) -> str:
     return command.replace("${SERVICE_IP}", service_ip).replace("__SERVICE_IP__", service_ip)
 
 
-def labels(username: str, safe: str, template: Template, net_id: int) -> dict[str, str]:
-    return {
+def labels(
+    username: str, safe: str, template: Template, net_id: int, shell: str | None = None
+) -> dict[str, str]:
+    out = {
         LABEL_USER: username,
         LABEL_SAFE: safe,
         LABEL_TEMPLATE: template.name,
@@ -72,6 +78,14 @@ def labels(username: str, safe: str, template: Template, net_id: int) -> dict[st
         LABEL_NET_ID: str(net_id),
         LABEL_MODE: template.mode,
     }
+    if shell:
+        out[LABEL_SHELL] = shell
+    return out
+
+
+def needs_shell(template: Template) -> bool:
+    """Whether anything of ``template`` runs through a shell (its command or a hook)."""
+    return any((template.command, template.on_create, template.pre_dump, template.post_restore))
 
 
 def create_options(
@@ -87,11 +101,14 @@ def create_options(
     cpus: float | None,
     memory: int | None,
     owner: tuple[int, int] | None = None,
+    shell: str | None = None,
 ) -> dict:
     """Keyword arguments for ``docker.APIClient.create_container`` minus ``host_config`` objects.
 
     Returns ``{"container": {...}, "host": {...}, "endpoint": {...}}`` so the caller builds the
-    host config and networking config with the API client of the target daemon.
+    host config and networking config with the API client of the target daemon. ``shell`` is the
+    image's shell (``probe_image``) the command runs with, recorded for the hooks; a template with
+    a command needs one.
     """
     service_ip = str(net.service_ip)
     mounts = []
@@ -114,12 +131,14 @@ def create_options(
         "user": template.user,
         "working_dir": template.workspace,
         "hostname": safe[:63],
-        "labels": labels(username, safe, template, net.net_id),
+        "labels": labels(username, safe, template, net.net_id, shell),
         "environment": environment,
         "detach": True,
     }
     if template.command:
-        container["entrypoint"] = list(SHELL)
+        if not shell:
+            raise ValueError("a template with a command needs the image's shell (probe_image)")
+        container["entrypoint"] = [shell, "-c"]
         container["command"] = [expand_command(template.command, service_ip)]
     # CAP_MKNOD is Docker's default, but nothing in a development environment needs device
     # nodes, and one made in the workspace is a file on the host (docs/security.md, "The
@@ -282,10 +301,22 @@ def parse_user(spec: str, passwd: str, group: str) -> tuple[int, int] | None:
     return uid, gid
 
 
-def resolve_user(client: docker.DockerClient, image: str, spec: str) -> tuple[int, int] | None:
-    """uid and gid of ``spec`` in ``image`` (read from a created, never started, container)."""
-    if spec.partition(":")[0].isdigit() and spec.partition(":")[2].isdigit():
-        return parse_user(spec, "", "")
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the hub reads from a template image's files before it creates an environment."""
+
+    owner: tuple[int, int] | None  # uid and gid of the template's user; None when unknown
+    shell: str | None  # hubcontrol.shell.choose_shell's pick; None when not asked or no shell
+
+
+def probe_image(
+    client: docker.DockerClient, image: str, spec: str, *, want_shell: bool = True
+) -> ImageFacts:
+    """uid and gid of user ``spec`` in ``image`` and the shell commands and hooks run with, read
+    from one created, never started, container (removed again)."""
+    numeric = spec.partition(":")[0].isdigit() and spec.partition(":")[2].isdigit()
+    if numeric and not want_shell:
+        return ImageFacts(parse_user(spec, "", ""), None)
     name = f"rediacc-hub-probe-{secrets.token_hex(8)}"
     with HUB_ACTIONS.creating(name):
         probe = client.api.create_container(
@@ -293,11 +324,125 @@ def resolve_user(client: docker.DockerClient, image: str, spec: str) -> tuple[in
         )
         HUB_ACTIONS.container_created(probe["Id"])
     try:
-        passwd = _read_file(client, probe["Id"], "/etc/passwd")
-        group = _read_file(client, probe["Id"], "/etc/group")
+        if numeric:
+            owner = parse_user(spec, "", "")
+        else:
+            passwd = _read_file(client, probe["Id"], "/etc/passwd")
+            group = _read_file(client, probe["Id"], "/etc/group")
+            owner = parse_user(spec, passwd, group)
+        shell = (
+            shells.choose_shell(lambda p: _is_file(client, probe["Id"], p)) if want_shell else None
+        )
     finally:
         client.api.remove_container(probe["Id"], force=True)
-    return parse_user(spec, passwd, group)
+    return ImageFacts(owner, shell)
+
+
+def template_facts(client: docker.DockerClient, template: Template) -> ImageFacts:
+    """``probe_image`` for ``template``: its user, and its shell when its command or a hook
+    needs one. Raises EnvironmentError_ when one is needed and the image has none."""
+    wanted = needs_shell(template)
+    facts = probe_image(client, template.image, template.user, want_shell=wanted)
+    if wanted and facts.shell is None:
+        raise EnvironmentError_(
+            f"The image {template.image} has no shell, which this template's command and hooks "
+            "need; ask the operator.",
+            f"template {template.name}: image {template.image} has none of "
+            f"{', '.join(shells.BASH_PATHS + shells.SH_PATHS)}; rediacc.hub.command and the "
+            "hooks run with bash where the image has it, else sh",
+        )
+    return facts
+
+
+def image_shell(client: docker.DockerClient, image: str) -> tuple[bool, str | None]:
+    """(seen, shell) of ``image`` in ``client``'s daemon, never pulling it: (False, None) when
+    the daemon does not have it, else whether and which shell ``probe_image`` finds."""
+    try:
+        client.api.inspect_image(image)
+    except docker.errors.ImageNotFound:
+        return False, None
+    return True, probe_image(client, image, "0:0").shell
+
+
+def template_shells(config, timeout: float = 10) -> tuple[dict[str, dict], list[str]]:
+    """For ``hub config check``: each template's shell as the hub will choose it, looked up in
+    the host daemon (``--docker-socket``, where the hub takes images from) without pulling, and
+    the warnings about commands and hooks (``shells.shell_warnings``).
+
+    Returns ({template: {"image", "image_seen", "shell"}}, warnings)."""
+    client = None
+    why = ""
+    try:
+        client = docker.DockerClient(base_url=config.docker_url, version="1.41", timeout=timeout)
+        client.api.ping()
+    except (docker.errors.DockerException, OSError) as e:
+        why = f" (the daemon at {config.docker_socket} does not answer: {e})"
+        if client is not None:
+            client.close()
+        client = None
+    rows: dict[str, dict] = {}
+    warnings: list[str] = []
+    cache: dict[str, tuple[bool, str | None]] = {}
+    try:
+        for name, tpl in config.templates.items():
+            if tpl.image not in cache:
+                cache[tpl.image] = image_shell(client, tpl.image) if client else (False, None)
+            seen, shell = cache[tpl.image]
+            reason = why or f" (image {tpl.image} is not in the daemon at {config.docker_socket})"
+            rows[name] = {"image": tpl.image, "image_seen": seen, "shell": shell}
+            warnings += shells.shell_warnings(tpl, shell, seen, "" if seen else reason)
+    finally:
+        if client is not None:
+            client.close()
+    return rows, warnings
+
+
+def resolve_user(client: docker.DockerClient, image: str, spec: str) -> tuple[int, int] | None:
+    """uid and gid of ``spec`` in ``image`` (read from a created, never started, container)."""
+    return probe_image(client, image, spec, want_shell=False).owner
+
+
+_MODE_DIR = 1 << 31  # Go's fs.ModeDir and fs.ModeSymlink, as the archive stat header carries them
+_MODE_SYMLINK = 1 << 27
+
+
+def _stat(client: docker.DockerClient, container_id: str, path: str) -> dict | None:
+    """The daemon's stat of ``path`` in the container (``HEAD /containers/{id}/archive``: the
+    parents' links resolved, the last component not); None when it does not exist."""
+    api = client.api
+    # docker-py has no HEAD for the archive endpoint; get_archive would stream the whole file
+    res = api.head(api._url("/containers/{0}/archive", container_id), params={"path": path})
+    with res:
+        if res.status_code != 200:
+            return None
+        header = res.headers.get("X-Docker-Container-Path-Stat")
+        return docker.utils.decode_json_header(header) if header else None
+
+
+def _is_file(client: docker.DockerClient, container_id: str, path: str, hops: int = 8) -> bool:
+    """Whether ``path`` in the container is (a link to) a file, e.g. ``/bin/sh -> busybox``."""
+    for _ in range(hops):
+        stat = _stat(client, container_id, path)
+        if stat is None:
+            return False
+        mode = int(stat.get("mode") or 0)
+        if not mode & _MODE_SYMLINK:
+            return not mode & _MODE_DIR
+        target = stat.get("linkTarget") or ""
+        if not target:
+            return False
+        path = target if target.startswith("/") else posixpath.join(posixpath.dirname(path), target)
+    return False
+
+
+def container_shell(client: docker.DockerClient, container_id: str) -> str | None:
+    """The shell recorded on the container (``LABEL_SHELL``); for containers made before it was
+    recorded, chosen from the container's files the same way."""
+    info = client.api.inspect_container(container_id)
+    recorded = ((info.get("Config") or {}).get("Labels") or {}).get(LABEL_SHELL)
+    if recorded in (*shells.BASH_PATHS, *shells.SH_PATHS):  # not another value an image set
+        return recorded
+    return shells.choose_shell(lambda p: _is_file(client, container_id, p))
 
 
 def run_hook(
@@ -307,15 +452,24 @@ def run_hook(
     user: str,
     workdir: str,
     service_ip: str,
+    shell: str | None = None,
 ) -> tuple[int, str]:
-    """Run a hook as the container user; returns (exit code, last output).
+    """Run a hook as the container user with the container's shell (``shell``, else the one
+    recorded on it: ``container_shell``); returns (exit code, last output). Raises HookError
+    when the container has no shell at all.
 
     The exec is recorded as the hub's (``audit.HUB_ACTIONS``) before it starts, so its audit
     records carry ``origin: hub``; every other exec in the environment is the user's."""
     api = client.api
+    shell = shell or container_shell(client, container_id)
+    if not shell:
+        raise HookError(
+            "A lifecycle hook cannot run: the environment's image has no shell.",
+            f"container {container_id[:12]} has none of {shells.BASH_PATHS + shells.SH_PATHS}",
+        )
     exec_id = api.exec_create(
         container_id,
-        [*SHELL, expand_command(command, service_ip)],
+        shells.shell_argv(shell, expand_command(command, service_ip)),
         user=user,
         workdir=workdir,
         environment={"SERVICE_IP": service_ip},

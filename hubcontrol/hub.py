@@ -724,7 +724,8 @@ class Hub:
         placed: Placed,
     ) -> str:
         call = self.engine.call
-        owner = await call(envs.resolve_user, client, tpl.image, tpl.user)
+        facts = await call(envs.template_facts, client, tpl)  # user ids, shell
+        owner = facts.owner
         if owner is not None and not tpl.ephemeral:
             await call(_chown_top, paths.workspace, *owner)
         limits = self._limits(tpl)
@@ -740,6 +741,7 @@ class Hub:
             cpus=limits.cpus,
             memory=limits.memory_bytes,
             owner=owner,
+            shell=facts.shell,
         )
         container_id = await call(envs.create, client, options)
         if placed.env_dir is not None:

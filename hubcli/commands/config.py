@@ -11,6 +11,7 @@ from rich.table import Table
 from hubcli.exitcodes import EXIT_USAGE
 from hubcli.output import console, field, print_json, print_problems, print_warning
 from hubcontrol.config import REDACTED, START_FLAGS, HubConfig, config_as_dict, load_config
+from hubcontrol.environment import template_shells
 from hubcontrol.errors import ConfigError
 
 config_app = typer.Typer(
@@ -45,6 +46,14 @@ def check(
             "--json", help="print the resolved configuration as JSON (docs/configuration.md)"
         ),
     ] = False,
+    images: Annotated[
+        bool,
+        typer.Option(
+            "--images/--no-images",
+            help="look into the template images in the --docker-socket daemon (never pulled) to "
+            "show the shell commands and hooks will run with",
+        ),
+    ] = True,
 ) -> None:
     """Validate FILE with its env files and the environment; print the resolved configuration.
 
@@ -59,17 +68,20 @@ def check(
             )
         print_problems(exc.problems)
         raise typer.Exit(EXIT_USAGE) from None
-    for warning in config.warnings:
+    shells, shell_warnings = template_shells(config) if images else ({}, [])
+    for warning in (*config.warnings, *shell_warnings):
         print_warning(warning)
     if as_json:
         data = config_as_dict(config)
+        data["warnings"] += shell_warnings
+        data["shells"] = shells
         data["errors"] = []
         print_json(data)
         return
-    _print_config(config)
+    _print_config(config, shells)
 
 
-def _print_config(config: HubConfig) -> None:
+def _print_config(config: HubConfig, shells: dict[str, dict]) -> None:
     where = f"{config.source}" + (f" (service {config.service})" if config.service else "")
     console.print(f"[bold green]valid:[/] {field(where)}", soft_wrap=True)
     if config.env_files:
@@ -104,6 +116,7 @@ def _print_config(config: HubConfig) -> None:
         table.add_column(overflow="fold")
         table.add_row("image", field(t.image))
         table.add_row("command", field(t.command or "(the image's own)"))
+        table.add_row("shell", _shell(shells.get(name)))
         table.add_row("user", field(t.user))
         table.add_row("workspace", field(t.workspace))
         table.add_row("shm_size", f"{_size(t.shm_size)} ({t.shm_size} bytes)")
@@ -150,6 +163,14 @@ def _print_config(config: HubConfig) -> None:
     for name, value in rows:
         env.add_row(name, field(value) if value is not None else "[dim](not set)[/]")
     console.print(env)
+
+
+def _shell(row: dict | None) -> str:
+    if row is None:
+        return "chosen at start: bash where the image has it, else sh (images not looked into)"
+    if not row["image_seen"]:
+        return "chosen at start: bash where the image has it, else sh (image not in the daemon)"
+    return field(row["shell"]) if row["shell"] else "[red]none: the image has no shell[/]"
 
 
 def _size(size: int) -> str:

@@ -182,6 +182,10 @@ def data_root_storage_driver(data_root: Path) -> str | None:
     return storage_driver(storage.filesystem_type(Path(data_root)), entries)
 
 
+# dockerd's daemon.json "builder" entitlements (moby 20.10 config.BuilderEntitlements): both off.
+BUILDER_ENTITLEMENTS = (("network-host", False), ("security-insecure", False))
+
+
 def daemon_config(spec: DaemonSpec, *, cgroup_parent: str | None = None) -> dict:
     """The ``daemon.json`` of a per-user dockerd (flags for paths, this file for the rest)."""
     config = {
@@ -194,6 +198,11 @@ def daemon_config(spec: DaemonSpec, *, cgroup_parent: str | None = None) -> dict
         "live-restore": True,
         "log-driver": "json-file",
         "log-opts": {"max-size": "10m", "max-file": "3"},
+        # BuildKit builds come through the policy socket as opaque gRPC (docs/security.md,
+        # "BuildKit"), so the daemon itself must refuse what the policy cannot see: moby 20.10
+        # grants network.host unless told otherwise (a RUN step in the host's network namespace,
+        # past every per-user rule), and security.insecure would run a step privileged.
+        "builder": {"Entitlements": dict(BUILDER_ENTITLEMENTS)},
         **spec.network_config,
     }
     if cgroup_parent:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -467,3 +468,58 @@ def test_unset_required_oauth_in_a_clean_environment(app: typer.Typer, tmp_path:
         "HUB_OAUTH_USERINFO_URL",
         "HUB_OAUTH_USERINFO_PATH",
     ]
+
+
+@pytest.mark.docker
+def test_shells_are_shown_and_bash_only_commands_warned(app: typer.Typer, tmp_path: Path) -> None:
+    """Each template's shell is read from its image in the host daemon (never pulled): bash in
+    the environment image, sh in a busybox image, where bash syntax is warned about; an image the
+    daemon lacks gets the general warning that the shell is chosen at start."""
+    from tests.hubcontrol._hubcore import host_test_image
+
+    with host_test_image() as busybox:
+        labels = tmp_path / "hub.labels.yaml"
+        labels.write_text(
+            "version: 1\nservice: hub\nlabels:\n"
+            "  rediacc.hub.route.app: '3000'\n"
+            "  rediacc.hub.image: rediacc-hub/env:latest\n"
+            "  rediacc.hub.command: 'if [[ -d /workspace ]]; then exec python3 -m http.server; fi'\n"
+            f"  rediacc.hub.templates.alpine.image: {busybox}\n"
+            "  rediacc.hub.templates.alpine.command: 'exec httpd -f -p __SERVICE_IP__:3000'\n"
+            "  rediacc.hub.templates.alpine.hook.on_create: 'mkdir -p /workspace/{src,bin}'\n"
+            "  rediacc.hub.templates.gone.image: hub-test/not-here:1\n"
+            "  rediacc.hub.templates.gone.command: 'source ~/.env && exec ttyd bash'\n"
+        )
+        env = ("--env-file", FIXTURES / "hub" / ".env")
+        result = run(app, labels, *env, "--json")
+        assert result.exit_code == 0, result.output
+        data = json.loads(result.stdout)
+        assert data["shells"] == {
+            "default": {
+                "image": "rediacc-hub/env:latest",
+                "image_seen": True,
+                "shell": "/bin/bash",
+            },
+            "alpine": {"image": busybox, "image_seen": True, "shell": "/bin/sh"},
+            "gone": {"image": "hub-test/not-here:1", "image_seen": False, "shell": None},
+        }
+        warned = [w for w in data["warnings"] if w.startswith("template ")]
+        assert warned == [
+            f"template alpine: its hook on_create uses bash (brace expansion {{a,b}}), but image "
+            f"{busybox} has no bash and it runs with /bin/sh; rewrite it for sh or use an image "
+            "with bash",
+            "template gone: its command uses bash-only syntax (bash builtins (source, declare, "
+            "let, shopt, ...)); it works only if image hub-test/not-here:1 has bash: the shell "
+            "is chosen when the environment starts (bash where the image has it, else sh) (image "
+            "hub-test/not-here:1 is not in the daemon at /var/run/docker.sock)",
+        ]
+        assert [f"warning: {w}" for w in warned] == [
+            line for line in result.stderr.splitlines() if line.startswith("warning: template ")
+        ]
+        human = run(app, labels, *env)
+        shown = re.findall(r"^  shell +(.*?) *$", human.stdout, re.M)
+        assert shown[:2] == ["/bin/bash", "/bin/sh"], human.stdout
+        assert shown[2].startswith("chosen at start: bash where the image has it, else sh")
+        quiet = run(app, labels, *env, "--no-images", "--json")
+        assert json.loads(quiet.stdout)["shells"] == {}
+        assert "warning: template" not in quiet.stderr

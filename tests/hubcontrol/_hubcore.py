@@ -1,16 +1,15 @@
 """Shared helpers for the Hub core's integration tests: a test image and a Hub config.
 
-The image is busybox-static (tests/support/images.py) plus a ``/bin/bash`` shim, since templates
-run their command with ``bash -c``; it is imported into the HOST daemon under a tag unique to this
-test run, and the Hub transfers it into each per-user daemon the way production does.
+The image is busybox-static (tests/support/images.py), with ``sh`` and no bash, so templates'
+commands and hooks run with ``/bin/sh`` (hubcontrol.shells); it is imported into the HOST daemon
+under a tag unique to this test run, and the Hub transfers it into each per-user daemon the way
+production does.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
-import tarfile
 import uuid
 from pathlib import Path
 
@@ -25,27 +24,13 @@ COMMAND = "httpd -p __SERVICE_IP__:8080 -h ${HOME:-/} && exec httpd -f -p ${SERV
 ROUTES = {"code": 8080, "term": 7681}
 
 
-def env_rootfs_tar() -> bytes:
-    src = io.BytesIO(busybox_rootfs_tar())
-    out = io.BytesIO()
-    with tarfile.open(fileobj=src) as old, tarfile.open(fileobj=out, mode="w") as new:
-        for member in old.getmembers():
-            new.addfile(member, old.extractfile(member) if member.isfile() else None)
-        shim = b'#!/bin/sh\nexec /bin/sh "$@"\n'
-        info = tarfile.TarInfo("bin/bash")
-        info.size = len(shim)
-        info.mode = 0o755
-        new.addfile(info, io.BytesIO(shim))
-    return out.getvalue()
-
-
 @contextlib.contextmanager
 def host_test_image():
     """Import the test image into the host daemon; yields its reference, removes it after."""
     client = docker.DockerClient(base_url=f"unix://{HOST_SOCKET}", version="1.41", timeout=120)
     tag = f"t{os.getpid()}-{uuid.uuid4().hex[:6]}"
     repository = "hub-test/hubcore"
-    client.api.import_image_from_data(env_rootfs_tar(), repository=repository, tag=tag)
+    client.api.import_image_from_data(busybox_rootfs_tar(), repository=repository, tag=tag)
     ref = f"{repository}:{tag}"
     try:
         yield ref

@@ -87,6 +87,10 @@ def wire(result):
         ("post", "/v1.41/build", "image build", (1, 41)),
         ("GET", "/v1.41/plugins", "plugin list", (1, 41)),
         ("POST", "/v1.41/exec/abc/start", "exec start", (1, 41)),
+        ("POST", "/v1.41/session", "buildkit session", (1, 41)),
+        ("POST", "/v1.41/grpc", "buildkit grpc", (1, 41)),
+        ("POST", "/grpc", "buildkit grpc", None),
+        ("POST", "/v1.41/build/cancel?id=x", "build cancel", (1, 41)),
     ],
 )
 def test_classify_allowed(method, target, endpoint, version):
@@ -114,14 +118,14 @@ def test_classify_allowed(method, target, endpoint, version):
         ("POST", "/v1.41/plugins/x/set", 403, "plugin management"),
         ("POST", "/v1.41/containers/x/checkpoints", 403, "checkpoints"),
         ("GET", "/v1.41/containers/x/checkpoints", 403, "checkpoints"),
-        ("POST", "/v1.41/session", 403, "BuildKit"),
-        ("POST", "/grpc", 403, "BuildKit"),
         ("GET", "/v1.41/nonexistent", 403, "not an endpoint"),
         ("PATCH", "/v1.41/containers/x/json", 403, "not an endpoint"),
         ("GET", "/v1.41/build?a=1&a=2", 400, "given twice"),
     ],
 )
 def test_classify_refused(method, target, status, words):
+    """Refused before any check: traversal, old API versions, whole areas, unknown endpoints.
+    (BuildKit's /session and /grpc are relayed since the daemon refuses its entitlements.)"""
     r = refused(p.classify(method, target))
     assert r.status == status
     assert words in r.message or words.strip("'") in r.message, r.message
@@ -622,7 +626,13 @@ def test_connect_to_host_network_is_refused(ctx):
         ("POST", "/build?networkmode=container:abc", None, "--network=container:abc"),
         ("POST", "/build?cgroupparent=/x", None, "--cgroup-parent"),
         ("POST", "/build?remote=https://example.com/ctx.tar", None, "remote context"),
-        ("POST", "/build?version=2", None, "BuildKit"),
+        ("POST", "/build?version=3", None, "version=3"),
+        ("POST", "/build?remote=client-session", None, "remote context"),  # only with BuildKit
+        ("POST", "/build?version=2&remote=https://example.com/ctx.tar", None, "remote context"),
+        ("POST", "/build?version=2&remote=client-session&networkmode=host", None, "--network=host"),
+        ("POST", "/build?version=2&cgroupparent=/x", None, "--cgroup-parent"),
+        ("POST", '/build?version=2&cachefrom=["127.0.0.1:5000/c"]', None, "cache import"),
+        ("POST", "/build?version=2&cachefrom=127.0.0.1:5000/c", None, "JSON list"),
         ("POST", "/images/create?fromSrc=http://10.208.0.2:8080/x", None, "fromSrc"),
         ("POST", "/images/create?fromImage=127.0.0.1:7112/x", None, "registry 127.0.0.1:7112"),
         ("POST", "/images/create?fromImage=localhost:5000/x", None, "registry localhost:5000"),
@@ -728,6 +738,10 @@ def test_other_endpoint_refusals(ctx, method, target, body, words):
     [
         ("POST", "/build?t=x&networkmode=bridge&dockerfile=Dockerfile", None),
         ("POST", "/build?networkmode=none&version=1", None),
+        # BuildKit: the context comes over the client's session
+        ("POST", "/build?version=2&remote=client-session&session=abc&buildid=b1", None),
+        ("POST", '/build?version=2&remote=client-session&cachefrom=["ghcr.io/o/c:1"]', None),
+        ("POST", "/build/cancel?id=b1", None),
         ("POST", "/images/create?fromImage=busybox&tag=latest", None),
         ("POST", "/images/create?fromImage=ghcr.io/org/img&tag=1", None),
         ("POST", "/images/create?fromSrc=-&repo=x", None),

@@ -11,7 +11,7 @@ import pytest
 from hubcontrol import environment as envs
 from hubcontrol import images, network
 from hubcontrol.config import Template
-from hubcontrol.errors import ImageError
+from hubcontrol.errors import EnvironmentError_, ImageError
 from tests.hubcontrol._hubcore import host_test_image, user_daemon
 
 NET = network.user_network(32832, "10.208.0.0/12")
@@ -34,7 +34,7 @@ def options(template: Template, **kw) -> dict:
         username="Alice", safe="alice--abc", template=template, net=NET, network_name="rdh32832e",
         workspace=None if template.ephemeral else "/ws/alice--abc", env_dir="/run/rediacc/hub/32832/env",
         cgroup_parent="/rediacc.slice/hub-alice--abc/containers", cpus=2.0, memory=1 << 30,
-        owner=(1000, 1000),
+        owner=(1000, 1000), shell="/bin/bash",
     )  # fmt: skip
     args.update(kw)
     return envs.create_options(**args)
@@ -45,7 +45,8 @@ def test_persistent_environment_options():
                    workspace="/home/v/work", shm_size=123, docker="per-user")  # fmt: skip
     opts = options(tpl)
     c, h, e = opts["container"], opts["host"], opts["endpoint"]
-    assert c["entrypoint"] == ["bash", "-c"] and c["command"] == ["exec app --ip 10.208.1.2"]
+    assert c["entrypoint"] == ["/bin/bash", "-c"]
+    assert c["command"] == ["exec app --ip 10.208.1.2"]
     assert (
         c["user"] == "vscode"
         and c["working_dir"] == "/home/v/work"
@@ -55,6 +56,7 @@ def test_persistent_environment_options():
         "rediacc.hub.user": "Alice", "rediacc.hub.safe-name": "alice--abc",
         "rediacc.hub.template": "py", "rediacc.hub.role": "environment",
         "rediacc.hub.net-id": "32832", "rediacc.hub.mode": "persistent",
+        "rediacc.hub.shell": "/bin/bash",
     }  # fmt: skip
     assert c["environment"]["SERVICE_IP"] == "10.208.1.2"
     assert c["environment"]["DOCKER_HOST"] == "unix:///run/rediacc/env/docker.sock"
@@ -76,8 +78,26 @@ def test_ephemeral_environment_gets_a_tmpfs_owned_by_its_user():
 
 
 def test_no_command_keeps_the_images_own():
-    c = options(Template(name="d", image="img"))["container"]
+    c = options(Template(name="d", image="img"), shell=None)["container"]
     assert "entrypoint" not in c and "command" not in c
+
+
+def test_the_command_runs_with_the_images_shell():
+    tpl = Template(name="web", image="node:22-alpine", command="cd /workspace && exec npm start")
+    c = options(tpl, shell="/bin/sh")["container"]
+    assert c["entrypoint"] == ["/bin/sh", "-c"]
+    assert c["labels"]["rediacc.hub.shell"] == "/bin/sh"
+    with pytest.raises(ValueError, match="shell"):
+        options(tpl, shell=None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "needed"),
+    [({}, False), ({"command": "x"}, True), ({"on_create": "x"}, True),
+     ({"pre_dump": "x"}, True), ({"post_restore": "x"}, True)],
+)  # fmt: skip
+def test_a_shell_is_needed_for_a_command_or_any_hook(fields, needed):
+    assert envs.needs_shell(Template(name="t", image="i", **fields)) is needed
 
 
 PASSWD = "root:x:0:0::/root:/bin/sh\nvscode:x:1000:1000::/home/vscode:/bin/bash\njovyan:x:1001:100::/:/bin/sh\n"
@@ -156,6 +176,69 @@ def test_an_updated_image_sends_only_its_new_layers_and_a_stale_record_sends_all
                 with contextlib.suppress(docker.errors.DockerException):
                     host.images.remove(image, force=True)
             host.close()
+
+
+ENV_IMAGE = "rediacc-hub/env:latest"  # scripts/build-image.sh: Debian 13 with bash
+
+
+@pytest.mark.docker
+def test_the_shell_is_read_from_the_image_recorded_and_used_by_hooks():
+    """bash where the image has it (Debian's merged /usr: /bin -> usr/bin), sh where it does
+    not (busybox: /bin/sh -> busybox); hooks use the recorded one, and containers without the
+    record (made by an older hub) are probed the same way."""
+    host = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
+    created = []
+    try:
+        env = envs.probe_image(host, ENV_IMAGE, "vscode")
+        assert env == envs.ImageFacts(owner=(1000, 1000), shell="/bin/bash")
+        assert envs.probe_image(host, ENV_IMAGE, "1000:1000", want_shell=False).shell is None
+        with host_test_image() as ref:
+            facts = envs.probe_image(host, ref, "vscode")
+            assert facts == envs.ImageFacts(owner=(1000, 1000), shell="/bin/sh")
+            tpl = Template(name="t", image=ref, command="exec sleep 60", user="vscode")
+            assert envs.template_facts(host, tpl) == facts
+            for labels in ({envs.LABEL_SHELL: facts.shell}, {}):
+                c = host.api.create_container(
+                    ref, ["/bin/sh", "-c", "exec sleep 60"], labels=labels, user="vscode"
+                )
+                created.append(c["Id"])
+                host.api.start(c["Id"])
+                code, out = envs.run_hook(host, c["Id"], "echo $0 in $PWD", "vscode", "/tmp",
+                                          "10.208.1.2")  # fmt: skip
+                assert (code, out.strip()) == (0, "/bin/sh in /tmp")
+            assert envs.container_shell(host, created[0]) == "/bin/sh"
+    finally:
+        for cid in created:
+            host.api.remove_container(cid, force=True)
+        host.close()
+
+
+@pytest.mark.docker
+def test_an_image_without_any_shell_is_refused_by_name(tmp_path):
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"root:x:0:0::/:/nonexistent\n"
+        info = tarfile.TarInfo("etc/passwd")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    host = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
+    ref = f"hub-test/noshell:{uuid.uuid4().hex[:8]}"
+    host.api.import_image_from_data(buf.getvalue(), repository=ref.split(":")[0],
+                                    tag=ref.split(":")[1])  # fmt: skip
+    try:
+        assert envs.probe_image(host, ref, "root").shell is None
+        tpl = Template(name="distroless", image=ref, user="root")
+        assert envs.template_facts(host, tpl).shell is None  # no command, no hooks: fine
+        with pytest.raises(EnvironmentError_) as info:
+            envs.template_facts(host, Template(name="distroless", image=ref, on_create="x"))
+        assert ref in info.value.user_message and "no shell" in info.value.user_message
+        assert "/bin/bash" in info.value.log_message and "/bin/sh" in info.value.log_message
+    finally:
+        host.images.remove(ref, force=True)
+        host.close()
 
 
 @contextlib.contextmanager

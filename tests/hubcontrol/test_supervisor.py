@@ -101,6 +101,8 @@ def test_daemon_config_and_environment(tmp_path):
     assert cfg["experimental"] is True and cfg["init-path"] == "/usr/bin/tini-static"
     assert cfg["bridge"] == "rdh32768" and cfg["iptables"] is False
     assert cfg["cgroup-parent"] == "/rediacc.slice/hub-alice/containers"
+    # BuildKit may not run a step in the host's network namespace nor privileged
+    assert cfg["builder"] == {"Entitlements": {"network-host": False, "security-insecure": False}}
     env = dockerd_env(spec, base={"PATH": "/usr/bin:/bin"})
     assert env["PATH"].split(":")[0] == CRIU_BIN
     assert env["TMPDIR"] == str(spec.tmpdir)

@@ -30,8 +30,9 @@ from hubcontrol import mounts
 from hubcontrol.embed import SyncHub
 from hubcontrol.hub import Hub
 from hubcontrol.names import safe_name
-from tests.hubcontrol._hubcore import HOST_SOCKET, env_rootfs_tar, make_config, unique_user
+from tests.hubcontrol._hubcore import HOST_SOCKET, make_config, unique_user
 from tests.hubcontrol.test_audit_stream import registry  # noqa: F401 - a fixture
+from tests.support.images import busybox_rootfs_tar
 
 pytestmark = [
     pytest.mark.docker,
@@ -45,7 +46,7 @@ LIBS = ["/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"]
 
 def cli_rootfs_tar() -> bytes:
     """The hub's test environment image plus the host's docker CLI and what it links against."""
-    src = io.BytesIO(env_rootfs_tar())
+    src = io.BytesIO(busybox_rootfs_tar())
     out = io.BytesIO()
     with tarfile.open(fileobj=src) as old, tarfile.open(fileobj=out, mode="w") as new:
         for member in old.getmembers():
@@ -76,9 +77,9 @@ def image():
 
 
 @contextlib.contextmanager
-def policy_hub(tmp_path, image):
+def policy_hub(tmp_path, image, **template_fields):
     """A Hub whose environments get the policy socket, destroyed with all its users' data."""
-    config = make_config(tmp_path, image)
+    config = make_config(tmp_path, image, **template_fields)
     with start_blocking_portal() as portal:
         hub = portal.call(lambda: Hub(config, ready_timeout=30))
         assert hub.policy_sockets is not None  # the default: environments get the policy socket

@@ -373,6 +373,14 @@ def template_shells(config, timeout: float = 10) -> tuple[dict[str, dict], list[
     client = None
     why = ""
     try:
+        if config.docker_url.startswith("unix://"):
+            # a plain probe first, closed on every path: docker-py leaves the socket of a
+            # refused unix connection to the garbage collector
+            import socket as _socket  # noqa: PLC0415
+
+            with _socket.socket(_socket.AF_UNIX) as probe:
+                probe.settimeout(timeout)
+                probe.connect(config.docker_url[len("unix://") :])
         client = docker.DockerClient(base_url=config.docker_url, version="1.41", timeout=timeout)
         client.api.ping()
     except (docker.errors.DockerException, OSError) as e:

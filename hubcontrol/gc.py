@@ -44,16 +44,18 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
+import math
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hubcontrol import names, procs, safefs, seeds, storage
+from hubcontrol import du, names, procs, safefs, seeds, storage
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.durations import format_duration
 from hubcontrol.errors import GCError
@@ -379,41 +381,10 @@ def claims_lock(claims_dir: Path) -> Iterator[None]:
 
 
 def disk_usage(path: Path) -> int:
-    """Bytes allocated below ``path`` (like ``du -s``), never following symlinks or mounts."""
-    try:
-        top = os.lstat(path)
-    except OSError:
-        return 0
-    total = top.st_blocks * 512
-    if not os.path.isdir(path) or os.path.islink(path):
-        return total
-    seen: set[tuple[int, int]] = set()
-    # Mounts of other filesystems (overlay, tmpfs) are skipped: their bytes are not the
-    # data-root's. A self-bind (same device) and BTRFS subvolumes (another device, no mount) count.
-    mounts = set(mounts_under(path))
-    stack = [(str(path), top.st_dev)]
-    while stack:
-        current, dev = stack.pop()
-        try:
-            entries = list(os.scandir(current))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if entry.path in mounts and st.st_dev != dev:
-                continue
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
-            total += st.st_blocks * 512
-            if entry.is_dir(follow_symlinks=False):
-                stack.append((entry.path, st.st_dev))
-    return total
+    """Bytes allocated below ``path`` (like ``du -s``), never following symlinks or mounts of
+    other filesystems (a self-bind and BTRFS subvolumes count): ``du.walk`` without its bounds,
+    since what GC is about to remove is measured whole."""
+    return du.walk(path, max_entries=sys.maxsize, max_seconds=math.inf).bytes
 
 
 # ---------------------------------------------------------------------------------------------

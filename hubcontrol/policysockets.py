@@ -330,6 +330,8 @@ def systemd_run_argv(args: ProxyArgs, daemon_unit: str, python: str = sys.execut
         f"--property=After={daemon_unit}",
         "--property=KillMode=mixed",
         "--property=Restart=on-failure",
+        # outside the user's groups, so bounded itself (docs/security.md, "The policy socket")
+        "--property=MemoryMax=512M",
         # a transient unit gets a clean environment: the module must be found where the hub's
         # own interpreter finds it (a detached child inherits the hub's environment anyway)
         *([f"--setenv=PYTHONPATH={path}"] if (path := os.environ.get("PYTHONPATH")) else []),

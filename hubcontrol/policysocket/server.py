@@ -51,6 +51,12 @@ COPY_CHUNK = 256 * 1024
 LINGER_SECONDS = 2.0
 SOCKET_WATCH_SECONDS = 5.0
 LINGER_BYTES = 64 << 20
+# Client connections served at once. Each holds an upstream connection to the daemon and up to
+# one inspected body (dockerpolicy.MAX_JSON_BODY), so this bounds what one user's clients can make
+# this process (which runs outside the user's cgroups) and their daemon hold. The docker CLI,
+# compose and buildx use a handful; more are answered 503 and closed.
+MAX_CONNECTIONS = 64
+OVER_LIMIT_HEAD_SECONDS = 5.0  # how long a connection over the limit may take to send its head
 
 
 @dataclass(frozen=True)
@@ -88,10 +94,14 @@ class _Connection:
         self.up_reader: BufferedByteReceiveStream | None = None
         self.idle_scope: anyio.CancelScope | None = None
         self.linger = False  # after a refusal: drain what the client still sends, then close
+        self.over_limit = False  # opened while MAX_CONNECTIONS were served: answered 503
 
     async def run(self) -> None:
         while True:
-            with anyio.move_on_after(self.server.config.idle_timeout) as scope:
+            timeout = self.server.config.idle_timeout
+            if self.over_limit:
+                timeout = min(timeout, OVER_LIMIT_HEAD_SECONDS)
+            with anyio.move_on_after(timeout) as scope:
                 self.idle_scope = scope
                 try:
                     raw = await self.reader.receive_until(b"\r\n\r\n", HEAD_LIMIT)
@@ -117,6 +127,16 @@ class _Connection:
 
     async def handle(self, head: Head) -> bool:
         """Serve one request; return whether the connection stays open for another."""
+        if self.over_limit:
+            return await self.refuse(
+                policy.Refusal(
+                    f"hub policy refused a connection: {MAX_CONNECTIONS} connections to this "
+                    "docker socket are open already; close some (or wait for them to finish) "
+                    "and retry",
+                    503,
+                ),
+                head,
+            )
         request = policy.classify(head.method, head.target)
         if isinstance(request, policy.Refusal):
             return await self.refuse(request, head)
@@ -571,6 +591,7 @@ class PolicySocket:
 
     async def _handle(self, client: SocketStream) -> None:
         conn = _Connection(self, client)
+        conn.over_limit = len(self.connections) >= MAX_CONNECTIONS
         self.connections.add(conn)
         try:
             await conn.run()

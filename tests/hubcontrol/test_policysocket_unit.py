@@ -171,6 +171,44 @@ def test_the_served_process_loads_neither_docker_py_nor_httpx_nor_yaml(tmp_path)
     assert hub_side == set()
 
 
+@pytest.mark.docker  # root: the process prepares its pins directory with mounts
+def test_connections_over_the_limit_are_answered_503_and_the_socket_recovers(tmp_path):
+    """A user's clients cannot make their policy socket (outside their cgroups) hold unbounded
+    connections: past MAX_CONNECTIONS a request gets a Docker error naming the limit, and once
+    connections close, requests are served again."""
+    from hubcontrol.policysocket.server import MAX_CONNECTIONS
+
+    (tmp_path / "ws").mkdir()
+    args = policysockets.ProxyArgs(
+        listen=str(tmp_path / "run" / "env" / "docker.sock"),
+        upstream=str(tmp_path / "no-daemon.sock"),
+        workspace=str(tmp_path / "ws"),
+        pidfile=str(tmp_path / "run" / "policy.pid"),
+    )
+    policysockets.start(args)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(args.listen)
+            held.append(s)
+        time.sleep(0.5)  # the server has accepted them all
+        over = _refused_request(args.listen)
+        assert over.startswith(b"HTTP/1.1 503 ")
+        assert f"{MAX_CONNECTIONS} connections to this docker socket".encode() in over
+        for s in held:
+            s.close()
+        held.clear()
+        deadline = time.monotonic() + 10
+        while b" 403 Forbidden" not in (answer := _refused_request(args.listen)):
+            assert time.monotonic() < deadline, answer  # the policy's own answer again
+            time.sleep(0.1)
+    finally:
+        for s in held:
+            s.close()
+        policysockets.stop(args)
+
+
 def test_the_served_process_logs_through_the_inert_formatter(tmp_path):
     """What a user sends shows in the policy socket's log lines as text, one line per event."""
     code = (
@@ -194,6 +232,7 @@ def test_systemd_transient_unit_is_bound_to_the_daemon(tmp_path):
     assert "--unit=rediacc-hub-policy-alice.service" in argv
     assert "--property=BindsTo=rediacc-hub-dockerd-alice.service" in argv
     assert "--slice=rediacc.slice" in argv
+    assert "--property=MemoryMax=512M" in argv  # outside the user's groups: bounded itself
     cmd = policysockets.command(args)
     assert argv[-len(cmd) :] == cmd
 

@@ -99,9 +99,8 @@ def doctor_command(
             workspace_dir = config.workspace_dir
         if checkpoint is None:
             checkpoint = doctor.checkpoint_wanted(config)
-    checks = doctor.run_checks(
-        workspace_dir=workspace_dir or HubConfig.workspace_dir, checkpoint=checkpoint
-    )
+    workspace_dir = workspace_dir or HubConfig.workspace_dir
+    checks = doctor.run_checks(workspace_dir=workspace_dir, checkpoint=checkpoint)
     failed = doctor.failures(checks)
     if as_json:
         print_json(
@@ -109,6 +108,7 @@ def doctor_command(
                 "schema_version": 1,
                 "ok": not failed,
                 "checkpoint": checkpoint,
+                "workspace_dir": str(workspace_dir),
                 "checks": [c.as_dict() for c in checks],
             }
         )

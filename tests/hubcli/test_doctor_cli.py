@@ -136,7 +136,7 @@ def test_install_stops_on_a_failed_check(tmp_path: Path, config: list[str], no_d
     compose.write_text(
         "services:\n  hub:\n    image: x\n    labels:\n      rediacc.install_as: systemd\n"
         '      rediacc.hub.route.term: "7681"\n'
-            "      rediacc.hub.image: rediacc-hub/env:latest\n"
+        "      rediacc.hub.image: rediacc-hub/env:latest\n"
         f"    command: hub start --workspace-dir={tmp_path / 'ws'}\n"
         f"    env_file: {tmp_path / 'hub.env'}\n"
     )

@@ -295,6 +295,9 @@ def _setup_host(criu_debs: Path | None, root: Path, dry_run: bool) -> None:
         except HubError as exc:
             console.print(table)
             fail(exc, EXIT_FAILURE)
+        except OSError as exc:  # a file the step writes (runc.conf, sysctl.d, /opt)
+            console.print(table)
+            fail(f"{what}: {exc}", EXIT_FAILURE)
         table.add_row(done.name, f"[{style[done.outcome]}]{done.outcome}[/]", field(done.detail))
     console.print(table)
 

@@ -59,7 +59,7 @@ def doctor_command(
         typer.Option(
             "--workspace-dir",
             help="the hub's --workspace-dir, whose filesystem decides seeded data-roots "
-            f"[default: from --labels, else {HubConfig.workspace_dir}]",
+            f"(default: from --labels, else {HubConfig.workspace_dir})",
             show_default=False,
         ),
     ] = None,
@@ -68,7 +68,7 @@ def doctor_command(
         typer.Option(
             "--checkpoint/--no-checkpoint",
             help="checkpointing is on (CRIU's prerequisites fail when missing) or off (not "
-            "checked) [default: from --labels, else not known: they are warnings]",
+            "checked) (default: from --labels, else not known: they are warnings)",
             show_default=False,
         ),
     ] = None,
@@ -86,9 +86,11 @@ def doctor_command(
     """Check this host's prerequisites: dockerd, tini-static, iptables, cgroups, the workspace
     dir's filesystem, and for checkpoints CRIU, runc.conf, io_uring and CAP_SYS_RESOURCE.
 
-    Each row says what was found and the command that fixes it (`hub install --setup-host` does
-    every fix a command can). Exit codes: 0 nothing failed (warnings allowed), 6 a check failed
-    (hub start and hub install refuse to run), 2 bad --labels/--env-file.
+    Each row says what was found and the command that fixes it; hub install --setup-host does
+    every fix a command can.
+
+    Exit codes: 0 nothing failed (warnings allowed), 6 a check failed (hub start and hub
+    install refuse to run), 2 bad --labels or --env-file.
     """
     if labels is not None:
         try:

@@ -4,7 +4,7 @@
 Run as root on a host prepared by scripts/setup-host.sh, with the environment image built by
 scripts/build-image.sh (or any image with bash, ttyd and a docker CLI):
 
-    sudo .venv/bin/python examples/two_users.py [--image rediacc-hub/env:latest] [--keep]
+    .venv/bin/python examples/two_users.py [--image rediacc-hub/env:latest] [--keep]
 
 What it shows, in the order docs/scripting.md explains it: a HubConfig built in code,
 ``hubcontrol.embedded()`` for synchronous use, ``ensure_running`` for two users, the route table,

@@ -23,6 +23,7 @@ def _root() -> None:
 # Each module in hubcli/commands/ exposes ``register(app)``; the order here is the order in --help.
 COMMANDS: list[str] = [
     "config",
+    "doctor",
     "install",
     "uninstall",
     "gc",

@@ -14,3 +14,4 @@ EXIT_NO_HUB = (
 )
 EXIT_NO_USER = 4  # hub stop: the hub has no such user
 EXIT_AUTH = 5  # hub status / hub stop: the admin token is missing or unreadable, or was refused
+EXIT_HOST = 6  # hub doctor / start / install: the host lacks a prerequisite (hub doctor)

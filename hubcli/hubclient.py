@@ -62,7 +62,7 @@ def read_token(path: Path) -> str:
         ) from None
     except PermissionError:
         raise HubClientError(
-            f"cannot read the admin token {path}: it is root-only; run this as root (sudo)",
+            f"cannot read the admin token {path}: it is root-only; run this as root",
             EXIT_AUTH,
         ) from None
     except OSError as e:

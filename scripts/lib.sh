@@ -21,7 +21,7 @@ die() {
 }
 
 require_root() {
-	[[ $(id -u) -eq 0 ]] || die "$(basename "$0") must run as root (try: sudo $0 $*)"
+	[[ $(id -u) -eq 0 ]] || die "$(basename "$0") must run as root: log in as root (or \`su -\`) and run $0 $*"
 }
 
 # elapsed SINCE -> seconds with one decimal

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # THE first command of the README: a working hub on this machine, for trying it out.
 #
-#   sudo ./scripts/quickstart.sh          install what is missing, then start (or report) the hub
-#   sudo ./scripts/quickstart.sh status   what is running
-#   sudo ./scripts/quickstart.sh stop     stop the user environments (through the hub), then the
+#   ./scripts/quickstart.sh          install what is missing, then start (or report) the hub
+#   ./scripts/quickstart.sh status   what is running
+#   ./scripts/quickstart.sh stop     stop the user environments (through the hub), then the
 #                                         hub and the OIDC provider this script started
 #   ... stop --keep-environments          the same, but leave the environments running
 #
@@ -11,7 +11,7 @@
 # host-wide network-ID claim /var/lib/rediacc/netids/<id>, the bridges rdh<id> and rdh<id>e and
 # their iptables rules (comment rdh:<id>), so the user's next visit gets the same addresses and
 # images back. To remove all that for every stopped environment (workspaces stay), after stop:
-#   sudo .venv/bin/hub gc /var/lib/rediacc/hub-local/workspaces --max-age 0
+#   .venv/bin/hub gc /var/lib/rediacc/hub-local/workspaces --max-age 0
 #
 # The workspace dir is put on BTRFS (the fast path: a new user's data-root is a snapshot of the
 # template's seed, seconds whatever the image's size; docs/architecture.md, "Seed data-roots"):
@@ -292,7 +292,7 @@ The hub is running ($(script_elapsed) s).
   Dashboard  http://$ROUTE_PREFIX.$BASE_DOMAIN:$HUB_PORT/_hub/dashboard   (log in as "admin" to see everyone's)
   Logs       $LOGS/hub.log, $LOGS/oidc.log
   Config     $STATE/hub.labels.yaml, $STATE/hub.env
-  Stop       sudo $0 stop
+  Stop       $0 stop
 EOF
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # THE test command (README, .ci/run): install what is missing, start the host dockerd, build the
 # environment image, lint, then run the whole test suite. Arguments go to pytest, e.g.
-#   sudo ./scripts/test.sh tests/hubcontrol -k names
+#   ./scripts/test.sh tests/hubcontrol -k names
 # Artefacts (JUnit XML, screenshots, logs of failed tests) land in test-artifacts/.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

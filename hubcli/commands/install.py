@@ -14,8 +14,10 @@ from rich.panel import Panel
 from rich.syntax import Syntax
 from rich.table import Table
 
+from hubcli.commands.doctor import precheck
 from hubcli.exitcodes import EXIT_FAILURE, EXIT_USAGE
 from hubcli.output import console, err_console, fail, field, print_warning
+from hubcontrol import hostsetup
 from hubcontrol import install as inst
 from hubcontrol.compose import load_compose
 from hubcontrol.config import load_config
@@ -32,6 +34,12 @@ STATUS_STYLE = {
 
 ComposeArg = Annotated[
     Path, typer.Argument(help="the repo's docker-compose.yml", show_default=False)
+]
+OptionalComposeArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="the repo's docker-compose.yml (optional with --setup-host)", show_default=False
+    ),
 ]
 RootOpt = Annotated[
     Path,
@@ -109,7 +117,7 @@ def systemd_absent_reason(root: Path) -> str:
 
 
 def install_command(
-    compose_file: ComposeArg,
+    compose_file: OptionalComposeArg = None,
     service: Annotated[
         str | None,
         typer.Option(
@@ -142,6 +150,31 @@ def install_command(
     gc_max_age: Annotated[
         str, typer.Option("--gc-max-age", help="--max-age of the GC timer's `hub gc`")
     ] = "30d",
+    setup_host: Annotated[
+        bool,
+        typer.Option(
+            "--setup-host",
+            help="first prepare this host: Debian packages, CRIU 4.2.1 in /opt/rediacc/criu, "
+            "runc.conf, kernel.io_uring_disabled (docs/operations.md); alone, only that",
+        ),
+    ] = False,
+    criu_debs: Annotated[
+        Path | None,
+        typer.Option(
+            "--criu-debs",
+            help="with --setup-host: a directory holding the pinned CRIU .debs (e.g. a "
+            "checkout's ../shared/vendor/criu); without it they are fetched from this host's "
+            "Debian mirror",
+            show_default=False,
+        ),
+    ] = None,
+    skip_checks: Annotated[
+        bool,
+        typer.Option(
+            "--skip-checks",
+            help="install even when a host check of `hub doctor` fails (at your own risk)",
+        ),
+    ] = False,
 ) -> None:
     """Install the hub as the systemd service rediacc-hub and start it.
 
@@ -149,9 +182,23 @@ def install_command(
     /etc/rediacc/hub/hub.env (0600, the env_file's secrets) and
     /opt/rediacc/proxy/traefik/dynamic/rediacc-hub.yaml, rewriting only what changed; then
     `systemctl daemon-reload && systemctl enable --now rediacc-hub` where systemd runs.
-    Exit codes: 0 installed (or nothing to change), 1 writing or systemctl failed, 2 bad
-    compose file, env file or configuration.
+    The host is checked first as `hub doctor` does; a failed check stops the install (exit 6)
+    unless --skip-checks. --setup-host prepares the host before that (alone: only that).
+    Exit codes: 0 installed (or nothing to change), 1 writing, systemctl or the host setup
+    failed, 2 bad compose file, env file or configuration, 6 a host check failed.
     """
+    if criu_debs is not None and not setup_host:
+        fail("--criu-debs is only used with --setup-host", EXIT_USAGE)
+    if setup_host:
+        _setup_host(criu_debs, root, dry_run)
+        if compose_file is None:
+            return
+    elif compose_file is None:
+        fail(
+            "missing COMPOSE_FILE: hub install <docker-compose.yml> (or --setup-host alone to "
+            "prepare this host)",
+            EXIT_USAGE,
+        )
     try:
         svc = load_compose(compose_file, service=service, env_file=env_file)
         # Refuse to install a configuration the hub would refuse to start with.
@@ -171,6 +218,8 @@ def install_command(
         fail(f"--gc-max-age: {exc}", EXIT_USAGE)
     for warning in (*svc.warnings, *plan.warnings):
         print_warning(warning)
+    if root.resolve() == Path("/") and not skip_checks:
+        precheck(config, "hub install")  # files under another --root are for another machine
     artefacts = list(plan.artefacts)
 
     if dry_run:
@@ -191,7 +240,7 @@ def install_command(
 
     if root.resolve() == Path("/") and os.geteuid() != 0:
         fail(
-            "hub install writes to /etc and /opt: run it as root (sudo hub install ...)",
+            "hub install writes to /etc and /opt: run it as root",
             EXIT_FAILURE,
         )
     stop = inst.stop_commands(plan, root)  # before the files it names are gone
@@ -224,6 +273,33 @@ def install_command(
         print_systemctl_hint([*stop, *cmds], root, systemd_absent_reason(root))
     if all(c.status == "unchanged" for c in changes):
         console.print("[dim]already installed: nothing changed[/]")
+
+
+def _setup_host(criu_debs: Path | None, root: Path, dry_run: bool) -> None:
+    """``--setup-host``: hubcontrol.hostsetup's steps on this host, as a table."""
+    if root.resolve() != Path("/"):
+        fail("--setup-host prepares this host: it cannot be combined with --root", EXIT_USAGE)
+    if dry_run:
+        fail("--setup-host has no --dry-run: `hub doctor` shows what it would fix", EXIT_USAGE)
+    if os.geteuid() != 0:
+        fail("--setup-host installs packages and writes to /etc and /opt: run it as root")
+    table = Table(title="hub install --setup-host", title_justify="left")
+    table.add_column("step", style="bold")
+    table.add_column("outcome")
+    table.add_column("detail", overflow="fold")
+    style = {"present": "dim", "done": "green", "warning": "yellow"}
+    for what, step in hostsetup.steps(criu_debs):
+        try:
+            with err_console.status(f"{what} ..."):
+                done = step()
+        except HubError as exc:
+            console.print(table)
+            fail(exc, EXIT_FAILURE)
+        except OSError as exc:  # a file the step writes (runc.conf, sysctl.d, /opt)
+            console.print(table)
+            fail(f"{what}: {exc}", EXIT_FAILURE)
+        table.add_row(done.name, f"[{style[done.outcome]}]{done.outcome}[/]", field(done.detail))
+    console.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -15,6 +15,7 @@ import signal
 
 import typer
 
+from hubcli.commands.doctor import precheck
 from hubcli.exitcodes import EXIT_FAILURE, EXIT_USAGE
 from hubcli.output import print_error, print_problems, print_warning
 from hubcontrol.config import DEFAULT_LABELS_FILE, START_FLAGS, load_config, parse_start_flags
@@ -31,8 +32,9 @@ def start(ctx: typer.Context) -> None:
 
     SIGTERM or Ctrl-C stop the hub; user environments keep running and the next start picks
     them up. --workers N (or HUB_WORKERS) runs N proxy processes on the port; this one also runs
-    the control plane. Exit status 2 means the configuration is invalid (every problem is
-    printed).
+    the control plane. The host is checked first as `hub doctor` does: a failed check stops the
+    start with exit status 6 (--skip-checks starts anyway). Exit status 2 means the
+    configuration is invalid (every problem is printed).
     """
     from hubproxy.server.pyopt import reexec_optimized
 
@@ -44,6 +46,7 @@ def start(ctx: typer.Context) -> None:
         raise typer.Exit(EXIT_USAGE) from None
     labels = flags.pop("labels", None) or str(DEFAULT_LABELS_FILE)
     env_file = flags.pop("env_file", None) or None
+    skip_checks = bool(flags.pop("skip_checks", False))
     try:
         config = load_config(labels, env_file=env_file, flags=flags)
     except ConfigError as e:
@@ -54,6 +57,10 @@ def start(ctx: typer.Context) -> None:
         raise typer.Exit(EXIT_USAGE) from None
     for warning in config.warnings:
         print_warning(warning)
+    if skip_checks:
+        print_warning("--skip-checks: the host's prerequisites were not checked (hub doctor)")
+    else:
+        precheck(config, "hub start")
     from hubproxy.server.startup import check_workers, run_proxy, start_control_plane
 
     try:

@@ -146,6 +146,12 @@ START_FLAGS: Mapping[str, StartFlag] = MappingProxyType(
             StartFlag("labels", str, "a hub.labels.yaml (or compose file) to read labels from"),
             StartFlag("env-file", str, "an env file with HUB_* variables"),
             StartFlag(
+                "skip-checks",
+                parse_bool,
+                "start even when a host check of `hub doctor` fails (at your own risk)",
+                switch=True,
+            ),
+            StartFlag(
                 "audit-dir", parse_abs_path, "directory of per-user audit logs", attr="audit_dir"
             ),
             StartFlag(

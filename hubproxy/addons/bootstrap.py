@@ -21,8 +21,8 @@ log = logging.getLogger("hubproxy")
 
 # Flags that mitmdump itself owns (the listen port) or that name the files read here.
 # not mitmdump options: the listening port is mitmdump's own (--mode), and one mitmdump is one
-# process (run several yourself for more cores)
-_NOT_OPTIONS = ("port", "labels", "env-file", "workers")
+# process (run several yourself for more cores); `hub doctor`'s checks run before `hub start` only
+_NOT_OPTIONS = ("port", "labels", "env-file", "workers", "skip-checks")
 
 
 def option_name(flag: str) -> str:

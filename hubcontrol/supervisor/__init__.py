@@ -105,6 +105,10 @@ class DaemonSpec:
     limits: Limits = Limits()
     env_socket: bool = True  # dockerd also serves the environment's socket directory itself
     run_dir: Path = RUN_DIR
+    # --userns-remap: the account whose /etc/subuid range the daemon maps containers to
+    # (hubcontrol.userns.account_name); None: containers share the host's user namespace
+    userns_remap: str | None = None
+    userns_root: int | None = None  # with it: the host uid/gid of the namespace's root
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "network_config", MappingProxyType(dict(self.network_config)))
@@ -207,6 +211,8 @@ def daemon_config(spec: DaemonSpec, *, cgroup_parent: str | None = None) -> dict
     }
     if cgroup_parent:
         config["cgroup-parent"] = cgroup_parent
+    if spec.userns_remap:
+        config["userns-remap"] = spec.userns_remap
     driver = data_root_storage_driver(spec.data_root)
     if driver:
         config["storage-driver"] = driver
@@ -266,7 +272,9 @@ def prepare_daemon_dirs(spec: DaemonSpec) -> None:
     (the hub checked the chain above them: ``storage.prepare_user_tree``)."""
     daemon_dir = Path(spec.daemon_dir)
     daemon_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    safefs.ensure_dir(daemon_dir.parent, daemon_dir.name, mode=0o700)
+    # under --userns-remap the namespace's root must pass through it (storage.remap_modes)
+    gid, mode = storage.remap_modes(spec.userns_root)
+    safefs.ensure_dir(daemon_dir.parent, daemon_dir.name, mode=mode, gid=gid)
     for inner in (spec.data_root, spec.tmpdir):
         rel = safefs.split(inner, daemon_dir)
         safefs.ensure_dir(

@@ -60,7 +60,7 @@ from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.durations import format_duration
 from hubcontrol.errors import GCError
 from hubcontrol.netids import DEFAULT_REGISTRY
-from hubcontrol.supervisor import RUN_DIR
+from hubcontrol.supervisor import RUN_DIR, remapped_exec_roots
 from hubcontrol.supervisor import systemd as systemd_supervisor
 
 MARKER = ".networkid"
@@ -830,6 +830,9 @@ def _remove_data_root_locked(entry: GCEntry, plan: GCPlan, probe: HostProbe, now
     if exec_root.is_dir() and not exec_root.is_symlink():
         unmount_all(exec_root)
         shutil.rmtree(exec_root, ignore_errors=True)
+    for left in remapped_exec_roots(probe.exec_base, net_id):  # --userns-remap's, beside it
+        unmount_all(left)
+        shutil.rmtree(left, ignore_errors=True)
     owner = claim_owner(probe.claims_dir, net_id)
     released = release_claim(probe.claims_dir, net_id, path)
     details = [how] + (["claim released"] if released else [])

@@ -46,7 +46,14 @@ from hubcontrol.netids import DEFAULT_REGISTRY, NetIdRegistry
 from hubcontrol.placement import Placed, placement_for
 from hubcontrol.records import RecordStore, UserRecord
 from hubcontrol.services import Services, Wiring, wire_default_services
-from hubcontrol.supervisor import RUN_DIR, DaemonSpec, DaemonSupervisor, Limits, choose
+from hubcontrol.supervisor import (
+    RUN_DIR,
+    DaemonSpec,
+    DaemonSupervisor,
+    Limits,
+    choose,
+    remapped_exec_roots,
+)
 
 if TYPE_CHECKING:  # the services' types; hub.py never constructs them (services.py does)
     from hubcontrol.audit import AuditManager
@@ -1025,6 +1032,8 @@ class Hub:
                 spec = self._spec(name, rec.net_id, None)
                 if not await self.engine.call(self.supervisor.is_running, spec):
                     await self.engine.call(storage.remove_tree, spec.exec_root)
+                    for left in remapped_exec_roots(spec.run_dir, rec.net_id):
+                        await self.engine.call(storage.remove_tree, left)
             paths = storage.UserPaths(Path(self.config.workspace_dir), name)
             if remove_data:
                 if rec is not None and rec.net_id is not None:

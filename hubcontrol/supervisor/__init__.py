@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -265,6 +266,22 @@ def ping(path: Path, timeout: float = 1.0) -> bool:
         return False
     head, _, body = data.partition(b"\r\n\r\n")
     return head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n", 1)[0] and body == b"OK"
+
+
+def remapped_exec_roots(run_dir: Path, net_id: int) -> list[Path]:
+    """What dockerd with ``--userns-remap`` keeps beside the exec-root ``<run-dir>/<net_id>``:
+    ``<net_id>.<uid>.<gid>``, its remapped root's own, which outlives the daemon. Directories
+    only, never a link."""
+    pattern = re.compile(rf"{net_id}\.\d+\.\d+")
+    try:
+        entries = list(os.scandir(run_dir))
+    except FileNotFoundError:
+        return []
+    return [
+        Path(e.path)
+        for e in entries
+        if pattern.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+    ]
 
 
 def prepare_daemon_dirs(spec: DaemonSpec) -> None:

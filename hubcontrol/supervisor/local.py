@@ -358,7 +358,10 @@ class LocalSupervisor(DaemonSupervisor):
             return
         prepare_daemon_dirs(spec)
         spec.run_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-        safefs.ensure_dir(spec.run_dir, str(spec.net_id), mode=0o700)
+        # under --userns-remap CRIU restores the environment's mounts (the env socket dir
+        # below) from inside its user namespace, as its root: that group may pass through
+        gid, mode = storage.remap_modes(spec.userns_root)
+        safefs.ensure_dir(spec.run_dir, str(spec.net_id), mode=mode, gid=gid)
         safefs.ensure_dir(spec.exec_root, "env", mode=0o755)
         self._cleanup_stale(spec)
         self.apply_limits(spec)

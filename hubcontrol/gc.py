@@ -55,10 +55,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hubcontrol import du, names, procs, safefs, seeds, storage
+from hubcontrol import du, names, procs, safefs, seeds, storage, userns
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.durations import format_duration
-from hubcontrol.errors import GCError
+from hubcontrol.errors import DaemonError, GCError
 from hubcontrol.netids import DEFAULT_REGISTRY
 from hubcontrol.supervisor import RUN_DIR, remapped_exec_roots
 from hubcontrol.supervisor import systemd as systemd_supervisor
@@ -862,6 +862,11 @@ def remove_daemon_leftovers(user: str, net_id: int) -> list[str]:
         if any(d.exists() for d in cgroups.dirs(group)):
             cgroups.remove(group)
             done.append("cgroups removed")
+    try:  # --userns-remap's account and /etc/subuid, /etc/subgid ranges
+        if userns.remove_account(net_id):
+            done.append(f"account {userns.account_name(net_id)} removed")
+    except (DaemonError, ValueError) as e:
+        done.append(f"account {userns.account_name(net_id)} not removed: {e}")
     return done
 
 

@@ -1038,6 +1038,8 @@ class Hub:
             if remove_data:
                 if rec is not None and rec.net_id is not None:
                     await self.engine.call(self.netids.release, rec.net_id, paths.data_root_dir)
+                    # --userns-remap's account and id ranges (none: nothing to do)
+                    await self.engine.call(userns.remove_account, rec.net_id)
                 await self.engine.call(storage.remove_tree, paths.data_root_dir)
                 await self.engine.call(storage.remove_tree, paths.workspace)
             self._routes = self._routes.replace(name, None)

@@ -162,13 +162,14 @@ def ensure_account(net_id: int, *, subuid: Path = SUBUID, subgid: Path = SUBGID)
     return name
 
 
-def remove_account(net_id: int, *, subuid: Path = SUBUID, subgid: Path = SUBGID) -> None:
-    """Remove what ``ensure_account`` made (its ranges, the account and its group)."""
+def remove_account(net_id: int, *, subuid: Path = SUBUID, subgid: Path = SUBGID) -> bool:
+    """Remove what ``ensure_account`` made (its ranges, the account and its group), when the
+    user's data goes (``Hub.destroy(remove_data=True)``, ``hub gc``). True when there was one."""
     name, want = account_name(net_id), id_range(net_id)
     try:
         pwd.getpwnam(name)
     except KeyError:
-        return
+        return False
     drop = []
     for path, option in ((subuid, "--del-subuids"), (subgid, "--del-subgids")):
         if subid_problems(_read(path), name, want, str(path))[0]:
@@ -176,6 +177,7 @@ def remove_account(net_id: int, *, subuid: Path = SUBUID, subgid: Path = SUBGID)
     if drop:
         _run(["usermod", *drop, name])
     _run(["userdel", name])
+    return True
 
 
 # Shell lines for the CRIU wrappers (hubcontrol.supervisor.local.criu_wrapper and

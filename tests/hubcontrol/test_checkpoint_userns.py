@@ -16,6 +16,7 @@ import dataclasses
 import pwd
 import shutil
 import stat
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -117,6 +118,20 @@ def test_a_uid_1000_environment_is_restored_with_its_memory_under_userns_remap(
             assert lines[0] == "1000" and lines[1].split()[2:4] == ["1000", "1000"], seen.output
             top = (workspace_root / "workspaces" / env.name).stat()
             assert stat.S_IMODE(top.st_mode) & 0o007 == 0
+            # <workspace-dir> is passable now, the workspace is still closed to other accounts
+            other = subprocess.run(
+                [
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "cat",
+                    str(counter),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            assert other.returncode != 0 and "Permission denied" in other.stderr
             assert stat.S_IMODE((workspace_root / "workspaces").stat().st_mode) == 0o711
 
             time.sleep(1)
@@ -141,9 +156,10 @@ def test_a_uid_1000_environment_is_restored_with_its_memory_under_userns_remap(
         with embedded(config) as hub, contextlib.suppress(Exception):
             hub.destroy(user, remove_data=True)
         if net_id is not None:
-            # dockerd's <exec-root>.<uid>.<gid> went with the exec-root
-            assert remapped_exec_roots(RUN_DIR, net_id) == []
-            userns.remove_account(net_id)
+            # destroy took dockerd's <exec-root>.<uid>.<gid>, the account and its id ranges
+            leftovers = remapped_exec_roots(RUN_DIR, net_id)
+            had_account = userns.remove_account(net_id)  # whatever happened above: clean up
+            assert leftovers == [] and not had_account
             assert subid_lines(userns.account_name(net_id)) == []
             with pytest.raises(KeyError):
                 pwd.getpwnam(userns.account_name(net_id))

@@ -46,6 +46,7 @@ import enum
 import fcntl
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -489,15 +490,27 @@ def _inspect_data_root(path: Path, workspace: Path) -> tuple[int | None, str | N
     return net_id, None
 
 
+_REMAPPED_ROOT = re.compile(r"\d+\.\d+")  # dockerd --userns-remap: <data-root>/<uid>.<gid>/
+
+
 def _checkpoint_links(data_root: Path) -> list[tuple[str, str]]:
-    """(container id, real path) for each ``containers/<id>/checkpoints`` link in a data-root."""
-    containers = data_root / ".rediacc/docker/data/containers"
-    found = []
+    """(container id, real path) for each ``containers/<id>/checkpoints`` link in a data-root,
+    also in the ``<uid>.<gid>/`` data-roots of a daemon run with ``--userns-remap``."""
+    data = data_root / ".rediacc/docker/data"
+    roots = [data]
     with contextlib.suppress(OSError):
-        for entry in os.scandir(containers):
-            link = Path(entry.path, "checkpoints")
-            if link.is_symlink():
-                found.append((entry.name, os.path.realpath(link)))
+        roots += [
+            Path(e.path)
+            for e in os.scandir(data)
+            if _REMAPPED_ROOT.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+        ]
+    found = []
+    for root in roots:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(root / "containers"):
+                link = Path(entry.path, "checkpoints")
+                if link.is_symlink():
+                    found.append((entry.name, os.path.realpath(link)))
     return found
 
 

@@ -31,8 +31,13 @@ they open the images relative to containerd's copy of them, a 0700 directory of 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import pwd
 import subprocess
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +49,22 @@ RANGE_SIZE = 65536  # uids 0-65535 inside, what images use (nobody is 65534)
 ACCOUNT_PREFIX = "rdh-ns"
 SUBUID = Path("/etc/subuid")
 SUBGID = Path("/etc/subgid")
+# useradd/usermod/userdel refuse to run while another holds /etc/passwd's lock ("cannot lock"):
+# the hub's own calls (two users starting at once, gc beside a hub) take turns
+LOCK = Path("/run/rediacc/userns.lock")
+_thread_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _accounts_lock(path: Path = LOCK) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _thread_lock:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -132,46 +153,63 @@ def _read(path: Path) -> str:
         return ""
 
 
-def ensure_account(net_id: int, *, subuid: Path = SUBUID, subgid: Path = SUBGID) -> str:
+def ensure_account(net_id: int) -> str:
     """Make the account and id ranges of ``net_id`` exist; returns the account name.
 
     Idempotent. Raises ``DaemonError`` naming the entry to fix when ``/etc/subuid`` or
     ``/etc/subgid`` disagree with the hub (``subid_problems``): a daemon is never started on
     ids another user or tool also has."""
+    with _accounts_lock():
+        return _ensure_account(net_id)
+
+
+def _ensure_account(net_id: int) -> str:
     name, want = account_name(net_id), id_range(net_id)
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
+    missing, problems = [], []
+    for path, option in ((SUBUID, "--add-subuids"), (SUBGID, "--add-subgids")):
+        present, found = subid_problems(_read(path), name, want, str(path))
+        problems += found
+        if not present:
+            missing += [option, str(want)]
+    if problems:  # before anything is made: a refused start leaves the host as it was
+        raise DaemonError(
+            "The hub could not prepare your Docker daemon's user namespace.",
+            "--userns-remap: " + "; ".join(problems),
+        )
+    if not _exists(name):
         _run([
             "useradd", "--system", "--user-group", "--no-create-home",
             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
             "--comment", "rediacc hub user namespace", name,
         ])  # fmt: skip
-    missing = []
-    for path, option in ((subuid, "--add-subuids"), (subgid, "--add-subgids")):
-        present, problems = subid_problems(_read(path), name, want, str(path))
-        if problems:
-            raise DaemonError(
-                "The hub could not prepare your Docker daemon's user namespace.",
-                "--userns-remap: " + "; ".join(problems),
-            )
-        if not present:
-            missing += [option, str(want)]
     if missing:
         _run(["usermod", *missing, name])
     return name
 
 
-def remove_account(net_id: int, *, subuid: Path = SUBUID, subgid: Path = SUBGID) -> bool:
+def remove_account(net_id: int) -> bool:
     """Remove what ``ensure_account`` made (its ranges, the account and its group), when the
     user's data goes (``Hub.destroy(remove_data=True)``, ``hub gc``). True when there was one."""
-    name, want = account_name(net_id), id_range(net_id)
+    if not _exists(account_name(net_id)):
+        return False  # the common case without --userns-remap: no lock, no tool run
+    with _accounts_lock():
+        return _remove_account(net_id)
+
+
+def _exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
     except KeyError:
         return False
+    return True
+
+
+def _remove_account(net_id: int) -> bool:
+    name, want = account_name(net_id), id_range(net_id)
+    if not _exists(name):
+        return False
     drop = []
-    for path, option in ((subuid, "--del-subuids"), (subgid, "--del-subgids")):
+    for path, option in ((SUBUID, "--del-subuids"), (SUBGID, "--del-subgids")):
         if subid_problems(_read(path), name, want, str(path))[0]:
             drop += [option, str(want)]
     if drop:

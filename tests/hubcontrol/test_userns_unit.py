@@ -3,7 +3,9 @@ CRIU wrapper's restore step (run for real against a directory made as containerd
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import stat
 import subprocess
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 
 from hubcontrol import storage, userns
 from hubcontrol.checkpoint import non_root_checkpoints
+from hubcontrol.errors import DaemonError
 from hubcontrol.netids import MAX_USERS, net_id_for_index
 from hubcontrol.supervisor import remapped_exec_roots
 from hubcontrol.userns import IdRange
@@ -140,3 +143,45 @@ def test_remapped_exec_roots_are_dockerds_siblings_of_that_id_only(tmp_path):
     (tmp_path / "32768.2.2").symlink_to(tmp_path / "32832.1.1")
     assert remapped_exec_roots(tmp_path, 32768) == [tmp_path / "32768.1073741824.1073741824"]
     assert remapped_exec_roots(tmp_path / "missing", 32768) == []
+
+
+@pytest.mark.docker  # root: it adds and removes a real account and /etc/subuid, /etc/subgid lines
+def test_an_account_is_made_once_removed_again_and_refused_over_a_foreign_entry():
+    net_id = net_id_for_index(MAX_USERS - 1)  # the last index: no test run gets that far
+    name, want = userns.account_name(net_id), userns.id_range(net_id)
+    original = userns.SUBUID.read_text()
+
+    def lines() -> list[str]:
+        return [
+            line
+            for path in (userns.SUBUID, userns.SUBGID)
+            for line in path.read_text().splitlines()
+            if line.startswith(f"{name}:")
+        ]
+
+    try:
+        # another name holding one of its ids: refused before anything is made
+        userns.SUBUID.write_text(original + f"intruder:{want.start + 5}:1\n")
+        with pytest.raises(DaemonError) as err:
+            userns.ensure_account(net_id)
+        assert "/etc/subuid: intruder has" in err.value.log_message
+        assert "give intruder other ids" in err.value.log_message
+        with pytest.raises(KeyError):
+            pwd.getpwnam(name)
+        userns.SUBUID.write_text(original)
+
+        assert userns.ensure_account(net_id) == name
+        assert userns.ensure_account(net_id) == name  # idempotent: nothing added twice
+        assert lines() == [f"{name}:{want.start}:65536"] * 2
+        assert pwd.getpwnam(name).pw_shell == "/usr/sbin/nologin"
+        assert grp.getgrnam(name)  # dockerd's --userns-remap looks the group up too
+
+        assert userns.remove_account(net_id) is True
+        assert userns.remove_account(net_id) is False
+        assert lines() == []
+        with pytest.raises(KeyError):
+            pwd.getpwnam(name)
+    finally:
+        if "intruder" in userns.SUBUID.read_text():
+            userns.SUBUID.write_text(original)
+        userns.remove_account(net_id)

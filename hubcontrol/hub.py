@@ -62,6 +62,8 @@ if TYPE_CHECKING:  # the services' types; hub.py never constructs them (services
     from hubcontrol.stats import StatsSampler
 
 log = logging.getLogger(__name__)
+# a CRIU restore takes seconds at most: 120 tries 0.25 s apart outlast any (userns.cgroup_yard_race)
+CGROUP_YARD_RETRIES = 120
 
 STATES = (
     "stopped",
@@ -706,13 +708,24 @@ class Hub:
         self.records.save(rec)
         info = await call(client.api.inspect_container, container_id)
         if not info["State"]["Running"]:
+            await self._start_container(client, container_id, name)
+        return container_id, created, restored
+
+    async def _start_container(self, client, container_id: str, name: str) -> None:
+        # Under --userns-remap a start can fail while CRIU works on another container of the
+        # host (userns.cgroup_yard_race): retried until that CRIU is done, 0.25 s apart.
+        for attempt in range(CGROUP_YARD_RETRIES + 1):
             try:
-                await call(client.api.start, container_id)
+                await self.engine.call(client.api.start, container_id)
+                return
             except docker.errors.APIError as e:
+                if attempt < CGROUP_YARD_RETRIES and userns.cgroup_yard_race(str(e)):
+                    log.info("start %s: another CRIU's cgroup yard was in the way; retrying", name)
+                    await anyio.sleep(0.25)
+                    continue
                 raise EnvironmentError_(
                     "Your environment could not start.", f"start {name}: {e}"
                 ) from None
-        return container_id, created, restored
 
     @staticmethod
     def _must_recreate(container, tpl: Template, image_id: str | None = None) -> bool:

@@ -234,3 +234,16 @@ CRIU_RESTORE_PRELUDE = (
     "  esac\n"
     "fi\n"
 )
+
+
+def cgroup_yard_race(error: str) -> bool:
+    """Whether a container start failed only because CRIU was restoring or dumping something
+    else on the host at that moment (docs/checkpoint.md, "cgroup v1 hosts").
+
+    On a cgroup v1 host runc mounts every v1 hierarchy it finds in the mount table into the
+    container, the first mount of each; a hierarchy the host itself does not mount (hugetlb,
+    perf_event and net_cls here) is found only in CRIU's temporary cgroup yard
+    (``.criu.cgyard.*``, below that daemon's root-only directories) while a CRIU runs. Host
+    root can look there, a remapped container's root cannot: "error mounting "cgroup" ...
+    .criu.cgyard...: permission denied". The yard goes when that CRIU ends: a retry works."""
+    return "error mounting" in error and ".criu.cgyard." in error and "permission denied" in error

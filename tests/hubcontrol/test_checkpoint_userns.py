@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import os
 import pwd
 import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -188,3 +191,73 @@ def test_without_userns_remap_the_same_environment_cannot_be_dumped_here(tmp_pat
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "hubcontrol.checkpoint")
     assert "Can't get rlimit" in logged and "Operation not permitted" in logged
     assert "--userns-remap" in logged  # the hint
+
+
+def unmounted_v1_controller() -> str | None:
+    """A cgroup v1 hierarchy the kernel has but the host does not mount (hugetlb here; its
+    controllers joined by commas, as ``mount -o`` takes them), which runc looks for in the
+    mount table; None on a host without such (cgroup v2 only)."""
+    mounted = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" - ")[1].split()
+        if fields[0] == "cgroup":
+            mounted.update(fields[2].split(","))
+    hierarchies: dict[str, list[str]] = {}
+    for line in Path("/proc/cgroups").read_text().splitlines()[1:]:
+        name, hierarchy, _, enabled = line.split()
+        if enabled == "1" and hierarchy != "0":
+            hierarchies.setdefault(hierarchy, []).append(name)
+    for names in hierarchies.values():
+        if not mounted.intersection(names):
+            return ",".join(sorted(names))
+    return None
+
+
+def _remove_yard_once_refused(yard: Path, caplog, limit: float = 60) -> None:
+    """The CRIU that made the yard ends: after the hub's first refused start (or ``limit``)."""
+    deadline = time.monotonic() + limit
+    while "cgroup yard was in the way" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    subprocess.run(["umount", str(yard)], check=False)
+
+
+def test_a_start_while_another_criu_works_is_retried_under_userns_remap(
+    workspace_root, image, caplog
+):
+    """On this cgroup v1 host, while any CRIU dumps or restores, its cgroup yard (a v1 hierarchy
+    the host does not mount, below root-only directories) is in the mount table; runc mounts it
+    into a new container, which a remapped root may not look at. Made here as CRIU makes it,
+    removed once the hub's first start was refused: the environment starts once it is gone."""
+    user = unique_user("yard")
+    config = dataclasses.replace(
+        make_config(workspace_root, image, user="1000:1000"), userns_remap=True
+    )
+    caplog.set_level(logging.INFO, logger="hubcontrol.hub")
+    controller = unmounted_v1_controller()
+    hidden = Path(tempfile.mkdtemp(prefix="yard-", dir="/tmp"))  # 0700, root's
+    yard = hidden / ".criu.cgyard.test" / str(controller)
+    net_id = None
+    try:
+        if controller is not None:
+            yard.mkdir(parents=True)
+            subprocess.run(
+                ["mount", "-t", "cgroup", "-o", controller, "none", str(yard)], check=True
+            )
+            threading.Thread(target=_remove_yard_once_refused, args=(yard, caplog)).start()
+        with embedded(config, ready_timeout=60) as hub:
+            hub.ensure_running(user)
+            net_id = hub.hub.record(user)["net_id"]
+            assert hub.hub.record(user)["state"] == "running"
+        if controller is not None:
+            assert "cgroup yard was in the way" in caplog.text  # refused first, then started
+    finally:
+        with embedded(config) as hub, contextlib.suppress(Exception):
+            hub.destroy(user, remove_data=True)
+        deadline = time.monotonic() + 10
+        while controller is not None and os.path.ismount(yard) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if controller is not None and os.path.ismount(yard):
+            subprocess.run(["umount", "-l", str(yard)], check=False)
+        shutil.rmtree(hidden, ignore_errors=True)
+        if net_id is not None:
+            userns.remove_account(net_id)

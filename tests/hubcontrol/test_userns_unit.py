@@ -185,3 +185,27 @@ def test_an_account_is_made_once_removed_again_and_refused_over_a_foreign_entry(
         if "intruder" in userns.SUBUID.read_text():
             userns.SUBUID.write_text(original)
         userns.remove_account(net_id)
+
+
+# measured on this host: another daemon's CRIU restore was running while the hub started a
+# remapped environment
+YARD_ERROR = (
+    '400 Client Error: Bad Request ("failed to create shim task: OCI runtime create failed: runc '
+    "create failed: unable to start container process: error during container init: error "
+    'mounting "cgroup" to rootfs at "/sys/fs/cgroup": stat /tmp/x/.rediacc/docker/data/'
+    "containerd/daemon/io.containerd.runtime.v2.task/moby/1282/.criu.cgyard.aYeiaZ/hugetlb: "
+    'permission denied: unknown")'
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "race"),
+    [
+        (YARD_ERROR, True),
+        (YARD_ERROR.replace(".criu.cgyard.aYeiaZ", "other"), False),
+        (YARD_ERROR.replace("permission denied", "no such file or directory"), False),
+        ("driver failed programming external connectivity: port is already allocated", False),
+    ],
+)
+def test_only_another_crius_cgroup_yard_is_retried(error, race):
+    assert userns.cgroup_yard_race(error) is race

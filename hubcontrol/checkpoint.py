@@ -307,6 +307,33 @@ def host_can_dump_other_users(status: str | None = None) -> bool:
     return False
 
 
+def non_root_checkpoints(has_cap: bool, userns_remap: bool) -> tuple[bool, str]:
+    """Whether environments that run as a non-root user can be checkpointed on a host, and the
+    explanation an operator reads (``hub doctor``, the startup warning; docs/checkpoint.md,
+    "Non-root environments without CAP_SYS_RESOURCE").
+
+    ``has_cap``: the hub's root holds CAP_SYS_RESOURCE (``host_can_dump_other_users``);
+    ``userns_remap``: per-user daemons run with ``--userns-remap``."""
+    if has_cap:
+        return True, "root holds CAP_SYS_RESOURCE: CRIU can dump environments of any user"
+    if userns_remap:
+        return True, (
+            "root lacks CAP_SYS_RESOURCE, but --userns-remap puts each user's containers in a "
+            "user namespace that root owns, where it holds every capability: CRIU can dump "
+            "environments of any user (of per-user daemons; templates on the host's daemon "
+            "still only as root)"
+        )
+    return False, (
+        "root lacks CAP_SYS_RESOURCE (this host's capability bounding set withholds it, as "
+        "Firecracker VMs do), and CRIU reads every dumped process's rlimits with prlimit(), "
+        "which for a process of another uid needs that capability in the process's user "
+        "namespace: only environments running as root (template user root or 0) can be "
+        "checkpointed; others fail with CRIU's \"Can't get rlimit ... Operation not "
+        'permitted". Fix: give root CAP_SYS_RESOURCE, or run the hub with --userns-remap '
+        "(HUB_USERNS_REMAP=true; docs/checkpoint.md)"
+    )
+
+
 IO_URING_SYSCTL = Path("/proc/sys/kernel/io_uring_disabled")
 
 
@@ -329,7 +356,8 @@ def host_warnings() -> list[str]:
     if not host_can_dump_other_users():
         out.append(
             "root lacks CAP_SYS_RESOURCE here, so CRIU can only dump environments whose "
-            "processes run as root (template user root or 0); others fail and count as strikes"
+            "processes run as root (template user root or 0), unless the hub runs with "
+            "--userns-remap; others fail and count as strikes"
         )
     if io_uring_open_to_containers():
         out.append(
@@ -344,7 +372,8 @@ def _hint(excerpt: str) -> str:
         return (
             "\nhint: this host's root lacks CAP_SYS_RESOURCE, so CRIU cannot read the rlimits of "
             "processes running as another user; only environments running as root (template "
-            "user root or 0) can be checkpointed here"
+            "user root or 0) can be checkpointed here, unless the hub runs with --userns-remap "
+            "(per-user daemons then put containers in user namespaces root owns)"
         )
     if "External socket is used" in excerpt:
         return (

@@ -36,7 +36,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hubcontrol import storage
-from hubcontrol.checkpoint import CAP_SYS_RESOURCE, host_can_dump_other_users
+from hubcontrol.checkpoint import (
+    CAP_SYS_RESOURCE,
+    host_can_dump_other_users,
+    non_root_checkpoints,
+)
 from hubcontrol.supervisor import CRIU_BIN, INIT_PATH
 from hubcontrol.supervisor.local import Cgroups
 
@@ -174,11 +178,11 @@ def check_io_uring(root: Path = Path("/"), checkpoint: bool | None = None) -> Ch
     )
 
 
-def check_cap_sys_resource(status: str) -> Check:
+def check_cap_sys_resource(status: str, userns_remap: bool = False) -> Check:
     """CAP_SYS_RESOURCE, which CRIU needs to read the rlimits (``prlimit()``) of processes of
-    another uid: without it only environments running as root can be checkpointed. ``status`` is
-    the text of ``/proc/self/status``. (Kept small: how non-root environments can be checkpointed
-    on hosts without it is open, issue 15 item 8.)"""
+    another uid: without it, and without ``--userns-remap`` (whose user namespaces root owns),
+    only environments running as root can be checkpointed. ``status`` is the text of
+    ``/proc/self/status``; the explanation is ``checkpoint.non_root_checkpoints``'s."""
 
     def has(field: str) -> bool:
         found = re.search(rf"^{field}:\s*([0-9a-fA-F]+)", status, re.MULTILINE)
@@ -186,6 +190,13 @@ def check_cap_sys_resource(status: str) -> Check:
 
     if host_can_dump_other_users(status):
         return Check("CAP_SYS_RESOURCE", OK, "in the effective set", needed_for="checkpoint")
+    if userns_remap:
+        return Check(
+            "CAP_SYS_RESOURCE",
+            OK,
+            non_root_checkpoints(False, True)[1],
+            needed_for="checkpoint",
+        )
     if not has("CapBnd"):
         return Check(
             "CAP_SYS_RESOURCE",
@@ -194,9 +205,8 @@ def check_cap_sys_resource(status: str) -> Check:
             "on Firecracker VMs): CRIU cannot read the rlimits of processes of another uid, so "
             "checkpoints of environments that run as a non-root user fail and count toward the "
             "three strikes; environments running as root (rediacc.hub.user=root) checkpoint. "
-            "No command on this host fixes it; a host (VM) whose kernel grants root the "
-            "capability does",
-            "",
+            "Per-user daemons with --userns-remap get around it (docs/checkpoint.md)",
+            "hub start --userns-remap (HUB_USERNS_REMAP=true)",
             "checkpoint",
         )
     return Check(
@@ -394,6 +404,7 @@ def run_checks(
     *,
     workspace_dir: Path,
     checkpoint: bool | None = None,
+    userns_remap: bool = False,
     root: Path = Path("/"),
     path: str | None = None,
     run: Callable[[list[str], str | None], str | None] = command_output,
@@ -422,7 +433,7 @@ def run_checks(
             check_criu(run([str(criu), "--version"], path), checkpoint),
             check_runc_conf(root, checkpoint),
             check_io_uring(root, checkpoint),
-            check_cap_sys_resource(status),
+            check_cap_sys_resource(status, userns_remap),
         ]
     return checks
 

@@ -46,6 +46,7 @@ import enum
 import fcntl
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -55,12 +56,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hubcontrol import du, names, procs, safefs, seeds, storage
+from hubcontrol import du, names, procs, safefs, seeds, storage, userns
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.durations import format_duration
-from hubcontrol.errors import GCError
+from hubcontrol.errors import DaemonError, GCError
 from hubcontrol.netids import DEFAULT_REGISTRY
-from hubcontrol.supervisor import RUN_DIR
+from hubcontrol.supervisor import RUN_DIR, remapped_exec_roots
 from hubcontrol.supervisor import systemd as systemd_supervisor
 
 MARKER = ".networkid"
@@ -489,15 +490,27 @@ def _inspect_data_root(path: Path, workspace: Path) -> tuple[int | None, str | N
     return net_id, None
 
 
+_REMAPPED_ROOT = re.compile(r"\d+\.\d+")  # dockerd --userns-remap: <data-root>/<uid>.<gid>/
+
+
 def _checkpoint_links(data_root: Path) -> list[tuple[str, str]]:
-    """(container id, real path) for each ``containers/<id>/checkpoints`` link in a data-root."""
-    containers = data_root / ".rediacc/docker/data/containers"
-    found = []
+    """(container id, real path) for each ``containers/<id>/checkpoints`` link in a data-root,
+    also in the ``<uid>.<gid>/`` data-roots of a daemon run with ``--userns-remap``."""
+    data = data_root / ".rediacc/docker/data"
+    roots = [data]
     with contextlib.suppress(OSError):
-        for entry in os.scandir(containers):
-            link = Path(entry.path, "checkpoints")
-            if link.is_symlink():
-                found.append((entry.name, os.path.realpath(link)))
+        roots += [
+            Path(e.path)
+            for e in os.scandir(data)
+            if _REMAPPED_ROOT.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+        ]
+    found = []
+    for root in roots:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(root / "containers"):
+                link = Path(entry.path, "checkpoints")
+                if link.is_symlink():
+                    found.append((entry.name, os.path.realpath(link)))
     return found
 
 
@@ -830,6 +843,9 @@ def _remove_data_root_locked(entry: GCEntry, plan: GCPlan, probe: HostProbe, now
     if exec_root.is_dir() and not exec_root.is_symlink():
         unmount_all(exec_root)
         shutil.rmtree(exec_root, ignore_errors=True)
+    for left in remapped_exec_roots(probe.exec_base, net_id):  # --userns-remap's, beside it
+        unmount_all(left)
+        shutil.rmtree(left, ignore_errors=True)
     owner = claim_owner(probe.claims_dir, net_id)
     released = release_claim(probe.claims_dir, net_id, path)
     details = [how] + (["claim released"] if released else [])
@@ -859,6 +875,11 @@ def remove_daemon_leftovers(user: str, net_id: int) -> list[str]:
         if any(d.exists() for d in cgroups.dirs(group)):
             cgroups.remove(group)
             done.append("cgroups removed")
+    try:  # --userns-remap's account and /etc/subuid, /etc/subgid ranges
+        if userns.remove_account(net_id):
+            done.append(f"account {userns.account_name(net_id)} removed")
+    except (DaemonError, ValueError) as e:
+        done.append(f"account {userns.account_name(net_id)} not removed: {e}")
     return done
 
 

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import stat
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -28,7 +29,7 @@ import docker.errors
 
 from hubcontrol import checkpoint as ckpt
 from hubcontrol import environment as envs
-from hubcontrol import images, mounts, network, safefs, storage
+from hubcontrol import images, mounts, netids, network, safefs, storage, userns
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.engine import Engine
 from hubcontrol.environment import Environment
@@ -45,7 +46,14 @@ from hubcontrol.netids import DEFAULT_REGISTRY, NetIdRegistry
 from hubcontrol.placement import Placed, placement_for
 from hubcontrol.records import RecordStore, UserRecord
 from hubcontrol.services import Services, Wiring, wire_default_services
-from hubcontrol.supervisor import RUN_DIR, DaemonSpec, DaemonSupervisor, Limits, choose
+from hubcontrol.supervisor import (
+    RUN_DIR,
+    DaemonSpec,
+    DaemonSupervisor,
+    Limits,
+    choose,
+    remapped_exec_roots,
+)
 
 if TYPE_CHECKING:  # the services' types; hub.py never constructs them (services.py does)
     from hubcontrol.audit import AuditManager
@@ -54,6 +62,8 @@ if TYPE_CHECKING:  # the services' types; hub.py never constructs them (services
     from hubcontrol.stats import StatsSampler
 
 log = logging.getLogger(__name__)
+# a CRIU restore takes seconds at most: 120 tries 0.25 s apart outlast any (userns.cgroup_yard_race)
+CGROUP_YARD_RETRIES = 120
 
 STATES = (
     "stopped",
@@ -435,6 +445,7 @@ class Hub:
     def _spec(self, name: str, net_id: int, tpl: Template | None) -> DaemonSpec:
         paths = storage.UserPaths(Path(self.config.workspace_dir), name)
         net = network.user_network(net_id, self.config.user_subnet_pool)
+        remap = self.config.userns_remap
         return DaemonSpec(
             user=name,
             net_id=net_id,
@@ -444,6 +455,8 @@ class Hub:
             limits=self._limits(tpl),
             env_socket=self.env_socket_by_daemon,
             run_dir=self.run_dir,
+            userns_remap=userns.account_name(net_id) if remap else None,
+            userns_root=userns.id_range(net_id).start if remap else None,
         )
 
     def checkpoint_target(self, rec: UserRecord, container: str = "") -> ckpt.CheckpointTarget:
@@ -597,15 +610,23 @@ class Hub:
         rec.template, rec.mode, rec.per_user_docker = tpl.name, tpl.mode, tpl.per_user_docker
         self._set_state(rec, "starting", step="storage", message="Preparing your storage")
         paths = storage.UserPaths(Path(self.config.workspace_dir), rec.name)
+        remap = self.config.userns_remap
+        # a returning user's namespace group is known from their recorded network ID: their
+        # daemon may be running, so its directories must keep it throughout
+        known = await self.engine.call(netids.read_marker, paths.data_root_dir) if remap else None
         rec.subvolume = await self.engine.call(
             storage.prepare_user_tree,
             paths,
             workspace=not tpl.ephemeral,
             records_dir=self.users_dir,
+            remap=remap,
+            userns_root=_userns_root(known),
         )
         net_id = await self.engine.call(
             self.netids.allocate, paths.data_root_dir, reserved=self._reserved()
         )
+        if remap and net_id != known:
+            await self.engine.call(storage.set_daemon_dirs_group, paths, _userns_root(net_id))
         if not tpl.ephemeral:
             # nosuid,nodev: what a root template plants there gives nothing on the host
             await self.engine.call(mounts.make_inert, str(paths.workspace))
@@ -687,13 +708,24 @@ class Hub:
         self.records.save(rec)
         info = await call(client.api.inspect_container, container_id)
         if not info["State"]["Running"]:
+            await self._start_container(client, container_id, name)
+        return container_id, created, restored
+
+    async def _start_container(self, client, container_id: str, name: str) -> None:
+        # Under --userns-remap a start can fail while CRIU works on another container of the
+        # host (userns.cgroup_yard_race): retried until that CRIU is done, 0.25 s apart.
+        for attempt in range(CGROUP_YARD_RETRIES + 1):
             try:
-                await call(client.api.start, container_id)
+                await self.engine.call(client.api.start, container_id)
+                return
             except docker.errors.APIError as e:
+                if attempt < CGROUP_YARD_RETRIES and userns.cgroup_yard_race(str(e)):
+                    log.info("start %s: another CRIU's cgroup yard was in the way; retrying", name)
+                    await anyio.sleep(0.25)
+                    continue
                 raise EnvironmentError_(
                     "Your environment could not start.", f"start {name}: {e}"
                 ) from None
-        return container_id, created, restored
 
     @staticmethod
     def _must_recreate(container, tpl: Template, image_id: str | None = None) -> bool:
@@ -727,7 +759,12 @@ class Hub:
         facts = await call(envs.template_facts, client, tpl)  # user ids, shell
         owner = facts.owner
         if owner is not None and not tpl.ephemeral:
-            await call(_chown_top, paths.workspace, *owner)
+            remapped = self.config.userns_remap and tpl.per_user_docker and rec.net_id is not None
+            if remapped:
+                # the container's uid u is host uid start+u: the user sees their own ids
+                ids = userns.id_range(rec.net_id)
+                owner = (ids.host_id(owner[0]), ids.host_id(owner[1]))
+            await call(_chown_top, paths.workspace, *owner, remapped)
         limits = self._limits(tpl)
         options = envs.create_options(
             username=rec.username,
@@ -1008,10 +1045,14 @@ class Hub:
                 spec = self._spec(name, rec.net_id, None)
                 if not await self.engine.call(self.supervisor.is_running, spec):
                     await self.engine.call(storage.remove_tree, spec.exec_root)
+                    for left in remapped_exec_roots(spec.run_dir, rec.net_id):
+                        await self.engine.call(storage.remove_tree, left)
             paths = storage.UserPaths(Path(self.config.workspace_dir), name)
             if remove_data:
                 if rec is not None and rec.net_id is not None:
                     await self.engine.call(self.netids.release, rec.net_id, paths.data_root_dir)
+                    # --userns-remap's account and id ranges (none: nothing to do)
+                    await self.engine.call(userns.remove_account, rec.net_id)
                 await self.engine.call(storage.remove_tree, paths.data_root_dir)
                 await self.engine.call(storage.remove_tree, paths.workspace)
             self._routes = self._routes.replace(name, None)
@@ -1126,10 +1167,23 @@ class Hub:
             await anyio.sleep_forever()
 
 
-def _chown_top(path: Path, uid: int, gid: int) -> None:
+def _chown_top(path: Path, uid: int, gid: int, private: bool = False) -> None:
     """Give the workspace directory itself to the container user (contents are left alone),
-    through a descriptor opened without following a link (``safefs``)."""
+    through a descriptor opened without following a link (``safefs``). ``private`` (under
+    ``--userns-remap``, where ``<workspace-dir>`` is traversable) takes away its "other" bits."""
     with safefs.open_dir(path.parent, path.name) as fd:
         st = os.fstat(fd)
         if (st.st_uid, st.st_gid) != (uid, gid):
             os.fchown(fd, uid, gid)
+        if private and st.st_mode & 0o007:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) & ~0o007)
+
+
+def _userns_root(net_id: int | None) -> int | None:
+    """The host id of the namespace root of the user with ``net_id`` (None: not known yet)."""
+    if net_id is None:
+        return None
+    try:
+        return userns.id_range(net_id).start
+    except ValueError:
+        return None  # a marker from outside the user range: allocation replaces it

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 
 import docker
 
-from hubcontrol import images, network
+from hubcontrol import images, network, userns
 
 if TYPE_CHECKING:
     from hubcontrol.config import Template
@@ -78,8 +78,13 @@ class PerUserDaemon(Placement):
         await call(network.ensure_bridge, net.bridge, net.bridge_address)
         await call(network.apply_isolation, net)
         was_running = await call(hub.supervisor.is_running, spec)
+        if spec.userns_remap:
+            # the account and /etc/subuid ranges dockerd's --userns-remap names (hubcontrol.userns)
+            await call(userns.ensure_account, spec.net_id)
         seeds = getattr(hub, "seeds", None)
-        if not was_running and seeds is not None:
+        # a remapped daemon keeps its images in <data-root>/<id>.<id>, owned by the user's ids:
+        # a seed (images owned by host root) would only take space there
+        if not was_running and seeds is not None and not spec.userns_remap:
             if cloned := await seeds.provide(rec, template, spec):
                 rec.seeded = cloned
         await call(hub.supervisor.start, spec)

@@ -148,7 +148,7 @@ class SeedPaths:
 
     def ensure(self) -> Path:
         """Make ``.seeds`` (root's, 0700) without following a link; returns it."""
-        storage.secure_workspace_dir(self.workspace_dir)
+        storage.secure_workspace_dir(self.workspace_dir, traversable=None)
         safefs.ensure_dir(self.workspace_dir, SEEDS_DIR, mode=0o700)
         return self.dir
 

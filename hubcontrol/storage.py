@@ -7,6 +7,11 @@ Ownership (docs/security.md, "Paths root touches"):
 
 * ``<workspace-dir>`` is root's, mode 0700: no other host account reaches any workspace or
   data-root through it (a setuid file a root template leaves in a workspace is out of reach).
+  Under ``--userns-remap`` it is 0711 instead: dockerd and the containers' root filesystems need
+  each user's remapped root to pass through it to the data-root (dockerd refuses to start
+  otherwise). Nothing in it can then be listed, workspace tops lose their "other" bits, and
+  ``.rediacc`` and ``.rediacc/docker`` are root's with the user's namespace group, mode 0710,
+  so one user's ids reach no other user's tree (``remap_modes``).
 * ``<workspace-dir>/<u>`` (the workspace) is the only directory a user's environment writes; its
   top is given to the container user when the environment is created.
 * ``<workspace-dir>/<u>-docker`` and everything the hub keeps in it are root's: no environment
@@ -31,6 +36,7 @@ from hubcontrol.errors import HubError, StorageError
 
 CHECKPOINT_DIR = ".checkpoint"  # <workspace-dir>/<u>/.checkpoint/ (the seed's place)
 WORKSPACE_DIR_MODE = 0o700
+WORKSPACE_DIR_MODE_REMAP = 0o711  # --userns-remap: traversable, never listable
 DATA_ROOT_DIR_MODE = 0o711
 # (path below the data-root dir, mode, whether an existing dir gets the mode back)
 _DAEMON_DIRS = (
@@ -102,8 +108,10 @@ def is_subvolume(path: Path) -> bool:
         return False
 
 
-def secure_workspace_dir(workspace_dir: Path) -> None:
-    """Make ``<workspace-dir>`` (and missing parents) and keep it root's with mode 0700."""
+def secure_workspace_dir(workspace_dir: Path, *, traversable: bool | None = False) -> None:
+    """Make ``<workspace-dir>`` (and missing parents) and keep it root's with mode 0700, or 0711
+    when ``traversable`` (``--userns-remap``); None keeps whichever of the two it has (callers
+    that do not know the hub's choice, such as seeds, must not undo it)."""
     workspace_dir = Path(workspace_dir)
     workspace_dir.mkdir(parents=True, exist_ok=True, mode=WORKSPACE_DIR_MODE)
     st = os.stat(workspace_dir)
@@ -113,8 +121,31 @@ def secure_workspace_dir(workspace_dir: Path) -> None:
             f"{workspace_dir} (--workspace-dir) is owned by uid {st.st_uid}; it must be root's: "
             f"chown root:root {workspace_dir}",
         )
-    if st.st_mode & 0o7777 != WORKSPACE_DIR_MODE:
-        os.chmod(workspace_dir, WORKSPACE_DIR_MODE)
+    mode = st.st_mode & 0o7777
+    if traversable is None:
+        want = (
+            mode if mode in (WORKSPACE_DIR_MODE, WORKSPACE_DIR_MODE_REMAP) else WORKSPACE_DIR_MODE
+        )
+    else:
+        want = WORKSPACE_DIR_MODE_REMAP if traversable else WORKSPACE_DIR_MODE
+    if mode != want:
+        os.chmod(workspace_dir, want)
+
+
+def remap_modes(userns_root: int | None) -> tuple[int, int]:
+    """(gid, mode) of ``.rediacc`` and ``.rediacc/docker``: root's group and 0700 normally;
+    under ``--userns-remap`` the group of the user's namespace root (host id ``userns_root``)
+    with 0710, which dockerd requires of every directory above its data-root."""
+    return (0, 0o700) if userns_root is None else (userns_root, 0o710)
+
+
+def set_daemon_dirs_group(paths: UserPaths, userns_root: int | None) -> None:
+    """Give ``.rediacc`` and ``.rediacc/docker`` the group and mode of ``remap_modes``."""
+    gid, mode = remap_modes(userns_root)
+    for rel in (".rediacc", ".rediacc/docker"):
+        safefs.ensure_dir(
+            paths.workspace_dir, Path(paths.data_root_dir.name, rel), mode=mode, gid=gid
+        )
 
 
 def overlap_problems(paths: UserPaths, records_dir: Path | None = None) -> list[str]:
@@ -189,27 +220,40 @@ def safe_or_none(username: str) -> str | None:
 
 
 def prepare_user_tree(
-    paths: UserPaths, *, workspace: bool = True, records_dir: Path | None = None
+    paths: UserPaths,
+    *,
+    workspace: bool = True,
+    records_dir: Path | None = None,
+    remap: bool = False,
+    userns_root: int | None = None,
 ) -> bool:
     """Make or check everything of one user under ``<workspace-dir>`` before a start, without
     following a link anywhere below ``<workspace-dir>``; refuse an overlap with another
-    account's tree (``StorageError``). Returns True when the data-root dir is a subvolume."""
+    account's tree (``StorageError``). Returns True when the data-root dir is a subvolume.
+
+    ``remap``: the hub runs with ``--userns-remap`` (``<workspace-dir>`` 0711, a new workspace
+    0750); ``userns_root``: this user's namespace root, when already known (else
+    ``set_daemon_dirs_group`` follows once the network ID is)."""
     check_no_overlap(paths, records_dir)
-    secure_workspace_dir(paths.workspace_dir)
+    secure_workspace_dir(paths.workspace_dir, traversable=remap)
     subvolume = ensure_data_root_dir(paths.data_root_dir)
     try:
         safefs.ensure_dir(
             paths.workspace_dir, paths.data_root_dir.name, mode=DATA_ROOT_DIR_MODE, set_mode=False
         )
+        gid, remapped = remap_modes(userns_root)
         for rel, mode, set_mode in _DAEMON_DIRS:
+            shared = rel in (".rediacc", ".rediacc/docker")
             safefs.ensure_dir(
                 paths.workspace_dir,
                 Path(paths.data_root_dir.name, rel),
-                mode=mode,
+                mode=remapped if shared else mode,
+                gid=gid if shared else 0,
                 set_mode=set_mode,
             )
         if workspace:
-            with safefs.open_dir(paths.workspace_dir, paths.user, create=True, mode=0o755):
+            top = 0o750 if remap else 0o755
+            with safefs.open_dir(paths.workspace_dir, paths.user, create=True, mode=top):
                 pass
     except OSError as e:
         raise StorageError("The hub could not prepare your storage.", f"{paths.user}: {e}") from e

@@ -37,7 +37,9 @@ def precheck(config: HubConfig, command: str) -> None:
     each warning printed on stderr; on any failure every failed check (what is missing and the
     command that fixes it) and exit ``EXIT_HOST``."""
     checks = doctor.run_checks(
-        workspace_dir=config.workspace_dir, checkpoint=doctor.checkpoint_wanted(config)
+        workspace_dir=config.workspace_dir,
+        checkpoint=doctor.checkpoint_wanted(config),
+        userns_remap=config.userns_remap,
     )
     for c in checks:
         if c.status == doctor.WARN:
@@ -92,6 +94,7 @@ def doctor_command(
     Exit codes: 0 nothing failed (warnings allowed), 6 a check failed (hub start and hub
     install refuse to run), 2 bad --labels or --env-file.
     """
+    userns_remap = False
     if labels is not None:
         try:
             config = load_config(labels, env_file=env_file)
@@ -101,8 +104,11 @@ def doctor_command(
             workspace_dir = config.workspace_dir
         if checkpoint is None:
             checkpoint = doctor.checkpoint_wanted(config)
+        userns_remap = config.userns_remap
     workspace_dir = workspace_dir or HubConfig.workspace_dir
-    checks = doctor.run_checks(workspace_dir=workspace_dir, checkpoint=checkpoint)
+    checks = doctor.run_checks(
+        workspace_dir=workspace_dir, checkpoint=checkpoint, userns_remap=userns_remap
+    )
     failed = doctor.failures(checks)
     if as_json:
         print_json(

@@ -173,6 +173,16 @@ START_FLAGS: Mapping[str, StartFlag] = MappingProxyType(
                 attr="supervisor",
             ),
             StartFlag(
+                "userns-remap",
+                parse_bool,
+                "per-user daemons remap containers to the user's own host ids (non-root "
+                "checkpoints where root lacks CAP_SYS_RESOURCE); also HUB_USERNS_REMAP",
+                attr="userns_remap",
+                show=_show_bool,
+                switch=True,
+                variable="HUB_USERNS_REMAP",
+            ),
+            StartFlag(
                 "workers",
                 parse_workers,
                 f"proxy processes sharing --port (SO_REUSEPORT), 1-{MAX_WORKERS}; also HUB_WORKERS",

@@ -110,6 +110,10 @@ class HubConfig:
     state_dir: Path = DEFAULT_STATE_DIR
     user_subnet_pool: str = DEFAULT_USER_SUBNET_POOL
     supervisor: str = "auto"  # "systemd", "local" or "auto" (systemd when PID 1 is systemd)
+    # --userns-remap / HUB_USERNS_REMAP: per-user daemons put containers in a user namespace of
+    # the user's own host ids (hubcontrol.userns), so CRIU can dump non-root environments where
+    # root lacks CAP_SYS_RESOURCE (docs/checkpoint.md)
+    userns_remap: bool = False
     workers: int = 1  # proxy processes on --port; worker 0 also runs the control plane
     # where it came from (set by load_config; informational)
     source: Path | None = None  # the compose file or hub.labels.yaml

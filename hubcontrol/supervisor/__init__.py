@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -105,6 +106,10 @@ class DaemonSpec:
     limits: Limits = Limits()
     env_socket: bool = True  # dockerd also serves the environment's socket directory itself
     run_dir: Path = RUN_DIR
+    # --userns-remap: the account whose /etc/subuid range the daemon maps containers to
+    # (hubcontrol.userns.account_name); None: containers share the host's user namespace
+    userns_remap: str | None = None
+    userns_root: int | None = None  # with it: the host uid/gid of the namespace's root
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "network_config", MappingProxyType(dict(self.network_config)))
@@ -207,6 +212,8 @@ def daemon_config(spec: DaemonSpec, *, cgroup_parent: str | None = None) -> dict
     }
     if cgroup_parent:
         config["cgroup-parent"] = cgroup_parent
+    if spec.userns_remap:
+        config["userns-remap"] = spec.userns_remap
     driver = data_root_storage_driver(spec.data_root)
     if driver:
         config["storage-driver"] = driver
@@ -261,12 +268,30 @@ def ping(path: Path, timeout: float = 1.0) -> bool:
     return head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n", 1)[0] and body == b"OK"
 
 
+def remapped_exec_roots(run_dir: Path, net_id: int) -> list[Path]:
+    """What dockerd with ``--userns-remap`` keeps beside the exec-root ``<run-dir>/<net_id>``:
+    ``<net_id>.<uid>.<gid>``, its remapped root's own, which outlives the daemon. Directories
+    only, never a link."""
+    pattern = re.compile(rf"{net_id}\.\d+\.\d+")
+    try:
+        entries = list(os.scandir(run_dir))
+    except FileNotFoundError:
+        return []
+    return [
+        Path(e.path)
+        for e in entries
+        if pattern.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+    ]
+
+
 def prepare_daemon_dirs(spec: DaemonSpec) -> None:
     """Make the daemon dir, data-root and TMPDIR as root's directories without following a link
     (the hub checked the chain above them: ``storage.prepare_user_tree``)."""
     daemon_dir = Path(spec.daemon_dir)
     daemon_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    safefs.ensure_dir(daemon_dir.parent, daemon_dir.name, mode=0o700)
+    # under --userns-remap the namespace's root must pass through it (storage.remap_modes)
+    gid, mode = storage.remap_modes(spec.userns_root)
+    safefs.ensure_dir(daemon_dir.parent, daemon_dir.name, mode=mode, gid=gid)
     for inner in (spec.data_root, spec.tmpdir):
         rel = safefs.split(inner, daemon_dir)
         safefs.ensure_dir(

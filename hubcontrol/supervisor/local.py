@@ -34,7 +34,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from hubcontrol import procs, safefs, storage
+from hubcontrol import procs, safefs, storage, userns
 from hubcontrol.errors import DaemonError
 from hubcontrol.supervisor import (
     CPU_PERIOD_US,
@@ -261,7 +261,7 @@ class Cgroups:
             ) from None
 
 
-def criu_wrapper(spec: DaemonSpec, group: Path) -> Path:
+def criu_wrapper(spec: DaemonSpec, group: Path | None) -> Path:
     """Write ``<exec-root>/bin/criu``, first on dockerd's PATH; returns its directory.
 
     runc runs CRIU from the daemon's group, whose own connections ``RDH-OUTPUT`` rejects on
@@ -269,17 +269,19 @@ def criu_wrapper(spec: DaemonSpec, group: Path) -> Path:
     there ("kerndat_tcp_repair failed"). The wrapper moves CRIU into the sibling group ``criu``
     first: it works on the container's namespaces, which the user cannot steer (checkpoints are
     the hub's only), so it needs no network limit.
+
+    Under ``--userns-remap`` it also lets the restored processes read their images
+    (``userns.CRIU_RESTORE_PRELUDE``); ``group`` is None where there is no v2 group to move to.
     """
     bindir = spec.exec_root / "bin"
     bindir.mkdir(exist_ok=True, mode=0o700)
-    members = shlex.quote(str(group / "cgroup.procs"))
     path = shlex.quote(dockerd_env(spec)["PATH"])
-    text = (
-        "#!/bin/sh\n"
-        "# written by the hub (hubcontrol.supervisor.local.criu_wrapper)\n"
-        f"echo $$ > {members} 2>/dev/null\n"
-        f'PATH={path} exec criu "$@"\n'
-    )
+    text = "#!/bin/sh\n# written by the hub (hubcontrol.supervisor.local.criu_wrapper)\n"
+    if group is not None:
+        text += f"echo $$ > {shlex.quote(str(group / 'cgroup.procs'))} 2>/dev/null\n"
+    if spec.userns_remap:
+        text += userns.CRIU_RESTORE_PRELUDE
+    text += f'PATH={path} exec criu "$@"\n'
     wrapper = bindir / "criu"
     if not wrapper.exists() or wrapper.read_text() != text:
         safefs.write_atomic(wrapper, text, mode=0o700)
@@ -356,7 +358,10 @@ class LocalSupervisor(DaemonSupervisor):
             return
         prepare_daemon_dirs(spec)
         spec.run_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-        safefs.ensure_dir(spec.run_dir, str(spec.net_id), mode=0o700)
+        # under --userns-remap CRIU restores the environment's mounts (the env socket dir
+        # below) from inside its user namespace, as its root: that group may pass through
+        gid, mode = storage.remap_modes(spec.userns_root)
+        safefs.ensure_dir(spec.run_dir, str(spec.net_id), mode=mode, gid=gid)
         safefs.ensure_dir(spec.exec_root, "env", mode=0o755)
         self._cleanup_stale(spec)
         self.apply_limits(spec)
@@ -374,7 +379,7 @@ class LocalSupervisor(DaemonSupervisor):
         )
         env = dockerd_env(spec)
         criu = self.cgroups.criu_dir(_group(spec))
-        if criu is not None:
+        if criu is not None or spec.userns_remap:
             env["PATH"] = f"{criu_wrapper(spec, criu)}:{env['PATH']}"
         # setsid --fork: dockerd is not our child, so it outlives the hub and is never a zombie
         # of ours; its output goes to its log file.

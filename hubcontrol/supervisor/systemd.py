@@ -35,7 +35,7 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from hubcontrol import safefs
+from hubcontrol import safefs, userns
 from hubcontrol.errors import DaemonError
 from hubcontrol.install import systemd_quote as _quote
 from hubcontrol.supervisor import (
@@ -180,7 +180,10 @@ def criu_wrapper_text() -> str:
     """``<CRIU_WRAPPER_DIR>/criu``: moves CRIU from the daemon's group (whose own connections
     ``RDH-OUTPUT`` rejects on loopback, where CRIU's start-up check of TCP repair connects to
     itself) into the sibling ``criu`` group, then runs the real CRIU. The group is read at run
-    time: where systemd puts the unit is systemd's choice (a container's systemd nests it)."""
+    time: where systemd puts the unit is systemd's choice (a container's systemd nests it).
+    It also lets processes restored into a ``--userns-remap`` namespace read their images
+    (``userns.CRIU_RESTORE_PRELUDE``): one wrapper serves every daemon, and for a daemon
+    without remapping that step only opens a directory no one but root can reach anyway."""
     path = f"{CRIU_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     return (
         "#!/bin/sh\n"
@@ -189,7 +192,8 @@ def criu_wrapper_text() -> str:
         "r=/sys/fs/cgroup; [ -e $r/cgroup.controllers ] || r=$r/unified\n"
         f'case "$g" in */{DAEMON_GROUP}) '
         f'echo $$ > "$r${{g%/{DAEMON_GROUP}}}/{CRIU_GROUP}/cgroup.procs" 2>/dev/null ;; esac\n'
-        f'PATH={shlex.quote(path)} exec criu "$@"\n'
+        + userns.CRIU_RESTORE_PRELUDE
+        + f'PATH={shlex.quote(path)} exec criu "$@"\n'
     )
 
 

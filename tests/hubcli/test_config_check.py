@@ -58,6 +58,7 @@ SEED_HUB = {
     "user_subnet_pool": "10.208.0.0/12",
     "supervisor": "auto",
     "workers": 1,
+    "userns_remap": False,
 }
 QUICKSTART_COMMAND = "start-desktop.sh & ttyd --writable --port 7681 bash & exec openvscode-server --host __SERVICE_IP__ --port 8080"
 FULLDEV_COMMAND = (

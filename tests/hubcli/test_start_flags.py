@@ -93,6 +93,7 @@ SAMPLES: dict[str, tuple[str, object, object, str]] = {
     ),
     "supervisor": ("--supervisor=local", "local", "local", "local"),
     "workers": ("--workers=4", 4, 4, "4"),
+    "userns-remap": ("--userns-remap", True, True, "true"),
 }
 FLAG_FIELDS = {name: f.attr for name, f in START_FLAGS.items() if f.attr is not None}
 

@@ -258,6 +258,12 @@ def test_orphaned_checkpoints(tmp_path: Path, probe: HostProbe):
     ctr = ws / "linked-docker/.rediacc/docker/data/containers/abc"
     ctr.mkdir(parents=True)
     (ctr / "checkpoints").symlink_to(ws / "linked/.checkpoint")
+    # kept too: --userns-remap's daemon keeps containers in data/<uid>.<gid>/ (docs/checkpoint.md)
+    make_data_root(ws, "remapped", 32960, 1, now)
+    remapped = image("remapped", "ck1", old)
+    ctr = ws / "remapped-docker/.rediacc/docker/data/1073872896.1073872896/containers/def"
+    ctr.mkdir(parents=True)
+    (ctr / "checkpoints").symlink_to(ws / "remapped/.checkpoint")
     # young data-root without containers: its old images are orphans
     make_data_root(ws, "nolink", 32832, 1, now)
     orphan = image("nolink", "ck1", old)
@@ -270,9 +276,11 @@ def test_orphaned_checkpoints(tmp_path: Path, probe: HostProbe):
     assert entries["gone:ck2"].action is Action.KEEP
     assert entries["gone:ck3"].action is Action.REFUSE
     assert entries["linked:ck1"].action is Action.KEEP and "abc" in entries["linked:ck1"].reason
+    assert entries["remapped:ck1"].action is Action.KEEP and "def" in entries["remapped:ck1"].reason
     assert entries["nolink:ck1"].action is Action.REMOVE
     assert entries["dead:ck1"].action is Action.KEEP
     gc.apply_gc(plan, probe=probe, now=now)
     assert not gone.exists() and not orphan.exists()
     assert fresh.exists() and linked.exists() and dead.exists() and elsewhere.is_dir()
+    assert remapped.exists()
     assert (ws / "gone").is_dir()  # the workspace itself stays

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ci import IN_CI
+
 ROOT = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 REQUIREMENTS = {
     "docker": lambda: os.geteuid() == 0 and shutil.which("dockerd") is not None,

@@ -25,8 +25,8 @@ from hubcli.exitcodes import EXIT_AUTH, EXIT_NO_HUB, EXIT_NO_USER
 from hubcli.hubclient import user_segment
 from hubcontrol.names import safe_name
 from hubproxy.addons.adminapi import TOKEN_FILE
-from tests.hubproxy.statussite import ADMIN, seeded_site
 from tests.support.oidc_provider import free_port
+from tests.support.statussite import ADMIN, seeded_site
 
 runner = CliRunner()
 

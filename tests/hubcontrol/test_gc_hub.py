@@ -15,7 +15,7 @@ from hubcontrol import gc, network
 from hubcontrol.embed import embedded
 from hubcontrol.gc import Action, HostProbe
 from hubcontrol.netids import DEFAULT_REGISTRY
-from tests.hubcontrol._hubcore import host_test_image, make_config, unique_user
+from tests.support.hubcore import host_test_image, make_config, unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 DAY = 86400.0

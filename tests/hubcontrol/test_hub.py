@@ -24,7 +24,7 @@ from hubcontrol.embed import embedded
 from hubcontrol.errors import EnvironmentError_, HookError
 from hubcontrol.hub import Hub
 from hubcontrol.netids import NetIdRegistry, read_marker
-from tests.hubcontrol._hubcore import host_test_image, make_config, unique_user
+from tests.support.hubcore import host_test_image, make_config, unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 

@@ -15,10 +15,10 @@ import pytest
 
 from hubcontrol import policysockets
 from hubcontrol.policysocket import pins
-from tests.conftest import IN_CI
-from tests.security.policysocket import policy_socket
+from tests.support.ci import IN_CI
 from tests.support.dockerd import scratch_dockerd
 from tests.support.images import import_busybox
+from tests.support.policysocket import policy_socket
 
 pytestmark = [
     pytest.mark.docker,

@@ -222,8 +222,8 @@ def test_user_stats_disk_is_none_when_never_sampled():
 def test_a_real_spawn_checkpoint_and_restore_are_counted_and_sampled(tmp_path):
     """The real Hub (per-user dockerd, CRIU) through a start, an idle-style checkpoint and a
     restore: the lifecycle counters and the sampled numbers follow."""
-    from tests.hubcontrol._hubcore import host_test_image, unique_user
     from tests.hubcontrol.test_hub import running_hub
+    from tests.support.hubcore import host_test_image, unique_user
 
     user = unique_user("stats")
     with (

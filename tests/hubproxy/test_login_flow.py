@@ -1,6 +1,6 @@
 """Login, routing, WebSockets and logout through the real proxy (lean mitmproxy master), against
 the real npm ``oidc-provider`` and PyPI ``oidc-provider-mock``, with echo servers standing in for
-environments (``harness.StubHub``; the real Hub is covered by tests/e2e)."""
+environments (``proxyharness.StubHub``; the real Hub is covered by tests/e2e)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ import pytest
 from hubcontrol.config import OAuthConfig, Template
 from hubcontrol.names import safe_name
 from hubproxy.addons.websocketrelay import Relay
-from tests.hubproxy.harness import (
+from tests.support.echoenv import echo_environment
+from tests.support.oidc_provider import free_port, npm_oidc_provider
+from tests.support.proxyfakes import make_config
+from tests.support.proxyharness import (
     StubHub,
     browser,
     logout,
@@ -27,9 +30,6 @@ from tests.hubproxy.harness import (
     ws_handshake,
     ws_roundtrip,
 )
-from tests.hubproxy.support import make_config
-from tests.support.echoenv import echo_environment
-from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 DOMAIN = "example.test"
 ALICE_IP, BOB_IP = "127.0.0.2", "127.0.0.3"

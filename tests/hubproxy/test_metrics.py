@@ -22,7 +22,7 @@ from hubproxy.addons.metrics import (
 )
 from hubproxy.context import ENDPOINT, ROUTED, SCHEME, TARGET
 from hubproxy.hosts import Target
-from tests.hubproxy.statussite import seeded_site
+from tests.support.statussite import seeded_site
 
 # one sample line of the text format: name{labels} value
 SAMPLE = re.compile(

@@ -10,10 +10,10 @@ import socket
 import pytest
 
 from hubproxy.auth import cookies
-from tests.hubproxy.harness import StubHub, running_proxy
-from tests.hubproxy.support import make_config, make_route
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port
+from tests.support.proxyfakes import make_config, make_route
+from tests.support.proxyharness import StubHub, running_proxy
 
 DOMAIN = "example.test"
 ALICE_IP, BOB_IP = "127.0.0.2", "127.0.0.3"

@@ -17,9 +17,9 @@ import docker
 import pytest
 
 from hubcontrol import dockerpolicy
-from tests.security.policysocket import policy_socket
 from tests.support.dockerd import scratch_dockerd
 from tests.support.images import import_busybox
+from tests.support.policysocket import policy_socket
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 IMG = "hub-test/busybox:latest"

@@ -30,8 +30,8 @@ from hubcontrol import mounts
 from hubcontrol.embed import SyncHub
 from hubcontrol.hub import Hub
 from hubcontrol.names import safe_name
-from tests.hubcontrol._hubcore import HOST_SOCKET, make_config, unique_user
 from tests.hubcontrol.test_audit_stream import registry  # noqa: F401 - a fixture
+from tests.support.hubcore import HOST_SOCKET, make_config, unique_user
 from tests.support.images import busybox_rootfs_tar
 
 pytestmark = [

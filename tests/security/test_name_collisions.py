@@ -20,8 +20,8 @@ import pytest
 
 from hubcontrol.errors import StorageError
 from hubcontrol.names import safe_name
-from tests.hubcontrol._hubcore import unique_user
 from tests.security.test_environment_policy import Env, image, policy_hub  # noqa: F401
+from tests.support.hubcore import unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from tests.security.policysocket import policy_socket
 from tests.support.dockerd import scratch_dockerd
 from tests.support.images import import_busybox
+from tests.support.policysocket import policy_socket
 
 pytestmark = [
     pytest.mark.docker,

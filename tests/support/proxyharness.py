@@ -35,7 +35,7 @@ from hubcontrol.engine import Engine
 from hubproxy.context import HubContext
 from hubproxy.server.master import make_master, run_master
 from hubproxy.server.startup import start_control_plane
-from tests.hubproxy.support import make_route
+from tests.support.proxyfakes import make_route
 
 
 class StubStats:

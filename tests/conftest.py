@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.ci import IN_CI
+from tests.support.registry import docker_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,3 +39,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             if IN_CI:
                 pytest.fail(f"{WHY[name]}: missing in CI, where every test must run")
             pytest.skip(WHY[name])
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[str]:
+    """A real registry (host:port) for the tests that push and pull, in hubcontrol/ and security/."""
+    with docker_registry() as address:
+        yield address
+

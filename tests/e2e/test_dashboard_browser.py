@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.e2e.hubprocess import CLIENT_SECRET, COMMAND, ENV_IMAGE, ROOT, ROUTES, new_site
-from tests.e2e.test_browser import chromium, login, wait_terminal  # noqa: F401 - fixture
+from tests.e2e.pages import login, wait_terminal
 from tests.support.images import import_busybox
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 

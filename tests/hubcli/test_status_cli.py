@@ -186,7 +186,7 @@ def test_a_bounded_disk_walk_shows_as_at_least(tmp_path):
     import time
 
     from hubcontrol import du
-    from tests.hubcontrol.test_stats import tmpfs
+    from tests.support.tmpfs import tmpfs
 
     with tmpfs(tmp_path / "ws" / "alice") as workspace:
         for d in range(du.WALK_MAX_ENTRIES // 1000 + 20):

@@ -17,7 +17,6 @@ import docker
 import pytest
 
 from hubcontrol.embed import embedded
-from tests.hubcontrol.test_audit_stream import registry  # noqa: F401 - a fixture
 from tests.support.hubcore import host_test_image, make_config, unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]

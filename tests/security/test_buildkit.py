@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from hubcontrol import network
-from tests.security.test_environment_policy import Env, policy_hub
+from tests.security.policyhub import Env, policy_hub
 from tests.support.hubcore import unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]

@@ -20,7 +20,7 @@ import pytest
 
 from hubcontrol.errors import StorageError
 from hubcontrol.names import safe_name
-from tests.security.test_environment_policy import Env, image, policy_hub  # noqa: F401
+from tests.security.policyhub import Env, policy_hub
 from tests.support.hubcore import unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]

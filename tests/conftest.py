@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.ci import IN_CI
+from tests.support.dockerd import ScratchDaemon, scratch_dockerd
+from tests.support.images import import_busybox
 from tests.support.registry import docker_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,3 +49,17 @@ def registry() -> Iterator[str]:
     with docker_registry() as address:
         yield address
 
+
+@pytest.fixture(scope="module")
+def busybox_daemon(request: pytest.FixtureRequest) -> Iterator[ScratchDaemon]:
+    """A scratch dockerd holding the busybox test image, for the module; ``.api`` is docker-py on
+    its own socket. The module names its ``DAEMON_INDEX`` (the bridge hubt<index>), so modules
+    that run at once never share a bridge."""
+    index = getattr(request.module, "DAEMON_INDEX", None)
+    if not isinstance(index, int):
+        pytest.fail(f"{request.module.__name__} uses busybox_daemon: set DAEMON_INDEX = <1..254>")
+    with scratch_dockerd(index) as d:
+        d.api = d.client()
+        import_busybox(d.api)
+        yield d
+        d.api.close()

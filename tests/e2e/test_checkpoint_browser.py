@@ -26,7 +26,7 @@ import pytest
 
 from hubcontrol.checkpoint import IO_URING_SYSCTL
 from tests.e2e.hubprocess import CLIENT_SECRET, ROUTES, HubSite, labels_file, new_site
-from tests.support.browser import launch_chromium
+from tests.e2e.pages import login, wait_terminal
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 pytestmark = [
@@ -115,29 +115,9 @@ def site(tmp_path_factory, no_io_uring_in_containers):
             s.cleanup()
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-
-
-def login(page, site: HubSite, prefix: str, user: str) -> None:
-    page.goto(site.url(prefix))
-    page.wait_for_selector("input[name=login]", timeout=20_000)
-    page.fill("input[name=login]", user)
-    page.fill("input[name=password]", "any password")
-    page.click("button[type=submit]")
 
 
 def type_and_read(page, command: str, expect: str, timeout: float = 20_000) -> None:
@@ -205,7 +185,7 @@ def test_terminal_session_survives_checkpoint_and_restore(site, chromium):
     sockets = []
     page.on("websocket", lambda ws: sockets.append(ws))
     login(page, site, "term", USER)
-    page.wait_for_selector(".xterm-rows", timeout=120_000)
+    wait_terminal(page)
     type_and_read(
         page,
         "HUBVAR=kept$((6*7)); (i=0; while :; do i=$((i+1)); echo $i > /workspace/counter; "

@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hubcontrol import du, names, procs, safefs, seeds, storage
+from hubcontrol import du, mounts, names, procs, safefs, seeds, storage
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.durations import format_duration
 from hubcontrol.errors import GCError
@@ -185,20 +185,6 @@ def dockerd_data_root(argv: Sequence[str]) -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 # Looking at the host
-
-
-def _mounts() -> list[str]:
-    """Mount points of this mount namespace (octal escapes of /proc/self/mountinfo decoded)."""
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        points = [line.split()[4] for line in f if line.strip()]
-    return [p.encode("latin-1").decode("unicode_escape") if "\\" in p else p for p in points]
-
-
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path``, deepest first."""
-    prefix = str(path).rstrip("/")
-    found = {m for m in _mounts() if m == prefix or m.startswith(prefix + "/")}
-    return sorted(found, key=lambda m: (m.count("/"), m), reverse=True)
 
 
 def live_dockerds() -> dict[int, str]:
@@ -705,11 +691,11 @@ def unmount_all(path: Path) -> list[str]:
     mounted filesystem's content.
     """
     done = []
-    for point in mounts_under(path):
+    for point in mounts.mounts_under(path):
         if _run("umount", point).returncode != 0:
             _run("umount", "-l", point)
         done.append(point)
-    left = mounts_under(path)
+    left = mounts.mounts_under(path)
     if left:
         raise GCError(f"{left[0]} is still mounted; unmount it and run hub gc again")
     return done

@@ -26,7 +26,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubcontrol import names, safefs
+from hubcontrol import mounts, names, safefs
 from hubcontrol.errors import HubError, StorageError
 
 CHECKPOINT_DIR = ".checkpoint"  # <workspace-dir>/<u>/.checkpoint/ (the seed's place)
@@ -288,14 +288,11 @@ def ensure_data_root_dir(path: Path) -> bool:
 
 def unmount_under(path: Path) -> None:
     """Lazily unmount everything mounted at or below ``path``, deepest first."""
-    prefix = str(Path(path))
     try:
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4] for line in f]
+        inside = mounts.mounts_under(path)
     except OSError:
         return
-    inside = [p for p in points if p == prefix or p.startswith(prefix + "/")]
-    for point in sorted(set(inside), key=len, reverse=True):
+    for point in inside:
         subprocess.run(["umount", "-l", point], capture_output=True)
 
 

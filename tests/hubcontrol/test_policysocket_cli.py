@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from hubcontrol import policysockets
+from hubcontrol.mounts import mountinfo
 from hubcontrol.policysocket import pins
 from tests.support.ci import IN_CI
 from tests.support.dockerd import scratch_dockerd
@@ -401,13 +402,8 @@ def test_pins_of_removed_containers_are_collected(busybox_daemon, sock):
         assert time.monotonic() < deadline, (left, referenced)
         time.sleep(0.1)
     assert not made & left
-    pinned = [m for m in sp_mounts() if m.startswith(f"{pins_dir}/.mnt/")]
+    pinned = [m for m in mountinfo() if m.mount_point.startswith(f"{pins_dir}/.mnt/")]
     assert len(pinned) == len(referenced)
-
-
-def sp_mounts():
-    with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f]
 
 
 def test_nested_docker_socket_is_the_policy_socket(busybox_daemon, sock):

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -159,7 +159,7 @@ HUB_ACTIONS = HubActions()
 
 
 def origin_of(
-    event: Mapping, *, hub_acting: bool = False, hub_actions: HubActions | None = None
+    event: Mapping[str, Any], *, hub_acting: bool = False, hub_actions: HubActions | None = None
 ) -> str | None:
     """Who caused a docker event: ``"hub"``, or None for the user.
 
@@ -189,13 +189,13 @@ def origin_of(
 
 
 def to_record(
-    event: Mapping,
+    event: Mapping[str, Any],
     *,
     user: str,
     net_id: int,
     hub_acting: bool = False,
     hub_actions: HubActions | None = None,
-) -> dict | None:
+) -> dict[str, Any] | None:
     """The audit record for one docker event (``events(decode=True)`` shape), or None to drop it.
 
     What the hub caused itself (``origin_of``: its execs and containers by ID, and anything while
@@ -224,7 +224,7 @@ def to_record(
     }
 
 
-def gap_record(*, user: str, net_id: int, after_nano: int, before_nano: int) -> dict:
+def gap_record(*, user: str, net_id: int, after_nano: int, before_nano: int) -> dict[str, Any]:
     """A record saying events between two times may be missing (the daemon's buffer overflowed)."""
     return {
         "ts": iso_ts(before_nano),
@@ -397,7 +397,7 @@ class AuditStream:
                 log.warning("audit stream for %s: not JSON, skipped: %.200s", self.user, line)
                 continue
             nano = event_nano(event)
-            batch: list[dict] = []
+            batch: list[dict[str, Any]] = []
             if replaying:
                 if nano <= requested:
                     replayed += 1
@@ -442,7 +442,7 @@ class AuditStream:
                 continue  # not audited: a replay drops it again, no need to remember it
             await self._write(batch, key, nano)
 
-    def _environment_runs(self, event: Mapping) -> bool:
+    def _environment_runs(self, event: Mapping[str, Any]) -> bool:
         actor = event.get("Actor") or {}
         return (
             event.get("Type") == "container"
@@ -451,7 +451,7 @@ class AuditStream:
             and (actor.get("Attributes") or {}).get(ENVIRONMENT_LABEL) == ENVIRONMENT_ROLE
         )
 
-    async def _write(self, records: list[dict], key: str | None, nano: int) -> None:
+    async def _write(self, records: list[dict[str, Any]], key: str | None, nano: int) -> None:
         cursor = self._cursor
         assert cursor is not None
 
@@ -499,7 +499,9 @@ class AuditManager:
         self._locks: dict[str, anyio.Lock] = {}
         self._windows: dict[str, _Windows] = {}
         self._hub = None
-        self._pending: deque[tuple] = deque()  # (coroutine function, args) queued by the listener
+        self._pending: deque[tuple[Any, ...]] = (
+            deque()
+        )  # (coroutine function, args) queued by the listener
         self._wakeup: anyio.Event | None = None
 
     async def __aenter__(self) -> AuditManager:

@@ -52,7 +52,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import docker
 import docker.errors
@@ -103,11 +103,11 @@ class CheckpointHealth:
     last_dump_seconds: float | None = None
     last_restore_seconds: float | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping) -> CheckpointHealth:
+    def from_json(cls, data: Mapping[str, Any]) -> CheckpointHealth:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 

@@ -70,7 +70,7 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate mapping keys, as docker compose does (PyYAML keeps the
     last one silently, which would hide a label copied twice with different values)."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[str, Any]:
         seen: dict[str, yaml.Node] = {}
         for key_node, _ in node.value:
             if (

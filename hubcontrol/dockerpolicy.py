@@ -130,7 +130,7 @@ class Endpoint:
 
     name: str
     method: str
-    pattern: re.Pattern
+    pattern: re.Pattern[str]
     body: bool = False  # the JSON body must be read and inspected (capped at MAX_JSON_BODY)
     checks: tuple[str, ...] = ()
     hijack: bool = False  # the response may turn into a raw bidirectional stream
@@ -314,7 +314,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 )
 
 # Whole areas refused with a reason, matched on the first path segment(s).
-DENIED: tuple[tuple[re.Pattern, str, str], ...] = tuple(
+DENIED: tuple[tuple[re.Pattern[str], str, str], ...] = tuple(
     (re.compile(p), what, why)
     for p, what, why in (
         (
@@ -563,7 +563,7 @@ def _obj(value: Any) -> JObject:
     return value if isinstance(value, JObject) else JObject()
 
 
-def _list(value: Any) -> list:
+def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
@@ -768,7 +768,7 @@ def _check_network_create(request, ctx, facts, body):
     return body
 
 
-def _inside(value: Any, allowed: list) -> bool:
+def _inside(value: Any, allowed: list[Any]) -> bool:
     try:
         net = ipaddress.ip_network(str(value), strict=False)
     except ValueError:
@@ -783,7 +783,7 @@ def _check_volume_create(request, ctx, facts, body):
     return body
 
 
-_CHECKS: dict[str, Callable] = {
+_CHECKS: dict[str, Callable[..., Any]] = {
     "not-hub": _check_not_hub,
     "start": _check_start,
     "exec": _check_exec,

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from hubcontrol import mounts
 
@@ -53,7 +54,7 @@ class Usage:
     stopped_by: str | None = None
 
     @classmethod
-    def from_json(cls, data: dict) -> Usage:
+    def from_json(cls, data: dict[str, Any]) -> Usage:
         return cls(
             bytes=int(data["bytes"]),
             entries=int(data["entries"]),

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import docker
 import docker.errors
@@ -102,7 +103,7 @@ def create_options(
     memory: int | None,
     owner: tuple[int, int] | None = None,
     shell: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Keyword arguments for ``docker.APIClient.create_container`` minus ``host_config`` objects.
 
     Returns ``{"container": {...}, "host": {...}, "endpoint": {...}}`` so the caller builds the
@@ -222,7 +223,7 @@ def find(client: docker.DockerClient, safe: str):
         return None
 
 
-def create(client: docker.DockerClient, options: dict) -> str:
+def create(client: docker.DockerClient, options: dict[str, Any]) -> str:
     api = client.api
     host_config = api.create_host_config(**options["host"])
     endpoint = options["endpoint"]
@@ -364,7 +365,7 @@ def image_shell(client: docker.DockerClient, image: str) -> tuple[bool, str | No
     return True, probe_image(client, image, "0:0").shell
 
 
-def template_shells(config, timeout: float = 10) -> tuple[dict[str, dict], list[str]]:
+def template_shells(config, timeout: float = 10) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """For ``hub config check``: each template's shell as the hub will choose it, looked up in
     the host daemon (``--docker-socket``, where the hub takes images from) without pulling, and
     the warnings about commands and hooks (``shells.shell_warnings``).
@@ -388,7 +389,7 @@ def template_shells(config, timeout: float = 10) -> tuple[dict[str, dict], list[
         if client is not None:
             client.close()
         client = None
-    rows: dict[str, dict] = {}
+    rows: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
     cache: dict[str, tuple[bool, str | None]] = {}
     try:
@@ -414,7 +415,7 @@ _MODE_DIR = 1 << 31  # Go's fs.ModeDir and fs.ModeSymlink, as the archive stat h
 _MODE_SYMLINK = 1 << 27
 
 
-def _stat(client: docker.DockerClient, container_id: str, path: str) -> dict | None:
+def _stat(client: docker.DockerClient, container_id: str, path: str) -> dict[str, Any] | None:
     """The daemon's stat of ``path`` in the container (``HEAD /containers/{id}/archive``: the
     parents' links resolved, the last component not); None when it does not exist."""
     api = client.api

@@ -54,6 +54,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from hubcontrol import du, mounts, names, procs, safefs, seeds, storage
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
@@ -391,7 +392,7 @@ class GCEntry:
     reason: str
     outcome: str | None = None  # after apply: "removed", "failed: ...", "skipped: ..."
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "kind": str(self.kind),
             "path": str(self.path),
@@ -680,7 +681,7 @@ def _plan_checkpoints(
 # Removal
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=False)
 
 

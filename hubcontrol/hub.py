@@ -186,7 +186,7 @@ class EnvironmentStatus:
     # hubcontrol.stats.UserStats.to_json(): disk_bytes, containers_running, images, sampled_at
     stats: Mapping[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (for the API and the CLI)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["daemon"] = dict(self.daemon)
@@ -330,13 +330,13 @@ class Hub:
         rec = self.records.get(safe_name(user))
         return rec.copy() if rec is not None else None
 
-    def record(self, user: str) -> dict | None:
+    def record(self, user: str) -> dict[str, Any] | None:
         """The record of the (raw) username ``user`` in its JSON form (``UserRecord.to_json``),
         or None: for readers that want the file's view (the status API, scripts)."""
         rec = self.records.get(safe_name(user))
         return rec.to_json() if rec is not None else None
 
-    def update_record(self, user: str, /, **fields: Any) -> dict:
+    def update_record(self, user: str, /, **fields: Any) -> dict[str, Any]:
         """Set ``fields`` of the user's record and persist it; returns its JSON form. Names this
         version does not know are kept as they are (``UserRecord.unknown``)."""
         name = safe_name(user)
@@ -1036,7 +1036,7 @@ class Hub:
         rows = []
         for rec in list(self.records.all()):
             name = rec.name
-            daemon: dict = {}
+            daemon: dict[str, Any] = {}
             if rec.per_user_docker and rec.net_id is not None:
                 spec = self._spec(name, rec.net_id, self._template_or_none(rec.template))
                 daemon = await self.engine.call(self.supervisor.describe, spec)

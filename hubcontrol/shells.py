@@ -41,7 +41,7 @@ def shell_argv(shell: str, command: str) -> list[str]:
 # (pattern, what it is), checked on the command with quoted strings blanked out (what is quoted
 # is text, not syntax), except ANSI-C quoting, which is itself a quote.
 _ANSI_C_QUOTE = re.compile(r"\$'")
-_BASH_ONLY: tuple[tuple[re.Pattern, str], ...] = tuple(
+_BASH_ONLY: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), what)
     for pattern, what in (
         (r"\[\[", "[[ ... ]] tests"),

@@ -149,7 +149,11 @@ class _Connection:
             return await self.decide_and_forward(head, request, refs, body_bytes)
 
     async def decide_and_forward(
-        self, head: Head, request: policy.ApiRequest, refs: set, body_bytes: bytes | None
+        self,
+        head: Head,
+        request: policy.ApiRequest,
+        refs: set[tuple[str, str]],
+        body_bytes: bytes | None,
     ) -> bool:
         facts = await self.server.lookup(refs)
         if isinstance(facts, policy.Refusal):

@@ -101,7 +101,7 @@ class DaemonSpec:
     net_id: int
     data_root: Path
     daemon_dir: Path  # config, pidfile, TMPDIR, log
-    network_config: Mapping = field(default_factory=dict)
+    network_config: Mapping[str, Any] = field(default_factory=dict)
     limits: Limits = Limits()
     env_socket: bool = True  # dockerd also serves the environment's socket directory itself
     run_dir: Path = RUN_DIR
@@ -186,7 +186,7 @@ def data_root_storage_driver(data_root: Path) -> str | None:
 BUILDER_ENTITLEMENTS = (("network-host", False), ("security-insecure", False))
 
 
-def daemon_config(spec: DaemonSpec, *, cgroup_parent: str | None = None) -> dict:
+def daemon_config(spec: DaemonSpec, *, cgroup_parent: str | None = None) -> dict[str, Any]:
     """The ``daemon.json`` of a per-user dockerd (flags for paths, this file for the rest)."""
     config = {
         "experimental": True,
@@ -277,7 +277,7 @@ def prepare_daemon_dirs(spec: DaemonSpec) -> None:
         )
 
 
-def write_daemon_config(spec: DaemonSpec, config: Mapping) -> None:
+def write_daemon_config(spec: DaemonSpec, config: Mapping[str, Any]) -> None:
     """Write ``daemon.json``: a link planted at its path is replaced, never written through."""
     safefs.write_atomic(spec.config_file, json.dumps(config, indent=2) + "\n", mode=0o600)
 
@@ -331,7 +331,7 @@ class DaemonSupervisor(abc.ABC):
     def adopt(self, spec: DaemonSpec) -> bool: ...
 
     @abc.abstractmethod
-    def describe(self, spec: DaemonSpec) -> dict: ...
+    def describe(self, spec: DaemonSpec) -> dict[str, Any]: ...
 
     @abc.abstractmethod
     def container_cgroup_parent(self, spec: DaemonSpec) -> str | None: ...

@@ -29,10 +29,11 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -44,6 +45,7 @@ from hubcontrol.errors import AuditError
 from hubcontrol.records import UserRecord
 
 if TYPE_CHECKING:
+    from hubcontrol.config import HubConfig
     from hubcontrol.services import HubServices
 
 log = logging.getLogger(__name__)
@@ -202,7 +204,7 @@ def to_record(
     ``hub_acting``, for example loading the template image before the user's environment
     exists) is kept but marked ``attrs.origin = "hub"``; the user's records carry no origin.
     """
-    etype = event.get("Type")
+    etype = str(event.get("Type") or "")
     action, argument = split_action(str(event.get("Action") or ""))
     if action not in AUDITED.get(etype, ()):
         return None
@@ -261,7 +263,7 @@ class _Windows:
     spans: list[list[int | None]]
 
     def covers(self, nano: int) -> bool:
-        return any(s <= nano and (e is None or nano <= e) for s, e in self.spans)
+        return any(s is not None and s <= nano and (e is None or nano <= e) for s, e in self.spans)
 
     def open(self) -> list[int | None]:
         span: list[int | None] = [time.time_ns(), None]
@@ -334,7 +336,9 @@ class AuditStream:
         self._limiter = limiter
         self._cursor: Cursor | None = None
 
-    async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: TaskStatus[AuditStream] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         transport, base = _transport_and_base(self.docker_url)
         self._cursor = await anyio.to_thread.run_sync(
             self.audit_log.load_cursor, self.user, limiter=self._limiter
@@ -485,7 +489,13 @@ class AuditManager:
     cursor carries over, so nothing is written twice).
     """
 
-    def __init__(self, config=None, *, audit_dir: Path | str | None = None, limiter=None) -> None:
+    def __init__(
+        self,
+        config: HubConfig | None = None,
+        *,
+        audit_dir: Path | str | None = None,
+        limiter: anyio.CapacityLimiter | None = None,
+    ) -> None:
         directory = audit_dir if audit_dir is not None else getattr(config, "audit_dir", None)
         if directory is None:
             from hubcontrol.config import DEFAULT_AUDIT_DIR
@@ -498,10 +508,9 @@ class AuditManager:
         self._streams: dict[str, tuple[AuditStream, anyio.CancelScope, anyio.Event]] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._windows: dict[str, _Windows] = {}
-        self._hub = None
-        self._pending: deque[tuple[Any, ...]] = (
-            deque()
-        )  # (coroutine function, args) queued by the listener
+        self._hub: HubServices | None = None
+        # (coroutine function, args) queued by the listener
+        self._pending: deque[tuple[Any, ...]] = deque()
         self._wakeup: anyio.Event | None = None
 
     async def __aenter__(self) -> AuditManager:
@@ -523,16 +532,21 @@ class AuditManager:
                 log.error("audit: could not write a dropped record: %r", exc)
             budget = self.log.budget
 
-    async def __aexit__(self, *exc_info) -> bool | None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
         try:
-            return await self._tg.__aexit__(*exc_info)
+            return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             self._tg = None
             self._streams.clear()
 
-    async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled (for ``tg.start``), performing what ``attach()``'s listener queued."""
         async with self:
             task_status.started()
@@ -581,7 +595,7 @@ class AuditManager:
             scope = anyio.CancelScope()
             done = anyio.Event()
 
-            async def supervise(*, task_status: TaskStatus) -> None:
+            async def supervise(*, task_status: TaskStatus[AuditStream]) -> None:
                 try:
                     with scope:
                         await stream.run(task_status=task_status)
@@ -687,7 +701,7 @@ class AuditManager:
             windows.close()
             self._queue(self.disarm, user)
 
-    def _queue(self, op, *args) -> None:
+    def _queue(self, op: Callable[..., Awaitable[object]], *args: Any) -> None:
         # Listeners run on the Hub's event loop, so the Event may be set from here directly.
         self._pending.append((op, args))
         if self._wakeup is not None:

@@ -23,11 +23,11 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeGuard
 
 from hubcontrol import safefs
 from hubcontrol.durations import parse_duration
@@ -318,7 +318,7 @@ class AuditLog:
         cursor.save(path)
 
 
-def event_key(event: dict[str, Any]) -> str:
+def event_key(event: Mapping[str, Any]) -> str:
     """A docker event's identity: type, action, actor ID and time in nanoseconds."""
     actor = event.get("Actor") or {}
     return "{}|{}|{}|{}".format(
@@ -326,7 +326,7 @@ def event_key(event: dict[str, Any]) -> str:
     )
 
 
-def event_nano(event: dict[str, Any]) -> int:
+def event_nano(event: Mapping[str, Any]) -> int:
     nano = event.get("timeNano")
     if isinstance(nano, int):
         return nano
@@ -422,7 +422,7 @@ def _parse_line(line: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _keep(record: dict[str, Any] | None, since: datetime | None) -> bool:
+def _keep(record: dict[str, Any] | None, since: datetime | None) -> TypeGuard[dict[str, Any]]:
     if record is None:
         return False
     if since is None:
@@ -502,7 +502,7 @@ def follow(
             f.close()
 
 
-def _drain(f, pending: bytes, since: datetime | None) -> Iterator[dict[str, Any]]:
+def _drain(f: IO[bytes], pending: bytes, since: datetime | None) -> Iterator[dict[str, Any]]:
     data = pending + f.read()
     for line in data.split(b"\n")[:-1]:
         record = _parse_line(line)

@@ -563,8 +563,8 @@ def _plan_seeds(workspace: Path, sizes: bool) -> list[GCEntry]:
         action = Action.REMOVE if remove else Action.KEEP
         out.append(GCEntry(Kind.SEED, path, "", None, None, size, action, reason))
     for build in paths.builds():
-        hexid = seeds.build_image(build)
-        if hexid is not None and seeds.busy(paths, hexid):
+        building = seeds.build_image(build)
+        if building is not None and seeds.busy(paths, building):
             action, reason = Action.KEEP, "being built"
         else:
             action, reason = Action.REMOVE, "a seed build that did not finish"
@@ -616,6 +616,8 @@ def _plan_orphaned_claims(workspace: Path, probe: HostProbe) -> list[GCEntry]:
 
 
 def _release_orphaned_claim(entry: GCEntry, probe: HostProbe) -> str:
+    if entry.net_id is None:  # an orphaned claim is a network ID's: planned with one
+        return "skipped: no network ID"
     with claims_lock(probe.claims_dir):
         if os.path.lexists(entry.path):
             return "skipped: the data-root came back"
@@ -801,7 +803,7 @@ def _remove_data_root(entry: GCEntry, plan: GCPlan, probe: HostProbe, now: float
 def _remove_data_root_locked(entry: GCEntry, plan: GCPlan, probe: HostProbe, now: float) -> str:
     path = entry.path
     net_id, refusal = _inspect_data_root(path, plan.workspace_dir)
-    if refusal or net_id != entry.net_id:
+    if refusal or net_id is None or net_id != entry.net_id:
         return f"skipped: {refusal or 'network ID changed'}"
     probe.refresh()
     running = probe.running(path, net_id, entry.user)

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import docker
 import docker.errors
+from docker.models.containers import Container
 
 from hubcontrol import checkpoint as ckpt
 from hubcontrol import environment as envs
 from hubcontrol import images, mounts, network, safefs, storage
 from hubcontrol.config import HubConfig, Template
-from hubcontrol.engine import Engine
+from hubcontrol.engine import Engine, id_of
 from hubcontrol.environment import Environment
 from hubcontrol.errors import (
     CheckpointError,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:  # the services' types; hub.py never constructs them (services
     from hubcontrol.audit import AuditManager
     from hubcontrol.idle import IdleCuller
     from hubcontrol.policysockets import PolicySockets
+    from hubcontrol.seeds import Seeds
     from hubcontrol.stats import StatsSampler
 
 log = logging.getLogger(__name__)
@@ -242,7 +244,7 @@ class Hub:
         # Every user's persisted record (<state-dir>/users/<name>.json), typed and cached.
         self.records = RecordStore(Path(config.state_dir) / "users", lambda: self.clock())
         self._locks: dict[str, anyio.Lock] = {}
-        self._services: list[Callable[[], Awaitable[None]]] = []
+        self._services: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._listeners: list[Listener] = []
         self.users_dir = self.records.directory
         # The audit streams, policy sockets, idle culler and stats sampler, wired from outside
@@ -271,7 +273,7 @@ class Hub:
         return self.services.stats
 
     @property
-    def seeds(self):
+    def seeds(self) -> Seeds | None:
         """Seed data-roots (``services.seeds``, hubcontrol/seeds.py), or None."""
         return self.services.seeds
 
@@ -296,7 +298,7 @@ class Hub:
 
     # -- extension points for other control-plane modules ----------------------------------------
 
-    def add_service(self, fn: Callable[[], Awaitable[None]]) -> None:
+    def add_service(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``fn()`` in ``run()``'s task group (idle culler, stats, audit streams)."""
         self._services.append(fn)
 
@@ -614,11 +616,15 @@ class Hub:
         self.records.save(rec)
         return paths, net
 
-    async def _prepare_network(self, rec: UserRecord, client, net: network.UserNetwork) -> str:
+    async def _prepare_network(
+        self, rec: UserRecord, client: docker.DockerClient, net: network.UserNetwork
+    ) -> str:
         self._step(rec, "network", "Setting up your network")
         return await self.engine.call(envs.ensure_env_network, client, net)
 
-    async def _provide_image(self, rec: UserRecord, tpl: Template, client, placed: Placed) -> None:
+    async def _provide_image(
+        self, rec: UserRecord, tpl: Template, client: docker.DockerClient, placed: Placed
+    ) -> None:
         self._step(rec, "image", f"Making the image {tpl.image} available")
         call = self.engine.call
         how = await call(
@@ -639,7 +645,7 @@ class Hub:
         self,
         rec: UserRecord,
         tpl: Template,
-        client,
+        client: docker.DockerClient,
         paths: storage.UserPaths,
         net: network.UserNetwork,
         network_name: str,
@@ -661,7 +667,7 @@ class Hub:
                 else "Recreating your environment",
             )
             if self.checkpointer is not None:
-                await self.checkpointer.discard(self.checkpoint_target(rec, container.id))
+                await self.checkpointer.discard(self.checkpoint_target(rec, id_of(container)))
             await call(container.remove, force=True)
             container = None
         restored = False
@@ -671,18 +677,18 @@ class Hub:
             and self.checkpointer is not None
             and self.checkpointer.has_checkpoint(name)
         ):
-            restored = await self._restore(rec, client, container.id)
+            restored = await self._restore(rec, client, id_of(container))
             if not restored:
                 # a failed restore leaves a stopped container: start afresh, same workspace
                 with contextlib.suppress(docker.errors.NotFound):
-                    await call(client.api.remove_container, container.id, force=True)
+                    await call(client.api.remove_container, id_of(container), force=True)
                 container = None
         created = container is None
-        if created:
+        if container is None:
             container_id = await self._create_container(rec, tpl, client, paths, net,
                                                         network_name, placed)  # fmt: skip
         else:
-            container_id = container.id
+            container_id = id_of(container)
         rec.container_id = container_id
         self.records.save(rec)
         info = await call(client.api.inspect_container, container_id)
@@ -696,7 +702,7 @@ class Hub:
         return container_id, created, restored
 
     @staticmethod
-    def _must_recreate(container, tpl: Template, image_id: str | None = None) -> bool:
+    def _must_recreate(container: Container, tpl: Template, image_id: str | None = None) -> bool:
         """Another template's container, a stopped one of an older image (another name, or
         the template's image updated to ``image_id``), or a stopped ephemeral one is replaced
         rather than started."""
@@ -717,7 +723,7 @@ class Hub:
         self,
         rec: UserRecord,
         tpl: Template,
-        client,
+        client: docker.DockerClient,
         paths: storage.UserPaths,
         net: network.UserNetwork,
         network_name: str,
@@ -750,7 +756,12 @@ class Hub:
         return container_id
 
     async def _run_on_create(
-        self, rec: UserRecord, tpl: Template, client, container_id: str, net: network.UserNetwork
+        self,
+        rec: UserRecord,
+        tpl: Template,
+        client: docker.DockerClient,
+        container_id: str,
+        net: network.UserNetwork,
     ) -> None:
         self._step(rec, "hook", "Running the on_create hook")
         code, output = await self.engine.call(
@@ -778,8 +789,12 @@ class Hub:
         self._emit("environment-running", rec)
         return self._environment(rec)
 
-    async def _restore(self, rec: UserRecord, client, container_id: str) -> bool:
+    async def _restore(
+        self, rec: UserRecord, client: docker.DockerClient, container_id: str
+    ) -> bool:
         """Resume a checkpointed environment; False (after reporting why) to start afresh."""
+        if self.checkpointer is None:  # (the caller checked) no checkpointing: start afresh
+            return False
         self._set_state(rec, "restoring", step="restore", message="Resuming your environment")
         try:
             result = await self.checkpointer.restore(self.checkpoint_target(rec, container_id))
@@ -816,7 +831,12 @@ class Hub:
         )
 
     async def _wait_ready(
-        self, client, container_id: str, ip: str, name: str, route: str | None = None
+        self,
+        client: docker.DockerClient,
+        container_id: str,
+        ip: str,
+        name: str,
+        route: str | None = None,
     ) -> None:
         ports = set(self.config.routes.values())
         if route is not None and route in self.config.routes:
@@ -929,7 +949,9 @@ class Hub:
             ):
                 self._set_state(rec, "checkpointing", step="checkpoint", message="Suspending")
                 try:
-                    await self.checkpointer.checkpoint(self.checkpoint_target(rec, container.id))
+                    await self.checkpointer.checkpoint(
+                        self.checkpoint_target(rec, id_of(container))
+                    )
                     checkpointed = True
                     rec.checkpoint_error = None
                 except CheckpointError as e:
@@ -941,7 +963,7 @@ class Hub:
                         await call(container.remove, force=True)
                     else:
                         await call(container.stop, timeout=10)
-        if per_user:
+        if per_user and spec is not None:
             # before the user's own containers are stopped: the audit trail marks those stops,
             # made with the environment already down, as the hub's
             self._emit("daemon-stopping", rec)
@@ -966,7 +988,7 @@ class Hub:
             self._set_state(rec, "stopped", step="stopped", message="Your environment is stopped")
         self._emit("environment-stopped", rec)
 
-    async def _stop_all_containers(self, client, timeout: int = 10) -> None:
+    async def _stop_all_containers(self, client: docker.DockerClient, timeout: int = 10) -> None:
         try:
             running = await self.engine.call(client.containers.list)
         except (docker.errors.DockerException, OSError):
@@ -975,7 +997,7 @@ class Hub:
             for container in running:
                 tg.start_soon(self._quiet_stop, container, timeout)
 
-    async def _quiet_stop(self, container, timeout: int) -> None:
+    async def _quiet_stop(self, container: Container, timeout: int) -> None:
         with contextlib.suppress(docker.errors.DockerException, OSError):
             await self.engine.call(container.stop, timeout=timeout)
 
@@ -1115,7 +1137,9 @@ class Hub:
         elif rec.state != "checkpointed":
             self._set_state(rec, "stopped", step="stopped", message="Your environment is stopped")
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[Hub] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Reconcile, report ready, then run the registered services until cancelled."""
         await self.engine.call(network.check_pool, self.config.user_subnet_pool)
         await self.reconcile()

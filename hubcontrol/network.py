@@ -395,7 +395,9 @@ def _remove_tagged(
         _iptables(family, table, "-D", chain, *spec, check=False)
 
 
-def _iptables(family: int, table: str, *args: str, check: bool = True):
+def _iptables(
+    family: int, table: str, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     exe = "iptables" if family == 4 else "ip6tables"
     return _run(exe, "-w", "10", "-t", table, *args, check=check)
 
@@ -554,7 +556,7 @@ def apply_daemon_isolation(
         ino = group.stat().st_ino if group is not None else None
     except OSError:
         ino = None
-    if ino is None:
+    if ino is None or cgroup is None:
         log.warning(
             "net %s: no cgroup v2 group %s for the daemon: its own traffic is not isolated",
             net.net_id,

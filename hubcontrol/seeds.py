@@ -56,7 +56,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import docker
@@ -69,6 +69,7 @@ from hubcontrol.supervisor import DaemonSpec, DaemonSupervisor, Limits
 if TYPE_CHECKING:
     from hubcontrol.config import Template
     from hubcontrol.hub import Hub
+    from hubcontrol.records import UserRecord
 
 log = logging.getLogger(__name__)
 
@@ -639,9 +640,7 @@ class Seeds:
         log.info("seed of %s ready in %.1f s", image, time.monotonic() - started)
         return path
 
-    async def provide(
-        self, rec: dict[str, Any], template: Template, spec: DaemonSpec
-    ) -> str | None:
+    async def provide(self, rec: UserRecord, template: Template, spec: DaemonSpec) -> str | None:
         """Clone the seed of ``template``'s image into ``spec.data_root`` when that data-root
         is empty (a new user, or one whose data was removed); returns the clone method, or None
         when nothing was cloned (the image step then loads the image). Waits for a seed that is

@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -310,6 +310,8 @@ def sample_user(
     runs no containers and keeps the images it had (they live in the data-root), so the last
     sampled image count stays.
     """
+    workspace: du.Usage | None
+    data_root: du.Usage | None
     error = None
     try:
         workspace, data_root = du.measure([paths.workspace, paths.data_root_dir], **walk_bounds)
@@ -355,7 +357,7 @@ class StatsSampler:
         *,
         interval: float = STATS_INTERVAL,
         rows_interval: float = ROWS_INTERVAL,
-        clock=time.time,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.hub = hub
         self.interval = interval

@@ -23,6 +23,7 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,7 +218,7 @@ def prepare_user_tree(
 
 
 @contextlib.contextmanager
-def checkpoint_dir(paths_or_dir: UserPaths | Path, *, create: bool = True):
+def checkpoint_dir(paths_or_dir: UserPaths | Path, *, create: bool = True) -> Iterator[int | None]:
     """The fd of ``<workspace-dir>/<u>/.checkpoint``, reached from ``<workspace-dir>`` without
     following links, and root's with mode 0700. A link or non-directory planted at that name is
     removed (logged by the caller's error if that fails); a directory the user made is given

@@ -26,7 +26,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+from types import TracebackType
 from typing import Any
+
+# what logging hands formatException: sys.exc_info()'s shape
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
 __all__ = [
     "UNSAFE",
@@ -106,7 +110,7 @@ class InertFormatter(logging.Formatter):
         record.message = inert(record.message)
         return super().formatMessage(record)
 
-    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+    def formatException(self, ei: ExcInfo) -> str:  # noqa: N802 - logging's name
         return _TRACEBACK_UNSAFE.sub(_escape_match, super().formatException(ei))
 
     def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskStatus
 
 from hubcontrol import dockerpolicy as policy
 from hubcontrol.policysocket.pins import default_binds_dir
@@ -98,7 +99,9 @@ async def _run(config: ProxyConfig, pidfile: str | None) -> None:
                     os.unlink(pidfile)
 
 
-async def _serve_then_stop(server: PolicySocket, scope: anyio.CancelScope, *, task_status) -> None:
+async def _serve_then_stop(
+    server: PolicySocket, scope: anyio.CancelScope, *, task_status: TaskStatus[PolicySocket]
+) -> None:
     """Serve; when serving ends on its own (the socket file went away), end the process."""
     await server.serve(task_status=task_status)
     scope.cancel()

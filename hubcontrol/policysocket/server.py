@@ -22,12 +22,14 @@ import os
 import socket
 import stat
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import anyio
-from anyio.abc import SocketStream
+from anyio.abc import SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from hubcontrol import dockerpolicy as policy
@@ -44,6 +46,9 @@ from hubcontrol.policysocket.http1 import (
     parse_response_head,
     refusal_response,
 )
+
+if TYPE_CHECKING:  # the audit log is imported at the first refusal, not at startup
+    from hubcontrol.auditlog import AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +138,10 @@ class _Connection:
             await self.client.send(f"{head.version} 100 Continue\r\n\r\n".encode())
         body_bytes: bytes | None = None
         if request.endpoint.body:
-            body_bytes = await self.read_small_body(head)
-            if isinstance(body_bytes, policy.Refusal):
-                return await self.refuse(body_bytes, head)
+            read = await self.read_small_body(head)
+            if isinstance(read, policy.Refusal):
+                return await self.refuse(read, head)
+            body_bytes = read
             parsed = policy.read_json(body_bytes)
             if isinstance(parsed, policy.Refusal):
                 return await self.refuse(parsed, head)
@@ -198,7 +204,7 @@ class _Connection:
                 return too_big
         return bytes(out)
 
-    async def chunks(self, reader: BufferedByteReceiveStream, *, raw: bool):
+    async def chunks(self, reader: BufferedByteReceiveStream, *, raw: bool) -> AsyncIterator[bytes]:
         """Yield a chunked body block by block: the raw bytes (framing included, to relay) or the
         decoded data. Blocks are as large as the socket delivers them; the scanner only finds
         where the body ends, so relaying costs one send per block, not several per chunk."""
@@ -361,7 +367,7 @@ class PolicySocket:
         self.counted = anyio.Lock()  # held from a capped create's count to the daemon's answer
         self.refused = 0
         self.inode = 0
-        self._audit_log = None  # created at the first refusal
+        self._audit_log: AuditLog | None = None  # created at the first refusal
         self.pins: binds.BindPins | None = None
         self.context = config.context
         if config.binds_dir is not None and config.context.workspace:
@@ -441,7 +447,7 @@ class PolicySocket:
         if status != 200 or not isinstance(data, dict):
             return None  # the daemon answers the start itself (404)
         described = binds.parse_label(
-            ((data.get("Config") or {}).get("Labels") or {}).get(binds.LABEL)
+            ((data.get("Config") or {}).get("Labels") or {}).get(policy.BINDS_LABEL)
         )
         cws = self.config.context.container_workspace.rstrip("/")
         async with self.pins_lock:
@@ -590,7 +596,9 @@ class PolicySocket:
             self.connections.discard(conn)
             await conn.aclose()
 
-    async def serve(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: TaskStatus[PolicySocket] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         listen = self.config.listen
         if self.pins is not None:
             self.pins.prepare()

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from hubcontrol import durations, safefs, storage
 from hubcontrol.errors import ConfigError, DaemonError
@@ -52,7 +52,10 @@ DAEMON_MEMORY = 1 << 30
 DAEMON_PIDS = 2048
 
 
-def _limit(label: str, parse: Callable[[str | None], Any], value: str | None) -> Any:
+T = TypeVar("T")
+
+
+def _limit(label: str, parse: Callable[[str | None], T], value: str | None) -> T:
     """``parse(value)``, a bad value raising ConfigError naming the template label."""
     try:
         return parse(value)
@@ -243,7 +246,7 @@ def dockerd_env(spec: DaemonSpec, base: Mapping[str, str] | None = None) -> dict
     return env
 
 
-def ping(path: Path, timeout: float = 1.0) -> bool:
+def ping(path: Path | str, timeout: float = 1.0) -> bool:
     """True when the daemon at unix socket ``path`` answers ``GET /_ping`` with OK."""
     # A raw request: httpx's unix transport leaks the socket when connect() fails, and this
     # runs in a polling loop while dockerd starts.
@@ -292,7 +295,7 @@ def log_tail(path: Path, limit: int = 2000) -> str:
         return "(no log)"
 
 
-def wait_for_ping(spec: DaemonSpec, alive, timeout: float = 60.0) -> None:
+def wait_for_ping(spec: DaemonSpec, alive: Callable[[], bool], timeout: float = 60.0) -> None:
     """Poll ``/_ping`` until it answers; DaemonError if ``alive()`` turns False or time runs out."""
     deadline = time.monotonic() + timeout
     delay = 0.02
@@ -344,7 +347,7 @@ class DaemonSupervisor(abc.ABC):
         own traffic match (``network.apply_daemon_isolation``); None when there is none."""
         return None
 
-    def __init_subclass__(cls, **kwargs) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if not getattr(cls, "__abstractmethods__", None) and not cls.name:
             raise TypeError(f"{cls.__name__} must set a class attribute `name`")

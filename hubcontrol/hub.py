@@ -988,18 +988,20 @@ class Hub:
             self._set_state(rec, "stopped", step="stopped", message="Your environment is stopped")
         self._emit("environment-stopped", rec)
 
-    async def _stop_all_containers(self, client: docker.DockerClient, timeout: int = 10) -> None:
+    async def _stop_all_containers(self, client: docker.DockerClient, grace: int = 10) -> None:
+        """Stop every running container of ``client``'s daemon at once, each given ``grace``
+        seconds before docker kills it."""
         try:
             running = await self.engine.call(client.containers.list)
         except (docker.errors.DockerException, OSError):
             return
         async with anyio.create_task_group() as tg:
             for container in running:
-                tg.start_soon(self._quiet_stop, container, timeout)
+                tg.start_soon(self._quiet_stop, container, grace)
 
-    async def _quiet_stop(self, container: Container, timeout: int) -> None:
+    async def _quiet_stop(self, container: Container, grace: int) -> None:
         with contextlib.suppress(docker.errors.DockerException, OSError):
-            await self.engine.call(container.stop, timeout=timeout)
+            await self.engine.call(container.stop, timeout=grace)
 
     async def _retire_environment(self, rec: UserRecord) -> None:
         """Remove the environment of ``rec`` where it runs now (container, env network, daemon)."""

@@ -83,7 +83,7 @@ async def _run(config: ProxyConfig, pidfile: str | None) -> None:
     async with anyio.create_task_group() as tg:
         await tg.start(_serve_then_stop, server, tg.cancel_scope)
         if pidfile:
-            Path(pidfile).write_text(f"{os.getpid()}\n")
+            await anyio.Path(pidfile).write_text(f"{os.getpid()}\n")
         try:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as sigs:
                 async for signum in sigs:
@@ -93,10 +93,17 @@ async def _run(config: ProxyConfig, pidfile: str | None) -> None:
                     tg.cancel_scope.cancel()
                     return
         finally:
-            # only our own pidfile: a policy socket that replaced this one has written its own
-            with contextlib.suppress(OSError, ValueError):
-                if pidfile and int(Path(pidfile).read_text()) == os.getpid():
-                    os.unlink(pidfile)
+            if pidfile:
+                with anyio.CancelScope(shield=True):  # the task group is being cancelled
+                    await anyio.to_thread.run_sync(_remove_own_pidfile, pidfile)
+
+
+def _remove_own_pidfile(pidfile: str) -> None:
+    """Remove ``pidfile`` if it names this process: a policy socket that replaced this one has
+    written its own."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(Path(pidfile).read_text()) == os.getpid():
+            os.unlink(pidfile)
 
 
 async def _serve_then_stop(

@@ -638,7 +638,9 @@ class PolicySocket:
     async def _watch_socket_file(self, scope: anyio.CancelScope) -> None:
         """Exit once the socket file is gone or replaced: nobody can reach this process any more
         (a daemon's cleanup removed it, or its user was destroyed), so it would only linger."""
-        while self.socket_state() == "ours":
+        # Polled: another process removes or replaces the file, and nothing here could set an
+        # Event for that (no inotify in the standard library).
+        while self.socket_state() == "ours":  # noqa: ASYNC110
             await anyio.sleep(SOCKET_WATCH_SECONDS)
         log.info("socket file %s; exiting", self.socket_state())
         scope.cancel()

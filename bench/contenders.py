@@ -77,7 +77,7 @@ def _json(ep: Endpoint, path: str) -> dict:
     try:
         with urllib.request.urlopen(req, timeout=2) as r:
             return json.loads(r.read())
-    except Exception:  # noqa: BLE001 - a hub that is not up yet
+    except Exception:  # a hub that is not up yet
         return {}
 
 
@@ -96,7 +96,7 @@ def wait_http(ep: Endpoint, path: str, timeout: float, proc=None, want=200) -> N
                 if r.status == want:
                     return
                 last = r.status
-        except Exception as e:  # noqa: BLE001 - keep polling until the deadline
+        except Exception as e:  # keep polling until the deadline
             last = e
         time.sleep(0.2)
     raise TimeoutError(f"{ep.host}:{ep.port}{path} did not answer {want}: {last}")
@@ -141,7 +141,7 @@ class Contender:
 
 
 def _spawn(argv: list[str], log_path: Path, env=None) -> subprocess.Popen:
-    log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it; closed with the process
+    log = open(log_path, "ab")  # the child keeps it; closed with the process
     try:
         return subprocess.Popen(
             argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env or process_env()

@@ -284,7 +284,7 @@ def start_contenders(site, service_ip, cookie, workdir, only, results, baseline=
         try:
             running[name] = future.result()
             log(f"  {name}: {running[name].endpoint.host}:{running[name].endpoint.port}")
-        except Exception as e:  # noqa: BLE001 - a contender that cannot start is reported, not fatal
+        except Exception as e:  # a contender that cannot start is reported, not fatal
             results.failures[name] = f"did not start: {e}"
             log(f"  {name}: FAILED to start: {e}")
     return running
@@ -310,7 +310,7 @@ def measure_rounds(running: dict, profile: Profile, results: Results, workloads)
                         )
                     else:
                         value = w.run(c.endpoint, profile)
-                except Exception as e:  # noqa: BLE001 - one failed measurement is reported
+                except Exception as e:  # one failed measurement is reported
                     results.failures[f"{name}: {w.name}"] = str(e).splitlines()[0][:200]
                     log(f"  {w.name} / {name}: FAILED: {e}")
                     continue
@@ -350,14 +350,14 @@ def measure_memory(running: dict, profile: Profile, results: Results, idle: dict
             mem["extra requests (thousands)"] = extra / 1000
             mem["after the extra requests MiB"] = after / 1024
             mem["growth over those requests MiB"] = (after - before) / 1024
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             results.failures[f"{name}: memory after requests"] = str(e)[:200]
         try:
             settle = min(1.0, profile.seconds / 2)
             base, held = asyncio.run(_hold_websockets(c, profile.idle_websockets, settle))
             mem[f"with {profile.idle_websockets} idle WebSockets MiB"] = held / 1024
             mem["KiB per idle WebSocket"] = (held - base) / profile.idle_websockets
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             results.failures[f"{name}: idle WebSockets"] = str(e)[:200]
         log(f"  memory {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))
 

@@ -465,7 +465,7 @@ def follow(
         while not stop():
             if f is None:
                 with contextlib.suppress(FileNotFoundError):
-                    f = open(path, "rb")  # noqa: SIM115 - held across yields, closed below
+                    f = open(path, "rb")  # held across yields, closed below
                     ino = os.fstat(f.fileno()).st_ino
                     pending = tail = b""
             if f is not None:

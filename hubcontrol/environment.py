@@ -381,7 +381,7 @@ def template_shells(
         if config.docker_url.startswith("unix://"):
             # a plain probe first, closed on every path: docker-py leaves the socket of a
             # refused unix connection to the garbage collector
-            import socket as _socket  # noqa: PLC0415
+            import socket as _socket
 
             with _socket.socket(_socket.AF_UNIX) as probe:
                 probe.settimeout(timeout)

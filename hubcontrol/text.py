@@ -106,14 +106,14 @@ class InertFormatter(logging.Formatter):
     traceback is several lines by nature) but every other control character is escaped.
     """
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+    def formatMessage(self, record: logging.LogRecord) -> str:  # logging's name
         record.message = inert(record.message)
         return super().formatMessage(record)
 
-    def formatException(self, ei: ExcInfo) -> str:  # noqa: N802 - logging's name
+    def formatException(self, ei: ExcInfo) -> str:  # logging's name
         return _TRACEBACK_UNSAFE.sub(_escape_match, super().formatException(ei))
 
-    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+    def formatStack(self, stack_info: str) -> str:  # logging's name
         return _TRACEBACK_UNSAFE.sub(_escape_match, super().formatStack(stack_info))
 
 

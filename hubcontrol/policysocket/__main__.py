@@ -117,7 +117,7 @@ async def _serve_then_stop(
 def main(argv: Sequence[str] | None = None) -> None:
     log_format = "%(asctime)s %(name)s %(levelname)s %(message)s"
     logging.basicConfig(level=logging.INFO, format=log_format)
-    from hubcontrol.text import install_log_formatter  # noqa: PLC0415 - small; only when served
+    from hubcontrol.text import install_log_formatter  # small; only when served
 
     install_log_formatter(log_format)  # refusal reasons quote what the user sent
     config, pidfile = config_from_argv(sys.argv[1:] if argv is None else argv)

@@ -531,7 +531,7 @@ class PolicySocket:
         config = self.config
         if config.audit_dir is None or not config.audit_user:
             return
-        from hubcontrol.auditlog import AuditLog, truncate  # noqa: PLC0415 - only with a log
+        from hubcontrol.auditlog import AuditLog, truncate  # only with a log
 
         if self._audit_log is None:
             self._audit_log = AuditLog(config.audit_dir)
@@ -552,7 +552,7 @@ class PolicySocket:
 
     async def _report_dropped(self) -> None:
         """Say how many refusals the budget dropped once the report is due (auditlog.AuditLog)."""
-        from hubcontrol.auditlog import DROPPED_REPORT_SECONDS  # noqa: PLC0415
+        from hubcontrol.auditlog import DROPPED_REPORT_SECONDS
 
         while True:
             await anyio.sleep(DROPPED_REPORT_SECONDS)

@@ -234,7 +234,7 @@ class Worker:
                     self.handle(message)
                 except Exception:  # one bad message must not take the worker down
                     log.exception("hub: worker %d: handling %r failed", self.index, message["t"])
-        except Exception as e:  # noqa: BLE001 - whatever broke the link, the worker stops
+        except Exception as e:  # whatever broke the link, the worker stops
             log.error("hub: worker %d: link to worker 0 failed: %s", self.index, e)
         # the link ended (not cancelled by this worker's own stop): no worker 0, no worker
         self.control.unlinked()

@@ -223,7 +223,7 @@ class WorkerPool:
                 proc = await asyncio.create_subprocess_exec(
                     *command, stdin=asyncio.subprocess.DEVNULL, process_group=0
                 )
-            except Exception as e:  # noqa: BLE001 - e.g. out of memory or PIDs: try again later
+            except Exception as e:  # e.g. out of memory or PIDs: try again later
                 log.error("hub: cannot start worker %d: %s", index, e)
                 proc = None
             if proc is not None:

@@ -119,7 +119,7 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_dashboard_for_a_user_and_an_admin(site, chromium):  # noqa: F811 - fixture
+def test_dashboard_for_a_user_and_an_admin(site, chromium):
     ben = chromium.new_context(viewport=LAPTOP)
     term = ben.new_page()
     login(term, site, "term", USER)

@@ -107,7 +107,7 @@ class Terminal:
 )
 def test_audit_through_the_hub_across_daemon_restart_and_hub_restart(
     tmp_path,
-    registry,  # noqa: F811
+    registry,
     template_fields,
 ):
     with host_test_image() as image:

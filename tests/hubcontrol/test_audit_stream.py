@@ -83,7 +83,7 @@ def restart_daemon(d) -> None:
     )
     d.proc.send_signal(signal.SIGTERM)
     d.proc.wait(30)
-    log = open(d.root / "dockerd.log", "ab")  # noqa: SIM115 - owned by the daemon process
+    log = open(d.root / "dockerd.log", "ab")  # owned by the daemon process
     d.proc = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )

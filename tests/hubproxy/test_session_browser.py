@@ -47,7 +47,7 @@ class HostileEnvironment(BaseHTTPRequestHandler):
     ``document.cookie = <cookie>``, ``/headers?token=...`` answers with ``Set-Cookie`` headers for
     the hub's cookie in the spellings browsers accept; anything else is a plain page."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:  # http.server's name
         url = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         headers = [("Content-Type", "text/html")]

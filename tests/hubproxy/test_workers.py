@@ -486,7 +486,7 @@ def hub_process(tmp_path: Path, port: int, issuer: str, term_port: int, workers:
     argv += ["--labels", str(tmp_path / "labels.yaml"), "--env-file", str(env)]
     argv += [f"--port={port}", f"--workers={workers}", f"--state-dir={tmp_path / 'state'}"]
     argv += [f"--audit-dir={tmp_path / 'audit'}", f"--workspace-dir={tmp_path / 'ws'}"]
-    log = open(tmp_path / "hub.log", "wb")  # noqa: SIM115 - closed below
+    log = open(tmp_path / "hub.log", "wb")  # closed below
     stub = {"STUB_ADDRESSES": ALICE_IP, "STUB_TOUCHES": str(tmp_path / "touches")}
     proc = subprocess.Popen(
         argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **stub}

@@ -41,7 +41,7 @@ def host_listener(address: str):
     body = b"host-only-secret\n"
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the http.server API
+        def do_GET(self):  # the http.server API
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

@@ -351,7 +351,7 @@ def loopback_listener():
     body = b"host-only-secret\n"
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the http.server API
+        def do_GET(self):  # the http.server API
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -373,7 +373,7 @@ def loopback_listener():
 def test_daemon_cannot_reach_host_loopback_but_pulls_from_the_allowed_registry(
     tmp_path,
     image,
-    registry,  # noqa: F811
+    registry,
 ):
     """The daemon's own connections (a build's ADD) to a host loopback service are refused by
     RDH-OUTPUT, while a pull from the local registry the operator allows still works."""

@@ -38,7 +38,7 @@ def _tree(path: Path) -> dict[str, tuple[int, int, int]]:
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory, image):  # noqa: F811 - the fixture imported above
+def hub(tmp_path_factory, image):
     with policy_hub(tmp_path_factory.mktemp("hub"), image) as hub:
         yield hub, image
 

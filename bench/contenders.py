@@ -81,7 +81,13 @@ def _json(ep: Endpoint, path: str) -> dict:
         return {}
 
 
-def wait_http(ep: Endpoint, path: str, timeout: float, proc=None, want=200) -> None:
+def wait_http(
+    ep: Endpoint,
+    path: str,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    want: int = 200,
+) -> None:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -140,7 +146,9 @@ class Contender:
         return ""
 
 
-def _spawn(argv: list[str], log_path: Path, env=None) -> subprocess.Popen:
+def _spawn(
+    argv: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     log = open(log_path, "ab")  # the child keeps it; closed with the process
     try:
         return subprocess.Popen(

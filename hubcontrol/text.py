@@ -86,7 +86,7 @@ def _json_escape(match: re.Match[str]) -> str:
     return f"\\u{0xD800 + (cp >> 10):04x}\\u{0xDC00 + (cp & 0x3FF):04x}"
 
 
-def inert_json(value: Any, **kwargs: Any) -> str:
+def inert_json(value: object, **kwargs: Any) -> str:
     """``json.dumps(value)``, compact and UTF-8, with display-controlling characters escaped.
 
     Such characters only ever occur inside JSON strings (the syntax around them is ASCII), where

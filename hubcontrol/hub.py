@@ -238,6 +238,11 @@ class Hub:
         if isinstance(checkpointer, str):
             checkpointer = ckpt.make_checkpointer(checkpointer, Path(config.state_dir), self.engine)
         self.checkpointer: ckpt.Checkpointer | None = checkpointer
+        # The one reader and writer of the checkpoint health files: the checkpointer's own store
+        # (the stats sampler reads it too), or one over the same directory when there is none.
+        self.checkpoint_health: ckpt.HealthStore = (
+            checkpointer.store if checkpointer is not None else ckpt.HealthStore(config.state_dir)
+        )
         self._routes = RouteTable()
         self._activity: dict[str, tuple[float, str]] = {}
         self._progress: dict[str, Progress] = {}

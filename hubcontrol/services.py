@@ -28,7 +28,7 @@ from hubcontrol.stats import StatsSampler
 if TYPE_CHECKING:
     import anyio
 
-    from hubcontrol.checkpoint import Checkpointer
+    from hubcontrol.checkpoint import Checkpointer, HealthStore
     from hubcontrol.config import HubConfig, Template
     from hubcontrol.hub import EnvironmentStatus, Listener
     from hubcontrol.records import RecordStore, UserRecord
@@ -43,6 +43,7 @@ class HubServices(Protocol):
     A service must not block the loop: docker and file work goes to worker threads.
 
     - ``config``, ``supervisor``, ``checkpointer`` (None: environments are never checkpointed),
+      ``checkpoint_health`` (every user's ``CheckpointHealth``: the checkpointer's own store),
       ``env_socket_by_daemon`` (True: dockerd serves the environment's socket itself, no policy
       socket), ``clock`` (epoch seconds): the Hub's, read-only.
     - ``records``: every user's persisted record. Services read it; only the Hub writes it.
@@ -60,6 +61,7 @@ class HubServices(Protocol):
     config: HubConfig
     supervisor: DaemonSupervisor
     checkpointer: Checkpointer | None
+    checkpoint_health: HealthStore
     env_socket_by_daemon: bool
     records: RecordStore
     clock: Callable[[], float]

@@ -363,10 +363,7 @@ class StatsSampler:
         self.interval = interval
         self.rows_interval = rows_interval
         self.clock = clock
-        from hubcontrol.checkpoint import HealthStore
-
         self.lifecycle = Lifecycle()
-        self.health_store = HealthStore(hub.config.state_dir)
         self._view = StatusView(interval=interval)
         self._limiter: anyio.CapacityLimiter | None = None
         self._wake: anyio.Event | None = None
@@ -413,7 +410,7 @@ class StatsSampler:
         out = {}
         for name in names:
             try:
-                out[name] = self.health_store.get(name)
+                out[name] = self.hub.checkpoint_health.get(name)
             except ValueError:
                 continue
         return out

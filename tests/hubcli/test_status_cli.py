@@ -1,5 +1,5 @@
 """``hub status`` and ``hub stop`` against a running hub (the real proxy and Hub of
-tests/hubproxy/statussite.py), and every way they can fail: no hub, no token, a wrong token, an
+tests/support/statussite.py), and every way they can fail: no hub, no token, a wrong token, an
 unknown user. The comparison with docker's own numbers is in tests/e2e/test_dashboard_browser.py.
 """
 

@@ -1,5 +1,5 @@
 """/_hub/metrics: the Prometheus text format (pure), the observing addon on mitmproxy test flows,
-and the whole endpoint through the real proxy and Hub (tests/hubproxy/statussite.py)."""
+and the whole endpoint through the real proxy and Hub (tests/support/statussite.py)."""
 
 from __future__ import annotations
 

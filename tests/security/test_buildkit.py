@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "rediacc-hub/test-docker-cli:latest"
-# The routes of tests/hubcontrol/_hubcore.py, served by busybox httpd from the home directory.
+# The routes of tests/support/hubcore.py, served by busybox httpd from the home directory.
 COMMAND = (
     "busybox httpd -p __SERVICE_IP__:8080 -h /home/vscode && "
     "exec busybox httpd -f -p __SERVICE_IP__:7681 -h /home/vscode"

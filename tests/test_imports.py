@@ -111,6 +111,8 @@ def test_hubproxys_shared_pieces_import_no_addon_process_or_worker() -> None:
                 if bad:
                     found[f"{file.relative_to(ROOT)}:{node.lineno}"] = bad[0]
     assert found == {}
+
+
 def test_importing_hubcontrol_is_cheap_and_its_public_names_resolve() -> None:
     """``hubcontrol/__init__.py`` imports on first use: the package alone loads nothing (so the
     per-user processes, ``python -m hubcontrol.policysocket`` and ``hubcontrol.du``, load only

@@ -210,7 +210,9 @@ def transfer(ep: Endpoint, method: str, path: str, size: int, count: int) -> dic
 # -- WebSockets ---------------------------------------------------------------------------------
 
 
-async def ws_connect(ep: Endpoint, path: str = "/ws"):
+async def ws_connect(
+    ep: Endpoint, path: str = "/ws"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, WSConnection]:
     reader, writer = await asyncio.open_connection(ep.host, ep.port, limit=1 << 20)
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -256,7 +258,7 @@ def ws_echo(ep: Endpoint, connections: int, seconds: float, size: int = 64) -> d
     """Round trips per second and p50/p99 round-trip latency (ms) of ``connections`` clients
     each echoing ``size``-byte text messages back to back."""
 
-    async def main():
+    async def main() -> tuple[float, list[float]]:
         latencies: list[float] = []
         stop_at = time.perf_counter() + seconds + 0.0
         start = time.perf_counter()
@@ -281,7 +283,7 @@ async def ws_hold(ep: Endpoint, count: int, ready: asyncio.Event, release: async
     conns = []
     sem = asyncio.Semaphore(50)
 
-    async def one():
+    async def one() -> None:
         async with sem:
             conns.append(await ws_connect(ep))
 

@@ -77,11 +77,17 @@ def _json(ep: Endpoint, path: str) -> dict:
     try:
         with urllib.request.urlopen(req, timeout=2) as r:
             return json.loads(r.read())
-    except Exception:  # noqa: BLE001 - a hub that is not up yet
+    except Exception:  # a hub that is not up yet
         return {}
 
 
-def wait_http(ep: Endpoint, path: str, timeout: float, proc=None, want=200) -> None:
+def wait_http(
+    ep: Endpoint,
+    path: str,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+    want: int = 200,
+) -> None:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -96,7 +102,7 @@ def wait_http(ep: Endpoint, path: str, timeout: float, proc=None, want=200) -> N
                 if r.status == want:
                     return
                 last = r.status
-        except Exception as e:  # noqa: BLE001 - keep polling until the deadline
+        except Exception as e:  # keep polling until the deadline
             last = e
         time.sleep(0.2)
     raise TimeoutError(f"{ep.host}:{ep.port}{path} did not answer {want}: {last}")
@@ -140,8 +146,10 @@ class Contender:
         return ""
 
 
-def _spawn(argv: list[str], log_path: Path, env=None) -> subprocess.Popen:
-    log = open(log_path, "ab")  # noqa: SIM115 - the child keeps it; closed with the process
+def _spawn(
+    argv: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    log = open(log_path, "ab")  # the child keeps it; closed with the process
     try:
         return subprocess.Popen(
             argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env or process_env()

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.clients import Endpoint
@@ -96,7 +97,7 @@ def read_json(path: Path) -> dict:
         return {}
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -221,7 +222,12 @@ def measure_docker_start(cycles: int) -> list[float]:
     return samples
 
 
-def report(colds, resumes, breakdown, plain) -> str:
+def report(
+    colds: list[float],
+    resumes: list[float],
+    breakdown: list[tuple[float | None, float | None]],
+    plain: list[float],
+) -> str:
     rows = {
         "resume (checkpointed user)": summary(resumes),
         "cold start (new user)": summary(colds),

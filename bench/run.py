@@ -35,6 +35,7 @@ from pathlib import Path
 
 from bench import clients, contenders
 from bench.clients import Endpoint
+from bench.contenders import Contender
 from bench.site import ROOT, UPSTREAM_PORT, Site, control_plane, destroy_all
 
 MIB = 1024 * 1024
@@ -81,7 +82,7 @@ class Workload:
     sample_rss: bool = False
 
 
-def _wrk(close: bool = False, connections: int = 50):
+def _wrk(close: bool = False, connections: int = 50) -> Callable[[Endpoint, Profile], dict]:
     def run(ep: Endpoint, p: Profile) -> dict:
         r = clients.wrk(ep, "/1k", connections=connections, seconds=p.seconds, close=close)
         if r["errors"] or not r["requests"]:
@@ -91,11 +92,13 @@ def _wrk(close: bool = False, connections: int = 50):
     return run
 
 
-def _transfer(method: str, path: str, size: int, count_of: Callable[[Profile], int]):
+def _transfer(
+    method: str, path: str, size: int, count_of: Callable[[Profile], int]
+) -> Callable[[Endpoint, Profile], dict]:
     return lambda ep, p: clients.transfer(ep, method, path, size, count_of(p))
 
 
-def _ws(connections: int):
+def _ws(connections: int) -> Callable[[Endpoint, Profile], dict]:
     return lambda ep, p: clients.ws_echo(ep, connections, p.seconds)
 
 
@@ -172,7 +175,7 @@ WORKLOADS = (
 class PeakRss:
     """Samples a process tree's RSS every 20 ms in a thread; ``growth_kb`` is peak minus start."""
 
-    def __init__(self, contender) -> None:
+    def __init__(self, contender: Contender) -> None:
         self.contender = contender
         self.start_kb = contender.rss_kb() or 0
         self.peak_kb = self.start_kb
@@ -183,11 +186,11 @@ class PeakRss:
         while not self._stop.wait(0.02):
             self.peak_kb = max(self.peak_kb, self.contender.rss_kb() or 0)
 
-    def __enter__(self):
+    def __enter__(self) -> PeakRss:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
 
@@ -266,7 +269,15 @@ def machine() -> dict[str, str]:
 # -- the run ------------------------------------------------------------------------------------
 
 
-def start_contenders(site, service_ip, cookie, workdir, only, results, baseline=None) -> dict:
+def start_contenders(
+    site: Site,
+    service_ip: str,
+    cookie: str,
+    workdir: Path,
+    only: list[str],
+    results: Results,
+    baseline: Path | None = None,
+) -> dict[str, Contender]:
     starters = {
         "direct": lambda: contenders.direct(site, service_ip, UPSTREAM_PORT),
         "nginx": lambda: contenders.nginx(site, service_ip, UPSTREAM_PORT, workdir),
@@ -284,13 +295,15 @@ def start_contenders(site, service_ip, cookie, workdir, only, results, baseline=
         try:
             running[name] = future.result()
             log(f"  {name}: {running[name].endpoint.host}:{running[name].endpoint.port}")
-        except Exception as e:  # noqa: BLE001 - a contender that cannot start is reported, not fatal
+        except Exception as e:  # a contender that cannot start is reported, not fatal
             results.failures[name] = f"did not start: {e}"
             log(f"  {name}: FAILED to start: {e}")
     return running
 
 
-def measure_rounds(running: dict, profile: Profile, results: Results, workloads) -> None:
+def measure_rounds(
+    running: dict[str, Contender], profile: Profile, results: Results, workloads: list[Workload]
+) -> None:
     names = list(running)
     for r in range(profile.rounds):
         log(f"round {r + 1}/{profile.rounds}")
@@ -310,7 +323,7 @@ def measure_rounds(running: dict, profile: Profile, results: Results, workloads)
                         )
                     else:
                         value = w.run(c.endpoint, profile)
-                except Exception as e:  # noqa: BLE001 - one failed measurement is reported
+                except Exception as e:  # one failed measurement is reported
                     results.failures[f"{name}: {w.name}"] = str(e).splitlines()[0][:200]
                     log(f"  {w.name} / {name}: FAILED: {e}")
                     continue
@@ -350,19 +363,19 @@ def measure_memory(running: dict, profile: Profile, results: Results, idle: dict
             mem["extra requests (thousands)"] = extra / 1000
             mem["after the extra requests MiB"] = after / 1024
             mem["growth over those requests MiB"] = (after - before) / 1024
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             results.failures[f"{name}: memory after requests"] = str(e)[:200]
         try:
             settle = min(1.0, profile.seconds / 2)
             base, held = asyncio.run(_hold_websockets(c, profile.idle_websockets, settle))
             mem[f"with {profile.idle_websockets} idle WebSockets MiB"] = held / 1024
             mem["KiB per idle WebSocket"] = (held - base) / profile.idle_websockets
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             results.failures[f"{name}: idle WebSockets"] = str(e)[:200]
         log(f"  memory {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in mem.items()))
 
 
-async def _hold_websockets(c, count: int, settle: float) -> tuple[int, int]:
+async def _hold_websockets(c: Contender, count: int, settle: float) -> tuple[int, int]:
     await asyncio.sleep(settle / 2)
     base = c.rss_kb() or 0
     ready, release = asyncio.Event(), asyncio.Event()
@@ -487,13 +500,13 @@ def targets(res: Results) -> str:
     body = res.rss_growth.get("64 MiB download", {}).get("hub-start")
     body_mib = statistics.median(body) / 1024 if body else None
 
-    def ratio(a, b):
+    def ratio(a: float | None, b: float | None) -> float | None:
         return a / b if a and b else None
 
-    def check(ok):
+    def check(ok: bool | None) -> str:
         return "-" if ok is None else ("met" if ok else "MISSED")
 
-    def known(value, ok):
+    def known(value: object, ok: object) -> bool | None:
         return None if value is None else bool(ok)
 
     r_core, r_rps, r_ws = ratio(hub_core, chp_core), ratio(hub_rps, chp_rps), ratio(ws_core, ws_chp)
@@ -549,7 +562,15 @@ def targets(res: Results) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(res: Results, present, profile, mach, command, started, elapsed) -> str:
+def report(
+    res: Results,
+    present: list[str],
+    profile: Profile,
+    mach: dict[str, str],
+    command: str,
+    started: datetime,
+    elapsed: float,
+) -> str:
     lines = [
         f"Run: {started:%Y-%m-%d %H:%M} UTC, profile `{profile.name}` ({profile.rounds} interleaved "
         f"rounds, medians), {elapsed / 60:.1f} min. Command: `{command}`",

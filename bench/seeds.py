@@ -39,8 +39,8 @@ import docker
 from hubcontrol import seeds, storage
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.embed import SyncHub, embedded
-from tests.hubcontrol._hubcore import COMMAND, HOST_SOCKET, ROUTES, host_test_image
 from tests.support.btrfs import btrfs_loop, exclusive_bytes, large_image
+from tests.support.hubcore import COMMAND, HOST_SOCKET, ROUTES, host_test_image
 
 ROUTE = "code"
 

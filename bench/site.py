@@ -13,11 +13,17 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h11
 import wsproto
+
+if TYPE_CHECKING:
+    from hubcontrol.config import HubConfig
+    from hubcontrol.hub import Hub
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_IMAGE = "rediacc-hub/env:latest"
@@ -118,7 +124,7 @@ class Site:
             if not dst.exists():
                 shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
 
-    def config(self):
+    def config(self) -> HubConfig:
         from hubcontrol.config import load_config
 
         return load_config(self.labels, env_file=self.env_file, flags=self.flags())
@@ -155,7 +161,9 @@ def _summary(samples: list[float]) -> dict:
     return {"n": len(samples), "median": statistics.median(samples), "p95": p95}
 
 
-def control_plane(site: Site, cold: int, warm: int, log=print) -> tuple[str, dict]:
+def control_plane(
+    site: Site, cold: int, warm: int, log: Callable[[str], None] = print
+) -> tuple[str, dict]:
     """Spawn the benchmark user (a cold spawn), ``cold - 1`` more new users and ``warm`` warm
     starts of a stopped one; returns the benchmark user's service IP and the latencies.
 
@@ -208,7 +216,7 @@ def destroy_all(site: Site, logs_to: Path | None = None) -> None:
                 hub.destroy(row.user, remove_data=True)
 
 
-def save_environment_log(hub, user: str, path: Path) -> None:
+def save_environment_log(hub: Hub, user: str, path: Path) -> None:
     import docker
 
     from hubcontrol.environment import find

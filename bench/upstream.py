@@ -56,7 +56,7 @@ class Http(asyncio.Protocol):
         self.writable.set()
         self.big: asyncio.Task | None = None
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -68,7 +68,7 @@ class Http(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writable.set()
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.writable.set()
         if self.big is not None:
             self.big.cancel()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -69,7 +69,7 @@ def fail(exc: HubError | str | Iterable[str], code: int = EXIT_FAILURE) -> NoRet
     raise typer.Exit(code)
 
 
-def print_json(data: Any) -> None:
+def print_json(data: object) -> None:
     """``data`` as indented JSON on stdout (plain text: no colour, no wrapping, stable key order).
 
     ASCII only: every other character, control characters included, is a ``\\uXXXX`` escape."""

@@ -209,7 +209,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from hubcontrol.text import install_log_formatter
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - whichever export it loads
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'hubcontrol' has no attribute {name!r}")

@@ -29,11 +29,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -44,6 +45,7 @@ from hubcontrol.errors import AuditError
 from hubcontrol.records import UserRecord
 
 if TYPE_CHECKING:
+    from hubcontrol.config import HubConfig
     from hubcontrol.services import HubServices
 
 log = logging.getLogger(__name__)
@@ -159,7 +161,7 @@ HUB_ACTIONS = HubActions()
 
 
 def origin_of(
-    event: Mapping, *, hub_acting: bool = False, hub_actions: HubActions | None = None
+    event: Mapping[str, Any], *, hub_acting: bool = False, hub_actions: HubActions | None = None
 ) -> str | None:
     """Who caused a docker event: ``"hub"``, or None for the user.
 
@@ -189,20 +191,20 @@ def origin_of(
 
 
 def to_record(
-    event: Mapping,
+    event: Mapping[str, Any],
     *,
     user: str,
     net_id: int,
     hub_acting: bool = False,
     hub_actions: HubActions | None = None,
-) -> dict | None:
+) -> dict[str, Any] | None:
     """The audit record for one docker event (``events(decode=True)`` shape), or None to drop it.
 
     What the hub caused itself (``origin_of``: its execs and containers by ID, and anything while
     ``hub_acting``, for example loading the template image before the user's environment
     exists) is kept but marked ``attrs.origin = "hub"``; the user's records carry no origin.
     """
-    etype = event.get("Type")
+    etype = str(event.get("Type") or "")
     action, argument = split_action(str(event.get("Action") or ""))
     if action not in AUDITED.get(etype, ()):
         return None
@@ -224,7 +226,7 @@ def to_record(
     }
 
 
-def gap_record(*, user: str, net_id: int, after_nano: int, before_nano: int) -> dict:
+def gap_record(*, user: str, net_id: int, after_nano: int, before_nano: int) -> dict[str, Any]:
     """A record saying events between two times may be missing (the daemon's buffer overflowed)."""
     return {
         "ts": iso_ts(before_nano),
@@ -261,7 +263,7 @@ class _Windows:
     spans: list[list[int | None]]
 
     def covers(self, nano: int) -> bool:
-        return any(s <= nano and (e is None or nano <= e) for s, e in self.spans)
+        return any(s is not None and s <= nano and (e is None or nano <= e) for s, e in self.spans)
 
     def open(self) -> list[int | None]:
         span: list[int | None] = [time.time_ns(), None]
@@ -334,7 +336,9 @@ class AuditStream:
         self._limiter = limiter
         self._cursor: Cursor | None = None
 
-    async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: TaskStatus[AuditStream] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         transport, base = _transport_and_base(self.docker_url)
         self._cursor = await anyio.to_thread.run_sync(
             self.audit_log.load_cursor, self.user, limiter=self._limiter
@@ -397,7 +401,7 @@ class AuditStream:
                 log.warning("audit stream for %s: not JSON, skipped: %.200s", self.user, line)
                 continue
             nano = event_nano(event)
-            batch: list[dict] = []
+            batch: list[dict[str, Any]] = []
             if replaying:
                 if nano <= requested:
                     replayed += 1
@@ -442,7 +446,7 @@ class AuditStream:
                 continue  # not audited: a replay drops it again, no need to remember it
             await self._write(batch, key, nano)
 
-    def _environment_runs(self, event: Mapping) -> bool:
+    def _environment_runs(self, event: Mapping[str, Any]) -> bool:
         actor = event.get("Actor") or {}
         return (
             event.get("Type") == "container"
@@ -451,7 +455,7 @@ class AuditStream:
             and (actor.get("Attributes") or {}).get(ENVIRONMENT_LABEL) == ENVIRONMENT_ROLE
         )
 
-    async def _write(self, records: list[dict], key: str | None, nano: int) -> None:
+    async def _write(self, records: list[dict[str, Any]], key: str | None, nano: int) -> None:
         cursor = self._cursor
         assert cursor is not None
 
@@ -485,7 +489,13 @@ class AuditManager:
     cursor carries over, so nothing is written twice).
     """
 
-    def __init__(self, config=None, *, audit_dir: Path | str | None = None, limiter=None) -> None:
+    def __init__(
+        self,
+        config: HubConfig | None = None,
+        *,
+        audit_dir: Path | str | None = None,
+        limiter: anyio.CapacityLimiter | None = None,
+    ) -> None:
         directory = audit_dir if audit_dir is not None else getattr(config, "audit_dir", None)
         if directory is None:
             from hubcontrol.config import DEFAULT_AUDIT_DIR
@@ -498,8 +508,9 @@ class AuditManager:
         self._streams: dict[str, tuple[AuditStream, anyio.CancelScope, anyio.Event]] = {}
         self._locks: dict[str, anyio.Lock] = {}
         self._windows: dict[str, _Windows] = {}
-        self._hub = None
-        self._pending: deque[tuple] = deque()  # (coroutine function, args) queued by the listener
+        self._hub: HubServices | None = None
+        # (coroutine function, args) queued by the listener
+        self._pending: deque[tuple[Any, ...]] = deque()
         self._wakeup: anyio.Event | None = None
 
     async def __aenter__(self) -> AuditManager:
@@ -521,16 +532,21 @@ class AuditManager:
                 log.error("audit: could not write a dropped record: %r", exc)
             budget = self.log.budget
 
-    async def __aexit__(self, *exc_info) -> bool | None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
         try:
-            return await self._tg.__aexit__(*exc_info)
+            return await self._tg.__aexit__(exc_type, exc, tb)
         finally:
             self._tg = None
             self._streams.clear()
 
-    async def run(self, *, task_status: TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled (for ``tg.start``), performing what ``attach()``'s listener queued."""
         async with self:
             task_status.started()
@@ -579,7 +595,7 @@ class AuditManager:
             scope = anyio.CancelScope()
             done = anyio.Event()
 
-            async def supervise(*, task_status: TaskStatus) -> None:
+            async def supervise(*, task_status: TaskStatus[AuditStream]) -> None:
                 try:
                     with scope:
                         await stream.run(task_status=task_status)
@@ -685,7 +701,7 @@ class AuditManager:
             windows.close()
             self._queue(self.disarm, user)
 
-    def _queue(self, op, *args) -> None:
+    def _queue(self, op: Callable[..., Awaitable[object]], *args: Any) -> None:
         # Listeners run on the Hub's event loop, so the Event may be set from here directly.
         self._pending.append((op, args))
         if self._wakeup is not None:

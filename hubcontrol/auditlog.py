@@ -23,10 +23,11 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO, Any, TypeGuard
 
 from hubcontrol import safefs
 from hubcontrol.durations import parse_duration
@@ -52,7 +53,7 @@ def file_stem(user: str) -> str:
     return safe_name(user)
 
 
-def format_record(record: dict) -> bytes:
+def format_record(record: dict[str, Any]) -> bytes:
     """One audit record as a compact JSON line (the seed's exact field order and separators).
 
     UTF-8, with every character that controls a display (C0, DEL, C1, bidi controls, ``U+2028``)
@@ -101,9 +102,9 @@ def truncate(value: str, limit: int = FIELD_LIMIT) -> str:
     return f"{value[:limit]}...[{len(value) - limit} more characters cut by the hub]"
 
 
-def cap_record(record: dict) -> dict:
+def cap_record(record: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``record`` with every string in it (nested in ``attrs`` too) ``truncate``d."""
-    out: dict = {}
+    out: dict[str, Any] = {}
     for key, value in record.items():
         if isinstance(value, str):
             out[key] = truncate(value)
@@ -114,7 +115,7 @@ def cap_record(record: dict) -> dict:
     return out
 
 
-def exempt_from_budget(record: dict) -> bool:
+def exempt_from_budget(record: dict[str, Any]) -> bool:
     """The hub's own records (``origin: hub``) and the trail's notes (gaps, drops) are written
     whatever a user did: a user cannot make them at will, and an operator needs them most when
     a user floods."""
@@ -158,7 +159,7 @@ class _Spending:
         self.tokens -= size
         return True
 
-    def drop(self, record: dict, size: int) -> None:
+    def drop(self, record: dict[str, Any], size: int) -> None:
         self.events += 1
         self.size += size
         ts = str(record.get("ts", ""))
@@ -168,7 +169,7 @@ class _Spending:
         what = f"{record.get('type', '')}/{record.get('action', '')}"
         self.actions[what] = self.actions.get(what, 0) + 1
 
-    def report(self, user: str, budget: AuditBudget) -> dict:
+    def report(self, user: str, budget: AuditBudget) -> dict[str, Any]:
         """The ``dropped`` record for what was dropped so far (resets the counts)."""
         record = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -212,7 +213,7 @@ class AuditLog:
     def cursor_path(self, user: str) -> Path:
         return self.directory / CURSOR_DIR / f"{file_stem(user)}.json"
 
-    def append(self, user: str, records: Iterable[dict]) -> None:
+    def append(self, user: str, records: Iterable[dict[str, Any]]) -> None:
         """Append ``records`` to ``user``'s log, each line with a single ``write(2)``.
 
         Records over the user's budget are counted, not written; a ``dropped`` record reports
@@ -254,7 +255,7 @@ class AuditLog:
         for user in list(self._spending):
             self.flush(user, force=force)
 
-    def _admit(self, user: str, record: dict, size: int) -> bool:
+    def _admit(self, user: str, record: dict[str, Any], size: int) -> bool:
         if self.budget is None or exempt_from_budget(record):
             return True
         now = self.budget.clock()
@@ -266,7 +267,7 @@ class AuditLog:
         spending.drop(record, size)
         return False
 
-    def _due_report(self, user: str, *, force: bool) -> dict | None:
+    def _due_report(self, user: str, *, force: bool) -> dict[str, Any] | None:
         spending = self._spending.get(user)
         if self.budget is None or spending is None or not spending.events:
             return None
@@ -277,7 +278,7 @@ class AuditLog:
         spending.reported = now
         return spending.report(user, self.budget)
 
-    def _unreport(self, user: str, report: dict) -> None:
+    def _unreport(self, user: str, report: dict[str, Any]) -> None:
         # The report was not written: count its events again, for the next one.
         with self._lock:
             spending = self._spending[user]
@@ -317,7 +318,7 @@ class AuditLog:
         cursor.save(path)
 
 
-def event_key(event: dict) -> str:
+def event_key(event: Mapping[str, Any]) -> str:
     """A docker event's identity: type, action, actor ID and time in nanoseconds."""
     actor = event.get("Actor") or {}
     return "{}|{}|{}|{}".format(
@@ -325,7 +326,7 @@ def event_key(event: dict) -> str:
     )
 
 
-def event_nano(event: dict) -> int:
+def event_nano(event: Mapping[str, Any]) -> int:
     nano = event.get("timeNano")
     if isinstance(nano, int):
         return nano
@@ -406,14 +407,14 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def record_time(record: dict) -> datetime | None:
+def record_time(record: dict[str, Any]) -> datetime | None:
     try:
         return datetime.strptime(record["ts"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except (KeyError, TypeError, ValueError):
         return None
 
 
-def _parse_line(line: bytes) -> dict | None:
+def _parse_line(line: bytes) -> dict[str, Any] | None:
     try:
         record = json.loads(line)
     except ValueError:
@@ -421,7 +422,7 @@ def _parse_line(line: bytes) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def _keep(record: dict | None, since: datetime | None) -> bool:
+def _keep(record: dict[str, Any] | None, since: datetime | None) -> TypeGuard[dict[str, Any]]:
     if record is None:
         return False
     if since is None:
@@ -430,7 +431,7 @@ def _keep(record: dict | None, since: datetime | None) -> bool:
     return ts is not None and ts >= since
 
 
-def read_records(path: Path | str, since: datetime | None = None) -> Iterator[dict]:
+def read_records(path: Path | str, since: datetime | None = None) -> Iterator[dict[str, Any]]:
     """The records in an audit log, oldest first; lines that are not JSON objects are skipped."""
     with open(path, "rb") as f:
         for line in f:
@@ -447,7 +448,7 @@ def follow(
     poll: float = 0.5,
     stop: Callable[[], bool] = lambda: False,
     sleep: Callable[[float], None] = time.sleep,
-) -> Iterator[dict]:
+) -> Iterator[dict[str, Any]]:
     """Records already in the log, then new ones as they are appended, until ``stop()`` is true.
 
     Survives ``copytruncate`` (the file was truncated in place: read again from its start, also
@@ -464,7 +465,7 @@ def follow(
         while not stop():
             if f is None:
                 with contextlib.suppress(FileNotFoundError):
-                    f = open(path, "rb")  # noqa: SIM115 - held across yields, closed below
+                    f = open(path, "rb")  # held across yields, closed below
                     ino = os.fstat(f.fileno()).st_ino
                     pending = tail = b""
             if f is not None:
@@ -501,7 +502,7 @@ def follow(
             f.close()
 
 
-def _drain(f, pending: bytes, since: datetime | None) -> Iterator[dict]:
+def _drain(f: IO[bytes], pending: bytes, since: datetime | None) -> Iterator[dict[str, Any]]:
     data = pending + f.read()
     for line in data.split(b"\n")[:-1]:
         record = _parse_line(line)

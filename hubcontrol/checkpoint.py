@@ -49,20 +49,22 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import docker
 import docker.errors
 import httpx
+from docker.models.containers import Container
 
 from hubcontrol import procs, safefs, storage
 from hubcontrol.config import DEFAULT_USER, DEFAULT_WORKSPACE
-from hubcontrol.engine import Engine
+from hubcontrol.engine import Engine, id_of
 from hubcontrol.errors import CheckpointError
 
+R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 MAX_FAILURES = 3  # the seed: "If CRIU fails 3 times in a row for a user, checkpointing is disabled"
@@ -103,11 +105,11 @@ class CheckpointHealth:
     last_dump_seconds: float | None = None
     last_restore_seconds: float | None = None
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping) -> CheckpointHealth:
+    def from_json(cls, data: Mapping[str, Any]) -> CheckpointHealth:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -163,7 +165,9 @@ class HealthStore:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             safefs.write_atomic(path, json.dumps(health.to_json(), indent=1), mode=0o644)
 
-    def update(self, user: str, fn) -> CheckpointHealth:
+    def update(
+        self, user: str, fn: Callable[[CheckpointHealth], CheckpointHealth]
+    ) -> CheckpointHealth:
         with self._lock:
             health = fn(self.get(user))
         self.put(user, health)
@@ -560,7 +564,7 @@ class Checkpointer(abc.ABC):
     name: ClassVar[str]
     registry: ClassVar[dict[str, type[Checkpointer]]] = {}
 
-    def __init_subclass__(cls, **kwargs) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if not isinstance(getattr(cls, "name", None), str):
             raise TypeError(f"{cls.__name__} must set a class attribute `name`")
@@ -572,7 +576,13 @@ class Checkpointer(abc.ABC):
                 raise TypeError(f"checkpointer name {cls.name!r} is taken by {known.__name__}")
             Checkpointer.registry[cls.name] = cls
 
-    def __init__(self, state_dir: Path, engine: Engine | None = None, *, clock=time.time) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        engine: Engine | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = HealthStore(state_dir)
         self.engine = engine or Engine()
         self.clock = clock
@@ -629,7 +639,7 @@ def _remove_images(checkpoint_dir: Path, keep: str | None) -> list[str]:
     """Delete every checkpoint image set in ``checkpoint_dir`` except ``keep``, through a
     descriptor of ``.checkpoint`` reached without following links (``storage.checkpoint_dir``);
     nothing a link points at is ever removed."""
-    removed = []
+    removed: list[str] = []
     try:
         with storage.checkpoint_dir(checkpoint_dir, create=False) as fd:
             if fd is None:
@@ -667,11 +677,12 @@ class RecreateCheckpointer(Checkpointer):
             client = self.engine.client(target.docker_url)
             start = time.monotonic()
             container = client.containers.get(target.container)
+            cid = id_of(container)
             if container.status in ("running", "paused", "restarting"):
                 if container.status == "paused":
                     container.unpause()
                 container.stop(timeout=STOP_TIMEOUT)
-            return CheckpointResult("stop", container.id, seconds=time.monotonic() - start)
+            return CheckpointResult("stop", cid, seconds=time.monotonic() - start)
 
         return await self.engine.call(run)
 
@@ -685,7 +696,13 @@ class CriuCheckpointer(Checkpointer):
     name = "criu"
     restore_timeout = RESTORE_TIMEOUT
 
-    def __init__(self, state_dir: Path, engine: Engine | None = None, *, clock=time.time) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        engine: Engine | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__(state_dir, engine, clock=clock)
         for warning in host_warnings():
             log.warning("checkpointing: %s", warning)
@@ -695,7 +712,9 @@ class CriuCheckpointer(Checkpointer):
     async def checkpoint(self, target: CheckpointTarget) -> CheckpointResult:
         return await self.engine.call(self._guarded, self._checkpoint, target, "suspended")
 
-    def _guarded(self, fn, target: CheckpointTarget, what: str):
+    def _guarded(
+        self, fn: Callable[[CheckpointTarget], R], target: CheckpointTarget, what: str
+    ) -> R:
         """Run ``fn(target)``; an unexpected docker or OS error becomes a counted CheckpointError,
         so the Hub's fallback (stop, or start afresh) runs instead of a half-done operation."""
         try:
@@ -726,6 +745,7 @@ class CriuCheckpointer(Checkpointer):
             )
         client = self.engine.client(target.docker_url)
         container = client.containers.get(target.container)
+        cid = id_of(container)
         if container.status != "running":
             raise CheckpointError(
                 "Your environment is not running, so it cannot be suspended.",
@@ -733,7 +753,7 @@ class CriuCheckpointer(Checkpointer):
             )
         started = time.monotonic()
         if target.pre_dump:
-            code, output = _run_hook(client, container.id, target, target.pre_dump)
+            code, output = _run_hook(client, cid, target, target.pre_dump)
             if code != 0:
                 raise self._fail(
                     user,
@@ -744,7 +764,7 @@ class CriuCheckpointer(Checkpointer):
         checkpoint_id = f"{CHECKPOINT_PREFIX}{int(self.clock() * 1000)}"
         images = target.checkpoint_dir / checkpoint_id
         data_root = Path(client.info()["DockerRootDir"])
-        self._link_checkpoints(data_root, container.id, target.checkpoint_dir)
+        self._link_checkpoints(data_root, cid, target.checkpoint_dir)
         # A failed dump leaves the container running and its old images useless either way.
         _remove_images(target.checkpoint_dir, keep=None)
         clean_containerd_copies(target.daemon_tmpdir)  # left by a restore a crash interrupted
@@ -755,7 +775,7 @@ class CriuCheckpointer(Checkpointer):
             marks = container_processes(container.attrs["State"]["Pid"])
             with self._api(target) as api:
                 response = api.post(
-                    f"/containers/{container.id}/checkpoints",
+                    f"/containers/{cid}/checkpoints",
                     json={"CheckpointID": checkpoint_id, "Exit": True},
                     timeout=self.restore_timeout,
                 )
@@ -777,7 +797,7 @@ class CriuCheckpointer(Checkpointer):
         container.reload()
         if container.status == "running":  # "Exit": true must stop it; never leave two copies
             container.stop(timeout=STOP_TIMEOUT)
-        _write_fingerprint(images, container.id, marks)
+        _write_fingerprint(images, cid, marks)
         seconds = time.monotonic() - started
         now = self.clock()
         self.store.update(
@@ -785,7 +805,7 @@ class CriuCheckpointer(Checkpointer):
             lambda h: dataclasses.replace(
                 h,
                 checkpoint=checkpoint_id,
-                container=container.id,
+                container=cid,
                 checkpointed_at=now,
                 last_dump_seconds=round(seconds, 3),
             ),
@@ -800,10 +820,10 @@ class CriuCheckpointer(Checkpointer):
             size,
             len(marks),
         )
-        return CheckpointResult("criu", container.id, checkpoint_id, seconds, size, len(marks))
+        return CheckpointResult("criu", cid, checkpoint_id, seconds, size, len(marks))
 
     @staticmethod
-    def _unpause(container) -> None:
+    def _unpause(container: Container) -> None:
         with contextlib.suppress(docker.errors.APIError):
             container.reload()
             if container.status == "paused":
@@ -858,8 +878,9 @@ class CriuCheckpointer(Checkpointer):
                 "your workspace.",
                 f"{user}: container {health.container} of checkpoint {checkpoint_id} is gone",
             ) from None
+        cid = id_of(container)
         try:
-            before = _read_fingerprint(images, container.id)
+            before = _read_fingerprint(images, cid)
         except (OSError, ValueError) as exc:
             self._discard_now(target)
             raise self._fail(
@@ -880,9 +901,9 @@ class CriuCheckpointer(Checkpointer):
                 f"{checkpoint_id}; not restoring over it",
             )
         data_root = Path(client.info()["DockerRootDir"])
-        self._link_checkpoints(data_root, container.id, target.checkpoint_dir)
+        self._link_checkpoints(data_root, cid, target.checkpoint_dir)
         try:
-            message = self._start_from_checkpoint(target, container.id, checkpoint_id)
+            message = self._start_from_checkpoint(target, cid, checkpoint_id)
             restored_by = boot_ticks()
         finally:
             clean_containerd_copies(target.daemon_tmpdir)
@@ -900,7 +921,7 @@ class CriuCheckpointer(Checkpointer):
         container.reload()
         ok, detail, after = self._verify(container.attrs["State"]["Pid"], before, restored_by)
         if not ok:
-            evidence = _restore_evidence(target, container.id, before, after, restored_by)
+            evidence = _restore_evidence(target, cid, before, after, restored_by)
             self._stop_quietly(container)
             self._discard_now(target)
             raise self._fail(
@@ -912,7 +933,7 @@ class CriuCheckpointer(Checkpointer):
             )
         hook_error = None
         if target.post_restore:
-            code, output = _run_hook(client, container.id, target, target.post_restore)
+            code, output = _run_hook(client, cid, target, target.post_restore)
             if code != 0:
                 hook_error = f"hook.checkpoint.post_restore exited {code}: {output[-2000:]}"
                 log.warning("%s: %s", user, hook_error)
@@ -938,7 +959,7 @@ class CriuCheckpointer(Checkpointer):
             seconds,
             detail,
         )
-        return RestoreResult(checkpoint_id, container.id, seconds, detail, hook_error, after)
+        return RestoreResult(checkpoint_id, cid, seconds, detail, hook_error, after)
 
     @staticmethod
     def _verify(
@@ -988,7 +1009,7 @@ class CriuCheckpointer(Checkpointer):
         return "unreachable"
 
     @staticmethod
-    def _stop_quietly(container) -> None:
+    def _stop_quietly(container: Container) -> None:
         with contextlib.suppress(docker.errors.APIError):
             container.reload()
             if container.status in ("running", "paused", "restarting"):

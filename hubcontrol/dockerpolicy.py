@@ -130,7 +130,7 @@ class Endpoint:
 
     name: str
     method: str
-    pattern: re.Pattern
+    pattern: re.Pattern[str]
     body: bool = False  # the JSON body must be read and inspected (capped at MAX_JSON_BODY)
     checks: tuple[str, ...] = ()
     hijack: bool = False  # the response may turn into a raw bidirectional stream
@@ -314,7 +314,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 )
 
 # Whole areas refused with a reason, matched on the first path segment(s).
-DENIED: tuple[tuple[re.Pattern, str, str], ...] = tuple(
+DENIED: tuple[tuple[re.Pattern[str], str, str], ...] = tuple(
     (re.compile(p), what, why)
     for p, what, why in (
         (
@@ -563,7 +563,7 @@ def _obj(value: Any) -> JObject:
     return value if isinstance(value, JObject) else JObject()
 
 
-def _list(value: Any) -> list:
+def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
@@ -578,7 +578,12 @@ def _container(facts: Facts, ref: str) -> ContainerFacts | None:
     return facts.get(("container", ref))
 
 
-def _check_not_hub(request, ctx, facts, body):
+# A check reads the request, the facts about what it references and the body parsed so far (any
+# JSON value), and raises _Refused, or returns a rewritten body (None: keep it).
+Check = Callable[[ApiRequest, PolicyContext, Facts, object], "JObject | None"]
+
+
+def _check_not_hub(request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object) -> None:
     c = _container(facts, request.params["id"])
     if c is not None and c.hub_managed:
         raise _refuse(
@@ -588,7 +593,7 @@ def _check_not_hub(request, ctx, facts, body):
         )
 
 
-def _check_start(request, ctx, facts, body):
+def _check_start(request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object) -> None:
     for param in ("checkpoint", "checkpoint-dir"):
         if request.query.get(param):
             raise _refuse(
@@ -596,7 +601,7 @@ def _check_start(request, ctx, facts, body):
             )
 
 
-def _check_exec(request, ctx, facts, body):
+def _check_exec(request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object) -> None:
     if _truthy(_obj(body).field("Privileged")):
         raise _refuse(
             "a privileged exec (Privileged)",
@@ -604,21 +609,23 @@ def _check_exec(request, ctx, facts, body):
         )
 
 
-def _check_commit(request, ctx, facts, body):
+def _check_commit(request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object) -> None:
     return None  # the commit body is a container Config (no HostConfig); nothing to check
 
 
-def _check_update(request, ctx, facts, body):
+def _check_update(request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object) -> None:
     _check_resources(_obj(body))
 
 
-def _check_auth(request, ctx, facts, body):
+def _check_auth(request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object) -> None:
     addr = _obj(body).field("serveraddress")
     if isinstance(addr, str) and addr:
         _check_registry_host(_registry_host_of_address(addr), ctx, "registry login")
 
 
-def _check_image_create(request, ctx, facts, body):
+def _check_image_create(
+    request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object
+) -> None:
     src = request.query.get("fromSrc", "")
     if src not in ("", "-"):
         raise _refuse(
@@ -631,15 +638,17 @@ def _check_image_create(request, ctx, facts, body):
         _check_registry_host(registry_host(image), ctx, f"a pull of {image!r}")
 
 
-def _check_push(request, ctx, facts, body):
+def _check_push(request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object) -> None:
     _check_registry_host(registry_host(request.params["name"]), ctx, "a push")
 
 
-def _check_search(request, ctx, facts, body):
+def _check_search(request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object) -> None:
     _check_registry_host(registry_host(request.query.get("term", "")), ctx, "a search")
 
 
-def _check_distribution(request, ctx, facts, body):
+def _check_distribution(
+    request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object
+) -> None:
     _check_registry_host(registry_host(request.params["name"]), ctx, "a registry lookup")
 
 
@@ -647,7 +656,7 @@ def _check_distribution(request, ctx, facts, body):
 BUILDKIT_SESSION_CONTEXT = "client-session"
 
 
-def _check_build(request, ctx, facts, body):
+def _check_build(request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object) -> None:
     q = request.query
     version = q.get("version", "1") or "1"
     if version not in ("1", "2"):
@@ -687,7 +696,9 @@ def _json_strings(raw: str) -> list[str]:
     return value
 
 
-def _check_create(request, ctx, facts, body):
+def _check_create(
+    request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object
+) -> JObject | None:
     body = _obj(body)
     _check_labels(body.field("Labels"), "container")
     pinned: dict[str, tuple[str, bool]] = {}
@@ -712,7 +723,7 @@ def _check_create(request, ctx, facts, body):
     return body
 
 
-def _check_connect(request, ctx, facts, body):
+def _check_connect(request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object) -> None:
     _check_network_ref(request.params["id"], facts)
     container = _obj(body).field("Container")
     c = _container(facts, container) if isinstance(container, str) else None
@@ -723,7 +734,9 @@ def _check_connect(request, ctx, facts, body):
         )
 
 
-def _check_network_create(request, ctx, facts, body):
+def _check_network_create(
+    request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object
+) -> JObject | None:
     body = _obj(body)
     _check_labels(body.field("Labels"), "network")
     driver = body.field("Driver") or ""
@@ -768,7 +781,7 @@ def _check_network_create(request, ctx, facts, body):
     return body
 
 
-def _inside(value: Any, allowed: list) -> bool:
+def _inside(value: Any, allowed: list[Any]) -> bool:
     try:
         net = ipaddress.ip_network(str(value), strict=False)
     except ValueError:
@@ -776,14 +789,16 @@ def _inside(value: Any, allowed: list) -> bool:
     return any(net.version == a.version and net.subnet_of(a) for a in allowed)
 
 
-def _check_volume_create(request, ctx, facts, body):
+def _check_volume_create(
+    request: ApiRequest, ctx: PolicyContext, facts: Facts, body: object
+) -> JObject | None:
     body = _obj(body)
     _check_labels(body.field("Labels"), "volume")
     _check_volume_driver(body.field("Driver"), body.field("DriverOpts"))
     return body
 
 
-_CHECKS: dict[str, Callable] = {
+_CHECKS: dict[str, Check] = {
     "not-hub": _check_not_hub,
     "start": _check_start,
     "exec": _check_exec,

@@ -34,6 +34,7 @@ import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hubcontrol import storage
 from hubcontrol.checkpoint import (
@@ -43,6 +44,9 @@ from hubcontrol.checkpoint import (
 )
 from hubcontrol.supervisor import CRIU_BIN, INIT_PATH
 from hubcontrol.supervisor.local import Cgroups
+
+if TYPE_CHECKING:
+    from hubcontrol.config import HubConfig
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -67,7 +71,7 @@ class Check:
     fix: str = ""
     needed_for: str = "hub"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str]:
         return asdict(self)
 
 
@@ -186,7 +190,7 @@ def check_cap_sys_resource(status: str, userns_remap: bool = False) -> Check:
 
     def has(field: str) -> bool:
         found = re.search(rf"^{field}:\s*([0-9a-fA-F]+)", status, re.MULTILINE)
-        return bool(found) and bool(int(found.group(1), 16) >> CAP_SYS_RESOURCE & 1)
+        return found is not None and bool(int(found.group(1), 16) >> CAP_SYS_RESOURCE & 1)
 
     if host_can_dump_other_users(status):
         return Check("CAP_SYS_RESOURCE", OK, "in the effective set", needed_for="checkpoint")
@@ -443,6 +447,6 @@ def failures(checks: Iterable[Check]) -> list[Check]:
     return [c for c in checks if c.status == FAIL]
 
 
-def checkpoint_wanted(config) -> bool:
+def checkpoint_wanted(config: HubConfig) -> bool:
     """Whether a hub with ``config`` (a ``HubConfig``) checkpoints anyone, as ``Hub`` decides."""
     return bool(config.checkpoint or any(t.checkpoint for t in config.templates.values()))

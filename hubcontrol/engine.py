@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import anyio
 import docker
+from docker.models.containers import Container
 
 T = TypeVar("T")
 
@@ -60,3 +61,11 @@ class Engine:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
+
+
+def id_of(container: Container) -> str:
+    """The ID of a container its daemon described (docker-py types ``id`` Optional, for models
+    made without attributes; one from ``containers.get`` or ``list`` always has it)."""
+    if container.id is None:
+        raise TypeError(f"container {container.name} came back from its daemon without an ID")
+    return container.id

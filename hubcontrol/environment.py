@@ -14,13 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import docker
 import docker.errors
+from docker.models.containers import Container
 
 from hubcontrol import shells
 from hubcontrol.audit import HUB_ACTIONS
-from hubcontrol.config import Template
+from hubcontrol.config import HubConfig, Template
 from hubcontrol.errors import EnvironmentError_, HookError, NetworkError
 from hubcontrol.network import UserNetwork
 from hubcontrol.storage import CHECKPOINT_DIR
@@ -102,7 +104,7 @@ def create_options(
     memory: int | None,
     owner: tuple[int, int] | None = None,
     shell: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Keyword arguments for ``docker.APIClient.create_container`` minus ``host_config`` objects.
 
     Returns ``{"container": {...}, "host": {...}, "endpoint": {...}}`` so the caller builds the
@@ -214,7 +216,7 @@ def remove_env_network(client: docker.DockerClient, net: UserNetwork) -> None:
                 pass
 
 
-def find(client: docker.DockerClient, safe: str):
+def find(client: docker.DockerClient, safe: str) -> Container | None:
     """The environment container of ``safe`` on this daemon, or None."""
     try:
         return client.containers.get(container_name(safe))
@@ -222,12 +224,13 @@ def find(client: docker.DockerClient, safe: str):
         return None
 
 
-def create(client: docker.DockerClient, options: dict) -> str:
+def create(client: docker.DockerClient, options: dict[str, Any]) -> str:
     api = client.api
     host_config = api.create_host_config(**options["host"])
     endpoint = options["endpoint"]
+    # types-docker says one EndpointConfig; docker-py takes {network name: EndpointConfig}
     networking = api.create_networking_config(
-        {endpoint["network"]: api.create_endpoint_config(ipv4_address=endpoint["ipv4_address"])}
+        {endpoint["network"]: api.create_endpoint_config(ipv4_address=endpoint["ipv4_address"])}  # type: ignore[arg-type]
     )
     try:
         # the audit trail tells the hub's container from users' by its ID (audit.HubActions)
@@ -241,7 +244,7 @@ def create(client: docker.DockerClient, options: dict) -> str:
             "Your environment could not be created.",
             f"create {options['container']['name']} from {options['container']['image']}: {e}",
         ) from None
-    return created["Id"]
+    return str(created["Id"])
 
 
 def install_socket_link(client: docker.DockerClient, container_id: str) -> None:
@@ -286,7 +289,7 @@ def parse_user(spec: str, passwd: str, group: str) -> tuple[int, int] | None:
             break
     if uid is None and name.isdigit():
         uid, gid = int(name), 0  # docker's default group for a uid without a passwd entry
-    if uid is None:
+    if uid is None or gid is None:  # (set together)
         return None
     if grp.isdigit():
         gid = int(grp)
@@ -364,7 +367,9 @@ def image_shell(client: docker.DockerClient, image: str) -> tuple[bool, str | No
     return True, probe_image(client, image, "0:0").shell
 
 
-def template_shells(config, timeout: float = 10) -> tuple[dict[str, dict], list[str]]:
+def template_shells(
+    config: HubConfig, timeout: float = 10
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """For ``hub config check``: each template's shell as the hub will choose it, looked up in
     the host daemon (``--docker-socket``, where the hub takes images from) without pulling, and
     the warnings about commands and hooks (``shells.shell_warnings``).
@@ -376,19 +381,20 @@ def template_shells(config, timeout: float = 10) -> tuple[dict[str, dict], list[
         if config.docker_url.startswith("unix://"):
             # a plain probe first, closed on every path: docker-py leaves the socket of a
             # refused unix connection to the garbage collector
-            import socket as _socket  # noqa: PLC0415
+            import socket as _socket
 
             with _socket.socket(_socket.AF_UNIX) as probe:
                 probe.settimeout(timeout)
                 probe.connect(config.docker_url[len("unix://") :])
-        client = docker.DockerClient(base_url=config.docker_url, version="1.41", timeout=timeout)
+        # types-docker says an int; docker-py hands it to requests, which takes float seconds
+        client = docker.DockerClient(base_url=config.docker_url, version="1.41", timeout=timeout)  # type: ignore[arg-type]
         client.api.ping()
     except (docker.errors.DockerException, OSError) as e:
         why = f" (the daemon at {config.docker_socket} does not answer: {e})"
         if client is not None:
             client.close()
         client = None
-    rows: dict[str, dict] = {}
+    rows: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
     cache: dict[str, tuple[bool, str | None]] = {}
     try:
@@ -414,12 +420,13 @@ _MODE_DIR = 1 << 31  # Go's fs.ModeDir and fs.ModeSymlink, as the archive stat h
 _MODE_SYMLINK = 1 << 27
 
 
-def _stat(client: docker.DockerClient, container_id: str, path: str) -> dict | None:
+def _stat(client: docker.DockerClient, container_id: str, path: str) -> dict[str, Any] | None:
     """The daemon's stat of ``path`` in the container (``HEAD /containers/{id}/archive``: the
     parents' links resolved, the last component not); None when it does not exist."""
     api = client.api
     # docker-py has no HEAD for the archive endpoint; get_archive would stream the whole file
-    res = api.head(api._url("/containers/{0}/archive", container_id), params={"path": path})
+    # (_url is docker-py's own versioned-URL builder, private but stable since 1.x)
+    res = api.head(api._url("/containers/{0}/archive", container_id), params={"path": path})  # type: ignore[attr-defined]
     with res:
         if res.status_code != 200:
             return None
@@ -449,7 +456,7 @@ def container_shell(client: docker.DockerClient, container_id: str) -> str | Non
     info = client.api.inspect_container(container_id)
     recorded = ((info.get("Config") or {}).get("Labels") or {}).get(LABEL_SHELL)
     if recorded in (*shells.BASH_PATHS, *shells.SH_PATHS):  # not another value an image set
-        return recorded
+        return str(recorded)
     return shells.choose_shell(lambda p: _is_file(client, container_id, p))
 
 

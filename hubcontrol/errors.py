@@ -68,7 +68,7 @@ class ImageError(HubError):
     """Raised when a template image cannot be pulled or transferred into a user's daemon."""
 
 
-class EnvironmentError_(HubError):  # noqa: N801 - avoid shadowing the builtin EnvironmentError
+class EnvironmentError_(HubError):  # avoid shadowing the builtin EnvironmentError
     """Raised when an environment container fails to start or its routes never answer."""
 
 

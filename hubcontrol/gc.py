@@ -55,8 +55,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from hubcontrol import du, names, procs, safefs, seeds, storage, userns
+from hubcontrol import du, mounts, names, procs, safefs, seeds, storage, userns
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.durations import format_duration
 from hubcontrol.errors import DaemonError, GCError
@@ -186,20 +187,6 @@ def dockerd_data_root(argv: Sequence[str]) -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 # Looking at the host
-
-
-def _mounts() -> list[str]:
-    """Mount points of this mount namespace (octal escapes of /proc/self/mountinfo decoded)."""
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        points = [line.split()[4] for line in f if line.strip()]
-    return [p.encode("latin-1").decode("unicode_escape") if "\\" in p else p for p in points]
-
-
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below ``path``, deepest first."""
-    prefix = str(path).rstrip("/")
-    found = {m for m in _mounts() if m == prefix or m.startswith(prefix + "/")}
-    return sorted(found, key=lambda m: (m.count("/"), m), reverse=True)
 
 
 def live_dockerds() -> dict[int, str]:
@@ -406,7 +393,7 @@ class GCEntry:
     reason: str
     outcome: str | None = None  # after apply: "removed", "failed: ...", "skipped: ..."
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "kind": str(self.kind),
             "path": str(self.path),
@@ -589,8 +576,8 @@ def _plan_seeds(workspace: Path, sizes: bool) -> list[GCEntry]:
         action = Action.REMOVE if remove else Action.KEEP
         out.append(GCEntry(Kind.SEED, path, "", None, None, size, action, reason))
     for build in paths.builds():
-        hexid = seeds.build_image(build)
-        if hexid is not None and seeds.busy(paths, hexid):
+        building = seeds.build_image(build)
+        if building is not None and seeds.busy(paths, building):
             action, reason = Action.KEEP, "being built"
         else:
             action, reason = Action.REMOVE, "a seed build that did not finish"
@@ -642,6 +629,8 @@ def _plan_orphaned_claims(workspace: Path, probe: HostProbe) -> list[GCEntry]:
 
 
 def _release_orphaned_claim(entry: GCEntry, probe: HostProbe) -> str:
+    if entry.net_id is None:  # an orphaned claim is a network ID's: planned with one
+        return "skipped: no network ID"
     with claims_lock(probe.claims_dir):
         if os.path.lexists(entry.path):
             return "skipped: the data-root came back"
@@ -707,7 +696,7 @@ def _plan_checkpoints(
 # Removal
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, check=False)
 
 
@@ -718,11 +707,11 @@ def unmount_all(path: Path) -> list[str]:
     mounted filesystem's content.
     """
     done = []
-    for point in mounts_under(path):
+    for point in mounts.mounts_under(path):
         if _run("umount", point).returncode != 0:
             _run("umount", "-l", point)
         done.append(point)
-    left = mounts_under(path)
+    left = mounts.mounts_under(path)
     if left:
         raise GCError(f"{left[0]} is still mounted; unmount it and run hub gc again")
     return done
@@ -827,7 +816,7 @@ def _remove_data_root(entry: GCEntry, plan: GCPlan, probe: HostProbe, now: float
 def _remove_data_root_locked(entry: GCEntry, plan: GCPlan, probe: HostProbe, now: float) -> str:
     path = entry.path
     net_id, refusal = _inspect_data_root(path, plan.workspace_dir)
-    if refusal or net_id != entry.net_id:
+    if refusal or net_id is None or net_id != entry.net_id:
         return f"skipped: {refusal or 'network ID changed'}"
     probe.refresh()
     running = probe.running(path, net_id, entry.user)

@@ -17,7 +17,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import docker
 import docker.errors
+from docker.models.containers import Container
 
 from hubcontrol import checkpoint as ckpt
 from hubcontrol import environment as envs
 from hubcontrol import images, mounts, netids, network, safefs, storage, userns
 from hubcontrol.config import HubConfig, Template
-from hubcontrol.engine import Engine
+from hubcontrol.engine import Engine, id_of
 from hubcontrol.environment import Environment
 from hubcontrol.errors import (
     CheckpointError,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # the services' types; hub.py never constructs them (services
     from hubcontrol.audit import AuditManager
     from hubcontrol.idle import IdleCuller
     from hubcontrol.policysockets import PolicySockets
+    from hubcontrol.seeds import Seeds
     from hubcontrol.stats import StatsSampler
 
 log = logging.getLogger(__name__)
@@ -196,7 +198,7 @@ class EnvironmentStatus:
     # hubcontrol.stats.UserStats.to_json(): disk_bytes, containers_running, images, sampled_at
     stats: Mapping[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict (for the API and the CLI)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["daemon"] = dict(self.daemon)
@@ -246,13 +248,18 @@ class Hub:
         if isinstance(checkpointer, str):
             checkpointer = ckpt.make_checkpointer(checkpointer, Path(config.state_dir), self.engine)
         self.checkpointer: ckpt.Checkpointer | None = checkpointer
+        # The one reader and writer of the checkpoint health files: the checkpointer's own store
+        # (the stats sampler reads it too), or one over the same directory when there is none.
+        self.checkpoint_health: ckpt.HealthStore = (
+            checkpointer.store if checkpointer is not None else ckpt.HealthStore(config.state_dir)
+        )
         self._routes = RouteTable()
         self._activity: dict[str, tuple[float, str]] = {}
         self._progress: dict[str, Progress] = {}
         # Every user's persisted record (<state-dir>/users/<name>.json), typed and cached.
         self.records = RecordStore(Path(config.state_dir) / "users", lambda: self.clock())
         self._locks: dict[str, anyio.Lock] = {}
-        self._services: list[Callable[[], Awaitable[None]]] = []
+        self._services: list[Callable[[], Coroutine[Any, Any, None]]] = []
         self._listeners: list[Listener] = []
         self.users_dir = self.records.directory
         # The audit streams, policy sockets, idle culler and stats sampler, wired from outside
@@ -281,7 +288,7 @@ class Hub:
         return self.services.stats
 
     @property
-    def seeds(self):
+    def seeds(self) -> Seeds | None:
         """Seed data-roots (``services.seeds``, hubcontrol/seeds.py), or None."""
         return self.services.seeds
 
@@ -306,7 +313,7 @@ class Hub:
 
     # -- extension points for other control-plane modules ----------------------------------------
 
-    def add_service(self, fn: Callable[[], Awaitable[None]]) -> None:
+    def add_service(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run ``fn()`` in ``run()``'s task group (idle culler, stats, audit streams)."""
         self._services.append(fn)
 
@@ -340,13 +347,13 @@ class Hub:
         rec = self.records.get(safe_name(user))
         return rec.copy() if rec is not None else None
 
-    def record(self, user: str) -> dict | None:
+    def record(self, user: str) -> dict[str, Any] | None:
         """The record of the (raw) username ``user`` in its JSON form (``UserRecord.to_json``),
         or None: for readers that want the file's view (the status API, scripts)."""
         rec = self.records.get(safe_name(user))
         return rec.to_json() if rec is not None else None
 
-    def update_record(self, user: str, /, **fields: Any) -> dict:
+    def update_record(self, user: str, /, **fields: Any) -> dict[str, Any]:
         """Set ``fields`` of the user's record and persist it; returns its JSON form. Names this
         version does not know are kept as they are (``UserRecord.unknown``)."""
         name = safe_name(user)
@@ -635,11 +642,15 @@ class Hub:
         self.records.save(rec)
         return paths, net
 
-    async def _prepare_network(self, rec: UserRecord, client, net: network.UserNetwork) -> str:
+    async def _prepare_network(
+        self, rec: UserRecord, client: docker.DockerClient, net: network.UserNetwork
+    ) -> str:
         self._step(rec, "network", "Setting up your network")
         return await self.engine.call(envs.ensure_env_network, client, net)
 
-    async def _provide_image(self, rec: UserRecord, tpl: Template, client, placed: Placed) -> None:
+    async def _provide_image(
+        self, rec: UserRecord, tpl: Template, client: docker.DockerClient, placed: Placed
+    ) -> None:
         self._step(rec, "image", f"Making the image {tpl.image} available")
         call = self.engine.call
         how = await call(
@@ -660,7 +671,7 @@ class Hub:
         self,
         rec: UserRecord,
         tpl: Template,
-        client,
+        client: docker.DockerClient,
         paths: storage.UserPaths,
         net: network.UserNetwork,
         network_name: str,
@@ -682,7 +693,7 @@ class Hub:
                 else "Recreating your environment",
             )
             if self.checkpointer is not None:
-                await self.checkpointer.discard(self.checkpoint_target(rec, container.id))
+                await self.checkpointer.discard(self.checkpoint_target(rec, id_of(container)))
             await call(container.remove, force=True)
             container = None
         restored = False
@@ -692,18 +703,18 @@ class Hub:
             and self.checkpointer is not None
             and self.checkpointer.has_checkpoint(name)
         ):
-            restored = await self._restore(rec, client, container.id)
+            restored = await self._restore(rec, client, id_of(container))
             if not restored:
                 # a failed restore leaves a stopped container: start afresh, same workspace
                 with contextlib.suppress(docker.errors.NotFound):
-                    await call(client.api.remove_container, container.id, force=True)
+                    await call(client.api.remove_container, id_of(container), force=True)
                 container = None
         created = container is None
-        if created:
+        if container is None:
             container_id = await self._create_container(rec, tpl, client, paths, net,
                                                         network_name, placed)  # fmt: skip
         else:
-            container_id = container.id
+            container_id = id_of(container)
         rec.container_id = container_id
         self.records.save(rec)
         info = await call(client.api.inspect_container, container_id)
@@ -711,7 +722,9 @@ class Hub:
             await self._start_container(client, container_id, name)
         return container_id, created, restored
 
-    async def _start_container(self, client, container_id: str, name: str) -> None:
+    async def _start_container(
+        self, client: docker.DockerClient, container_id: str, name: str
+    ) -> None:
         # Under --userns-remap a start can fail while CRIU works on another container of the
         # host (userns.cgroup_yard_race): retried until that CRIU is done, 0.25 s apart.
         for attempt in range(CGROUP_YARD_RETRIES + 1):
@@ -728,7 +741,7 @@ class Hub:
                 ) from None
 
     @staticmethod
-    def _must_recreate(container, tpl: Template, image_id: str | None = None) -> bool:
+    def _must_recreate(container: Container, tpl: Template, image_id: str | None = None) -> bool:
         """Another template's container, a stopped one of an older image (another name, or
         the template's image updated to ``image_id``), or a stopped ephemeral one is replaced
         rather than started."""
@@ -749,7 +762,7 @@ class Hub:
         self,
         rec: UserRecord,
         tpl: Template,
-        client,
+        client: docker.DockerClient,
         paths: storage.UserPaths,
         net: network.UserNetwork,
         network_name: str,
@@ -759,10 +772,11 @@ class Hub:
         facts = await call(envs.template_facts, client, tpl)  # user ids, shell
         owner = facts.owner
         if owner is not None and not tpl.ephemeral:
-            remapped = self.config.userns_remap and tpl.per_user_docker and rec.net_id is not None
-            if remapped:
+            net_id = rec.net_id
+            remapped = self.config.userns_remap and tpl.per_user_docker and net_id is not None
+            if remapped and net_id is not None:
                 # the container's uid u is host uid start+u: the user sees their own ids
-                ids = userns.id_range(rec.net_id)
+                ids = userns.id_range(net_id)
                 owner = (ids.host_id(owner[0]), ids.host_id(owner[1]))
             await call(_chown_top, paths.workspace, *owner, remapped)
         limits = self._limits(tpl)
@@ -787,7 +801,12 @@ class Hub:
         return container_id
 
     async def _run_on_create(
-        self, rec: UserRecord, tpl: Template, client, container_id: str, net: network.UserNetwork
+        self,
+        rec: UserRecord,
+        tpl: Template,
+        client: docker.DockerClient,
+        container_id: str,
+        net: network.UserNetwork,
     ) -> None:
         self._step(rec, "hook", "Running the on_create hook")
         code, output = await self.engine.call(
@@ -815,8 +834,12 @@ class Hub:
         self._emit("environment-running", rec)
         return self._environment(rec)
 
-    async def _restore(self, rec: UserRecord, client, container_id: str) -> bool:
+    async def _restore(
+        self, rec: UserRecord, client: docker.DockerClient, container_id: str
+    ) -> bool:
         """Resume a checkpointed environment; False (after reporting why) to start afresh."""
+        if self.checkpointer is None:  # (the caller checked) no checkpointing: start afresh
+            return False
         self._set_state(rec, "restoring", step="restore", message="Resuming your environment")
         try:
             result = await self.checkpointer.restore(self.checkpoint_target(rec, container_id))
@@ -853,7 +876,12 @@ class Hub:
         )
 
     async def _wait_ready(
-        self, client, container_id: str, ip: str, name: str, route: str | None = None
+        self,
+        client: docker.DockerClient,
+        container_id: str,
+        ip: str,
+        name: str,
+        route: str | None = None,
     ) -> None:
         ports = set(self.config.routes.values())
         if route is not None and route in self.config.routes:
@@ -966,7 +994,9 @@ class Hub:
             ):
                 self._set_state(rec, "checkpointing", step="checkpoint", message="Suspending")
                 try:
-                    await self.checkpointer.checkpoint(self.checkpoint_target(rec, container.id))
+                    await self.checkpointer.checkpoint(
+                        self.checkpoint_target(rec, id_of(container))
+                    )
                     checkpointed = True
                     rec.checkpoint_error = None
                 except CheckpointError as e:
@@ -978,7 +1008,7 @@ class Hub:
                         await call(container.remove, force=True)
                     else:
                         await call(container.stop, timeout=10)
-        if per_user:
+        if per_user and spec is not None:
             # before the user's own containers are stopped: the audit trail marks those stops,
             # made with the environment already down, as the hub's
             self._emit("daemon-stopping", rec)
@@ -1003,18 +1033,20 @@ class Hub:
             self._set_state(rec, "stopped", step="stopped", message="Your environment is stopped")
         self._emit("environment-stopped", rec)
 
-    async def _stop_all_containers(self, client, timeout: int = 10) -> None:
+    async def _stop_all_containers(self, client: docker.DockerClient, grace: int = 10) -> None:
+        """Stop every running container of ``client``'s daemon at once, each given ``grace``
+        seconds before docker kills it."""
         try:
             running = await self.engine.call(client.containers.list)
         except (docker.errors.DockerException, OSError):
             return
         async with anyio.create_task_group() as tg:
             for container in running:
-                tg.start_soon(self._quiet_stop, container, timeout)
+                tg.start_soon(self._quiet_stop, container, grace)
 
-    async def _quiet_stop(self, container, timeout: int) -> None:
+    async def _quiet_stop(self, container: Container, grace: int) -> None:
         with contextlib.suppress(docker.errors.DockerException, OSError):
-            await self.engine.call(container.stop, timeout=timeout)
+            await self.engine.call(container.stop, timeout=grace)
 
     async def _retire_environment(self, rec: UserRecord) -> None:
         """Remove the environment of ``rec`` where it runs now (container, env network, daemon)."""
@@ -1077,7 +1109,7 @@ class Hub:
         rows = []
         for rec in list(self.records.all()):
             name = rec.name
-            daemon: dict = {}
+            daemon: dict[str, Any] = {}
             if rec.per_user_docker and rec.net_id is not None:
                 spec = self._spec(name, rec.net_id, self._template_or_none(rec.template))
                 daemon = await self.engine.call(self.supervisor.describe, spec)
@@ -1156,7 +1188,9 @@ class Hub:
         elif rec.state != "checkpointed":
             self._set_state(rec, "stopped", step="stopped", message="Your environment is stopped")
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus = anyio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[Hub] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Reconcile, report ready, then run the registered services until cancelled."""
         await self.engine.call(network.check_pool, self.config.user_subnet_pool)
         await self.reconcile()

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 import anyio
 
@@ -39,9 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KEEP = "keep"
-CHECKPOINT = "checkpoint"
-STOP = "stop"
+KEEP: Final = "keep"
+CHECKPOINT: Final = "checkpoint"
+STOP: Final = "stop"
 
 Action = Literal["keep", "checkpoint", "stop"]
 
@@ -49,11 +49,17 @@ Action = Literal["keep", "checkpoint", "stop"]
 class IdleRecord(Protocol):
     """What the arbiter reads from a user's record (``IdleFacts`` is the plain implementation)."""
 
-    state: str
-    last_activity: float | None
-    started_at: float | None
-    template: Template | None
-    checkpoint_disabled: bool
+    # properties: read-only, so a frozen dataclass (IdleFacts) implements them
+    @property
+    def state(self) -> str: ...
+    @property
+    def last_activity(self) -> float | None: ...
+    @property
+    def started_at(self) -> float | None: ...
+    @property
+    def template(self) -> Template | None: ...
+    @property
+    def checkpoint_disabled(self) -> bool: ...
 
 
 @dataclass(frozen=True)

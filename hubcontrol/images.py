@@ -273,7 +273,7 @@ def has_image(client: docker.DockerClient, image: str) -> bool:
 def image_id(client: docker.DockerClient, image: str) -> str | None:
     """The ID (``sha256:...``) of ``image`` in ``client``'s daemon, or None when it has none."""
     try:
-        return client.api.inspect_image(image)["Id"]
+        return str(client.api.inspect_image(image)["Id"])
     except docker.errors.ImageNotFound:
         return None
 
@@ -430,7 +430,7 @@ def ensure_image(
             failures.append(f"the host daemon could not be asked: {e}")
     if want is None and has_image(target, image):
         return "present"
-    if want is not None:
+    if want is not None and host is not None:  # (want comes from the host)
         try:
             if image_id(target, want) == want:
                 if image_id(target, image) != want:

@@ -310,7 +310,7 @@ def _typed(key: str, value: str, label: str) -> Any:
     return value
 
 
-def _insert(tree: dict, parts: list[str], value: str, label: str) -> None:
+def _insert(tree: dict[str, Any], parts: list[str], value: str, label: str) -> None:
     node: Any = tree
     free = False
     for i, raw in enumerate(parts):
@@ -364,7 +364,7 @@ def render_traefik(
     the service of the same name, else the only one; with no service at all, one named
     ``rediacc-hub`` at ``hub_port`` is made. Label keys are case-insensitive; output is camelCase.
     """
-    trees: dict[str, dict] = {}
+    trees: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     for label in sorted(labels):
         value = labels[label]

@@ -19,6 +19,8 @@ import ctypes
 import errno
 import os
 import platform
+import re
+from dataclasses import dataclass
 
 # openat2(2) has the same number on every architecture since the syscall tables were unified
 # (5.1); only alpha differs, where the hub does not run.
@@ -153,28 +155,80 @@ def umount(target: str) -> None:
     _check(r, f"umount {target}", target)
 
 
-def mount_points() -> list[tuple[str, set[str], str]]:
-    """(mount point, per-mount options, root within its filesystem) of every mount of this
-    process's namespace, in mount order (later entries are on top)."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            out.append((_unescape(fields[4]), set(fields[5].split(",")), _unescape(fields[3])))
-    return out
+MOUNTINFO = "/proc/self/mountinfo"
+# The kernel writes space, tab, newline and backslash in mountinfo paths as \040, \011, \012 and
+# \134 (fs/proc_namespace.c, mangle()), so a line splits on spaces and each field decodes alone.
+_OCTAL = re.compile(rb"\\([0-7]{3})")
 
 
-def _unescape(field: str) -> str:
-    # mountinfo writes space, tab, newline and backslash as \040, \011, \012, \134
-    return field.encode().decode("unicode_escape") if "\\" in field else field
+@dataclass(frozen=True)
+class MountInfo:
+    """One line of ``/proc/<pid>/mountinfo`` (proc(5)), its paths decoded."""
+
+    mount_id: int
+    parent_id: int
+    device: str  # major:minor
+    root: str  # the directory of the filesystem mounted here (a bind mount's source)
+    mount_point: str
+    options: frozenset[str]  # per-mount: rw, nosuid, nodev, nosymfollow, ...
+    optional: tuple[str, ...]  # propagation: shared:N, master:N, propagate_from:N, unbindable
+    fstype: str
+    source: str
+    super_options: frozenset[str]  # per-superblock
+
+
+def decode_mountinfo_path(field: bytes) -> str:
+    """A mountinfo path field as a ``str`` path: octal escapes undone, bytes that are not UTF-8
+    kept as ``os.fsdecode`` keeps them (so the path round-trips to the syscalls)."""
+    return os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m[1], 8)]), field))
+
+
+def parse_mountinfo_line(line: bytes | str) -> MountInfo:
+    """Parse one mountinfo line; ValueError names the line when it is not one."""
+    raw = os.fsencode(line) if isinstance(line, str) else line
+    fields = raw.split()
+    try:
+        separator = fields.index(b"-", 6)  # optional fields end at a lone "-"
+        fstype, source, super_options = fields[separator + 1 : separator + 4]
+        return MountInfo(
+            mount_id=int(fields[0]),
+            parent_id=int(fields[1]),
+            device=fields[2].decode(),
+            root=decode_mountinfo_path(fields[3]),
+            mount_point=decode_mountinfo_path(fields[4]),
+            options=frozenset(fields[5].decode().split(",")),
+            optional=tuple(f.decode() for f in fields[6:separator]),
+            fstype=decode_mountinfo_path(fstype),
+            source=decode_mountinfo_path(source),
+            super_options=frozenset(super_options.decode().split(",")),
+        )
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"not a /proc/self/mountinfo line: {line!r}") from e
+
+
+def mountinfo(path: str = MOUNTINFO) -> list[MountInfo]:
+    """Every mount of this process's namespace, in mount order (later entries are on top)."""
+    with open(path, "rb") as f:
+        return [parse_mountinfo_line(line) for line in f if line.strip()]
+
+
+def mounts_under(path: str | os.PathLike[str]) -> list[str]:
+    """Mount points at or below ``path``, each once, deepest first (the order to unmount them)."""
+    prefix = os.fspath(path).rstrip("/")
+    found = {
+        m.mount_point
+        for m in mountinfo()
+        if m.mount_point == prefix or m.mount_point.startswith(prefix + "/")
+    }
+    return sorted(found, key=lambda m: (m.count("/"), m), reverse=True)
 
 
 def mount_options(path: str) -> set[str] | None:
     """The per-mount options of the topmost mount at ``path``; None when nothing is mounted."""
     options = None
-    for point, opts, _ in mount_points():
-        if point == path:
-            options = opts
+    for m in mountinfo():
+        if m.mount_point == path:
+            options = set(m.options)
     return options
 
 
@@ -208,7 +262,7 @@ def release_inert(path: str) -> bool:
     (its root within the filesystem is ``path``'s own), never anything else mounted there.
     The next start makes it inert again before anything runs. True when one was detached."""
     real = os.path.realpath(path)
-    found = [(opts, root) for point, opts, root in mount_points() if point == real]
+    found = [(m.options, m.root) for m in mountinfo() if m.mount_point == real]
     if not found:
         return False
     opts, root = found[-1]

@@ -16,7 +16,7 @@ import contextlib
 import fcntl
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hubcontrol import safefs
@@ -79,7 +79,11 @@ class NetIdRegistry:
     """Host-wide claims on user network IDs (see the module docstring)."""
 
     def __init__(
-        self, directory: Path = DEFAULT_REGISTRY, *, max_users: int = MAX_USERS, in_use=in_use
+        self,
+        directory: Path = DEFAULT_REGISTRY,
+        *,
+        max_users: int = MAX_USERS,
+        in_use: Callable[[int], bool] = in_use,
     ) -> None:
         self.directory = Path(directory)
         self.max_users = max_users

@@ -33,6 +33,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hubcontrol.errors import NetworkError
 from hubcontrol.netids import index_of
@@ -124,7 +125,7 @@ def user_network(net_id: int, pool: str) -> UserNetwork:
     )
 
 
-def daemon_network_config(net: UserNetwork) -> dict:
+def daemon_network_config(net: UserNetwork) -> dict[str, Any]:
     """The network part of a per-user ``daemon.json``."""
     return {
         "bridge": net.bridge,
@@ -137,7 +138,10 @@ def daemon_network_config(net: UserNetwork) -> dict:
 
 
 def overlapping_routes(
-    pool: ipaddress.IPv4Network, routes: Iterable[dict], *, ours: Sequence[str] = (BRIDGE_PREFIX,)
+    pool: ipaddress.IPv4Network,
+    routes: Iterable[dict[str, Any]],
+    *,
+    ours: Sequence[str] = (BRIDGE_PREFIX,),
 ) -> list[str]:
     """Routes (from ``ip -j route``) that overlap ``pool`` and are not the hub's.
 
@@ -164,7 +168,7 @@ def overlapping_routes(
     return found
 
 
-def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(args, capture_output=True, text=True)
     if check and proc.returncode:
         raise NetworkError(
@@ -273,7 +277,7 @@ _HOOKS = (
 )
 
 
-def _ipt(table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def _ipt(table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return _run("iptables", "-w", "10", "-t", table, *args, check=check)
 
 
@@ -391,7 +395,9 @@ def _remove_tagged(
         _iptables(family, table, "-D", chain, *spec, check=False)
 
 
-def _iptables(family: int, table: str, *args: str, check: bool = True):
+def _iptables(
+    family: int, table: str, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     exe = "iptables" if family == 4 else "ip6tables"
     return _run(exe, "-w", "10", "-t", table, *args, check=check)
 
@@ -550,7 +556,7 @@ def apply_daemon_isolation(
         ino = group.stat().st_ino if group is not None else None
     except OSError:
         ino = None
-    if ino is None:
+    if ino is None or cgroup is None:
         log.warning(
             "net %s: no cgroup v2 group %s for the daemon: its own traffic is not isolated",
             net.net_id,

@@ -32,9 +32,12 @@ from hubcontrol.config import DEFAULT_WORKSPACE
 from hubcontrol.errors import DaemonError
 from hubcontrol.policysocket.bindroot import default_bind_root, unmount_bind_root
 from hubcontrol.records import UserRecord
+from hubcontrol.supervisor.systemd import SystemdSupervisor
 
 if TYPE_CHECKING:
+    from hubcontrol.config import Template
     from hubcontrol.services import HubServices
+    from hubcontrol.supervisor import DaemonSpec
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +92,11 @@ def command(args: ProxyArgs, python: str = sys.executable) -> list[str]:
 
 
 def args_for(
-    spec,
+    spec: DaemonSpec,
     *,
     workspace: Path | str,
     container_workspace: str,
-    net=None,
+    net: network.UserNetwork | None = None,
     allowed_registries: Sequence[str] = (),
     audit: tuple[str, str, int] | None = None,
 ) -> ProxyArgs:
@@ -117,7 +120,7 @@ def args_for(
     )
 
 
-def drop_idle_for_daemon(spec) -> bool:
+def drop_idle_for_daemon(spec: DaemonSpec) -> bool:
     """``drop_idle_connections`` for the policy socket of the daemon ``spec`` (a DaemonSpec),
     for the checkpointer to call right before a dump."""
     return drop_idle_connections(args_for(spec, workspace="", container_workspace=""))
@@ -142,7 +145,9 @@ class PolicySockets:
         self.hub = hub
         self.allowed_registries = tuple(allowed_registries)  # --allow-registry, settable
 
-    def args(self, spec, rec: UserRecord, template=None) -> ProxyArgs:
+    def args(
+        self, spec: DaemonSpec, rec: UserRecord, template: Template | None = None
+    ) -> ProxyArgs:
         """The policy socket of the daemon ``spec`` of the user of ``rec``."""
         assert rec.net_id is not None  # a per-user daemon has its network
         config = self.hub.config
@@ -161,11 +166,13 @@ class PolicySockets:
             audit=(str(config.audit_dir), rec.username, rec.net_id),
         )
 
-    async def ensure(self, spec, rec: UserRecord, template=None) -> None:
+    async def ensure(
+        self, spec: DaemonSpec, rec: UserRecord, template: Template | None = None
+    ) -> None:
         """Start the user's policy socket unless it runs with these settings; never raises (the
         environment still starts, without a docker socket, and the failure is logged)."""
         daemon_unit = None
-        if getattr(self.hub.supervisor, "name", "") == "systemd":
+        if isinstance(self.hub.supervisor, SystemdSupervisor):
             # the unit really running the daemon (with the network ID in its name)
             daemon_unit = self.hub.supervisor.unit(spec)
         try:
@@ -179,7 +186,7 @@ class PolicySockets:
         except Exception:
             log.exception("the policy socket of %s did not start", rec.name)
 
-    async def stop(self, spec) -> None:
+    async def stop(self, spec: DaemonSpec) -> None:
         await anyio.to_thread.run_sync(stop, args_for(spec, workspace="", container_workspace=""))
 
 
@@ -246,22 +253,22 @@ def start(
         # serves other settings (a template switch moved the workspace), or an earlier version
         # of the hub started it (another command line, older code): start over.
         stop(args)
-    out = os.fdopen(_open_log(log_path), "ab") if log_path else subprocess.DEVNULL
+    log_file = os.fdopen(_open_log(log_path), "ab") if log_path else None
     try:
         subprocess.run(
             systemd_run_argv(args, daemon_unit)
             if daemon_unit
             else ["setsid", "--fork", *command(args)],
             stdin=subprocess.DEVNULL,
-            stdout=out,
+            stdout=subprocess.DEVNULL if log_file is None else log_file,
             stderr=subprocess.STDOUT,
             check=True,
             close_fds=True,
             cwd="/",
         )
     finally:
-        if log_path:
-            out.close()
+        if log_file is not None:
+            log_file.close()
     deadline = time.monotonic() + timeout
     delay = 0.02
     while time.monotonic() < deadline:

@@ -41,7 +41,7 @@ class UnsafePathError(OSError):
     owner the hub did not expect."""
 
 
-def _components(rel: str | os.PathLike) -> list[str]:
+def _components(rel: str | os.PathLike[str]) -> list[str]:
     parts = PurePosixPath(rel).parts
     if parts and parts[0] == "/":
         raise ValueError(f"{rel}: expected a path relative to its base")
@@ -50,7 +50,7 @@ def _components(rel: str | os.PathLike) -> list[str]:
     return list(parts)
 
 
-def split(path: str | os.PathLike, base: str | os.PathLike) -> list[str]:
+def split(path: str | os.PathLike[str], base: str | os.PathLike[str]) -> list[str]:
     """The components of ``path`` below ``base`` (ValueError if ``path`` is not below it)."""
     return _components(PurePosixPath(path).relative_to(PurePosixPath(base)))
 
@@ -77,8 +77,8 @@ def _open_step(dir_fd: int, name: str, where: str) -> int:
 
 @contextlib.contextmanager
 def open_dir(
-    base: str | os.PathLike,
-    rel: str | os.PathLike = "",
+    base: str | os.PathLike[str],
+    rel: str | os.PathLike[str] = "",
     *,
     create: bool = False,
     mode: int = 0o700,
@@ -106,8 +106,8 @@ def open_dir(
 
 
 def ensure_dir(
-    base: str | os.PathLike,
-    rel: str | os.PathLike,
+    base: str | os.PathLike[str],
+    rel: str | os.PathLike[str],
     *,
     mode: int = 0o700,
     uid: int = 0,
@@ -126,7 +126,9 @@ def ensure_dir(
             os.fchmod(fd, mode)
 
 
-def _parent(path: Path, base: str | os.PathLike | None) -> tuple[str | os.PathLike, list[str]]:
+def _parent(
+    path: Path, base: str | os.PathLike[str] | None
+) -> tuple[str | os.PathLike[str], list[str]]:
     if base is None:
         # only the last directory is opened without following: for paths whose parents are
         # all root's (checked once with ensure_dir/open_dir)
@@ -135,11 +137,11 @@ def _parent(path: Path, base: str | os.PathLike | None) -> tuple[str | os.PathLi
 
 
 def write_atomic(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     data: bytes | str,
     *,
     mode: int = 0o644,
-    base: str | os.PathLike | None = None,
+    base: str | os.PathLike[str] | None = None,
     fsync: bool = False,
 ) -> None:
     """Replace ``path`` with ``data``: a temp file beside it (``O_EXCL|O_NOFOLLOW``, born with
@@ -171,11 +173,11 @@ def write_atomic(
 
 
 def open_file(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     flags: int = os.O_RDONLY,
     mode: int = 0o600,
     *,
-    base: str | os.PathLike | None = None,
+    base: str | os.PathLike[str] | None = None,
 ) -> int:
     """An fd of the regular file ``path`` opened with ``O_NOFOLLOW`` (and, with ``base``, reached
     without following links below it). A link, FIFO, socket or device raises
@@ -200,7 +202,7 @@ def open_file(
     return fd
 
 
-def open_own_file(path: str | os.PathLike, flags: int, mode: int = 0o600) -> int:
+def open_own_file(path: str | os.PathLike[str], flags: int, mode: int = 0o600) -> int:
     """``open_file`` for a file only the hub makes (a log): a link, FIFO or socket found at
     ``path`` is not the hub's, so it is removed (never followed) and the file made afresh."""
     try:
@@ -214,7 +216,10 @@ def open_own_file(path: str | os.PathLike, flags: int, mode: int = 0o600) -> int
 
 
 def read_text(
-    path: str | os.PathLike, *, base: str | os.PathLike | None = None, limit: int = 1 << 20
+    path: str | os.PathLike[str],
+    *,
+    base: str | os.PathLike[str] | None = None,
+    limit: int = 1 << 20,
 ) -> str:
     """The text of the regular file ``path`` (at most ``limit`` bytes), never through a link."""
     fd = open_file(path, base=base)
@@ -222,7 +227,7 @@ def read_text(
         return f.read(limit).decode("utf-8", errors="replace")
 
 
-def remove_tree(path: str | os.PathLike, *, ignore_errors: bool = False) -> None:
+def remove_tree(path: str | os.PathLike[str], *, ignore_errors: bool = False) -> None:
     """Remove the directory tree (or file) at ``path`` without following links: a link at
     ``path`` itself is unlinked, not followed; links inside are removed as links (``shutil``'s
     fd-based rmtree, which resists symlink swaps on Linux)."""
@@ -238,7 +243,7 @@ def remove_tree(path: str | os.PathLike, *, ignore_errors: bool = False) -> None
             os.unlink(path.name, dir_fd=dir_fd)
 
 
-def is_link(path: str | os.PathLike) -> bool:
+def is_link(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` itself is a symlink (its parents are followed)."""
     try:
         return stat.S_ISLNK(os.lstat(path).st_mode)

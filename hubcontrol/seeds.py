@@ -69,6 +69,7 @@ from hubcontrol.supervisor import DaemonSpec, DaemonSupervisor, Limits
 if TYPE_CHECKING:
     from hubcontrol.config import Template
     from hubcontrol.hub import Hub
+    from hubcontrol.records import UserRecord
 
 log = logging.getLogger(__name__)
 
@@ -639,7 +640,7 @@ class Seeds:
         log.info("seed of %s ready in %.1f s", image, time.monotonic() - started)
         return path
 
-    async def provide(self, rec: dict, template: Template, spec: DaemonSpec) -> str | None:
+    async def provide(self, rec: UserRecord, template: Template, spec: DaemonSpec) -> str | None:
         """Clone the seed of ``template``'s image into ``spec.data_root`` when that data-root
         is empty (a new user, or one whose data was removed); returns the clone method, or None
         when nothing was cloned (the image step then loads the image). Waits for a seed that is

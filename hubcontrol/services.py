@@ -15,9 +15,9 @@ latest decisions, the sampler's view) when it builds ``Hub.status()``. The sampl
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from hubcontrol.audit import AuditManager
 from hubcontrol.idle import IdleCuller
@@ -28,7 +28,7 @@ from hubcontrol.stats import StatsSampler
 if TYPE_CHECKING:
     import anyio
 
-    from hubcontrol.checkpoint import Checkpointer
+    from hubcontrol.checkpoint import Checkpointer, HealthStore
     from hubcontrol.config import HubConfig, Template
     from hubcontrol.hub import EnvironmentStatus, Listener
     from hubcontrol.records import RecordStore, UserRecord
@@ -43,6 +43,7 @@ class HubServices(Protocol):
     A service must not block the loop: docker and file work goes to worker threads.
 
     - ``config``, ``supervisor``, ``checkpointer`` (None: environments are never checkpointed),
+      ``checkpoint_health`` (every user's ``CheckpointHealth``: the checkpointer's own store),
       ``env_socket_by_daemon`` (True: dockerd serves the environment's socket itself, no policy
       socket), ``clock`` (epoch seconds): the Hub's, read-only.
     - ``records``: every user's persisted record. Services read it; only the Hub writes it.
@@ -60,11 +61,12 @@ class HubServices(Protocol):
     config: HubConfig
     supervisor: DaemonSupervisor
     checkpointer: Checkpointer | None
+    checkpoint_health: HealthStore
     env_socket_by_daemon: bool
     records: RecordStore
     clock: Callable[[], float]
 
-    def add_service(self, fn: Callable[[], Awaitable[None]]) -> None: ...
+    def add_service(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None: ...
 
     def add_listener(self, fn: Listener) -> None: ...
 
@@ -114,7 +116,9 @@ def wire_default_services(hub: HubServices) -> Services:
     stats.attach(hub)
     # Template images seeded once and cloned into new users' data-roots (docs/architecture.md,
     # "Seed data-roots"); None when no template has a per-user daemon.
-    seeds = Seeds.attach(hub)
+    # Seeds still reaches into the Hub itself (its engine, _step, _host_client, _reserved): it is
+    # not yet written against HubServices, and only a real Hub is ever wired here.
+    seeds = Seeds.attach(hub)  # type: ignore[arg-type]
     return Services(
         audit=audit, policy_sockets=policy_sockets, culler=culler, stats=stats, seeds=seeds
     )

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hubcontrol.config import Template
 
 # Absolute paths, tried in order: the image's PATH is not known before it runs, and an absolute
 # entrypoint does not depend on it.
@@ -31,7 +35,7 @@ def choose_shell(exists: Callable[[str], bool]) -> str | None:
 
 
 def is_bash(shell: str | None) -> bool:
-    return bool(shell) and shell.rsplit("/", 1)[-1] == "bash"
+    return shell is not None and shell.rsplit("/", 1)[-1] == "bash"
 
 
 def shell_argv(shell: str, command: str) -> list[str]:
@@ -41,7 +45,7 @@ def shell_argv(shell: str, command: str) -> list[str]:
 # (pattern, what it is), checked on the command with quoted strings blanked out (what is quoted
 # is text, not syntax), except ANSI-C quoting, which is itself a quote.
 _ANSI_C_QUOTE = re.compile(r"\$'")
-_BASH_ONLY: tuple[tuple[re.Pattern, str], ...] = tuple(
+_BASH_ONLY: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern), what)
     for pattern, what in (
         (r"\[\[", "[[ ... ]] tests"),
@@ -89,7 +93,9 @@ _HOOK_FIELDS = (
 )
 
 
-def shell_warnings(template, shell: str | None, seen: bool, unseen_why: str = "") -> list[str]:
+def shell_warnings(
+    template: Template, shell: str | None, seen: bool, unseen_why: str = ""
+) -> list[str]:
     """``hub config check``'s warnings about ``template``'s command and hooks (a config.Template).
 
     ``seen``: whether the image could be looked into, and then ``shell`` is what the hub will

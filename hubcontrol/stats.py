@@ -27,7 +27,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -310,6 +310,8 @@ def sample_user(
     runs no containers and keeps the images it had (they live in the data-root), so the last
     sampled image count stays.
     """
+    workspace: du.Usage | None
+    data_root: du.Usage | None
     error = None
     try:
         workspace, data_root = du.measure([paths.workspace, paths.data_root_dir], **walk_bounds)
@@ -355,16 +357,13 @@ class StatsSampler:
         *,
         interval: float = STATS_INTERVAL,
         rows_interval: float = ROWS_INTERVAL,
-        clock=time.time,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.hub = hub
         self.interval = interval
         self.rows_interval = rows_interval
         self.clock = clock
-        from hubcontrol.checkpoint import HealthStore
-
         self.lifecycle = Lifecycle()
-        self.health_store = HealthStore(hub.config.state_dir)
         self._view = StatusView(interval=interval)
         self._limiter: anyio.CapacityLimiter | None = None
         self._wake: anyio.Event | None = None
@@ -411,7 +410,7 @@ class StatsSampler:
         out = {}
         for name in names:
             try:
-                out[name] = self.health_store.get(name)
+                out[name] = self.hub.checkpoint_health.get(name)
             except ValueError:
                 continue
         return out

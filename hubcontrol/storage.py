@@ -28,10 +28,11 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubcontrol import names, safefs
+from hubcontrol import mounts, names, safefs
 from hubcontrol.errors import HubError, StorageError
 
 CHECKPOINT_DIR = ".checkpoint"  # <workspace-dir>/<u>/.checkpoint/ (the seed's place)
@@ -261,7 +262,7 @@ def prepare_user_tree(
 
 
 @contextlib.contextmanager
-def checkpoint_dir(paths_or_dir: UserPaths | Path, *, create: bool = True):
+def checkpoint_dir(paths_or_dir: UserPaths | Path, *, create: bool = True) -> Iterator[int | None]:
     """The fd of ``<workspace-dir>/<u>/.checkpoint``, reached from ``<workspace-dir>`` without
     following links, and root's with mode 0700. A link or non-directory planted at that name is
     removed (logged by the caller's error if that fails); a directory the user made is given
@@ -332,14 +333,11 @@ def ensure_data_root_dir(path: Path) -> bool:
 
 def unmount_under(path: Path) -> None:
     """Lazily unmount everything mounted at or below ``path``, deepest first."""
-    prefix = str(Path(path))
     try:
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4] for line in f]
+        inside = mounts.mounts_under(path)
     except OSError:
         return
-    inside = [p for p in points if p == prefix or p.startswith(prefix + "/")]
-    for point in sorted(set(inside), key=len, reverse=True):
+    for point in inside:
         subprocess.run(["umount", "-l", point], capture_output=True)
 
 

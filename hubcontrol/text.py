@@ -26,7 +26,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+from types import TracebackType
 from typing import Any
+
+# what logging hands formatException: sys.exc_info()'s shape
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
 __all__ = [
     "UNSAFE",
@@ -82,7 +86,7 @@ def _json_escape(match: re.Match[str]) -> str:
     return f"\\u{0xD800 + (cp >> 10):04x}\\u{0xDC00 + (cp & 0x3FF):04x}"
 
 
-def inert_json(value: Any, **kwargs: Any) -> str:
+def inert_json(value: object, **kwargs: Any) -> str:
     """``json.dumps(value)``, compact and UTF-8, with display-controlling characters escaped.
 
     Such characters only ever occur inside JSON strings (the syntax around them is ASCII), where
@@ -102,14 +106,14 @@ class InertFormatter(logging.Formatter):
     traceback is several lines by nature) but every other control character is escaped.
     """
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+    def formatMessage(self, record: logging.LogRecord) -> str:  # logging's name
         record.message = inert(record.message)
         return super().formatMessage(record)
 
-    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+    def formatException(self, ei: ExcInfo) -> str:  # logging's name
         return _TRACEBACK_UNSAFE.sub(_escape_match, super().formatException(ei))
 
-    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+    def formatStack(self, stack_info: str) -> str:  # logging's name
         return _TRACEBACK_UNSAFE.sub(_escape_match, super().formatStack(stack_info))
 
 

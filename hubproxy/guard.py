@@ -10,15 +10,23 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from mitmproxy import exceptions, http
 
 from hubproxy.web import pages
 
+if TYPE_CHECKING:
+    from mitmproxy.proxy.mode_servers import ProxyConnectionHandler
+
 log = logging.getLogger("hubproxy")
 
+# a hook ``hook(self, flow)`` of an addon, sync or async
+Hook = TypeVar("Hook", bound=Callable[..., object])
 
-def connection_handler(flow):
+
+def connection_handler(flow: http.HTTPFlow) -> ProxyConnectionHandler | None:
     """mitmproxy's handler of the flow's client connection (it owns the sockets), or None."""
     from mitmproxy import ctx
 
@@ -26,7 +34,7 @@ def connection_handler(flow):
     return proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
 
 
-def close_connection(flow) -> None:
+def close_connection(flow: http.HTTPFlow) -> None:
     """Close the browser's connection of a live flow (e.g. a WebSocket at logout).
 
     ``flow.kill()`` is not enough for WebSockets in mitmproxy 11 (the WebSocket layer does not
@@ -52,13 +60,13 @@ def _refuse(flow: http.HTTPFlow, name: str) -> None:
     )
 
 
-def fail_closed(hook):
+def fail_closed(hook: Hook) -> Hook:
     """Wrap a sync or async hook ``hook(self, flow)``; ``AddonHalt`` (a hook's way to keep the
     addons after it from seeing the event) passes through."""
     if inspect.iscoroutinefunction(hook):
 
         @functools.wraps(hook)
-        async def async_wrapper(self, flow):
+        async def async_wrapper(self: object, flow: http.HTTPFlow) -> None:
             try:
                 await hook(self, flow)
             except exceptions.AddonHalt:
@@ -66,10 +74,10 @@ def fail_closed(hook):
             except Exception:
                 _refuse(flow, f"{type(self).__name__}.{hook.__name__}")
 
-        return async_wrapper
+        return cast(Hook, async_wrapper)
 
     @functools.wraps(hook)
-    def wrapper(self, flow):
+    def wrapper(self: object, flow: http.HTTPFlow) -> None:
         try:
             hook(self, flow)
         except exceptions.AddonHalt:
@@ -77,4 +85,4 @@ def fail_closed(hook):
         except Exception:
             _refuse(flow, f"{type(self).__name__}.{hook.__name__}")
 
-    return wrapper
+    return cast(Hook, wrapper)

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.ci import IN_CI
+from tests.support.dockerd import ScratchDaemon, scratch_dockerd
+from tests.support.images import import_busybox
+from tests.support.registry import docker_registry
+
 ROOT = Path(__file__).resolve().parent.parent
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 REQUIREMENTS = {
     "docker": lambda: os.geteuid() == 0 and shutil.which("dockerd") is not None,
@@ -36,3 +41,25 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             if IN_CI:
                 pytest.fail(f"{WHY[name]}: missing in CI, where every test must run")
             pytest.skip(WHY[name])
+
+
+@pytest.fixture(scope="module")
+def registry() -> Iterator[str]:
+    """A real registry (host:port) for the tests that push and pull, in hubcontrol/ and security/."""
+    with docker_registry() as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def busybox_daemon(request: pytest.FixtureRequest) -> Iterator[ScratchDaemon]:
+    """A scratch dockerd holding the busybox test image, for the module; ``.api`` is docker-py on
+    its own socket. The module names its ``DAEMON_INDEX`` (the bridge hubt<index>), so modules
+    that run at once never share a bridge."""
+    index = getattr(request.module, "DAEMON_INDEX", None)
+    if not isinstance(index, int):
+        pytest.fail(f"{request.module.__name__} uses busybox_daemon: set DAEMON_INDEX = <1..254>")
+    with scratch_dockerd(index) as d:
+        d.api = d.client()
+        import_busybox(d.api)
+        yield d
+        d.api.close()

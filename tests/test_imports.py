@@ -111,6 +111,8 @@ def test_hubproxys_shared_pieces_import_no_addon_process_or_worker() -> None:
                 if bad:
                     found[f"{file.relative_to(ROOT)}:{node.lineno}"] = bad[0]
     assert found == {}
+
+
 def test_importing_hubcontrol_is_cheap_and_its_public_names_resolve() -> None:
     """``hubcontrol/__init__.py`` imports on first use: the package alone loads nothing (so the
     per-user processes, ``python -m hubcontrol.policysocket`` and ``hubcontrol.du``, load only
@@ -134,3 +136,55 @@ def test_importing_hubcontrol_is_cheap_and_its_public_names_resolve() -> None:
     assert all(module.startswith("hubcontrol.") for module in resolved.values())
     assert listed
     assert set(hubcontrol._EXPORTS) == set(hubcontrol.__all__)
+
+
+def _test_tree_imports() -> list[tuple[Path, int, str, list[str]]]:
+    """Every ``tests.*`` import in the tests: (file, line, module, imported names)."""
+    found = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        if "node_modules" in path.parts:
+            continue
+        package = ".".join(path.relative_to(ROOT).parent.parts)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found += [(path, node.lineno, a.name, []) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    module = ".".join([*base, module] if module else base)
+                found.append((path, node.lineno, module, [a.name for a in node.names]))
+    return [f for f in found if f[2] == "tests" or f[2].startswith("tests.")]
+
+
+def _fixtures_in(module: str) -> set[str]:
+    path = ROOT.joinpath(*module.split(".")).with_suffix(".py")
+    if not path.is_file():
+        return set()
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            for d in node.decorator_list:
+                target = d.func if isinstance(d, ast.Call) else d
+                if ast.unparse(target) in ("pytest.fixture", "fixture"):
+                    names.add(node.name)
+    return names
+
+
+def test_test_modules_share_through_conftest_and_support_only() -> None:
+    """Fixtures live in the nearest conftest.py (pytest finds them there, so nothing imports
+    them); helpers shared by several folders live in tests/support/, helpers of one folder in a
+    module of that folder. No module imports a test module or a conftest, because importing a
+    test module runs it again under a second name and re-registers its tests' fixtures."""
+    bad = []
+    for path, line, module, names in _test_tree_imports():
+        where = f"{path.relative_to(ROOT)}:{line} imports {module}"
+        parts = module.split(".")
+        if any(p.startswith("test_") or p == "conftest" for p in [*parts, *names]):
+            bad.append(f"{where}: a test module or conftest")
+        folder = path.relative_to(ROOT / "tests").parts[:-1]
+        if len(parts) > 1 and parts[1] != "support" and (not folder or parts[1] != folder[0]):
+            bad.append(f"{where}: another folder's helper (shared helpers go in tests/support/)")
+        if fixtures := sorted(_fixtures_in(module) & set(names)):
+            bad.append(f"{where}: fixtures {fixtures} (put them in the nearest conftest.py)")
+    assert bad == [], "\n".join(bad)

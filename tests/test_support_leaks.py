@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from hubcontrol import gc
+from hubcontrol import mounts
 from tests.support import leaks
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -60,16 +60,16 @@ def test_sweep_unmounts_only_what_a_dead_daemon_left(tmp_path: Path) -> None:
         stale = leaks.stale_daemon_mounts([str(tmp_path)])
         assert stale == [(ws / "carol-docker", [str(merged), str(dead)])]
         assert leaks.sweep_stale_daemon_mounts([str(tmp_path)]) == [str(dead)]
-        assert gc.mounts_under(dead) == []
-        assert gc.mounts_under(live) == [str(live)]  # its dockerd runs: never touched
-        assert gc.mounts_under(other) == [str(other)]  # not a daemon's data directory
+        assert mounts.mounts_under(dead) == []
+        assert mounts.mounts_under(live) == [str(live)]  # its dockerd runs: never touched
+        assert mounts.mounts_under(other) == [str(other)]  # not a daemon's data directory
         assert leaks.sweep_stale_daemon_mounts([str(tmp_path)]) == []
     finally:
         daemon.kill()
         daemon.wait()
-        for point in gc.mounts_under(tmp_path):
+        for point in mounts.mounts_under(tmp_path):
             subprocess.run(["umount", "-l", point], capture_output=True)
-    assert gc.mounts_under(tmp_path) == []
+    assert mounts.mounts_under(tmp_path) == []
 
 
 def test_sweep_looks_only_under_the_given_bases(tmp_path: Path) -> None:

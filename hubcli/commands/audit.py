@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -128,7 +129,7 @@ def audit_command(
     console.print(table)
 
 
-def _follow(path: Path, since_time, as_json: bool) -> None:
+def _follow(path: Path, since_time: datetime | None, as_json: bool) -> None:
     if not path.exists():
         err_console.print(f"waiting for {field(str(path))} ...")
     try:

@@ -44,7 +44,7 @@ TokenOption = Annotated[
 ]
 
 
-def _num(value) -> str:
+def _num(value: object) -> str:
     return "" if value is None else field(value)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from hubcontrol.config.environ import from_environ
 from hubcontrol.config.flags import START_FLAGS, StartFlag, _flag, _normalize_flags
@@ -14,9 +15,10 @@ from hubcontrol.errors import ConfigError
 
 def _from_flag(
     spec: StartFlag,
+    attr: str,
     flags: Mapping[str, object],
     environ: Mapping[str, str],
-    kwargs: dict[str, object],
+    kwargs: dict[str, Any],
     problems: list[str],
     warnings: list[str],
 ) -> None:
@@ -32,7 +34,7 @@ def _from_flag(
             warnings.append(spec.missing)
         return
     try:
-        kwargs[spec.attr] = spec.parse(value)
+        kwargs[attr] = spec.parse(value)
     except ValueError as exc:
         problems.append(f"{source}={value}: {exc}")
 
@@ -44,7 +46,7 @@ def _build(
     require_oauth: bool,
     problems: list[str],
     warnings: list[str],
-) -> dict[str, object]:
+) -> dict[str, Any]:
     flags = _normalize_flags(flags)
     known_keys = {f.key for f in START_FLAGS.values()}
     for key in flags:
@@ -52,10 +54,11 @@ def _build(
             problems.append(
                 f"unknown flag --{key.replace('_', '-')}{suggest('--' + key.replace('_', '-'), ['--' + n for n in START_FLAGS])}"
             )
-    kwargs: dict[str, object] = {}
+    # HubConfig's field name -> its parsed value (each of its own field's type)
+    kwargs: dict[str, Any] = {}
     for spec in START_FLAGS.values():
         if spec.attr is not None:
-            _from_flag(spec, flags, environ, kwargs, problems, warnings)
+            _from_flag(spec, spec.attr, flags, environ, kwargs, problems, warnings)
 
     routes, flat, named, default_name = _collect_labels(labels, problems)
     if not routes and not any(k.startswith(HUB_PREFIX + "route.") for k in labels):

@@ -6,6 +6,7 @@ import difflib
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 from hubcontrol.config.model import DEFAULT_TEMPLATE_NAME, MODES, Template
 from hubcontrol.config.values import parse_bool, parse_port, parse_route_prefix, suggest
@@ -120,7 +121,9 @@ def _template_problem(label: str, value: str, exc: ValueError) -> str:
     return f"label {label}={value}: {exc}"
 
 
-def _collect_labels(labels: Mapping[str, str], problems: list[str]):
+def _collect_labels(
+    labels: Mapping[str, str], problems: list[str]
+) -> tuple[dict[str, int], dict[str, object], dict[str, dict[str, object]], str | None]:
     """Split ``rediacc.hub.*`` labels into routes, flat fields, named fields and the default name."""
     routes: dict[str, int] = {}
     flat: dict[str, object] = {}
@@ -197,7 +200,7 @@ def _build_templates(
     problems: list[str],
 ) -> tuple[dict[str, Template], str]:
     templates: dict[str, Template] = {}
-    base = dict(flat)
+    base: dict[str, Any] = dict(flat)  # label values, each checked as its field is parsed
     if "image" not in base and container_image:
         base["image"] = container_image
     # resolved here: a template's own rediacc.hub.checkpoint, else the flag; checkpoint_wanted
@@ -215,7 +218,7 @@ def _build_templates(
         else:
             templates[DEFAULT_TEMPLATE_NAME] = Template(name=DEFAULT_TEMPLATE_NAME, **base)
     for name, fields in named.items():
-        merged = {**base, **fields}
+        merged: dict[str, Any] = {**base, **fields}
         if "image" not in merged:
             problems.append(
                 f"template {name} has no image: set rediacc.hub.templates.{name}.image, "

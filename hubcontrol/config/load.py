@@ -40,7 +40,8 @@ def load_config(
     warnings: list[str] = []
     if isinstance(doc, Mapping) and "services" in doc:
         svc = load_compose(path, service=service, env_file=env_file, environ=environ)
-        labels, command, env_files, file_env = svc.labels, svc.command, svc.env_files, dict(svc.env)
+        labels, command, file_env = svc.labels, svc.command, dict(svc.env)
+        env_files = list(svc.env_files)
         service_name: str | None = svc.name
         warnings += svc.warnings
     elif isinstance(doc, Mapping) and "labels" in doc:

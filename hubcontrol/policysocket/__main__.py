@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+from anyio.abc import TaskStatus
 
 from hubcontrol import dockerpolicy as policy
 from hubcontrol.policysocket.pins import default_binds_dir
@@ -82,7 +83,7 @@ async def _run(config: ProxyConfig, pidfile: str | None) -> None:
     async with anyio.create_task_group() as tg:
         await tg.start(_serve_then_stop, server, tg.cancel_scope)
         if pidfile:
-            Path(pidfile).write_text(f"{os.getpid()}\n")
+            await anyio.Path(pidfile).write_text(f"{os.getpid()}\n")
         try:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as sigs:
                 async for signum in sigs:
@@ -92,13 +93,22 @@ async def _run(config: ProxyConfig, pidfile: str | None) -> None:
                     tg.cancel_scope.cancel()
                     return
         finally:
-            # only our own pidfile: a policy socket that replaced this one has written its own
-            with contextlib.suppress(OSError, ValueError):
-                if pidfile and int(Path(pidfile).read_text()) == os.getpid():
-                    os.unlink(pidfile)
+            if pidfile:
+                with anyio.CancelScope(shield=True):  # the task group is being cancelled
+                    await anyio.to_thread.run_sync(_remove_own_pidfile, pidfile)
 
 
-async def _serve_then_stop(server: PolicySocket, scope: anyio.CancelScope, *, task_status) -> None:
+def _remove_own_pidfile(pidfile: str) -> None:
+    """Remove ``pidfile`` if it names this process: a policy socket that replaced this one has
+    written its own."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(Path(pidfile).read_text()) == os.getpid():
+            os.unlink(pidfile)
+
+
+async def _serve_then_stop(
+    server: PolicySocket, scope: anyio.CancelScope, *, task_status: TaskStatus[PolicySocket]
+) -> None:
     """Serve; when serving ends on its own (the socket file went away), end the process."""
     await server.serve(task_status=task_status)
     scope.cancel()
@@ -107,7 +117,7 @@ async def _serve_then_stop(server: PolicySocket, scope: anyio.CancelScope, *, ta
 def main(argv: Sequence[str] | None = None) -> None:
     log_format = "%(asctime)s %(name)s %(levelname)s %(message)s"
     logging.basicConfig(level=logging.INFO, format=log_format)
-    from hubcontrol.text import install_log_formatter  # noqa: PLC0415 - small; only when served
+    from hubcontrol.text import install_log_formatter  # small; only when served
 
     install_log_formatter(log_format)  # refusal reasons quote what the user sent
     config, pidfile = config_from_argv(sys.argv[1:] if argv is None else argv)

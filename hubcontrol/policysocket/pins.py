@@ -42,6 +42,7 @@ import secrets
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from hubcontrol import mounts
 from hubcontrol.dockerpolicy import BINDS_LABEL as LABEL  # id -> {"path": relpath, "ro": bool}
@@ -89,7 +90,9 @@ def parse_label(value: object) -> dict[str, tuple[str, bool]]:
     return out
 
 
-def wanted(containers: Iterable[Mapping], directory: str) -> dict[str, tuple[str, bool] | None]:
+def wanted(
+    containers: Iterable[Mapping[str, Any]], directory: str
+) -> dict[str, tuple[str, bool] | None]:
     """Every pin id that a container (as ``GET /containers/json?all=1`` lists it) binds from
     ``directory``, with its ``(relpath, readonly)`` from that container's own label, or None when
     no container's label describes it (``--volumes-from`` copies a bind, not the label)."""

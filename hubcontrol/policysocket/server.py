@@ -22,12 +22,14 @@ import os
 import socket
 import stat
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import anyio
-from anyio.abc import SocketStream
+from anyio.abc import SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from hubcontrol import dockerpolicy as policy
@@ -44,6 +46,9 @@ from hubcontrol.policysocket.http1 import (
     parse_response_head,
     refusal_response,
 )
+
+if TYPE_CHECKING:  # the audit log is imported at the first refusal, not at startup
+    from hubcontrol.auditlog import AuditLog
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +158,10 @@ class _Connection:
             await self.client.send(f"{head.version} 100 Continue\r\n\r\n".encode())
         body_bytes: bytes | None = None
         if request.endpoint.body:
-            body_bytes = await self.read_small_body(head)
-            if isinstance(body_bytes, policy.Refusal):
-                return await self.refuse(body_bytes, head)
+            read = await self.read_small_body(head)
+            if isinstance(read, policy.Refusal):
+                return await self.refuse(read, head)
+            body_bytes = read
             parsed = policy.read_json(body_bytes)
             if isinstance(parsed, policy.Refusal):
                 return await self.refuse(parsed, head)
@@ -169,7 +175,11 @@ class _Connection:
             return await self.decide_and_forward(head, request, refs, body_bytes)
 
     async def decide_and_forward(
-        self, head: Head, request: policy.ApiRequest, refs: set, body_bytes: bytes | None
+        self,
+        head: Head,
+        request: policy.ApiRequest,
+        refs: set[tuple[str, str]],
+        body_bytes: bytes | None,
     ) -> bool:
         facts = await self.server.lookup(refs)
         if isinstance(facts, policy.Refusal):
@@ -214,7 +224,7 @@ class _Connection:
                 return too_big
         return bytes(out)
 
-    async def chunks(self, reader: BufferedByteReceiveStream, *, raw: bool):
+    async def chunks(self, reader: BufferedByteReceiveStream, *, raw: bool) -> AsyncIterator[bytes]:
         """Yield a chunked body block by block: the raw bytes (framing included, to relay) or the
         decoded data. Blocks are as large as the socket delivers them; the scanner only finds
         where the body ends, so relaying costs one send per block, not several per chunk."""
@@ -377,7 +387,7 @@ class PolicySocket:
         self.counted = anyio.Lock()  # held from a capped create's count to the daemon's answer
         self.refused = 0
         self.inode = 0
-        self._audit_log = None  # created at the first refusal
+        self._audit_log: AuditLog | None = None  # created at the first refusal
         self.pins: binds.BindPins | None = None
         self.context = config.context
         if config.binds_dir is not None and config.context.workspace:
@@ -457,7 +467,7 @@ class PolicySocket:
         if status != 200 or not isinstance(data, dict):
             return None  # the daemon answers the start itself (404)
         described = binds.parse_label(
-            ((data.get("Config") or {}).get("Labels") or {}).get(binds.LABEL)
+            ((data.get("Config") or {}).get("Labels") or {}).get(policy.BINDS_LABEL)
         )
         cws = self.config.context.container_workspace.rstrip("/")
         async with self.pins_lock:
@@ -541,7 +551,7 @@ class PolicySocket:
         config = self.config
         if config.audit_dir is None or not config.audit_user:
             return
-        from hubcontrol.auditlog import AuditLog, truncate  # noqa: PLC0415 - only with a log
+        from hubcontrol.auditlog import AuditLog, truncate  # only with a log
 
         if self._audit_log is None:
             self._audit_log = AuditLog(config.audit_dir)
@@ -562,7 +572,7 @@ class PolicySocket:
 
     async def _report_dropped(self) -> None:
         """Say how many refusals the budget dropped once the report is due (auditlog.AuditLog)."""
-        from hubcontrol.auditlog import DROPPED_REPORT_SECONDS  # noqa: PLC0415
+        from hubcontrol.auditlog import DROPPED_REPORT_SECONDS
 
         while True:
             await anyio.sleep(DROPPED_REPORT_SECONDS)
@@ -607,7 +617,9 @@ class PolicySocket:
             self.connections.discard(conn)
             await conn.aclose()
 
-    async def serve(self, *, task_status=anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: TaskStatus[PolicySocket] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         listen = self.config.listen
         if self.pins is not None:
             self.pins.prepare()
@@ -647,7 +659,9 @@ class PolicySocket:
     async def _watch_socket_file(self, scope: anyio.CancelScope) -> None:
         """Exit once the socket file is gone or replaced: nobody can reach this process any more
         (a daemon's cleanup removed it, or its user was destroyed), so it would only linger."""
-        while self.socket_state() == "ours":
+        # Polled: another process removes or replaces the file, and nothing here could set an
+        # Event for that (no inotify in the standard library).
+        while self.socket_state() == "ours":  # noqa: ASYNC110
             await anyio.sleep(SOCKET_WATCH_SECONDS)
         log.info("socket file %s; exiting", self.socket_state())
         scope.cancel()

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from hubcontrol import durations, safefs, storage
 from hubcontrol.errors import ConfigError, DaemonError
@@ -53,7 +53,10 @@ DAEMON_MEMORY = 1 << 30
 DAEMON_PIDS = 2048
 
 
-def _limit(label: str, parse: Callable[[str | None], Any], value: str | None) -> Any:
+T = TypeVar("T")
+
+
+def _limit(label: str, parse: Callable[[str | None], T], value: str | None) -> T:
     """``parse(value)``, a bad value raising ConfigError naming the template label."""
     try:
         return parse(value)
@@ -102,7 +105,7 @@ class DaemonSpec:
     net_id: int
     data_root: Path
     daemon_dir: Path  # config, pidfile, TMPDIR, log
-    network_config: Mapping = field(default_factory=dict)
+    network_config: Mapping[str, Any] = field(default_factory=dict)
     limits: Limits = Limits()
     env_socket: bool = True  # dockerd also serves the environment's socket directory itself
     run_dir: Path = RUN_DIR
@@ -191,7 +194,7 @@ def data_root_storage_driver(data_root: Path) -> str | None:
 BUILDER_ENTITLEMENTS = (("network-host", False), ("security-insecure", False))
 
 
-def daemon_config(spec: DaemonSpec, *, cgroup_parent: str | None = None) -> dict:
+def daemon_config(spec: DaemonSpec, *, cgroup_parent: str | None = None) -> dict[str, Any]:
     """The ``daemon.json`` of a per-user dockerd (flags for paths, this file for the rest)."""
     config = {
         "experimental": True,
@@ -250,7 +253,7 @@ def dockerd_env(spec: DaemonSpec, base: Mapping[str, str] | None = None) -> dict
     return env
 
 
-def ping(path: Path, timeout: float = 1.0) -> bool:
+def ping(path: Path | str, timeout: float = 1.0) -> bool:
     """True when the daemon at unix socket ``path`` answers ``GET /_ping`` with OK."""
     # A raw request: httpx's unix transport leaks the socket when connect() fails, and this
     # runs in a polling loop while dockerd starts.
@@ -302,7 +305,7 @@ def prepare_daemon_dirs(spec: DaemonSpec) -> None:
         )
 
 
-def write_daemon_config(spec: DaemonSpec, config: Mapping) -> None:
+def write_daemon_config(spec: DaemonSpec, config: Mapping[str, Any]) -> None:
     """Write ``daemon.json``: a link planted at its path is replaced, never written through."""
     safefs.write_atomic(spec.config_file, json.dumps(config, indent=2) + "\n", mode=0o600)
 
@@ -317,7 +320,7 @@ def log_tail(path: Path, limit: int = 2000) -> str:
         return "(no log)"
 
 
-def wait_for_ping(spec: DaemonSpec, alive, timeout: float = 60.0) -> None:
+def wait_for_ping(spec: DaemonSpec, alive: Callable[[], bool], timeout: float = 60.0) -> None:
     """Poll ``/_ping`` until it answers; DaemonError if ``alive()`` turns False or time runs out."""
     deadline = time.monotonic() + timeout
     delay = 0.02
@@ -356,7 +359,7 @@ class DaemonSupervisor(abc.ABC):
     def adopt(self, spec: DaemonSpec) -> bool: ...
 
     @abc.abstractmethod
-    def describe(self, spec: DaemonSpec) -> dict: ...
+    def describe(self, spec: DaemonSpec) -> dict[str, Any]: ...
 
     @abc.abstractmethod
     def container_cgroup_parent(self, spec: DaemonSpec) -> str | None: ...
@@ -369,7 +372,7 @@ class DaemonSupervisor(abc.ABC):
         own traffic match (``network.apply_daemon_isolation``); None when there is none."""
         return None
 
-    def __init_subclass__(cls, **kwargs) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if not getattr(cls, "__abstractmethods__", None) and not cls.name:
             raise TypeError(f"{cls.__name__} must set a class attribute `name`")

@@ -33,6 +33,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from hubcontrol import procs, safefs, storage, userns
 from hubcontrol.errors import DaemonError
@@ -186,11 +187,11 @@ class Cgroups:
             if pid is not None:
                 self._write(pid / "pids.max", "max" if pids is None else str(pids))
 
-    def read(self, user: str) -> dict:
+    def read(self, user: str) -> dict[str, Any]:
         """The limits in force, as the kernel reports them (for status pages and tests): the
         containers' group under the plain names, the daemon's under ``daemon.``, the whole
         user's under ``total.``."""
-        out: dict = {}
+        out: dict[str, Any] = {}
         top = group_path(user).lstrip("/")
         if self.v2:
             base = self.root / top
@@ -337,7 +338,7 @@ class LocalSupervisor(DaemonSupervisor):
     def container_cgroup_parent(self, spec: DaemonSpec) -> str | None:
         return f"{group_path(_group(spec))}/containers"
 
-    def describe(self, spec: DaemonSpec) -> dict:
+    def describe(self, spec: DaemonSpec) -> dict[str, Any]:
         return {
             "supervisor": self.name,
             "pid": self.pid(spec),

@@ -34,6 +34,7 @@ import os
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from hubcontrol import safefs, userns
 from hubcontrol.errors import DaemonError
@@ -170,7 +171,7 @@ def slice_unit(spec: DaemonSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def daemon_json(spec: DaemonSpec) -> dict:
+def daemon_json(spec: DaemonSpec) -> dict[str, Any]:
     config = daemon_config(spec, cgroup_parent=slice_name(spec.user, spec.net_id))
     config["exec-opts"] = ["native.cgroupdriver=systemd"]
     return config
@@ -247,7 +248,7 @@ class SystemdSupervisor(DaemonSupervisor):
         self.systemctl = systemctl
         self.wrapper_dir = Path(wrapper_dir)
 
-    def _ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def _ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([self.systemctl, *args], capture_output=True, text=True)
         if check and proc.returncode:
             raise DaemonError(
@@ -381,7 +382,7 @@ class SystemdSupervisor(DaemonSupervisor):
         self._ctl("daemon-reload", check=False)
         self._ctl("reset-failed", unit, check=False)
 
-    def describe(self, spec: DaemonSpec) -> dict:
+    def describe(self, spec: DaemonSpec) -> dict[str, Any]:
         unit = self.unit(spec)
         state, pid = self._state(unit)
         return {

@@ -27,6 +27,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mitmproxy import http
 
@@ -36,6 +37,9 @@ from hubproxy.addons.statusapi import Principal, handle_api
 from hubproxy.context import HubContext
 from hubproxy.guard import fail_closed
 from hubproxy.web import pages
+
+if TYPE_CHECKING:
+    from hubcontrol import HubConfig
 
 log = logging.getLogger("hubproxy.admin")
 
@@ -107,7 +111,7 @@ def is_direct_local(peer: str | None, request: http.Request) -> bool:
         return False
 
 
-def default_origin(config) -> tuple[str, int | None]:
+def default_origin(config: HubConfig) -> tuple[str, int | None]:
     """How browsers reach the hub, before one has: https behind Traefik for a real domain,
     http on the hub's own port for a local one (``localhost``, ``*.localhost``, ``*.test``)."""
     domain = config.base_domain

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mitmproxy import ctx, exceptions
 
@@ -16,6 +18,11 @@ from hubcontrol import DEFAULT_LABELS_FILE, START_FLAGS, ConfigError, load_confi
 from hubproxy.addons import PROXY_OPTIONS
 from hubproxy.context import HubContext
 from hubproxy.server.startup import start_control_plane
+
+if TYPE_CHECKING:
+    from mitmproxy.addonmanager import Loader
+
+    from hubcontrol import Hub, HubConfig
 
 log = logging.getLogger("hubproxy")
 
@@ -30,13 +37,15 @@ def option_name(flag: str) -> str:
 
 
 class Bootstrap:
-    def __init__(self, context: HubContext, hub_factory=None) -> None:
+    def __init__(
+        self, context: HubContext, hub_factory: Callable[[HubConfig], Hub] | None = None
+    ) -> None:
         self.context = context
         self.hub_factory = hub_factory
         self.config = None
         self.thread = None
 
-    def load(self, loader) -> None:
+    def load(self, loader: Loader) -> None:
         loader.add_option(
             "hub_labels", str, str(DEFAULT_LABELS_FILE), "hub.labels.yaml or compose file"
         )

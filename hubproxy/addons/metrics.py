@@ -104,7 +104,7 @@ def _num(value: float) -> str:
     return repr(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def render_family(family) -> list[str]:
+def render_family(family: Counter | Gauge | Histogram) -> list[str]:
     """Prometheus text lines of one Counter, Gauge or Histogram."""
     if isinstance(family, Histogram):
         kind = "histogram"
@@ -126,7 +126,12 @@ def render_family(family) -> list[str]:
     return lines
 
 
-def render_gauge(name: str, help: str, labels: tuple[str, ...], samples) -> list[str]:
+def render_gauge(
+    name: str,
+    help: str,
+    labels: tuple[str, ...],
+    samples: Iterable[tuple[tuple[str, ...], float]],
+) -> list[str]:
     lines = [f"# HELP {name} {help}", f"# TYPE {name} gauge"]
     for values, value in samples:
         lines.append(f"{name}{_labels(labels, values)} {_num(value)}")

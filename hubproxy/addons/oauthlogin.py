@@ -40,6 +40,7 @@ from hubproxy.auth import cookies, identity
 from hubproxy.auth.csrf import CSRF_FIELD, CSRF_HEADER, csrf_problem, csrf_token, origin_problem
 from hubproxy.auth.oauthstate import (
     STATE_TTL,
+    LoginState,
     StateError,
     make_state,
     new_nonce,
@@ -47,7 +48,7 @@ from hubproxy.auth.oauthstate import (
     read_state,
     state_cookie_name,
 )
-from hubproxy.auth.sessionstore import SESSION_TTL
+from hubproxy.auth.sessionstore import SESSION_TTL, Session
 from hubproxy.context import ENDPOINT, SCHEME, TARGET, HubContext
 from hubproxy.guard import close_connection, fail_closed
 from hubproxy.web import pages
@@ -323,7 +324,9 @@ class OAuthLogin:
         flow.response = await self._finish_login(flow, login, query.get("code"))
         flow.response.headers.add("Set-Cookie", forget_state)
 
-    async def _finish_login(self, flow: http.HTTPFlow, login, code: str | None) -> http.Response:
+    async def _finish_login(
+        self, flow: http.HTTPFlow, login: LoginState, code: str | None
+    ) -> http.Response:
         config = self.context.config
         retry = [("Log in again", "/_hub/login")]
         if not code:
@@ -513,7 +516,13 @@ class OAuthLogin:
         live = self.context.sessions.get(session.sid, session.user)
         self._finish_logout(flow, live, given, None)
 
-    def _finish_logout(self, flow, session, given: str | None, problem: str | None) -> None:
+    def _finish_logout(
+        self,
+        flow: http.HTTPFlow,
+        session: Session | None,
+        given: str | None,
+        problem: str | None,
+    ) -> None:
         if problem is None and session is not None:
             problem = csrf_problem(
                 flow.request, self.context.session_key, session.sid, flow.metadata[SCHEME], given
@@ -569,7 +578,7 @@ class OAuthLogin:
         for c in expired:
             flow.response.headers.add("Set-Cookie", c)
 
-    def _logout_confirmation(self, session) -> http.Response:
+    def _logout_confirmation(self, session: Session | None) -> http.Response:
         if session is None:
             return pages.page(
                 200,
@@ -587,7 +596,7 @@ class OAuthLogin:
         )
 
 
-def logout_form(context: HubContext, session) -> tuple[str, str, dict[str, str]]:
+def logout_form(context: HubContext, session: Session) -> tuple[str, str, dict[str, str]]:
     """The logout button for ``pages.page(forms=...)``: a POST carrying the session's token."""
     return ("Log out", "/_hub/logout", {CSRF_FIELD: csrf_token(context.session_key, session.sid)})
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +116,9 @@ def parse_api_path(endpoint: str) -> tuple[str, str | None, str | None] | None:
     return None
 
 
-def route_urls(prefixes, scheme: str, base_domain: str, port: int | None) -> dict[str, str]:
+def route_urls(
+    prefixes: Iterable[str], scheme: str, base_domain: str, port: int | None
+) -> dict[str, str]:
     """One link per route prefix: ``<scheme>://<prefix>.<base-domain>[:port]/``."""
     default = {"http": 80, "https": 443}.get(scheme)
     suffix = f":{port}" if port and port != default else ""
@@ -250,7 +252,9 @@ def build_entries(
     return out
 
 
-def own_placeholder(context: HubContext, user: str, template: str | None, scheme, port) -> dict:
+def own_placeholder(
+    context: HubContext, user: str, template: str | None, scheme: str, port: int | None
+) -> dict[str, Any]:
     """The caller's entry before the control plane has a record (never started, or just now)."""
     config = context.config
     try:
@@ -275,7 +279,11 @@ def own_placeholder(context: HubContext, user: str, template: str | None, scheme
 
 
 def status_document(
-    context: HubContext, principal: Principal, scheme: str, port: int | None, template=None
+    context: HubContext,
+    principal: Principal,
+    scheme: str,
+    port: int | None,
+    template: str | None = None,
 ) -> dict[str, Any]:
     config = context.config
     entries = build_entries(context, scheme, port, principal)
@@ -312,7 +320,7 @@ def _json(status: int, data: object) -> http.Response:
     return pages.json_response(status, data)
 
 
-def _error(status: int, message: str, **extra) -> http.Response:
+def _error(status: int, message: str, **extra: object) -> http.Response:
     return _json(status, {"error": message, **extra})
 
 

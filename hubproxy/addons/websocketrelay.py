@@ -40,6 +40,8 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 import h11
 from mitmproxy import http
@@ -49,6 +51,11 @@ from hubproxy.auth import cookies
 from hubproxy.context import ROUTED, SESSION, TARGET, USER, HubContext
 from hubproxy.guard import connection_handler, fail_closed
 from hubproxy.web import pages
+
+if TYPE_CHECKING:
+    from mitmproxy.proxy.server import ConnectionIO
+
+    from hubproxy.addons.metrics import ProxyMetrics
 
 log = logging.getLogger("hubproxy.relay")
 
@@ -126,7 +133,7 @@ class _Handshake(asyncio.Protocol):
         self.eof = False
         self.lost = False
 
-    def connection_made(self, transport) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -144,7 +151,7 @@ class _Handshake(asyncio.Protocol):
             self._advance()
         return True
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         if not self.result.done():
             self.result.set_exception(HandshakeError("the environment closed the connection"))
@@ -254,7 +261,13 @@ class _Side(asyncio.Protocol):
 
     __slots__ = ("relay", "transport", "peer", "touch", "eof", "frames", "goodbye")
 
-    def __init__(self, relay: Relay, transport, touch, goodbye: bytes) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        transport: asyncio.Transport,
+        touch: Callable[[], None],
+        goodbye: bytes,
+    ) -> None:
         self.relay = relay
         self.transport = transport
         self.peer: _Side | None = None
@@ -290,7 +303,7 @@ class _Side(asyncio.Protocol):
             peer.transport.write_eof()
         return True  # keep our side open: the other direction may still send
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         if not self.eof:
             self._farewell()
         self.relay.close()
@@ -324,11 +337,11 @@ class _Detached:
     async def drain(self) -> None:
         pass
 
-    def get_extra_info(self, name, default=None):
+    def get_extra_info(self, name: str, default: object = None) -> object:
         return default
 
 
-def client_io(flow: http.HTTPFlow):
+def client_io(flow: http.HTTPFlow) -> ConnectionIO | None:
     """mitmproxy's ``ConnectionIO`` of the flow's client connection, if it is a plain stream."""
     handler = connection_handler(flow)
     io = handler.transports.get(flow.client_conn) if handler is not None else None
@@ -341,7 +354,7 @@ def client_io(flow: http.HTTPFlow):
     return io
 
 
-def keepalive(transport) -> None:
+def keepalive(transport: asyncio.BaseTransport) -> None:
     """TCP keepalive on a relayed connection: a peer that vanished without a FIN (a laptop closed,
     a network gone) is noticed within about two minutes, while a quiet but alive terminal stays
     open as long as it likes (the relay has no idle timeout of its own)."""
@@ -358,7 +371,9 @@ def keepalive(transport) -> None:
 class Relay:
     """One relayed WebSocket: the browser's and the environment's transports, piped."""
 
-    def __init__(self, context: HubContext, metrics, user: str, sid: str, prefix: str) -> None:
+    def __init__(
+        self, context: HubContext, metrics: ProxyMetrics, user: str, sid: str, prefix: str
+    ) -> None:
         self.context = context
         self.metrics = metrics
         self.user = user
@@ -371,13 +386,13 @@ class Relay:
 
     def start(
         self,
-        client_transport,
-        writer,
-        upstream_transport,
+        client_transport: asyncio.Transport,
+        writer: asyncio.StreamWriter,
+        upstream_transport: asyncio.Transport,
         head: bytes,
         to_client: bytes,
         to_upstream: bytes,
-    ):
+    ) -> None:
         # before anything is written or registered: once the browser has its 101 (or anyone sees
         # this relay in context.websockets) the sockets are fully set up
         for transport in (client_transport, upstream_transport):
@@ -427,13 +442,13 @@ class Relay:
 class WebSocketRelay:
     """The addon: after ``Router`` decided the route, take routed WebSocket upgrades over."""
 
-    def __init__(self, context: HubContext, metrics) -> None:
+    def __init__(self, context: HubContext, metrics: ProxyMetrics) -> None:
         self.context = context
         self.metrics = metrics
         # HUB_WEBSOCKET_RELAY=0: every WebSocket through mitmproxy's own layer (slower)
         self.enabled = os.environ.get("HUB_WEBSOCKET_RELAY", "1") != "0"
 
-    def requestheaders(self, flow: http.HTTPFlow):
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         # a plain function for every other request: no coroutine per request on the hot path
         if self.enabled and flow.metadata.get(ROUTED) and relayable(flow):
             return self._relay(flow)

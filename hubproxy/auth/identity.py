@@ -19,8 +19,12 @@ another's name (``alice`` + U+00A0 into ``alice``, admin rights included). Two r
 from __future__ import annotations
 
 import unicodedata
+from typing import TYPE_CHECKING
 
 from hubcontrol import UsernameError, safe_name
+
+if TYPE_CHECKING:
+    from hubcontrol import HubConfig
 
 
 def check_username(name: str) -> None:
@@ -68,6 +72,6 @@ def shown_with_provider_name(user: str) -> str:
     return name if name == user else f"{name} (“{user}” at the login provider)"
 
 
-def is_admin(config, user: str | None) -> bool:
+def is_admin(config: HubConfig, user: str | None) -> bool:
     """True when ``user`` is listed in ``HUB_ADMIN_USERS``, compared exactly."""
     return user is not None and user in config.admin_users

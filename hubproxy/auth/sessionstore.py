@@ -17,7 +17,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,7 +145,7 @@ class SessionStore:
         store.apply(sessions, ())
         return store
 
-    def apply(self, added, removed) -> None:
+    def apply(self, added: Iterable[Session], removed: Iterable[str]) -> None:
         """Take changes made elsewhere (worker 0's broadcast); never written, never notified."""
         for session in added:
             self._sessions[session.sid] = session

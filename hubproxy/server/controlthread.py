@@ -15,11 +15,12 @@ hub process rebuilds its routes from the daemons).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
 
-from anyio.from_thread import start_blocking_portal
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from hubcontrol import (
     Counter,
@@ -45,7 +46,9 @@ class EmbeddedControlPlane:
     ``progress``, ``stats``, ``ensure_running``, ``record``, ``stop``.
     """
 
-    def __init__(self, hub: Hub, portal, running: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self, hub: Hub, portal: BlockingPortal, running: Callable[[], bool] = lambda: True
+    ) -> None:
         self.hub = hub
         self.portal = portal
         self._running = running
@@ -165,7 +168,7 @@ class ControlThread:
         return EmbeddedControlPlane(self.hub, self.portal, self.running)
 
     @property
-    def run_future(self):
+    def run_future(self) -> concurrent.futures.Future[None]:
         """The ``concurrent.futures.Future`` of ``Hub.run()``: done when the control plane ends."""
         return self._run
 

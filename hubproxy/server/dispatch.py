@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import inspect
 import types
+from typing import TYPE_CHECKING
 
 from mitmproxy import exceptions, hooks
 from mitmproxy.addonmanager import AddonManager, safecall, traverse
 
+if TYPE_CHECKING:
+    from mitmproxy.master import Master
+
 
 class CachedAddonManager(AddonManager):
-    def __init__(self, master) -> None:
+    def __init__(self, master: Master) -> None:
         super().__init__(master)
         self._handlers: dict[str, tuple] = {}
 
-    def register(self, addon):
+    def register(self, addon: object) -> object:
         self._handlers.clear()
         return super().register(addon)
 
-    def remove(self, addon) -> None:
+    def remove(self, addon: object) -> None:
         self._handlers.clear()
         super().remove(addon)
 

@@ -15,8 +15,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from mitmproxy import options
 from mitmproxy.addons import errorcheck, next_layer, proxyserver
@@ -32,6 +33,8 @@ log = logging.getLogger("hubproxy")
 # The reverse target is a placeholder: the router sets every flow's upstream address itself.
 PLACEHOLDER_TARGET = "http://127.0.0.1:1"
 
+T = TypeVar("T")
+
 
 class ReusePortLoop(asyncio.SelectorEventLoop):
     """An event loop whose listening sockets on ``port`` get ``SO_REUSEPORT``, so several
@@ -41,13 +44,19 @@ class ReusePortLoop(asyncio.SelectorEventLoop):
         super().__init__()
         self.reuse_port = port
 
-    async def create_server(self, protocol_factory, host=None, port=None, **kwargs):
+    async def create_server(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        host: str | Sequence[str] | None = None,
+        port: int | None = None,
+        **kwargs: Any,
+    ) -> asyncio.Server:
         if port == self.reuse_port:
             kwargs["reuse_port"] = True
         return await super().create_server(protocol_factory, host, port, **kwargs)
 
 
-def run_loop(main: Coroutine, reuse_port: int | None = None):
+def run_loop(main: Coroutine[Any, Any, T], reuse_port: int | None = None) -> T:
     """``asyncio.run(main)``, on a ``ReusePortLoop`` for port ``reuse_port`` when given."""
     if reuse_port is None:
         return asyncio.run(main)
@@ -106,7 +115,7 @@ async def run_master(master: Master) -> None:
         loop = asyncio.get_running_loop()
         previous = loop.get_exception_handler()
 
-        def quiet_cancellations(loop, context) -> None:
+        def quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
             if isinstance(context.get("exception"), asyncio.CancelledError):
                 return
             if previous is not None:
@@ -139,7 +148,7 @@ async def serve(
     if stop_when is not None:
         # Runs in the control thread; shutdown() is thread-safe. After serve() returns the loop is
         # closed, and a late callback (the hub's own stop cancelling Hub.run) has nothing to do.
-        def control_plane_ended(_) -> None:
+        def control_plane_ended(_: Future[object]) -> None:
             with contextlib.suppress(RuntimeError):
                 master.shutdown()
 

@@ -6,6 +6,9 @@ API tests; the prose reference is docs/api.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from hubcontrol import STATES
 
 _NULLABLE_INT = {"type": ["integer", "null"]}
@@ -93,7 +96,9 @@ _ACTION_RESULT = {
 }
 
 
-def _action(summary: str, code: str = "200", params=()) -> dict:
+def _action(
+    summary: str, code: str = "200", params: Iterable[dict[str, Any]] = ()
+) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,

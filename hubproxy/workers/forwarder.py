@@ -9,6 +9,7 @@ are created and ended in one process only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from mitmproxy import exceptions, http
 
@@ -27,7 +28,7 @@ LOCAL_ENDPOINTS = frozenset({"api/progress"})
 class Forwarder:
     """A worker's first addon: ``/_hub/`` requests go to worker 0, everything else stays here."""
 
-    def __init__(self, port: int, token: str, on_running=None) -> None:
+    def __init__(self, port: int, token: str, on_running: Callable[[], None] | None = None) -> None:
         self.port = port
         self.token = token
         self.on_running = on_running

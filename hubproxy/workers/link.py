@@ -118,7 +118,7 @@ def backoff(failures: int) -> float:
 MAX_SOCKET_PATH = 107  # bytes in a Unix socket path (sun_path, without the trailing NUL)
 
 
-def link_path(state_dir) -> str:
+def link_path(state_dir: str | os.PathLike[str]) -> str:
     """The link's socket in ``state_dir``; ValueError when the path is too long to bind."""
     path = os.path.join(os.fspath(state_dir), LINK_FILE)
     if len(os.fsencode(path)) > MAX_SOCKET_PATH:

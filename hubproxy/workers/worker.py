@@ -27,6 +27,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from hubcontrol import (
     DEFAULT_LABELS_FILE,
@@ -54,6 +56,10 @@ from hubproxy.workers.link import (
     samples_to_wire,
 )
 
+if TYPE_CHECKING:
+    from hubcontrol import HubConfig
+    from hubproxy.addons.metrics import ProxyMetrics
+
 log = logging.getLogger("hubproxy.worker")
 
 
@@ -65,7 +71,9 @@ class RemoteControlPlane:
     and ``act`` fails.
     """
 
-    def __init__(self, send, clock=time.time) -> None:
+    def __init__(
+        self, send: Callable[[dict[str, Any]], None], clock: Callable[[], float] = time.time
+    ) -> None:
         self._send = send
         self.clock = clock
         self.table = RouteTable()
@@ -130,7 +138,7 @@ class RemoteControlPlane:
 
     # -- fed by the link ---------------------------------------------------------------------------
 
-    def set_routes(self, rows) -> None:
+    def set_routes(self, rows: Iterable[Mapping[str, Any]]) -> None:
         self.table = routes_from_wire(rows)  # a reference swap, as in the Hub
 
     def set_progress(self, user: str, data: dict) -> None:
@@ -161,7 +169,7 @@ class RemoteControlPlane:
 class Worker:
     """One worker process: the link to worker 0 and the proxy."""
 
-    def __init__(self, config, index: int, link_path: str, secret: str) -> None:
+    def __init__(self, config: HubConfig, index: int, link_path: str, secret: str) -> None:
         self.config = config
         self.index = index
         self.link_path = link_path
@@ -234,7 +242,7 @@ class Worker:
                     self.handle(message)
                 except Exception:  # one bad message must not take the worker down
                     log.exception("hub: worker %d: handling %r failed", self.index, message["t"])
-        except Exception as e:  # noqa: BLE001 - whatever broke the link, the worker stops
+        except Exception as e:  # whatever broke the link, the worker stops
             log.error("hub: worker %d: link to worker 0 failed: %s", self.index, e)
         # the link ended (not cancelled by this worker's own stop): no worker 0, no worker
         self.control.unlinked()
@@ -262,7 +270,7 @@ class Worker:
         else:
             log.warning("hub: worker %d: unknown message %r from worker 0", self.index, kind)
 
-    async def _batches(self, metrics) -> None:
+    async def _batches(self, metrics: ProxyMetrics) -> None:
         while True:
             await asyncio.sleep(BATCH_INTERVAL)
             families = {

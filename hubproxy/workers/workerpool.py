@@ -32,8 +32,10 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Iterable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx
 
@@ -55,6 +57,11 @@ from hubproxy.workers.link import (
     worker_command,
 )
 from hubproxy.workers.workeringress import WorkerIngress
+
+if TYPE_CHECKING:
+    from hubcontrol import HubConfig
+    from hubproxy.auth.sessionstore import Session
+    from hubproxy.context import HubContext
 
 log = logging.getLogger("hubproxy.workers")
 
@@ -122,7 +129,7 @@ class WorkerPool:
 
     def __init__(
         self,
-        context,
+        context: HubContext,
         count: int,
         start_args: Sequence[str],
         *,
@@ -207,7 +214,7 @@ class WorkerPool:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def _spawn_task(self, coro, name: str) -> None:
+    def _spawn_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -223,7 +230,7 @@ class WorkerPool:
                 proc = await asyncio.create_subprocess_exec(
                     *command, stdin=asyncio.subprocess.DEVNULL, process_group=0
                 )
-            except Exception as e:  # noqa: BLE001 - e.g. out of memory or PIDs: try again later
+            except Exception as e:  # e.g. out of memory or PIDs: try again later
                 log.error("hub: cannot start worker %d: %s", index, e)
                 proc = None
             if proc is not None:
@@ -379,13 +386,13 @@ class WorkerPool:
 
         future.add_done_callback(finished)
 
-    def _merge_activity(self, stamps) -> None:
+    def _merge_activity(self, stamps: Iterable[Sequence[Any]]) -> None:  # from the wire (JSON)
         control = self.context.control
         for user, at, kind in stamps:
             if newer(float(at), control.activity(user)):
                 control.touch(str(user), str(kind))
 
-    def _sessions_changed(self, added, removed) -> None:
+    def _sessions_changed(self, added: Iterable[Session], removed: Iterable[str]) -> None:
         self._broadcast(
             {
                 "t": "sessions",
@@ -423,7 +430,11 @@ class WorkerPool:
 
 
 async def serve_with_workers(
-    context, config, start_args: Sequence[str], stop_when=None, listen_host: str = ""
+    context: HubContext,
+    config: HubConfig,
+    start_args: Sequence[str],
+    stop_when: Future[object] | None = None,
+    listen_host: str = "",
 ) -> None:
     """Worker 0: proxy on ``config.port`` and keep ``config.workers - 1`` workers running."""
     from hubproxy.server.master import serve

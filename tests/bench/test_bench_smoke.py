@@ -16,7 +16,7 @@ import pytest
 
 from bench.run import BEGIN, END, write_doc
 from bench.site import ROOT
-from tests.conftest import IN_CI
+from tests.support.ci import IN_CI
 
 CONTENDERS = ("direct", "nginx", "chp", "hub-start", "hub-mitmdump")
 

@@ -109,7 +109,7 @@ class HubSite:
         return args
 
     def start(self, timeout: float = 60) -> None:
-        log = open(self.root / f"hub-{self.domain}.log", "ab")  # noqa: SIM115 - closed in stop()
+        log = open(self.root / f"hub-{self.domain}.log", "ab")  # closed in stop()
         env = {**os.environ, "PATH": f"{CRIU_BIN}:{os.environ['PATH']}"}
         self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, env=env, cwd=self.root)
         self._log = log
@@ -169,7 +169,7 @@ class HubSite:
                 for row in hub.status():
                     try:
                         hub.destroy(row.user, remove_data=True)
-                    except Exception as e:  # noqa: BLE001 - destroy the others, report below
+                    except Exception as e:  # destroy the others, report below
                         errors.append(f"destroying {row.user}: {e!r}")
             gc.collect()
         left = leaks.leftovers(self.root, net_ids)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.hubprocess import CLIENT_SECRET, ROUTES, new_site
-from tests.support.browser import launch_chromium
+from tests.e2e.pages import login, wait_terminal
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 pytestmark = [
@@ -54,18 +54,6 @@ def world(tmp_path_factory):
             sites["localhost"].cleanup()
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch_chromium(p, "--host-resolver-rules=MAP *.example.test 127.0.0.1")
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 @contextlib.contextmanager
 def running(site):
     site.start()
@@ -79,20 +67,6 @@ def running(site):
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-
-
-def login(page, site, prefix: str, user: str, path: str = "/") -> None:
-    """Open ``prefix`` like a user would and sign in at the provider's form."""
-    page.goto(site.url(prefix, path))
-    page.wait_for_selector("input[name=login]", timeout=20_000)
-    page.fill("input[name=login]", user)
-    page.fill("input[name=password]", "any password")
-    page.click("button[type=submit]")
-
-
-def wait_terminal(page, timeout: float = 120_000) -> None:
-    """Wait through the progress page until ttyd's terminal is there."""
-    page.wait_for_selector(".xterm-rows", timeout=timeout)
 
 
 def type_and_read(page, command: str, expect: str) -> None:

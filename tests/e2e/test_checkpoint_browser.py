@@ -16,17 +16,23 @@ dump processes of another uid (hubcontrol.checkpoint.host_can_dump_other_users).
 from __future__ import annotations
 
 import json
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-from hubcontrol.checkpoint import IO_URING_SYSCTL
+from tests.e2e.checkpointing import (
+    IDLE_TIMEOUT,
+    CheckpointSite,
+    counter,
+    daemon_running,
+    record,
+    type_and_read,
+    wait_state,
+)
 from tests.e2e.hubprocess import CLIENT_SECRET, ROUTES, HubSite, labels_file, new_site
-from tests.support.browser import launch_chromium
+from tests.e2e.pages import login, wait_terminal
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 pytestmark = [
@@ -39,7 +45,6 @@ pytestmark = [
 ]
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "e2e"
-IDLE_TIMEOUT = 8  # seconds
 COMMAND = (
     "ttyd --writable -t rendererType=dom --port 7681 bash & "
     "exec python3 -m http.server 8080 --bind __SERVICE_IP__ --directory /workspace"
@@ -54,13 +59,6 @@ ARM = (
 )
 
 
-@dataclass
-class CheckpointSite(HubSite):
-    @property
-    def flags(self) -> dict:
-        return {**super().flags, "idle_timeout": f"{IDLE_TIMEOUT}s", "checkpoint": "true"}
-
-
 def labels(path: Path) -> Path:
     # root: CRIU here can only dump processes of root (no CAP_SYS_RESOURCE, docs/checkpoint.md)
     return labels_file(
@@ -72,24 +70,6 @@ def labels(path: Path) -> Path:
             'rediacc.hub.hook.checkpoint.post_restore: "echo restored >> /workspace/hooks.log"',
         ),
     )
-
-
-@pytest.fixture(scope="module")
-def no_io_uring_in_containers():
-    """ttyd's libuv opens an io_uring, which CRIU cannot dump (UV_USE_IO_URING=0 does not stop
-    libuv 1.50's epoll ring). ``kernel.io_uring_disabled=1`` denies it to processes without
-    CAP_SYS_ADMIN, i.e. containers, which fall back to epoll; host processes are unaffected.
-    docs/checkpoint.md asks operators for the same setting."""
-    if not IO_URING_SYSCTL.exists():
-        yield
-        return
-    old = IO_URING_SYSCTL.read_text().strip()
-    if old == "0":
-        IO_URING_SYSCTL.write_text("1")
-    try:
-        yield
-    finally:
-        IO_URING_SYSCTL.write_text(old)
 
 
 @pytest.fixture(scope="module")
@@ -115,76 +95,9 @@ def site(tmp_path_factory, no_io_uring_in_containers):
             s.cleanup()
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-
-
-def login(page, site: HubSite, prefix: str, user: str) -> None:
-    page.goto(site.url(prefix))
-    page.wait_for_selector("input[name=login]", timeout=20_000)
-    page.fill("input[name=login]", user)
-    page.fill("input[name=password]", "any password")
-    page.click("button[type=submit]")
-
-
-def type_and_read(page, command: str, expect: str, timeout: float = 20_000) -> None:
-    page.click(".xterm")
-    page.keyboard.type(command + "\n", delay=5)
-    page.wait_for_function(
-        "t => document.querySelector('.xterm-rows').innerText.includes(t)",
-        arg=expect,
-        timeout=timeout,
-    )
-
-
-def record(site: HubSite, user: str) -> dict:
-    path = site.root / "state" / "users" / f"{user}.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def wait_state(site: HubSite, user: str, state: str, timeout: float = 90) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        rec = record(site, user)
-        if rec.get("state") == state:
-            return rec
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{user} is {rec.get('state')}, not {state}:\n{site.read_log()[-3000:]}"
-            )
-        time.sleep(0.25)
-
-
-def daemon_running(site: HubSite, user: str) -> bool:
-    data_root = str(site.root / "workspaces" / f"{user}-docker")
-    for pid in os.listdir("/proc"):
-        if pid.isdecimal():
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"dockerd") and data_root.encode() in b" ".join(argv):
-                return True
-    return False
-
-
-def counter(site: HubSite, user: str) -> int:
-    text = (site.root / "workspaces" / user / "counter").read_text().strip()
-    return int(text or 0)
 
 
 def api_status(context, site: HubSite) -> list[dict]:
@@ -205,7 +118,7 @@ def test_terminal_session_survives_checkpoint_and_restore(site, chromium):
     sockets = []
     page.on("websocket", lambda ws: sockets.append(ws))
     login(page, site, "term", USER)
-    page.wait_for_selector(".xterm-rows", timeout=120_000)
+    wait_terminal(page)
     type_and_read(
         page,
         "HUBVAR=kept$((6*7)); (i=0; while :; do i=$((i+1)); echo $i > /workspace/counter; "

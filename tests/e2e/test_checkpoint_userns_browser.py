@@ -21,18 +21,16 @@ from pathlib import Path
 import pytest
 
 from hubcontrol import userns
-from tests.e2e.hubprocess import CLIENT_SECRET, ROUTES, labels_file, new_site
-from tests.e2e.test_checkpoint_browser import (
+from tests.e2e.checkpointing import (
     IDLE_TIMEOUT,
     CheckpointSite,
-    chromium,  # noqa: F401 - a fixture
     counter,
     daemon_running,
-    login,
-    no_io_uring_in_containers,  # noqa: F401 - a fixture
     type_and_read,
     wait_state,
 )
+from tests.e2e.hubprocess import CLIENT_SECRET, ROUTES, labels_file, new_site
+from tests.e2e.pages import login
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 pytestmark = [
@@ -55,7 +53,7 @@ class RemapSite(CheckpointSite):
 
 
 @pytest.fixture(scope="module")
-def site(no_io_uring_in_containers):  # noqa: F811 - the imported fixture
+def site(no_io_uring_in_containers):
     # dockerd refuses a data-root below a directory the remapped root cannot search, and
     # pytest's tmp dirs are 0700: a root of our own, passable, removed after
     root = Path(tempfile.mkdtemp(prefix="hub-e2e-uns-", dir="/tmp"))
@@ -105,7 +103,7 @@ def host_uids_of_ttyd(site) -> set[int]:
 
 def test_a_uid_1000_terminal_survives_checkpoint_and_restore_under_userns_remap(
     site,
-    chromium,  # noqa: F811 - the imported fixture
+    chromium,
 ):
     context = chromium.new_context()
     page = context.new_page()

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.e2e.hubprocess import CLIENT_SECRET, COMMAND, ENV_IMAGE, ROOT, ROUTES, new_site
-from tests.e2e.test_browser import chromium, login, wait_terminal  # noqa: F401 - fixture
+from tests.e2e.pages import login, wait_terminal
 from tests.support.images import import_busybox
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
@@ -119,7 +119,7 @@ def wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_dashboard_for_a_user_and_an_admin(site, chromium):  # noqa: F811 - fixture
+def test_dashboard_for_a_user_and_an_admin(site, chromium):
     ben = chromium.new_context(viewport=LAPTOP)
     term = ben.new_page()
     login(term, site, "term", USER)

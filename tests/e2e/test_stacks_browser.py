@@ -34,8 +34,8 @@ from pathlib import Path
 import docker
 import pytest
 
+from tests.e2e import pages
 from tests.e2e.hubprocess import CLIENT_SECRET, HubSite, new_site
-from tests.support.browser import launch_chromium
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 pytestmark = [
@@ -136,18 +136,6 @@ def site(tmp_path_factory):
             s.cleanup()
 
 
-@pytest.fixture(scope="module")
-def chromium():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 def shot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"stacks-{name}.png"))
@@ -155,12 +143,7 @@ def shot(page, name: str) -> None:
 
 def login(page, site: HubSite, prefix: str, user: str, template: str) -> None:
     """Pick ``template`` at login, the seed's way; the provider's form the first time only."""
-    page.goto(site.url(prefix, f"/_hub/login?template={template}"))
-    page.wait_for_load_state()
-    if page.locator("input[name=login]").count():
-        page.fill("input[name=login]", user)
-        page.fill("input[name=password]", "any password")
-        page.click("button[type=submit]")
+    pages.login(page, site, prefix, user, f"/_hub/login?template={template}", if_asked=True)
 
 
 def record(site: HubSite, user: str) -> dict:

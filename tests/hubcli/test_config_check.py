@@ -476,7 +476,7 @@ def test_shells_are_shown_and_bash_only_commands_warned(app: typer.Typer, tmp_pa
     """Each template's shell is read from its image in the host daemon (never pulled): bash in
     the environment image, sh in a busybox image, where bash syntax is warned about; an image the
     daemon lacks gets the general warning that the shell is chosen at start."""
-    from tests.hubcontrol._hubcore import host_test_image
+    from tests.support.hubcore import host_test_image
 
     with host_test_image() as busybox:
         labels = tmp_path / "hub.labels.yaml"

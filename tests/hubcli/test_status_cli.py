@@ -1,5 +1,5 @@
 """``hub status`` and ``hub stop`` against a running hub (the real proxy and Hub of
-tests/hubproxy/statussite.py), and every way they can fail: no hub, no token, a wrong token, an
+tests/support/statussite.py), and every way they can fail: no hub, no token, a wrong token, an
 unknown user. The comparison with docker's own numbers is in tests/e2e/test_dashboard_browser.py.
 """
 
@@ -25,8 +25,8 @@ from hubcli.exitcodes import EXIT_AUTH, EXIT_NO_HUB, EXIT_NO_USER
 from hubcli.hubclient import user_segment
 from hubcontrol.names import safe_name
 from hubproxy.addons.adminapi import TOKEN_FILE
-from tests.hubproxy.statussite import ADMIN, seeded_site
 from tests.support.oidc_provider import free_port
+from tests.support.statussite import ADMIN, seeded_site
 
 runner = CliRunner()
 
@@ -186,7 +186,7 @@ def test_a_bounded_disk_walk_shows_as_at_least(tmp_path):
     import time
 
     from hubcontrol import du
-    from tests.hubcontrol.test_stats import tmpfs
+    from tests.support.tmpfs import tmpfs
 
     with tmpfs(tmp_path / "ws" / "alice") as workspace:
         for d in range(du.WALK_MAX_ENTRIES // 1000 + 20):

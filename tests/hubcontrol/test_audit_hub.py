@@ -17,8 +17,7 @@ import docker
 import pytest
 
 from hubcontrol.embed import embedded
-from tests.hubcontrol._hubcore import host_test_image, make_config, unique_user
-from tests.hubcontrol.test_audit_stream import registry  # noqa: F401 - a fixture
+from tests.support.hubcore import host_test_image, make_config, unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 
@@ -108,7 +107,7 @@ class Terminal:
 )
 def test_audit_through_the_hub_across_daemon_restart_and_hub_restart(
     tmp_path,
-    registry,  # noqa: F811
+    registry,
     template_fields,
 ):
     with host_test_image() as image:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hubcontrol.auditlog import AuditLog, follow, read_records
-from tests.conftest import IN_CI
+from tests.support.ci import IN_CI
 
 
 def rec(writer: int, seq: int, pad: int = 0) -> dict:

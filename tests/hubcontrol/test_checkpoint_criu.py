@@ -26,6 +26,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from hubcontrol import mounts
 from hubcontrol.checkpoint import (
     FINGERPRINT_FILE,
     CheckpointTarget,
@@ -178,9 +179,7 @@ def _ping(path: Path) -> bool:
 
 
 def _unmount_under(path: Path) -> None:
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split()[4] for line in f]
-    for m in sorted((m for m in mounts if m.startswith(str(path))), key=len, reverse=True):
+    for m in mounts.mounts_under(path):
         subprocess.run(["umount", "-l", m], capture_output=True)
 
 

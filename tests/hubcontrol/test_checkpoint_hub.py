@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hubcontrol.embed import embedded
-from tests.hubcontrol._hubcore import COMMAND, host_test_image, make_config, unique_user
+from tests.support.hubcore import COMMAND, host_test_image, make_config, unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.criu, pytest.mark.timeout(240)]
 

@@ -79,14 +79,14 @@ def test_subclasses_do_not_replace_registered_checkpointers(tmp_path: Path) -> N
     assert type(make_checkpointer("criu", tmp_path)) is CriuCheckpointer
     with pytest.raises(TypeError, match="name 'criu' is taken by CriuCheckpointer"):
 
-        class Impostor(CriuCheckpointer):  # noqa: F841
+        class Impostor(CriuCheckpointer):
             name = "criu"
 
 
 def test_subclass_without_name_is_refused() -> None:
     with pytest.raises(TypeError, match="must set a class attribute `name`"):
 
-        class Nameless(Checkpointer):  # noqa: F841
+        class Nameless(Checkpointer):
             async def checkpoint(self, target): ...
 
             async def restore(self, target): ...

@@ -12,7 +12,7 @@ from hubcontrol import environment as envs
 from hubcontrol import images, network
 from hubcontrol.config import Template
 from hubcontrol.errors import EnvironmentError_, ImageError
-from tests.hubcontrol._hubcore import host_test_image, user_daemon
+from tests.support.hubcore import host_test_image, user_daemon
 
 NET = network.user_network(32832, "10.208.0.0/12")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from hubcontrol import gc
+from hubcontrol import gc, mounts
 from hubcontrol.gc import Action, HostProbe
 from hubcontrol.supervisor import DaemonSpec
 from hubcontrol.supervisor.systemd import SystemdSupervisor
@@ -110,7 +110,7 @@ def dockerd_on(root: Path, exec_root: Path):
 
 
 def _unmount_all(path: Path) -> None:
-    for m in gc.mounts_under(path):
+    for m in mounts.mounts_under(path):
         subprocess.run(["umount", "-l", m], capture_output=True)
 
 
@@ -171,13 +171,13 @@ def test_running_then_crashed_then_collected(host):
     # What a crashed daemon leaves mounted (BRIEF): the data-root self-bind (measured here: the
     # SIGKILL above leaves it) and, once it ran containers, netns/default; make sure of both.
     data = root / ".rediacc/docker/data"
-    if not gc.mounts_under(data):
+    if not mounts.mounts_under(data):
         _sh("mount", "--bind", str(data), str(data))
     (exec_root / "netns").mkdir(exist_ok=True)
     (exec_root / "netns/default").touch()
-    if not gc.mounts_under(exec_root / "netns"):
+    if not mounts.mounts_under(exec_root / "netns"):
         _sh("mount", "--bind", "/proc/self/ns/net", str(exec_root / "netns/default"))
-    assert gc.mounts_under(root) and gc.mounts_under(exec_root)
+    assert mounts.mounts_under(root) and mounts.mounts_under(exec_root)
     age(root, 90)
 
     plan = gc.plan_gc(ws, max_age=30 * DAY, probe=probe)
@@ -187,7 +187,7 @@ def test_running_then_crashed_then_collected(host):
     assert entry_for(done, root).outcome.startswith("removed"), entry_for(done, root).outcome
     assert "claim released" in entry_for(done, root).outcome
     assert not root.exists() and not exec_root.exists()
-    assert not gc.mounts_under(ws) and not gc.mounts_under(probe.exec_base)
+    assert not mounts.mounts_under(ws) and not mounts.mounts_under(probe.exec_base)
     assert not (probe.claims_dir / str(net_id)).exists()
     assert (ws / "carol/work.txt").read_text() == "the user's work"
 

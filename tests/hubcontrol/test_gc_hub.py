@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from hubcontrol import gc, network
+from hubcontrol import gc, mounts, network
 from hubcontrol.embed import embedded
 from hubcontrol.gc import Action, HostProbe
 from hubcontrol.netids import DEFAULT_REGISTRY
-from tests.hubcontrol._hubcore import host_test_image, make_config, unique_user
+from tests.support.hubcore import host_test_image, make_config, unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 DAY = 86400.0
@@ -52,7 +52,7 @@ def test_gc_keeps_running_users_and_collects_stopped_ones(tmp_path: Path):
             assert not root.exists()
             assert not (DEFAULT_REGISTRY / str(env.net_id)).exists()
             assert not network.link_exists(f"rdh{env.net_id}")
-            assert not gc.mounts_under(root) and not gc.mounts_under(
+            assert not mounts.mounts_under(root) and not mounts.mounts_under(
                 Path(f"/run/rediacc/hub/{env.net_id}")
             )
             assert (ws / user / "notes.txt").read_text() == "mine"

@@ -24,7 +24,7 @@ from hubcontrol.embed import embedded
 from hubcontrol.errors import EnvironmentError_, HookError
 from hubcontrol.hub import Hub
 from hubcontrol.netids import NetIdRegistry, read_marker
-from tests.hubcontrol._hubcore import host_test_image, make_config, unique_user
+from tests.support.hubcore import host_test_image, make_config, running_hub, unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 
@@ -33,19 +33,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 def image():
     with host_test_image() as ref:
         yield ref
-
-
-@contextlib.contextmanager
-def running_hub(tmp_path: Path, image: str, **template_fields):
-    """A Hub in a background loop; every user it touched is destroyed with its data afterwards."""
-    config = make_config(tmp_path, image, **template_fields)
-    with embedded(config, ready_timeout=20) as hub:
-        try:
-            yield hub
-        finally:
-            for row in hub.status():
-                with contextlib.suppress(Exception):
-                    hub.destroy(row.user, remove_data=True)
 
 
 _clients: list[docker.DockerClient] = []

@@ -17,7 +17,7 @@ import pytest
 
 from hubcontrol.checkpoint import CheckpointHealth
 from hubcontrol.embed import embedded
-from tests.hubcontrol._hubcore import host_test_image, make_config, unique_user
+from tests.support.hubcore import host_test_image, make_config, unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.criu, pytest.mark.timeout(240)]
 

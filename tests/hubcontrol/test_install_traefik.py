@@ -130,7 +130,7 @@ def test_traefik_loads_rendered_routes(tmp_path: Path, fixture: str, service: st
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):  # http.server's naming
         body = f"{self.headers.get('Host')}|{self.headers.get('X-Hub-Env')}".encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))

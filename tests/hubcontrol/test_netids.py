@@ -19,7 +19,7 @@ from hubcontrol.netids import (
 )
 
 
-def IDLE(net_id: int) -> bool:  # noqa: N802 - a constant-like stand-in
+def IDLE(net_id: int) -> bool:  # a constant-like stand-in
     """These registries live in temp dirs: whether this host's daemons use an ID is irrelevant."""
     return False
 

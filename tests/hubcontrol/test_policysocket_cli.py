@@ -14,38 +14,31 @@ from pathlib import Path
 import pytest
 
 from hubcontrol import policysockets
+from hubcontrol.mounts import mountinfo
 from hubcontrol.policysocket import pins
-from tests.conftest import IN_CI
-from tests.security.policysocket import policy_socket
+from tests.support.ci import IN_CI
 from tests.support.dockerd import scratch_dockerd
 from tests.support.images import import_busybox
+from tests.support.policysocket import policy_socket
 
 pytestmark = [
     pytest.mark.docker,
 ]
 IMG = "hub-test/busybox:latest"
+DAEMON_INDEX = 20  # its bridge hubt20, apart from the other modules' daemons
 
 
 @pytest.fixture(scope="module")
-def daemon():
-    with scratch_dockerd(20) as d:
-        d.api = d.client()
-        import_busybox(d.api)
-        yield d
-        d.api.close()
-
-
-@pytest.fixture(scope="module")
-def sock(daemon):
-    with policy_socket(daemon, user_networks=("10.251.20.0/24",)) as s:
+def sock(busybox_daemon):
+    with policy_socket(busybox_daemon, user_networks=("10.251.20.0/24",)) as s:
         (s.workspace / "proj").mkdir()
         yield s
 
 
 @pytest.fixture(scope="module")
-def env_container(daemon, sock):
+def env_container(busybox_daemon, sock):
     """A stand-in for the user's environment container: carries the hub's labels."""
-    c = daemon.api.containers.run(
+    c = busybox_daemon.api.containers.run(
         IMG,
         ["sleep", "3600"],
         name="hub-env",
@@ -61,8 +54,8 @@ def docker(sock, *args, timeout=60, **kw):
     )
 
 
-def state(daemon):
-    c = daemon.api
+def state(busybox_daemon):
+    c = busybox_daemon.api
     return (
         sorted(x.id for x in c.containers.list(all=True)),
         sorted(x.id for x in c.networks.list()),
@@ -139,7 +132,7 @@ REFUSED = [
 
 @pytest.mark.parametrize(("args", "expected"), REFUSED, ids=[" ".join(a[:3]) for a, _ in REFUSED])
 def test_refused_with_a_clear_error_and_nothing_left_behind(
-    daemon, sock, env_container, args, expected, tmp_path
+    busybox_daemon, sock, env_container, args, expected, tmp_path
 ):
     link = sock.workspace / "escape"
     if not link.is_symlink():
@@ -147,11 +140,11 @@ def test_refused_with_a_clear_error_and_nothing_left_behind(
     if args[0] == "build":
         (tmp_path / "Dockerfile").write_text(f"FROM {IMG}\nRUN true\n")
         args = [*args[:-1], str(tmp_path)]
-    before = state(daemon)
+    before = state(busybox_daemon)
     r = docker(sock, *args)
     assert r.returncode != 0, r.stdout
     assert "hub policy refused" in r.stderr and expected in r.stderr, r.stderr
-    assert state(daemon) == before
+    assert state(busybox_daemon) == before
     assert env_container.reload() is None and env_container.status == "running"
 
 
@@ -176,7 +169,7 @@ def test_run_with_workspace_bind_writes_into_the_workspace(sock):
     assert r.stdout == "hi\n", r.stderr
 
 
-def test_symlink_swapped_in_after_create_does_not_escape(daemon, sock):
+def test_symlink_swapped_in_after_create_does_not_escape(busybox_daemon, sock):
     """The classic race: bind a real directory, then replace it with a symlink to / before start.
     The bind is rewritten to the nosymfollow view, so the daemon's mount fails instead."""
     target = sock.workspace / "swap"
@@ -245,7 +238,7 @@ def test_symlinks_inside_a_bind_work(sock, how):
     assert ("ro" in options) == any(h.endswith((":ro", ",readonly")) for h in how)
 
 
-def test_compose_binds_are_pinned_too(daemon, sock):
+def test_compose_binds_are_pinned_too(busybox_daemon, sock):
     """docker-compose sends relative binds as host paths; they get pins like -v does."""
     if shutil.which("docker-compose") is None:
         pytest.fail("needs Debian's docker-compose 1.29 (apt-get install docker-compose)")
@@ -281,7 +274,7 @@ def swap_for_root_symlink(path):
     path.symlink_to("/")
 
 
-def test_swap_between_create_and_a_start_by_the_daemon_does_not_escape(daemon, sock):
+def test_swap_between_create_and_a_start_by_the_daemon_does_not_escape(busybox_daemon, sock):
     """A start the daemon makes on its own (restart policy, daemon restart) never asks the
     policy socket: it binds the pin, the directory that was checked (here renamed away), never
     what the symlink now in its place points to."""
@@ -304,9 +297,11 @@ def test_swap_between_create_and_a_start_by_the_daemon_does_not_escape(daemon, s
     try:
         target.rename(sock.workspace / "swap-daemon.old")
         target.symlink_to("/")
-        daemon.api.api.start("swap-daemon")  # straight to the daemon, as a restart policy does
-        assert daemon.api.api.wait("swap-daemon")["StatusCode"] != 0
-        logs = daemon.api.api.logs("swap-daemon").decode()
+        busybox_daemon.api.api.start(
+            "swap-daemon"
+        )  # straight to the daemon, as a restart policy does
+        assert busybox_daemon.api.api.wait("swap-daemon")["StatusCode"] != 0
+        logs = busybox_daemon.api.api.logs("swap-daemon").decode()
         assert "marker\n" in logs and "No such file" in logs  # stdout, stderr: any order
     finally:
         docker(sock, "rm", "-f", "swap-daemon")
@@ -314,7 +309,7 @@ def test_swap_between_create_and_a_start_by_the_daemon_does_not_escape(daemon, s
         shutil.rmtree(sock.workspace / "swap-daemon.old")
 
 
-def test_swap_between_stop_and_restart_does_not_escape(daemon, sock):
+def test_swap_between_stop_and_restart_does_not_escape(busybox_daemon, sock):
     """Stopped, swapped, started again: through the socket the pin is made again by its path,
     which now holds a symlink, so the start is refused with why; by the daemon itself, the old
     pin shows what was checked."""
@@ -341,7 +336,7 @@ def test_swap_between_stop_and_restart_does_not_escape(daemon, sock):
         assert "/tmp" not in r.stderr  # the host's layout stays hidden
         # that pin is gone now: a start by the daemon fails instead of binding anything else
         with pytest.raises(Exception, match="bind source path does not exist"):
-            daemon.api.api.start("swap-restart")
+            busybox_daemon.api.api.start("swap-restart")
         r = docker(sock, "restart", "swap-restart")
         assert r.returncode != 0 and "no longer a directory" in r.stderr
     finally:
@@ -349,7 +344,7 @@ def test_swap_between_stop_and_restart_does_not_escape(daemon, sock):
         target.unlink()
 
 
-def test_a_start_through_the_socket_binds_the_path_as_it_is_now(daemon, sock):
+def test_a_start_through_the_socket_binds_the_path_as_it_is_now(busybox_daemon, sock):
     """Like a plain bind: a directory replaced by another real directory between two starts is
     seen as it is at the second start (checked again), not the deleted one."""
     target = sock.workspace / "replaced"
@@ -371,7 +366,7 @@ def test_a_start_through_the_socket_binds_the_path_as_it_is_now(daemon, sock):
         shutil.rmtree(target)
 
 
-def test_pins_of_removed_containers_are_collected(daemon, sock):
+def test_pins_of_removed_containers_are_collected(busybox_daemon, sock):
     """A pin lives while a container binds it; removing the container removes its pin."""
     pins_dir = Path(pins.default_binds_dir(sock.args.listen))
     (sock.workspace / "collected").mkdir(exist_ok=True)
@@ -398,7 +393,7 @@ def test_pins_of_removed_containers_are_collected(daemon, sock):
     # itself, leave theirs to this collection). It runs once the answer is sent: wait for it.
     referenced = {
         m["Source"].rsplit("/", 1)[1]
-        for c in daemon.api.api.containers(all=True)
+        for c in busybox_daemon.api.api.containers(all=True)
         for m in c["Mounts"]
         if m["Source"].startswith(str(pins_dir) + "/")
     }
@@ -407,16 +402,11 @@ def test_pins_of_removed_containers_are_collected(daemon, sock):
         assert time.monotonic() < deadline, (left, referenced)
         time.sleep(0.1)
     assert not made & left
-    pinned = [m for m in sp_mounts() if m.startswith(f"{pins_dir}/.mnt/")]
+    pinned = [m for m in mountinfo() if m.mount_point.startswith(f"{pins_dir}/.mnt/")]
     assert len(pinned) == len(referenced)
 
 
-def sp_mounts():
-    with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f]
-
-
-def test_nested_docker_socket_is_the_policy_socket(daemon, sock):
+def test_nested_docker_socket_is_the_policy_socket(busybox_daemon, sock):
     r = docker(
         sock,
         "create",
@@ -429,7 +419,7 @@ def test_nested_docker_socket_is_the_policy_socket(daemon, sock):
     )
     assert r.returncode == 0, r.stderr
     try:
-        mounts = daemon.api.api.inspect_container("nested")["Mounts"]
+        mounts = busybox_daemon.api.api.inspect_container("nested")["Mounts"]
         assert [m["Source"] for m in mounts] == [str(sock.socket)]
     finally:
         docker(sock, "rm", "nested")

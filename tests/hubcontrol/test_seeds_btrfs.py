@@ -24,14 +24,14 @@ import pytest
 from hubcontrol import gc, seeds, storage
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.embed import embedded
-from tests.hubcontrol._hubcore import (
+from tests.support.btrfs import btrfs_loop, build, exclusive_bytes, large_image
+from tests.support.hubcore import (
     COMMAND,
     HOST_SOCKET,
     ROUTES,
     host_test_image,
     unique_user,
 )
-from tests.support.btrfs import btrfs_loop, build, exclusive_bytes, large_image
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 

@@ -6,6 +6,7 @@ import anyio
 import pytest
 
 from hubcontrol.audit import AuditManager
+from hubcontrol.checkpoint import after_failure
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.hub import Hub
 from hubcontrol.idle import IdleCuller
@@ -72,3 +73,18 @@ def test_the_sampler_reads_rows_that_never_read_the_sampler(config):
     assert [r.user for r in anyio.run(hub.status_rows)] == ["alice"]
     with pytest.raises(AssertionError, match="status_rows read the sampler"):
         anyio.run(hub.status)
+
+
+def test_checkpoint_health_has_one_store_the_checkpointer_writes_and_the_sampler_reads(config):
+    """What the checkpointer records about a user (three failures: checkpointing disabled) is
+    what the sampler's view, and so `hub status` and the dashboard, shows: one store, one lock."""
+    hub = Hub(config, checkpointer="recreate")
+    assert hub.checkpoint_health is hub.checkpointer.store
+    hub.update_record("alice", user="alice")
+    for _ in range(3):
+        hub.checkpointer.store.update("alice", lambda h: after_failure(h, "dump failed", 5.0))
+    view = anyio.run(hub.stats.refresh)
+    assert view.checkpoints["alice"].disabled and view.checkpoints["alice"].failures == 3
+    # without a checkpointer the files are still read, from the same directory
+    bare = Hub(config, checkpointer=None)
+    assert bare.checkpoint_health.get("alice").disabled

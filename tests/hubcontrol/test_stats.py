@@ -20,6 +20,7 @@ from hubcontrol.stats import Counter, Gauge, Histogram, Lifecycle, UserStats, sa
 from hubcontrol.storage import UserPaths
 from tests.support.dockerd import scratch_dockerd
 from tests.support.images import import_busybox
+from tests.support.tmpfs import tmpfs
 
 DAEMON_INDEX = 57
 
@@ -222,8 +223,7 @@ def test_user_stats_disk_is_none_when_never_sampled():
 def test_a_real_spawn_checkpoint_and_restore_are_counted_and_sampled(tmp_path):
     """The real Hub (per-user dockerd, CRIU) through a start, an idle-style checkpoint and a
     restore: the lifecycle counters and the sampled numbers follow."""
-    from tests.hubcontrol._hubcore import host_test_image, unique_user
-    from tests.hubcontrol.test_hub import running_hub
+    from tests.support.hubcore import host_test_image, running_hub, unique_user
 
     user = unique_user("stats")
     with (
@@ -326,20 +326,6 @@ def test_a_walk_counts_hard_links_once_and_never_follows_symlinks(tmp_path):
     (tmp_path / "up").symlink_to("/usr")
     usage = du.walk(tmp_path)
     assert 200_000 <= usage.bytes < 300_000 and not usage.partial
-
-
-@contextlib.contextmanager
-def tmpfs(path):
-    """A tmpfs at ``path``: 150,000 files are made there in about a second."""
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256m,nr_inodes=400000", "tmpfs", str(path)],
-        check=True,
-    )
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=True)
 
 
 @pytest.mark.timeout(120)

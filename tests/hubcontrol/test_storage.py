@@ -10,7 +10,7 @@ import pytest
 
 from hubcontrol import storage
 from hubcontrol.embed import embedded
-from tests.hubcontrol._hubcore import host_test_image, make_config, unique_user
+from tests.support.hubcore import host_test_image, make_config, unique_user
 
 
 def test_user_paths_follow_the_seed():

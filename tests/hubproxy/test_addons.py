@@ -13,7 +13,7 @@ from hubproxy.auth import cookies
 from hubproxy.auth.csrf import csrf_token
 from hubproxy.auth.oauthstate import state_cookie_name
 from hubproxy.context import SESSION, USER
-from tests.hubproxy.support import (
+from tests.support.proxyfakes import (
     NOW,
     FakeControl,
     flow,

@@ -18,7 +18,7 @@ import pytest
 from hubproxy.addons.adminapi import TOKEN_FILE
 from hubproxy.auth.csrf import csrf_token
 from hubproxy.web.openapi import ENTRY
-from tests.hubproxy.statussite import ADMIN, DOMAIN, admin_token, seeded_site, session_for
+from tests.support.statussite import ADMIN, DOMAIN, admin_token, seeded_site, session_for
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from hubcontrol.errors import UsernameError
 from hubcontrol.names import safe_name
 from hubproxy.auth import identity
-from tests.hubproxy.support import make_config
+from tests.support.proxyfakes import make_config
 
 # Names that str.strip() would turn into "alice", and names with line separators inside.
 PADDED = [

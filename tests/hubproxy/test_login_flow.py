@@ -1,6 +1,6 @@
 """Login, routing, WebSockets and logout through the real proxy (lean mitmproxy master), against
 the real npm ``oidc-provider`` and PyPI ``oidc-provider-mock``, with echo servers standing in for
-environments (``harness.StubHub``; the real Hub is covered by tests/e2e)."""
+environments (``proxyharness.StubHub``; the real Hub is covered by tests/e2e)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ import pytest
 from hubcontrol.config import OAuthConfig, Template
 from hubcontrol.names import safe_name
 from hubproxy.addons.websocketrelay import Relay
-from tests.hubproxy.harness import (
+from tests.support.echoenv import echo_environment
+from tests.support.oidc_provider import free_port, npm_oidc_provider
+from tests.support.proxyfakes import make_config
+from tests.support.proxyharness import (
     StubHub,
     browser,
     logout,
@@ -27,9 +30,6 @@ from tests.hubproxy.harness import (
     ws_handshake,
     ws_roundtrip,
 )
-from tests.hubproxy.support import make_config
-from tests.support.echoenv import echo_environment
-from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 DOMAIN = "example.test"
 ALICE_IP, BOB_IP = "127.0.0.2", "127.0.0.3"
@@ -72,6 +72,12 @@ def callbacks(port):
     return [f"http://{p}.{DOMAIN}:{port}/_hub/oauth/callback" for p in ("term", "code")]
 
 
+def hub_provider(port: int, **provider):
+    """The npm oidc-provider with the hub as its client, called back on both prefixes."""
+    client = {"client_id": "hub", "client_secret": "hub-secret", "redirect_uris": callbacks(port)}
+    return npm_oidc_provider([client], **provider)
+
+
 def started(hub, timeout: float = 5.0) -> list:
     """The hub's start calls, once there is one: the router hands the start to the control
     thread, which may run it a moment after the browser already has its answer."""
@@ -88,15 +94,7 @@ def proxy_port():
 
 @pytest.mark.oidc
 def test_login_lands_in_own_environment_with_domain_cookie(tmp_path, envs, proxy_port):
-    with npm_oidc_provider(
-        [
-            {
-                "client_id": "hub",
-                "client_secret": "hub-secret",
-                "redirect_uris": callbacks(proxy_port),
-            }
-        ]
-    ) as issuer:
+    with hub_provider(proxy_port) as issuer:
         hub = StubHub([ALICE_IP, BOB_IP], envs)
         with running_proxy(hub_config(tmp_path, envs, issuer), hub, proxy_port):
             term = f"http://term.{DOMAIN}:{proxy_port}"
@@ -132,15 +130,7 @@ def test_login_lands_in_own_environment_with_domain_cookie(tmp_path, envs, proxy
 
 @pytest.mark.oidc
 def test_two_users_each_reach_only_their_own(tmp_path, envs, proxy_port):
-    with npm_oidc_provider(
-        [
-            {
-                "client_id": "hub",
-                "client_secret": "hub-secret",
-                "redirect_uris": callbacks(proxy_port),
-            }
-        ]
-    ) as issuer:
+    with hub_provider(proxy_port) as issuer:
         hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
         with running_proxy(hub_config(tmp_path, envs, issuer), hub, proxy_port):
             term = f"http://term.{DOMAIN}:{proxy_port}"
@@ -163,15 +153,8 @@ def test_two_users_each_reach_only_their_own(tmp_path, envs, proxy_port):
 
 @pytest.mark.oidc
 def test_user_outside_allowed_groups_gets_403(tmp_path, envs, proxy_port):
-    with npm_oidc_provider(
-        [
-            {
-                "client_id": "hub",
-                "client_secret": "hub-secret",
-                "redirect_uris": callbacks(proxy_port),
-            }
-        ],
-        groups={"alice": ["dev", "staff"], "mallory": ["guests"]},
+    with hub_provider(
+        proxy_port, groups={"alice": ["dev", "staff"], "mallory": ["guests"]}
     ) as issuer:
         config = hub_config(tmp_path, envs, issuer, allowed_groups=frozenset({"dev"}))
         hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
@@ -193,15 +176,7 @@ def test_user_outside_allowed_groups_gets_403(tmp_path, envs, proxy_port):
 
 @pytest.mark.oidc
 def test_template_choice_round_trips_and_cancel_is_a_clear_page(tmp_path, envs, proxy_port):
-    with npm_oidc_provider(
-        [
-            {
-                "client_id": "hub",
-                "client_secret": "hub-secret",
-                "redirect_uris": callbacks(proxy_port),
-            }
-        ]
-    ) as issuer:
+    with hub_provider(proxy_port) as issuer:
         hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
         with running_proxy(hub_config(tmp_path, envs, issuer), hub, proxy_port):
             term = f"http://term.{DOMAIN}:{proxy_port}"
@@ -221,15 +196,7 @@ def test_template_choice_round_trips_and_cancel_is_a_clear_page(tmp_path, envs, 
 @pytest.mark.oidc
 def test_provider_failures_end_on_clear_pages(tmp_path, envs, proxy_port):
     dead = free_port()
-    with npm_oidc_provider(
-        [
-            {
-                "client_id": "hub",
-                "client_secret": "hub-secret",
-                "redirect_uris": callbacks(proxy_port),
-            }
-        ]
-    ) as issuer:
+    with hub_provider(proxy_port) as issuer:
         cases = [
             ({"token_url": f"http://127.0.0.1:{dead}/token"}, 502, "could not be reached"),
             ({"userinfo_url": f"http://127.0.0.1:{dead}/me"}, 502, "could not be reached"),
@@ -265,15 +232,7 @@ def ws_connect(port: int, host: str, cookie: str, path: str = "/ws"):
 
 @pytest.mark.oidc
 def test_websocket_relays_stamps_activity_and_closes_at_logout(tmp_path, envs, proxy_port):
-    with npm_oidc_provider(
-        [
-            {
-                "client_id": "hub",
-                "client_secret": "hub-secret",
-                "redirect_uris": callbacks(proxy_port),
-            }
-        ]
-    ) as issuer:
+    with hub_provider(proxy_port) as issuer:
         hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
         with running_proxy(hub_config(tmp_path, envs, issuer), hub, proxy_port) as proxy:
             term = f"http://term.{DOMAIN}:{proxy_port}"
@@ -383,15 +342,7 @@ def test_unusable_username_is_refused_at_login(tmp_path, envs, proxy_port):
 @pytest.mark.oidc
 def test_logout_only_by_the_hubs_own_post_with_the_token(tmp_path, envs, proxy_port):
     """Issue #18: any site could log a user out with a link to /_hub/logout."""
-    with npm_oidc_provider(
-        [
-            {
-                "client_id": "hub",
-                "client_secret": "hub-secret",
-                "redirect_uris": callbacks(proxy_port),
-            }
-        ]
-    ) as issuer:
+    with hub_provider(proxy_port) as issuer:
         hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
         with running_proxy(hub_config(tmp_path, envs, issuer), hub, proxy_port) as proxy:
             term = f"http://term.{DOMAIN}:{proxy_port}"
@@ -546,15 +497,7 @@ def test_unicode_padded_admin_names_never_become_alice(tmp_path, envs, proxy_por
 
 @pytest.mark.oidc
 def test_return_urls_only_to_served_prefixes(tmp_path, envs, proxy_port):
-    with npm_oidc_provider(
-        [
-            {
-                "client_id": "hub",
-                "client_secret": "hub-secret",
-                "redirect_uris": callbacks(proxy_port),
-            }
-        ]
-    ) as issuer:
+    with hub_provider(proxy_port) as issuer:
         hub = StubHub([ALICE_IP, BOB_IP], envs, start_delay=0)
         with running_proxy(hub_config(tmp_path, envs, issuer), hub, proxy_port):
             term = f"http://term.{DOMAIN}:{proxy_port}"

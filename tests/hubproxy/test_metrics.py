@@ -1,5 +1,5 @@
 """/_hub/metrics: the Prometheus text format (pure), the observing addon on mitmproxy test flows,
-and the whole endpoint through the real proxy and Hub (tests/hubproxy/statussite.py)."""
+and the whole endpoint through the real proxy and Hub (tests/support/statussite.py)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from hubproxy.addons.metrics import (
 )
 from hubproxy.context import ENDPOINT, ROUTED, SCHEME, TARGET
 from hubproxy.hosts import Target
-from tests.hubproxy.statussite import seeded_site
+from tests.support.statussite import seeded_site
 
 # one sample line of the text format: name{labels} value
 SAMPLE = re.compile(

@@ -13,9 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.hubproxy.harness import browser
-from tests.hubproxy.test_login_flow import provider_login
 from tests.support.oidc_provider import free_port, npm_oidc_provider
+from tests.support.proxyharness import browser, provider_login
 
 ROOT = Path(__file__).resolve().parents[2]
 MITMDUMP = str(Path(sys.executable).parent / "mitmdump")

@@ -4,7 +4,7 @@ import pytest
 
 from hubproxy.addons import oauthlogin
 from hubproxy.addons.router import forwarded_for, upstream
-from tests.hubproxy.support import make_route
+from tests.support.proxyfakes import make_route
 
 NEXTCLOUD = {"ocs": {"meta": {"status": "ok"}, "data": {"id": "alice", "groups": ["dev"]}}}
 

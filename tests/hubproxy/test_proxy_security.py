@@ -9,11 +9,10 @@ import socket
 
 import pytest
 
-from hubproxy.auth import cookies
-from tests.hubproxy.harness import StubHub, running_proxy
-from tests.hubproxy.support import make_config, make_route
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port
+from tests.support.proxyfakes import make_config, make_route
+from tests.support.proxyharness import StubHub, cookie_for, running_proxy
 
 DOMAIN = "example.test"
 ALICE_IP, BOB_IP = "127.0.0.2", "127.0.0.3"
@@ -40,15 +39,6 @@ def proxy(tmp_path_factory):
             for user, ip in (("alice", ALICE_IP), ("bob", BOB_IP)):
                 hub._set(make_route(user, "running", ip, routes))
             yield running
-
-
-def cookie_for(proxy, user: str) -> str:
-    context = proxy.context
-    session = context.sessions.create(user)
-    token = cookies.make_session_token(
-        cookies.SessionCookie(user, session.sid, session.exp), context.session_key
-    )
-    return f"{cookies.SESSION_COOKIE}={token}"
 
 
 def raw(port: int, request: bytes, read_limit: int = 1 << 20) -> tuple[int, bytes]:

@@ -27,11 +27,10 @@ from wsproto.utilities import generate_accept_token
 
 from hubproxy.addons import websocketrelay
 from hubproxy.addons.websocketrelay import Relay
-from tests.hubproxy.harness import StubHub, browser, logout, running_proxy
-from tests.hubproxy.support import make_config, make_route
-from tests.hubproxy.test_proxy_security import cookie_for
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port
+from tests.support.proxyfakes import make_config, make_route
+from tests.support.proxyharness import StubHub, browser, cookie_for, logout, running_proxy
 
 DOMAIN = "example.test"
 ALICE_IP = "127.0.0.2"

@@ -1,5 +1,5 @@
 """A session cookie planted by an environment's page, in a real browser: headless Chromium
-(playwright, Debian's chromium), the real proxy (``harness.running_proxy``), the real npm
+(playwright, Debian's chromium), the real proxy (``proxyharness.running_proxy``), the real npm
 oidc-provider, and a small web server standing in for alice's environment whose pages run
 whatever they are given (as a dev server serving an untrusted repository would).
 
@@ -23,11 +23,11 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from hubcontrol.config import OAuthConfig, Template
-from tests.hubproxy.harness import StubHub, browser, provider_login, running_proxy, wait_ready
-from tests.hubproxy.support import make_config
 from tests.support.browser import launch_chromium
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port, npm_oidc_provider
+from tests.support.proxyfakes import make_config
+from tests.support.proxyharness import StubHub, browser, provider_login, running_proxy, wait_ready
 
 pytestmark = [pytest.mark.browser, pytest.mark.oidc, pytest.mark.timeout(180)]
 
@@ -47,7 +47,7 @@ class HostileEnvironment(BaseHTTPRequestHandler):
     ``document.cookie = <cookie>``, ``/headers?token=...`` answers with ``Set-Cookie`` headers for
     the hub's cookie in the spellings browsers accept; anything else is a plain page."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:  # http.server's name
         url = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         headers = [("Content-Type", "text/html")]

@@ -1,7 +1,7 @@
 """``hub start --workers N``: pure decisions, then the real thing as processes.
 
 The integration tests run ``hub start``'s own code path in a subprocess (tests/hubproxy/
-workerhub.py: worker 0 with the harness's ``StubHub`` as control plane, which "starts" a user by
+workerhub.py: worker 0 with tests.support.proxyharness's ``StubHub`` as control plane, which "starts" a user by
 routing to an echo server) and the real ``python -O -m hubproxy.workers`` children, sharing the
 port with ``SO_REUSEPORT``, against the real npm OIDC provider. Which process serves a
 connection is the kernel's choice; the test finds out through /proc (the accepted socket's inode
@@ -37,7 +37,10 @@ from hubproxy.workers import link
 from hubproxy.workers.worker import RemoteControlPlane, parse_args
 from hubproxy.workers.workeringress import trusted_client
 from hubproxy.workers.workerpool import FleetMetrics
-from tests.hubproxy.harness import (
+from tests.support.echoenv import echo_environment
+from tests.support.oidc_provider import free_port, npm_oidc_provider
+from tests.support.procs import stop
+from tests.support.proxyharness import (
     HubTransport,
     logout,
     provider_login,
@@ -45,9 +48,6 @@ from tests.hubproxy.harness import (
     ws_handshake,
     ws_roundtrip,
 )
-from tests.support.echoenv import echo_environment
-from tests.support.oidc_provider import free_port, npm_oidc_provider
-from tests.support.procs import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "example.test"
@@ -486,7 +486,7 @@ def hub_process(tmp_path: Path, port: int, issuer: str, term_port: int, workers:
     argv += ["--labels", str(tmp_path / "labels.yaml"), "--env-file", str(env)]
     argv += [f"--port={port}", f"--workers={workers}", f"--state-dir={tmp_path / 'state'}"]
     argv += [f"--audit-dir={tmp_path / 'audit'}", f"--workspace-dir={tmp_path / 'ws'}"]
-    log = open(tmp_path / "hub.log", "wb")  # noqa: SIM115 - closed below
+    log = open(tmp_path / "hub.log", "wb")  # closed below
     stub = {"STUB_ADDRESSES": ALICE_IP, "STUB_TOUCHES": str(tmp_path / "touches")}
     proc = subprocess.Popen(
         argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **stub}

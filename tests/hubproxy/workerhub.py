@@ -1,4 +1,4 @@
-"""``hub start`` with the harness's ``StubHub`` as its control plane, as a real process.
+"""``hub start`` with tests.support.proxyharness's ``StubHub`` as its control plane, as a real process.
 
     python -O -m tests.hubproxy.workerhub --labels L --env-file E --port=P --workers=2 ...
 
@@ -19,7 +19,7 @@ import sys
 from hubcontrol.config import load_config, parse_start_flags
 from hubproxy.context import HubContext
 from hubproxy.server.startup import run_proxy, start_control_plane
-from tests.hubproxy.harness import StubHub
+from tests.support.proxyharness import StubHub
 
 
 class FileStubHub(StubHub):

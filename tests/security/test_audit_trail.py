@@ -34,8 +34,8 @@ from hubcontrol.auditlog import (
     exempt_from_budget,
 )
 from hubcontrol.embed import embedded
-from tests.hubcontrol._hubcore import host_test_image, make_config, unique_user
-from tests.security.test_environment_policy import wait_for_socket
+from tests.security.policyhub import wait_for_socket
+from tests.support.hubcore import host_test_image, make_config, unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
 

@@ -17,31 +17,21 @@ import docker
 import pytest
 
 from hubcontrol import dockerpolicy
-from tests.security.policysocket import policy_socket
-from tests.support.dockerd import scratch_dockerd
-from tests.support.images import import_busybox
+from tests.support.policysocket import policy_socket
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 IMG = "hub-test/busybox:latest"
+DAEMON_INDEX = 63  # its bridge hubt63, apart from the other modules' daemons
 
 
 @pytest.fixture(scope="module")
-def daemon():
-    with scratch_dockerd(63) as d:
-        d.api = d.client()
-        import_busybox(d.api)
-        yield d
-        d.api.close()
-
-
-@pytest.fixture(scope="module")
-def sock(daemon):
-    with policy_socket(daemon) as s:
+def sock(busybox_daemon):
+    with policy_socket(busybox_daemon) as s:
         yield s
 
 
 @pytest.fixture
-def user(sock, daemon):
+def user(sock, busybox_daemon):
     """docker-py as the user sees it: through the policy socket. Every container it leaves is
     removed afterwards (on the daemon's own socket)."""
     client = docker.DockerClient(base_url=sock.url, version="1.41", timeout=60)
@@ -49,7 +39,7 @@ def user(sock, daemon):
         yield client
     finally:
         client.close()
-        for c in daemon.api.containers.list(all=True):
+        for c in busybox_daemon.api.containers.list(all=True):
             c.remove(force=True)
 
 
@@ -66,16 +56,18 @@ def rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def test_creates_with_big_labels_are_refused_and_the_daemon_does_not_grow(daemon, sock, user):
-    before = rss(daemon.proc.pid)
+def test_creates_with_big_labels_are_refused_and_the_daemon_does_not_grow(
+    busybox_daemon, sock, user
+):
+    before = rss(busybox_daemon.proc.pid)
     big = "x" * (900 << 10)
     for i in range(400):
         with pytest.raises(docker.errors.APIError) as info:
             user.api.create_container(IMG, ["true"], labels={"big": f"{big}{i:03d}"})
         assert info.value.status_code == 403
         assert "hub policy refused 900 KiB of labels on a container" in str(info.value)
-    assert daemon.api.containers.list(all=True) == []
-    assert rss(daemon.proc.pid) - before < 64 << 20  # unlimited, it grew by 1.2 GB
+    assert busybox_daemon.api.containers.list(all=True) == []
+    assert rss(busybox_daemon.proc.pid) - before < 64 << 20  # unlimited, it grew by 1.2 GB
 
 
 def test_the_cli_names_each_limit_and_how_to_stay_under_it(sock, user, tmp_path):
@@ -102,7 +94,7 @@ def test_the_cli_names_each_limit_and_how_to_stay_under_it(sock, user, tmp_path)
     assert r.returncode == 0, r.stderr
 
 
-def test_the_container_count_is_capped_even_for_concurrent_creates(daemon, sock, user):
+def test_the_container_count_is_capped_even_for_concurrent_creates(busybox_daemon, sock, user):
     cap = dockerpolicy.MAX_CONTAINERS
     for _ in range(cap - 10):
         user.api.create_container(IMG, ["true"])
@@ -118,7 +110,7 @@ def test_the_container_count_is_capped_even_for_concurrent_creates(daemon, sock,
     with concurrent.futures.ThreadPoolExecutor(max_workers=30) as pool:
         results = list(pool.map(create, range(30)))
     assert results.count("created") == 10
-    assert len(daemon.api.containers.list(all=True)) == cap
+    assert len(busybox_daemon.api.containers.list(all=True)) == cap
     refusals = [r for r in results if r != "created"]
     assert all(
         f"you have {cap} containers, the most one user may have ({cap})" in r for r in refusals

@@ -21,14 +21,14 @@ from pathlib import Path
 import pytest
 
 from hubcontrol import network
-from tests.hubcontrol._hubcore import unique_user
-from tests.security.test_environment_policy import Env, policy_hub
+from tests.security.policyhub import Env, policy_hub
+from tests.support.hubcore import unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "rediacc-hub/test-docker-cli:latest"
-# The routes of tests/hubcontrol/_hubcore.py, served by busybox httpd from the home directory.
+# The routes of tests/support/hubcore.py, served by busybox httpd from the home directory.
 COMMAND = (
     "busybox httpd -p __SERVICE_IP__:8080 -h /home/vscode && "
     "exec busybox httpd -f -p __SERVICE_IP__:7681 -h /home/vscode"
@@ -41,7 +41,7 @@ def host_listener(address: str):
     body = b"host-only-secret\n"
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the http.server API
+        def do_GET(self):  # the http.server API
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()

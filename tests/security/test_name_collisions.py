@@ -20,8 +20,8 @@ import pytest
 
 from hubcontrol.errors import StorageError
 from hubcontrol.names import safe_name
-from tests.hubcontrol._hubcore import unique_user
-from tests.security.test_environment_policy import Env, image, policy_hub  # noqa: F401
+from tests.security.policyhub import Env, policy_hub
+from tests.support.hubcore import unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(300)]
 
@@ -38,7 +38,7 @@ def _tree(path: Path) -> dict[str, tuple[int, int, int]]:
 
 
 @pytest.fixture(scope="module")
-def hub(tmp_path_factory, image):  # noqa: F811 - the fixture imported above
+def hub(tmp_path_factory, image):
     with policy_hub(tmp_path_factory.mktemp("hub"), image) as hub:
         yield hub, image
 

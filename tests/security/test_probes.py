@@ -12,28 +12,18 @@ import time
 
 import pytest
 
-from tests.security.policysocket import policy_socket
-from tests.support.dockerd import scratch_dockerd
-from tests.support.images import import_busybox
+from tests.support.policysocket import policy_socket
 
 pytestmark = [
     pytest.mark.docker,
 ]
 IMG = "hub-test/busybox:latest"
+DAEMON_INDEX = 21  # its bridge hubt21, apart from the other modules' daemons
 
 
 @pytest.fixture(scope="module")
-def daemon():
-    with scratch_dockerd(21) as d:
-        d.api = d.client()
-        import_busybox(d.api)
-        yield d
-        d.api.close()
-
-
-@pytest.fixture(scope="module")
-def sock(daemon):
-    with policy_socket(daemon) as s:
+def sock(busybox_daemon):
+    with policy_socket(busybox_daemon) as s:
         (s.workspace / "proj").mkdir()
         yield s
 
@@ -81,8 +71,8 @@ def status_and_message(response: bytes) -> tuple[int, str]:
         return status, body.decode(errors="replace")
 
 
-def containers(daemon) -> list[str]:
-    return sorted(c.id for c in daemon.api.containers.list(all=True))
+def containers(busybox_daemon) -> list[str]:
+    return sorted(c.id for c in busybox_daemon.api.containers.list(all=True))
 
 
 def create(body: dict | str, path: str = "/v1.41/containers/create") -> bytes:
@@ -194,15 +184,15 @@ REFUSED_PROBES = {
 
 
 @pytest.mark.parametrize("name", list(REFUSED_PROBES))
-def test_probe_is_refused_and_leaves_nothing(daemon, sock, name):
-    before = containers(daemon)
+def test_probe_is_refused_and_leaves_nothing(busybox_daemon, sock, name):
+    before = containers(busybox_daemon)
     status, message = status_and_message(exchange(sock, REFUSED_PROBES[name]))
     assert status in (400, 403, 413), message
     assert message.startswith("hub policy"), message
-    assert containers(daemon) == before
+    assert containers(busybox_daemon) == before
 
 
-def test_chunked_privileged_body_is_refused(daemon, sock):
+def test_chunked_privileged_body_is_refused(busybox_daemon, sock):
     body = f'{{"Image": "{IMG}", {PRIV}}}'.encode()
     chunks = b"".join(
         b"%x\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7]) for i in range(0, len(body), 7)
@@ -211,13 +201,13 @@ def test_chunked_privileged_body_is_refused(daemon, sock):
         b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
     )
-    before = containers(daemon)
+    before = containers(busybox_daemon)
     status, message = status_and_message(exchange(sock, raw))
     assert status == 403 and "privileged mode" in message
-    assert containers(daemon) == before
+    assert containers(busybox_daemon) == before
 
 
-def test_chunked_allowed_body_creates(daemon, sock):
+def test_chunked_allowed_body_creates(busybox_daemon, sock):
     body = json.dumps({"Image": IMG, "Cmd": ["true"]}).encode()
     raw = (
         b"POST /v1.41/containers/create?name=chunky HTTP/1.1\r\nHost: d\r\nConnection: close\r\n"
@@ -226,12 +216,12 @@ def test_chunked_allowed_body_creates(daemon, sock):
     )
     status, message = status_and_message(exchange(sock, raw))
     assert status == 201, message
-    daemon.api.containers.get("chunky").remove()
+    busybox_daemon.api.containers.get("chunky").remove()
 
 
-def test_oversized_body_is_refused(daemon, sock):
+def test_oversized_body_is_refused(busybox_daemon, sock):
     body = b'{"Image": "' + b"x" * (2 << 20) + b'"}'
-    before = containers(daemon)
+    before = containers(busybox_daemon)
     # The proxy answers from the head alone; it does not read 2 MiB to refuse them.
     s = socket.socket(socket.AF_UNIX)
     s.settimeout(10)
@@ -240,10 +230,10 @@ def test_oversized_body_is_refused(daemon, sock):
     status, message = status_and_message(s.recv(65536))
     s.close()
     assert status == 413 and "over 1048576 bytes" in message
-    assert containers(daemon) == before
+    assert containers(busybox_daemon) == before
 
 
-def test_oversized_chunked_body_is_refused(daemon, sock):
+def test_oversized_chunked_body_is_refused(busybox_daemon, sock):
     piece = b"x" * 65536
     raw = (
         b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -254,7 +244,7 @@ def test_oversized_chunked_body_is_refused(daemon, sock):
     assert status == 413
 
 
-def test_case_variant_duplicate_cannot_hide_a_value(daemon, sock):
+def test_case_variant_duplicate_cannot_hide_a_value(busybox_daemon, sock):
     """ "Privileged": true followed by a full-width "Ｐrivileged": false. Go would not fold the
     full-width key and would read true; the proxy folds it, keeps the last value and forwards one
     canonical key, so the daemon reads exactly the false that was checked."""
@@ -265,13 +255,15 @@ def test_case_variant_duplicate_cannot_hide_a_value(daemon, sock):
     status, message = status_and_message(exchange(sock, raw))
     assert status == 201, message
     try:
-        assert daemon.api.api.inspect_container("folded")["HostConfig"]["Privileged"] is False
+        assert (
+            busybox_daemon.api.api.inspect_container("folded")["HostConfig"]["Privileged"] is False
+        )
     finally:
-        daemon.api.containers.get("folded").remove()
+        busybox_daemon.api.containers.get("folded").remove()
 
 
-def test_pipelined_requests_are_each_checked(daemon, sock):
-    before = containers(daemon)
+def test_pipelined_requests_are_each_checked(busybox_daemon, sock):
+    before = containers(busybox_daemon)
     raw = (
         request("GET", "/v1.41/_ping", close=False)
         + create(f'{{"Image": "{IMG}", {PRIV}}}')
@@ -283,7 +275,7 @@ def test_pipelined_requests_are_each_checked(daemon, sock):
         out.count(b"HTTP/1.1 ") == 2
     )  # the refusal closes the connection: the third is never served
     assert b"privileged mode" in out
-    assert containers(daemon) == before
+    assert containers(busybox_daemon) == before
 
 
 def test_pipelined_allowed_requests_are_all_answered(sock):
@@ -302,7 +294,7 @@ def test_http_10_request(sock):
     assert b'"ApiVersion":"1.41"' in out
 
 
-def test_http_10_refusal(daemon, sock):
+def test_http_10_refusal(busybox_daemon, sock):
     out = exchange(
         sock, create(f'{{"Image": "{IMG}", {PRIV}}}').replace(b"HTTP/1.1", b"HTTP/1.0", 1)
     )
@@ -326,9 +318,9 @@ def test_oversized_head_is_refused(sock):
     assert status == 431
 
 
-def test_raw_upgrade_hijack_relays_both_ways(daemon, sock):
+def test_raw_upgrade_hijack_relays_both_ways(busybox_daemon, sock):
     """`Connection: Upgrade, Upgrade: tcp` as docker-py sends it: after 101, raw bytes both ways."""
-    c = daemon.api.containers.create(
+    c = busybox_daemon.api.containers.create(
         IMG, ["sh", "-c", "read x; echo got:$x"], stdin_open=True, name="hijack"
     )
     try:

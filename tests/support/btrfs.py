@@ -18,6 +18,8 @@ from pathlib import Path
 
 import docker
 
+from hubcontrol import mounts
+
 
 def _run(*argv: str) -> str:
     return subprocess.run(list(argv), check=True, capture_output=True, text=True).stdout
@@ -40,13 +42,9 @@ def btrfs_loop(directory: Path, size: str = "8G") -> Iterator[Path]:
             yield mount
         finally:
             # daemons of the test are gone by now; anything a crash left mounted goes lazily
-            points = [
-                line.split()[4]
-                for line in Path("/proc/self/mountinfo").read_text().splitlines()
-                if line.split()[4].startswith(f"{mount}/")
-            ]
-            for point in sorted(points, key=len, reverse=True):
-                subprocess.run(["umount", "-l", point], capture_output=True)
+            for point in mounts.mounts_under(mount):
+                if point != str(mount):
+                    subprocess.run(["umount", "-l", point], capture_output=True)
             subprocess.run(["umount", str(mount)], capture_output=True)
             if os.path.ismount(mount):
                 subprocess.run(["umount", "-l", str(mount)], capture_output=True)

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubcontrol import mounts
 from tests.support.procs import stop
 
 CRIU_BIN = "/opt/rediacc/criu/bin"
@@ -58,9 +59,7 @@ def _run(*args: str) -> None:
 
 
 def _unmount_under(path: Path) -> None:
-    with open("/proc/self/mountinfo") as f:
-        mounts = [line.split()[4] for line in f]
-    for m in sorted((m for m in mounts if m.startswith(str(path))), key=len, reverse=True):
+    for m in mounts.mounts_under(path):
         subprocess.run(["umount", "-l", m], capture_output=True)
 
 

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from hubcontrol import gc
+from hubcontrol import gc, mounts
 from hubcontrol.netids import DEFAULT_REGISTRY, RUN_DIR, read_marker
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -87,7 +87,7 @@ def net_id_leftovers(net_id: int) -> list[str]:
     exec_root = RUN_DIR / str(net_id)
     if exec_root.exists():
         found.append(f"exec-root {exec_root}")
-        found += [f"mount {m}" for m in gc.mounts_under(exec_root)]
+        found += [f"mount {m}" for m in mounts.mounts_under(exec_root)]
     found += [f"rule {r}" for r in _rules(net_id)]
     found += [f"cgroup {c}" for c in _cgroups(net_id)]
     return found
@@ -110,7 +110,7 @@ def leftovers(root: Path, net_ids: Iterable[int] = ()) -> list[str]:
     ids = set(net_ids) | set(claims) | (net_ids_under(root) if root.exists() else set())
     for net_id in sorted(ids):
         found += net_id_leftovers(net_id)
-    found += [f"mount {m}" for m in gc.mounts_under(Path(os.path.realpath(root)))]
+    found += [f"mount {m}" for m in mounts.mounts_under(Path(os.path.realpath(root)))]
     found += _dockerds_under(root)
     return found
 
@@ -127,7 +127,7 @@ def stale_daemon_mounts(bases: Iterable[str] = TEST_BASES) -> list[tuple[Path, l
     seen: dict[Path, list[str]] = {}
     roots = {os.path.realpath(b) for pattern in bases for b in glob.glob(pattern)}
     for root in sorted(roots):
-        for point in gc.mounts_under(Path(root)):
+        for point in mounts.mounts_under(Path(root)):
             head, sep, rest = point.partition("/" + DAEMON_DATA)
             if sep and head.endswith("-docker") and (not rest or rest.startswith("/")):
                 seen.setdefault(Path(head), []).append(point)

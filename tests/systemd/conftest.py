@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import warnings
 
-# tests.hubproxy.harness (provider_login) imports mitmproxy, whose proxyauth addon imports ldap3,
+# tests.support.proxyharness (provider_login) imports mitmproxy, whose proxyauth addon imports ldap3,
 # which uses a pyasn1 name deprecated upstream; as tests/hubproxy/conftest.py does, import it
 # quietly once (warnings are errors here).
 with warnings.catch_warnings():

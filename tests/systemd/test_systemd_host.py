@@ -31,8 +31,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.hubproxy.harness import provider_login
 from tests.support.oidc_provider import free_port, npm_oidc_provider
+from tests.support.proxyharness import provider_login
 
 pytestmark = [
     pytest.mark.docker,

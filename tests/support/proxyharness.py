@@ -32,10 +32,11 @@ from wsproto.events import (
 
 from hubcontrol import Lifecycle, Progress, Route, RouteTable, StatusView
 from hubcontrol.engine import Engine
+from hubproxy.auth import cookies
 from hubproxy.context import HubContext
 from hubproxy.server.master import make_master, run_master
 from hubproxy.server.startup import start_control_plane
-from tests.hubproxy.support import make_route
+from tests.support.proxyfakes import make_route
 
 
 class StubStats:
@@ -233,3 +234,12 @@ def logout(client: httpx.Client, base: str) -> httpx.Response:
         data={"csrf": token.group(1)},
         headers={"Origin": origin, "Sec-Fetch-Site": "same-origin"},
     )
+
+
+def cookie_for(proxy, user: str) -> str:
+    context = proxy.context
+    session = context.sessions.create(user)
+    token = cookies.make_session_token(
+        cookies.SessionCookie(user, session.sid, session.exp), context.session_key
+    )
+    return f"{cookies.SESSION_COOKIE}={token}"

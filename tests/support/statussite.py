@@ -17,9 +17,9 @@ from hubcontrol.config import Template
 from hubcontrol.names import safe_name
 from hubproxy.addons.adminapi import TOKEN_FILE
 from hubproxy.auth import cookies
-from tests.hubproxy.harness import RunningProxy, running_proxy
-from tests.hubproxy.support import make_config
 from tests.support.oidc_provider import free_port
+from tests.support.proxyfakes import make_config
+from tests.support.proxyharness import RunningProxy, running_proxy
 
 DOMAIN = "example.test"
 ADMIN = "carol"

@@ -16,6 +16,7 @@ from pathlib import Path
 import docker
 
 from hubcontrol.config import HubConfig, Template
+from hubcontrol.embed import embedded
 from tests.support.images import busybox_rootfs_tar
 
 HOST_SOCKET = "/var/run/docker.sock"
@@ -89,3 +90,16 @@ def user_daemon(tmp: Path, user: str | None = None):
         network.delete_link(net.bridge)
         subprocess.run(["rm", "-rf", str(spec.exec_root), str(root)], check=False)
         registry.release(net_id, root)
+
+
+@contextlib.contextmanager
+def running_hub(tmp_path: Path, image: str, **template_fields):
+    """A Hub in a background loop; every user it touched is destroyed with its data afterwards."""
+    config = make_config(tmp_path, image, **template_fields)
+    with embedded(config, ready_timeout=20) as hub:
+        try:
+            yield hub
+        finally:
+            for row in hub.status():
+                with contextlib.suppress(Exception):
+                    hub.destroy(row.user, remove_data=True)

@@ -180,8 +180,8 @@ def login(domain: str, port: int, user: str, timeout: float) -> tuple[float, str
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{user}: environment not ready within {timeout:.0f} s")
             progress = client.get(f"{base}/_hub/api/progress", headers={"Sec-Fetch-Mode": "cors"})
-            if progress.status_code == 200 and progress.json().get("failed"):
-                raise RuntimeError(f"{user}: start failed: {progress.json()}")
+            if progress.status_code == 200 and progress.json().get("state") == "failed":
+                raise RuntimeError(f"{user}: start failed: {progress.json().get('error')}")
             if progress.status_code == 200 and progress.json().get("ready"):
                 with client.stream("GET", f"{base}/") as r:
                     for _first in r.iter_raw():

@@ -570,6 +570,8 @@ def run(args, tmp: Path, workspaces: Path) -> dict:
         finally:
             say("stopping the hub ...")
             site.stop()
+            if args.log:
+                args.log.write_text(site.read_log())  # the run's dir goes: keep why a start failed
             left = destroy_all(site)
             results["leftovers"] = left
             if left:
@@ -662,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="workspace dir on the ordinary filesystem (no seeds: image loaded per user)")  # fmt: skip
     parser.add_argument("--btrfs-size", default="16G")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--log", type=Path, help="keep the hub's log here")
     args = parser.parse_args(argv)
 
     from tests.support.btrfs import btrfs_loop

@@ -6,9 +6,11 @@ Root, docker, the environment image from scripts/build-image.sh (or ``--image``)
 
 - **daemon tree PSS**: every process in the user's ``daemon`` cgroup (dockerd, containerd, the
   shims), from ``/proc/<pid>/smaps_rollup``; the environment's own processes are excluded;
-- **policy socket PSS**: the user's policy-socket process;
+- **policy socket PSS**: the user's policy-socket process (run from an installed package or a
+  checkout whose modules are byte-compiled: ``python -m compileall hubcontrol``; without the
+  ``.pyc`` files every process compiles its modules at start and keeps about 3 MiB more);
 - **idle CPU**: the daemon tree's and policy socket's CPU time over ``--idle`` seconds with
-  every environment idle;
+  every environment idle; their PSS is taken again after it (running, then idle);
 - **disk**: bytes under the user's data-root dir (``du``, hard links once);
 - **start**: each user's ``ensure_running`` wall time, all started at once (p50/p95).
 
@@ -74,6 +76,16 @@ def policy_pid(exec_root: Path) -> int | None:
     with contextlib.suppress(OSError, ValueError):
         return int((exec_root / "policy.pid").read_text().split()[0])
     return None
+
+
+def by_process(pids: set[int]) -> dict[str, int]:
+    """PSS (KiB) of ``pids`` summed by command name (dockerd, containerd, the shims)."""
+    found: dict[str, int] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            found[name] = found.get(name, 0) + pss_kib(pid)
+    return found
 
 
 def disk_bytes(path: Path) -> int:
@@ -157,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                         "user": user,
                         "daemon_pss": sum(pss_kib(p) for p in dpids),
                         "policy_pss": pss_kib(ppid) if ppid else 0,
+                        "by_process": by_process(dpids),
                         "pids": dpids | ({ppid} if ppid else set()),
                         "disk": disk_bytes(config.workspace_dir / f"{spec.user}-docker"),
                     })  # fmt: skip
@@ -166,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
                 for r in rows:
                     ticks = sum(cpu_ticks(p) for p in r["pids"]) - before[r["user"]]
                     r["idle_cpu"] = ticks / CLK_TCK / args.idle
+                    spec = hub.hub.daemon_spec(safe_name(r["user"]))
+                    dpids = daemon_pids(spec.user, spec.net_id)
+                    ppid = policy_pid(spec.exec_root)
+                    r["idle_daemon_pss"] = sum(pss_kib(p) for p in dpids)
+                    r["idle_policy_pss"] = pss_kib(ppid) if ppid else 0
                 hub_pss = pss_kib(os.getpid()) - hub_pss_before
             finally:
                 for user in users:
@@ -181,8 +199,16 @@ def main(argv: list[str] | None = None) -> int:
     print("| measure | median | max |")
     print("| --- | --- | --- |")
     print(f"| daemon tree PSS (dockerd, containerd, shims) | {statistics.median(daemon):.1f} MiB | {max(daemon):.1f} MiB |")  # fmt: skip
+    names = sorted({n for r in rows for n in r["by_process"]})
+    for name in names:
+        each = [mib(r["by_process"].get(name, 0)) for r in rows]
+        print(f"| ... of which {name} | {statistics.median(each):.1f} MiB | {max(each):.1f} MiB |")
     print(f"| policy socket PSS | {statistics.median(policy):.1f} MiB | {max(policy):.1f} MiB |")
     print(f"| everything one running user adds (environment excluded) | {statistics.median(per_user):.1f} MiB | {max(per_user):.1f} MiB |")  # fmt: skip
+    idle_user = [mib(r["idle_daemon_pss"] + r["idle_policy_pss"]) for r in rows]
+    idle_policy = [mib(r["idle_policy_pss"]) for r in rows]
+    print(f"| the same after {args.idle:.0f} s idle: daemon tree + policy socket | {statistics.median(idle_user):.1f} MiB | {max(idle_user):.1f} MiB |")  # fmt: skip
+    print(f"| ... of which the policy socket | {statistics.median(idle_policy):.1f} MiB | {max(idle_policy):.1f} MiB |")  # fmt: skip
     idle = [r["idle_cpu"] * 100 for r in rows]
     print(f"| idle CPU of daemon tree + policy socket | {statistics.median(idle):.2f}% of a core | {max(idle):.2f}% |")  # fmt: skip
     disk = [r["disk"] / 1e6 for r in rows]

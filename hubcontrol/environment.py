@@ -10,6 +10,7 @@ import io
 import posixpath
 import secrets
 import tarfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,6 +313,42 @@ class ImageFacts:
     shell: str | None  # hubcontrol.shell.choose_shell's pick; None when not asked or no shell
 
 
+class ImageFactsCache:
+    """``probe_image``'s answers by image ID: an image ID is the hash of the image's config,
+    which names every layer's content, so the same ID means the same ``/etc/passwd``,
+    ``/etc/group`` and shells, whichever daemon holds it. A probe creates a container and reads
+    files out of it through the daemon; every new user of a template paid that, and 32 users
+    logging in at once paid it 32 times over on a machine busy starting their daemons
+    (bench/load.py). An image retagged in the user's daemon has another ID and is probed.
+    Bounded: the oldest answers go first."""
+
+    SIZE = 256
+
+    def __init__(self) -> None:
+        self._facts: dict[tuple[str, str, bool], ImageFacts] = {}
+        self._lock = threading.Lock()
+
+    def probe(
+        self, client: docker.DockerClient, image: str, spec: str, *, want_shell: bool = True
+    ) -> ImageFacts:
+        try:
+            image_id = client.api.inspect_image(image)["Id"]
+        except docker.errors.ImageNotFound:
+            image_id = None  # probe_image reports it the way it always has
+        key = (image_id or "", spec, want_shell)
+        if image_id:
+            with self._lock:
+                if (found := self._facts.get(key)) is not None:
+                    return found
+        facts = probe_image(client, image_id or image, spec, want_shell=want_shell)
+        if image_id:
+            with self._lock:
+                self._facts[key] = facts
+                while len(self._facts) > self.SIZE:
+                    del self._facts[next(iter(self._facts))]
+        return facts
+
+
 def probe_image(
     client: docker.DockerClient, image: str, spec: str, *, want_shell: bool = True
 ) -> ImageFacts:
@@ -341,11 +378,17 @@ def probe_image(
     return ImageFacts(owner, shell)
 
 
-def template_facts(client: docker.DockerClient, template: Template) -> ImageFacts:
+def template_facts(
+    client: docker.DockerClient, template: Template, cache: ImageFactsCache | None = None
+) -> ImageFacts:
     """``probe_image`` for ``template``: its user, and its shell when its command or a hook
-    needs one. Raises EnvironmentError_ when one is needed and the image has none."""
+    needs one. Raises EnvironmentError_ when one is needed and the image has none. With
+    ``cache``, an image already probed (by its ID in this daemon) is not probed again."""
     wanted = needs_shell(template)
-    facts = probe_image(client, template.image, template.user, want_shell=wanted)
+    if cache is None:
+        facts = probe_image(client, template.image, template.user, want_shell=wanted)
+    else:
+        facts = cache.probe(client, template.image, template.user, want_shell=wanted)
     if wanted and facts.shell is None:
         raise EnvironmentError_(
             f"The image {template.image} has no shell, which this template's command and hooks "

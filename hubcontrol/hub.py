@@ -234,6 +234,7 @@ class Hub:
         self.supervisor = supervisor or choose(config.supervisor)
         self.clock = clock
         self.engine = engine or Engine()
+        self._image_facts = envs.ImageFactsCache()  # template images probed, by image ID
         self.netids = netids or NetIdRegistry(DEFAULT_REGISTRY)
         self.run_dir = Path(run_dir)
         self.ready_timeout = ready_timeout
@@ -769,7 +770,7 @@ class Hub:
         placed: Placed,
     ) -> str:
         call = self.engine.call
-        facts = await call(envs.template_facts, client, tpl)  # user ids, shell
+        facts = await call(envs.template_facts, client, tpl, self._image_facts)  # user ids, shell
         owner = facts.owner
         if owner is not None and not tpl.ephemeral:
             net_id = rec.net_id

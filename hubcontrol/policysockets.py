@@ -233,6 +233,20 @@ def running_pid(args: ProxyArgs) -> int | None:
     return None
 
 
+def _started_pid(args: ProxyArgs) -> int | None:
+    """The PID of the policy socket ``start`` just launched, once it serves: its pidfile, which
+    the process writes once it listens. Reading the whole process table instead (``running_pid``)
+    on every poll cost each start thousands of /proc reads under the hub's GIL, which many
+    logins at once turned into stalls of every request the hub serves (bench/load.py)."""
+    if not args.pidfile:
+        return running_pid(args)
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(Path(args.pidfile).read_text().strip())
+        if _serves(pid, args.listen):
+            return pid
+    return None
+
+
 def start(
     args: ProxyArgs,
     *,
@@ -272,7 +286,7 @@ def start(
     deadline = time.monotonic() + timeout
     delay = 0.02
     while time.monotonic() < deadline:
-        pid = running_pid(args)
+        pid = _started_pid(args)
         if pid is not None and _accepts(args.listen):
             return pid
         time.sleep(delay)

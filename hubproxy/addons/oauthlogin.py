@@ -23,6 +23,7 @@ Every provider failure ends on a page that says what happened, never a 500 or a 
 from __future__ import annotations
 
 import logging
+import ssl
 from urllib.parse import urlsplit
 
 import httpx
@@ -146,6 +147,20 @@ class OAuthLogin:
     ) -> None:
         self.context = context
         self.transport = transport  # tests only: a provider behaviour no real provider here has
+        self._tls_context: ssl.SSLContext | None = None
+
+    def running(self) -> None:
+        self._tls()  # at start-up, so no login pays for it
+
+    def _tls(self) -> ssl.SSLContext:
+        """httpx's default TLS settings for the provider (certifi's CA bundle, or
+        ``SSL_CERT_FILE``/``SSL_CERT_DIR``), made once and shared by every login's client.
+        Without it each login's client builds its own and reads the whole CA bundle on the event
+        loop: tens of milliseconds of CPU per login, which 50 logins at once turned into
+        half-second stalls of every request the hub serves (bench/load.py)."""
+        if self._tls_context is None:
+            self._tls_context = httpx.create_ssl_context()
+        return self._tls_context
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
@@ -193,6 +208,7 @@ class OAuthLogin:
             code_challenge_method="S256",
             token_endpoint_auth_method=auth_method or self.context.token_auth_method,
             timeout=PROVIDER_TIMEOUT,
+            verify=self._tls(),
             **({"transport": self.transport} if self.transport is not None else {}),
         )
 

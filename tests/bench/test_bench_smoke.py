@@ -16,25 +16,13 @@ import pytest
 
 from bench.run import BEGIN, END, write_doc
 from bench.site import ROOT
-from tests.support.ci import IN_CI
 
 CONTENDERS = ("direct", "nginx", "chp", "hub-start", "hub-mitmdump")
 
 
-def _image_present() -> bool:
-    done = subprocess.run(
-        ["docker", "image", "inspect", "rediacc-hub/env:latest"], capture_output=True
-    )
-    return done.returncode == 0
-
-
 @pytest.mark.docker
 @pytest.mark.timeout(240)
-def test_smoke_run_prints_every_table(tmp_path):
-    if not _image_present():
-        if IN_CI:
-            pytest.fail("rediacc-hub/env:latest is missing (scripts/build-image.sh)")
-        pytest.skip("needs rediacc-hub/env:latest (scripts/build-image.sh)")
+def test_smoke_run_prints_every_table(tmp_path, env_image):
     doc = tmp_path / "performance.md"
     doc.write_text("# Performance\n\n## Resume\n\nkept as is\n")
     raw = tmp_path / "results.json"

@@ -31,7 +31,7 @@ from hubcontrol import userns
 from hubcontrol.checkpoint import host_can_dump_other_users
 from hubcontrol.embed import embedded
 from hubcontrol.supervisor import RUN_DIR, remapped_exec_roots
-from tests.hubcontrol._hubcore import COMMAND, host_test_image, make_config, unique_user
+from tests.support.hubcore import COMMAND, host_test_image, make_config, unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.criu, pytest.mark.timeout(300)]
 

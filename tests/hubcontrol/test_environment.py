@@ -214,6 +214,36 @@ def test_the_shell_is_read_from_the_image_recorded_and_used_by_hooks():
 
 
 @pytest.mark.docker
+def test_template_facts_are_probed_once_per_image_id(monkeypatch):
+    """The hub keeps each image's facts by image ID: the next user of a template is not probed
+    again (a probe is a container created and files read out of it, 32 times over when 32
+    users log in at once), and a tag moved to another image is probed afresh."""
+    host = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
+    ref = f"hub-test/facts:{uuid.uuid4().hex[:8]}"
+    probes = []
+    real = envs.probe_image
+    monkeypatch.setattr(envs, "probe_image", lambda *a, **kw: probes.append(a[1]) or real(*a, **kw))
+    cache = envs.ImageFactsCache()
+    tpl = Template(name="t", image=ref, command="exec sleep 60", user="vscode")
+    try:
+        host.images.get(ENV_IMAGE).tag(ref)
+        env_id = host.images.get(ENV_IMAGE).id
+        bash = envs.ImageFacts(owner=(1000, 1000), shell="/bin/bash")
+        assert envs.template_facts(host, tpl, cache) == bash
+        assert envs.template_facts(host, tpl, cache) == bash
+        assert probes == [env_id]  # once, and by ID: a retag during the probe changes nothing
+        with host_test_image() as busybox:
+            host.images.get(busybox).tag(ref)  # the same name, another image
+            facts = envs.template_facts(host, tpl, cache)
+            assert facts == envs.ImageFacts(owner=(1000, 1000), shell="/bin/sh")
+            assert probes == [env_id, host.images.get(busybox).id]
+    finally:
+        with contextlib.suppress(docker.errors.DockerException):
+            host.images.remove(ref, force=True)
+        host.close()
+
+
+@pytest.mark.docker
 def test_an_image_without_any_shell_is_refused_by_name(tmp_path):
     import io
     import tarfile

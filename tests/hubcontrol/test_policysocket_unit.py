@@ -330,6 +330,35 @@ def test_a_policy_socket_whose_socket_file_is_removed_exits(tmp_path):
         policysockets.stop(args)
 
 
+@pytest.mark.docker  # root, for mount(8)
+def test_starting_a_policy_socket_reads_the_process_table_once(tmp_path, monkeypatch):
+    """``start`` waits for the new process through its pidfile: the process table is read once
+    (to find a stale process to replace), not on every poll, where thousands of /proc reads
+    per start held the hub's GIL while many users logged in at once (bench/load.py)."""
+    (tmp_path / "ws").mkdir()
+    exec_root = tmp_path / "run"
+    args = policysockets.ProxyArgs(
+        listen=str(exec_root / "env" / "docker.sock"),
+        upstream=str(tmp_path / "no-daemon.sock"),
+        workspace=str(tmp_path / "ws"),
+        pidfile=str(exec_root / "policy.pid"),
+    )
+    scans = []
+    real_pids = procs.pids
+    monkeypatch.setattr(procs, "pids", lambda: scans.append(1) or real_pids())
+    pid = policysockets.start(args)
+    try:
+        assert len(scans) == 1
+        assert procs.cmdline(pid)[1:3] == ["-m", "hubcontrol.policysocket"]
+        assert Path(args.pidfile).read_text().strip() == str(pid)
+        assert b" 403 Forbidden" in _refused_request(args.listen)  # it serves the policy
+        scans.clear()
+        assert policysockets.start(args) == pid  # running: found by its pidfile alone
+        assert scans == []
+    finally:
+        policysockets.stop(args)
+
+
 # The bootstrap a hub before this version started its policy sockets with, verbatim: argv is
 # ``python -c <this> <hubcontrol package dir> --flag=value...``.
 LEGACY_BOOTSTRAP = (

@@ -106,6 +106,8 @@ def test_daemon_config_and_environment(tmp_path):
     env = dockerd_env(spec, base={"PATH": "/usr/bin:/bin"})
     assert env["PATH"].split(":")[0] == CRIU_BIN
     assert env["TMPDIR"] == str(spec.tmpdir)
+    assert env["GOGC"] == "50"  # a smaller idle heap per user (bench/density.py)
+    assert dockerd_env(spec, base={"PATH": "/bin", "GOGC": "100"})["GOGC"] == "100"  # an operator's
 
 
 def test_systemd_units_as_text(tmp_path):
@@ -280,6 +282,9 @@ def test_local_daemon_lifecycle_cgroups_and_adoption(live_spec):
     assert children and all(
         f"0::/{v2}\n" in Path(f"/proc/{c}/cgroup").read_text() for c in children
     )
+    # dockerd and containerd run with the hub's smaller Go heap target
+    for p in [pid, *children]:
+        assert b"\0GOGC=50\0" in b"\0" + Path(f"/proc/{p}/environ").read_bytes()
     limits = supervisor.describe(spec)["limits"]
     assert limits.get("cpu.max", limits.get("cpu.cfs_quota_us", "")).startswith("150000")
     assert limits.get("memory.max", limits.get("memory.limit_in_bytes")) == str(300 << 20)

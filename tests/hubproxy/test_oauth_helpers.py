@@ -151,3 +151,29 @@ def test_large_body(headers, large):
     req.headers.clear()
     req.headers.update(headers)
     assert large_body(req) is large
+
+
+def test_logins_share_the_verifying_tls_context_made_at_start(tmp_path, monkeypatch):
+    """A login's provider client reuses the TLS context the addon made at start-up: building
+    one reads the whole CA bundle, tens of milliseconds of CPU on the proxy's event loop per
+    login, which stalled every other request while many users logged in (bench/load.py). The
+    shared context still verifies the provider's certificate and host name."""
+    import ssl
+
+    from tests.support.proxyfakes import make_context
+
+    login = oauthlogin.OAuthLogin(make_context(tmp_path))
+    login.running()
+
+    def no_new_context(*args, **kwargs):
+        raise AssertionError("a login built a TLS context")
+
+    monkeypatch.setattr(ssl, "create_default_context", no_new_context)
+    first = login._client("http://term.example.com/_hub/oauth/callback")
+    second = login._client("http://code.example.com/_hub/oauth/callback", "client_secret_post")
+    shared = first._transport._pool._ssl_context
+    assert shared is second._transport._pool._ssl_context
+    assert shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
+    assert (
+        shared.cert_store_stats()["x509_ca"] > 0
+    )  # the CA bundle is loaded: nothing is trusted blindly

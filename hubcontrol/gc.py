@@ -828,17 +828,20 @@ def _remove_data_root_locked(entry: GCEntry, plan: GCPlan, probe: HostProbe, now
     if action is not Action.REMOVE:
         return f"skipped: {reason}"
     how = remove_tree(path)
-    exec_root = probe.exec_base / str(net_id)
-    if exec_root.is_dir() and not exec_root.is_symlink():
-        unmount_all(exec_root)
-        shutil.rmtree(exec_root, ignore_errors=True)
-    for left in remapped_exec_roots(probe.exec_base, net_id):  # --userns-remap's, beside it
-        unmount_all(left)
-        shutil.rmtree(left, ignore_errors=True)
     owner = claim_owner(probe.claims_dir, net_id)
     released = release_claim(probe.claims_dir, net_id, path)
     details = [how] + (["claim released"] if released else [])
-    # The network ID's bridges and rules are ours to delete only when no one else claims the ID.
+    # What carries the network ID on the host (exec-root, bridges, rules, units) is this
+    # data-root's only while no one else claims the ID: a released ID may already be another
+    # user's (or, on a shared host, another hub's), whose running daemon lives in them.
+    if released or owner is None:
+        exec_root = probe.exec_base / str(net_id)
+        if exec_root.is_dir() and not exec_root.is_symlink():
+            unmount_all(exec_root)
+            shutil.rmtree(exec_root, ignore_errors=True)
+        for left in remapped_exec_roots(probe.exec_base, net_id):  # --userns-remap's
+            unmount_all(left)
+            shutil.rmtree(left, ignore_errors=True)
     if probe.host_cleanup and (released or owner is None):
         details += remove_daemon_leftovers(entry.user, net_id)
     if released or owner is None:

@@ -170,6 +170,39 @@ def test_plan_and_apply_on_plain_directories(tmp_path: Path, probe: HostProbe):
     assert not done.failed
 
 
+def test_a_network_id_claimed_by_someone_else_keeps_its_exec_root(tmp_path: Path, probe: HostProbe):
+    """An old data-root still records a network ID that another user (or another hub on the
+    host) claims now: GC removes the old data-root, and leaves the exec-root the ID's current
+    owner's running daemon lives in (its socket, containerd's state) alone."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    now = time.time()
+    old = make_data_root(ws, "old", 32768, 40, now)
+    probe.claims_dir.mkdir()
+    other = tmp_path / "other-hub" / "new-docker"
+    (probe.claims_dir / "32768").write_text(f"{other}\n")
+    live = probe.exec_base / "32768"
+    live.mkdir(parents=True)
+    (live / "docker.sock").write_text("")  # stands for the other daemon's socket
+    done = gc.apply_gc(gc.plan_gc(ws, max_age=MAX, now=now, probe=probe), probe=probe, now=now)
+    assert by_path(done)["old-docker"].outcome.startswith("removed")
+    assert not old.exists()
+    assert (live / "docker.sock").exists()
+    assert (probe.claims_dir / "32768").read_text() == f"{other}\n"
+
+
+def test_an_exec_root_of_a_released_id_goes_with_its_data_root(tmp_path: Path, probe: HostProbe):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    now = time.time()
+    old = make_data_root(ws, "old", 32768, 40, now)
+    left = probe.exec_base / "32768"
+    left.mkdir(parents=True)
+    (left / "dockerd.pid").write_text("1\n")
+    gc.apply_gc(gc.plan_gc(ws, max_age=MAX, now=now, probe=probe), probe=probe, now=now)
+    assert not old.exists() and not left.exists()
+
+
 def test_dry_run_is_plan_only(tmp_path: Path, probe: HostProbe):
     ws = tmp_path / "ws"
     ws.mkdir()

@@ -28,7 +28,7 @@ import docker.errors
 
 from hubcontrol import checkpoint as ckpt
 from hubcontrol import environment as envs
-from hubcontrol import images, mounts, network, safefs, storage
+from hubcontrol import images, mounts, network, safefs, storage, timings
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.engine import Engine
 from hubcontrol.environment import Environment
@@ -239,6 +239,8 @@ class Hub:
         self._routes = RouteTable()
         self._activity: dict[str, tuple[float, str]] = {}
         self._progress: dict[str, Progress] = {}
+        # The step marks of each start in progress (hubcontrol.timings), by safe name.
+        self._laps: dict[str, timings.Laps] = {}
         # Every user's persisted record (<state-dir>/users/<name>.json), typed and cached.
         self.records = RecordStore(Path(config.state_dir) / "users", lambda: self.clock())
         self._locks: dict[str, anyio.Lock] = {}
@@ -390,9 +392,30 @@ class Hub:
             rec.error = None
         self.records.save(rec)
         self._progress[rec.name] = Progress(state, step, message, error, self.clock())
+        self._lap(rec, step)
 
     def _step(self, rec: UserRecord, step: str, message: str) -> None:
         self._progress[rec.name] = Progress(rec.state, step, message, None, self.clock())
+        self._lap(rec, step)
+
+    def _lap(self, rec: UserRecord, step: str) -> None:
+        laps = self._laps.get(rec.name)
+        if laps is not None and step and laps.current != step:
+            laps.step(step)
+
+    def _part(self, rec: UserRecord, part: str) -> None:
+        """A named part of the current step of ``rec``'s start begins (``last_start``)."""
+        laps = self._laps.get(rec.name)
+        if laps is not None:
+            laps.part(part)
+
+    def _finish_laps(self, rec: UserRecord, outcome: str) -> None:
+        """Keep where this start's time went in the record (``last_start``) and the log."""
+        laps = self._laps.pop(rec.name, None)
+        if laps is None:
+            return
+        rec.last_start = laps.finish(outcome=outcome, at=round(self.clock(), 3))
+        log.info("start of %s (%s) took %s", rec.name, outcome, timings.describe(rec.last_start))
 
     def _publish(self, rec: UserRecord) -> None:
         name = rec.name
@@ -501,14 +524,17 @@ class Hub:
         which ``progress(user)`` also shows.
         """
         name = safe_name(user)
+        laps = timings.Laps()  # from here: the time waiting for the user's lock counts
         async with self.lock(user):
             rec = self.records.get(name) or UserRecord(name=name)
             rec.user = user
             self._emit("environment-starting", rec)
+            self._laps[name] = laps
             try:
                 return await self._ensure_running(rec, template, route)
             except HubError as e:
                 log.error("starting %s failed: %s", name, e.log_message)
+                self._finish_laps(rec, "failed")
                 self._set_state(
                     rec, "failed", step="failed", message=e.user_message, error=e.user_message
                 )
@@ -517,6 +543,7 @@ class Hub:
                 raise
             except Exception as e:
                 log.exception("starting %s failed", name)
+                self._finish_laps(rec, "failed")
                 self._set_state(rec, "failed", step="failed", message=str(e), error=str(e))
                 self._publish(rec)
                 self._emit("environment-failed", rec)
@@ -525,9 +552,12 @@ class Hub:
                 # cancelled (hub shutdown, a caller's deadline): nothing is half-published; the
                 # next start or the next hub's reconcile picks up from what really runs
                 message = "The start of your environment was interrupted; please retry."
+                self._finish_laps(rec, "interrupted")
                 self._set_state(rec, "failed", step="failed", message=message, error=message)
                 self._publish(rec)
                 raise
+            finally:
+                self._laps.pop(name, None)  # a start that returned early (already running)
 
     async def _ensure_running(
         self, rec: UserRecord, template: str | None, route: str | None = None
@@ -535,6 +565,7 @@ class Hub:
         """The start path, one named step each (each sets its own progress)."""
         tpl = self._pick_template(rec, template)
         if (env := await self._still_running(rec, tpl)) is not None:
+            self._laps.pop(rec.name, None)  # nothing was started: the last start's record stays
             return env
         await self._leave_other_placement(rec, tpl)
         paths, net = await self._prepare_storage(rec, tpl)
@@ -773,6 +804,7 @@ class Hub:
     def _mark_running(self, rec: UserRecord, restored: bool) -> Environment:
         if not restored:
             rec.started_at = self.clock()
+        self._finish_laps(rec, "restored" if restored else "started")
         self._set_state(rec, "running", step="running", message="Your environment is running")
         self._publish(rec)
         self._emit("environment-running", rec)
@@ -792,6 +824,9 @@ class Hub:
             return False
         rec.restore_error = None
         rec.started_at = self.clock()
+        laps = self._laps.get(rec.name)
+        if laps is not None:
+            laps.add_parts(result.phases)
         rec.restored = {
             "checkpoint": result.checkpoint,
             "seconds": result.seconds,

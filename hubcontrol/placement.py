@@ -75,18 +75,24 @@ class PerUserDaemon(Placement):
         hub, call = self.hub, self.hub.engine.call
         hub._step(rec, "daemon", "Starting your Docker daemon")
         spec = hub._spec(rec.name, net.net_id, template)
+        hub._part(rec, "bridge")  # the parts' seconds: the user's record, last_start
         await call(network.ensure_bridge, net.bridge, net.bridge_address)
         await call(network.apply_isolation, net)
         was_running = await call(hub.supervisor.is_running, spec)
         seeds = getattr(hub, "seeds", None)
         if not was_running and seeds is not None:
+            hub._part(rec, "seed")
             if cloned := await seeds.provide(rec, template, spec):
                 rec.seeded = cloned
+        hub._part(rec, "dockerd")
         await call(hub.supervisor.start, spec)
+        hub._part(rec, "limits")
         await call(hub.supervisor.apply_limits, spec)
         # before the policy socket: the user reaches the daemon only through it
+        hub._part(rec, "daemon rules")
         await call(hub._isolate_daemon, spec, net)
         if hub.policy_sockets is not None:
+            hub._part(rec, "policy socket")
             await hub.policy_sockets.ensure(spec, rec, template)
         if not was_running:
             hub.engine.forget(spec.url)

@@ -769,7 +769,7 @@ class Hub:
             workspace=None if tpl.ephemeral else paths.workspace,
             env_dir=placed.env_dir,
             cgroup_parent=placed.cgroup_parent,
-            cpus=limits.cpus,
+            cpus=envs.container_cpus(limits.cpus, len(os.sched_getaffinity(0))),
             memory=limits.memory_bytes,
             owner=owner,
             shell=facts.shell,

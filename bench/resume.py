@@ -1,8 +1,24 @@
-"""Resume latency of a returning checkpointed user, beside a cold start and a plain ``docker start``.
+"""Resume latency of a returning checkpointed user, beside a cold start and a plain ``docker start``,
+and where a resume's time goes.
 
-``.venv/bin/python -m bench.resume [--cycles N] [--cold N] [--quick]`` (root, docker, CRIU, the
-environment image from scripts/build-image.sh). Prints a table to stdout (``bench.run`` embeds it
-in docs/performance.md) and progress to stderr.
+``.venv/bin/python -m bench.resume [--cycles N] [--cold N] [--quick] [--stack small,jupyter]``
+(root, docker, CRIU, the environment image from scripts/build-image.sh; the JupyterLab image from
+scripts/build-jupyter-image.sh, which this runs, for ``jupyter``). Prints tables to stdout
+(``bench.run`` embeds them in docs/performance.md) and progress to stderr.
+
+Two stacks, each in its own hub run:
+
+- ``small``: ``bench/upstream.py`` (Python) in the environment image; first byte of ``GET /1k``.
+- ``jupyter``: the seed's JupyterLab command (as root, so CRIU can dump it here) in
+  ``rediacc-hub/jupyterlab``, with a **live kernel**: after the cold start a notebook session is
+  created and a variable set over the kernel's WebSocket (``bench/jupyter.py``); first byte of
+  ``GET /api/status``, and after every resume the same kernel must still print the variable
+  (timed too: "kernel answers", first request to the execute reply).
+
+**Where the time goes**: after every resume the hub's own record of that start
+(``last_start`` in the user's record, ``hubcontrol.timings``: monotonic marks of each step and
+its parts, the same line the hub logs) is read, and the medians per step and part are printed
+beside what lies outside the hub's start (the proxy, the progress page, this client's polling).
 
 What is measured, all on this machine in one run, each from the first request to the first byte
 of the environment's own answer (``GET /1k`` from ``bench/upstream.py``, Python, in the real
@@ -34,14 +50,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.clients import Endpoint
 from bench.contenders import _spawn, free_port, wait_http
-from bench.site import ENV_IMAGE, UPSTREAM_PORT, Site, destroy_all, process_env
+from bench.site import ENV_IMAGE, PREFIX, UPSTREAM_PORT, Site, destroy_all, process_env
+from hubcontrol import timings
 
-IDLE_TIMEOUT = "2s"
+IDLE_TIMEOUT = {"small": "2s", "jupyter": "6s"}  # jupyter: a kernel's start is a 1-2 s request
 POLL = 0.05
+JUPYTER_IMAGE = "rediacc-hub/jupyterlab:latest"
+# the seed's Jupyter command, word for word; root, checkpointed (hubcontrol.checkpoint: this
+# host's root lacks CAP_SYS_RESOURCE)
+JUPYTER_COMMAND = (
+    "exec jupyter lab --ip=__SERVICE_IP__ --port=8888 --no-browser "
+    "--NotebookApp.token='' --NotebookApp.password=''"
+)
+PATHS = {"small": "/1k", "jupyter": "/api/status"}  # the environment's own answer
 SCRATCH_INDEX = 30  # the checkpoint work's scratch daemon index range is 30-39
 
 
@@ -49,9 +75,11 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def first_byte(host: str, port: int, host_header: str, cookie: str | None) -> tuple[int, float]:
-    """(status, seconds to the first byte of the answer) of one ``GET /1k``; status 0: refused."""
-    head = f"GET /1k HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n"
+def first_byte(
+    host: str, port: int, host_header: str, cookie: str | None, path: str = "/1k"
+) -> tuple[int, float]:
+    """(status, seconds to the first byte of the answer) of one ``GET path``; status 0: refused."""
+    head = f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n"
     if cookie:
         head += f"Cookie: {cookie}\r\n"
     start = time.perf_counter()
@@ -69,13 +97,18 @@ def first_byte(host: str, port: int, host_header: str, cookie: str | None) -> tu
 
 
 def until_environment(
-    host: str, port: int, host_header: str, cookie: str | None, timeout: float = 180
+    host: str,
+    port: int,
+    host_header: str,
+    cookie: str | None,
+    timeout: float = 180,
+    path: str = "/1k",
 ) -> float:
     """Seconds from the first request to the first byte of the environment's own 200."""
     start = time.perf_counter()
     while True:
         sent = time.perf_counter()
-        status, took = first_byte(host, port, host_header, cookie)
+        status, took = first_byte(host, port, host_header, cookie, path)
         if status == 200:
             return sent + took - start
         if time.perf_counter() - start > timeout:
@@ -113,9 +146,20 @@ def daemon_alive(site: Site, user: str) -> bool:
     return True
 
 
-def write_site(root: Path) -> Site:
+def write_site(root: Path, stack: str = "small") -> Site:
     site = Site(root, domain="resume.test")
     site.write()
+    if stack == "jupyter":
+        labels = {
+            f"rediacc.hub.route.{PREFIX}": "8888",
+            "rediacc.hub.image": JUPYTER_IMAGE,
+            "rediacc.hub.command": JUPYTER_COMMAND,
+            "rediacc.hub.workspace": "/home/jovyan/work",
+            "rediacc.hub.docker": "per-user",
+        }
+        lines = ["version: 1", "service: hub", "labels:"]
+        lines += [f"  {k}: {json.dumps(v)}" for k, v in labels.items()]
+        site.labels.write_text("\n".join(lines) + "\n")
     # Checkpointed as root: hosts whose root lacks CAP_SYS_RESOURCE (like this Firecracker VM)
     # cannot CRIU-dump processes of another uid.
     with site.labels.open("a") as f:
@@ -123,8 +167,22 @@ def write_site(root: Path) -> Site:
     return site
 
 
-def measure_hub(site: Site, users: list[str], cycles: int) -> tuple[list, list, list]:
-    """(cold starts, resumes, restore breakdown) through ``hub start``."""
+@dataclass
+class Run:
+    """One stack's numbers: cold starts, resumes, and each resume's own breakdown."""
+
+    stack: str
+    colds: list[float] = field(default_factory=list)
+    resumes: list[float] = field(default_factory=list)
+    kernel: list[float] = field(default_factory=list)  # jupyter: first request -> execute reply
+    dumps: list[float] = field(default_factory=list)
+    starts: list[dict] = field(default_factory=list)  # the user's last_start after each resume
+
+
+def measure_hub(site: Site, users: list[str], cycles: int, stack: str = "small") -> Run:
+    """Cold starts and resumes of one stack through ``hub start``."""
+    run = Run(stack)
+    path = PATHS[stack]
     cookies = {u: site.mint_cookie(u) for u in users}
     for user in users:
         site.prepare_workspace(user)
@@ -132,18 +190,25 @@ def measure_hub(site: Site, users: list[str], cycles: int) -> tuple[list, list, 
     argv = [str(Path(sys.executable).parent / "hub"), "start", "--labels", str(site.labels)]
     argv += ["--env-file", str(site.env_file), f"--port={port}"]
     argv += [f"--{k.replace('_', '-')}={v}" for k, v in site.flags().items()]
-    argv += [f"--idle-timeout={IDLE_TIMEOUT}", "--checkpoint"]
+    argv += [f"--idle-timeout={IDLE_TIMEOUT[stack]}", "--checkpoint"]
     proc = _spawn(argv, site.root / "hub.log", env=process_env())
     state = site.root / "state"
     try:
         wait_http(Endpoint("127.0.0.1", port, site.host_header), "/_hub/health", 60, proc)
-        colds = []
         for user in users:
-            took = until_environment("127.0.0.1", port, site.host_header, cookies[user])
-            colds.append(took)
-            log(f"  cold start {user}: {took:.2f} s")
-        resumes, breakdown = [], []
+            took = until_environment("127.0.0.1", port, site.host_header, cookies[user], path=path)
+            run.colds.append(took)
+            log(f"  {stack} cold start {user}: {took:.2f} s")
         user = users[0]
+        endpoint = Endpoint("127.0.0.1", port, site.host_header, cookies[user])
+        kernel = secret = None
+        if stack == "jupyter":
+            from bench import jupyter
+
+            kernel = jupyter.new_kernel(endpoint)
+            secret = os.urandom(6).hex()
+            jupyter.execute(endpoint, kernel, f"import os\nkept = {secret!r}\nprint(os.getpid())")
+            log(f"  kernel {kernel} holds a variable")
         for cycle in range(1, cycles + 1):
             wait_for(
                 lambda: (
@@ -154,20 +219,33 @@ def measure_hub(site: Site, users: list[str], cycles: int) -> tuple[list, list, 
                 f"{user} to be checkpointed",
             )
             health = read_json(state / "checkpoint" / f"{user}.json")
-            took = until_environment("127.0.0.1", port, site.host_header, cookies[user])
+            start = time.perf_counter()
+            took = until_environment("127.0.0.1", port, site.host_header, cookies[user], path=path)
+            if kernel is not None:
+                from bench import jupyter
+
+                out = jupyter.execute(endpoint, kernel, "print(kept)")
+                run.kernel.append(time.perf_counter() - start)
+                if out.strip() != secret:
+                    raise RuntimeError(f"cycle {cycle}: the kernel lost its variable: {out!r}")
             rec = read_json(state / "users" / f"{user}.json")
             restored = rec.get("restored") or {}
             if rec.get("restore_error") or "restored with their memory" not in restored.get(
                 "detail", ""
             ):
                 raise RuntimeError(f"cycle {cycle}: not a verified restore: {rec}")
-            resumes.append(took)
-            breakdown.append((health.get("last_dump_seconds"), restored.get("seconds")))
+            last = rec.get("last_start") or {}
+            if last.get("outcome") != "restored":
+                raise RuntimeError(f"cycle {cycle}: the hub's last start was not a restore: {last}")
+            run.resumes.append(took)
+            run.starts.append(last)
+            run.dumps.append(health.get("last_dump_seconds") or 0.0)
             log(
-                f"  resume {cycle}/{cycles}: {took:.2f} s (CRIU restore+verify "
-                f"{restored.get('seconds', 0):.2f} s; dump was {health.get('last_dump_seconds')} s)"
+                f"  {stack} resume {cycle}/{cycles}: {took:.2f} s "
+                + (f"(kernel answered at {run.kernel[-1]:.2f} s) " if kernel else "")
+                + f"hub: {timings.describe(last)}"
             )
-        return colds, resumes, breakdown
+        return run
     finally:
         proc.terminate()
         try:
@@ -221,25 +299,54 @@ def measure_docker_start(cycles: int) -> list[float]:
     return samples
 
 
-def report(colds, resumes, breakdown, plain) -> str:
-    rows = {
-        "resume (checkpointed user)": summary(resumes),
-        "cold start (new user)": summary(colds),
-        "docker start (plain)": summary(plain),
-    }
+def breakdown(run: Run) -> list[str]:
+    """Medians of the hub's own step and part timings over a stack's resumes."""
+    steps: dict[str, list[float]] = {}
+    parts: dict[str, dict[str, list[float]]] = {}
+    order: list[str] = []
+    for start in run.starts:
+        for step in start.get("steps", []):
+            name = step["step"]
+            if name not in steps:
+                order.append(name)
+            steps.setdefault(name, []).append(step["seconds"])
+            for part, seconds in step.get("parts", {}).items():
+                parts.setdefault(name, {}).setdefault(part, []).append(seconds)
+    n = len(run.starts)
+    med = lambda xs: statistics.median(xs + [0.0] * (n - len(xs)))  # noqa: E731 - absent: 0 s
+    hub = [s.get("seconds", 0.0) for s in run.starts]
+    outside = [total - h for total, h in zip(run.resumes, hub, strict=True)]
+    out = [f"| where a {run.stack} resume's time goes (median of {n}) | s |", "|---|---|"]
+    for name in order:
+        out.append(f"| {name} | {med(steps[name]):.3f} |")
+        for part, xs in parts.get(name, {}).items():
+            out.append(f"| &nbsp;&nbsp;{name}: {part} | {med(xs):.3f} |")
+    out.append(f"| the hub's start, in all | {statistics.median(hub):.3f} |")
+    out.append(f"| outside it (proxy, progress page, client polling every {POLL * 1000:.0f} ms) "
+               f"| {statistics.median(outside):.3f} |")  # fmt: skip
+    return out
+
+
+def report(runs: list[Run], plain: list[float]) -> str:
     out = ["| first request -> first byte | n | median s | p95 s |", "|---|---|---|---|"]
+    rows = {}
+    for run in runs:
+        rows[f"resume, {run.stack} (checkpointed user)"] = summary(run.resumes)
+        if run.kernel:
+            rows[f"resume, {run.stack}: the live kernel answers"] = summary(run.kernel)
+        rows[f"cold start, {run.stack} (new user)"] = summary(run.colds)
+    if plain:
+        rows["docker start (plain, small)"] = summary(plain)
     for name, s in rows.items():
         out.append(f"| {name} | {s['n']} | {s['median']:.2f} | {s['p95']:.2f} |")
-    r, c, p = (rows[k]["median"] for k in rows)
-    out.append("")
-    out.append(f"resume / cold start: {r / c:.2f}x    resume / docker start: {r / p:.2f}x")
-    restores = [b[1] for b in breakdown if b[1] is not None]
-    dumps = [b[0] for b in breakdown if b[0] is not None]
-    if restores and dumps:
-        out.append(
-            f"inside resume: CRIU restore + verification median {statistics.median(restores):.2f} s;"
-            f" checkpoint (pre_dump, freeze, dump) median {statistics.median(dumps):.2f} s"
-        )
+    for run in runs:
+        r, c = statistics.median(run.resumes), statistics.median(run.colds)
+        line = f"{run.stack}: resume / cold start {r / c:.2f}x"
+        if plain and run.stack == "small":
+            line += f"; resume / docker start {r / statistics.median(plain):.2f}x"
+        line += f"; checkpoint (pre_dump, freeze, dump) median {statistics.median(run.dumps):.2f} s"
+        out += ["", line, ""]
+        out += breakdown(run)
     return "\n".join(out)
 
 
@@ -248,28 +355,38 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=10)
     parser.add_argument("--cold", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="3 cycles, 2 cold starts")
+    parser.add_argument("--stack", default="small,jupyter", help="small, jupyter or both (a,b)")
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain docker start")
     args = parser.parse_args()
     if args.quick:
         args.cycles, args.cold = 3, 2
+    stacks = [s for s in args.stack.split(",") if s]
+    if not stacks or set(stacks) - set(PATHS):
+        sys.exit(f"--stack: one or more of {', '.join(PATHS)}, comma-separated; got {args.stack!r}")
     if os.geteuid() != 0:
         sys.exit("bench.resume needs root (per-user dockerd, CRIU)")
-    root = Path(tempfile.mkdtemp(prefix="hub-bench-resume-"))
-    site = write_site(root)
-    users = ["bench"] + [f"cold{i}" for i in range(1, args.cold)]
-    try:
-        log(f"resume bench in {root}: {args.cycles} cycles, {len(users)} cold starts")
-        colds, resumes, breakdown = measure_hub(site, users, args.cycles)
-        plain = measure_docker_start(args.cycles)
-    finally:
-        with contextlib.suppress(Exception):
-            destroy_all(site)
-        # the hub's log (timeline of every checkpoint and restore) outlives the run
-        artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
-        with contextlib.suppress(OSError):
-            artifacts.mkdir(exist_ok=True)
-            shutil.copy(root / "hub.log", artifacts / "bench-resume-hub.log")
-        shutil.rmtree(root, ignore_errors=True)
-    print(report(colds, resumes, breakdown, plain))
+    if "jupyter" in stacks:
+        script = Path(__file__).resolve().parents[1] / "scripts" / "build-jupyter-image.sh"
+        subprocess.run([str(script)], check=True)  # skipped when its recipe is unchanged
+    runs = []
+    for stack in stacks:
+        root = Path(tempfile.mkdtemp(prefix=f"hub-bench-resume-{stack}-"))
+        site = write_site(root, stack)
+        users = [site.user] + [f"{site.user}c{i}" for i in range(1, args.cold)]
+        try:
+            log(f"resume bench ({stack}) in {root}: {args.cycles} cycles, {len(users)} cold starts")
+            runs.append(measure_hub(site, users, args.cycles, stack))
+        finally:
+            with contextlib.suppress(Exception):
+                destroy_all(site)
+            # the hub's log (timeline of every checkpoint and restore) outlives the run
+            artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
+            with contextlib.suppress(OSError):
+                artifacts.mkdir(exist_ok=True)
+                shutil.copy(root / "hub.log", artifacts / f"bench-resume-{stack}-hub.log")
+            shutil.rmtree(root, ignore_errors=True)
+    plain = [] if args.no_plain or "small" not in stacks else measure_docker_start(args.cycles)
+    print(report(runs, plain))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODULE = "hubcontrol.policysocket"
+# The longest step between two polls of a starting policy socket (a pidfile read and a local
+# connect): a coarser one cost every start and resume up to 0.2 s after the socket was up.
+ACCEPT_POLL_MAX = 0.05
 # The command line of a policy socket started by a hub before the policy socket was its own
 # package: ``python -c <bootstrap> <package dir> --flag=value...``, the bootstrap importing
 # ``hubcontrol.socketproxy``. Such processes are found (to be replaced) by this part of it.
@@ -269,7 +272,7 @@ def start(
         if pid is not None and _accepts(args.listen):
             return pid
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)
+        delay = min(delay * 1.5, ACCEPT_POLL_MAX)
     raise DaemonError(
         "The hub could not open your environment's docker socket.",
         f"policy socket {args.listen} did not start within {timeout:.0f} s"

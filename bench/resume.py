@@ -172,16 +172,24 @@ class Run:
     """One stack's numbers: cold starts, resumes, and each resume's own breakdown."""
 
     stack: str
+    tree: Path | None = None  # --baseline: another source tree's hub; None: this checkout's
     colds: list[float] = field(default_factory=list)
     resumes: list[float] = field(default_factory=list)
     kernel: list[float] = field(default_factory=list)  # jupyter: first request -> execute reply
     dumps: list[float] = field(default_factory=list)
     starts: list[dict] = field(default_factory=list)  # the user's last_start after each resume
 
+    @property
+    def label(self) -> str:
+        return f"{self.stack} (baseline)" if self.tree else self.stack
 
-def measure_hub(site: Site, users: list[str], cycles: int, stack: str = "small") -> Run:
-    """Cold starts and resumes of one stack through ``hub start``."""
-    run = Run(stack)
+
+def measure_hub(
+    site: Site, users: list[str], cycles: int, stack: str = "small", tree: Path | None = None
+) -> Run:
+    """Cold starts and resumes of one stack through ``hub start`` (of the source tree ``tree``,
+    default this checkout's)."""
+    run = Run(stack, tree)
     path = PATHS[stack]
     cookies = {u: site.mint_cookie(u) for u in users}
     for user in users:
@@ -191,7 +199,10 @@ def measure_hub(site: Site, users: list[str], cycles: int, stack: str = "small")
     argv += ["--env-file", str(site.env_file), f"--port={port}"]
     argv += [f"--{k.replace('_', '-')}={v}" for k, v in site.flags().items()]
     argv += [f"--idle-timeout={IDLE_TIMEOUT[stack]}", "--checkpoint"]
-    proc = _spawn(argv, site.root / "hub.log", env=process_env())
+    env = process_env()
+    if tree is not None:  # the hub and the policy sockets it spawns import that tree's code
+        env["PYTHONPATH"] = str(tree)
+    proc = _spawn(argv, site.root / "hub.log", env=env)
     state = site.root / "state"
     try:
         wait_http(Endpoint("127.0.0.1", port, site.host_header), "/_hub/health", 60, proc)
@@ -316,7 +327,7 @@ def breakdown(run: Run) -> list[str]:
     med = lambda xs: statistics.median(xs + [0.0] * (n - len(xs)))  # noqa: E731 - absent: 0 s
     hub = [s.get("seconds", 0.0) for s in run.starts]
     outside = [total - h for total, h in zip(run.resumes, hub, strict=True)]
-    out = [f"| where a {run.stack} resume's time goes (median of {n}) | s |", "|---|---|"]
+    out = [f"| where a {run.label} resume's time goes (median of {n}) | s |", "|---|---|"]
     for name in order:
         out.append(f"| {name} | {med(steps[name]):.3f} |")
         for part, xs in parts.get(name, {}).items():
@@ -331,17 +342,17 @@ def report(runs: list[Run], plain: list[float]) -> str:
     out = ["| first request -> first byte | n | median s | p95 s |", "|---|---|---|---|"]
     rows = {}
     for run in runs:
-        rows[f"resume, {run.stack} (checkpointed user)"] = summary(run.resumes)
+        rows[f"resume, {run.label} (checkpointed user)"] = summary(run.resumes)
         if run.kernel:
-            rows[f"resume, {run.stack}: the live kernel answers"] = summary(run.kernel)
-        rows[f"cold start, {run.stack} (new user)"] = summary(run.colds)
+            rows[f"resume, {run.label}: the live kernel answers"] = summary(run.kernel)
+        rows[f"cold start, {run.label} (new user)"] = summary(run.colds)
     if plain:
         rows["docker start (plain, small)"] = summary(plain)
     for name, s in rows.items():
         out.append(f"| {name} | {s['n']} | {s['median']:.2f} | {s['p95']:.2f} |")
     for run in runs:
         r, c = statistics.median(run.resumes), statistics.median(run.colds)
-        line = f"{run.stack}: resume / cold start {r / c:.2f}x"
+        line = f"{run.label}: resume / cold start {r / c:.2f}x"
         if plain and run.stack == "small":
             line += f"; resume / docker start {r / statistics.median(plain):.2f}x"
         line += f"; checkpoint (pre_dump, freeze, dump) median {statistics.median(run.dumps):.2f} s"
@@ -357,6 +368,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 cycles, 2 cold starts")
     parser.add_argument("--stack", default="small,jupyter", help="small, jupyter or both (a,b)")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain docker start")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run the hub from this source tree (git archive REV hubproxy hubcontrol hubcli "
+        "| tar -x -C DIR), before this checkout's, stack by stack: a change against its parent",
+    )
     args = parser.parse_args()
     if args.quick:
         args.cycles, args.cold = 3, 2
@@ -369,13 +386,15 @@ def main() -> None:
         script = Path(__file__).resolve().parents[1] / "scripts" / "build-jupyter-image.sh"
         subprocess.run([str(script)], check=True)  # skipped when its recipe is unchanged
     runs = []
-    for stack in stacks:
+    trees = [args.baseline.resolve(), None] if args.baseline else [None]
+    for stack, tree in ((s, t) for s in stacks for t in trees):
         root = Path(tempfile.mkdtemp(prefix=f"hub-bench-resume-{stack}-"))
         site = write_site(root, stack)
         users = [site.user] + [f"{site.user}c{i}" for i in range(1, args.cold)]
         try:
-            log(f"resume bench ({stack}) in {root}: {args.cycles} cycles, {len(users)} cold starts")
-            runs.append(measure_hub(site, users, args.cycles, stack))
+            log(f"resume bench ({stack}, {tree or 'this checkout'}) in {root}: {args.cycles} "
+                f"cycles, {len(users)} cold starts")  # fmt: skip
+            runs.append(measure_hub(site, users, args.cycles, stack, tree))
         finally:
             with contextlib.suppress(Exception):
                 destroy_all(site)
@@ -383,7 +402,8 @@ def main() -> None:
             artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
             with contextlib.suppress(OSError):
                 artifacts.mkdir(exist_ok=True)
-                shutil.copy(root / "hub.log", artifacts / f"bench-resume-{stack}-hub.log")
+                tag = "-baseline" if tree else ""
+                shutil.copy(root / "hub.log", artifacts / f"bench-resume-{stack}{tag}-hub.log")
             shutil.rmtree(root, ignore_errors=True)
     plain = [] if args.no_plain or "small" not in stacks else measure_docker_start(args.cycles)
     print(report(runs, plain))

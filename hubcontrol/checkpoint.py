@@ -49,7 +49,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -409,6 +409,9 @@ class CheckpointTarget:
     service_ip: str = ""
     pre_dump: str | None = None
     post_restore: str | None = None
+    # called (in the restore's thread) before post_restore runs; the hub waits there for the
+    # environment's docker socket, started beside the restore (Hub._ensure_container)
+    before_hooks: Callable[[], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -898,6 +901,9 @@ class CriuCheckpointer(Checkpointer):
             )
         hook_error = None
         if target.post_restore:
+            if target.before_hooks is not None:
+                target.before_hooks()
+                phase("docker socket")
             code, output = _run_hook(client, container.id, target, target.post_restore)
             if code != 0:
                 hook_error = f"hook.checkpoint.post_restore exited {code}: {output[-2000:]}"

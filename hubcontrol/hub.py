@@ -702,12 +702,16 @@ class Hub:
             and self.checkpointer is not None
             and self.checkpointer.has_checkpoint(name)
         ):
-            restored = await self._restore(rec, client, container.id)
+            # the policy socket is still starting (placement): CRIU restores meanwhile, as no
+            # restored process holds a docker connection (CRIU cannot dump one); post_restore
+            # waits for the socket, and so does everything after this
+            restored = await self._restore(rec, client, container.id, placed.socket_ready)
             if not restored:
                 # a failed restore leaves a stopped container: start afresh, same workspace
                 with contextlib.suppress(docker.errors.NotFound):
                     await call(client.api.remove_container, container.id, force=True)
                 container = None
+        await self._socket_ready(rec, placed)  # before any process may use the socket
         created = container is None
         if created:
             container_id = await self._create_container(rec, tpl, client, paths, net,
@@ -810,11 +814,24 @@ class Hub:
         self._emit("environment-running", rec)
         return self._environment(rec)
 
-    async def _restore(self, rec: UserRecord, client, container_id: str) -> bool:
-        """Resume a checkpointed environment; False (after reporting why) to start afresh."""
+    async def _socket_ready(self, rec: UserRecord, placed: Placed) -> None:
+        """Wait until the environment's docker socket (the policy socket placement started)
+        accepts, or its failure is logged."""
+        if placed.socket_ready is None or placed.socket_ready.done():
+            return
+        self._part(rec, "docker socket")
+        await anyio.to_thread.run_sync(placed.socket_ready.result)
+
+    async def _restore(self, rec: UserRecord, client, container_id: str, socket_ready=None) -> bool:
+        """Resume a checkpointed environment; False (after reporting why) to start afresh.
+        ``socket_ready``: the docker socket's start (``Placed.socket_ready``), which the
+        post_restore hook waits for."""
         self._set_state(rec, "restoring", step="restore", message="Resuming your environment")
+        target = self.checkpoint_target(rec, container_id)
+        if socket_ready is not None:
+            target = dataclasses.replace(target, before_hooks=socket_ready.result)
         try:
-            result = await self.checkpointer.restore(self.checkpoint_target(rec, container_id))
+            result = await self.checkpointer.restore(target)
         except CheckpointError as e:
             log.error("restore of %s failed: %s", rec.name, e.log_message)
             rec.restore_error = e.user_message

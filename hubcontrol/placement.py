@@ -29,6 +29,7 @@ daemon's first start, so the image step finds the image there.
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +53,9 @@ class Placed:
     cgroup_parent: str | None = None  # the cgroup the environment container goes under
     image_source: docker.DockerClient | None = None  # where a missing image is copied from
     image_layers: images.LayerIndex | None = None  # what the source's save streams hold
+    # done once the environment's docker socket (the policy socket) accepts; None: nothing to
+    # wait for. The start waits for it before anything in the environment may use the socket.
+    socket_ready: concurrent.futures.Future[None] | None = None
 
 
 class Placement(abc.ABC):
@@ -91,9 +95,11 @@ class PerUserDaemon(Placement):
         # before the policy socket: the user reaches the daemon only through it
         hub._part(rec, "daemon rules")
         await call(hub._isolate_daemon, spec, net)
+        socket_ready = None
         if hub.policy_sockets is not None:
-            hub._part(rec, "policy socket")
-            await hub.policy_sockets.ensure(spec, rec, template)
+            # started now, after the daemon rules, and waited for by the start before anything
+            # in the environment can use it; a restore goes on meanwhile (Hub._ensure_container)
+            socket_ready = hub.policy_sockets.launch(spec, rec, template)
         if not was_running:
             hub.engine.forget(spec.url)
             hub._emit("daemon-started", rec)
@@ -103,6 +109,7 @@ class PerUserDaemon(Placement):
             cgroup_parent=hub.supervisor.container_cgroup_parent(spec),
             image_source=hub._host_client(),
             image_layers=seeds.layers if seeds is not None else None,
+            socket_ready=socket_ready,
         )
 
 

@@ -55,10 +55,20 @@ from pathlib import Path
 
 from bench.clients import Endpoint
 from bench.contenders import _spawn, free_port, wait_http
-from bench.site import ENV_IMAGE, PREFIX, UPSTREAM_PORT, Site, destroy_all, process_env
+from bench.site import (
+    ENV_IMAGE,
+    PREFIX,
+    UPSTREAM_PORT,
+    Site,
+    destroy_all,
+    process_env,
+    unique_user,
+)
 from hubcontrol import timings
 
-IDLE_TIMEOUT = {"small": "2s", "jupyter": "6s"}  # jupyter: a kernel's start is a 1-2 s request
+# Long enough that, with --baseline, both hubs' resumes of a cycle end before either dumps again
+# (a resume here: about 2 s small, 5-8 s JupyterLab; a kernel's start is a 1-2 s request).
+IDLE_TIMEOUT = {"small": "5s", "jupyter": "20s"}
 POLL = 0.05
 JUPYTER_IMAGE = "rediacc-hub/jupyterlab:latest"
 # the seed's Jupyter command, word for word; root, checkpointed (hubcontrol.checkpoint: this
@@ -146,8 +156,8 @@ def daemon_alive(site: Site, user: str) -> bool:
     return True
 
 
-def write_site(root: Path, stack: str = "small") -> Site:
-    site = Site(root, domain="resume.test")
+def write_site(root: Path, stack: str = "small", user: str | None = None) -> Site:
+    site = Site(root, domain="resume.test", user=user or unique_user())
     site.write()
     if stack == "jupyter":
         labels = {
@@ -184,86 +194,120 @@ class Run:
         return f"{self.stack} (baseline)" if self.tree else self.stack
 
 
-def measure_hub(
-    site: Site, users: list[str], cycles: int, stack: str = "small", tree: Path | None = None
-) -> Run:
-    """Cold starts and resumes of one stack through ``hub start`` (of the source tree ``tree``,
-    default this checkout's)."""
-    run = Run(stack, tree)
-    path = PATHS[stack]
-    cookies = {u: site.mint_cookie(u) for u in users}
-    for user in users:
-        site.prepare_workspace(user)
-    port = free_port()
-    argv = [str(Path(sys.executable).parent / "hub"), "start", "--labels", str(site.labels)]
-    argv += ["--env-file", str(site.env_file), f"--port={port}"]
-    argv += [f"--{k.replace('_', '-')}={v}" for k, v in site.flags().items()]
-    argv += [f"--idle-timeout={IDLE_TIMEOUT[stack]}", "--checkpoint"]
-    env = process_env()
-    if tree is not None:  # the hub and the policy sockets it spawns import that tree's code
-        env["PYTHONPATH"] = str(tree)
-    proc = _spawn(argv, site.root / "hub.log", env=env)
-    state = site.root / "state"
-    try:
-        wait_http(Endpoint("127.0.0.1", port, site.host_header), "/_hub/health", 60, proc)
-        for user in users:
-            took = until_environment("127.0.0.1", port, site.host_header, cookies[user], path=path)
-            run.colds.append(took)
-            log(f"  {stack} cold start {user}: {took:.2f} s")
-        user = users[0]
-        endpoint = Endpoint("127.0.0.1", port, site.host_header, cookies[user])
-        kernel = secret = None
-        if stack == "jupyter":
+class HubBench:
+    """One ``hub start`` (of source tree ``tree``, default this checkout's) serving one stack:
+    its cold starts, then resumes on demand (``resume``), each checked and broken down."""
+
+    def __init__(self, site: Site, users: list[str], stack: str, tree: Path | None) -> None:
+        self.site, self.users, self.stack = site, users, stack
+        self.run = Run(stack, tree)
+        self.path = PATHS[stack]
+        self.cookies = {u: site.mint_cookie(u) for u in users}
+        self.state = site.root / "state"
+        self.proc: subprocess.Popen | None = None
+        self.kernel: str | None = None
+        self.secret = ""
+
+    def start(self) -> None:
+        site = self.site
+        for user in self.users:
+            site.prepare_workspace(user)
+        self.port = free_port()
+        argv = [str(Path(sys.executable).parent / "hub"), "start", "--labels", str(site.labels)]
+        argv += ["--env-file", str(site.env_file), f"--port={self.port}"]
+        argv += [f"--{k.replace('_', '-')}={v}" for k, v in site.flags().items()]
+        argv += [f"--idle-timeout={IDLE_TIMEOUT[self.stack]}", "--checkpoint"]
+        env = process_env()
+        if self.run.tree is not None:  # the hub and the policy sockets it spawns import it
+            env["PYTHONPATH"] = str(self.run.tree)
+        self.proc = _spawn(argv, site.root / "hub.log", env=env)
+        wait_http(Endpoint("127.0.0.1", self.port, site.host_header), "/_hub/health", 60, self.proc)
+
+    def cold_starts(self) -> None:
+        for user in self.users:
+            took = self._until_environment(user)
+            self.run.colds.append(took)
+            log(f"  {self.run.label} cold start {user}: {took:.2f} s")
+        if self.stack == "jupyter":
             from bench import jupyter
 
-            kernel = jupyter.new_kernel(endpoint)
-            secret = os.urandom(6).hex()
-            jupyter.execute(endpoint, kernel, f"import os\nkept = {secret!r}\nprint(os.getpid())")
-            log(f"  kernel {kernel} holds a variable")
-        for cycle in range(1, cycles + 1):
-            wait_for(
-                lambda: (
-                    read_json(state / "users" / f"{user}.json").get("state") == "checkpointed"
-                    and not daemon_alive(site, user)
-                ),
-                120,
-                f"{user} to be checkpointed",
-            )
-            health = read_json(state / "checkpoint" / f"{user}.json")
-            start = time.perf_counter()
-            took = until_environment("127.0.0.1", port, site.host_header, cookies[user], path=path)
-            if kernel is not None:
-                from bench import jupyter
+            self.kernel = jupyter.new_kernel(self.endpoint)
+            self.secret = os.urandom(6).hex()
+            code = f"import os\nkept = {self.secret!r}\nprint(os.getpid())"
+            jupyter.execute(self.endpoint, self.kernel, code)
+            log(f"  {self.run.label}: kernel {self.kernel} holds a variable")
 
-                out = jupyter.execute(endpoint, kernel, "print(kept)")
-                run.kernel.append(time.perf_counter() - start)
-                if out.strip() != secret:
-                    raise RuntimeError(f"cycle {cycle}: the kernel lost its variable: {out!r}")
-            rec = read_json(state / "users" / f"{user}.json")
-            restored = rec.get("restored") or {}
-            if rec.get("restore_error") or "restored with their memory" not in restored.get(
-                "detail", ""
-            ):
-                raise RuntimeError(f"cycle {cycle}: not a verified restore: {rec}")
-            last = rec.get("last_start") or {}
-            if last.get("outcome") != "restored":
-                raise RuntimeError(f"cycle {cycle}: the hub's last start was not a restore: {last}")
-            run.resumes.append(took)
-            run.starts.append(last)
-            run.dumps.append(health.get("last_dump_seconds") or 0.0)
-            log(
-                f"  {stack} resume {cycle}/{cycles}: {took:.2f} s "
-                + (f"(kernel answered at {run.kernel[-1]:.2f} s) " if kernel else "")
-                + f"hub: {timings.describe(last)}"
-            )
-        return run
-    finally:
-        proc.terminate()
+    @property
+    def user(self) -> str:
+        return self.users[0]
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint("127.0.0.1", self.port, self.site.host_header, self.cookies[self.user])
+
+    def _until_environment(self, user: str) -> float:
+        host = self.site.host_header
+        return until_environment("127.0.0.1", self.port, host, self.cookies[user], path=self.path)
+
+    def checkpointed(self) -> bool:
+        rec = read_json(self.state / "users" / f"{self.user}.json")
+        return rec.get("state") == "checkpointed" and not daemon_alive(self.site, self.user)
+
+    def resume(self, cycle: int, cycles: int) -> None:
+        """The user's next request after the checkpoint, to the environment's first byte."""
+        run, user = self.run, self.user
+        health = read_json(self.state / "checkpoint" / f"{user}.json")
+        start = time.perf_counter()
+        took = self._until_environment(user)
+        if self.kernel is not None:
+            from bench import jupyter
+
+            out = jupyter.execute(self.endpoint, self.kernel, "print(kept)")
+            run.kernel.append(time.perf_counter() - start)
+            if out.strip() != self.secret:
+                raise RuntimeError(f"cycle {cycle}: the kernel lost its variable: {out!r}")
+        rec = read_json(self.state / "users" / f"{user}.json")
+        restored = rec.get("restored") or {}
+        if rec.get("restore_error") or "restored with their memory" not in restored.get(
+            "detail", ""
+        ):
+            raise RuntimeError(f"cycle {cycle}: not a verified restore: {rec}")
+        last = rec.get("last_start") or {}
+        if last.get("outcome") != "restored":
+            raise RuntimeError(f"cycle {cycle}: the hub's last start was not a restore: {last}")
+        run.resumes.append(took)
+        run.starts.append(last)
+        run.dumps.append(health.get("last_dump_seconds") or 0.0)
+        log(
+            f"  {run.label} resume {cycle}/{cycles}: {took:.2f} s "
+            + (f"(kernel answered at {run.kernel[-1]:.2f} s) " if self.kernel else "")
+            + f"hub: {timings.describe(last)}"
+        )
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
         try:
-            proc.wait(30)
+            self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+def measure_interleaved(benches: list[HubBench], cycles: int) -> None:
+    """Resume every bench's user once per cycle, in an order that alternates per cycle, once all
+    of them are checkpointed (the idle timeout is long enough that no hub dumps while another
+    resumes): the trees compared see the same machine, minute by minute."""
+    for bench in benches:
+        bench.start()
+        bench.cold_starts()
+    for cycle in range(1, cycles + 1):
+        wait_for(lambda: all(b.checkpointed() for b in benches), 240, "every user checkpointed")
+        order = benches if cycle % 2 else benches[::-1]
+        for bench in order:
+            bench.resume(cycle, cycles)
 
 
 def measure_docker_start(cycles: int) -> list[float]:
@@ -387,24 +431,32 @@ def main() -> None:
         subprocess.run([str(script)], check=True)  # skipped when its recipe is unchanged
     runs = []
     trees = [args.baseline.resolve(), None] if args.baseline else [None]
-    for stack, tree in ((s, t) for s in stacks for t in trees):
-        root = Path(tempfile.mkdtemp(prefix=f"hub-bench-resume-{stack}-"))
-        site = write_site(root, stack)
-        users = [site.user] + [f"{site.user}c{i}" for i in range(1, args.cold)]
-        try:
+    for stack in stacks:
+        benches = []
+        for tree in trees:
+            root = Path(tempfile.mkdtemp(prefix=f"hub-bench-resume-{stack}-"))
+            # a user name per hub: cgroups and net-ID claims are host-wide, by user name
+            site = write_site(root, stack, user=unique_user() + ("b" if tree else ""))
+            users = [site.user] + [f"{site.user}c{i}" for i in range(1, args.cold)]
+            benches.append(HubBench(site, users, stack, tree))
             log(f"resume bench ({stack}, {tree or 'this checkout'}) in {root}: {args.cycles} "
                 f"cycles, {len(users)} cold starts")  # fmt: skip
-            runs.append(measure_hub(site, users, args.cycles, stack, tree))
+        try:
+            measure_interleaved(benches, args.cycles)
+            runs += [b.run for b in benches]
         finally:
-            with contextlib.suppress(Exception):
-                destroy_all(site)
-            # the hub's log (timeline of every checkpoint and restore) outlives the run
-            artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
-            with contextlib.suppress(OSError):
-                artifacts.mkdir(exist_ok=True)
-                tag = "-baseline" if tree else ""
-                shutil.copy(root / "hub.log", artifacts / f"bench-resume-{stack}{tag}-hub.log")
-            shutil.rmtree(root, ignore_errors=True)
+            for bench in benches:
+                bench.stop()
+                with contextlib.suppress(Exception):
+                    destroy_all(bench.site)
+                # the hub's log (timeline of every checkpoint and restore) outlives the run
+                artifacts = Path(__file__).resolve().parents[1] / "test-artifacts"
+                with contextlib.suppress(OSError):
+                    artifacts.mkdir(exist_ok=True)
+                    tag = "-baseline" if bench.run.tree else ""
+                    log_copy = artifacts / f"bench-resume-{stack}{tag}-hub.log"
+                    shutil.copy(bench.site.root / "hub.log", log_copy)
+                shutil.rmtree(bench.site.root, ignore_errors=True)
     plain = [] if args.no_plain or "small" not in stacks else measure_docker_start(args.cycles)
     print(report(runs, plain))
 

@@ -396,7 +396,7 @@ def run_resume(quick: bool) -> str | None:
     if not (ROOT / "bench" / "resume.py").exists():
         return None
     # the full run keeps bench/resume.py's own defaults short enough to fit one sitting
-    cmd = [sys.executable, "-m", "bench.resume"]
+    cmd = [sys.executable, "-m", "bench.resume", "--stack", "small"]  # jupyter: run it alone
     cmd += ["--quick"] if quick else ["--cycles", "5", "--cold", "2"]
     log("resume: " + " ".join(cmd))
     try:

@@ -91,6 +91,20 @@ def needs_shell(template: Template) -> bool:
     return any((template.command, template.on_create, template.pre_dump, template.post_restore))
 
 
+def container_cpus(cpus: float | None, available: int) -> float | None:
+    """The container's CPUs (NanoCPUs) for a template asking for ``cpus``, on a host with
+    ``available`` CPUs.
+
+    docker refuses more CPUs than the host has ("Range of CPUs is from 0.01 to 2.00"), so the
+    seed's Jupyter example (``rediacc.hub.limits.cpu=400%``) could not start on a 2-core host. A
+    quota above the host's CPUs limits nothing, so it is capped at ``available``; the user's
+    cgroup keeps the quota as written (``Limits.cpu``), which the kernel accepts at any size.
+    """
+    if not cpus:
+        return cpus
+    return min(cpus, float(max(1, available)))
+
+
 def create_options(
     *,
     username: str,

@@ -11,6 +11,7 @@ lock, so concurrent logins share a single start.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -30,7 +31,7 @@ from docker.models.containers import Container
 
 from hubcontrol import checkpoint as ckpt
 from hubcontrol import environment as envs
-from hubcontrol import images, mounts, netids, network, safefs, storage, userns
+from hubcontrol import images, mounts, netids, network, safefs, storage, timings, userns
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.engine import Engine, id_of
 from hubcontrol.environment import Environment
@@ -257,6 +258,8 @@ class Hub:
         self._routes = RouteTable()
         self._activity: dict[str, tuple[float, str]] = {}
         self._progress: dict[str, Progress] = {}
+        # The step marks of each start in progress (hubcontrol.timings), by safe name.
+        self._laps: dict[str, timings.Laps] = {}
         # Every user's persisted record (<state-dir>/users/<name>.json), typed and cached.
         self.records = RecordStore(Path(config.state_dir) / "users", lambda: self.clock())
         self._locks: dict[str, anyio.Lock] = {}
@@ -408,9 +411,30 @@ class Hub:
             rec.error = None
         self.records.save(rec)
         self._progress[rec.name] = Progress(state, step, message, error, self.clock())
+        self._lap(rec, step)
 
     def _step(self, rec: UserRecord, step: str, message: str) -> None:
         self._progress[rec.name] = Progress(rec.state, step, message, None, self.clock())
+        self._lap(rec, step)
+
+    def _lap(self, rec: UserRecord, step: str) -> None:
+        laps = self._laps.get(rec.name)
+        if laps is not None and step and laps.current != step:
+            laps.step(step)
+
+    def _part(self, rec: UserRecord, part: str) -> None:
+        """A named part of the current step of ``rec``'s start begins (``last_start``)."""
+        laps = self._laps.get(rec.name)
+        if laps is not None:
+            laps.part(part)
+
+    def _finish_laps(self, rec: UserRecord, outcome: str) -> None:
+        """Keep where this start's time went in the record (``last_start``) and the log."""
+        laps = self._laps.pop(rec.name, None)
+        if laps is None:
+            return
+        rec.last_start = laps.finish(outcome=outcome, at=round(self.clock(), 3))
+        log.info("start of %s (%s) took %s", rec.name, outcome, timings.describe(rec.last_start))
 
     def _publish(self, rec: UserRecord) -> None:
         name = rec.name
@@ -522,14 +546,17 @@ class Hub:
         which ``progress(user)`` also shows.
         """
         name = safe_name(user)
+        laps = timings.Laps()  # from here: the time waiting for the user's lock counts
         async with self.lock(user):
             rec = self.records.get(name) or UserRecord(name=name)
             rec.user = user
             self._emit("environment-starting", rec)
+            self._laps[name] = laps
             try:
                 return await self._ensure_running(rec, template, route)
             except HubError as e:
                 log.error("starting %s failed: %s", name, e.log_message)
+                self._finish_laps(rec, "failed")
                 self._set_state(
                     rec, "failed", step="failed", message=e.user_message, error=e.user_message
                 )
@@ -538,6 +565,7 @@ class Hub:
                 raise
             except Exception as e:
                 log.exception("starting %s failed", name)
+                self._finish_laps(rec, "failed")
                 self._set_state(rec, "failed", step="failed", message=str(e), error=str(e))
                 self._publish(rec)
                 self._emit("environment-failed", rec)
@@ -546,9 +574,12 @@ class Hub:
                 # cancelled (hub shutdown, a caller's deadline): nothing is half-published; the
                 # next start or the next hub's reconcile picks up from what really runs
                 message = "The start of your environment was interrupted; please retry."
+                self._finish_laps(rec, "interrupted")
                 self._set_state(rec, "failed", step="failed", message=message, error=message)
                 self._publish(rec)
                 raise
+            finally:
+                self._laps.pop(name, None)  # a start that returned early (already running)
 
     async def _ensure_running(
         self, rec: UserRecord, template: str | None, route: str | None = None
@@ -556,6 +587,7 @@ class Hub:
         """The start path, one named step each (each sets its own progress)."""
         tpl = self._pick_template(rec, template)
         if (env := await self._still_running(rec, tpl)) is not None:
+            self._laps.pop(rec.name, None)  # nothing was started: the last start's record stays
             return env
         await self._leave_other_placement(rec, tpl)
         paths, net = await self._prepare_storage(rec, tpl)
@@ -704,12 +736,16 @@ class Hub:
             and self.checkpointer is not None
             and self.checkpointer.has_checkpoint(name)
         ):
-            restored = await self._restore(rec, client, id_of(container))
+            # the policy socket is still starting (placement): CRIU restores meanwhile, as no
+            # restored process holds a docker connection (CRIU cannot dump one); post_restore
+            # waits for the socket, and so does everything after this
+            restored = await self._restore(rec, client, id_of(container), placed.socket_ready)
             if not restored:
                 # a failed restore leaves a stopped container: start afresh, same workspace
                 with contextlib.suppress(docker.errors.NotFound):
                     await call(client.api.remove_container, id_of(container), force=True)
                 container = None
+        await self._socket_ready(rec, placed)  # before any process may use the socket
         created = container is None
         if container is None:
             container_id = await self._create_container(rec, tpl, client, paths, net,
@@ -790,7 +826,7 @@ class Hub:
             workspace=None if tpl.ephemeral else paths.workspace,
             env_dir=placed.env_dir,
             cgroup_parent=placed.cgroup_parent,
-            cpus=limits.cpus,
+            cpus=envs.container_cpus(limits.cpus, len(os.sched_getaffinity(0))),
             memory=limits.memory_bytes,
             owner=owner,
             shell=facts.shell,
@@ -830,20 +866,38 @@ class Hub:
     def _mark_running(self, rec: UserRecord, restored: bool) -> Environment:
         if not restored:
             rec.started_at = self.clock()
+        self._finish_laps(rec, "restored" if restored else "started")
         self._set_state(rec, "running", step="running", message="Your environment is running")
         self._publish(rec)
         self._emit("environment-running", rec)
         return self._environment(rec)
 
+    async def _socket_ready(self, rec: UserRecord, placed: Placed) -> None:
+        """Wait until the environment's docker socket (the policy socket placement started)
+        accepts, or its failure is logged."""
+        if placed.socket_ready is None or placed.socket_ready.done():
+            return
+        self._part(rec, "docker socket")
+        await anyio.to_thread.run_sync(placed.socket_ready.result)
+
     async def _restore(
-        self, rec: UserRecord, client: docker.DockerClient, container_id: str
+        self,
+        rec: UserRecord,
+        client: docker.DockerClient,
+        container_id: str,
+        socket_ready: concurrent.futures.Future[None] | None = None,
     ) -> bool:
-        """Resume a checkpointed environment; False (after reporting why) to start afresh."""
+        """Resume a checkpointed environment; False (after reporting why) to start afresh.
+        ``socket_ready``: the docker socket's start (``Placed.socket_ready``), which the
+        post_restore hook waits for."""
         if self.checkpointer is None:  # (the caller checked) no checkpointing: start afresh
             return False
         self._set_state(rec, "restoring", step="restore", message="Resuming your environment")
+        target = self.checkpoint_target(rec, container_id)
+        if socket_ready is not None:
+            target = dataclasses.replace(target, before_hooks=socket_ready.result)
         try:
-            result = await self.checkpointer.restore(self.checkpoint_target(rec, container_id))
+            result = await self.checkpointer.restore(target)
         except CheckpointError as e:
             log.error("restore of %s failed: %s", rec.name, e.log_message)
             rec.restore_error = e.user_message
@@ -853,6 +907,9 @@ class Hub:
             return False
         rec.restore_error = None
         rec.started_at = self.clock()
+        laps = self._laps.get(rec.name)
+        if laps is not None:
+            laps.add_parts(result.phases)
         rec.restored = {
             "checkpoint": result.checkpoint,
             "seconds": result.seconds,

@@ -384,6 +384,7 @@ def _remove_tagged(
         return  # no ip6tables
     if listing.returncode:
         return
+    doomed: list[list[str]] = []
     for line in listing.stdout.splitlines():
         words = line.split()
         if words[:2] != ["-A", chain] or (tag not in words and alt not in words):
@@ -391,8 +392,11 @@ def _remove_tagged(
         marked = bool(mark) and (mark in words or f'"{mark}"' in words)
         if mark and marked != only_marked:
             continue
-        spec = [w.strip('"') for w in words[2:]]
-        _iptables(family, table, "-D", chain, *spec, check=False)
+        doomed.append(["-D", chain, *(w.strip('"') for w in words[2:])])
+    if not _restore(family, table, doomed):
+        # one of them went meanwhile (the batch is all or nothing): each on its own, as before
+        for rule in doomed:
+            _iptables(family, table, *rule, check=False)
 
 
 def _iptables(
@@ -400,6 +404,41 @@ def _iptables(
 ) -> subprocess.CompletedProcess[str]:
     exe = "iptables" if family == 4 else "ip6tables"
     return _run(exe, "-w", "10", "-t", table, *args, check=check)
+
+
+def restore_input(table: str, lines: Sequence[Sequence[str]]) -> str | None:
+    """The ``iptables-restore --noflush`` input applying ``lines`` (``["-A", chain, *rule]`` or
+    ``["-D", ...]``) to ``table`` in one go; None when an argument cannot be written in that
+    format as is (whitespace, quotes, a comment sign), to be applied rule by rule instead."""
+    for line in lines:
+        for word in line:
+            if not word or any(c.isspace() or c in "\"'#\\" for c in word):
+                return None
+    return f"*{table}\n" + "".join(" ".join(line) + "\n" for line in lines) + "COMMIT\n"
+
+
+def _restore(family: int, table: str, lines: Sequence[Sequence[str]]) -> bool:
+    """Apply ``lines`` with one ``iptables-restore --noflush``: one process instead of one per
+    rule (about 10 ms each here; a resume's daemon rules were some 20 of them), and all of them
+    or none (with the nf_tables backend one transaction). False when that did not happen (the
+    caller applies them one by one); nothing to apply is True."""
+    if not lines:
+        return True
+    text = restore_input(table, lines)
+    if text is None:
+        return False
+    exe = "iptables-restore" if family == 4 else "ip6tables-restore"
+    try:
+        proc = subprocess.run(
+            [exe, "-w", "10", "--noflush"], input=text, capture_output=True, text=True
+        )
+    except FileNotFoundError:
+        return False
+    if proc.returncode:
+        log.info("%s of %d rules failed, applying one by one: %s", exe, len(lines),
+                 proc.stderr.strip()[:300])  # fmt: skip
+        return False
+    return True
 
 
 def _have_ip6tables() -> bool:
@@ -583,8 +622,11 @@ def apply_daemon_isolation(
             return True
         for family in families:  # a partial set of this version (tampered with): start over
             _remove_tagged(family, "filter", OUTPUT_CHAIN, net.net_id, version, only_marked=True)
-        for family, rule in tagged:
-            _iptables(family, "filter", "-A", OUTPUT_CHAIN, *rule)
+        for family in families:
+            adds = [["-A", OUTPUT_CHAIN, *r] for f, r in tagged if f == family]
+            if not _restore(family, "filter", adds):
+                for line in adds:
+                    _iptables(family, "filter", *line)
         for family in families:
             _remove_tagged(family, "filter", OUTPUT_CHAIN, net.net_id, version)
     return True

@@ -29,6 +29,7 @@ daemon's first start, so the image step finds the image there.
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +53,9 @@ class Placed:
     cgroup_parent: str | None = None  # the cgroup the environment container goes under
     image_source: docker.DockerClient | None = None  # where a missing image is copied from
     image_layers: images.LayerIndex | None = None  # what the source's save streams hold
+    # done once the environment's docker socket (the policy socket) accepts; None: nothing to
+    # wait for. The start waits for it before anything in the environment may use the socket.
+    socket_ready: concurrent.futures.Future[None] | None = None
 
 
 class Placement(abc.ABC):
@@ -75,6 +79,7 @@ class PerUserDaemon(Placement):
         hub, call = self.hub, self.hub.engine.call
         hub._step(rec, "daemon", "Starting your Docker daemon")
         spec = hub._spec(rec.name, net.net_id, template)
+        hub._part(rec, "bridge")  # the parts' seconds: the user's record, last_start
         await call(network.ensure_bridge, net.bridge, net.bridge_address)
         await call(network.apply_isolation, net)
         was_running = await call(hub.supervisor.is_running, spec)
@@ -85,14 +90,21 @@ class PerUserDaemon(Placement):
         # a remapped daemon keeps its images in <data-root>/<id>.<id>, owned by the user's ids:
         # a seed (images owned by host root) would only take space there
         if not was_running and seeds is not None and not spec.userns_remap:
+            hub._part(rec, "seed")
             if cloned := await seeds.provide(rec, template, spec):
                 rec.seeded = cloned
+        hub._part(rec, "dockerd")
         await call(hub.supervisor.start, spec)
+        hub._part(rec, "limits")
         await call(hub.supervisor.apply_limits, spec)
         # before the policy socket: the user reaches the daemon only through it
+        hub._part(rec, "daemon rules")
         await call(hub._isolate_daemon, spec, net)
+        socket_ready = None
         if hub.policy_sockets is not None:
-            await hub.policy_sockets.ensure(spec, rec, template)
+            # started now, after the daemon rules, and waited for by the start before anything
+            # in the environment can use it; a restore goes on meanwhile (Hub._ensure_container)
+            socket_ready = hub.policy_sockets.launch(spec, rec, template)
         if not was_running:
             hub.engine.forget(spec.url)
             hub._emit("daemon-started", rec)
@@ -102,6 +114,7 @@ class PerUserDaemon(Placement):
             cgroup_parent=hub.supervisor.container_cgroup_parent(spec),
             image_source=hub._host_client(),
             image_layers=seeds.layers if seeds is not None else None,
+            socket_ready=socket_ready,
         )
 
 

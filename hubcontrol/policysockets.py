@@ -10,8 +10,8 @@ upgrade whose command line differs, replaces it, so fixes to the policy take eff
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -19,6 +19,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODULE = "hubcontrol.policysocket"
+# The longest step between two polls of a starting policy socket (a pidfile read and a local
+# connect): a coarser one cost every start and resume up to 0.2 s after the socket was up.
+ACCEPT_POLL_MAX = 0.05
 # The command line of a policy socket started by a hub before the policy socket was its own
 # package: ``python -c <bootstrap> <package dir> --flag=value...``, the bootstrap importing
 # ``hubcontrol.socketproxy``. Such processes are found (to be replaced) by this part of it.
@@ -171,20 +175,38 @@ class PolicySockets:
     ) -> None:
         """Start the user's policy socket unless it runs with these settings; never raises (the
         environment still starts, without a docker socket, and the failure is logged)."""
-        daemon_unit = None
-        if isinstance(self.hub.supervisor, SystemdSupervisor):
-            # the unit really running the daemon (with the network ID in its name)
-            daemon_unit = self.hub.supervisor.unit(spec)
+        await anyio.to_thread.run_sync(self.launch(spec, rec, template).result)
+
+    def launch(
+        self, spec: DaemonSpec, rec: UserRecord, template: Template | None = None
+    ) -> concurrent.futures.Future[None]:
+        """``ensure`` without waiting: the work runs in a thread of its own and the returned
+        future is done once the socket accepts connections or its failure is logged (it never
+        holds an exception). A start overlaps it with work that needs no docker socket in the
+        environment (a CRIU restore: ``Hub._ensure_container``)."""
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
         try:
-            launch = functools.partial(
-                start,
-                self.args(spec, rec, template),
-                log_path=None if daemon_unit else spec.daemon_dir / "policy.log",
-                daemon_unit=daemon_unit,
-            )
-            await anyio.to_thread.run_sync(launch)
+            daemon_unit = None
+            if isinstance(self.hub.supervisor, SystemdSupervisor):
+                # the unit really running the daemon (with the network ID in its name)
+                daemon_unit = self.hub.supervisor.unit(spec)
+            args = self.args(spec, rec, template)  # now: the record changes as the start goes on
         except Exception:
             log.exception("the policy socket of %s did not start", rec.name)
+            done.set_result(None)
+            return done
+        log_path = None if daemon_unit else spec.daemon_dir / "policy.log"
+
+        def run() -> None:
+            try:
+                start(args, log_path=log_path, daemon_unit=daemon_unit)
+            except Exception:
+                log.exception("the policy socket of %s did not start", rec.name)
+            finally:
+                done.set_result(None)
+
+        threading.Thread(target=run, name=f"policy-socket-{rec.name}", daemon=True).start()
+        return done
 
     async def stop(self, spec: DaemonSpec) -> None:
         await anyio.to_thread.run_sync(stop, args_for(spec, workspace="", container_workspace=""))
@@ -290,7 +312,7 @@ def start(
         if pid is not None and _accepts(args.listen):
             return pid
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.2)
+        delay = min(delay * 1.5, ACCEPT_POLL_MAX)
     raise DaemonError(
         "The hub could not open your environment's docker socket.",
         f"policy socket {args.listen} did not start within {timeout:.0f} s"

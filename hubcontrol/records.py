@@ -57,6 +57,8 @@ class UserRecord:
     started_at: float | None = None  # when the environment last (re)started, epoch seconds
     image_id: str | None = None  # the template image's ID in the user's daemon (seeds, updates)
     stale_images: list[str] | None = None  # older template images left to remove once unused
+    # where the last start's time went (hubcontrol.timings): {"outcome", "at", "seconds", "steps"}
+    last_start: dict[str, Any] | None = None
     seeded: str | None = None  # how the data-root was cloned from a seed (snapshot, reflink)
     updated_at: float | None = None  # when the record was last saved
     # keys this version does not know, kept as they were (module docstring)
@@ -149,6 +151,7 @@ _TYPES: dict[str, Callable[[object], bool]] = {
     "image_id": lambda v: isinstance(v, str),
     "stale_images": lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v),
     "seeded": lambda v: isinstance(v, str),
+    "last_start": lambda v: isinstance(v, dict),
 }
 assert set(_TYPES) == {f.name for f in _FIELDS}, "every field has its JSON type"
 

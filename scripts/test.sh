@@ -21,6 +21,8 @@ step ./scripts/setup-host.sh
 step ./scripts/start-host-dockerd.sh
 step ./scripts/install-test-deps.sh
 step ./scripts/build-image.sh
+# JupyterLab from PyPI on that image (tests/e2e/test_jupyter_browser.py; skipped when unchanged)
+step ./scripts/build-jupyter-image.sh
 # the Debian 12 systemd image tests/systemd boots (cached; rebuilt when its recipe changes)
 step ./scripts/build-systemd-image.sh
 # Lint failures fail the run, but only after the tests: both results are worth seeing at once.

@@ -38,6 +38,17 @@ def read_counter(path: Path) -> int:
         time.sleep(0.1)
 
 
+def assert_breakdown(record: dict, must: list[str]) -> dict[str, dict]:
+    """The steps of a start's ``last_start``, checked: every ``must`` step in that order, the
+    steps adding up to the total, the daemon step's dockerd start measured as a part."""
+    steps = {s["step"]: s for s in record["steps"]}
+    names = [s["step"] for s in record["steps"]]
+    assert [n for n in names if n in must] == must, names
+    assert sum(s["seconds"] for s in record["steps"]) == pytest.approx(record["seconds"], abs=0.01)
+    assert steps["daemon"]["parts"]["dockerd"] > 0
+    return steps
+
+
 def test_a_restarted_hub_restores_what_the_previous_one_checkpointed(tmp_path, image):
     user = unique_user("restart")
     # root: this host's root lacks CAP_SYS_RESOURCE, so CRIU cannot dump other users' processes
@@ -47,6 +58,9 @@ def test_a_restarted_hub_restores_what_the_previous_one_checkpointed(tmp_path, i
     try:
         with embedded(config, ready_timeout=30) as hub:
             env = hub.ensure_running(user)
+            first = hub.hub.record(user)["last_start"]
+            assert first["outcome"] == "started"
+            assert_breakdown(first, ["storage", "daemon", "network", "image", "container", "ready"])
             counter = tmp_path / "workspaces" / env.name / "counter"
             time.sleep(1)
             hub.stop(user)  # by configuration: checkpoint
@@ -61,6 +75,12 @@ def test_a_restarted_hub_restores_what_the_previous_one_checkpointed(tmp_path, i
             again = hub.ensure_running(user)
             assert again.container_id == env.container_id
             assert "restored with their memory" in hub.hub.record(user)["restored"]["detail"]
+            # where the resume's time went, for bench/resume.py and the operator's log
+            resumed = hub.hub.record(user)["last_start"]
+            assert resumed["outcome"] == "restored"
+            restore = assert_breakdown(resumed, ["daemon", "restore", "ready"])["restore"]
+            assert {"criu", "verify"} <= set(restore["parts"])
+            assert restore["parts"]["criu"] > 0
             time.sleep(1)
             now = read_counter(counter)
             assert frozen < now < frozen + 20  # continued, not restarted from 1

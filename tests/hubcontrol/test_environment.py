@@ -325,3 +325,17 @@ def test_images_missing_on_the_host_are_pulled_from_a_registry(tmp_path):
             finally:
                 target.close()
     host.close()
+
+
+@pytest.mark.parametrize(
+    ("cpus", "available", "want"),
+    [
+        (None, 2, None),  # no limit
+        (0.5, 2, 0.5),
+        (2.0, 2, 2.0),
+        (4.0, 2, 2.0),  # the seed's Jupyter example (400%) on a 2-core host: docker refuses 4
+        (4.0, 0, 1.0),  # a host that reports no CPUs still gets a valid limit
+    ],
+)
+def test_container_cpus_are_capped_at_the_host(cpus, available, want):
+    assert envs.container_cpus(cpus, available) == want

@@ -350,3 +350,22 @@ def test_daemon_rules_match_its_cgroup_and_follow_a_recreated_group(claimed_net)
 def test_no_v2_group_means_no_rules_and_a_warning(claimed_net, caplog):
     assert not network.apply_daemon_isolation(claimed_net, None, [])
     assert "not isolated" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("lines", "want"),
+    [
+        ([], "*filter\nCOMMIT\n"),
+        ([["-A", "RDH-OUTPUT", "-m", "cgroup", "--path", "rediacc.slice/hub-a-1/daemon", "-j",
+           "REJECT"], ["-D", "RDH-OUTPUT", "-m", "comment", "--comment", "rdh:32768", "-j", "RETURN"]],
+         "*filter\n-A RDH-OUTPUT -m cgroup --path rediacc.slice/hub-a-1/daemon -j REJECT\n"
+         "-D RDH-OUTPUT -m comment --comment rdh:32768 -j RETURN\nCOMMIT\n"),
+        # what the restore format would read otherwise: applied rule by rule instead
+        ([["-A", "X", "-m", "comment", "--comment", "two words"]], None),
+        ([["-A", "X", "--comment", 'a"b']], None),
+        ([["-A", "X", "--comment", "#1"]], None),
+        ([["-A", "X", ""]], None),
+    ],
+)  # fmt: skip
+def test_restore_input(lines, want):
+    assert network.restore_input("filter", lines) == want

@@ -8,15 +8,49 @@ import tarfile
 
 BUSYBOX = "/usr/bin/busybox"
 TINI = "/usr/bin/tini-static"
-APPLETS = ["sh", "ls", "cat", "echo", "sleep", "nc", "wget", "id", "ps", "touch", "mkdir", "rm",
-           "env", "true", "false", "httpd", "seq", "stat", "date", "grep", "head", "kill", "test",
-           "whoami", "hostname", "ip", "ping", "top", "tail", "wc", "mount", "df", "chmod", "chown"]
+APPLETS = [
+    "sh",
+    "ls",
+    "cat",
+    "echo",
+    "sleep",
+    "nc",
+    "wget",
+    "id",
+    "ps",
+    "touch",
+    "mkdir",
+    "rm",
+    "env",
+    "true",
+    "false",
+    "httpd",
+    "seq",
+    "stat",
+    "date",
+    "grep",
+    "head",
+    "kill",
+    "test",
+    "whoami",
+    "hostname",
+    "ip",
+    "ping",
+    "top",
+    "tail",
+    "wc",
+    "mount",
+    "df",
+    "chmod",
+    "chown",
+]
 
 
 def busybox_rootfs_tar() -> bytes:
     """A rootfs tar with busybox-static, its applets, tini, a passwd with root and `vscode` (1000)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
+
         def add_dir(path: str, mode: int = 0o755) -> None:
             info = tarfile.TarInfo(path)
             info.type = tarfile.DIRTYPE
@@ -29,8 +63,23 @@ def busybox_rootfs_tar() -> bytes:
             info.mode = mode
             tar.addfile(info, io.BytesIO(data))
 
-        for d in ("bin", "sbin", "etc", "tmp", "proc", "sys", "dev", "root", "home", "home/vscode",
-                  "workspace", "var", "var/run", "usr", "usr/bin"):
+        for d in (
+            "bin",
+            "sbin",
+            "etc",
+            "tmp",
+            "proc",
+            "sys",
+            "dev",
+            "root",
+            "home",
+            "home/vscode",
+            "workspace",
+            "var",
+            "var/run",
+            "usr",
+            "usr/bin",
+        ):
             add_dir(d, 0o1777 if d == "tmp" else 0o755)
         with open(BUSYBOX, "rb") as f:
             add_file("bin/busybox", f.read(), 0o755)
@@ -42,7 +91,10 @@ def busybox_rootfs_tar() -> bytes:
             info.type = tarfile.SYMTYPE
             info.linkname = "busybox"
             tar.addfile(info)
-        add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nvscode:x:1000:1000:vscode:/home/vscode:/bin/sh\n")
+        add_file(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\nvscode:x:1000:1000:vscode:/home/vscode:/bin/sh\n",
+        )
         add_file("etc/group", b"root:x:0:\nvscode:x:1000:\n")
     return buf.getvalue()
 

@@ -179,6 +179,10 @@ class PolicySockets:
         except Exception:
             log.exception("the policy socket of %s did not start", rec.name)
 
+    def running(self, spec) -> bool:
+        """Whether the policy socket of the daemon ``spec`` runs (its pidfile, else /proc)."""
+        return running_pid(args_for(spec, workspace="", container_workspace="")) is not None
+
     async def stop(self, spec) -> None:
         await anyio.to_thread.run_sync(stop, args_for(spec, workspace="", container_workspace=""))
 

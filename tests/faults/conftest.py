@@ -235,8 +235,11 @@ class FaultSite(HubSite):
         )
 
     def container(self, user: str) -> dict:
-        with self.daemon(user) as client:
+        client = self.daemon(user)
+        try:
             return client.api.inspect_container(f"hub-{user}")
+        finally:
+            client.close()
 
     def audit_events(self, user: str) -> list[dict]:
         """The user's audit log as records (one JSON object a line)."""

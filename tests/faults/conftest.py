@@ -174,13 +174,17 @@ class FaultSite(HubSite):
             self.sign_in(client, user, template=template)
             yield client
 
-    def sign_in(self, client: httpx.Client, user: str, *, template: str | None = None) -> None:
+    def sign_in(
+        self, client: httpx.Client, user: str, *, template: str | None = None, wait: bool = True
+    ) -> None:
+        """Log in in ``client``; with ``wait``, until the environment is ready."""
         path = f"/_hub/login?template={template}" if template else "/"
         r = client.get(self.url("code", path))
         if "/interaction/" in str(r.url):
             r = provider_login(client, r, user)
         assert r.url.host == f"code.{self.domain}", (r.url, r.text[:300])
-        self.wait_ready(client, user)
+        if wait:
+            self.wait_ready(client, user)
 
     def wait_ready(self, client: httpx.Client, user: str, timeout: float = 120) -> dict:
         deadline = time.monotonic() + timeout
@@ -227,19 +231,21 @@ class FaultSite(HubSite):
     def api(self) -> HubClient:
         return HubClient(url=f"http://127.0.0.1:{self.port}", token_file=self.state / "admin.token")
 
-    def daemon(self, user: str) -> docker.DockerClient:
+    @contextlib.contextmanager
+    def daemon(self, user: str) -> Iterator[docker.DockerClient]:
         """The user's own dockerd (root's view, past the policy)."""
         net_id = self.record(user)["net_id"]
-        return docker.DockerClient(
+        client = docker.DockerClient(
             base_url=f"unix:///run/rediacc/hub/{net_id}/docker.sock", version="1.41", timeout=60
         )
-
-    def container(self, user: str) -> dict:
-        client = self.daemon(user)
         try:
-            return client.api.inspect_container(f"hub-{user}")
+            yield client
         finally:
             client.close()
+
+    def container(self, user: str) -> dict:
+        with self.daemon(user) as client:
+            return client.api.inspect_container(f"hub-{user}")
 
     def audit_events(self, user: str) -> list[dict]:
         """The user's audit log as records (one JSON object a line)."""

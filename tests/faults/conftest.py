@@ -203,6 +203,20 @@ class FaultSite(HubSite):
                 raise AssertionError(f"{user} not ready: {p.status_code} {p.text[:300]}")
             time.sleep(0.2)
 
+    def went_to_provider(self, r: httpx.Response) -> bool:
+        """Whether getting ``r`` passed by the provider (the session was not enough)."""
+        host = self.issuer.split("//")[1]
+        return any(host in str(h.url) for h in [*r.history, r])
+
+    def revisit(self, client: httpx.Client, path: str, *, timeout: float = 60) -> httpx.Response:
+        """The user comes back to ``path`` with the session they had: the visit starts (or
+        resumes) their environment if needed; the page once it is ready. AssertionError when
+        the session no longer counted (the provider was visited)."""
+        r = client.get(self.url("code", path))
+        assert not self.went_to_provider(r), "the session was lost: the user logs in again"
+        self.wait_ready(client, "", timeout=timeout)
+        return self.page(client, path)
+
     def page(self, client: httpx.Client, path: str = "/") -> httpx.Response:
         """What the user sees at ``path`` of the ``code`` route (their workspace's files)."""
         return client.get(self.url("code", path))

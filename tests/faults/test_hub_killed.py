@@ -17,12 +17,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.criu, pytest.mark.oidc, pytest.mar
 
 
 def same_session_sees(site: FaultSite, browser, path: str, text: str) -> None:
-    """The browser's existing session (no new login: the provider is not visited) reaches the
-    environment again and sees ``text`` at ``path``."""
-    r = browser.get(site.url("code", path))
-    assert site.issuer.split("//")[1] not in str(r.url), "had to log in again"
-    site.wait_ready(browser, "", timeout=60)
-    r = site.page(browser, path)
+    """The browser's existing session (no new login) reaches the environment again and sees
+    ``text`` at ``path``."""
+    r = site.revisit(browser, path)
     assert (r.status_code, r.text) == (200, text), r.text[:300]
 
 

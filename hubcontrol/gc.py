@@ -826,12 +826,15 @@ def _remove_data_root_locked(entry: GCEntry, plan: GCPlan, probe: HostProbe, now
     if action is not Action.REMOVE:
         return f"skipped: {reason}"
     how = remove_tree(path)
-    exec_root = probe.exec_base / str(net_id)
-    if exec_root.is_dir() and not exec_root.is_symlink():
-        unmount_all(exec_root)
-        shutil.rmtree(exec_root, ignore_errors=True)
     owner = claim_owner(probe.claims_dir, net_id)
     released = release_claim(probe.claims_dir, net_id, path)
+    # The exec-root, like the bridges and rules below, belongs to whoever claims the ID: a
+    # data-root whose marker names an ID since handed to another (its claim released) must not
+    # take the other daemon's sockets and state with it.
+    exec_root = probe.exec_base / str(net_id)
+    if (released or owner is None) and exec_root.is_dir() and not exec_root.is_symlink():
+        unmount_all(exec_root)
+        shutil.rmtree(exec_root, ignore_errors=True)
     details = [how] + (["claim released"] if released else [])
     # The network ID's bridges and rules are ours to delete only when no one else claims the ID.
     if probe.host_cleanup and (released or owner is None):

@@ -638,13 +638,14 @@ class PolicySocket:
         more: a daemon's cleanup removed it, or its user was destroyed), or once the daemon has
         been gone for ``DAEMON_GONE_SECONDS`` (killed, crashed, stopped without the hub): either
         way it would only linger, one process per user and network ID. A daemon that never
-        answered gets ``DAEMON_NEVER_SECONDS``. Exiting removes the
-        socket file and the workspace view (``serve``); the hub's next start of the daemon
-        starts a policy socket again."""
+        answered gets ``DAEMON_NEVER_SECONDS``. Exiting removes the socket file and the
+        workspace view (``serve``); the hub's next start of the daemon starts a policy socket
+        again."""
         down_since: float | None = anyio.current_time()
         answered = False
         while (state := self.socket_state()) == "ours":
-            await anyio.sleep(SOCKET_WATCH_SECONDS)
+            # checked at once first: the hub starts this process right after the daemon answers,
+            # and a daemon killed within the first interval must count as one that answered
             if await self._daemon_refuses():
                 down_since = down_since if down_since is not None else anyio.current_time()
                 grace = DAEMON_GONE_SECONDS if answered else DAEMON_NEVER_SECONDS
@@ -658,6 +659,7 @@ class PolicySocket:
                     break
             else:
                 down_since, answered = None, True
+            await anyio.sleep(SOCKET_WATCH_SECONDS)
         else:
             log.info("socket file %s; exiting", state)
         scope.cancel()

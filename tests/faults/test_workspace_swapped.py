@@ -10,6 +10,7 @@ environment that still shows the current directory is left running.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -112,3 +113,31 @@ def test_workspace_filesystem_unmounted_and_mounted_again(site: FaultSite, fault
         # module's cleanup destroys the user
         site.api().act(user, "stop")
         umount_lazily(ws)
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [("same", True), ("made anew", False), ("no such bind", None), ("no process", None)],
+)
+def test_shows_workspace_compares_device_and_inode(tmp_path, case, expected):
+    """The decision on its own: this test process stands for the container (its root is /)."""
+    from hubcontrol.environment import shows_workspace
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    seen = tmp_path / "seen"  # what the container's bind shows
+    if case == "same":
+        seen = ws
+    else:
+        seen.mkdir()
+    info = {
+        "State": {"Pid": 0 if case == "no process" else os.getpid()},
+        "Mounts": [
+            {
+                "Type": "bind",
+                "Source": str(tmp_path / "elsewhere" if case == "no such bind" else ws),
+                "Destination": str(seen),
+            }
+        ],
+    }
+    assert shows_workspace(info, ws) is expected

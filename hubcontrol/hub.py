@@ -28,7 +28,7 @@ import docker.errors
 
 from hubcontrol import checkpoint as ckpt
 from hubcontrol import environment as envs
-from hubcontrol import images, mounts, network, safefs, storage
+from hubcontrol import images, mounts, network, procs, safefs, storage
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.engine import Engine
 from hubcontrol.environment import Environment
@@ -1145,7 +1145,8 @@ class Hub:
                     continue
                 tpl = self._template_or_none(rec.template)
                 spec = self._spec(rec.name, rec.net_id, tpl)
-                if await self.engine.call(self.supervisor.is_running, spec):
+                # the pidfile first (no systemctl every 5 s per user); the supervisor decides
+                if _daemon_alive(spec) or await self.engine.call(self.supervisor.is_running, spec):
                     sockets = self.policy_sockets
                     if sockets is not None and not await self.engine.call(sockets.running, spec):
                         log.warning("%s: the policy socket died; starting it again", rec.name)
@@ -1201,6 +1202,17 @@ class Hub:
             tg.start_soon(self._watch_daemons)
             task_status.started(self)
             await anyio.sleep_forever()
+
+
+def _daemon_alive(spec: DaemonSpec) -> bool:
+    """Whether the dockerd of ``spec`` runs, by its pidfile and command line alone (as
+    ``LocalSupervisor.pid``; every supervisor starts dockerd with ``--pidfile``)."""
+    try:
+        pid = int(spec.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    argv = procs.cmdline(pid)
+    return bool(argv) and argv[0].endswith("dockerd") and str(spec.pidfile) in argv
 
 
 def _chown_top(path: Path, uid: int, gid: int) -> None:

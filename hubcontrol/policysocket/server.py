@@ -379,8 +379,9 @@ class PolicySocket:
 
     async def collect_pins(self, *, startup: bool = False) -> None:
         """Remove pins no container binds; at ``startup`` also pin again (fresh check) every pin
-        a container binds (a reboot emptied /run, or the workspace was made anew). Never raises: a pin left
-        behind is collected the next time, and a missing one fails its container's start."""
+        a container binds (a reboot emptied /run, or the workspace was made anew). Never raises:
+        a pin left behind is collected the next time, and a missing one fails its container's
+        start."""
         if self.pins is None:
             return
         async with self.pins_lock:

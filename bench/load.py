@@ -68,7 +68,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from tests.e2e.hubprocess import CLIENT_SECRET, HubSite, env_file, labels_file
+from tests.support.hubprocess import CLIENT_SECRET, HubSite, env_file, labels_file
 
 if TYPE_CHECKING:
     import httpx
@@ -106,7 +106,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 @dataclass
 class LoadSite(HubSite):
-    """``hub start`` (tests/e2e/hubprocess.py) with its workspace dir on ``workspaces``."""
+    """``hub start`` (tests/support/hubprocess.py) with its workspace dir on ``workspaces``."""
 
     workspaces: Path | None = None
 

@@ -156,7 +156,16 @@ class HealthStore:
         except FileNotFoundError:
             return CheckpointHealth()
         except (ValueError, TypeError) as exc:
-            log.warning("checkpoint record of %s unreadable (%s); starting afresh", user, exc)
+            aside = safefs.keep_aside(path)
+            log.error(
+                "checkpoint record %s of %s is unreadable (%s); %s; starting afresh: a checkpoint "
+                "it named is not restored (the environment starts fresh on its workspace) and its "
+                "failure count is back to 0",
+                path,
+                user,
+                exc,
+                f"kept as {aside}" if aside else "could not move it aside",
+            )
             return CheckpointHealth()
 
     def put(self, user: str, health: CheckpointHealth) -> None:

@@ -7,6 +7,7 @@ the rest are small blocking operations the hub runs in worker threads.
 from __future__ import annotations
 
 import io
+import os
 import posixpath
 import secrets
 import tarfile
@@ -557,3 +558,29 @@ def logs_tail(client: docker.DockerClient, container_id: str, lines: int = 30) -
         return client.api.logs(container_id, tail=lines).decode(errors="replace")
     except docker.errors.APIError:
         return "(no logs)"
+
+
+def shows_workspace(info: Mapping[str, Any], workspace: Path | str) -> bool | None:
+    """Whether the running container of ``info`` (its inspect) sees, at its workspace bind, the
+    very directory now at ``workspace`` on the host: compared by device and inode, never by
+    path. A workspace removed and made again, or its filesystem unmounted and a new one mounted,
+    keeps its path while the container still shows the old directory (deleted, or of a
+    filesystem no longer mounted there). None when it cannot tell (no such bind, no process)."""
+    pid = (info.get("State") or {}).get("Pid") or 0
+    real = os.path.realpath(workspace)
+    target = next(
+        (
+            m.get("Destination")
+            for m in info.get("Mounts") or []
+            if m.get("Type") == "bind" and os.path.realpath(m.get("Source") or "/") == real
+        ),
+        None,
+    )
+    if not pid or not target:
+        return None
+    try:
+        inside = os.stat(f"/proc/{pid}/root{target}")
+        now = os.stat(real)
+    except OSError:
+        return None
+    return (inside.st_dev, inside.st_ino) == (now.st_dev, now.st_ino)

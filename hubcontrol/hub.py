@@ -31,7 +31,7 @@ from docker.models.containers import Container
 
 from hubcontrol import checkpoint as ckpt
 from hubcontrol import environment as envs
-from hubcontrol import images, mounts, netids, network, safefs, storage, timings, userns
+from hubcontrol import images, mounts, netids, network, procs, safefs, storage, timings, userns
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.engine import Engine, id_of
 from hubcontrol.environment import Environment
@@ -82,6 +82,9 @@ DEFAULT_READY_TIMEOUT = 120.0
 DEFAULT_PIDS_LIMIT = 8192
 # After one route port answers, how long to wait for the others before calling it ready.
 PARTIAL_READY_GRACE = 5.0
+
+
+DAEMON_WATCH_SECONDS = 5.0  # how often running users' daemons are checked (Hub._watch_daemons)
 
 
 @dataclass(frozen=True)
@@ -1238,13 +1241,93 @@ class Hub:
             url = self._host_url()
         client = self.engine.client(url)
         container = await call(envs.find, client, name)
+        if container is not None and container.status == "paused":
+            # Only a dump pauses an environment, and a hub killed during one left it frozen (the
+            # dump itself did not finish: a finished one stops the container).
+            log.warning("%s: environment left paused by an interrupted checkpoint; resuming", name)
+            await call(container.unpause)
+            await call(container.reload)
         if container is not None and container.status == "running":
+            await self._current_workspace(rec, tpl, client, container)
             rec.container_id, rec.docker_url = container.id, url
             self._set_state(rec, "running", step="running", message="Your environment is running")
             self._publish(rec)
             self._emit("environment-running", rec)
         elif rec.state != "checkpointed":
             self._set_state(rec, "stopped", step="stopped", message="Your environment is stopped")
+
+    async def _watch_daemons(self) -> None:
+        """Start again the environment of a running user whose dockerd died without the hub
+        stopping it (killed, crashed): its container may live on under its shim and still serve
+        pages, but the user's docker socket, audit stream and policy socket are gone with it, and
+        nothing else would bring them back. A policy socket that died alone is started again
+        beside its daemon. A user whose lock is held (a start, stop or
+        checkpoint in progress) is left to that."""
+        while True:
+            await anyio.sleep(DAEMON_WATCH_SECONDS)
+            for rec in list(self.records.all()):
+                if (
+                    rec.state != "running"
+                    or not rec.per_user_docker
+                    or rec.net_id is None
+                    or self.lock(rec.name).locked()
+                    or self._routes.by_name(rec.name) is None
+                ):
+                    continue
+                tpl = self._template_or_none(rec.template)
+                spec = self._spec(rec.name, rec.net_id, tpl)
+                # the pidfile first (no systemctl every 5 s per user); the supervisor decides
+                if _daemon_alive(spec) or await self.engine.call(self.supervisor.is_running, spec):
+                    sockets = self.policy_sockets
+                    if sockets is not None and not await self.engine.call(sockets.running, spec):
+                        log.warning("%s: the policy socket died; starting it again", rec.name)
+                        async with self.lock(rec.name):
+                            await sockets.ensure(spec, rec, tpl)
+                    continue
+                log.warning(
+                    "%s: the docker daemon died without the hub stopping it; starting the "
+                    "environment again (workspace kept)",
+                    rec.name,
+                )
+                try:
+                    await self.ensure_running(rec.user or rec.name)
+                except Exception:
+                    log.warning("%s: restart after the daemon died failed", rec.name)
+
+    async def _current_workspace(
+        self,
+        rec: UserRecord,
+        tpl: Template | None,
+        client: docker.DockerClient,
+        container: Container,
+    ) -> None:
+        """Adopting a running environment: when its workspace bind shows another directory than
+        the one now at the workspace path (removed and made again, or its filesystem unmounted
+        and mounted anew, while the hub was down), make the current one inert and restart the
+        environment onto it, so the user sees, and can bind-mount, their real files. Compared by
+        device and inode (``environment.shows_workspace``), never by path."""
+        if rec.mode == "ephemeral" or (tpl is not None and tpl.ephemeral):
+            return
+        call = self.engine.call
+        workspace = self.paths(rec.name).workspace
+        info = await call(client.api.inspect_container, id_of(container))
+        if await call(envs.shows_workspace, info, workspace) is not False:
+            return
+        log.warning(
+            "%s: the environment shows a workspace directory that is no longer at %s (removed "
+            "and made again, or its filesystem remounted, while the hub was down); restarting it "
+            "onto the current directory",
+            rec.name,
+            workspace,
+        )
+        await call(mounts.make_inert, str(workspace))
+        if rec.per_user_docker and self.policy_sockets is not None and rec.net_id is not None:
+            # its bind pins were made in the old directory: a fresh process pins them again
+            spec = self._spec(rec.name, rec.net_id, tpl)
+            await self.policy_sockets.stop(spec)
+            await self.policy_sockets.ensure(spec, rec, tpl)
+        await call(client.api.restart, id_of(container), timeout=10)
+        await call(container.reload)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[Hub] = anyio.TASK_STATUS_IGNORED
@@ -1255,8 +1338,20 @@ class Hub:
         async with anyio.create_task_group() as tg:
             for service in self._services:
                 tg.start_soon(service)
+            tg.start_soon(self._watch_daemons)
             task_status.started(self)
             await anyio.sleep_forever()
+
+
+def _daemon_alive(spec: DaemonSpec) -> bool:
+    """Whether the dockerd of ``spec`` runs, by its pidfile and command line alone (as
+    ``LocalSupervisor.pid``; every supervisor starts dockerd with ``--pidfile``)."""
+    try:
+        pid = int(spec.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    argv = procs.cmdline(pid)
+    return bool(argv) and argv[0].endswith("dockerd") and str(spec.pidfile) in argv
 
 
 def _chown_top(path: Path, uid: int, gid: int, private: bool = False) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -22,6 +23,8 @@ from pathlib import Path
 from hubcontrol import safefs
 from hubcontrol.config import USER_NETWORK_ID_BASE, USER_NETWORK_ID_STEP
 from hubcontrol.errors import NetworkError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_REGISTRY = Path("/var/lib/rediacc/netids")
 RUN_DIR = Path("/run/rediacc/hub")  # exec-roots, /run/rediacc/hub/<net_id> (supervisor.RUN_DIR)
@@ -102,7 +105,7 @@ class NetIdRegistry:
     def owner(self, net_id: int) -> Path | None:
         try:
             return Path((self.directory / str(net_id)).read_text().strip())
-        except OSError:
+        except (OSError, ValueError):  # ValueError: not text (a corrupt claim)
             return None
 
     def _claim(self, net_id: int, data_root_dir: Path) -> bool:
@@ -115,6 +118,21 @@ class NetIdRegistry:
                 return True
             if owner is not None and read_marker(owner) == net_id:
                 return False  # a live claim by another data-root
+            if (owner is None or not owner.is_absolute() or not owner.is_dir()) and read_marker(
+                data_root_dir
+            ) == net_id:
+                # The claim is unreadable, truncated or names no directory, and this data-root's
+                # own marker names the ID: it is this data-root's, whose daemon may be running
+                # on it now. Handing it another ID would start a second daemon on the data-root.
+                log.warning(
+                    "network-ID claim %s was unreadable or named no data-root (%r); written "
+                    "again for %s, whose marker names the ID",
+                    path,
+                    str(owner) if owner is not None else None,
+                    data_root_dir,
+                )
+                safefs.write_atomic(path, f"{data_root_dir}\n", mode=0o600)
+                return True
             if self.in_use(net_id):
                 return False  # its data-root is gone, but its daemon or containers are not
             path.unlink(missing_ok=True)  # stale: nothing uses it any more

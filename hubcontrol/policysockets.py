@@ -208,6 +208,10 @@ class PolicySockets:
         threading.Thread(target=run, name=f"policy-socket-{rec.name}", daemon=True).start()
         return done
 
+    def running(self, spec: DaemonSpec) -> bool:
+        """Whether the policy socket of the daemon ``spec`` runs (its pidfile, else /proc)."""
+        return running_pid(args_for(spec, workspace="", container_workspace="")) is not None
+
     async def stop(self, spec: DaemonSpec) -> None:
         await anyio.to_thread.run_sync(stop, args_for(spec, workspace="", container_workspace=""))
 

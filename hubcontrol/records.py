@@ -189,18 +189,34 @@ class RecordStore:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as e:
-            log.warning("user record %s is unreadable (%s); treating the user as new", path, e)
+        except ValueError as e:
+            return self._unreadable(path, e)
+        except OSError as e:  # not the content: left where it is, read again next time
+            log.warning("user record %s could not be read (%s); treating the user as new", path, e)
             return None
         try:
             rec = UserRecord.from_json(data)
             if rec.name != name:
                 raise ValueError(f"it names {rec.name!r}, not {name!r}")
         except (TypeError, ValueError) as e:
-            log.warning("user record %s is unreadable (%s); treating the user as new", path, e)
-            return None
+            return self._unreadable(path, e)
         self._cache[name] = rec
         return rec
+
+    @staticmethod
+    def _unreadable(path: Path, error: Exception) -> None:
+        """A record whose content is not a record (truncated, corrupt): kept aside for the
+        operator, and the user treated as new. Their data-root keeps their network ID and their
+        daemon and environment are adopted at their next start; what only the record held (the
+        last start's times, a restore's result) is in the copy."""
+        aside = safefs.keep_aside(path)
+        log.error(
+            "user record %s is unreadable (%s); %s; treating the user as new (their workspace, "
+            "data-root and running environment are kept and adopted at their next start)",
+            path,
+            error,
+            f"kept as {aside}" if aside else "could not move it aside",
+        )
 
     def save(self, rec: UserRecord) -> None:
         """Stamp ``updated_at``, cache ``rec`` and write it (atomically, mode 0600)."""

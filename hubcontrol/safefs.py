@@ -249,3 +249,19 @@ def is_link(path: str | os.PathLike[str]) -> bool:
         return stat.S_ISLNK(os.lstat(path).st_mode)
     except FileNotFoundError:
         return False
+
+
+def keep_aside(path: str | os.PathLike[str]) -> Path | None:
+    """Rename the unreadable state file ``path`` to ``<path>.corrupt-<unix time>`` beside it,
+    so the operator can look at what was wrong, and the next write starts a fresh file instead
+    of overwriting the evidence. Returns the new path, or None when the rename failed (the file
+    then stays where it is)."""
+    import time
+
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return None
+    return aside

@@ -54,7 +54,14 @@ log = logging.getLogger(__name__)
 
 COPY_CHUNK = 256 * 1024
 LINGER_SECONDS = 2.0
-SOCKET_WATCH_SECONDS = 5.0
+SOCKET_WATCH_SECONDS = 2.0
+# The daemon is gone for good once its socket has refused connections (or been missing) this
+# long: nothing is left to serve. A daemon the hub restarts answers again within a start, and the
+# hub starts a policy socket after every daemon start anyway (PolicySockets.ensure).
+DAEMON_GONE_SECONDS = 10.0
+# ... or this long when it never answered since this process started (started ahead of its
+# daemon, by hand or by a test): a daemon slow to come up is not gone.
+DAEMON_NEVER_SECONDS = 300.0
 LINGER_BYTES = 64 << 20
 # Client connections served at once. Each holds an upstream connection to the daemon and up to
 # one inspected body (dockerpolicy.MAX_JSON_BODY), so this bounds what one user's clients can make
@@ -402,8 +409,9 @@ class PolicySocket:
 
     async def collect_pins(self, *, startup: bool = False) -> None:
         """Remove pins no container binds; at ``startup`` also pin again (fresh check) every pin
-        a container binds whose mount is gone (a reboot emptied /run). Never raises: a pin left
-        behind is collected the next time, and a missing one fails its container's start."""
+        a container binds (a reboot emptied /run, or the workspace was made anew). Never raises:
+        a pin left behind is collected the next time, and a missing one fails its container's
+        start."""
         if self.pins is None:
             return
         async with self.pins_lock:
@@ -431,8 +439,11 @@ class PolicySocket:
                     mount_bind_root(self.config.context.workspace, legacy)
                 else:
                     unmount_bind_root(legacy)
+                # every pin again, with a fresh check, not only those whose mount is gone: a
+                # workspace made anew (or remounted) since holds other directories by the same
+                # paths, and a pin of the old one would bind deleted files
                 for pid, entry in wanted.items():
-                    if entry is not None and not self.pins.attached(pid):
+                    if entry is not None:
                         self._repin(pid, *entry)
 
     def _unpin(self, pid: str) -> None:
@@ -657,14 +668,48 @@ class PolicySocket:
         return "ours" if stat.S_ISSOCK(st.st_mode) and st.st_ino == self.inode else "replaced"
 
     async def _watch_socket_file(self, scope: anyio.CancelScope) -> None:
-        """Exit once the socket file is gone or replaced: nobody can reach this process any more
-        (a daemon's cleanup removed it, or its user was destroyed), so it would only linger."""
-        # Polled: another process removes or replaces the file, and nothing here could set an
-        # Event for that (no inotify in the standard library).
-        while self.socket_state() == "ours":  # noqa: ASYNC110
+        """Exit once the socket file is gone or replaced (nobody can reach this process any
+        more: a daemon's cleanup removed it, or its user was destroyed), or once the daemon has
+        been gone for ``DAEMON_GONE_SECONDS`` (killed, crashed, stopped without the hub): either
+        way it would only linger, one process per user and network ID. A daemon that never
+        answered gets ``DAEMON_NEVER_SECONDS``. Exiting removes the socket file and the
+        workspace view (``serve``); the hub's next start of the daemon starts a policy socket
+        again."""
+        down_since: float | None = anyio.current_time()
+        answered = False
+        while (state := self.socket_state()) == "ours":
+            # checked at once first: the hub starts this process right after the daemon answers,
+            # and a daemon killed within the first interval must count as one that answered
+            if await self._daemon_refuses():
+                down_since = down_since if down_since is not None else anyio.current_time()
+                grace = DAEMON_GONE_SECONDS if answered else DAEMON_NEVER_SECONDS
+                if anyio.current_time() - down_since >= grace:
+                    log.warning(
+                        "the daemon at %s has refused connections for %.0f s: it is gone; "
+                        "exiting (the hub starts a policy socket with the daemon's next start)",
+                        self.config.upstream,
+                        grace,
+                    )
+                    break
+            else:
+                down_since, answered = None, True
             await anyio.sleep(SOCKET_WATCH_SECONDS)
-        log.info("socket file %s; exiting", self.socket_state())
+        else:
+            log.info("socket file %s; exiting", state)
         scope.cancel()
+
+    async def _daemon_refuses(self) -> bool:
+        """Whether the daemon's socket is missing or refuses connections now. A slow answer is
+        not a refusal: a busy daemon is alive."""
+        try:
+            with anyio.fail_after(5):
+                stream = await anyio.connect_unix(str(self.config.upstream))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return True
+        except (OSError, TimeoutError):
+            return False
+        await stream.aclose()
+        return False
 
 
 _DISCONNECTS = (

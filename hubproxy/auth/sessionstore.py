@@ -52,6 +52,18 @@ class Session:
         return cls(**{**data, "groups": tuple(data.get("groups") or ())})
 
 
+def keep_aside(path: Path) -> Path | None:
+    """Rename an unreadable store to ``<name>.corrupt-<unix time>`` beside it (the evidence
+    for the operator; the next save starts afresh); None when that failed. As
+    ``hubcontrol.safefs.keep_aside`` does for the control plane's state files."""
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return None
+    return aside
+
+
 # ``listener(added, removed_sids)``: called after every change, on the caller's thread
 Listener = Callable[[list[Session], list[str]], None]
 
@@ -66,16 +78,44 @@ class SessionStore:
     @classmethod
     def open(cls, path: Path | None, clock: Callable[[], float] = time.time) -> SessionStore:
         store = cls(path, clock)
-        if path is not None and path.exists():
+        if path is None or not path.exists():
+            return store
+        try:
+            rows = json.loads(path.read_text())
+            if not isinstance(rows, list):
+                raise ValueError(f"a list of sessions, not {type(rows).__name__}")
+        except OSError as e:
+            log.error("session store %s could not be read (%s); everyone logs in again", path, e)
+            return store
+        except ValueError as e:
+            # truncated or corrupt: kept for the operator; the next login writes a fresh file
+            aside = keep_aside(path)
+            log.error(
+                "session store %s is unreadable (%s); %s; everyone logs in again",
+                path,
+                e,
+                f"kept as {aside}" if aside else "could not move it aside",
+            )
+            return store
+        now, bad = clock(), 0
+        for row in rows:
             try:
-                rows = json.loads(path.read_text())
-                now = clock()
-                for row in rows:
-                    s = Session.from_json(row)
-                    if s.exp > now:
-                        store._sessions[s.sid] = s
-            except (OSError, ValueError, TypeError) as e:
-                log.warning("ignoring unreadable session store %s: %s", path, e)
+                s = Session.from_json(row)
+                if not (isinstance(s.sid, str) and isinstance(s.user, str) and s.exp > 0):
+                    raise TypeError("sid, user or exp of the wrong type")
+            except (TypeError, ValueError, AttributeError):
+                bad += 1  # one bad row costs its own session, not everyone's
+                continue
+            if s.exp > now:
+                store._sessions[s.sid] = s
+        if bad:
+            log.error(
+                "session store %s: %d unreadable session(s) skipped (those users log in again); "
+                "the other %d are kept",
+                path,
+                bad,
+                len(store._sessions),
+            )
         return store
 
     def create(

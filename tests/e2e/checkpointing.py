@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from tests.e2e.hubprocess import HubSite
+from tests.support.hubprocess import HubSite
 
 IDLE_TIMEOUT = 8  # seconds
 

@@ -3,7 +3,7 @@ form and wait for the terminal."""
 
 from __future__ import annotations
 
-from tests.e2e.hubprocess import HubSite
+from tests.support.hubprocess import HubSite
 
 
 def login(

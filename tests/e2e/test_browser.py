@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.hubprocess import CLIENT_SECRET, ROUTES, new_site
 from tests.e2e.pages import login, wait_terminal
+from tests.support.hubprocess import CLIENT_SECRET, ROUTES, new_site
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 pytestmark = [

@@ -31,8 +31,8 @@ from tests.e2e.checkpointing import (
     type_and_read,
     wait_state,
 )
-from tests.e2e.hubprocess import CLIENT_SECRET, ROUTES, HubSite, labels_file, new_site
 from tests.e2e.pages import login, wait_terminal
+from tests.support.hubprocess import CLIENT_SECRET, ROUTES, HubSite, labels_file, new_site
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 pytestmark = [

@@ -29,8 +29,8 @@ from tests.e2e.checkpointing import (
     type_and_read,
     wait_state,
 )
-from tests.e2e.hubprocess import CLIENT_SECRET, ROUTES, labels_file, new_site
 from tests.e2e.pages import login
+from tests.support.hubprocess import CLIENT_SECRET, ROUTES, labels_file, new_site
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 pytestmark = [

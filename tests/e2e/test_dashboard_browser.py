@@ -1,6 +1,6 @@
 """The dashboard in a real browser against the whole product: headless Chromium (playwright,
 Debian's chromium), ``hub start`` with the real Hub, per-user dockerd and the environment image
-(tests/e2e/hubprocess.py), the real npm oidc-provider; ``hub status --json`` run as a real CLI.
+(tests/support/hubprocess.py), the real npm oidc-provider; ``hub status --json`` run as a real CLI.
 
 Covers: a regular user sees only their own environment (links, idle timer, no admin actions);
 the numbers on the dashboard, in ``hub status --json`` and what the user's own dockerd reports
@@ -21,8 +21,8 @@ import docker
 import httpx
 import pytest
 
-from tests.e2e.hubprocess import CLIENT_SECRET, COMMAND, ENV_IMAGE, ROOT, ROUTES, new_site
 from tests.e2e.pages import login, wait_terminal
+from tests.support.hubprocess import CLIENT_SECRET, COMMAND, ENV_IMAGE, ROOT, ROUTES, new_site
 from tests.support.images import import_busybox
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 

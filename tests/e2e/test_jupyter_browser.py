@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.hubprocess import CLIENT_SECRET, HubSite, new_site
 from tests.support.browser import launch_chromium
+from tests.support.hubprocess import CLIENT_SECRET, HubSite, new_site
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 pytestmark = [

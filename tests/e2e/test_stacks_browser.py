@@ -35,7 +35,7 @@ import docker
 import pytest
 
 from tests.e2e import pages
-from tests.e2e.hubprocess import CLIENT_SECRET, HubSite, new_site
+from tests.support.hubprocess import CLIENT_SECRET, HubSite, new_site
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 pytestmark = [

@@ -1,5 +1,5 @@
 """Load held: logins, idle WebSockets and a terminal printing flat out, all at once, while the
-hub's health and another user's requests are timed: ``sudo .venv/bin/python -m bench.load``.
+hub's health and another user's requests are timed: ``.venv/bin/python -m bench.load``.
 
 Root, docker, btrfs-progs, node (the OIDC provider), the environment image
 (``scripts/build-image.sh``: ttyd and python3). Everything is real: ``hub start`` (the real Hub,

@@ -1,5 +1,5 @@
 """A new user's first login with seed data-roots, 2 GB image next to 2 MB, and what 20 new users
-cost on disk: ``sudo .venv/bin/python -m bench.seeds``.
+cost on disk: ``.venv/bin/python -m bench.seeds``.
 
 Root, docker, btrfs-progs. The run makes its own BTRFS filesystem (a sparse loop file, removed
 afterwards), a 2 MB image (busybox, tests/support/images.py) and, with ``docker build`` on the host

@@ -11,7 +11,7 @@ LOG_DIR=/var/log/rediacc
 ENV_IMAGE=rediacc-hub/env:latest
 # The tests' Node.js where the system's is older than 20 (Debian 12 ships 18): a private copy from
 # the npm registry (scripts/node20, installed by install-test-deps.sh); /usr/bin/node is left alone.
-NODE20_PREFIX=/opt/rediacc/node20
+NODE20_PREFIX=${REDIACC_NODE20_PREFIX:-/opt/rediacc/node20}
 
 _t0_script=$(date +%s.%N)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bench.clients import Endpoint
 from bench.site import ROOT, Site, process_env
+from tests.support.nodejs import node_env
 
 CHP_BIN = ROOT / "bench" / "node_modules" / ".bin" / "configurable-http-proxy"
 
@@ -222,7 +223,7 @@ def chp(site: Site, service_ip: str, upstream_port: int, workdir: Path) -> Conte
     argv = [str(CHP_BIN), "--ip", "127.0.0.1", "--port", str(port), "--api-ip", "127.0.0.1"]
     argv += ["--api-port", str(api), "--host-routing", "--log-level", "warn"]
     log_path = workdir / "chp.log"
-    proc = _spawn(argv, log_path, env={**process_env(), "CONFIGPROXY_AUTH_TOKEN": token})
+    proc = _spawn(argv, log_path, env={**node_env(process_env()), "CONFIGPROXY_AUTH_TOKEN": token})
     c = Contender("chp", Endpoint("127.0.0.1", port, site.host_header), proc, log_path)
     body = json.dumps({"target": f"http://{service_ip}:{upstream_port}"}).encode()
     deadline = time.monotonic() + 15

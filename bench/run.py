@@ -37,6 +37,7 @@ from bench import clients, contenders
 from bench.clients import Endpoint
 from bench.contenders import Contender
 from bench.site import ROOT, UPSTREAM_PORT, Site, control_plane, destroy_all
+from tests.support.nodejs import node_env
 
 MIB = 1024 * 1024
 PROXIES = ("nginx", "chp", "hub-start", "hub-mitmdump")
@@ -225,9 +226,11 @@ def log(msg: str) -> None:
 # -- machine description ------------------------------------------------------------------------
 
 
-def _version(cmd: list[str], pattern: str = r"[\d]+\.[\d.]+") -> str:
+def _version(
+    cmd: list[str], pattern: str = r"[\d]+\.[\d.]+", env: dict[str, str] | None = None
+) -> str:
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, env=env)
     except (OSError, subprocess.TimeoutExpired):
         return "missing"
     m = re.search(pattern, done.stdout + done.stderr)
@@ -259,7 +262,8 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "mitmproxy": mitmproxy.version.VERSION,
         "nginx": _version(["nginx", "-v"]),
-        "node": _version(["node", "--version"]),
+        # the node configurable-http-proxy ran with (contenders.chp)
+        "node": _version(["node", "--version"], env=node_env()),
         "configurable-http-proxy": chp,
         "wrk": _version(["wrk", "--version"]),
         "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),

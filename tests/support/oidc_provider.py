@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.support.nodejs import node_env
 from tests.support.procs import stop
 
 OIDC_DIR = Path(__file__).resolve().parent / "oidc"
@@ -54,7 +55,7 @@ def npm_oidc_provider(
         cwd=OIDC_DIR,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "NODE_ENV": "test"},
+        env=node_env({**os.environ, "NODE_ENV": "test"}),
     )
     try:
         deadline = time.monotonic() + timeout

@@ -857,10 +857,15 @@ def remove_daemon_leftovers(user: str, net_id: int) -> list[str]:
 
     done = []
     network.remove_isolation(net_id)
+    blocks = set()
     for bridge in (f"{network.BRIDGE_PREFIX}{net_id}", f"{network.BRIDGE_PREFIX}{net_id}e"):
         if network.link_exists(bridge):
+            if (block := network.block_of(bridge)) is not None:
+                blocks.add(block)
             network.delete_link(bridge)
             done.append(f"bridge {bridge} deleted")
+    for block in blocks:  # the bridges of networks the user made on that daemon
+        done += [f"bridge {b} deleted" for b in network.remove_stale_bridges(block)]
     with contextlib.suppress(OSError):
         cgroups = Cgroups()
         group = group_name(user, net_id)

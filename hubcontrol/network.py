@@ -30,7 +30,7 @@ import os
 import socket
 import subprocess
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +226,67 @@ def ensure_bridge(name: str, address: ipaddress.IPv4Interface) -> None:
 
 def delete_link(name: str) -> None:
     _run("ip", "link", "del", name, check=False)
+
+
+USER_NETWORK_BRIDGE_PREFIX = "br-"  # dockerd's name for the bridge of a user-made network
+
+
+def stale_bridges(links: Sequence[dict[str, Any]], block: ipaddress.IPv4Network,
+                  ports: Callable[[str], int]) -> list[str]:  # fmt: skip
+    """Bridges of docker networks a user made in ``block`` (``br-*`` with every IPv4 address
+    inside it) that nothing is attached to (``ports(name)`` is 0), from ``ip -j addr``'s
+    ``links``. Pure. A user's daemon that died or was destroyed leaves them behind; with the
+    same addresses as the next daemon of that network ID's networks, they take its routes
+    (traffic to the new network goes to the dead bridge)."""
+    found = []
+    for link in links:
+        name = link.get("ifname", "")
+        if not name.startswith(USER_NETWORK_BRIDGE_PREFIX):
+            continue
+        addresses = [a for a in link.get("addr_info", []) if a.get("family") == "inet"]
+        if not addresses:
+            continue
+        inside = all(
+            ipaddress.IPv4Address(a["local"]) in block for a in addresses if a.get("local")
+        )
+        if inside and ports(name) == 0:
+            found.append(name)
+    return found
+
+
+def _bridge_ports(name: str) -> int:
+    try:
+        return len(os.listdir(f"/sys/class/net/{name}/brif"))
+    except OSError:
+        return -1  # not a bridge (or gone): never ours to delete
+
+
+def remove_stale_bridges(block: ipaddress.IPv4Network) -> list[str]:
+    """Delete ``stale_bridges`` in ``block`` on this host; returns their names. Only before a
+    daemon of that block starts (its own networks' bridges are made again by dockerd at start)
+    or after it is gone for good."""
+    listing = _run("ip", "-j", "addr", "show", "type", "bridge", check=False)
+    try:
+        links = json.loads(listing.stdout or "[]")
+    except json.JSONDecodeError:
+        return []
+    doomed = stale_bridges(links, block, _bridge_ports)
+    for name in doomed:
+        delete_link(name)
+    return doomed
+
+
+def block_of(bridge: str) -> ipaddress.IPv4Network | None:
+    """The user's /24 block that hub bridge ``bridge`` (``rdh<id>``, ``rdh<id>e``) is in, from
+    its first IPv4 address; None when it has none (or is gone)."""
+    listing = _run("ip", "-j", "-4", "addr", "show", "dev", bridge, check=False)
+    try:
+        for link in json.loads(listing.stdout or "[]"):
+            for a in link.get("addr_info", []):
+                return ipaddress.IPv4Network(f"{a['local']}/24", strict=False)
+    except (json.JSONDecodeError, KeyError, ValueError):
+        pass
+    return None
 
 
 # -- iptables -------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
     from hubcontrol.config import Template
     from hubcontrol.hub import Hub
     from hubcontrol.records import UserRecord
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,11 @@ class PerUserDaemon(Placement):
             hub._part(rec, "seed")
             if cloned := await seeds.provide(rec, template, spec):
                 rec.seeded = cloned
+        if not was_running:
+            # bridges of networks a dead or destroyed daemon of this block made take the routes
+            # of this daemon's own (dockerd makes those again as it starts)
+            if stale := await call(network.remove_stale_bridges, net.block):
+                log.info("%s: removed stale network bridges %s", rec.name, ", ".join(stale))
         hub._part(rec, "dockerd")
         await call(hub.supervisor.start, spec)
         hub._part(rec, "limits")

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from hubcontrol import ConfigError, Hub, HubConfig, HubError
+from hubproxy.addons.adminapi import ensure_admin_token
 from hubproxy.auth.sessionstore import load_session_secret
 from hubproxy.context import HubContext
 from hubproxy.server.controlthread import ControlThread
@@ -33,6 +34,9 @@ def start_control_plane(
         thread = ControlThread(hub)
     control = thread.start()
     context.setup(config, control, secret)
+    # before the proxy listens: `hub status` run as soon as the port answers finds the token
+    # (the admin API's own hook made it only once mitmproxy had started its addons)
+    ensure_admin_token(config.state_dir)
     return thread
 
 

@@ -369,3 +369,36 @@ def test_no_v2_group_means_no_rules_and_a_warning(claimed_net, caplog):
 )  # fmt: skip
 def test_restore_input(lines, want):
     assert network.restore_input("filter", lines) == want
+
+
+def _link(name: str, *addresses: str) -> dict:
+    return {
+        "ifname": name,
+        "addr_info": [{"family": "inet", "local": a, "prefixlen": 26} for a in addresses],
+    }
+
+
+@pytest.mark.parametrize(
+    ("links", "ports", "stale"),
+    [
+        # a dead daemon's network, nothing attached: stale (it took the new network's route)
+        ([_link("br-5447a0354085", "10.208.3.129")], {}, ["br-5447a0354085"]),
+        # the same with a container still attached (live-restore): kept
+        ([_link("br-5447a0354085", "10.208.3.129")], {"br-5447a0354085": 1}, []),
+        # another user's block, the host's docker0, the hub's own bridges: never
+        ([_link("br-aaaa", "10.208.4.129")], {}, []),
+        ([_link("docker0", "10.208.3.1")], {}, []),
+        ([_link("rdh32960e", "10.208.3.1")], {}, []),
+        # partly outside the block, or no IPv4 address at all: not the user's
+        ([_link("br-bbbb", "10.208.3.129", "192.168.1.1")], {}, []),
+        ([{"ifname": "br-cccc", "addr_info": []}], {}, []),
+        # not a bridge after all (ports unknown): kept
+        ([_link("br-dddd", "10.208.3.129")], {"br-dddd": -1}, []),
+    ],
+)
+def test_stale_bridges_of_a_users_block(links, ports, stale):
+    """Bridges a dead or destroyed daemon's networks left in the user's block go before the
+    block's next daemon starts: the end-to-end hooks test caught one taking the route of the
+    user's new network (the on_create clone could not reach the user's own git server)."""
+    block = ipaddress.IPv4Network("10.208.3.0/24")
+    assert network.stale_bridges(links, block, lambda name: ports.get(name, 0)) == stale

@@ -17,40 +17,27 @@ is destroyed and the host checked for leaks (``HubSite.cleanup``).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
 from collections.abc import Iterator
 
-import docker
 import pytest
 
 from tests.faults.faultsite import (
     DOMAIN,
-    HOST_SOCKET,
     ROUTES,
     FaultSite,
     labels_text,
 )
 from tests.support import leaks
+from tests.support.hubcore import host_test_image
 from tests.support.hubprocess import CLIENT_SECRET, env_file
-from tests.support.images import busybox_rootfs_tar
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
 
 @pytest.fixture(scope="session")
 def fault_image() -> Iterator[str]:
     """busybox-static imported into the host's daemon under a tag of this run."""
-    client = docker.DockerClient(base_url=f"unix://{HOST_SOCKET}", version="1.41", timeout=120)
-    ref = f"hub-test/faults:t{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    repository, tag = ref.split(":")
-    client.api.import_image_from_data(busybox_rootfs_tar(), repository=repository, tag=tag)
-    try:
+    with host_test_image("hub-test/faults") as ref:
         yield ref
-    finally:
-        with contextlib.suppress(docker.errors.DockerException):
-            client.images.remove(ref, force=True)
-        client.close()
 
 
 @pytest.fixture(scope="module")

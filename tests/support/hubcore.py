@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import docker
@@ -26,12 +27,16 @@ ROUTES = {"code": 8080, "term": 7681}
 
 
 @contextlib.contextmanager
-def host_test_image():
-    """Import the test image into the host daemon; yields its reference, removes it after."""
-    client = docker.DockerClient(base_url=f"unix://{HOST_SOCKET}", version="1.41", timeout=120)
+def host_test_image(
+    repository: str = "hub-test/hubcore",
+    rootfs: Callable[[], bytes] = busybox_rootfs_tar,
+    timeout: int = 120,
+) -> Iterator[str]:
+    """Import ``rootfs()`` (the busybox test image by default) into the host daemon under a tag
+    of this run; yields its reference, removes it after."""
+    client = docker.DockerClient(base_url=f"unix://{HOST_SOCKET}", version="1.41", timeout=timeout)
     tag = f"t{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    repository = "hub-test/hubcore"
-    client.api.import_image_from_data(busybox_rootfs_tar(), repository=repository, tag=tag)
+    client.api.import_image_from_data(rootfs(), repository=repository, tag=tag)
     ref = f"{repository}:{tag}"
     try:
         yield ref

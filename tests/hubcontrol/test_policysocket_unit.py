@@ -122,6 +122,19 @@ def test_command_line_round_trips(tmp_path):
     )
 
 
+def no_daemon_args(tmp_path: Path) -> policysockets.ProxyArgs:
+    """A policy socket under ``tmp_path/run`` for the workspace ``tmp_path/ws`` (made here) whose
+    daemon does not exist: what the policy refuses is answered, anything else fails upstream."""
+    (tmp_path / "ws").mkdir()
+    exec_root = tmp_path / "run"
+    return policysockets.ProxyArgs(
+        listen=str(exec_root / "env" / "docker.sock"),
+        upstream=str(tmp_path / "no-daemon.sock"),
+        workspace=str(tmp_path / "ws"),
+        pidfile=str(exec_root / "policy.pid"),
+    )
+
+
 def _refused_request(path: str) -> bytes:
     """One request on the policy socket at ``path``; the answer's raw bytes."""
     with socket.socket(socket.AF_UNIX) as client:
@@ -178,13 +191,7 @@ def test_connections_over_the_limit_are_answered_503_and_the_socket_recovers(tmp
     connections close, requests are served again."""
     from hubcontrol.policysocket.server import MAX_CONNECTIONS
 
-    (tmp_path / "ws").mkdir()
-    args = policysockets.ProxyArgs(
-        listen=str(tmp_path / "run" / "env" / "docker.sock"),
-        upstream=str(tmp_path / "no-daemon.sock"),
-        workspace=str(tmp_path / "ws"),
-        pidfile=str(tmp_path / "run" / "policy.pid"),
-    )
+    args = no_daemon_args(tmp_path)
     policysockets.start(args)
     held: list[socket.socket] = []
     try:
@@ -309,14 +316,7 @@ def test_a_view_left_by_an_earlier_user_of_the_net_id_is_replaced(tmp_path):
 def test_a_policy_socket_whose_socket_file_is_removed_exits(tmp_path):
     """A daemon's cleanup or a destroyed user removes the socket file: nobody can reach the
     process any more, so it ends."""
-    (tmp_path / "ws").mkdir()
-    exec_root = tmp_path / "run"
-    args = policysockets.ProxyArgs(
-        listen=str(exec_root / "env" / "docker.sock"),
-        upstream=str(tmp_path / "no-daemon.sock"),
-        workspace=str(tmp_path / "ws"),
-        pidfile=str(exec_root / "policy.pid"),
-    )
+    args = no_daemon_args(tmp_path)
     pid = policysockets.start(args)
     try:
         assert Path(pins.default_binds_dir(args.listen)).is_dir()
@@ -335,14 +335,7 @@ def test_starting_a_policy_socket_reads_the_process_table_once(tmp_path, monkeyp
     """``start`` waits for the new process through its pidfile: the process table is read once
     (to find a stale process to replace), not on every poll, where thousands of /proc reads
     per start held the hub's GIL while many users logged in at once (bench/load.py)."""
-    (tmp_path / "ws").mkdir()
-    exec_root = tmp_path / "run"
-    args = policysockets.ProxyArgs(
-        listen=str(exec_root / "env" / "docker.sock"),
-        upstream=str(tmp_path / "no-daemon.sock"),
-        workspace=str(tmp_path / "ws"),
-        pidfile=str(exec_root / "policy.pid"),
-    )
+    args = no_daemon_args(tmp_path)
     scans = []
     real_pids = procs.pids
     monkeypatch.setattr(procs, "pids", lambda: scans.append(1) or real_pids())
@@ -380,14 +373,7 @@ def test_a_policy_socket_started_by_the_previous_version_is_found_and_replaced(t
     for entry in Path(policysockets.__file__).parent.iterdir():
         (old_pkg / entry.name).symlink_to(entry)
     (old_pkg / "socketproxy.py").write_text("from hubcontrol.policysocket.__main__ import main\n")
-    (tmp_path / "ws").mkdir()
-    exec_root = tmp_path / "run"
-    args = policysockets.ProxyArgs(
-        listen=str(exec_root / "env" / "docker.sock"),
-        upstream=str(tmp_path / "no-daemon.sock"),
-        workspace=str(tmp_path / "ws"),
-        pidfile=str(exec_root / "policy.pid"),
-    )
+    args = no_daemon_args(tmp_path)
     options = policysockets.command(args)[3:]
     old = subprocess.Popen(
         [sys.executable, "-c", LEGACY_BOOTSTRAP, str(old_pkg), *options], start_new_session=True

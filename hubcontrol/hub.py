@@ -236,6 +236,7 @@ class Hub:
     ) -> None:
         self.config = config
         self.supervisor = supervisor or choose(config.supervisor)
+        self.supervisor.set_users_cpu_weight(config.users_cpu_weight)
         self.clock = clock
         self.engine = engine or Engine()
         self._image_facts = envs.ImageFactsCache()  # template images probed, by image ID

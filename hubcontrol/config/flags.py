@@ -29,6 +29,7 @@ from hubcontrol.config.values import (
     MAX_WORKERS,
     parse_abs_path,
     parse_bool,
+    parse_cpu_weight,
     parse_docker_socket,
     parse_domain,
     parse_port,
@@ -188,6 +189,14 @@ START_FLAGS: Mapping[str, StartFlag] = MappingProxyType(
                 f"proxy processes sharing --port (SO_REUSEPORT), 1-{MAX_WORKERS}; also HUB_WORKERS",
                 attr="workers",
                 variable="HUB_WORKERS",
+            ),
+            StartFlag(
+                "users-cpu-weight",
+                parse_cpu_weight,
+                "CPU weight of rediacc.slice (every user's daemon and environment) against the "
+                "host's own services, 1-10000 (host default 100); also HUB_USERS_CPU_WEIGHT",
+                attr="users_cpu_weight",
+                variable="HUB_USERS_CPU_WEIGHT",
             ),
         )
     }

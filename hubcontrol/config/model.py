@@ -21,6 +21,13 @@ DEFAULT_AUDIT_DIR = Path("/var/log/rediacc/hub")
 DEFAULT_STATE_DIR = Path("/var/lib/rediacc/hub")
 # Each user's daemon gets a /24 block of this pool, indexed by (net_id - 32768) / 64.
 DEFAULT_USER_SUBNET_POOL = "10.208.0.0/12"
+# --users-cpu-weight: rediacc.slice's CPU weight against the host's own services (cgroup v2's
+# scale, where every group's default is 100). Measured (docs/performance.md, "Load held"): with
+# users at the default 100, 32 daemons booting at once on 2 cores kept the hub's event loop from
+# the CPU and /_hub/health took 310 ms at p99; at 20 it was 89 ms, and a bare process beside the
+# hub 9 ms instead of 100 ms. Users compete with each other as before; only when the host's own
+# services want the CPU do all users together yield: 20 against 100 for each busy service.
+DEFAULT_USERS_CPU_WEIGHT = 20
 USER_NETWORK_ID_BASE = 32768
 USER_NETWORK_ID_STEP = 64
 DEFAULT_TEMPLATE_NAME = "default"
@@ -116,6 +123,8 @@ class HubConfig:
     # root lacks CAP_SYS_RESOURCE (docs/checkpoint.md)
     userns_remap: bool = False
     workers: int = 1  # proxy processes on --port; worker 0 also runs the control plane
+    # --users-cpu-weight / HUB_USERS_CPU_WEIGHT: rediacc.slice's CPU weight (config.values)
+    users_cpu_weight: int = DEFAULT_USERS_CPU_WEIGHT
     # where it came from (set by load_config; informational)
     source: Path | None = None  # the compose file or hub.labels.yaml
     service: str | None = None  # the compose service

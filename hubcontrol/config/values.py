@@ -11,13 +11,14 @@ import ipaddress
 import re
 from pathlib import Path
 
-from hubcontrol.config.model import DEFAULT_USER_SUBNET_POOL
+from hubcontrol.config.model import DEFAULT_USER_SUBNET_POOL, DEFAULT_USERS_CPU_WEIGHT
 from hubcontrol.durations import parse_duration
 
 SUPERVISORS = ("auto", "systemd", "local")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _TRUE = ("true", "1", "yes", "on")
 MAX_WORKERS = 64  # --workers: proxy processes sharing the port
+CPU_WEIGHT_RANGE = (1, 10000)
 _FALSE = ("false", "0", "no", "off", "")
 
 
@@ -108,6 +109,21 @@ def parse_workers(text: object) -> int:
     n = int(s)
     if not 1 <= n <= MAX_WORKERS:
         raise ValueError(f"{n} is out of range; expected 1 to {MAX_WORKERS}")
+    return n
+
+
+def parse_cpu_weight(text: object) -> int:
+    """``--users-cpu-weight`` (or ``HUB_USERS_CPU_WEIGHT``): a cgroup v2 CPU weight, 1-10000."""
+    low, high = CPU_WEIGHT_RANGE
+    s = str(text).strip()
+    if isinstance(text, bool) or not re.fullmatch(r"[0-9]+", s):
+        raise ValueError(
+            f"{text!r} is not a whole number; expected {low} to {high} (100 is the host's "
+            f"default, {DEFAULT_USERS_CPU_WEIGHT} the hub's)"
+        )
+    n = int(s)
+    if not low <= n <= high:
+        raise ValueError(f"{n} is out of range; expected {low} to {high}")
     return n
 
 

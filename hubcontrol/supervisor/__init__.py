@@ -380,6 +380,11 @@ class DaemonSupervisor(abc.ABC):
     def apply_limits(self, spec: DaemonSpec) -> None:  # noqa: B027 - optional hook
         """Update the limits of a running daemon's groups (after a template switch)."""
 
+    def set_users_cpu_weight(self, weight: int | None) -> None:  # noqa: B027 - optional hook
+        """Give ``rediacc.slice`` (every user's daemon and containers) this CPU weight against
+        the host's own services (``--users-cpu-weight``), from the next daemon start on; None
+        leaves the slice as it is."""
+
     def daemon_cgroup(self, spec: DaemonSpec) -> str | None:
         """The daemon's cgroup v2 group relative to the v2 root, which the rules for the daemon's
         own traffic match (``network.apply_daemon_isolation``); None when there is none."""

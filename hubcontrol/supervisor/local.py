@@ -61,6 +61,11 @@ def group_name(user: str, net_id: int) -> str:
     return f"{user}-{net_id}"
 
 
+def v1_shares(weight: int) -> int:
+    """cgroup v1 ``cpu.shares`` for a v2 ``cpu.weight`` (100 -> 1024, as systemd maps them)."""
+    return max(2, min(262144, round(weight * 1024 / 100)))
+
+
 def _group(spec: DaemonSpec) -> str:
     return group_name(spec.user, spec.net_id)
 
@@ -74,6 +79,9 @@ class Cgroups:
 
     def __init__(self, root: Path = CGROUP_ROOT) -> None:
         self.root = root
+        # rediacc.slice's CPU weight (cgroup v2 scale), written whenever a user's group is made;
+        # None leaves the slice as the operator set it (DaemonSupervisor.set_users_cpu_weight)
+        self.slice_cpu_weight: int | None = None
         unified = root / "cgroup.controllers"
         self.v2 = unified.exists()
         if self.v2:
@@ -142,10 +150,15 @@ class Cgroups:
                 if enable:
                     with contextlib.suppress(OSError):
                         (d / "cgroup.subtree_control").write_text(enable)
+            if self.slice_cpu_weight is not None and "cpu" in self.available:
+                self._write(slice_dir / "cpu.weight", str(self.slice_cpu_weight))
         else:
             for base in self.dirs(user):
                 (base / "daemon").mkdir(parents=True, exist_ok=True)
                 (base / "containers").mkdir(parents=True, exist_ok=True)
+            if self.slice_cpu_weight is not None and "cpu" in self.available:
+                shares = v1_shares(self.slice_cpu_weight)
+                self._write(self.root / "cpu" / SLICE / "cpu.shares", str(shares))
             unified = self._unified_daemon_dir(user)
             if unified is not None:
                 unified.mkdir(parents=True, exist_ok=True)
@@ -306,6 +319,9 @@ class LocalSupervisor(DaemonSupervisor):
 
     def __init__(self, cgroups: Cgroups | None = None) -> None:
         self.cgroups = cgroups or Cgroups()
+
+    def set_users_cpu_weight(self, weight: int | None) -> None:
+        self.cgroups.slice_cpu_weight = weight
 
     # -- finding the daemon -------------------------------------------------------------------
 

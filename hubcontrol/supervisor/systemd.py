@@ -30,6 +30,7 @@ The user's policy socket runs beside the daemon as the transient
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import subprocess
@@ -50,6 +51,8 @@ from hubcontrol.supervisor import (
     wait_for_ping,
     write_daemon_config,
 )
+
+log = logging.getLogger(__name__)
 
 UNIT_DIR = Path("/run/systemd/system")
 SLICE = "rediacc.slice"
@@ -247,6 +250,26 @@ class SystemdSupervisor(DaemonSupervisor):
         self.unit_dir = Path(unit_dir)
         self.systemctl = systemctl
         self.wrapper_dir = Path(wrapper_dir)
+        self.users_cpu_weight: int | None = None
+        self._weight_set: int | None = None  # what this process last gave rediacc.slice
+
+    def set_users_cpu_weight(self, weight: int | None) -> None:
+        self.users_cpu_weight = weight
+
+    def _apply_slice_weight(self) -> None:
+        """``CPUWeight=`` on rediacc.slice (a runtime drop-in, as for the users' slices), once
+        per value: the users' daemons and containers yield the CPU to the host's services."""
+        weight = self.users_cpu_weight
+        if weight is None or weight == self._weight_set:
+            return
+        done = self._ctl("set-property", "--runtime", SLICE, f"CPUWeight={weight}", check=False)
+        if done.returncode:
+            log.warning(
+                "could not set CPUWeight=%s on %s (users keep the host's default weight): %s",
+                weight, SLICE, (done.stderr or done.stdout).strip(),
+            )  # fmt: skip
+            return
+        self._weight_set = weight
 
     def _ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([self.systemctl, *args], capture_output=True, text=True)
@@ -359,6 +382,7 @@ class SystemdSupervisor(DaemonSupervisor):
             )
         if self.write_units(spec):
             self._ctl("daemon-reload")
+        self._apply_slice_weight()
         self._ctl("reset-failed", unit, check=False)
         self._ctl("start", unit)
         wait_for_ping(spec, lambda: self._state(unit)[0] in ("active", "activating"), timeout)

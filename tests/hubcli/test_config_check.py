@@ -59,6 +59,7 @@ SEED_HUB = {
     "supervisor": "auto",
     "workers": 1,
     "userns_remap": False,
+    "users_cpu_weight": 20,
 }
 QUICKSTART_COMMAND = "start-desktop.sh & ttyd --writable --port 7681 bash & exec openvscode-server --host __SERVICE_IP__ --port 8080"
 FULLDEV_COMMAND = (

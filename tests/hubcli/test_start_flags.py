@@ -94,6 +94,7 @@ SAMPLES: dict[str, tuple[str, object, object, str]] = {
     "supervisor": ("--supervisor=local", "local", "local", "local"),
     "workers": ("--workers=4", 4, 4, "4"),
     "userns-remap": ("--userns-remap", True, True, "true"),
+    "users-cpu-weight": ("--users-cpu-weight=50", 50, 50, "50"),
 }
 FLAG_FIELDS = {name: f.attr for name, f in START_FLAGS.items() if f.attr is not None}
 

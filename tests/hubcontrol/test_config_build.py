@@ -792,3 +792,28 @@ class _Any:
 
 
 ANY_REASON = _Any()
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "weight"),
+    [
+        ({}, {}, 20),  # the default: users yield the CPU to the host's services
+        ({"users_cpu_weight": "100"}, {}, 100),  # as any other group
+        ({}, {"HUB_USERS_CPU_WEIGHT": "5"}, 5),
+        ({"users_cpu_weight": "50"}, {"HUB_USERS_CPU_WEIGHT": "5"}, 50),  # the flag wins
+    ],
+)
+def test_users_cpu_weight_from_flag_or_variable(flags, env, weight) -> None:
+    assert build(flags=flags, env=env).users_cpu_weight == weight
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "problem"),
+    [
+        ({"users_cpu_weight": "0"}, {}, "flag --users-cpu-weight=0: 0 is out of range; expected 1 to 10000"),
+        ({"users_cpu_weight": "low"}, {}, "'low' is not a whole number; expected 1 to 10000 (100 is the host's default, 20 the hub's)"),
+        ({}, {"HUB_USERS_CPU_WEIGHT": "20000"}, "variable HUB_USERS_CPU_WEIGHT=20000: 20000 is out of range"),
+    ],
+)  # fmt: skip
+def test_bad_users_cpu_weight_names_the_flag_and_the_range(flags, env, problem) -> None:
+    assert any(problem in p for p in problems(flags=flags, env=env)), problems(flags=flags, env=env)

@@ -28,7 +28,7 @@ from hubcontrol.supervisor import (
     ping,
 )
 from hubcontrol.supervisor import systemd as sd
-from hubcontrol.supervisor.local import LocalSupervisor
+from hubcontrol.supervisor.local import Cgroups, LocalSupervisor, v1_shares
 
 POOL = "10.208.0.0/12"
 
@@ -234,6 +234,51 @@ def test_choose():
         choose("docker")
 
 
+@pytest.mark.parametrize(("weight", "shares"), [(100, 1024), (20, 205), (1, 10), (10000, 102400)])
+def test_v1_shares_map_weights_as_systemd_does(weight, shares):
+    assert v1_shares(weight) == shares
+
+
+def _fake_cgroup_root(root: Path, v2: bool) -> Path:
+    if v2:
+        root.mkdir()
+        (root / "cgroup.controllers").write_text("cpu memory pids\n")
+    else:
+        for c in ("cpu", "memory", "pids"):
+            (root / c).mkdir(parents=True)
+            (root / c / "cgroup.procs").write_text("")
+    return root
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["v2", "v1"])
+def test_users_yield_the_cpu_to_the_host_by_the_slice_weight(tmp_path, v2):
+    """``--users-cpu-weight``: rediacc.slice (every user's daemon and containers) gets the weight
+    whenever a user's group is made; without one the slice is left as the operator set it."""
+    root = _fake_cgroup_root(tmp_path / "cg", v2)
+    weight_file = root / ("rediacc.slice/cpu.weight" if v2 else "cpu/rediacc.slice/cpu.shares")
+    cgroups = Cgroups(root)
+    cgroups.create("alice-32768")
+    assert not weight_file.exists()  # no weight asked for: nothing written
+    supervisor = LocalSupervisor(cgroups)
+    supervisor.set_users_cpu_weight(20)
+    cgroups.create("bob-32832")
+    assert weight_file.read_text() == ("20" if v2 else "205")
+
+
+def test_systemd_gives_the_slice_its_weight_once(tmp_path):
+    log = tmp_path / "systemctl.log"
+    fake = tmp_path / "systemctl"
+    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n")
+    fake.chmod(0o755)
+    supervisor = sd.SystemdSupervisor(
+        unit_dir=tmp_path / "units", systemctl=str(fake), wrapper_dir=tmp_path / "bin"
+    )
+    supervisor.set_users_cpu_weight(20)
+    supervisor._apply_slice_weight()
+    supervisor._apply_slice_weight()
+    assert log.read_text().splitlines() == ["set-property --runtime rediacc.slice CPUWeight=20"]
+
+
 # -- LocalSupervisor with real dockerd ------------------------------------------------------
 
 
@@ -264,8 +309,13 @@ def live_spec(tmp_path):
 @pytest.mark.docker
 def test_local_daemon_lifecycle_cgroups_and_adoption(live_spec):
     supervisor, spec = live_spec
+    supervisor.set_users_cpu_weight(30)
     supervisor.start(spec)
     assert ping(spec.socket) and ping(spec.env_socket_path)
+    # the users' slice yields the CPU to the host's services (--users-cpu-weight)
+    weights = [Path("/sys/fs/cgroup/rediacc.slice/cpu.weight"),
+               Path("/sys/fs/cgroup/cpu/rediacc.slice/cpu.shares")]  # fmt: skip
+    assert [w.read_text().strip() for w in weights if w.exists()] in (["30"], ["307"])
     assert oct(spec.env_socket_path.stat().st_mode & 0o777) == "0o666"
     pid = supervisor.describe(spec)["pid"]
     assert pid and Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"dockerd")

@@ -384,6 +384,8 @@ def test_daemon_and_policy_units_in_rediacc_slice_with_the_limits(host: SystemdH
     assert s["ActiveState"] == "active" and s["Slice"] == "rediacc-hub.slice", s
     assert s["MemoryMax"] == str(700 << 20), s  # rediacc.hub.limits.memory=700M
     assert s["CPUQuotaPerSecUSec"] == "1.500000s" and s["TasksMax"].isdigit(), s
+    # all users together yield the CPU to the host's services (--users-cpu-weight, default 20)
+    assert host.show("rediacc.slice", "CPUWeight") == {"CPUWeight": "20"}
     # the environment container is a scope in the user's slice (the limits bite there)
     cid = host.docker(net_id, f"inspect -f '{{{{.Id}}}}' hub-{USER}")
     scope = host.show(f"docker-{cid}.scope", "Slice", "ActiveState")

@@ -27,10 +27,11 @@ import ipaddress
 import json
 import logging
 import os
+import shlex
 import socket
 import subprocess
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -338,20 +339,14 @@ _HOOKS = (
 )
 
 
-def _ipt(table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return _run("iptables", "-w", "10", "-t", table, *args, check=check)
-
-
 RULES_LOCK = Path("/run/rediacc/iptables.lock")
 _thread_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def _rules_locked() -> Iterator[None]:
-    """Serialise rule changes across threads and processes (several hubs or test runs).
-
-    ``iptables -w`` only makes each command atomic; a check-then-insert needs this.
-    """
+    """Serialise rule changes across threads and processes (several hubs or test runs): each
+    change reads the tables, then writes what they lack, and nothing may come between."""
     with _thread_lock:
         RULES_LOCK.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(RULES_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
@@ -362,10 +357,99 @@ def _rules_locked() -> Iterator[None]:
             os.close(fd)
 
 
-def ensure_chains() -> None:
-    """Create the RDH chains and hook each first in its built-in chain (idempotent)."""
-    with _rules_locked():
-        _ensure_chains()
+# Every change below is one read of each table it touches (``iptables-save -t``) and at most one
+# ``iptables-restore --noflush`` per table: what is missing (chains, hooks) and the user's rules
+# replaced, all or nothing (one transaction on nf_tables; one table swap on legacy), so there is
+# never a moment without them. It was one ``iptables`` process per check and per rule (some 70 per
+# new user) under the host-wide lock above: with 32 users logging in at once, their starts queued
+# on that lock (docs/performance.md, "Load held").
+
+
+@dataclass(frozen=True)
+class SavedTable:
+    """One table as ``iptables-save -t <table>`` prints it (pure data)."""
+
+    chains: frozenset[str]
+    rules: tuple[tuple[str, ...], ...]  # each ``-A <chain> <spec>`` line as words, unquoted
+
+    def has(self, chain: str, *spec: str) -> bool:
+        return ("-A", chain, *spec) in self.rules
+
+    def tagged(self, chain: str, tag: str) -> list[tuple[str, ...]]:
+        """The rules of ``chain`` carrying the comment ``tag``, in order."""
+        return [r for r in self.rules if r[1] == chain and tag in r[2:]]
+
+
+EMPTY_TABLE = SavedTable(frozenset(), ())
+
+
+def parse_saved(text: str) -> SavedTable:
+    """``iptables-save`` output of one table -> its chains and rules. Pure."""
+    chains: set[str] = set()
+    rules: list[tuple[str, ...]] = []
+    for line in text.splitlines():
+        if line.startswith(":"):
+            chains.add(line[1:].split(" ", 1)[0])
+        elif line.startswith("-A "):
+            try:
+                rules.append(tuple(shlex.split(line)))
+            except ValueError:  # unbalanced quotes: a comment of someone else's rule
+                continue
+    return SavedTable(frozenset(chains), tuple(rules))
+
+
+def _saved(family: int, table: str) -> SavedTable | None:
+    """The table now, or None when this family has no iptables here (no ip6tables)."""
+    exe = "iptables-save" if family == 4 else "ip6tables-save"
+    try:
+        proc = subprocess.run([exe, "-t", table], capture_output=True, text=True)
+    except FileNotFoundError:
+        return None
+    if proc.returncode:
+        if family == 6:
+            return None  # IPv6 filtering off in this kernel: nothing to configure
+        raise NetworkError(
+            "The hub could not set up your network.", f"{exe} -t {table}: {proc.stderr.strip()}"
+        )
+    return parse_saved(proc.stdout)
+
+
+def _saved4(table: str) -> SavedTable:
+    saved = _saved(4, table)
+    if saved is None:
+        raise NetworkError(
+            "The hub could not set up your network.",
+            "iptables-save is not installed (apt-get install iptables)",
+        )
+    return saved
+
+
+def same_rules(saved: Sequence[Sequence[str]], wanted: Sequence[Sequence[str]]) -> bool:
+    """Whether the rules ``iptables-save`` shows are ``wanted`` (both ``-A <chain> <spec>``), in
+    order. iptables prints a rule's matches in its own order (a comment before the target), so
+    each rule is compared as the set of its words. Pure."""
+    return len(saved) == len(wanted) and all(
+        sorted(s) == sorted(w) for s, w in zip(saved, wanted, strict=True)
+    )
+
+
+def _chain_and_hook(table: SavedTable, builtin: str, chain: str) -> list[list[str]]:
+    """Restore lines making ``chain`` and hooking it first in ``builtin``, where missing."""
+    lines = [] if chain in table.chains else [[f":{chain}", "-", "[0:0]"]]
+    if not table.has(builtin, "-j", chain):
+        lines.append(["-I", builtin, "1", "-j", chain])
+    return lines
+
+
+def _replace(
+    table: SavedTable, chain: str, tag: str, wanted: Sequence[Sequence[str]]
+) -> list[list[str]]:
+    """Restore lines leaving exactly ``wanted`` (``-A`` lines) as ``chain``'s rules tagged ``tag``;
+    none when they already are."""
+    old = table.tagged(chain, tag)
+    if same_rules(old, wanted):
+        return []
+    return [["-D", *r[1:]] for r in old] + [list(w) for w in wanted]
 
 
 # IPv6 is off on user networks (docker disables it in containers of non-IPv6 networks); these
@@ -378,99 +462,101 @@ _IPV6_RULES = (
 )
 
 
-def _ensure_ipv6_rules() -> None:
-    for chain, rule in _IPV6_RULES:
-        try:
-            check = _run("ip6tables", "-w", "10", "-C", chain, *rule, check=False)
-        except FileNotFoundError:
-            return  # no ip6tables: no IPv6 firewall to configure
-        if check.returncode:
-            _run("ip6tables", "-w", "10", "-I", chain, "1", *rule, check=False)
-
-
-def _ensure_chains() -> None:
-    _ensure_ipv6_rules()
+def isolation_changes(
+    net: UserNetwork,
+    uplinks: Sequence[str],
+    filter4: SavedTable,
+    nat4: SavedTable,
+    filter6: SavedTable | None,
+) -> dict[tuple[int, str], list[list[str]]]:
+    """(family, table) -> the restore lines that leave ``net``'s rules (``isolation_rules``) in
+    force in the given tables, the RDH chains made and hooked and the IPv6 guard in place. Empty
+    lists when all of it already is. Pure."""
+    saved = {"filter": filter4, "nat": nat4}
+    changes: dict[tuple[int, str], list[list[str]]] = {(4, "filter"): [], (4, "nat"): []}
     for table, builtin, chain in _HOOKS:
-        _ipt(table, "-N", chain, check=False)
-        if _ipt(table, "-C", builtin, "-j", chain, check=False).returncode:
-            _ipt(table, "-I", builtin, "1", "-j", chain)
+        changes[4, table] += _chain_and_hook(saved[table], builtin, chain)
     # A daemon with iptables on (the host's, where environments run without per-user docker)
     # inserts ACCEPT rules for its networks above ours in FORWARD; DOCKER-USER is the chain it
     # promises to evaluate before them, so the user rules are hooked there too.
-    if _ipt("filter", "-S", DOCKER_USER, check=False).returncode == 0:
-        if _ipt("filter", "-C", DOCKER_USER, "-j", FORWARD_CHAIN, check=False).returncode:
-            _ipt("filter", "-I", DOCKER_USER, "1", "-j", FORWARD_CHAIN)
+    if DOCKER_USER in filter4.chains and not filter4.has(DOCKER_USER, "-j", FORWARD_CHAIN):
+        changes[4, "filter"].append(["-I", DOCKER_USER, "1", "-j", FORWARD_CHAIN])
+    rules = isolation_rules(net, uplinks)
+    for table, _builtin, chain in _HOOKS:
+        wanted = [
+            ["-A", chain, *r, "-m", "comment", "--comment", net.tag]
+            for t, c, r in rules
+            if (t, c) == (table, chain)
+        ]
+        changes[4, table] += _replace(saved[table], chain, net.tag, wanted)
+    if filter6 is not None:
+        changes[6, "filter"] = [
+            ["-I", chain, "1", *rule]
+            for chain, rule in _IPV6_RULES
+            if not filter6.has(chain, *rule)
+        ]
+    return changes
+
+
+def _apply_changes(changes: dict[tuple[int, str], list[list[str]]]) -> None:
+    """Each table's lines in one ``iptables-restore --noflush``; NetworkError when one fails."""
+    for (family, table), lines in changes.items():
+        if lines and not _restore(family, table, lines):
+            raise NetworkError(
+                "The hub could not set up your network.",
+                f"{'ip6' if family == 6 else 'ip'}tables-restore of {len(lines)} lines into "
+                f"{table} failed: {lines!r}",
+            )
+
+
+def ensure_chains() -> None:
+    """Create the RDH chains and hook each first in its built-in chain (idempotent)."""
+    with _rules_locked():
+        saved = {"filter": _saved4("filter"), "nat": _saved4("nat")}
+        changes: dict[tuple[int, str], list[list[str]]] = {(4, "filter"): [], (4, "nat"): []}
+        for table, builtin, chain in _HOOKS:
+            changes[4, table] += _chain_and_hook(saved[table], builtin, chain)
+        _apply_changes(changes)
 
 
 def apply_isolation(net: UserNetwork) -> None:
-    """Install one user's rules (idempotent: replaces any earlier set for the same net ID)."""
+    """Install one user's rules (idempotent: replaces any earlier set for the same net ID, in
+    the same transaction, so there is never a moment without them)."""
+    links = uplinks()  # outside the lock: `ip route` needs none of it
     with _rules_locked():
-        _apply_isolation(net)
+        filter4, nat4 = _saved4("filter"), _saved4("nat")
+        _apply_changes(isolation_changes(net, links, filter4, nat4, _saved(6, "filter")))
 
 
-def _apply_isolation(net: UserNetwork) -> None:
-    _ensure_chains()
-    rules = isolation_rules(net, uplinks())
-    tagged = [(t, c, [*r, "-m", "comment", "--comment", net.tag]) for t, c, r in rules]
-    if all(_ipt(t, "-C", c, *r, check=False).returncode == 0 for t, c, r in tagged):
-        return  # already in force; re-adding would open a window without them
-    _remove_isolation(net.net_id)
-    for table, chain, rule in tagged:
-        _ipt(table, "-A", chain, *rule)
+def removal_changes(
+    net_id: int, tables: Mapping[tuple[int, str], SavedTable | None]
+) -> dict[tuple[int, str], list[list[str]]]:
+    """(family, table) -> the restore lines deleting every rule tagged ``rdh:<net_id>`` from the
+    RDH chains (the daemon's ``RDH-OUTPUT`` included). Pure."""
+    tag = f"rdh:{net_id}"
+    chains = {(4, t): [c for tt, _b, c in _HOOKS if tt == t] for t in ("filter", "nat")}
+    chains[4, "filter"].append(OUTPUT_CHAIN)
+    chains[6, "filter"] = [OUTPUT_CHAIN]
+    changes: dict[tuple[int, str], list[list[str]]] = {}
+    for key, names in chains.items():
+        table = tables.get(key)
+        if table is not None:
+            changes[key] = [["-D", *r[1:]] for c in names for r in table.tagged(c, tag)]
+    return changes
 
 
 def remove_isolation(net_id: int) -> None:
     """Delete every rule tagged ``rdh:<net_id>`` from the RDH chains (the daemon's included)."""
     with _rules_locked():
-        _remove_isolation(net_id)
-        for family in (4, 6):
-            _remove_tagged(family, "filter", OUTPUT_CHAIN, net_id)
-
-
-def _remove_isolation(net_id: int) -> None:
-    for table, _builtin, chain in _HOOKS:
-        _remove_tagged(4, table, chain, net_id)
-
-
-def _remove_tagged(
-    family: int, table: str, chain: str, net_id: int, mark: str = "", only_marked: bool = False
-) -> None:
-    """Delete the rules of ``chain`` tagged ``rdh:<net_id>``; with ``mark``, only those (not)
-    also tagged ``mark``, as ``only_marked`` says."""
-    tag = f'"rdh:{net_id}"'
-    alt = f"rdh:{net_id}"
-    try:
-        listing = _iptables(family, table, "-S", chain, check=False)
-    except FileNotFoundError:
-        return  # no ip6tables
-    if listing.returncode:
-        return
-    doomed: list[list[str]] = []
-    for line in listing.stdout.splitlines():
-        words = line.split()
-        if words[:2] != ["-A", chain] or (tag not in words and alt not in words):
-            continue
-        marked = bool(mark) and (mark in words or f'"{mark}"' in words)
-        if mark and marked != only_marked:
-            continue
-        doomed.append(["-D", chain, *(w.strip('"') for w in words[2:])])
-    if not _restore(family, table, doomed):
-        # one of them went meanwhile (the batch is all or nothing): each on its own, as before
-        for rule in doomed:
-            _iptables(family, table, *rule, check=False)
-
-
-def _iptables(
-    family: int, table: str, *args: str, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    exe = "iptables" if family == 4 else "ip6tables"
-    return _run(exe, "-w", "10", "-t", table, *args, check=check)
+        tables = {(f, t): _saved(f, t) for f, t in ((4, "filter"), (4, "nat"), (6, "filter"))}
+        _apply_changes(removal_changes(net_id, tables))
 
 
 def restore_input(table: str, lines: Sequence[Sequence[str]]) -> str | None:
-    """The ``iptables-restore --noflush`` input applying ``lines`` (``["-A", chain, *rule]`` or
-    ``["-D", ...]``) to ``table`` in one go; None when an argument cannot be written in that
-    format as is (whitespace, quotes, a comment sign), to be applied rule by rule instead."""
+    """The ``iptables-restore --noflush`` input applying ``lines`` (``["-A", chain, *rule]``,
+    ``["-D", ...]``, ``["-I", ...]`` or a new chain ``[":CHAIN", "-", "[0:0]"]``) to ``table``
+    in one go; None when an argument cannot be written in that format as is (whitespace, quotes,
+    a comment sign)."""
     for line in lines:
         for word in line:
             if not word or any(c.isspace() or c in "\"'#\\" for c in word):
@@ -479,34 +565,26 @@ def restore_input(table: str, lines: Sequence[Sequence[str]]) -> str | None:
 
 
 def _restore(family: int, table: str, lines: Sequence[Sequence[str]]) -> bool:
-    """Apply ``lines`` with one ``iptables-restore --noflush``: one process instead of one per
-    rule (about 10 ms each here; a resume's daemon rules were some 20 of them), and all of them
-    or none (with the nf_tables backend one transaction). False when that did not happen (the
-    caller applies them one by one); nothing to apply is True."""
+    """Apply ``lines`` with one ``iptables-restore --noflush``: all of them or none. False when
+    that did not happen (logged); nothing to apply is True."""
     if not lines:
         return True
     text = restore_input(table, lines)
-    if text is None:
-        return False
     exe = "iptables-restore" if family == 4 else "ip6tables-restore"
+    if text is None:
+        log.error("%s: a rule has a word the restore format cannot carry: %r", exe, lines)
+        return False
     try:
         proc = subprocess.run(
             [exe, "-w", "10", "--noflush"], input=text, capture_output=True, text=True
         )
     except FileNotFoundError:
+        log.error("%s is not installed", exe)
         return False
     if proc.returncode:
-        log.info("%s of %d rules failed, applying one by one: %s", exe, len(lines),
-                 proc.stderr.strip()[:300])  # fmt: skip
+        log.error("%s of %d lines failed: %s", exe, len(lines), proc.stderr.strip()[:500])
         return False
     return True
-
-
-def _have_ip6tables() -> bool:
-    try:
-        return _run("ip6tables", "-w", "10", "-S", "OUTPUT", check=False).returncode == 0
-    except FileNotFoundError:
-        return False
 
 
 # -- the daemon's own traffic (OUTPUT) ------------------------------------------------------
@@ -648,7 +726,7 @@ def apply_daemon_isolation(
     A rule holds the group it was added for, not its path: a group removed and made again (the
     daemon stopped and started) is not matched by the old rules. So every rule also carries the
     group's inode and a digest of the rule set as a second comment; rules with another one are
-    replaced, the new set going in before the old one is deleted (never a moment without rules).
+    replaced in the same transaction as the new set goes in (never a moment without rules).
     """
     root = cgroup2_root()
     group = root / cgroup if root is not None and cgroup else None
@@ -663,38 +741,39 @@ def apply_daemon_isolation(
             cgroup,
         )
         return False
-    families = (4, 6) if _have_ip6tables() else (4,)
-    rules = [
-        (f, r) for f, r in daemon_rules(net, cgroup, uplinks(), uplinks6(), allow) if f in families
-    ]
-    digest = hashlib.sha256(repr(rules).encode()).hexdigest()[:10]
-    version = f"rdh-set:{ino}.{digest}"
-    tagged = [
-        (f, [*r, "-m", "comment", "--comment", net.tag, "-m", "comment", "--comment", version])
-        for f, r in rules
-    ]
+    links4, links6 = uplinks(), uplinks6()  # outside the lock: `ip route` needs none of it
     with _rules_locked():
-        for family in families:
-            _ensure_output_chain(family)
-        if all(
-            _iptables(f, "filter", "-C", OUTPUT_CHAIN, *r, check=False).returncode == 0
-            for f, r in tagged
-        ):
-            return True
-        for family in families:  # a partial set of this version (tampered with): start over
-            _remove_tagged(family, "filter", OUTPUT_CHAIN, net.net_id, version, only_marked=True)
-        for family in families:
-            adds = [["-A", OUTPUT_CHAIN, *r] for f, r in tagged if f == family]
-            if not _restore(family, "filter", adds):
-                for line in adds:
-                    _iptables(family, "filter", *line)
-        for family in families:
-            _remove_tagged(family, "filter", OUTPUT_CHAIN, net.net_id, version)
+        tables = {4: _saved(4, "filter"), 6: _saved(6, "filter")}
+        rules = daemon_rules(net, cgroup, links4, links6, allow)
+        _apply_changes(daemon_isolation_changes(net, ino, rules, tables))
     return True
 
 
-def _ensure_output_chain(family: int) -> None:
-    _iptables(family, "filter", "-N", OUTPUT_CHAIN, check=False)
-    hooked = _iptables(family, "filter", "-C", "OUTPUT", "-j", OUTPUT_CHAIN, check=False)
-    if hooked.returncode:
-        _iptables(family, "filter", "-I", "OUTPUT", "1", "-j", OUTPUT_CHAIN)
+def daemon_isolation_changes(
+    net: UserNetwork,
+    ino: int,
+    rules: Sequence[tuple[int, list[str]]],
+    tables: Mapping[int, SavedTable | None],
+) -> dict[tuple[int, str], list[list[str]]]:
+    """(family, "filter") -> the restore lines leaving ``rules`` (``daemon_rules``) as ``net``'s
+    rules in ``RDH-OUTPUT``, that chain made and hooked first in ``OUTPUT``; nothing for a family
+    whose table is None (no ip6tables). Every rule carries a second comment, the group's inode
+    and a digest of the set: a group made again, or another set, replaces all of them. Pure."""
+    digest = hashlib.sha256(repr(list(rules)).encode()).hexdigest()[:10]
+    version = f"rdh-set:{ino}.{digest}"
+    changes: dict[tuple[int, str], list[list[str]]] = {}
+    for family, table in tables.items():
+        if table is None:
+            continue
+        wanted = [
+            ["-A", OUTPUT_CHAIN, *r, "-m", "comment", "--comment", net.tag,
+             "-m", "comment", "--comment", version]
+            for f, r in rules
+            if f == family
+        ]  # fmt: skip
+        lines = _chain_and_hook(table, "OUTPUT", OUTPUT_CHAIN)
+        old = table.tagged(OUTPUT_CHAIN, net.tag)
+        if not (len(old) == len(wanted) and all(version in r for r in old)):
+            lines += [["-D", *r[1:]] for r in old] + wanted
+        changes[family, "filter"] = lines
+    return changes

@@ -17,7 +17,8 @@ Three users log in first, one after the other: **steady** (whose plain requests 
    another's measurements:
 
    - ``--logins`` users who never logged in go through the whole login as a browser would
-     (the hub's redirect, the provider's login form, the callback, the progress page's polls) and
+     (the hub's redirect, the provider's login form, the callback, the progress page's long
+     polls) and
      each one's time to first byte is the time from their first request to the first byte of
      their own environment's answer; every one of them is a spawn;
    - ``--websockets`` WebSockets to the idle user's terminal (ttyd), opened at once and then held
@@ -177,7 +178,7 @@ def _claimed_elsewhere(net_id: int, roots: Iterable[Path]) -> bool:
 
 def login(domain: str, port: int, user: str, timeout: float) -> tuple[float, str]:
     """Log ``user`` in as a browser would, starting at ``code.``: the hub's redirect, the
-    provider's form, the callback, the progress page's polls, then the environment's own page.
+    provider's form, the callback, the progress page's long polls, then the environment's own page.
     Returns (seconds from the first request to the first byte of the environment's answer, the
     session cookie). Raises RuntimeError naming the step that failed."""
     from tests.support.proxyharness import browser, provider_login
@@ -189,15 +190,23 @@ def login(domain: str, port: int, user: str, timeout: float) -> tuple[float, str
         started = time.monotonic()
         r = client.get(f"{base}/")
         r = provider_login(client, r, user)
+        since = ""
         while r.status_code != 200:
             if r.status_code != 503 or "/_hub/api/progress" not in r.text:
                 raise RuntimeError(f"{user}: HTTP {r.status_code} at {r.url}: {r.text[:200]!r}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{user}: environment not ready within {timeout:.0f} s")
-            progress = client.get(f"{base}/_hub/api/progress", headers={"Sec-Fetch-Mode": "cors"})
-            if progress.status_code == 200 and progress.json().get("state") == "failed":
-                raise RuntimeError(f"{user}: start failed: {progress.json().get('error')}")
-            if progress.status_code == 200 and progress.json().get("ready"):
+            # as the progress page asks: a long poll the hub answers when the start moves on
+            asked = time.monotonic()
+            progress = client.get(
+                f"{base}/_hub/api/progress",
+                params={"wait": "20", "since": since},
+                headers={"Sec-Fetch-Mode": "cors"},
+            )
+            view = progress.json() if progress.status_code == 200 else {}
+            if view.get("state") == "failed":
+                raise RuntimeError(f"{user}: start failed: {view.get('error')}")
+            if view.get("ready"):
                 with client.stream("GET", f"{base}/") as r:
                     for _first in r.iter_raw():
                         break  # the first bytes of the environment's own answer
@@ -205,7 +214,9 @@ def login(domain: str, port: int, user: str, timeout: float) -> tuple[float, str
                 if r.status_code == 200:
                     return took, _cookie(client, domain)
                 continue
-            time.sleep(0.25)  # the progress page polls about as often
+            if view.get("version", "") == since and time.monotonic() - asked < 0.25:
+                time.sleep(1.0)  # not held (the hub's per-user bound): the page waits 1 s too
+            since = view.get("version", "")
         return time.monotonic() - started, _cookie(client, domain)
 
 

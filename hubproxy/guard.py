@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar, cast
 
 from mitmproxy import exceptions, http
@@ -77,12 +77,28 @@ def fail_closed(hook: Hook) -> Hook:
         return cast(Hook, async_wrapper)
 
     @functools.wraps(hook)
-    def wrapper(self: object, flow: http.HTTPFlow) -> None:
+    def wrapper(self: object, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        name = f"{type(self).__name__}.{hook.__name__}"
         try:
-            hook(self, flow)
+            result = hook(self, flow)
         except exceptions.AddonHalt:
             raise
         except Exception:
-            _refuse(flow, f"{type(self).__name__}.{hook.__name__}")
+            _refuse(flow, name)
+            return None
+        # A sync hook may hand back an awaitable for the rare request that has to wait (the
+        # progress long poll); mitmproxy awaits it before the flow goes on. It fails closed too.
+        if inspect.isawaitable(result):
+            return _guarded(result, flow, name)
+        return None
 
     return cast(Hook, wrapper)
+
+
+async def _guarded(work: Awaitable[object], flow: http.HTTPFlow, name: str) -> None:
+    try:
+        await work
+    except exceptions.AddonHalt:
+        raise
+    except Exception:
+        _refuse(flow, name)

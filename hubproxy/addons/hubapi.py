@@ -1,7 +1,8 @@
 """The hub's own small pages and JSON API under ``/_hub/``.
 
-``/_hub/health`` (public), ``/_hub/api/progress`` (the caller's environment start), ``/_hub/`` (an
-index with links to the routes and the dashboard). Unknown ``/_hub/`` endpoints are 404; login,
+``/_hub/health`` (public), ``/_hub/api/progress`` (the caller's environment start; a long poll
+with ``?wait=<s>&since=<version>``), ``/_hub/`` (an index with links to the routes and the
+dashboard). Unknown ``/_hub/`` endpoints are 404; login,
 callback and logout are answered earlier by the OAuth addon; ``/_hub/api/status``, the other API
 endpoints, ``/_hub/dashboard`` and ``/_hub/metrics`` by ``statusapi``, ``dashboard`` and
 ``adminapi``.
@@ -9,7 +10,11 @@ endpoints, ``/_hub/dashboard`` and ``/_hub/metrics`` by ``statusapi``, ``dashboa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Awaitable, Mapping
 
 from mitmproxy import http
 
@@ -22,6 +27,14 @@ from hubproxy.guard import fail_closed
 from hubproxy.hosts import sibling_url
 from hubproxy.web import pages
 
+# The progress page asks ``/_hub/api/progress?wait=20&since=<version>``: the answer comes when
+# the start moves on (a step, ready, failed) or after ``wait`` seconds, so the page learns of
+# each step within LONG_POLL_STEP and asks about once per step, not every few hundred ms (it
+# polled at 0.5-3 s: up to 3 s late, and with 50 users starting, the hub's busiest endpoint).
+LONG_POLL_MAX = 25.0  # seconds a long poll may be held (below common proxies' 30-60 s idle cuts)
+LONG_POLL_STEP = 0.1  # how often a held poll looks at the start's progress (a dict read)
+LONG_POLL_PER_USER = 4  # held polls per user (tabs); past it, answered at once
+
 
 def progress_view(
     route: Route | None,
@@ -29,23 +42,65 @@ def progress_view(
     prefixes: Mapping[str, int],
     template: str | None = None,
 ) -> dict:
-    """What the progress page's script needs: is it ready, what is happening, what failed."""
+    """What the progress page's script needs: is it ready, what is happening, what failed, and
+    a ``version`` that changes with any of it (the long poll's ``since``)."""
     ready = any(upstream(route, p, prefixes, template) is not None for p in prefixes)
-    return {
+    view: dict[str, object] = {
         "ready": ready,
         "state": "running" if ready else progress.state,
         "step": progress.step,
         "message": progress.message,
         "error": progress.error,
     }
+    digest = hashlib.blake2s(json.dumps(view, sort_keys=True).encode(), digest_size=6)
+    view["version"] = digest.hexdigest()
+    return view
+
+
+def long_poll_seconds(value: str | None) -> float:
+    """``?wait=`` of a progress request: seconds to hold it (0 when absent), at most
+    LONG_POLL_MAX; ValueError naming the parameter when it is not a number of seconds."""
+    if value is None or value == "":
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"wait={value!r} is not a number of seconds; use e.g. wait=20") from None
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"wait={value!r} is out of range; use 0 to {LONG_POLL_MAX:.0f} seconds")
+    return min(seconds, LONG_POLL_MAX)
 
 
 class HubApi:
     def __init__(self, context: HubContext) -> None:
         self.context = context
+        self._held: Counter[str] = Counter()  # long polls held, by user
+
+    def _view(self, flow: http.HTTPFlow, user: str) -> dict:
+        control = self.context.control
+        template = flow.metadata[SESSION].template
+        return progress_view(
+            control.route(user), control.progress(user), self.context.config.routes, template
+        )
+
+    async def _long_poll(self, flow: http.HTTPFlow, user: str, since: str, wait: float) -> None:
+        """Answer ``flow`` once the user's progress is no longer ``since``, or after ``wait``."""
+        self._held[user] += 1
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait
+            view = self._view(flow, user)
+            while view["version"] == since and loop.time() < deadline:
+                await asyncio.sleep(min(LONG_POLL_STEP, max(0.0, deadline - loop.time())))
+                view = self._view(flow, user)
+            flow.response = pages.json_response(200, view)
+        finally:
+            self._held[user] -= 1
+            if self._held[user] <= 0:
+                del self._held[user]
 
     @fail_closed
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if flow.response or ENDPOINT not in flow.metadata:
             return
         endpoint = flow.metadata[ENDPOINT]
@@ -54,16 +109,23 @@ class HubApi:
         if endpoint == "health":
             health = control.health()
             flow.response = pages.json_response(200 if health.get("ok") else 503, health)
-            return
+            return None
         user = flow.metadata.get(USER)
         if user is None:  # the session addon answers first; this is a second line
             flow.response = pages.json_response(401, {"error": "not logged in"})
-            return
+            return None
         if endpoint == "api/progress":
-            template = flow.metadata[SESSION].template
-            view = progress_view(
-                control.route(user), control.progress(user), config.routes, template
-            )
+            try:
+                wait = long_poll_seconds(flow.request.query.get("wait"))
+            except ValueError as e:
+                flow.response = pages.json_response(400, {"error": str(e)})
+                return None
+            view = self._view(flow, user)
+            since = flow.request.query.get("since")
+            settled = view["ready"] or view["state"] == "failed"
+            if wait and since == view["version"] and not settled:
+                if self._held[user] < LONG_POLL_PER_USER:
+                    return self._long_poll(flow, user, since, wait)
             flow.response = pages.json_response(200, view)
         elif endpoint == "":
             scheme = flow.metadata[SCHEME]
@@ -82,3 +144,4 @@ class HubApi:
             )
         else:
             flow.response = pages.not_found(f"The hub has no page /_hub/{endpoint}.")
+        return None

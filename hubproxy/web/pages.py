@@ -43,9 +43,11 @@ _PROGRESS_SCRIPT = Template(
     """<script nonce="$nonce">
 (function(){
   var msg=document.getElementById("hub-step"), err=document.getElementById("hub-error");
-  var delay=500;
+  var since="";
   function poll(){
-    fetch("/_hub/api/progress",{credentials:"same-origin",cache:"no-store"})
+    var asked=Date.now();
+    fetch("/_hub/api/progress?wait=20&since="+encodeURIComponent(since),
+          {credentials:"same-origin",cache:"no-store"})
       .then(function(r){ if(r.status===401){ location.reload(); throw 0; } return r.json(); })
       .then(function(p){
         if(p.ready){ location.reload(); return; }
@@ -53,10 +55,11 @@ _PROGRESS_SCRIPT = Template(
         if(p.state==="failed"){ err.textContent=p.error||"Starting your environment failed.";
           err.hidden=false; document.getElementById("hub-bar").hidden=true;
           document.getElementById("hub-retry").hidden=false; return; }
-        delay=Math.min(delay*1.3,3000); setTimeout(poll,delay);
+        var held=p.version!==since||Date.now()-asked>=250;
+        since=p.version||""; setTimeout(poll,held?0:1000);
       }).catch(function(e){ if(e!==0){ setTimeout(poll,2000); } });
   }
-  setTimeout(poll,delay);
+  poll();
 })();
 </script>"""
 )

@@ -109,11 +109,16 @@ def test_login_terminal_two_users_groups_logout_per_host_cookies(world, chromium
         # bob, side by side, reaches only his own environment
         bob = chromium.new_context()
         bob_page = bob.new_page()
+        polls: list[str] = []
+        bob_page.on("request", lambda r: polls.append(r.url) if "/api/progress" in r.url else None)
         login(bob_page, site, "code", "bob", "/marker.txt")
         bob_page.wait_for_selector("text=Starting your environment", timeout=20_000)
         shot(bob_page, "bob-progress-page")
         # through the progress page (its CSP forbids eval, so wait on text, not a JS predicate)
         bob_page.wait_for_selector("text=File not found", timeout=120_000)
+        # the page long-polls: each ask names the step it has seen, and the hub holds it
+        assert polls and all("wait=20&since=" in u for u in polls), polls
+        assert any(not u.endswith("since=") for u in polls), polls
         shot(bob_page, "bob-code-no-marker")
         bob_term = bob.new_page()
         bob_term.goto(site.url("term"))

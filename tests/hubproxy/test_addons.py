@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -248,6 +251,94 @@ async def test_progress_api_reports_ready_once_running(setup):
     running(control)
     f = await run_request(addons, flow(path="/_hub/api/progress", headers=[("cookie", cookie)]))
     assert b'"ready":true' in f.response.content
+
+
+def _progress(path_query: str, cookie: str):
+    return flow(path=f"/_hub/api/progress{path_query}", headers=[("cookie", cookie)])
+
+
+async def test_progress_long_poll_answers_when_the_start_moves_on(setup, monkeypatch):
+    """``?wait=&since=``: held while nothing changed, answered within a step of the change."""
+    from hubproxy.addons import hubapi
+
+    monkeypatch.setattr(hubapi, "LONG_POLL_STEP", 0.01)
+    context, control, addons = setup
+    _, cookie = login_cookie(context)
+    first = json.loads((await run_request(addons, _progress("", cookie))).response.content)
+    assert first["ready"] is False and first["version"]
+    held = asyncio.ensure_future(
+        run_request(addons, _progress(f"?wait=20&since={first['version']}", cookie))
+    )
+    await asyncio.sleep(0.1)
+    assert not held.done()  # nothing moved: the hub holds the answer
+    running(control)
+    answer = json.loads((await asyncio.wait_for(held, 2)).response.content)
+    assert answer["ready"] is True and answer["version"] != first["version"]
+    # an old version (the page missed a step) or no wait: answered at once
+    late = await run_request(addons, _progress(f"?wait=20&since={first['version']}", cookie))
+    assert json.loads(late.response.content)["ready"] is True
+
+
+async def test_progress_long_poll_ends_after_wait_and_is_bounded_per_user(setup, monkeypatch):
+    from hubproxy.addons import hubapi
+
+    monkeypatch.setattr(hubapi, "LONG_POLL_STEP", 0.01)
+    context, _control, addons = setup
+    _, cookie = login_cookie(context)
+    version = json.loads((await run_request(addons, _progress("", cookie))).response.content)[
+        "version"
+    ]
+    t0 = time.monotonic()
+    same = await run_request(addons, _progress(f"?wait=0.2&since={version}", cookie))
+    assert 0.2 <= time.monotonic() - t0 < 1.5
+    assert json.loads(same.response.content)["version"] == version  # unchanged, after the wait
+    # a user's tabs hold at most LONG_POLL_PER_USER; one more is answered at once
+    held = [
+        asyncio.ensure_future(run_request(addons, _progress(f"?wait=5&since={version}", cookie)))
+        for _ in range(hubapi.LONG_POLL_PER_USER)
+    ]
+    await asyncio.sleep(0.05)
+    t0 = time.monotonic()
+    extra = await run_request(addons, _progress(f"?wait=5&since={version}", cookie))
+    assert time.monotonic() - t0 < 0.5 and extra.response.status_code == 200
+    assert not any(h.done() for h in held)
+    for h in held:
+        h.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        ("?wait=soon", "wait='soon' is not a number of seconds; use e.g. wait=20"),
+        ("?wait=-1", "wait='-1' is out of range; use 0 to 25 seconds"),
+        ("?wait=nan", "wait='nan' is out of range"),
+    ],
+)
+async def test_progress_long_poll_names_a_bad_wait(setup, query, error):
+    context, _control, addons = setup
+    _, cookie = login_cookie(context)
+    f = await run_request(addons, _progress(query, cookie))
+    assert f.response.status_code == 400
+    assert error in json.loads(f.response.content)["error"]
+
+
+async def test_a_failing_long_poll_fails_closed(setup, monkeypatch):
+    """The long poll's wait runs after the hook returned: an error there is still a 500 page,
+    never an unanswered or forwarded request."""
+    from hubproxy.addons import hubapi
+
+    monkeypatch.setattr(hubapi, "LONG_POLL_STEP", 0.01)
+    context, control, addons = setup
+    _, cookie = login_cookie(context)
+    version = json.loads((await run_request(addons, _progress("", cookie))).response.content)[
+        "version"
+    ]
+    held = asyncio.ensure_future(run_request(addons, _progress(f"?wait=5&since={version}", cookie)))
+    await asyncio.sleep(0.05)
+    control.fail_route = True
+    f = await asyncio.wait_for(held, 2)
+    assert f.response.status_code == 500 and b"did not forward your request" in f.response.content
 
 
 async def test_health_is_public(setup):

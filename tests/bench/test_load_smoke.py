@@ -37,10 +37,12 @@ def test_smoke_load_prints_its_table_and_leaves_nothing(tmp_path, env_image):
     assert "| new users logging in at once, served | | 1 of 1 |" in out
     assert "| idle WebSockets opened / failed / still open at the end | | 3 / 0 / 3 |" in out
     assert "Target (issue 16): `/_hub/health` within 100 ms at p99 under load:" in out
+    assert "The same, from when all 3 WebSockets were open:" in out
+    assert "| `/_hub/health` p99 / max / errors, once the WebSockets were open | |" in out
     results = json.loads(raw.read_text())
     assert results["leftovers"] == []
     # every probe was answered, under load as in the baseline
     for phase in ("baseline", "sampler"):
         for probe, samples in results[phase].items():
-            assert samples and all(status == 200 for _, status in samples), (phase, probe)
+            assert samples and all(status == 200 for _, status, _at in samples), (phase, probe)
     assert results["firehose"]["bytes"] > 0 and not results["firehose"]["ended_early"]

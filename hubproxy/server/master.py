@@ -3,10 +3,10 @@
 mitmdump dispatches every hook to ~35 default addons; this master runs the proxy server, layer
 detection and the hub's own addons only (about 2.4x the requests per second, see BRIEF).
 
-``hub start --workers N`` runs one such master per process, all on the same port:
-``run_loop(..., reuse_port=port)`` gives them an event loop that opens that port with
-``SO_REUSEPORT`` (mitmproxy has no option for it), and the kernel spreads new connections across
-the processes (hubproxy/workers/).
+``run_loop(..., port)`` gives it an event loop that listens on the hub's port with a deep
+backlog (``LISTEN_BACKLOG``; mitmproxy has no option for it). ``hub start --workers N`` runs one
+such master per process, all on the same port: ``reuse_port=True`` adds ``SO_REUSEPORT``, and
+the kernel spreads new connections across the processes (hubproxy/workers/).
 """
 
 from __future__ import annotations
@@ -36,13 +36,23 @@ PLACEHOLDER_TARGET = "http://127.0.0.1:1"
 T = TypeVar("T")
 
 
-class ReusePortLoop(asyncio.SelectorEventLoop):
-    """An event loop whose listening sockets on ``port`` get ``SO_REUSEPORT``, so several
-    processes serve one port; listeners on other ports are opened as usual."""
+# Connections the kernel queues for the hub's port before it accepts them (capped by
+# net.core.somaxconn). asyncio's default is 100: when 1,000 browser tabs reconnect at once (a
+# hub restart, a network blip) the queue overflows, the kernel drops their handshakes and every
+# client waits out TCP's 1 s retransmission, load balancer probes among them
+# (docs/performance.md, "Load held").
+LISTEN_BACKLOG = 4096
 
-    def __init__(self, port: int) -> None:
+
+class HubPortLoop(asyncio.SelectorEventLoop):
+    """An event loop whose listening sockets on the hub's ``port`` get ``LISTEN_BACKLOG``, and
+    ``SO_REUSEPORT`` with ``reuse_port`` so several processes serve one port; listeners on other
+    ports are opened as usual."""
+
+    def __init__(self, port: int, reuse_port: bool = False) -> None:
         super().__init__()
-        self.reuse_port = port
+        self.port = port
+        self.reuse_port = reuse_port
 
     async def create_server(
         self,
@@ -51,16 +61,18 @@ class ReusePortLoop(asyncio.SelectorEventLoop):
         port: int | None = None,
         **kwargs: Any,
     ) -> asyncio.Server:
-        if port == self.reuse_port:
-            kwargs["reuse_port"] = True
+        if port == self.port:
+            kwargs.setdefault("backlog", LISTEN_BACKLOG)
+            if self.reuse_port:
+                kwargs["reuse_port"] = True
         return await super().create_server(protocol_factory, host, port, **kwargs)
 
 
-def run_loop(main: Coroutine[Any, Any, T], reuse_port: int | None = None) -> T:
-    """``asyncio.run(main)``, on a ``ReusePortLoop`` for port ``reuse_port`` when given."""
-    if reuse_port is None:
+def run_loop(main: Coroutine[Any, Any, T], port: int | None = None, reuse_port: bool = False) -> T:
+    """``asyncio.run(main)``, on a ``HubPortLoop`` for the hub's ``port`` when given."""
+    if port is None:
         return asyncio.run(main)
-    with asyncio.Runner(loop_factory=lambda: ReusePortLoop(reuse_port)) as runner:
+    with asyncio.Runner(loop_factory=lambda: HubPortLoop(port, reuse_port)) as runner:
         return runner.run(main)
 
 

@@ -77,7 +77,8 @@ def run_proxy(
 
         run_loop(
             serve_with_workers(context, config, start_args, stop_when=thread.run_future),
-            reuse_port=config.port,
+            port=config.port,
+            reuse_port=True,
         )
     else:
-        run_loop(serve(context, config.port, stop_when=thread.run_future))
+        run_loop(serve(context, config.port, stop_when=thread.run_future), port=config.port)

@@ -321,4 +321,4 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(labels, env_file=env_file, flags=flags)
     secret, _ = load_session_secret(config.session_secret, config.state_dir)
     worker = Worker(config, args.index, args.link, secret)
-    return run_loop(worker.run(), reuse_port=config.port)
+    return run_loop(worker.run(), port=config.port, reuse_port=True)

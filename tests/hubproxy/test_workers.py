@@ -32,7 +32,7 @@ from hubcontrol.errors import ConfigError
 from hubcontrol.hub import Route, RouteTable
 from hubcontrol.stats import Counter, Gauge
 from hubproxy.auth.sessionstore import Session, SessionStore
-from hubproxy.server.master import ReusePortLoop
+from hubproxy.server.master import LISTEN_BACKLOG, HubPortLoop
 from hubproxy.workers import link
 from hubproxy.workers.worker import RemoteControlPlane, parse_args
 from hubproxy.workers.workeringress import trusted_client
@@ -321,10 +321,43 @@ async def _serve_twice(port: int) -> int:
 
 def test_reuse_port_loop_applies_to_its_port_only():
     port = free_port()
-    with asyncio.Runner(loop_factory=lambda: ReusePortLoop(port)) as runner:
+    with asyncio.Runner(loop_factory=lambda: HubPortLoop(port, reuse_port=True)) as runner:
         assert runner.run(_serve_twice(port)) == [1, 1, 0]
     with pytest.raises(OSError):  # an ordinary loop: the second bind fails
         asyncio.run(_serve_twice(port))
+    with asyncio.Runner(loop_factory=lambda: HubPortLoop(port)) as runner, pytest.raises(OSError):
+        runner.run(_serve_twice(port))  # one worker: no SO_REUSEPORT
+
+
+async def _listen_backlogs(port: int) -> tuple[int, int]:
+    """The kernel's accept-queue bound (``ss``'s Send-Q) of a listener on ``port`` and of one on
+    another port, both opened by the running loop."""
+    other = free_port()
+    servers = [await asyncio.start_server(lambda r, w: None, "127.0.0.1", p) for p in (port, other)]
+    try:
+        ss = await asyncio.to_thread(
+            subprocess.run, ["ss", "-ltnH"], capture_output=True, text=True, check=True
+        )
+        shown = ss.stdout
+        queues = {}
+        for line in shown.splitlines():
+            fields = line.split()
+            queues[int(fields[3].rsplit(":", 1)[1])] = int(fields[2])
+        return queues[port], queues[other]
+    finally:
+        for s in servers:
+            s.close()
+            await s.wait_closed()
+
+
+def test_the_hubs_port_queues_a_reconnect_storm():
+    """asyncio listens with a backlog of 100: 1,000 tabs reconnecting at once overflowed it and
+    waited out TCP's 1 s retransmission. The hub's port gets LISTEN_BACKLOG (the kernel caps it
+    at net.core.somaxconn); other listeners keep asyncio's default."""
+    port = free_port()
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    with asyncio.Runner(loop_factory=lambda: HubPortLoop(port)) as runner:
+        assert runner.run(_listen_backlogs(port)) == (min(LISTEN_BACKLOG, somaxconn), 100)
 
 
 @pytest.mark.anyio

@@ -27,6 +27,7 @@ starts from the daemon's group, moves to the sibling v2 group ``criu`` (``criu_w
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shlex
 import signal
@@ -49,6 +50,8 @@ from hubcontrol.supervisor import (
     wait_for_ping,
     write_daemon_config,
 )
+
+log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SLICE = "rediacc.slice"
@@ -151,14 +154,14 @@ class Cgroups:
                     with contextlib.suppress(OSError):
                         (d / "cgroup.subtree_control").write_text(enable)
             if self.slice_cpu_weight is not None and "cpu" in self.available:
-                self._write(slice_dir / "cpu.weight", str(self.slice_cpu_weight))
+                self._write_weight(slice_dir / "cpu.weight", str(self.slice_cpu_weight))
         else:
             for base in self.dirs(user):
                 (base / "daemon").mkdir(parents=True, exist_ok=True)
                 (base / "containers").mkdir(parents=True, exist_ok=True)
             if self.slice_cpu_weight is not None and "cpu" in self.available:
                 shares = v1_shares(self.slice_cpu_weight)
-                self._write(self.root / "cpu" / SLICE / "cpu.shares", str(shares))
+                self._write_weight(self.root / "cpu" / SLICE / "cpu.shares", str(shares))
             unified = self._unified_daemon_dir(user)
             if unified is not None:
                 unified.mkdir(parents=True, exist_ok=True)
@@ -264,6 +267,16 @@ class Cgroups:
                 return not left
             time.sleep(delay)
             delay = min(delay * 2, 0.2)
+
+    @staticmethod
+    def _write_weight(path: Path, value: str) -> None:
+        """The slice's weight is the host's comfort, not a user's bound: a host that will not
+        take it (no cpu controller delegated here) logs it and starts the user anyway."""
+        try:
+            path.write_text(value)
+        except OSError as e:
+            log.warning("could not give %s the CPU weight %s (users keep the default): %s",
+                        path.parent, value, e)  # fmt: skip
 
     @staticmethod
     def _write(path: Path, value: str) -> None:

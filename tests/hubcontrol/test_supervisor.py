@@ -265,10 +265,20 @@ def test_users_yield_the_cpu_to_the_host_by_the_slice_weight(tmp_path, v2):
     assert weight_file.read_text() == ("20" if v2 else "205")
 
 
+def test_a_host_refusing_the_slice_weight_still_starts_users(tmp_path, caplog):
+    root = _fake_cgroup_root(tmp_path / "cg", v2=True)
+    (root / "rediacc.slice" / "cpu.weight").mkdir(parents=True)  # writing it fails
+    cgroups = Cgroups(root)
+    cgroups.slice_cpu_weight = 20
+    cgroups.create("alice-32768")
+    assert (root / "rediacc.slice/hub-alice-32768/daemon").is_dir()
+    assert "could not give" in caplog.text and "CPU weight 20" in caplog.text
+
+
 def test_systemd_gives_the_slice_its_weight_once(tmp_path):
     log = tmp_path / "systemctl.log"
     fake = tmp_path / "systemctl"
-    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {log}\n")
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
     fake.chmod(0o755)
     supervisor = sd.SystemdSupervisor(
         unit_dir=tmp_path / "units", systemctl=str(fake), wrapper_dir=tmp_path / "bin"

@@ -545,16 +545,6 @@ def _apply_changes(changes: dict[tuple[int, str], list[list[str]]]) -> None:
             )
 
 
-def ensure_chains() -> None:
-    """Create the RDH chains and hook each first in its built-in chain (idempotent)."""
-    with _rules_locked():
-        saved = {"filter": _saved4("filter"), "nat": _saved4("nat")}
-        changes: dict[tuple[int, str], list[list[str]]] = {(4, "filter"): [], (4, "nat"): []}
-        for table, builtin, chain in _HOOKS:
-            changes[4, table] += _chain_and_hook(saved[table], builtin, chain)
-        _apply_changes(changes)
-
-
 def apply_isolation(net: UserNetwork) -> None:
     """Install one user's rules (idempotent: replaces any earlier set for the same net ID, in
     the same transaction, so there is never a moment without them)."""

@@ -84,6 +84,7 @@ _EXPORTS = {
     "StatusView": "hubcontrol.stats",
     "UserStats": "hubcontrol.stats",
     "install_log_formatter": "hubcontrol.text",
+    "keep_aside": "hubcontrol.safefs",
 }
 
 __all__ = [
@@ -142,6 +143,7 @@ __all__ = [
     "embedded",
     "follow_audit_log",
     "install_log_formatter",
+    "keep_aside",
     "load_compose",
     "load_config",
     "load_labels_file",
@@ -205,6 +207,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from hubcontrol.hub import STATES, EnvironmentStatus, Hub, Progress, Route, RouteTable
     from hubcontrol.idle import Decision, IdleCuller, IdleFacts, checkpoint_wanted, decide
     from hubcontrol.names import safe_name
+    from hubcontrol.safefs import keep_aside
     from hubcontrol.stats import Counter, Gauge, Histogram, Lifecycle, StatusView, UserStats
     from hubcontrol.text import install_log_formatter
 

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubcontrol import keep_aside
+
 log = logging.getLogger(__name__)
 
 SESSION_TTL = 7 * 24 * 3600  # one week, as oauth2-proxy's default cookie expiry
@@ -50,18 +52,6 @@ class Session:
     def from_json(cls, data: Mapping[str, Any]) -> Session:
         """The session ``to_json`` wrote; TypeError on a field this version does not know."""
         return cls(**{**data, "groups": tuple(data.get("groups") or ())})
-
-
-def keep_aside(path: Path) -> Path | None:
-    """Rename an unreadable store to ``<name>.corrupt-<unix time>`` beside it (the evidence
-    for the operator; the next save starts afresh); None when that failed. As
-    ``hubcontrol.safefs.keep_aside`` does for the control plane's state files."""
-    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-    try:
-        os.rename(path, aside)
-    except OSError:
-        return None
-    return aside
 
 
 # ``listener(added, removed_sids)``: called after every change, on the caller's thread

@@ -181,7 +181,7 @@ def login(domain: str, port: int, user: str, timeout: float) -> tuple[float, str
     provider's form, the callback, the progress page's long polls, then the environment's own page.
     Returns (seconds from the first request to the first byte of the environment's answer, the
     session cookie). Raises RuntimeError naming the step that failed."""
-    from tests.support.proxyharness import browser, provider_login
+    from tests.support.webclient import browser, provider_login
 
     base = f"http://{CODE}.{domain}:{port}"
     deadline = time.monotonic() + timeout

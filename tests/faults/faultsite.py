@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 import time
@@ -20,41 +19,13 @@ import httpx
 
 from hubcli.hubclient import HubClient
 from tests.support.hubprocess import HubSite
+from tests.support.webclient import browser, provider_login
 
 HOST_SOCKET = "/var/run/docker.sock"
 DOMAIN = "faults.test"
 ROUTES = {"code": 8080, "term": 7681}
 # busybox httpd serves the workspace on `code` (what the user sees), and `/` on `term`
 COMMAND = "httpd -p __SERVICE_IP__:7681 -h / && exec httpd -f -p __SERVICE_IP__:8080 -h /workspace"
-
-
-class HubTransport(httpx.HTTPTransport):
-    """Sends requests for ``*.<domain>`` to the hub on 127.0.0.1 (nothing resolves them),
-    keeping the Host header and the URL the cookie jar sees. (A copy of
-    tests/hubproxy/harness.py's, which imports mitmproxy at collection.)"""
-
-    def __init__(self, domain: str, port: int) -> None:
-        super().__init__()
-        self.domain, self.port = domain, port
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
-        if host == self.domain or host.endswith("." + self.domain):
-            request = httpx.Request(
-                request.method,
-                request.url.copy_with(host="127.0.0.1", port=self.port),
-                headers=request.headers,
-                stream=request.stream,
-            )
-        return super().handle_request(request)
-
-
-def provider_login(client: httpx.Client, response: httpx.Response, login: str) -> httpx.Response:
-    """Fill in oidc-provider's development login form as a user would."""
-    assert "/interaction/" in str(response.url), response.text[:300]
-    action = re.search(r'<form[^>]*action="([^"]+)"', response.text).group(1)
-    url = httpx.URL(str(response.url)).join(action)
-    return client.post(url, data={"prompt": "login", "login": login, "password": "any"})
 
 
 def labels_text(image: str, extra: tuple[str, ...] = ()) -> str:
@@ -126,12 +97,7 @@ class FaultSite(HubSite):
     def browser(self) -> httpx.Client:
         """A cookie-keeping client that navigates as a browser does (HTML wanted), sending
         ``*.faults.test`` to the hub's port; the provider is reached directly."""
-        return httpx.Client(
-            transport=HubTransport(self.domain, self.port),
-            follow_redirects=True,
-            headers={"Accept": "text/html", "Sec-Fetch-Mode": "navigate"},
-            timeout=60,
-        )
+        return browser(self.domain, self.port, timeout=60)
 
     @contextlib.contextmanager
     def login(self, user: str, *, template: str | None = None) -> Iterator[httpx.Client]:

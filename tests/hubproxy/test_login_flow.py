@@ -22,14 +22,13 @@ from tests.support.oidc_provider import free_port, npm_oidc_provider
 from tests.support.proxyfakes import make_config
 from tests.support.proxyharness import (
     StubHub,
-    browser,
     logout,
-    provider_login,
     running_proxy,
     wait_ready,
     ws_handshake,
     ws_roundtrip,
 )
+from tests.support.webclient import browser, provider_login
 
 DOMAIN = "example.test"
 ALICE_IP, BOB_IP = "127.0.0.2", "127.0.0.3"

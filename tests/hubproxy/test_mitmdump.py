@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.support.oidc_provider import free_port, npm_oidc_provider
-from tests.support.proxyharness import browser, provider_login
+from tests.support.webclient import browser, provider_login
 
 ROOT = Path(__file__).resolve().parents[2]
 MITMDUMP = str(Path(sys.executable).parent / "mitmdump")

@@ -30,7 +30,8 @@ from hubproxy.addons.websocketrelay import Relay
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port
 from tests.support.proxyfakes import make_config, make_route
-from tests.support.proxyharness import StubHub, browser, cookie_for, logout, running_proxy
+from tests.support.proxyharness import StubHub, cookie_for, logout, running_proxy
+from tests.support.webclient import browser
 
 DOMAIN = "example.test"
 ALICE_IP = "127.0.0.2"

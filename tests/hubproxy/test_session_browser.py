@@ -27,7 +27,8 @@ from tests.support.browser import launch_chromium
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 from tests.support.proxyfakes import make_config
-from tests.support.proxyharness import StubHub, browser, provider_login, running_proxy, wait_ready
+from tests.support.proxyharness import StubHub, running_proxy, wait_ready
+from tests.support.webclient import browser, provider_login
 
 pytestmark = [pytest.mark.browser, pytest.mark.oidc, pytest.mark.timeout(180)]
 

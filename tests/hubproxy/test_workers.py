@@ -40,14 +40,8 @@ from hubproxy.workers.workerpool import FleetMetrics
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 from tests.support.procs import stop
-from tests.support.proxyharness import (
-    HubTransport,
-    logout,
-    provider_login,
-    wait_ready,
-    ws_handshake,
-    ws_roundtrip,
-)
+from tests.support.proxyharness import logout, wait_ready, ws_handshake, ws_roundtrip
+from tests.support.webclient import HubTransport, provider_login
 
 ROOT = Path(__file__).resolve().parents[2]
 DOMAIN = "example.test"

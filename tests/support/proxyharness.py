@@ -138,37 +138,6 @@ def running_proxy(config, hub, port: int) -> Iterator[RunningProxy]:
         control_thread.stop()
 
 
-class HubTransport(httpx.HTTPTransport):
-    """Sends requests for ``*.<domain>`` to the proxy on 127.0.0.1 (Python does not resolve
-    them), keeping the Host header and the URL the cookie jar sees."""
-
-    def __init__(self, domain: str, proxy_port: int) -> None:
-        super().__init__()
-        self.domain = domain
-        self.proxy_port = proxy_port
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
-        if host == self.domain or host.endswith("." + self.domain):
-            request = httpx.Request(
-                request.method,
-                request.url.copy_with(host="127.0.0.1", port=self.proxy_port),
-                headers=request.headers,
-                stream=request.stream,
-            )
-        return super().handle_request(request)
-
-
-def browser(domain: str, proxy_port: int) -> httpx.Client:
-    """A cookie-keeping client that behaves like a browser navigating (for wants_html)."""
-    return httpx.Client(
-        transport=HubTransport(domain, proxy_port),
-        follow_redirects=True,
-        headers={"Accept": "text/html", "Sec-Fetch-Mode": "navigate"},
-        timeout=15,
-    )
-
-
 def ws_handshake(sock: socket.socket, host: str, cookie: str, path: str = "/ws") -> WSConnection:
     """A WebSocket handshake on ``sock`` with the session ``cookie``; raises AssertionError
     naming the status when the hub (or the environment) refuses it."""
@@ -200,14 +169,6 @@ def ws_roundtrip(sock: socket.socket, ws: WSConnection, text: str) -> str | None
                 return event.data
             if isinstance(event, CloseConnection):
                 return None
-
-
-def provider_login(client: httpx.Client, response: httpx.Response, login: str) -> httpx.Response:
-    """Fill in oidc-provider's development login form as a user would."""
-    assert "/interaction/" in str(response.url), response.text[:300]
-    action = re.search(r'<form[^>]*action="([^"]+)"', response.text).group(1)
-    url = httpx.URL(str(response.url)).join(action)
-    return client.post(url, data={"prompt": "login", "login": login, "password": "any"})
 
 
 def wait_ready(client: httpx.Client, base: str, timeout: float = 10) -> None:

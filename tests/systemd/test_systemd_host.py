@@ -32,7 +32,7 @@ import httpx
 import pytest
 
 from tests.support.oidc_provider import free_port, npm_oidc_provider
-from tests.support.proxyharness import provider_login
+from tests.support.webclient import provider_login
 
 pytestmark = [
     pytest.mark.docker,

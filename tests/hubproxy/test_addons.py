@@ -257,14 +257,25 @@ def _progress(path_query: str, cookie: str):
     return flow(path=f"/_hub/api/progress{path_query}", headers=[("cookie", cookie)])
 
 
-async def test_progress_long_poll_answers_when_the_start_moves_on(setup, monkeypatch):
-    """``?wait=&since=``: held while nothing changed, answered within a step of the change."""
+async def _progress_now(addons, cookie: str) -> dict:
+    """The progress answer without a wait (what the page asks first)."""
+    return json.loads((await run_request(addons, _progress("", cookie))).response.content)
+
+
+@pytest.fixture
+def quick_polls(monkeypatch):
+    """Held polls look at the progress every 10 ms (the tests' waits stay short)."""
     from hubproxy.addons import hubapi
 
     monkeypatch.setattr(hubapi, "LONG_POLL_STEP", 0.01)
+    return hubapi
+
+
+async def test_progress_long_poll_answers_when_the_start_moves_on(setup, quick_polls):
+    """``?wait=&since=``: held while nothing changed, answered within a step of the change."""
     context, control, addons = setup
     _, cookie = login_cookie(context)
-    first = json.loads((await run_request(addons, _progress("", cookie))).response.content)
+    first = await _progress_now(addons, cookie)
     assert first["ready"] is False and first["version"]
     held = asyncio.ensure_future(
         run_request(addons, _progress(f"?wait=20&since={first['version']}", cookie))
@@ -279,15 +290,11 @@ async def test_progress_long_poll_answers_when_the_start_moves_on(setup, monkeyp
     assert json.loads(late.response.content)["ready"] is True
 
 
-async def test_progress_long_poll_ends_after_wait_and_is_bounded_per_user(setup, monkeypatch):
-    from hubproxy.addons import hubapi
-
-    monkeypatch.setattr(hubapi, "LONG_POLL_STEP", 0.01)
+async def test_progress_long_poll_ends_after_wait_and_is_bounded_per_user(setup, quick_polls):
+    hubapi = quick_polls
     context, _control, addons = setup
     _, cookie = login_cookie(context)
-    version = json.loads((await run_request(addons, _progress("", cookie))).response.content)[
-        "version"
-    ]
+    version = (await _progress_now(addons, cookie))["version"]
     t0 = time.monotonic()
     same = await run_request(addons, _progress(f"?wait=0.2&since={version}", cookie))
     assert 0.2 <= time.monotonic() - t0 < 1.5
@@ -323,17 +330,12 @@ async def test_progress_long_poll_names_a_bad_wait(setup, query, error):
     assert error in json.loads(f.response.content)["error"]
 
 
-async def test_a_failing_long_poll_fails_closed(setup, monkeypatch):
+async def test_a_failing_long_poll_fails_closed(setup, quick_polls):
     """The long poll's wait runs after the hook returned: an error there is still a 500 page,
     never an unanswered or forwarded request."""
-    from hubproxy.addons import hubapi
-
-    monkeypatch.setattr(hubapi, "LONG_POLL_STEP", 0.01)
     context, control, addons = setup
     _, cookie = login_cookie(context)
-    version = json.loads((await run_request(addons, _progress("", cookie))).response.content)[
-        "version"
-    ]
+    version = (await _progress_now(addons, cookie))["version"]
     held = asyncio.ensure_future(run_request(addons, _progress(f"?wait=5&since={version}", cookie)))
     await asyncio.sleep(0.05)
     control.fail_route = True

@@ -6,7 +6,9 @@
   the container, fingerprints its processes, and has dockerd dump it with CRIU
   (``POST /containers/{id}/checkpoints``, ``Exit: true``) into ``<workspace-dir>/<u>/.checkpoint/``.
   The container's ``checkpoints`` directory in the daemon's data-root is a symlink there, because
-  docker 20.10 refuses restores from a custom ``--checkpoint-dir``. Restoring starts the container
+  docker 20.10 refuses restores from a custom ``--checkpoint-dir``. The large images (memory pages)
+  wait beside the rest, in ``.checkpoint/<id>.pages/``, and reach CRIU without dockerd's tar
+  (``hubcontrol.criupages``). Restoring starts the container
   with ``?checkpoint=``, **verifies** that the processes are the dumped ones (see below), cleans
   containerd's ``$TMPDIR/ctrd-checkpoint*`` copies, and runs ``hook.checkpoint.post_restore``.
 * ``RecreateCheckpointer`` ("recreate"): the seed's stop-and-recreate fallback. ``checkpoint``
@@ -59,7 +61,7 @@ import docker.errors
 import httpx
 from docker.models.containers import Container
 
-from hubcontrol import procs, safefs, storage
+from hubcontrol import criupages, procs, safefs, storage
 from hubcontrol.config import DEFAULT_USER, DEFAULT_WORKSPACE
 from hubcontrol.engine import Engine, id_of
 from hubcontrol.errors import CheckpointError
@@ -446,6 +448,9 @@ class CheckpointTarget:
     container: str  # name or ID
     checkpoint_dir: Path  # <workspace-dir>/<u>/.checkpoint
     daemon_tmpdir: Path | None = None  # dockerd's (and containerd's) TMPDIR
+    # the daemon runs CRIU through a wrapper with criupages.RESTORE_PRELUDE, so a dump's large
+    # images can stay out of dockerd's restore path (hubcontrol.criupages); needs daemon_tmpdir
+    pages_aside: bool = False
     container_user: str = DEFAULT_USER  # hooks run as this user
     workdir: str = DEFAULT_WORKSPACE
     service_ip: str = ""
@@ -511,7 +516,7 @@ def clean_containerd_copies(tmpdir: Path | None) -> int:
     """Remove containerd's ``ctrd-checkpoint*`` copies (full memory images) from a daemon's TMPDIR."""
     if tmpdir is None:
         return 0
-    removed = 0
+    removed = criupages.clean_stages(tmpdir)  # staged images a restore did not take
     with contextlib.suppress(FileNotFoundError), os.scandir(tmpdir) as entries:
         for entry in entries:
             if entry.name.startswith("ctrd-checkpoint"):
@@ -812,6 +817,14 @@ class CriuCheckpointer(Checkpointer):
         if container.status == "running":  # "Exit": true must stop it; never leave two copies
             container.stop(timeout=STOP_TIMEOUT)
         _write_fingerprint(images, cid, marks)
+        size = _dir_bytes(images)
+        if target.pages_aside and target.daemon_tmpdir is not None:
+            try:
+                criupages.set_aside(target.checkpoint_dir, checkpoint_id)
+            except OSError as exc:  # the images still restore through dockerd's tar
+                log.warning("%s: checkpoint images not set aside: %s", user, exc)
+                with contextlib.suppress(OSError):
+                    criupages.put_back(target.checkpoint_dir, checkpoint_id)
         seconds = time.monotonic() - started
         now = self.clock()
         self.store.update(
@@ -824,7 +837,6 @@ class CriuCheckpointer(Checkpointer):
                 last_dump_seconds=round(seconds, 3),
             ),
         )
-        size = _dir_bytes(images)
         log.info(
             "%s: checkpointed %s as %s in %.2f s (%d bytes, %d processes)",
             user,
@@ -926,6 +938,8 @@ class CriuCheckpointer(Checkpointer):
         data_root = Path(client.info()["DockerRootDir"])
         self._link_checkpoints(data_root, cid, target.checkpoint_dir)
         phase("prepare")  # container, fingerprint, images linked
+        self._stage_pages(target, checkpoint_id)
+        phase("pages staged")
         try:
             message = self._start_from_checkpoint(target, cid, checkpoint_id)
             restored_by = boot_ticks()
@@ -992,6 +1006,24 @@ class CriuCheckpointer(Checkpointer):
             detail,
         )
         return RestoreResult(checkpoint_id, cid, seconds, detail, hook_error, after, tuple(phases))
+
+    @staticmethod
+    def _stage_pages(target: CheckpointTarget, checkpoint_id: str) -> None:
+        """Hand the checkpoint's aside images to the daemon's CRIU wrapper (criupages); where that
+        cannot be done they go back beside the images, into dockerd's tar, as before."""
+        tmpdir = target.daemon_tmpdir
+        if target.pages_aside and tmpdir is not None:
+            try:
+                criupages.stage(target.checkpoint_dir, checkpoint_id, tmpdir)
+                return
+            except OSError as exc:  # e.g. a copy across filesystems that ran out of space
+                log.warning(
+                    "%s: checkpoint images not staged, restoring through dockerd: %s",
+                    target.user,
+                    exc,
+                )
+                criupages.clean_stages(tmpdir)
+        criupages.put_back(target.checkpoint_dir, checkpoint_id)
 
     @staticmethod
     def _verify(

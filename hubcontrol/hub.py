@@ -509,6 +509,7 @@ class Hub:
             container=container or rec.container_id or envs.container_name(name),
             checkpoint_dir=paths.checkpoints,
             daemon_tmpdir=tmpdir,
+            pages_aside=tmpdir is not None,  # both supervisors' CRIU wrappers take them
             container_user=tpl.user if tpl else "root",
             workdir=tpl.workspace if tpl else "/",
             service_ip=rec.service_ip or "",

@@ -218,22 +218,15 @@ def _remove_account(net_id: int) -> bool:
     return True
 
 
-# Shell lines for the CRIU wrappers (hubcontrol.supervisor.local.criu_wrapper and
-# hubcontrol.supervisor.systemd.criu_wrapper_text). runc runs CRIU as `criu swrk`, its own argv
-# naming containerd's copy of the images (`--image-path <TMPDIR>/ctrd-checkpoint<N>`, made with
-# mode 0700 by host root). CRIU restores a remapped container's processes as the namespace's
+# A shell line for the CRIU wrappers (hubcontrol.supervisor.local.criu_wrapper and
+# hubcontrol.supervisor.systemd.criu_wrapper_text), after criupages.IMAGE_PATH: for a restore,
+# `$img` is containerd's copy of the images (`--image-path <TMPDIR>/ctrd-checkpoint<N>` in runc's
+# argv, a directory, never a link, made with mode 0700 by host root). CRIU restores a remapped container's processes as the namespace's
 # root (host uid range.start), and they open images relative to that directory: without search
 # permission on it every restore fails with "Unable to open tty-info.img: Permission denied"
 # (measured; docs/checkpoint.md). Only such a directory is touched, and only its x bits: its
 # parent, the daemon's TMPDIR, stays root's 0700, so no one else can reach it.
-CRIU_RESTORE_PRELUDE = (
-    'if [ "$1" = swrk ]; then\n'
-    "  img=$(tr '\\0' '\\n' < /proc/$PPID/cmdline | sed -n '/^--image-path$/{n;p;q}')\n"
-    '  case "${img##*/}" in ctrd-checkpoint*)\n'
-    '    [ -d "$img" ] && [ ! -L "$img" ] && chmod 0711 "$img" ;;\n'
-    "  esac\n"
-    "fi\n"
-)
+CRIU_RESTORE_PRELUDE = 'if [ -n "$img" ]; then chmod 0711 "$img"; fi\n'
 
 
 def cgroup_yard_race(error: str) -> bool:

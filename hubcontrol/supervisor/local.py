@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hubcontrol import procs, safefs, storage, userns
+from hubcontrol import criupages, procs, safefs, storage, userns
 from hubcontrol.errors import DaemonError
 from hubcontrol.supervisor import (
     CPU_PERIOD_US,
@@ -297,8 +297,10 @@ def criu_wrapper(spec: DaemonSpec, group: Path | None) -> Path:
     first: it works on the container's namespaces, which the user cannot steer (checkpoints are
     the hub's only), so it needs no network limit.
 
-    Under ``--userns-remap`` it also lets the restored processes read their images
-    (``userns.CRIU_RESTORE_PRELUDE``); ``group`` is None where there is no v2 group to move to.
+    For a restore it moves the checkpoint's staged memory images into containerd's copy
+    (``criupages.RESTORE_PRELUDE``), and under ``--userns-remap`` it lets the restored processes
+    read their images (``userns.CRIU_RESTORE_PRELUDE``). ``group`` is None where there is no v2
+    group to move to.
     """
     bindir = spec.exec_root / "bin"
     bindir.mkdir(exist_ok=True, mode=0o700)
@@ -306,8 +308,10 @@ def criu_wrapper(spec: DaemonSpec, group: Path | None) -> Path:
     text = "#!/bin/sh\n# written by the hub (hubcontrol.supervisor.local.criu_wrapper)\n"
     if group is not None:
         text += f"echo $$ > {shlex.quote(str(group / 'cgroup.procs'))} 2>/dev/null\n"
+    text += criupages.IMAGE_PATH
     if spec.userns_remap:
         text += userns.CRIU_RESTORE_PRELUDE
+    text += criupages.RESTORE_PRELUDE
     text += f'PATH={path} exec criu "$@"\n'
     wrapper = bindir / "criu"
     if not wrapper.exists() or wrapper.read_text() != text:
@@ -409,8 +413,7 @@ class LocalSupervisor(DaemonSupervisor):
         )
         env = dockerd_env(spec)
         criu = self.cgroups.criu_dir(_group(spec))
-        if criu is not None or spec.userns_remap:
-            env["PATH"] = f"{criu_wrapper(spec, criu)}:{env['PATH']}"
+        env["PATH"] = f"{criu_wrapper(spec, criu)}:{env['PATH']}"
         # setsid --fork: dockerd is not our child, so it outlives the hub and is never a zombie
         # of ours; its output goes to its log file.
         argv = ["setsid", "--fork", "/bin/sh", "-c", script, "sh", *dockerd_argv(spec)]

@@ -37,7 +37,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from hubcontrol import safefs, userns
+from hubcontrol import criupages, safefs, userns
 from hubcontrol.errors import DaemonError
 from hubcontrol.install import systemd_quote as _quote
 from hubcontrol.supervisor import (
@@ -187,7 +187,8 @@ def criu_wrapper_text() -> str:
     time: where systemd puts the unit is systemd's choice (a container's systemd nests it).
     It also lets processes restored into a ``--userns-remap`` namespace read their images
     (``userns.CRIU_RESTORE_PRELUDE``): one wrapper serves every daemon, and for a daemon
-    without remapping that step only opens a directory no one but root can reach anyway."""
+    without remapping that step only opens a directory no one but root can reach anyway. And it
+    moves a checkpoint's staged memory images into containerd's copy (``criupages``)."""
     path = f"{CRIU_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     return (
         "#!/bin/sh\n"
@@ -196,7 +197,9 @@ def criu_wrapper_text() -> str:
         "r=/sys/fs/cgroup; [ -e $r/cgroup.controllers ] || r=$r/unified\n"
         f'case "$g" in */{DAEMON_GROUP}) '
         f'echo $$ > "$r${{g%/{DAEMON_GROUP}}}/{CRIU_GROUP}/cgroup.procs" 2>/dev/null ;; esac\n'
+        + criupages.IMAGE_PATH
         + userns.CRIU_RESTORE_PRELUDE
+        + criupages.RESTORE_PRELUDE
         + f'PATH={shlex.quote(path)} exec criu "$@"\n'
     )
 

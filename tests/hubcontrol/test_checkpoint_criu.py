@@ -26,7 +26,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from hubcontrol import mounts
+from hubcontrol import criupages, mounts
 from hubcontrol.checkpoint import (
     FINGERPRINT_FILE,
     CheckpointTarget,
@@ -91,7 +91,19 @@ class RestartableDockerd:
         return f"unix://{self.socket}"
 
     def start(self) -> None:
-        env = dict(os.environ, TMPDIR=str(self.tmpdir), PATH=f"{CRIU_BIN}:{os.environ['PATH']}")
+        # the hub's CRIU wrapper, as both supervisors write it: it hands CRIU the memory images
+        # the checkpointer set aside (hubcontrol.criupages)
+        path = f"{CRIU_BIN}:{os.environ['PATH']}"
+        wrapper = self.root / "bin" / "criu"
+        wrapper.parent.mkdir(exist_ok=True)
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            + criupages.IMAGE_PATH
+            + criupages.RESTORE_PRELUDE
+            + f'PATH={path} exec criu "$@"\n'
+        )
+        wrapper.chmod(0o700)
+        env = dict(os.environ, TMPDIR=str(self.tmpdir), PATH=f"{wrapper.parent}:{path}")
         cmd = [
             "dockerd",
             "--data-root",
@@ -264,7 +276,7 @@ def _target(daemon: RestartableDockerd, ws: Path, ctr, **kw) -> CheckpointTarget
         daemon_tmpdir=daemon.tmpdir,
         container_user="vscode",
         workdir="/workspace",
-        **kw,
+        **{"pages_aside": True, **kw},
     )
 
 
@@ -319,6 +331,10 @@ def test_checkpoint_stop_daemon_restore_continues(
     assert (ws / "pre_dump.uid").read_text().strip() == "1000"  # hooks run as the container user
     images = ws / ".checkpoint" / result.checkpoint
     assert (images / "inventory.img").exists() and (images / FINGERPRINT_FILE).exists()
+    # the memory is set aside, out of the tar dockerd streams into containerd on a restore
+    aside = images.with_name(images.name + ".pages")
+    assert [p.name for p in aside.glob("pages-*.img")] and not list(images.glob("pages-*.img"))
+    assert (images / "hub-pages").read_text() == result.checkpoint
     assert not os.path.exists(f"/proc/{old_pid}")  # the processes are gone
     frozen = _lines(ws / "counter")
     last_n, token = frozen[-1]
@@ -341,8 +357,8 @@ def test_checkpoint_stop_daemon_restore_continues(
     assert all(t == token for _, t in after)
     assert [n for n, _ in lines] == list(range(1, len(lines) + 1))
     # cleaned up: containerd's copies, the restored images; the record is ready for the next cycle
-    assert not [p for p in os.listdir(daemon.tmpdir) if p.startswith("ctrd-checkpoint")]
-    assert not images.exists()
+    assert not [p for p in os.listdir(daemon.tmpdir) if p.startswith(("ctrd-", "hub-pages-"))]
+    assert not images.exists() and not aside.exists()
     health = cp.health(ws.name)
     assert (health.failures, health.checkpoint, health.disabled) == (0, None, False)
     assert health.last_restore_seconds is not None
@@ -351,6 +367,27 @@ def test_checkpoint_stop_daemon_restore_continues(
     second = anyio.run(cp.checkpoint, target)
     assert anyio.run(cp.restore, target).checkpoint == second.checkpoint
     assert _wait_lines(ws / "counter", len(lines) + 2)[-1][1] == token
+
+
+def test_images_set_aside_also_restore_through_dockerd(
+    daemon: RestartableDockerd, workspace: Path, checkpointers
+) -> None:
+    """A restore without a TMPDIR to stage in (or a CRIU wrapper that predates staging) puts the
+    aside images back beside the rest, and dockerd's tar carries them as it always did."""
+    ws = workspace
+    ctr = _run_env(daemon, ws)
+    target = _target(daemon, ws, ctr)
+    cp = checkpointers()
+    result = anyio.run(cp.checkpoint, target)
+    frozen = _lines(ws / "counter")
+    images = ws / ".checkpoint" / result.checkpoint
+    assert list(images.with_name(images.name + ".pages").glob("pages-*.img"))
+    restored = anyio.run(cp.restore, replace(target, pages_aside=False))
+    assert restored is not None and "processes restored with their memory" in restored.detail
+    assert _wait_lines(ws / "counter", len(frozen) + 2)[len(frozen)] == (
+        frozen[-1][0] + 1,
+        frozen[-1][1],
+    )
 
 
 def test_verification_detects_a_fresh_start(
@@ -460,7 +497,11 @@ def test_a_hanging_restore_is_killed(
     cp = checkpointers()
     cp.restore_timeout = 3.0
     result = anyio.run(cp.checkpoint, target)
-    for image in (ws / ".checkpoint" / result.checkpoint).glob("pages-*.img"):
+    images = ws / ".checkpoint"
+    pages = [*images.glob(f"{result.checkpoint}/pages-*.img")]
+    pages += images.glob(f"{result.checkpoint}.pages/pages-*.img")
+    assert pages
+    for image in pages:
         image.write_bytes(b"")
     started = time.monotonic()
     with pytest.raises(CheckpointError, match="restore"):

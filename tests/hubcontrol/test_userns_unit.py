@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hubcontrol import storage, userns
+from hubcontrol import criupages, storage, userns
 from hubcontrol.checkpoint import non_root_checkpoints
 from hubcontrol.errors import DaemonError
 from hubcontrol.netids import MAX_USERS, net_id_for_index
@@ -89,7 +89,7 @@ def _run_prelude(tmp_path: Path, argv: list[str]) -> None:
     """Run CRIU_RESTORE_PRELUDE as runc runs the wrapper: as the child of a process whose
     argv is runc's (a shell script named by those arguments)."""
     script = tmp_path / "prelude.sh"
-    script.write_text("#!/bin/sh\n" + userns.CRIU_RESTORE_PRELUDE)
+    script.write_text("#!/bin/sh\n" + criupages.IMAGE_PATH + userns.CRIU_RESTORE_PRELUDE)
     script.chmod(0o755)
     runc = ["sh", "-c", f"{script} swrk 3; exit 0", *argv]
     subprocess.run(runc, check=True, timeout=10)

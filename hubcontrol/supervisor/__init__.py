@@ -21,9 +21,11 @@ Contract (every method is blocking; the hub calls them in worker threads):
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import os
 import re
+import shlex
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +34,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from hubcontrol import durations, safefs, storage
+from hubcontrol import criupages, durations, safefs, storage, userns
 from hubcontrol.errors import ConfigError, DaemonError
 
 RUN_DIR = Path("/run/rediacc/hub")
@@ -264,6 +266,54 @@ def dockerd_env(spec: DaemonSpec, base: Mapping[str, str] | None = None) -> dict
     # operator's own GOGC in the hub's environment wins.
     env.setdefault("GOGC", DAEMON_GOGC)
     return env
+
+
+DAEMON_GROUP = "daemon"  # in a user's group: dockerd, containerd and the shims
+CRIU_GROUP = "criu"  # its sibling, where the CRIU wrapper moves CRIU
+# Where the CRIU wrapper lives: not in the exec-root, since /run is mounted noexec on Debian
+# hosts (initramfs-tools mounts it so) and in a container's tmpfs, where runc's exec of it fails
+# ("permission denied") and every checkpoint with it. One wrapper serves every user of either
+# supervisor (it finds its group at run time).
+CRIU_WRAPPER_DIR = Path("/var/lib/rediacc/hub/bin")
+
+
+def criu_wrapper_text() -> str:
+    """``<CRIU_WRAPPER_DIR>/criu``, first on every per-user dockerd's PATH (both supervisors):
+    runc runs it for every dump and restore. It moves CRIU from the daemon's group (whose own
+    connections ``RDH-OUTPUT`` rejects on loopback, where CRIU's start-up check of TCP repair
+    connects to itself) into the sibling ``criu`` group, then runs the real CRIU; CRIU works on
+    the container's namespaces, which the user cannot steer (checkpoints are the hub's only),
+    so it needs no network limit. The group is read at run time: where systemd puts a unit is
+    systemd's choice (a container's systemd nests it), and the local supervisor's layout
+    (``<user group>/daemon`` beside ``<user group>/criu``) is the same; without a v2 group to
+    move to, the step does nothing.
+    It also lets processes restored into a ``--userns-remap`` namespace read their images
+    (``userns.CRIU_RESTORE_PRELUDE``): one wrapper serves every daemon, and for a daemon
+    without remapping that step only opens a directory no one but root can reach anyway. And it
+    moves a checkpoint's staged memory images into containerd's copy (``criupages``)."""
+    path = f"{CRIU_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    return (
+        "#!/bin/sh\n"
+        "# written by the hub (hubcontrol.supervisor.criu_wrapper_text)\n"
+        "g=$(sed -n 's/^0:://p' /proc/self/cgroup)\n"
+        "r=/sys/fs/cgroup; [ -e $r/cgroup.controllers ] || r=$r/unified\n"
+        f'case "$g" in */{DAEMON_GROUP}) '
+        f'echo $$ > "$r${{g%/{DAEMON_GROUP}}}/{CRIU_GROUP}/cgroup.procs" 2>/dev/null ;; esac\n'
+        + criupages.IMAGE_PATH
+        + userns.CRIU_RESTORE_PRELUDE
+        + criupages.RESTORE_PRELUDE
+        + f'PATH={shlex.quote(path)} exec criu "$@"\n'
+    )
+
+
+def write_criu_wrapper(wrapper_dir: Path = CRIU_WRAPPER_DIR) -> None:
+    wrapper_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    text = criu_wrapper_text()
+    wrapper = wrapper_dir / "criu"
+    with contextlib.suppress(OSError):
+        if not wrapper.is_symlink() and wrapper.read_text() == text:
+            return
+    safefs.write_atomic(wrapper, text, mode=0o755)
 
 
 def ping(path: Path | str, timeout: float = 1.0) -> bool:

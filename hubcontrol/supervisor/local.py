@@ -21,7 +21,9 @@ The parent's limits are the sum, so the whole user is bounded by one number the 
 On hybrid hosts (v1 controllers, the v2 hierarchy mounted at ``/sys/fs/cgroup/unified``) the
 daemon also joins ``rediacc.slice/hub-<u>-<net_id>/daemon`` there: the network rules for the
 daemon's own traffic match that v2 group (``network.apply_daemon_isolation``). CRIU, which runc
-starts from the daemon's group, moves to the sibling v2 group ``criu`` (``criu_wrapper``).
+starts from the daemon's group, moves to the sibling v2 group ``criu``: the CRIU wrapper both
+supervisors put first on dockerd's PATH (``supervisor.criu_wrapper_text``, in
+``CRIU_WRAPPER_DIR``, not under /run, which Debian mounts noexec).
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hubcontrol import criupages, procs, safefs, storage, userns
+from hubcontrol import procs, safefs, storage
 from hubcontrol.errors import DaemonError
 from hubcontrol.supervisor import (
     CPU_PERIOD_US,
+    CRIU_WRAPPER_DIR,
     DaemonSpec,
     DaemonSupervisor,
     Limits,
@@ -48,6 +51,7 @@ from hubcontrol.supervisor import (
     dockerd_env,
     prepare_daemon_dirs,
     wait_for_ping,
+    write_criu_wrapper,
     write_daemon_config,
 )
 
@@ -103,12 +107,6 @@ class Cgroups:
         if self.unified is None:
             return None
         return group_path(user).lstrip("/") + "/daemon"
-
-    def criu_dir(self, user: str) -> Path | None:
-        """The v2 group CRIU moves to (``criu_wrapper``), beside ``daemon``, not under it."""
-        if self.unified is None:
-            return None
-        return self.unified / group_path(user).lstrip("/") / "criu"
 
     def _unified_daemon_dir(self, user: str) -> Path | None:
         if self.v2 or self.unified is None:
@@ -288,37 +286,6 @@ class Cgroups:
             ) from None
 
 
-def criu_wrapper(spec: DaemonSpec, group: Path | None) -> Path:
-    """Write ``<exec-root>/bin/criu``, first on dockerd's PATH; returns its directory.
-
-    runc runs CRIU from the daemon's group, whose own connections ``RDH-OUTPUT`` rejects on
-    loopback; CRIU's start-up check of TCP repair connects to itself on 127.0.0.1 and fails
-    there ("kerndat_tcp_repair failed"). The wrapper moves CRIU into the sibling group ``criu``
-    first: it works on the container's namespaces, which the user cannot steer (checkpoints are
-    the hub's only), so it needs no network limit.
-
-    For a restore it moves the checkpoint's staged memory images into containerd's copy
-    (``criupages.RESTORE_PRELUDE``), and under ``--userns-remap`` it lets the restored processes
-    read their images (``userns.CRIU_RESTORE_PRELUDE``). ``group`` is None where there is no v2
-    group to move to.
-    """
-    bindir = spec.exec_root / "bin"
-    bindir.mkdir(exist_ok=True, mode=0o700)
-    path = shlex.quote(dockerd_env(spec)["PATH"])
-    text = "#!/bin/sh\n# written by the hub (hubcontrol.supervisor.local.criu_wrapper)\n"
-    if group is not None:
-        text += f"echo $$ > {shlex.quote(str(group / 'cgroup.procs'))} 2>/dev/null\n"
-    text += criupages.IMAGE_PATH
-    if spec.userns_remap:
-        text += userns.CRIU_RESTORE_PRELUDE
-    text += criupages.RESTORE_PRELUDE
-    text += f'PATH={path} exec criu "$@"\n'
-    wrapper = bindir / "criu"
-    if not wrapper.exists() or wrapper.read_text() != text:
-        safefs.write_atomic(wrapper, text, mode=0o700)
-    return bindir
-
-
 LOG_KEEP_BYTES = 10 << 20
 
 
@@ -334,8 +301,11 @@ class LocalSupervisor(DaemonSupervisor):
 
     name = "local"
 
-    def __init__(self, cgroups: Cgroups | None = None) -> None:
+    def __init__(
+        self, cgroups: Cgroups | None = None, wrapper_dir: Path = CRIU_WRAPPER_DIR
+    ) -> None:
         self.cgroups = cgroups or Cgroups()
+        self.wrapper_dir = Path(wrapper_dir)
 
     def set_users_cpu_weight(self, weight: int | None) -> None:
         self.cgroups.slice_cpu_weight = weight
@@ -412,8 +382,8 @@ class LocalSupervisor(DaemonSupervisor):
             f'for f in {joins}; do echo $$ > "$f" || exit 97; done; exec "$@"'
         )
         env = dockerd_env(spec)
-        criu = self.cgroups.criu_dir(_group(spec))
-        env["PATH"] = f"{criu_wrapper(spec, criu)}:{env['PATH']}"
+        write_criu_wrapper(self.wrapper_dir)  # what runc runs as CRIU: first on dockerd's PATH
+        env["PATH"] = f"{self.wrapper_dir}:{env['PATH']}"
         # setsid --fork: dockerd is not our child, so it outlives the hub and is never a zombie
         # of ours; its output goes to its log file.
         argv = ["setsid", "--fork", "/bin/sh", "-c", script, "sh", *dockerd_argv(spec)]

@@ -29,19 +29,19 @@ The user's policy socket runs beside the daemon as the transient
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from hubcontrol import criupages, safefs, userns
+from hubcontrol import safefs
 from hubcontrol.errors import DaemonError
 from hubcontrol.install import systemd_quote as _quote
 from hubcontrol.supervisor import (
-    CRIU_BIN,
+    CRIU_GROUP,
+    CRIU_WRAPPER_DIR,
+    DAEMON_GROUP,
     DaemonSpec,
     DaemonSupervisor,
     daemon_config,
@@ -49,6 +49,7 @@ from hubcontrol.supervisor import (
     dockerd_env,
     prepare_daemon_dirs,
     wait_for_ping,
+    write_criu_wrapper,
     write_daemon_config,
 )
 
@@ -61,13 +62,7 @@ SLICE = "rediacc.slice"
 MARKER = "# Written by the hub (hubcontrol.supervisor.systemd); removed when it stops the daemon."
 # In the daemon unit's (delegated) cgroup: dockerd, containerd and the shims run in DAEMON_GROUP,
 # which the rules for the daemon's own traffic match; CRIU, which runc starts from there, moves to
-# the sibling CRIU_GROUP first (``criu_wrapper``).
-DAEMON_GROUP = "daemon"
-CRIU_GROUP = "criu"
-# Where the CRIU wrapper lives: not in the exec-root, since /run is mounted noexec on systemd
-# hosts (Debian's, and a container's tmpfs), where runc's exec of it fails ("permission denied")
-# and every checkpoint with it. One wrapper serves every user (it finds its group at run time).
-CRIU_WRAPPER_DIR = Path("/var/lib/rediacc/hub/bin")
+# the sibling CRIU_GROUP first (``supervisor.criu_wrapper_text``).
 
 
 def escape(name: str) -> str:
@@ -178,40 +173,6 @@ def daemon_json(spec: DaemonSpec) -> dict[str, Any]:
     config = daemon_config(spec, cgroup_parent=slice_name(spec.user, spec.net_id))
     config["exec-opts"] = ["native.cgroupdriver=systemd"]
     return config
-
-
-def criu_wrapper_text() -> str:
-    """``<CRIU_WRAPPER_DIR>/criu``: moves CRIU from the daemon's group (whose own connections
-    ``RDH-OUTPUT`` rejects on loopback, where CRIU's start-up check of TCP repair connects to
-    itself) into the sibling ``criu`` group, then runs the real CRIU. The group is read at run
-    time: where systemd puts the unit is systemd's choice (a container's systemd nests it).
-    It also lets processes restored into a ``--userns-remap`` namespace read their images
-    (``userns.CRIU_RESTORE_PRELUDE``): one wrapper serves every daemon, and for a daemon
-    without remapping that step only opens a directory no one but root can reach anyway. And it
-    moves a checkpoint's staged memory images into containerd's copy (``criupages``)."""
-    path = f"{CRIU_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    return (
-        "#!/bin/sh\n"
-        "# written by the hub (hubcontrol.supervisor.systemd.criu_wrapper_text)\n"
-        "g=$(sed -n 's/^0:://p' /proc/self/cgroup)\n"
-        "r=/sys/fs/cgroup; [ -e $r/cgroup.controllers ] || r=$r/unified\n"
-        f'case "$g" in */{DAEMON_GROUP}) '
-        f'echo $$ > "$r${{g%/{DAEMON_GROUP}}}/{CRIU_GROUP}/cgroup.procs" 2>/dev/null ;; esac\n'
-        + criupages.IMAGE_PATH
-        + userns.CRIU_RESTORE_PRELUDE
-        + criupages.RESTORE_PRELUDE
-        + f'PATH={shlex.quote(path)} exec criu "$@"\n'
-    )
-
-
-def write_criu_wrapper(wrapper_dir: Path = CRIU_WRAPPER_DIR) -> None:
-    wrapper_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-    text = criu_wrapper_text()
-    wrapper = wrapper_dir / "criu"
-    with contextlib.suppress(OSError):
-        if not wrapper.is_symlink() and wrapper.read_text() == text:
-            return
-    safefs.write_atomic(wrapper, text, mode=0o755)
 
 
 def _cgroup2_path(pid: int) -> str | None:

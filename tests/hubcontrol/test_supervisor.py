@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,13 @@ from hubcontrol.errors import ConfigError
 from hubcontrol.netids import NetIdRegistry
 from hubcontrol.supervisor import (
     CRIU_BIN,
+    CRIU_WRAPPER_DIR,
     DAEMON_MEMORY,
     DAEMON_PIDS,
     DaemonSpec,
     Limits,
     choose,
+    criu_wrapper_text,
     daemon_config,
     dockerd_argv,
     dockerd_env,
@@ -173,8 +176,8 @@ def test_systemd_exec_start_runs_as_systemd_splits_it(tmp_path):
     assert (cgroup / "unit/daemon/cgroup.procs").read_text().strip().isdigit()
 
 
-def test_systemd_criu_wrapper_moves_criu_beside_the_daemon_group(tmp_path):
-    text = sd.criu_wrapper_text()
+def test_the_criu_wrapper_moves_criu_beside_the_daemon_group(tmp_path):
+    text = criu_wrapper_text()
     cgroup = tmp_path / "cg"
     (cgroup / "u.service/criu").mkdir(parents=True)
     (cgroup / "cgroup.procs").touch()
@@ -293,13 +296,13 @@ def test_systemd_gives_the_slice_its_weight_once(tmp_path):
 
 
 @contextlib.contextmanager
-def local_daemon(tmp_path: Path, limits: Limits):
+def local_daemon(tmp_path: Path, limits: Limits, **spec_kw):
     registry = NetIdRegistry()
     root = tmp_path / "sup-docker"
     net_id = registry.allocate(root)
     net = network.user_network(net_id, POOL)
     network.ensure_bridge(net.bridge, net.bridge_address)
-    spec = make_spec(tmp_path, net_id=net_id, user=f"sup{os.getpid()}", limits=limits)
+    spec = make_spec(tmp_path, net_id=net_id, user=f"sup{os.getpid()}", limits=limits, **spec_kw)
     supervisor = LocalSupervisor()
     try:
         yield supervisor, spec
@@ -589,3 +592,61 @@ def test_the_daemons_tasks_are_bounded_and_it_survives_reaching_them(tmp_path):
         assert 3 <= running < 40
         # the daemon itself is alive and answers
         assert supervisor.describe(spec)["pid"] == pid and ping(spec.socket)
+
+
+@pytest.mark.docker
+@pytest.mark.criu
+def test_a_local_daemon_checkpoints_where_run_is_noexec(tmp_path):
+    """Debian mounts /run noexec (initramfs-tools): runc must still find a CRIU wrapper it can
+    run, so the wrapper lives in CRIU_WRAPPER_DIR, never in the exec-root. A real dump and
+    restore through a local daemon whose exec-root is on a noexec tmpfs."""
+    import anyio
+    import docker
+
+    from hubcontrol.checkpoint import CheckpointTarget, CriuCheckpointer
+    from tests.support.images import import_busybox
+
+    run = Path(tempfile.mkdtemp(prefix="hubrun", dir="/tmp"))  # unix socket paths stay short
+    mount = ["mount", "-t", "tmpfs", "-o", "noexec,nosuid,nodev,mode=0755", "tmpfs", str(run)]
+    subprocess.run(mount, check=True)
+    try:
+        with local_daemon(tmp_path, Limits(), run_dir=run) as (supervisor, spec):
+            supervisor.start(spec)
+            pid = supervisor.describe(spec)["pid"]
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            path = next(e for e in environ if e.startswith(b"PATH=")).decode()[5:]
+            assert path.split(":")[0] == str(CRIU_WRAPPER_DIR)
+            client = docker.DockerClient(base_url=f"unix://{spec.socket}", version="1.41")
+            try:
+                import_busybox(client)
+                counter = "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done"
+                ctr = client.containers.run(
+                    "hub-test/busybox:latest", ["sh", "-c", counter], detach=True
+                )
+                workspace = tmp_path / "ws" / spec.user
+                workspace.mkdir(parents=True)
+                (tmp_path / "ws").chmod(0o700)
+                target = CheckpointTarget(
+                    user=spec.user,
+                    docker_url=f"unix://{spec.socket}",
+                    container=ctr.id,
+                    checkpoint_dir=workspace / ".checkpoint",
+                    daemon_tmpdir=spec.tmpdir,
+                    pages_aside=True,
+                    container_user="root",
+                    workdir="/",
+                )
+                checkpointer = CriuCheckpointer(tmp_path / "state")
+                dumped = anyio.run(checkpointer.checkpoint, target)
+                assert dumped.method == "criu"
+                restored = anyio.run(checkpointer.restore, target)
+                assert restored is not None
+                assert "processes restored with their memory" in restored.detail
+                checkpointer.engine.close()
+            finally:
+                for c in client.containers.list(all=True):
+                    c.remove(force=True)
+                client.close()
+    finally:
+        subprocess.run(["umount", "-l", str(run)], check=False)
+        run.rmdir()

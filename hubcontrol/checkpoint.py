@@ -782,7 +782,7 @@ class CriuCheckpointer(Checkpointer):
                 )
         checkpoint_id = f"{CHECKPOINT_PREFIX}{int(self.clock() * 1000)}"
         images = target.checkpoint_dir / checkpoint_id
-        data_root = Path(client.info()["DockerRootDir"])
+        data_root = _docker_root(client, container)
         self._link_checkpoints(data_root, cid, target.checkpoint_dir)
         # A failed dump leaves the container running and its old images useless either way.
         _remove_images(target.checkpoint_dir, keep=None)
@@ -935,7 +935,7 @@ class CriuCheckpointer(Checkpointer):
                 f"{user}: container {container.name} was {container.status} before restore of "
                 f"{checkpoint_id}; not restoring over it",
             )
-        data_root = Path(client.info()["DockerRootDir"])
+        data_root = _docker_root(client, container)
         self._link_checkpoints(data_root, cid, target.checkpoint_dir)
         phase("prepare")  # container, fingerprint, images linked
         self._stage_pages(target, checkpoint_id)
@@ -1084,6 +1084,19 @@ class CriuCheckpointer(Checkpointer):
         self.store.update(
             target.user, lambda h: dataclasses.replace(h, checkpoint=None, container=None)
         )
+
+
+def _docker_root(client: docker.DockerClient, container: Container) -> Path:
+    """The daemon's ``DockerRootDir`` (with ``--userns-remap``, the remapped root's directory in
+    the data-root), read from where dockerd keeps the container's own files
+    (``<root>/containers/<id>/hostname``) instead of asking ``/info``, which costs a restore
+    about 12 ms; ``/info`` only when that path is not of this shape."""
+    cid = id_of(container)
+    path = Path(str(container.attrs.get("HostnamePath") or ""))
+    if path.is_absolute() and path.name == "hostname" and path.parent.name == cid:
+        if path.parent.parent.name == "containers":
+            return path.parent.parent.parent
+    return Path(client.info()["DockerRootDir"])
 
 
 def _restore_evidence(

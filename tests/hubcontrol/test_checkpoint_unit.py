@@ -17,6 +17,7 @@ from hubcontrol.checkpoint import (
     HealthStore,
     ProcessMark,
     RecreateCheckpointer,
+    _docker_root,
     after_failure,
     after_success,
     clean_containerd_copies,
@@ -253,3 +254,46 @@ def test_io_uring_open_to_containers(tmp_path: Path, value: str, open_: bool) ->
     sysctl.write_text(value)
     assert io_uring_open_to_containers(sysctl) is open_
     assert io_uring_open_to_containers(tmp_path / "missing") is False
+
+
+class _Container:
+    def __init__(self, cid: str, hostname_path: str | None) -> None:
+        self.id = cid
+        self.name = "env"
+        self.attrs = {"HostnamePath": hostname_path}
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def info(self) -> dict[str, str]:
+        self.asked += 1
+        return {"DockerRootDir": "/from/info"}
+
+
+@pytest.mark.parametrize(
+    ("hostname_path", "root", "asked"),
+    [
+        (
+            "/ws/u-docker/.rediacc/docker/data/containers/c0ffee/hostname",
+            "/ws/u-docker/.rediacc/docker/data",
+            0,
+        ),
+        (
+            "/data/1073741824.1073741824/containers/c0ffee/hostname",
+            "/data/1073741824.1073741824",
+            0,
+        ),
+        (None, "/from/info", 1),
+        ("/data/containers/other/hostname", "/from/info", 1),  # not this container's
+        ("/data/volumes/c0ffee/hostname", "/from/info", 1),
+        ("relative/containers/c0ffee/hostname", "/from/info", 1),
+    ],
+)
+def test_the_docker_root_comes_from_the_containers_own_files(hostname_path, root, asked):
+    """The restore links the checkpoint dir into <DockerRootDir>/containers/<id>; the path dockerd
+    reports for the container's hostname file names that root without a round trip to /info."""
+    client = _Client()
+    assert _docker_root(client, _Container("c0ffee", hostname_path)) == Path(root)
+    assert client.asked == asked

@@ -186,6 +186,10 @@ def test_a_cloned_data_root_is_checkpointed_and_restored(config, host, large):
         time.sleep(1)
         hub.stop(user)  # the template asks for checkpoints
         assert hub.hub.record(user)["state"] == "checkpointed"
+        # the memory waits beside the images, out of dockerd's tar; the restore below stages it
+        # into the daemon's TMPDIR, another subvolume (a reflink: no hard link across them)
+        checkpoints = Path(config.workspace_dir) / env.name / ".checkpoint"
+        assert list(checkpoints.glob("*.pages/pages-*.img"))
         frozen = read_counter(counter)
         again = hub.ensure_running(user)
         assert again.container_id == env.container_id

@@ -15,6 +15,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Awaitable, Mapping
+from dataclasses import dataclass
 
 from mitmproxy import http
 
@@ -31,8 +32,12 @@ from hubproxy.web import pages
 # the start moves on (a step, ready, failed) or after ``wait`` seconds, so the page learns of
 # each step within LONG_POLL_STEP and asks about once per step, not every few hundred ms (it
 # polled at 0.5-3 s: up to 3 s late, and with 50 users starting, the hub's busiest endpoint).
+# One watcher serves every held poll: each step it reads each waiting user's route and progress
+# once (two dict reads; the view is computed only when either is a new object), so a short step
+# costs little however many polls are held. At 0.1 s the page learnt of "ready" 50 ms late on
+# average, on every start and resume (bench/resume.py).
 LONG_POLL_MAX = 25.0  # seconds a long poll may be held (below common proxies' 30-60 s idle cuts)
-LONG_POLL_STEP = 0.1  # how often a held poll looks at the start's progress (a dict read)
+LONG_POLL_STEP = 0.02  # how often the watcher looks at the waiting users' progress
 LONG_POLL_PER_USER = 4  # held polls per user (tabs); past it, answered at once
 
 
@@ -71,10 +76,21 @@ def long_poll_seconds(value: str | None) -> float:
     return min(seconds, LONG_POLL_MAX)
 
 
+@dataclass(eq=False)
+class _Held:
+    """One held long poll: the version its page has, and the answer the watcher gives it."""
+
+    since: str
+    template: str | None
+    answer: asyncio.Future[dict]
+
+
 class HubApi:
     def __init__(self, context: HubContext) -> None:
         self.context = context
         self._held: Counter[str] = Counter()  # long polls held, by user
+        self._waiting: dict[str, list[_Held]] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
     def _view(self, flow: http.HTTPFlow, user: str) -> dict:
         control = self.context.control
@@ -86,18 +102,55 @@ class HubApi:
     async def _long_poll(self, flow: http.HTTPFlow, user: str, since: str, wait: float) -> None:
         """Answer ``flow`` once the user's progress is no longer ``since``, or after ``wait``."""
         self._held[user] += 1
+        loop = asyncio.get_running_loop()
+        held = _Held(since, flow.metadata[SESSION].template, loop.create_future())
         try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + wait
-            view = self._view(flow, user)
-            while view["version"] == since and loop.time() < deadline:
-                await asyncio.sleep(min(LONG_POLL_STEP, max(0.0, deadline - loop.time())))
-                view = self._view(flow, user)
+            view = self._view(flow, user)  # it may have moved on since the hook looked
+            if view["version"] == since:
+                self._waiting.setdefault(user, []).append(held)
+                if self._watcher is None or self._watcher.done():
+                    self._watcher = loop.create_task(self._watch())
+                done, _ = await asyncio.wait({held.answer}, timeout=wait)
+                # an error while watching is raised here: fail_closed answers 500
+                view = held.answer.result() if done else self._view(flow, user)
             flow.response = pages.json_response(200, view)
         finally:
+            held.answer.cancel()
+            waiting = self._waiting.get(user, [])
+            if held in waiting:
+                waiting.remove(held)
+            if not waiting:
+                self._waiting.pop(user, None)
             self._held[user] -= 1
             if self._held[user] <= 0:
                 del self._held[user]
+
+    async def _watch(self) -> None:
+        """While polls are held: every LONG_POLL_STEP, one look at each waiting user's route and
+        progress; when either changed, every poll of that user whose version the view no longer
+        is gets it. An error reading them answers that user's polls with it (a 500)."""
+        seen: dict[str, tuple[object, object]] = {}
+        while self._waiting:
+            await asyncio.sleep(LONG_POLL_STEP)
+            control = self.context.control
+            routes = self.context.config.routes
+            for user, held in list(self._waiting.items()):
+                try:
+                    now = (control.route(user), control.progress(user))
+                    last = seen.get(user)
+                    if last is not None and last[0] is now[0] and last[1] is now[1]:
+                        continue
+                    seen[user] = now
+                    for h in held:
+                        view = progress_view(now[0], now[1], routes, h.template)
+                        if view["version"] != h.since and not h.answer.done():
+                            h.answer.set_result(view)
+                except Exception as e:  # the polls fail closed; the watcher goes on for the others
+                    for h in held:
+                        if not h.answer.done():
+                            h.answer.set_exception(e)
+            for user in [u for u in seen if u not in self._waiting]:
+                del seen[user]
 
     @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:

@@ -29,7 +29,7 @@ def test_breakdown_gives_medians_per_step_and_part_and_the_time_outside_the_hub(
     assert rows["&nbsp;&nbsp;daemon: dockerd"] == 0.2
     assert rows["&nbsp;&nbsp;restore: criu"] == 0.7
     assert rows["the hub's start, in all"] == 1.1
-    assert rows["outside it (proxy, progress page, client polling every 50 ms)"] == 0.1
+    assert rows["outside it (proxy, progress page and its long poll, the request after it)"] == 0.1
 
 
 def test_a_part_missing_from_some_resumes_counts_as_zero_there():

@@ -314,6 +314,39 @@ async def test_progress_long_poll_ends_after_wait_and_is_bounded_per_user(setup,
     await asyncio.gather(*held, return_exceptions=True)
 
 
+async def test_held_polls_of_many_users_share_one_watcher(setup, quick_polls, monkeypatch):
+    """Every held poll is answered by one watcher that reads each waiting user's route once a
+    step, however many tabs wait: a change answers that user's polls only."""
+    context, control, addons = setup
+    reads: list[str] = []
+    route = control.route
+    monkeypatch.setattr(control, "route", lambda user: reads.append(user) or route(user))
+    cookies_of = {u: login_cookie(context, u)[1] for u in ("alice", "bob")}
+    version = (await _progress_now(addons, cookies_of["alice"]))["version"]
+    held = {
+        u: [
+            asyncio.ensure_future(
+                run_request(addons, _progress(f"?wait=5&since={version}", cookies_of[u]))
+            )
+            for _ in range(3)
+        ]
+        for u in ("alice", "bob")
+    }
+    await asyncio.sleep(0.2)
+    assert not any(h.done() for polls in held.values() for h in polls)
+    watched = reads.count("alice") - 4  # the first answer's read, and one per poll as it is held
+    assert 0 < watched <= 0.2 / quick_polls.LONG_POLL_STEP + 2  # one read a step, not one a tab
+    running(control, "alice")
+    answers = await asyncio.wait_for(asyncio.gather(*held["alice"]), 2)
+    assert all(json.loads(a.response.content)["ready"] for a in answers)
+    assert not any(h.done() for h in held["bob"])  # bob's start has not moved
+    running(control, "bob", ip="10.208.0.3")
+    await asyncio.wait_for(asyncio.gather(*held["bob"]), 2)
+    await asyncio.sleep(3 * quick_polls.LONG_POLL_STEP)
+    api = next(a for a in addons if isinstance(a, quick_polls.HubApi))
+    assert not api._waiting and (api._watcher is None or api._watcher.done())
+
+
 @pytest.mark.parametrize(
     ("query", "error"),
     [

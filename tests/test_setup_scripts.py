@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import leaks, nodejs
-from tests.support.browser import launch_chromium
+from tests.support.browser import goto, launch_chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -465,7 +465,7 @@ def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_pat
             browser = launch_chromium(p)
             try:
                 page = browser.new_page()
-                page.goto(url)
+                goto(page, url)
                 page.wait_for_selector("input[name=login]", timeout=20_000)
                 page.fill("input[name=login]", user)
                 page.fill("input[name=password]", "any")

@@ -3,6 +3,7 @@ form and wait for the terminal."""
 
 from __future__ import annotations
 
+from tests.support.browser import goto
 from tests.support.hubprocess import HubSite
 
 
@@ -11,7 +12,7 @@ def login(
 ) -> None:
     """Open ``prefix`` like a user would and sign in at the provider's form. With ``if_asked``
     the form is filled only when the provider shows it (a second login reuses its session)."""
-    page.goto(site.url(prefix, path))
+    goto(page, site.url(prefix, path))
     if if_asked:
         page.wait_for_load_state()
         if not page.locator("input[name=login]").count():

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.pages import login, wait_terminal
+from tests.support.browser import goto
 from tests.support.hubprocess import CLIENT_SECRET, ROUTES, new_site
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
@@ -102,7 +103,7 @@ def test_login_terminal_two_users_groups_logout_per_host_cookies(world, chromium
         assert [c["domain"] for c in session] == ["term.localhost"]
         assert session[0]["httpOnly"] and session[0]["sameSite"] == "Lax"
         code = alice.new_page()
-        code.goto(site.url("code", "/marker.txt"))
+        goto(code, site.url("code", "/marker.txt"))
         code.wait_for_selector("text=alice-was-here", timeout=20_000)
         assert code.url == site.url("code", "/marker.txt")
 
@@ -121,7 +122,7 @@ def test_login_terminal_two_users_groups_logout_per_host_cookies(world, chromium
         assert any(not u.endswith("since=") for u in polls), polls
         shot(bob_page, "bob-code-no-marker")
         bob_term = bob.new_page()
-        bob_term.goto(site.url("term"))
+        goto(bob_term, site.url("term"))
         wait_terminal(bob_term)
         type_and_read(bob_term, "cat /workspace/marker.txt 2>&1 | tr a-z A-Z", "NO SUCH FILE")
 
@@ -137,7 +138,7 @@ def test_login_terminal_two_users_groups_logout_per_host_cookies(world, chromium
         closed = []
         sockets[0].on("close", lambda ws: closed.append(True))
         # (a GET only asks; the button POSTs the session's CSRF token)
-        code.goto(site.url("term", "/_hub/logout"))
+        goto(code, site.url("term", "/_hub/logout"))
         code.wait_for_selector("text=Log out?")
         assert not closed and not sockets[0].is_closed()
         code.click("button[type=submit]")
@@ -149,7 +150,7 @@ def test_login_terminal_two_users_groups_logout_per_host_cookies(world, chromium
         old = session[0]["value"]
         seen = []
         code.on("request", lambda r: seen.append(r.url))
-        code.goto(site.url("term"))
+        goto(code, site.url("term"))
         wait_terminal(code)
         assert any("/auth?" in u for u in seen)
         new = [c for c in alice.cookies() if c["name"] == "rediacc_hub_session"]
@@ -173,14 +174,14 @@ def test_domain_cookie_shared_across_prefixes_and_restart_keeps_environments(wor
         code = context.new_page()
         requests = []
         code.on("request", lambda r: requests.append(r.url))
-        code.goto(site.url("code", "/marker.txt"))
+        goto(code, site.url("code", "/marker.txt"))
         code.wait_for_selector("text=alice-was-here", timeout=20_000)
         assert not any("/auth" in u for u in requests)
         shot(code, "example-test-code")
     # the hub is down (SIGTERM); the environment is not. Started again, it serves the same
     # terminal session without a new login (sessions and routes survive the restart).
     with running(site):
-        page.goto(site.url("term"))
+        goto(page, site.url("term"))
         wait_terminal(page, 20_000)
         type_and_read(page, "cat /workspace/marker.txt", "alice-was-here")
         assert re.match(r"http://term\.example\.test:\d+/$", page.url)
@@ -197,17 +198,17 @@ def test_template_chosen_at_login_rebuilds_the_environment(world, chromium):
         type_and_read(page, "echo kept > /workspace/kept.txt; echo done-$((1+1))", "done-2")
         # the default template serves /workspace on code.
         code = context.new_page()
-        code.goto(site.url("code", "/kept.txt"))
+        goto(code, site.url("code", "/kept.txt"))
         code.wait_for_selector("text=kept", timeout=20_000)
         # log in again choosing the other template: the container is rebuilt from it, the
         # persistent workspace stays
-        code.goto(site.url("code", "/_hub/login?template=alt&next=/"))
+        goto(code, site.url("code", "/_hub/login?template=alt&next=/"))
         code.wait_for_selector("text=Starting your environment", timeout=20_000)
         # the alt template's file server lists /etc (the default one lists the workspace)
         code.wait_for_selector("a[href='passwd']", timeout=120_000)
         assert code.url == site.url("code", "/")
         shot(code, "carol-alt-template")
-        page.goto(site.url("term"))
+        goto(page, site.url("term"))
         wait_terminal(page)
         type_and_read(page, "cat /workspace/kept.txt", "kept")
         context.close()

@@ -32,6 +32,7 @@ from tests.e2e.checkpointing import (
     wait_state,
 )
 from tests.e2e.pages import login, wait_terminal
+from tests.support.browser import goto
 from tests.support.hubprocess import CLIENT_SECRET, ROUTES, HubSite, labels_file, new_site
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
@@ -139,7 +140,7 @@ def test_terminal_session_survives_checkpoint_and_restore(site, chromium):
     # the user comes back: any request (here a new tab) restores the environment
     t0 = time.monotonic()
     other = context.new_page()
-    other.goto(site.url("term"))
+    goto(other, site.url("term"))
     other.wait_for_selector(".xterm-rows", timeout=120_000)
     resume = time.monotonic() - t0
     rec = wait_state(site, USER, "running", timeout=10)
@@ -170,7 +171,7 @@ def test_terminal_session_survives_checkpoint_and_restore(site, chromium):
         if strike < 3:
             # back again: stop-and-recreate started the container afresh; re-arm the failure
             fresh = context.new_page()
-            fresh.goto(site.url("term"))
+            goto(fresh, site.url("term"))
             fresh.wait_for_selector(".xterm-rows", timeout=120_000)
             # strike 2: `docker events` left running holds a connection to the docker socket
             # mounted from the host, a unix socket CRIU cannot dump
@@ -187,7 +188,7 @@ def test_terminal_session_survives_checkpoint_and_restore(site, chromium):
 
     # shown in status; the next visit gets a fresh environment on the same workspace
     fresh = context.new_page()
-    fresh.goto(site.url("term"))
+    goto(fresh, site.url("term"))
     fresh.wait_for_selector(".xterm-rows", timeout=120_000)
     type_and_read(fresh, "cat /workspace/keep.txt", "workspace data")
     rows = [r for r in api_status(context, site) if r.get("user") == USER]

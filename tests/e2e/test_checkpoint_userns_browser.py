@@ -30,6 +30,7 @@ from tests.e2e.checkpointing import (
     wait_state,
 )
 from tests.e2e.pages import login
+from tests.support.browser import goto
 from tests.support.hubprocess import CLIENT_SECRET, ROUTES, labels_file, new_site
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
@@ -132,7 +133,7 @@ def test_a_uid_1000_terminal_survives_checkpoint_and_restore_under_userns_remap(
     # back: a new tab restores it; the first terminal keeps its shell over the same WebSocket
     t0 = time.monotonic()
     other = context.new_page()
-    other.goto(site.url("term"))
+    goto(other, site.url("term"))
     other.wait_for_selector(".xterm-rows", timeout=120_000)
     resume = time.monotonic() - t0
     rec = wait_state(site, USER, "running", timeout=10)

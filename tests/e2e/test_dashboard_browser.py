@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.e2e.pages import login, wait_terminal
+from tests.support.browser import goto
 from tests.support.hubprocess import CLIENT_SECRET, COMMAND, ENV_IMAGE, ROOT, ROUTES, new_site
 from tests.support.images import import_busybox
 from tests.support.oidc_provider import free_port, npm_oidc_provider
@@ -127,7 +128,7 @@ def test_dashboard_for_a_user_and_an_admin(site, chromium):
 
     # -- a regular user: only their own environment ------------------------------------------
     dash = ben.new_page()
-    dash.goto(site.url("term", "/_hub/dashboard"))
+    goto(dash, site.url("term", "/_hub/dashboard"))
     card(dash, USER, "running")
     assert dash.locator(".card").count() == 1
     assert dash.locator('button[data-action="checkpoint"]').count() == 0
@@ -174,7 +175,7 @@ def test_dashboard_for_a_user_and_an_admin(site, chromium):
     shot(dash, "user-laptop")
     phone = chromium.new_context(viewport=PHONE, storage_state=ben.storage_state())
     p = phone.new_page()
-    p.goto(site.url("term", "/_hub/dashboard"))
+    goto(p, site.url("term", "/_hub/dashboard"))
     card(p, USER, "running")
     shot(p, "user-phone")
     phone.close()
@@ -185,7 +186,7 @@ def test_dashboard_for_a_user_and_an_admin(site, chromium):
     login(code, site, "code", ADMIN)
     code.wait_for_selector("text=Directory listing", timeout=180_000)
     admin_dash = ada.new_page()
-    admin_dash.goto(site.url("code", "/_hub/dashboard"))
+    goto(admin_dash, site.url("code", "/_hub/dashboard"))
     card(admin_dash, ADMIN, "running")
     card(admin_dash, USER, "running")
     users = [c.get_attribute("data-user") for c in admin_dash.locator(".card").all()]
@@ -203,7 +204,7 @@ def test_dashboard_for_a_user_and_an_admin(site, chromium):
     shot(admin_dash, "admin-after-stop")
     admin_phone = chromium.new_context(viewport=PHONE, storage_state=ada.storage_state())
     ap = admin_phone.new_page()
-    ap.goto(site.url("code", "/_hub/dashboard"))
+    goto(ap, site.url("code", "/_hub/dashboard"))
     card(ap, USER, "stopped")
     shot(ap, "admin-phone")
     admin_phone.close()
@@ -215,7 +216,7 @@ def test_dashboard_for_a_user_and_an_admin(site, chromium):
     dash.click(f'.card[data-user="{USER}"] button[data-action="switch"]')
     wait_terminal(dash, 180_000)
     assert dash.url == site.url("term")
-    dash.goto(site.url("term", "/_hub/dashboard"))
+    goto(dash, site.url("term", "/_hub/dashboard"))
     card(dash, USER, "running")
     wait_for(lambda: entry(hub_status(site), USER)["template"] == "lite", 15, "template lite")
     dash.wait_for_selector(f'.card[data-user="{USER}"] .sub >> text=lite template')

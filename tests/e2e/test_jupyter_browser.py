@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.browser import launch_chromium
+from tests.support.browser import goto, launch_chromium
 from tests.support.hubprocess import CLIENT_SECRET, HubSite, new_site
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
@@ -170,13 +170,13 @@ def shot(page, name: str) -> None:
 def open_lab(page, site: HubSite, user: str, template: str | None = None) -> None:
     """Log in (the provider's form the first time) and wait for JupyterLab's own UI."""
     query = f"?template={template}" if template else ""
-    page.goto(site.url("notebook", f"/_hub/login{query}"))
+    goto(page, site.url("notebook", f"/_hub/login{query}"))
     page.wait_for_load_state()
     if page.locator("input[name=login]").count():
         page.fill("input[name=login]", user)
         page.fill("input[name=password]", "any password")
         page.click("button[type=submit]")
-    page.goto(site.url("notebook", "/lab"))  # the hub's progress page until JupyterLab answers
+    goto(page, site.url("notebook", "/lab"))  # the hub's progress page until JupyterLab answers
     page.wait_for_selector("#jp-main-dock-panel", timeout=180_000)
     page.wait_for_selector(".jp-Launcher", timeout=60_000)
 

@@ -35,6 +35,7 @@ import docker
 import pytest
 
 from tests.e2e import pages
+from tests.support.browser import goto
 from tests.support.hubprocess import CLIENT_SECRET, HubSite, new_site
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 
@@ -195,7 +196,7 @@ def test_ephemeral_web_app_without_bash_starts_fresh_on_every_login(site, chromi
     wait_record(site, "erin", timeout=IDLE_TIMEOUT + 60, state="stopped")
 
     # the next visit starts it fresh: a new process and an empty workspace
-    page.goto(site.url("app"))
+    goto(page, site.url("app"))
     page.wait_for_selector("#boot", timeout=120_000)
     assert page.inner_text("#boot") != first_boot
     assert page.inner_text("#notes") == ""
@@ -232,9 +233,9 @@ def test_switching_templates_at_login_keeps_the_workspace(site, chromium):
     login(page, site, "code", "dave", "py")
     page.wait_for_url(site.url("code", "/"), timeout=120_000)
     page.wait_for_selector("text=notes.txt", timeout=120_000)
-    page.goto(site.url("code", "/keep.txt"))
+    goto(page, site.url("code", "/keep.txt"))
     assert page.inner_text("body").strip() == "from-python"
-    page.goto(site.url("code", "/notes.txt"))
+    goto(page, site.url("code", "/notes.txt"))
     assert page.inner_text("body").strip() == "written from node"
     assert record(site, "dave")["template"] == "py"
     context.close()
@@ -300,7 +301,7 @@ def test_hooks_clone_a_repository_and_carry_a_daemon_across_checkpoints(site, ch
     # the project template: on_create clones, the command starts the watcher and a file server
     login(page, site, "code", "carol", "project")
     page.wait_for_url(site.url("code", "/"), timeout=120_000)
-    page.goto(site.url("code", "/project/README.md"))  # the progress page until it is there
+    goto(page, site.url("code", "/project/README.md"))  # the progress page until it is there
     page.wait_for_selector("text=cloned from the test's git server", timeout=120_000)
     rec = record(site, "carol")
     assert rec["on_create"]["exit_code"] == 0 and rec["template"] == "project"
@@ -319,7 +320,7 @@ def test_hooks_clone_a_repository_and_carry_a_daemon_across_checkpoints(site, ch
 
     # back: restored, and post_restore started the watcher again
     page = context.new_page()
-    page.goto(site.url("code", "/project/README.md"))
+    goto(page, site.url("code", "/project/README.md"))
     page.wait_for_selector("text=cloned from the test's git server", timeout=120_000)
     rec = wait_record(site, "carol", timeout=30, state="running")
     assert "processes restored with their memory" in rec["restored"]["detail"], rec

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from hubcontrol.config import OAuthConfig, Template
-from tests.support.browser import launch_chromium
+from tests.support.browser import goto, launch_chromium
 from tests.support.echoenv import echo_environment
 from tests.support.oidc_provider import free_port, npm_oidc_provider
 from tests.support.proxyfakes import make_config
@@ -148,7 +148,7 @@ def hub_cookies(context) -> list[dict]:
 
 def sign_in(page, url: str, user: str) -> None:
     """Open ``url``; if the provider asks (its own session may sign alice in silently), log in."""
-    page.goto(url)
+    goto(page, url)
     if page.query_selector("input[name=login]"):
         page.fill("input[name=login]", user)
         page.fill("input[name=password]", "any")
@@ -158,19 +158,19 @@ def sign_in(page, url: str, user: str) -> None:
 
 def plant(page, term: str, cookie: str) -> None:
     """alice opens a page of her own environment that runs ``document.cookie = cookie``."""
-    page.goto(f"{term}/plant?{urlencode({'cookie': cookie})}")
+    goto(page, f"{term}/plant?{urlencode({'cookie': cookie})}")
     page.wait_for_selector("text=planted")
 
 
 def viewer(page, base: str) -> str:
-    page.goto(f"{base}/_hub/dashboard")
+    goto(page, f"{base}/_hub/dashboard")
     page.wait_for_selector("#viewer")
     return page.inner_text("#viewer")
 
 
 def api_viewer(page, base: str):
     """Who ``/_hub/api/status`` says the browser is (opened as a page), or its status code."""
-    response = page.goto(f"{base}/_hub/api/status")
+    response = goto(page, f"{base}/_hub/api/status")
     if response.status != 200:
         return response.status
     return json.loads(page.inner_text("body"))["viewer"]["user"]
@@ -201,7 +201,7 @@ def test_a_cookie_planted_by_an_environment_page_never_makes_alice_bob(world, ch
     assert viewer(page, base) == "alice"
     assert api_viewer(page, base) == "alice"
     # ... also once alice has logged out (the dashboard's button) and only bob's is left
-    page.goto(f"{base}/_hub/dashboard")
+    goto(page, f"{base}/_hub/dashboard")
     page.click("#logout")
     page.wait_for_selector("text=Logged out")
     assert [c["value"] for c in hub_cookies(context) if c["name"] == COOKIE] == [bobs]
@@ -221,7 +221,7 @@ def test_a_cookie_planted_by_an_environment_page_never_makes_alice_bob(world, ch
     plant(page, term, f"{COOKIE}={bobs}; path=/_hub")
     plant(page, term, f"{BROWSER}={bobs_browser}; path=/_hub")
     assert {c["domain"] for c in hub_cookies(context) if c["path"] == "/_hub"} == {f"term.{DOMAIN}"}
-    response = page.goto(f"{term}/_hub/")
+    response = goto(page, f"{term}/_hub/")
     assert response.status == 401 and "Log in again" in page.content()
     assert "bob" not in page.content()
     assert hub_cookies(context) == []
@@ -239,12 +239,12 @@ def test_a_cookie_planted_by_an_environment_page_never_makes_alice_bob(world, ch
 
     # 5. Set-Cookie headers from the environment, in every spelling, never reach the jar
     before = hub_cookies(context)
-    page.goto(f"{term}/headers?token={bobs}")
+    goto(page, f"{term}/headers?token={bobs}")
     page.wait_for_selector("text=headers sent")
     assert ("notes", "/") in {(c["name"], c["path"]) for c in context.cookies()}
     assert hub_cookies(context) == before
     assert not [c for c in context.cookies() if bobs in c["value"]]
     assert viewer(page, base) == "alice"
-    page.goto(f"{term}/")
+    goto(page, f"{term}/")
     page.wait_for_selector("text=alice's environment")
     context.close()

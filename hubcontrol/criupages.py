@@ -172,7 +172,8 @@ def stage(checkpoint_dir: Path, checkpoint_id: str, tmpdir: Path) -> int:
         storage.checkpoint_dir(checkpoint_dir, create=False) as top,
         _open(tmpdir) as tmp,  # the data-root dir's, root's all the way (storage)
     ):
-        assert top is not None  # is_aside saw it
+        if top is None:  # gone since is_aside looked
+            raise FileNotFoundError(errno.ENOENT, "no checkpoint directory", str(checkpoint_dir))
         name = stage_name(checkpoint_id)
         shutil.rmtree(name, dir_fd=tmp, ignore_errors=True)  # a crashed restore's
         os.mkdir(name, 0o700, dir_fd=tmp)

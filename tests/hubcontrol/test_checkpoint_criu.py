@@ -333,7 +333,9 @@ def test_checkpoint_stop_daemon_restore_continues(
     assert (images / "inventory.img").exists() and (images / FINGERPRINT_FILE).exists()
     # the memory is set aside, out of the tar dockerd streams into containerd on a restore
     aside = images.with_name(images.name + ".pages")
-    assert [p.name for p in aside.glob("pages-*.img")] and not list(images.glob("pages-*.img"))
+    # (every image of ASIDE_MIN_BYTES or more; a small process's pages may stay with the rest)
+    assert [p.name for p in aside.glob("pages-*.img")]
+    assert all(p.stat().st_size < criupages.ASIDE_MIN_BYTES for p in images.iterdir())
     assert (images / "hub-pages").read_text() == result.checkpoint
     assert not os.path.exists(f"/proc/{old_pid}")  # the processes are gone
     frozen = _lines(ws / "counter")

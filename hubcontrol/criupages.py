@@ -147,17 +147,19 @@ def _write_marker(images: int, checkpoint_id: str) -> None:
     os.rename(tmp, MARKER, src_dir_fd=images, dst_dir_fd=images)
 
 
+def _marked(top: int, checkpoint_id: str) -> bool:
+    try:
+        with _open(checkpoint_id, top) as images:
+            os.stat(MARKER, dir_fd=images, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def is_aside(checkpoint_dir: Path, checkpoint_id: str) -> bool:
     """Whether the images of ``checkpoint_id`` carry the marker (their large files are aside)."""
     with storage.checkpoint_dir(checkpoint_dir, create=False) as top:
-        if top is None:
-            return False
-        try:
-            with _open(checkpoint_id, top) as images:
-                os.stat(MARKER, dir_fd=images, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-    return True
+        return top is not None and _marked(top, checkpoint_id)
 
 
 def stage(checkpoint_dir: Path, checkpoint_id: str, tmpdir: Path) -> int:
@@ -165,22 +167,18 @@ def stage(checkpoint_dir: Path, checkpoint_id: str, tmpdir: Path) -> int:
     wrapper: hard links where the two share a filesystem, else reflinks, else copies. Returns
     the bytes staged (0 when nothing is aside)."""
     _check_name(checkpoint_id)
-    if not is_aside(checkpoint_dir, checkpoint_id):
-        return 0
     staged = 0
-    with (
-        storage.checkpoint_dir(checkpoint_dir, create=False) as top,
-        _open(tmpdir) as tmp,  # the data-root dir's, root's all the way (storage)
-    ):
-        if top is None:  # gone since is_aside looked
-            raise FileNotFoundError(errno.ENOENT, "no checkpoint directory", str(checkpoint_dir))
-        name = stage_name(checkpoint_id)
-        shutil.rmtree(name, dir_fd=tmp, ignore_errors=True)  # a crashed restore's
-        os.mkdir(name, 0o700, dir_fd=tmp)
-        with _open(aside_name(checkpoint_id), top) as pages, _open(name, tmp) as dest:
-            for file, size in _regular_files(pages):
-                _link_or_copy(file, pages, dest)
-                staged += size
+    with storage.checkpoint_dir(checkpoint_dir, create=False) as top:
+        if top is None or not _marked(top, checkpoint_id):
+            return 0
+        with _open(tmpdir) as tmp:  # the data-root dir's, root's all the way (storage)
+            name = stage_name(checkpoint_id)
+            shutil.rmtree(name, dir_fd=tmp, ignore_errors=True)  # a crashed restore's
+            os.mkdir(name, 0o700, dir_fd=tmp)
+            with _open(aside_name(checkpoint_id), top) as pages, _open(name, tmp) as dest:
+                for file, size in _regular_files(pages):
+                    _link_or_copy(file, pages, dest)
+                    staged += size
     return staged
 
 

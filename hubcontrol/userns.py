@@ -218,10 +218,10 @@ def _remove_account(net_id: int) -> bool:
     return True
 
 
-# A shell line for the CRIU wrappers (hubcontrol.supervisor.local.criu_wrapper and
-# hubcontrol.supervisor.systemd.criu_wrapper_text), after criupages.IMAGE_PATH: for a restore,
-# `$img` is containerd's copy of the images (`--image-path <TMPDIR>/ctrd-checkpoint<N>` in runc's
-# argv, a directory, never a link, made with mode 0700 by host root). CRIU restores a remapped container's processes as the namespace's
+# A shell line for the CRIU wrapper (hubcontrol.supervisor.criu_wrapper_text), after
+# criupages.IMAGE_PATH: for a restore, `$img` is containerd's copy of the images (`--image-path
+# <TMPDIR>/ctrd-checkpoint<N>` in runc's argv, a directory, never a link, made with mode 0700 by
+# host root). CRIU restores a remapped container's processes as the namespace's
 # root (host uid range.start), and they open images relative to that directory: without search
 # permission on it every restore fails with "Unable to open tty-info.img: Permission denied"
 # (measured; docs/checkpoint.md). Only such a directory is touched, and only its x bits: its

@@ -10,10 +10,15 @@ import socket
 import statistics
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
+
+if TYPE_CHECKING:
+    import httpx
 
 MIB = 1024 * 1024
 
@@ -37,6 +42,21 @@ class Endpoint:
 # -- small requests: wrk ------------------------------------------------------------------------
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def progress_poll(get: Callable[[Mapping[str, str]], httpx.Response], since: str) -> dict:
+    """One ask of ``/_hub/api/progress`` as the hub's progress page makes it: ``get(params)``
+    with ``wait=20&since=<version>``, which the hub holds until the start moves on. Returns the
+    view ({} for an answer that is not one). An answer at once with nothing new (the hub's
+    per-user bound on held polls, or a hub without long polls) waits a second first, as the
+    page does."""
+    asked = time.monotonic()
+    progress = get({"wait": "20", "since": since})
+    view: dict = progress.json() if progress.status_code == 200 else {}
+    unchanged = not view.get("ready") and view.get("version", "") == since
+    if unchanged and time.monotonic() - asked < 0.25:
+        time.sleep(1.0)
+    return view
 
 
 def parse_wrk(text: str) -> dict:

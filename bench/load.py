@@ -181,6 +181,7 @@ def login(domain: str, port: int, user: str, timeout: float) -> tuple[float, str
     provider's form, the callback, the progress page's long polls, then the environment's own page.
     Returns (seconds from the first request to the first byte of the environment's answer, the
     session cookie). Raises RuntimeError naming the step that failed."""
+    from bench.clients import progress_poll
     from tests.support.webclient import browser, provider_login
 
     base = f"http://{CODE}.{domain}:{port}"
@@ -197,13 +198,12 @@ def login(domain: str, port: int, user: str, timeout: float) -> tuple[float, str
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{user}: environment not ready within {timeout:.0f} s")
             # as the progress page asks: a long poll the hub answers when the start moves on
-            asked = time.monotonic()
-            progress = client.get(
-                f"{base}/_hub/api/progress",
-                params={"wait": "20", "since": since},
-                headers={"Sec-Fetch-Mode": "cors"},
+            view = progress_poll(
+                lambda params: client.get(
+                    f"{base}/_hub/api/progress", params=params, headers={"Sec-Fetch-Mode": "cors"}
+                ),
+                since,
             )
-            view = progress.json() if progress.status_code == 200 else {}
             if view.get("state") == "failed":
                 raise RuntimeError(f"{user}: start failed: {view.get('error')}")
             if view.get("ready"):
@@ -214,8 +214,6 @@ def login(domain: str, port: int, user: str, timeout: float) -> tuple[float, str
                 if r.status_code == 200:
                     return took, _cookie(client, domain)
                 continue
-            if view.get("version", "") == since and time.monotonic() - asked < 0.25:
-                time.sleep(1.0)  # not held (the hub's per-user bound): the page waits 1 s too
             since = view.get("version", "")
         return time.monotonic() - started, _cookie(client, domain)
 

@@ -51,13 +51,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from bench.clients import Endpoint
+from bench.clients import Endpoint, progress_poll
 from bench.contenders import _spawn, free_port, wait_http
 from bench.site import (
     ENV_IMAGE,
@@ -111,25 +111,22 @@ def first_byte(
 
 
 def progress_wait(host: str, port: int, host_header: str, cookie: str, since: str) -> str:
-    """One long poll of the progress page (``/_hub/api/progress?wait=20&since=``): the hub
-    answers when the start moves on. Returns the view's version for the next poll. An answer
-    at once with nothing new (the hub's per-user bound, or a hub without long polls) waits a
-    second, as the page does."""
-    asked = time.perf_counter()
+    """One long poll of the progress page (``clients.progress_poll``); returns the view's
+    version for the next one ("" when the hub gave no view)."""
+    url = f"http://{host}:{port}/_hub/api/progress"
+    headers = {"Host": host_header, "Cookie": cookie, "Sec-Fetch-Mode": "cors"}
+
+    def get(params: Mapping[str, str]) -> httpx.Response:
+        try:
+            return httpx.get(url, params=params, headers=headers, timeout=30)
+        except httpx.HTTPError:
+            return httpx.Response(502)  # no view: waited on like any answer without one
+
     try:
-        r = httpx.get(
-            f"http://{host}:{port}/_hub/api/progress",
-            params={"wait": "20", "since": since},
-            headers={"Host": host_header, "Cookie": cookie, "Sec-Fetch-Mode": "cors"},
-            timeout=30,
-        )
-        view = r.json() if r.status_code == 200 else {}
-    except (httpx.HTTPError, ValueError):
+        view = progress_poll(get, since)
+    except ValueError:  # a 200 that is not JSON
         view = {}
-    version = str(view.get("version", ""))
-    if not view.get("ready") and version == since and time.perf_counter() - asked < 0.25:
-        time.sleep(1.0)
-    return version
+    return str(view.get("version", ""))
 
 
 def until_environment(

@@ -22,6 +22,7 @@ import pytest
 
 from tests.support import leaks, nodejs
 from tests.support.browser import goto, launch_chromium
+from tests.support.containers import run_output
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -305,9 +306,7 @@ def test_environment_image_has_what_the_default_route_needs(host_docker) -> None
         "id -u vscode; getent passwd vscode | cut -d: -f6,7; pwd; "
         "for c in bash ttyd python3 tini docker ps ip; do command -v $c >/dev/null || echo missing $c; done"
     )
-    out = host_docker.containers.run(
-        ENV_IMAGE, ["bash", "-c", script], network_mode="none", remove=True
-    ).decode()
+    out = run_output(host_docker, ENV_IMAGE, ["bash", "-c", script], network_mode="none").decode()
     assert out.split("\n")[:3] == ["1000", "/home/vscode:/bin/bash", "/workspace"], out
     assert "missing" not in out, out
 

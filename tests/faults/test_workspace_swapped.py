@@ -19,6 +19,7 @@ import pytest
 
 from hubcontrol import mounts
 from tests.faults.faultsite import FaultSite
+from tests.support.containers import run_output
 
 pytestmark = [pytest.mark.docker, pytest.mark.criu, pytest.mark.oidc, pytest.mark.timeout(240)]
 
@@ -31,9 +32,7 @@ def docker_run_bind(site: FaultSite, user: str, image: str) -> str:
         base_url=f"unix:///run/rediacc/hub/{net_id}/env/docker.sock", version="1.41", timeout=60
     )
     try:
-        out = client.containers.run(
-            image, ["cat", "/x/f"], volumes={"/workspace/sub": {"bind": "/x"}}, remove=True
-        )
+        out = run_output(client, image, ["cat", "/x/f"], volumes={"/workspace/sub": {"bind": "/x"}})
     finally:
         client.close()
     return out.decode()

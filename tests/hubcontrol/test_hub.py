@@ -24,6 +24,7 @@ from hubcontrol.embed import embedded
 from hubcontrol.errors import EnvironmentError_, HookError
 from hubcontrol.hub import Hub
 from hubcontrol.netids import NetIdRegistry, read_marker
+from tests.support.containers import run_output
 from tests.support.hubcore import host_test_image, make_config, running_hub, unique_user
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(240)]
@@ -96,7 +97,7 @@ def test_two_users_get_own_daemons_isolated_and_limited(tmp_path, image):
         assert [c.name for c in ca.containers.list()] == [f"hub-{alice}"]
         assert [c.name for c in cb.containers.list()] == [f"hub-{bob}"]
         # the user's daemon runs `docker run` containers with a working network of their own
-        out = ca.containers.run(image, ["sh", "-c", "ip -4 addr show eth0"], remove=True)
+        out = run_output(ca, image, ["sh", "-c", "ip -4 addr show eth0"])
         assert (
             str(network.user_network(env_a.net_id, "10.208.0.0/12").bridge_subnet)[:-3].rsplit(
                 ".", 1

@@ -25,6 +25,7 @@ from hubcontrol import gc, seeds, storage
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.embed import embedded
 from tests.support.btrfs import btrfs_loop, build, exclusive_bytes, large_image
+from tests.support.containers import run_output
 from tests.support.hubcore import (
     COMMAND,
     HOST_SOCKET,
@@ -164,13 +165,13 @@ def test_a_new_user_arriving_during_the_build_waits_for_it_and_gets_a_clone(conf
             assert info["Driver"] == "overlay2"
             assert ["Backing Filesystem", "btrfs"] in info["DriverStatus"]
             assert client.images.get(large).id == want
-            assert client.containers.run(large, "cat /tag", remove=True).strip()
+            assert run_output(client, large, "cat /tag").strip()
             client.images.build(
                 fileobj=io.BytesIO(f"FROM {large}\nRUN echo built > /b\n".encode()),
                 tag="mine:1",
                 rm=True,
             )
-            assert client.containers.run("mine:1", "cat /b", remove=True) == b"built\n"
+            assert run_output(client, "mine:1", "cat /b") == b"built\n"
         finally:
             client.close()
 
@@ -301,7 +302,7 @@ def test_reflink_clones_where_there_are_no_subvolumes(fs, tmp_path, small, monke
         assert (root / "overlay2").is_dir()
         client = client_of(env)
         try:
-            assert client.containers.run(small, "echo ok", remove=True) == b"ok\n"
+            assert run_output(client, small, "echo ok") == b"ok\n"
         finally:
             client.close()
 

@@ -102,13 +102,14 @@ class PerUserDaemon(Placement):
             # of this daemon's own (dockerd makes those again as it starts)
             if stale := await call(network.remove_stale_bridges, net.block):
                 log.info("%s: removed stale network bridges %s", rec.name, ", ".join(stale))
+        # the daemon rules go in while dockerd starts, once its group exists, and before the
+        # policy socket: the user reaches the daemon only through it
         hub._part(rec, "dockerd")
-        await call(hub.supervisor.start, spec)
+        await call(
+            hub.supervisor.start, spec, while_starting=lambda: hub._isolate_daemon(spec, net)
+        )
         hub._part(rec, "limits")
         await call(hub.supervisor.apply_limits, spec)
-        # before the policy socket: the user reaches the daemon only through it
-        hub._part(rec, "daemon rules")
-        await call(hub._isolate_daemon, spec, net)
         socket_ready = None
         if hub.policy_sockets is not None:
             # started now, after the daemon rules, and waited for by the start before anything

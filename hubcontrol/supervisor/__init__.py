@@ -7,8 +7,12 @@ detection for ``"auto"``.
 
 Contract (every method is blocking; the hub calls them in worker threads):
 
-* ``start(spec)`` returns once the daemon answers ``GET /_ping`` on ``spec.socket``; raises
-  DaemonError (with the end of the daemon's log) otherwise. Starting a running daemon is a no-op.
+* ``start(spec, while_starting=None)`` returns once the daemon answers ``GET /_ping`` on
+  ``spec.socket``; raises DaemonError (with the end of the daemon's log) otherwise. Starting a
+  running daemon is a no-op. ``while_starting`` runs once the daemon's group (the one
+  ``daemon_cgroup`` names) exists, possibly while dockerd still starts, and for a running daemon
+  too; ``start`` returns only after it returned. When it raises, a daemon this call started is
+  stopped again and the error raised.
   A started daemon keeps running when the hub process exits.
 * ``stop(spec, timeout)`` stops the daemon (SIGTERM, then SIGKILL after ``timeout``), cleans up
   what it leaves behind (mounts under its exec-root, cgroups), and is a no-op when not running.
@@ -410,7 +414,9 @@ class DaemonSupervisor(abc.ABC):
     name: str = ""
 
     @abc.abstractmethod
-    def start(self, spec: DaemonSpec) -> None: ...
+    def start(
+        self, spec: DaemonSpec, *, while_starting: Callable[[], None] | None = None
+    ) -> None: ...
 
     @abc.abstractmethod
     def stop(self, spec: DaemonSpec, timeout: float = 30.0) -> None: ...

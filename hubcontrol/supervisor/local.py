@@ -35,6 +35,7 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -357,8 +358,16 @@ class LocalSupervisor(DaemonSupervisor):
         self.cgroups.create(_group(spec))
         self.cgroups.apply(_group(spec), spec.limits)
 
-    def start(self, spec: DaemonSpec, timeout: float = 60.0) -> None:
+    def start(
+        self,
+        spec: DaemonSpec,
+        timeout: float = 60.0,
+        *,
+        while_starting: Callable[[], None] | None = None,
+    ) -> None:
         if self.is_running(spec):
+            if while_starting is not None:
+                while_starting()
             return
         prepare_daemon_dirs(spec)
         spec.run_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
@@ -401,8 +410,11 @@ class LocalSupervisor(DaemonSupervisor):
             )
         pid = self._launched_pid(launcher)
         try:
+            if while_starting is not None:
+                # its groups exist (apply_limits, above): this runs beside dockerd's own start
+                while_starting()
             wait_for_ping(spec, lambda: pid is not None and procs.alive(pid, reap=True), timeout)
-        except DaemonError:
+        except BaseException:
             if pid is not None:
                 self._terminate(pid, 5.0)
             raise

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -332,10 +333,18 @@ class SystemdSupervisor(DaemonSupervisor):
                 *daemon_limit_properties(spec), check=False,
             )  # fmt: skip
 
-    def start(self, spec: DaemonSpec, timeout: float = 120.0) -> None:
+    def start(
+        self,
+        spec: DaemonSpec,
+        timeout: float = 120.0,
+        *,
+        while_starting: Callable[[], None] | None = None,
+    ) -> None:
         unit = self.unit(spec)
         active, pid = self._runs(unit, spec)
         if active and pid is not None:
+            if while_starting is not None:
+                while_starting()
             return
         if active:
             raise DaemonError(
@@ -349,7 +358,16 @@ class SystemdSupervisor(DaemonSupervisor):
         self._apply_slice_weight()
         self._ctl("reset-failed", unit, check=False)
         self._ctl("start", unit)
-        wait_for_ping(spec, lambda: self._state(unit)[0] in ("active", "activating"), timeout)
+        try:
+            if while_starting is not None:
+                # the unit's group is systemd's to make: it exists once the unit runs (dockerd
+                # is Type=notify, so here it is ready already and nothing overlaps)
+                while_starting()
+            wait_for_ping(spec, lambda: self._state(unit)[0] in ("active", "activating"), timeout)
+        except BaseException:
+            if while_starting is not None:
+                self._ctl("stop", unit, check=False)
+            raise
         if spec.env_socket and spec.env_socket_path.exists():
             spec.env_socket_path.chmod(0o666)
 

@@ -388,6 +388,30 @@ def test_a_crashed_daemon_is_cleaned_up_and_restarts(live_spec):
 
 
 @pytest.mark.docker
+def test_while_starting_runs_in_the_daemons_group_before_it_answers_and_fails_closed(live_spec):
+    """What the hub does beside dockerd's start (its OUTPUT rules) finds the daemon's group made
+    and runs before the start returns; when it fails, the daemon it was for does not run on."""
+    supervisor, spec = live_spec
+    group = network.cgroup2_root() / supervisor.daemon_cgroup(spec)
+    seen: list[bool] = []
+
+    def beside() -> None:
+        seen.append(group.is_dir())
+        raise RuntimeError("iptables-restore failed")
+
+    with pytest.raises(RuntimeError, match="iptables-restore failed"):
+        supervisor.start(spec, while_starting=beside)
+    assert seen == [True]
+    assert not supervisor.is_running(spec) and not ping(spec.socket)
+
+    calls: list[bool] = []
+    supervisor.start(spec, while_starting=lambda: calls.append(ping(spec.socket)))
+    assert ping(spec.socket) and len(calls) == 1
+    supervisor.start(spec, while_starting=lambda: calls.append(ping(spec.socket)))
+    assert calls[1:] == [True]  # a running daemon: runs again (the hub re-applies its rules)
+
+
+@pytest.mark.docker
 def test_a_recycled_pid_is_not_taken_for_the_daemon(live_spec):
     supervisor, spec = live_spec
     spec.daemon_dir.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,13 @@ DEFAULT_READY_TIMEOUT = 120.0
 DEFAULT_PIDS_LIMIT = 8192
 # After one route port answers, how long to wait for the others before calling it ready.
 PARTIAL_READY_GRACE = 5.0
+# A new environment's service listens some 50-150 ms after its container starts: its ports are
+# tried every READY_POLL_FIRST seconds for READY_POLL_BURST seconds (a refused local connect
+# costs microseconds), then ever less often; whether the container still runs is asked at most
+# every READY_INSPECT_EVERY seconds (a daemon round trip).
+READY_POLL_FIRST = 0.02
+READY_POLL_BURST = 0.5
+READY_INSPECT_EVERY = 0.25
 
 
 DAEMON_WATCH_SECONDS = 5.0  # how often running users' daemons are checked (Hub._watch_daemons)
@@ -750,17 +757,20 @@ class Hub:
                 with contextlib.suppress(docker.errors.NotFound):
                     await call(client.api.remove_container, id_of(container), force=True)
                 container = None
-        await self._socket_ready(rec, placed)  # before any process may use the socket
         created = container is None
         if container is None:
+            # while the policy socket may still be starting: a created container runs nothing
+            self._part(rec, "create")
             container_id = await self._create_container(rec, tpl, client, paths, net,
                                                         network_name, placed)  # fmt: skip
         else:
             container_id = id_of(container)
         rec.container_id = container_id
         self.records.save(rec)
+        await self._socket_ready(rec, placed)  # before any process may use the socket
         info = await call(client.api.inspect_container, container_id)
         if not info["State"]["Running"]:
+            self._part(rec, "start")
             await self._start_container(client, container_id, name)
         return container_id, created, restored
 
@@ -950,9 +960,11 @@ class Hub:
         if route is not None and route in self.config.routes:
             ports = {self.config.routes[route]}
         pending = set(ports)
-        deadline = anyio.current_time() + self.ready_timeout
+        began = anyio.current_time()
+        deadline = began + self.ready_timeout
         first_answer = None
-        delay = 0.05
+        inspected = began
+        delay = READY_POLL_FIRST
         while pending:
             for port in sorted(pending):
                 with anyio.move_on_after(1):
@@ -971,6 +983,10 @@ class Hub:
                     log.info("%s: ports %s do not answer; the template may not serve them",
                              name, sorted(pending))  # fmt: skip
                     return
+            if now - inspected < READY_INSPECT_EVERY:
+                await anyio.sleep(delay)
+                continue
+            inspected = now
             info = await self.engine.call(client.api.inspect_container, container_id)
             if not info["State"]["Running"]:
                 tail = await self.engine.call(envs.logs_tail, client, container_id)
@@ -988,7 +1004,8 @@ class Hub:
                     "__SERVICE_IP__ or 0.0.0.0",
                 )
             await anyio.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
+            if now - began >= READY_POLL_BURST:
+                delay = min(delay * 1.5, 0.5)
 
     async def reset_checkpointing(self, user: str) -> ckpt.CheckpointHealth:
         """Turn ``user``'s checkpointing back on after three failures in a row turned it off

@@ -14,6 +14,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import stat
@@ -46,6 +47,12 @@ MODULE = "hubcontrol.policysocket"
 # The longest step between two polls of a starting policy socket (a pidfile read and a local
 # connect): a coarser one cost every start and resume up to 0.2 s after the socket was up.
 ACCEPT_POLL_MAX = 0.05
+# A policy socket started as a detached process (not a systemd unit) is handed the write end
+# of a pipe, by number in this variable (not on its command line, which must stay the one
+# ``command`` writes); it writes one byte there once it listens and has written its pidfile,
+# and ``start`` waits on the read end instead of polling. EOF (it died first) falls back to
+# the poll, which then reports the failure.
+READY_FD_ENV = "HUB_POLICY_SOCKET_READY_FD"
 # The command line of a policy socket started by a hub before the policy socket was its own
 # package: ``python -c <bootstrap> <package dir> --flag=value...``, the bootstrap importing
 # ``hubcontrol.socketproxy``. Such processes are found (to be replaced) by this part of it.
@@ -294,22 +301,33 @@ def start(
         # of the hub started it (another command line, older code): start over.
         stop(args)
     log_file = os.fdopen(_open_log(log_path), "ab") if log_path else None
+    ready_r, ready_w = os.pipe() if not daemon_unit else (-1, -1)
     try:
-        subprocess.run(
-            systemd_run_argv(args, daemon_unit)
-            if daemon_unit
-            else ["setsid", "--fork", *command(args)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL if log_file is None else log_file,
-            stderr=subprocess.STDOUT,
-            check=True,
-            close_fds=True,
-            cwd="/",
-        )
+        try:
+            subprocess.run(
+                systemd_run_argv(args, daemon_unit)
+                if daemon_unit
+                else ["setsid", "--fork", *command(args)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL if log_file is None else log_file,
+                stderr=subprocess.STDOUT,
+                check=True,
+                close_fds=True,
+                pass_fds=(ready_w,) if ready_w >= 0 else (),
+                env={**os.environ, READY_FD_ENV: str(ready_w)} if ready_w >= 0 else None,
+                cwd="/",
+            )
+        finally:
+            if log_file is not None:
+                log_file.close()
+            if ready_w >= 0:
+                os.close(ready_w)  # the process holds the only write end now
+        deadline = time.monotonic() + timeout
+        if ready_r >= 0:
+            _wait_readable(ready_r, deadline)
     finally:
-        if log_file is not None:
-            log_file.close()
-    deadline = time.monotonic() + timeout
+        if ready_r >= 0:
+            os.close(ready_r)
     delay = 0.02
     while time.monotonic() < deadline:
         pid = _started_pid(args)
@@ -322,6 +340,17 @@ def start(
         f"policy socket {args.listen} did not start within {timeout:.0f} s"
         + (f"; see {log_path}" if log_path else ""),
     )
+
+
+def _wait_readable(fd: int, deadline: float) -> None:
+    """Until ``fd`` (the ready pipe) has a byte or EOF, or ``deadline``: either way the caller
+    then looks for itself."""
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        poller = select.poll()  # not select(): the hub holds far more than 1024 descriptors
+        poller.register(fd, select.POLLIN)
+        if poller.poll(remaining * 1000):
+            os.read(fd, 1)
 
 
 def _open_log(path: str | Path) -> int:

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,6 +85,7 @@ async def _run(config: ProxyConfig, pidfile: str | None) -> None:
         await tg.start(_serve_then_stop, server, tg.cancel_scope)
         if pidfile:
             await anyio.Path(pidfile).write_text(f"{os.getpid()}\n")
+        _tell_ready()
         try:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as sigs:
                 async for signum in sigs:
@@ -96,6 +98,21 @@ async def _run(config: ProxyConfig, pidfile: str | None) -> None:
             if pidfile:
                 with anyio.CancelScope(shield=True):  # the task group is being cancelled
                     await anyio.to_thread.run_sync(_remove_own_pidfile, pidfile)
+
+
+def _tell_ready() -> None:
+    """Write one byte to the pipe the hub handed over (``hubcontrol.policysockets``,
+    ``READY_FD_ENV``; the name is repeated here, as this package imports nothing of the hub's
+    side) and close it: the hub's start waits on it instead of polling for the socket."""
+    value = os.environ.pop("HUB_POLICY_SOCKET_READY_FD", "")
+    if not value.isdigit():
+        return
+    fd = int(value)
+    with contextlib.suppress(OSError):
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):  # never another descriptor of this process
+            with contextlib.suppress(OSError):
+                os.write(fd, b"R")
+            os.close(fd)
 
 
 def _remove_own_pidfile(pidfile: str) -> None:

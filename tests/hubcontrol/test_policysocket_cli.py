@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -649,6 +651,27 @@ def test_start_is_idempotent_and_restarts_on_new_settings(sock):
         assert r.returncode == 0, r.stderr
     finally:
         sock.pid = policysockets.start(sock.args, log_path=sock.log)
+
+
+def test_a_start_waits_on_the_ready_pipe_and_the_process_keeps_no_end_of_it(sock, monkeypatch):
+    """The new process says it listens through the pipe ``start`` handed it, so ``start`` looks
+    for it once instead of polling; the process closes its end (it holds no pipe after)."""
+    looks: list[int | None] = []
+    real = policysockets._started_pid
+
+    def counted(args):
+        looks.append(real(args))
+        return looks[-1]
+
+    monkeypatch.setattr(policysockets, "_started_pid", counted)
+    policysockets.stop(sock.args)
+    sock.pid = policysockets.start(sock.args, log_path=sock.log)
+    assert looks == [sock.pid]
+    fds = Path(f"/proc/{sock.pid}/fd")
+    kinds = [stat.S_ISFIFO(os.stat(fd).st_mode) for fd in fds.iterdir()]
+    assert kinds and not any(kinds)
+    r = docker(sock, "version", "--format", "{{.Server.Version}}")
+    assert r.returncode == 0, r.stderr
 
 
 def test_zz_no_unhandled_error_in_the_policy_socket_log(sock):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -395,3 +396,26 @@ def test_a_policy_socket_started_by_the_previous_version_is_found_and_replaced(t
         if old.poll() is None:
             old.kill()
             old.wait()
+
+
+def test_tell_ready_writes_only_to_a_pipe_and_closes_it(monkeypatch):
+    """The ready descriptor named in the environment gets one byte and is closed when it is a
+    pipe; any other descriptor of the process (a socket the number happens to name) is left
+    alone, and so is a value that is not a number."""
+    r, w = os.pipe()
+    monkeypatch.setenv("HUB_POLICY_SOCKET_READY_FD", str(w))
+    cli._tell_ready()
+    assert os.read(r, 8) == b"R" and os.read(r, 8) == b""  # written, and the write end closed
+    os.close(r)
+    assert "HUB_POLICY_SOCKET_READY_FD" not in os.environ
+    a, b = socket.socketpair()
+    try:
+        monkeypatch.setenv("HUB_POLICY_SOCKET_READY_FD", str(a.fileno()))
+        cli._tell_ready()
+        a.sendall(b"still open")
+        assert b.recv(64) == b"still open"
+        monkeypatch.setenv("HUB_POLICY_SOCKET_READY_FD", "-1; rm")
+        cli._tell_ready()
+    finally:
+        a.close()
+        b.close()

@@ -301,8 +301,10 @@ def start(
         # of the hub started it (another command line, older code): start over.
         stop(args)
     log_file = os.fdopen(_open_log(log_path), "ab") if log_path else None
-    ready_r, ready_w = os.pipe() if not daemon_unit else (-1, -1)
+    ready_r = ready_w = -1
     try:
+        if not daemon_unit:
+            ready_r, ready_w = os.pipe()
         try:
             subprocess.run(
                 systemd_run_argv(args, daemon_unit)
@@ -318,14 +320,14 @@ def start(
                 cwd="/",
             )
         finally:
-            if log_file is not None:
-                log_file.close()
             if ready_w >= 0:
                 os.close(ready_w)  # the process holds the only write end now
         deadline = time.monotonic() + timeout
         if ready_r >= 0:
             _wait_readable(ready_r, deadline)
     finally:
+        if log_file is not None:
+            log_file.close()
         if ready_r >= 0:
             os.close(ready_r)
     delay = 0.02

@@ -3,8 +3,8 @@
 ``docker.containers.run(..., remove=True)`` follows the container's logs from the moment it
 starts and joins the stream only after the container has exited and been removed. On a loaded
 machine that stream can come back empty although the command printed (CI saw ``''`` where a
-``cat`` had succeeded; docker/docker-py#2427). Here the output is read once the container has exited, from its
-finished log, and the container is removed afterwards.
+``cat`` had succeeded; docker/docker-py#2427). Here the output is read once the container has
+exited, from its finished log, and the container is removed afterwards.
 """
 
 from __future__ import annotations

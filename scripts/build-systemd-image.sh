@@ -20,8 +20,9 @@ require_root "$@"
 CACHE=${REDIACC_SYSTEMD_IMAGE_CACHE:-/var/cache/rediacc/systemd-build}
 SUITE=bookworm
 IMAGE=rediacc-hub/systemd-test:latest
-# docker.io for dockerd (its docker.service and containerd.service are masked: each per-user
-# dockerd starts its own containerd, and /var/lib/docker would be overlay on overlay), iptables
+# docker.io for dockerd (its docker.service is masked: /var/lib/docker would be overlay on overlay;
+# its containerd.service runs, as on every host with docker.io, so the hub's per-user daemons
+# meet a system containerd there and must keep their own), iptables
 # for the isolation rules, tini for tini-static (the --init CRIU restores need), iproute2 for the
 # bridges, python3-venv for the hub's venv.
 PACKAGES=(docker.io iptables tini iproute2 procps ca-certificates python3 python3-venv)
@@ -182,8 +183,9 @@ mkdir -p "$rootfs$SRC" "$rootfs/opt/rediacc/criu"
 # As scripts/setup-host.sh configures the host: runc lets CRIU dump established TCP connections.
 mkdir -p "$rootfs/etc/criu"
 echo tcp-established >"$rootfs/etc/criu/runc.conf"
-# Per-user dockerds start their own containerd; the image's docker and containerd are not run.
-for unit in docker.service docker.socket containerd.service; do
+# The image's own dockerd is not run (the host's daemon is the test's); its containerd is, as
+# docker.io runs it on a real host (hubcontrol.supervisor.private_containerd).
+for unit in docker.service docker.socket; do
 	ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
 done
 # Units that cannot work in a container (no consoles, no udev, no kernel modules to load).

@@ -38,7 +38,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from hubcontrol import criupages, durations, safefs, storage, userns
+from hubcontrol import criupages, durations, procs, safefs, storage, userns
 from hubcontrol.errors import ConfigError, DaemonError
 
 RUN_DIR = Path("/run/rediacc/hub")
@@ -164,6 +164,24 @@ class DaemonSpec:
     def url(self) -> str:
         return f"unix://{self.socket}"
 
+    @property
+    def containerd_dir(self) -> Path:
+        """The daemon's containerd state (dockerd's own layout for the containerd it manages:
+        ``containerd.pid`` is there in both cases, see ``private_containerd``)."""
+        return self.exec_root / "containerd"
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.containerd_dir / "containerd.sock"
+
+    @property
+    def containerd_config(self) -> Path:
+        return self.containerd_dir / "containerd.toml"
+
+    @property
+    def containerd_pidfile(self) -> Path:
+        return self.containerd_dir / "containerd.pid"
+
 
 # Docker's storage drivers, as directories of a data-root (a data-root holds its driver's).
 STORAGE_DRIVERS = frozenset(
@@ -233,6 +251,21 @@ def daemon_config(spec: DaemonSpec, *, cgroup_parent: str | None = None) -> dict
     return config
 
 
+def private_containerd(system_socket: Path = SYSTEM_CONTAINERD) -> bool:
+    """Whether a per-user dockerd needs its containerd started for it.
+
+    dockerd 20.10 starts a containerd of its own (in its group, with its PATH and TMPDIR) only
+    when nothing is at ``/run/containerd/containerd.sock``; when something is (a system
+    containerd: every host with Debian's docker.io or Docker CE), it hands every container to
+    that one. The shims and runc would then run in the system containerd's group and with its
+    environment: outside the user's bounds, without the CRIU wrapper on their PATH (so every
+    checkpoint fails) and with its TMPDIR. So on such a host the supervisor starts the user's
+    containerd itself, with the configuration dockerd would give it, in the daemon's group
+    (``containerd_launch``), and dockerd uses it (``--containerd``). Either way each user's
+    containers, shims and checkpoints stay in their own containerd."""
+    return os.path.lexists(system_socket)  # what dockerd looks at (os.Lstat)
+
+
 def dockerd_argv(spec: DaemonSpec, *, containerd_socket: Path = SYSTEM_CONTAINERD) -> list[str]:
     argv = [
         DOCKERD,
@@ -244,14 +277,92 @@ def dockerd_argv(spec: DaemonSpec, *, containerd_socket: Path = SYSTEM_CONTAINER
     ]  # fmt: skip
     if spec.env_socket:
         argv += ["-H", f"unix://{spec.env_socket_path}"]
-    if containerd_socket.exists():
-        # a system containerd is shared: keep each daemon's containers in its own namespace
-        argv += [
-            "--containerd", str(containerd_socket),
-            "--containerd-namespace", f"rdh{spec.net_id}",
-            "--containerd-plugins-namespace", f"rdh{spec.net_id}p",
-        ]  # fmt: skip
+    if private_containerd(containerd_socket):
+        argv += ["--containerd", str(spec.containerd_socket)]
     return argv
+
+
+def containerd_config_text(spec: DaemonSpec) -> str:
+    """The per-user containerd's configuration: what dockerd 20.10 writes for the containerd it
+    manages (``libcontainerd/supervisor``), at the same paths, so a data-root runs the same
+    under either."""
+    data = spec.data_root / "containerd" / "daemon"
+    return (
+        "version = 1\n"
+        f"root = {json.dumps(str(data))}\n"
+        f"state = {json.dumps(str(spec.containerd_dir / 'daemon'))}\n"
+        'disabled_plugins = ["cri"]\n'
+        "\n[grpc]\n"
+        f"  address = {json.dumps(str(spec.containerd_socket))}\n"
+        "  uid = 0\n  gid = 0\n"
+        "\n[plugins]\n  [plugins.linux]\n"
+        '    shim = "containerd-shim"\n    runtime = "runc"\n'
+        f"    runtime_root = {json.dumps(str(spec.data_root / 'runc'))}\n"
+    )
+
+
+def write_containerd_config(spec: DaemonSpec) -> None:
+    safefs.ensure_dir(spec.exec_root, "containerd", mode=0o700)
+    safefs.write_atomic(spec.containerd_config, containerd_config_text(spec), mode=0o600)
+
+
+# How long a start waits for the per-user containerd's socket (steps of 10 ms).
+CONTAINERD_START_TICKS = 3000
+
+
+def containerd_launch(spec: DaemonSpec) -> str:
+    """Shell run by the daemon's launcher after it joined the daemon's group and before it execs
+    dockerd, when ``private_containerd()``: stop a containerd an earlier start of this daemon
+    left (``containerd_stop_script``), start the user's own (detached from the launcher, so it
+    is not dockerd's child; without systemd's NOTIFY_SOCKET, which is dockerd's), and wait for
+    its socket. Exit 98, with a line for the log, if it dies or does not listen in time."""
+    ticks = CONTAINERD_START_TICKS
+    return (
+        containerd_stop_script(spec) + 'rm -f "$c/containerd.sock"; '
+        '( env -u NOTIFY_SOCKET containerd --config "$c/containerd.toml" --log-level info '
+        '</dev/null & echo $! > "$c/containerd.pid" ); '
+        'p=$(cat "$c/containerd.pid"); i=0; '
+        'while [ ! -S "$c/containerd.sock" ]; do '
+        'kill -0 "$p" 2>/dev/null || { echo "hub: containerd exited at start" >&2; exit 98; }; '
+        f'[ $i -lt {ticks} ] || {{ echo "hub: containerd did not listen" >&2; exit 98; }}; '
+        "sleep 0.01; i=$((i+1)); done; "
+    )
+
+
+def containerd_stop_script(spec: DaemonSpec) -> str:
+    """Shell that stops the user's own containerd (the PID in its pidfile, if that process runs
+    this daemon's configuration): SIGTERM, SIGKILL after 10 s. Leaves ``$c`` set to its dir."""
+    return (
+        f"c={shlex.quote(str(spec.containerd_dir))}; "
+        'p=$(cat "$c/containerd.pid" 2>/dev/null); '
+        'if [ -n "$p" ] && grep -qF "$c/containerd.toml" /proc/"$p"/cmdline 2>/dev/null; then '
+        'kill -TERM "$p"; i=0; '
+        'while kill -0 "$p" 2>/dev/null && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done; '
+        'kill -KILL "$p" 2>/dev/null; fi; '
+    )
+
+
+def containerd_pid(spec: DaemonSpec) -> int | None:
+    """The PID of the daemon's containerd (the one dockerd manages, or the supervisor's), or None."""
+    try:
+        pid = int(spec.containerd_pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    argv = [os.path.basename(a) for a in procs.cmdline(pid)[:1]]
+    return pid if argv == ["containerd"] and procs.alive(pid) else None
+
+
+def containerd_serves(spec: DaemonSpec, dockerd_pid: int) -> bool:
+    """False when the dockerd at ``dockerd_pid`` uses the user's own containerd
+    (``--containerd`` on this spec's socket) and that containerd is gone: nothing restarts it
+    (dockerd restarts only a containerd it started), so such a daemon is not running."""
+    argv = procs.cmdline(dockerd_pid)
+    if "--containerd" not in argv[:-1]:
+        return True
+    if argv[argv.index("--containerd") + 1] != str(spec.containerd_socket):
+        return True
+    pid = containerd_pid(spec)
+    return pid is not None and str(spec.containerd_config) in procs.cmdline(pid)
 
 
 DAEMON_GOGC = "50"
@@ -370,6 +481,16 @@ def prepare_daemon_dirs(spec: DaemonSpec) -> None:
             mode=0o710 if inner == spec.data_root else 0o700,
             set_mode=inner != spec.data_root,
         )
+
+
+def prepare_exec_root(spec: DaemonSpec) -> None:
+    """Make the daemon's exec-root (``<run_dir>/<net_id>``) and its ``env`` directory."""
+    spec.run_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+    # under --userns-remap CRIU restores the environment's mounts (the env socket dir below) from
+    # inside its user namespace, as its root: that group may pass through
+    gid, mode = storage.remap_modes(spec.userns_root)
+    safefs.ensure_dir(spec.run_dir, str(spec.net_id), mode=mode, gid=gid)
+    safefs.ensure_dir(spec.exec_root, "env", mode=0o755)
 
 
 def write_daemon_config(spec: DaemonSpec, config: Mapping[str, Any]) -> None:

@@ -47,11 +47,17 @@ from hubcontrol.supervisor import (
     DaemonSpec,
     DaemonSupervisor,
     Limits,
+    containerd_launch,
+    containerd_pid,
+    containerd_serves,
     daemon_config,
     dockerd_argv,
     dockerd_env,
     prepare_daemon_dirs,
+    prepare_exec_root,
+    private_containerd,
     wait_for_ping,
+    write_containerd_config,
     write_criu_wrapper,
     write_daemon_config,
 )
@@ -324,6 +330,8 @@ class LocalSupervisor(DaemonSupervisor):
         argv = procs.cmdline(pid)
         if not argv or not argv[0].endswith("dockerd") or str(spec.pidfile) not in argv:
             return None
+        if not containerd_serves(spec, pid):
+            return None  # its own containerd is gone: stopped and started again (start)
         return pid
 
     def is_running(self, spec: DaemonSpec) -> bool:
@@ -370,16 +378,15 @@ class LocalSupervisor(DaemonSupervisor):
                 while_starting()
             return
         prepare_daemon_dirs(spec)
-        spec.run_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
-        # under --userns-remap CRIU restores the environment's mounts (the env socket dir
-        # below) from inside its user namespace, as its root: that group may pass through
-        gid, mode = storage.remap_modes(spec.userns_root)
-        safefs.ensure_dir(spec.run_dir, str(spec.net_id), mode=mode, gid=gid)
-        safefs.ensure_dir(spec.exec_root, "env", mode=0o755)
+        prepare_exec_root(spec)
         self._cleanup_stale(spec)
         self.apply_limits(spec)
         config = daemon_config(spec, cgroup_parent=self.container_cgroup_parent(spec))
         write_daemon_config(spec, config)
+        own_containerd = ""
+        if private_containerd():
+            write_containerd_config(spec)
+            own_containerd = containerd_launch(spec)
         # Join the cgroups before exec, so containerd and the shims dockerd spawns start there;
         # record our PID (dockerd's, after exec) before dockerd writes its own pidfile. The
         # shell writes it in the exec-root, root's 0700 dir: a redirect follows links.
@@ -388,7 +395,7 @@ class LocalSupervisor(DaemonSupervisor):
         joins = " ".join(shlex.quote(str(p)) for p in self.cgroups.procs_files(_group(spec)))
         script = (
             f"echo $$ > {shlex.quote(str(launcher))}; "
-            f'for f in {joins}; do echo $$ > "$f" || exit 97; done; exec "$@"'
+            f'for f in {joins}; do echo $$ > "$f" || exit 97; done; {own_containerd}exec "$@"'
         )
         env = dockerd_env(spec)
         write_criu_wrapper(self.wrapper_dir)  # what runc runs as CRIU: first on dockerd's PATH
@@ -430,6 +437,10 @@ class LocalSupervisor(DaemonSupervisor):
         pid = self.pid(spec)
         if pid is not None:
             self._terminate(pid, timeout)
+        # the user's own containerd (private_containerd), after the dockerd that used it
+        own = containerd_pid(spec)
+        if own is not None and str(spec.containerd_config) in procs.cmdline(own):
+            self._terminate(own, min(timeout, 10.0))
         self._cleanup_stale(spec)
         self.cgroups.remove(_group(spec))
 

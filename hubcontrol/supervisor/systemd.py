@@ -45,11 +45,17 @@ from hubcontrol.supervisor import (
     DAEMON_GROUP,
     DaemonSpec,
     DaemonSupervisor,
+    containerd_launch,
+    containerd_serves,
+    containerd_stop_script,
     daemon_config,
     dockerd_argv,
     dockerd_env,
     prepare_daemon_dirs,
+    prepare_exec_root,
+    private_containerd,
     wait_for_ping,
+    write_containerd_config,
     write_criu_wrapper,
     write_daemon_config,
 )
@@ -95,15 +101,16 @@ def daemon_cgroup_path(user: str, net_id: int) -> str:
 
 # ExecStart runs dockerd through this: it moves itself into the ``daemon`` child of the unit's
 # cgroup v2 group (Delegate=yes: the subtree is the unit's own) and creates the ``criu`` sibling,
-# then execs dockerd (same PID, so Type=notify and MainPID are dockerd's). On hosts without a v2
-# hierarchy there is nothing to match, and nothing to move. A failed move fails the start.
+# then (on a host with a system containerd) starts the user's own containerd there
+# (``supervisor.containerd_launch``), then execs dockerd (same PID, so Type=notify and MainPID are
+# dockerd's). On hosts without a v2 hierarchy there is nothing to match, and nothing to move. A
+# failed move fails the start.
 _JOIN = (
     "g=$(sed -n 's/^0:://p' /proc/self/cgroup); "
     "r=/sys/fs/cgroup; [ -e $r/cgroup.controllers ] || r=$r/unified; "
     'if [ -n "$g" ] && [ -e "$r/cgroup.procs" ]; then '
     f'mkdir -p "$r$g/{DAEMON_GROUP}" "$r$g/{CRIU_GROUP}" && '
     f'echo $$ > "$r$g/{DAEMON_GROUP}/cgroup.procs" || exit 97; fi; '
-    'exec "$@"'
 )
 
 
@@ -112,6 +119,8 @@ def service_unit(spec: DaemonSpec, wrapper_dir: Path = CRIU_WRAPPER_DIR) -> str:
     env = dockerd_env(spec, base={})
     # the CRIU wrapper first on dockerd's PATH (it is what runc runs)
     env["PATH"] = f"{wrapper_dir}:{env['PATH']}"
+    own_containerd = private_containerd()
+    script = _JOIN + (containerd_launch(spec) if own_containerd else "") + 'exec "$@"'
     lines = [
         MARKER,
         "[Unit]",
@@ -128,8 +137,18 @@ def service_unit(spec: DaemonSpec, wrapper_dir: Path = CRIU_WRAPPER_DIR) -> str:
         f"ExecStartPre=/bin/mkdir -p {_quote(str(spec.exec_root))} {_quote(str(spec.env_dir))} "
         f"{_quote(str(spec.tmpdir))} {_quote(str(spec.data_root))}",
         "ExecStart="
-        + " ".join(_quote(a) for a in ["/bin/sh", "-c", _JOIN, "sh", *dockerd_argv(spec)]),
+        + " ".join(_quote(a) for a in ["/bin/sh", "-c", script, "sh", *dockerd_argv(spec)]),
         "ExecReload=/bin/kill -s HUP $MAINPID",
+        # KillMode=process stops dockerd only (the shims outlive it, as live-restore wants):
+        # the user's own containerd is stopped after it
+        *(
+            [
+                "ExecStopPost="
+                + " ".join(_quote(a) for a in ["/bin/sh", "-c", containerd_stop_script(spec)])
+            ]
+            if own_containerd
+            else []
+        ),
         "Restart=no",
         "TimeoutStartSec=120",
         "TimeoutStopSec=30",
@@ -291,11 +310,14 @@ class SystemdSupervisor(DaemonSupervisor):
         prepare_daemon_dirs(spec)
         write_criu_wrapper(self.wrapper_dir)
         write_daemon_config(spec, daemon_json(spec))
+        if private_containerd():
+            prepare_exec_root(spec)
+            write_containerd_config(spec)
         return changed
 
     def is_running(self, spec: DaemonSpec) -> bool:
         active, pid = self._runs(self.unit(spec), spec)
-        return active and pid is not None
+        return active and pid is not None and containerd_serves(spec, pid)
 
     def adopt(self, spec: DaemonSpec) -> bool:
         return self.is_running(spec)
@@ -342,6 +364,10 @@ class SystemdSupervisor(DaemonSupervisor):
     ) -> None:
         unit = self.unit(spec)
         active, pid = self._runs(unit, spec)
+        if active and pid is not None and not containerd_serves(spec, pid):
+            log.warning("%s: the user's own containerd is gone; restarting the daemon", unit)
+            self._ctl("stop", unit, check=False)
+            active, pid = self._runs(unit, spec)
         if active and pid is not None:
             if while_starting is not None:
                 while_starting()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hubcontrol import network
+from hubcontrol import network, procs
 from hubcontrol.errors import ConfigError
 from hubcontrol.netids import NetIdRegistry
 from hubcontrol.supervisor import (
@@ -21,9 +21,12 @@ from hubcontrol.supervisor import (
     CRIU_WRAPPER_DIR,
     DAEMON_MEMORY,
     DAEMON_PIDS,
+    SYSTEM_CONTAINERD,
     DaemonSpec,
     Limits,
     choose,
+    containerd_config_text,
+    containerd_pid,
     criu_wrapper_text,
     daemon_config,
     dockerd_argv,
@@ -32,6 +35,7 @@ from hubcontrol.supervisor import (
 )
 from hubcontrol.supervisor import systemd as sd
 from hubcontrol.supervisor.local import Cgroups, LocalSupervisor, v1_shares
+from tests.support import system_containerd
 
 POOL = "10.208.0.0/12"
 
@@ -85,12 +89,18 @@ def test_dockerd_gets_its_own_everything(tmp_path):
     assert "--containerd" not in argv
 
 
-def test_a_system_containerd_gets_namespaces(tmp_path):
+def test_with_a_system_containerd_the_daemon_uses_the_users_own(tmp_path):
     sock = tmp_path / "containerd.sock"
     sock.touch()
-    argv = dockerd_argv(make_spec(tmp_path), containerd_socket=sock)
-    assert argv[argv.index("--containerd-namespace") + 1] == "rdh32768"
-    assert argv[argv.index("--containerd-plugins-namespace") + 1] == "rdh32768p"
+    spec = make_spec(tmp_path)
+    argv = dockerd_argv(spec, containerd_socket=sock)
+    assert argv[argv.index("--containerd") + 1] == str(spec.containerd_socket)
+    assert str(spec.containerd_socket).startswith(str(spec.exec_root))
+    assert "--containerd-namespace" not in argv
+    # the configuration dockerd gives a containerd it starts, at dockerd's own paths
+    text = containerd_config_text(spec)
+    assert f'root = "{spec.data_root}/containerd/daemon"' in text
+    assert f'address = "{spec.containerd_socket}"' in text
 
 
 def test_without_env_socket_the_policy_proxy_serves_it(tmp_path):
@@ -319,8 +329,37 @@ def live_spec(tmp_path):
         yield pair
 
 
+@pytest.fixture(params=["dockerd's containerd", "system containerd"])
+def host_containerd(request):
+    """The host without a system containerd (dockerd starts its own), and with one, as every
+    host with docker.io or Docker CE has (the supervisor starts the user's own): the tests that
+    take this run on both. Ask for it before the daemon's fixture, so the daemon stops first."""
+    if request.param == "system containerd":
+        with system_containerd.running():
+            yield request.param
+        return
+    if SYSTEM_CONTAINERD.exists():
+        pytest.skip("this host runs a system containerd: only the 'system containerd' case")
+    yield request.param
+
+
+def _shims(spec: DaemonSpec) -> list[int]:
+    """The containerd shims of ``spec``'s containers (whichever containerd started them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdecimal():
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                if argv[0].endswith(b"containerd-shim-runc-v2") and any(
+                    str(spec.exec_root).encode() in a or str(spec.data_root).encode() in a
+                    for a in argv
+                ):
+                    found.append(int(entry.name))
+    return found
+
+
 @pytest.mark.docker
-def test_local_daemon_lifecycle_cgroups_and_adoption(live_spec):
+def test_local_daemon_lifecycle_cgroups_and_adoption(host_containerd, live_spec):
     supervisor, spec = live_spec
     supervisor.set_users_cpu_weight(30)
     supervisor.start(spec)
@@ -339,12 +378,15 @@ def test_local_daemon_lifecycle_cgroups_and_adoption(live_spec):
     v2 = supervisor.daemon_cgroup(spec)
     assert v2 == f"rediacc.slice/hub-{spec.user}-{spec.net_id}/daemon"
     assert f"0::/{v2}\n" in cgroups
-    children = [
-        c for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()
-    ]  # fmt: skip - containerd
-    assert children and all(
-        f"0::/{v2}\n" in Path(f"/proc/{c}/cgroup").read_text() for c in children
-    )
+    # its containerd: dockerd's own, or (beside a system containerd) the one started for it
+    containerd = containerd_pid(spec)
+    assert containerd and f"0::/{v2}\n" in Path(f"/proc/{containerd}/cgroup").read_text()
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    if host_containerd == "system containerd":
+        assert argv[argv.index("--containerd") + 1] == str(spec.containerd_socket)
+    else:
+        assert "--containerd" not in argv
+    children = [containerd]
     # dockerd and containerd run with the hub's smaller Go heap target
     for p in [pid, *children]:
         assert b"\0GOGC=50\0" in b"\0" + Path(f"/proc/{p}/environ").read_bytes()
@@ -369,14 +411,15 @@ def test_local_daemon_lifecycle_cgroups_and_adoption(live_spec):
     assert fresh.adopt(spec) and fresh.describe(spec)["pid"] == pid
     assert all(f"0::/{v2}\n" in Path(f"/proc/{p}/cgroup").read_text() for p in [pid, *children])
     fresh.start(spec)
-    assert fresh.describe(spec)["pid"] == pid
+    assert fresh.describe(spec)["pid"] == pid and containerd_pid(spec) == containerd
     fresh.stop(spec)
     assert not supervisor.is_running(spec) and not spec.socket.exists()
+    assert not procs.alive(containerd)
     assert not list(Path("/sys/fs/cgroup").glob(f"**/rediacc.slice/hub-{spec.user}-{spec.net_id}"))
 
 
 @pytest.mark.docker
-def test_a_crashed_daemon_is_cleaned_up_and_restarts(live_spec):
+def test_a_crashed_daemon_is_cleaned_up_and_restarts(host_containerd, live_spec):
     supervisor, spec = live_spec
     supervisor.start(spec)
     pid = supervisor.describe(spec)["pid"]
@@ -385,6 +428,31 @@ def test_a_crashed_daemon_is_cleaned_up_and_restarts(live_spec):
     assert not supervisor.is_running(spec)
     supervisor.start(spec)  # stale pidfile, sockets and netns mounts do not get in the way
     assert supervisor.is_running(spec) and supervisor.describe(spec)["pid"] != pid
+    assert ping(spec.socket)
+
+
+@pytest.mark.docker
+def test_a_users_own_containerd_that_died_takes_its_daemon_with_it():
+    """Beside a system containerd, nothing restarts the user's own containerd if it dies (dockerd
+    restarts only one it started): the daemon then counts as not running, and a start replaces
+    both, so the user's next login gets a daemon that can run containers."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp, system_containerd.running():
+        with local_daemon(Path(tmp), Limits()) as (supervisor, spec):
+            supervisor.start(spec)
+            pid, containerd = supervisor.describe(spec)["pid"], containerd_pid(spec)
+            assert containerd is not None
+            os.kill(containerd, signal.SIGKILL)
+            assert supervisor._wait_gone(containerd, 10)
+            assert not supervisor.is_running(spec)
+            supervisor.start(spec)
+            assert supervisor.describe(spec)["pid"] not in (None, pid)
+            assert containerd_pid(spec) not in (None, containerd)
+            client, image = _busybox(spec)
+            try:
+                out = client.containers.run(image, ["echo", "ran"], remove=False, detach=True)
+                assert out.wait(timeout=60)["StatusCode"] == 0
+            finally:
+                client.close()
 
 
 @pytest.mark.docker
@@ -585,9 +653,10 @@ def test_a_container_past_its_memory_limit_is_killed_not_the_daemon(tmp_path):
 
 
 @pytest.mark.docker
-def test_the_daemons_tasks_are_bounded_and_it_survives_reaching_them(tmp_path):
+def test_the_daemons_tasks_are_bounded_and_it_survives_reaching_them(host_containerd, tmp_path):
     """Each running container adds a shim of about 12 tasks to the daemon's group; without a
-    bound, about 2,700 small containers would exhaust the host's pid_max (32768)."""
+    bound, about 2,700 small containers would exhaust the host's pid_max (32768). Beside a
+    system containerd too: the shims are the user's own containerd's, in the daemon's group."""
     bound = 120
     limits = Limits(memory="256M", pids=500, daemon_pids=bound)
     with local_daemon(tmp_path, limits) as (supervisor, spec):
@@ -616,11 +685,21 @@ def test_the_daemons_tasks_are_bounded_and_it_survives_reaching_them(tmp_path):
         assert 3 <= running < 40
         # the daemon itself is alive and answers
         assert supervisor.describe(spec)["pid"] == pid and ping(spec.socket)
+        v2 = supervisor.daemon_cgroup(spec)
+        shims = _shims(spec)
+        assert len(shims) >= running
+        assert all(f"0::/{v2}\n" in Path(f"/proc/{p}/cgroup").read_text() for p in shims)
+        if host_containerd == "system containerd":
+            listed = subprocess.run(
+                ["ctr", "--address", str(SYSTEM_CONTAINERD), "namespaces", "ls", "-q"],
+                capture_output=True, text=True, check=True,
+            ).stdout.split()  # fmt: skip
+            assert listed == [], "the user's containers went to the system containerd"
 
 
 @pytest.mark.docker
 @pytest.mark.criu
-def test_a_local_daemon_checkpoints_where_run_is_noexec(tmp_path):
+def test_a_local_daemon_checkpoints_where_run_is_noexec(host_containerd, tmp_path):
     """Debian mounts /run noexec (initramfs-tools): runc must still find a CRIU wrapper it can
     run, so the wrapper lives in CRIU_WRAPPER_DIR, never in the exec-root. A real dump and
     restore through a local daemon whose exec-root is on a noexec tmpfs."""

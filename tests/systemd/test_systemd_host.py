@@ -395,6 +395,20 @@ def test_daemon_and_policy_units_in_rediacc_slice_with_the_limits(host: SystemdH
     assert group == f"{d['ControlGroup']}/daemon", (group, d["ControlGroup"])
     rules = host.out("iptables -S RDH-OUTPUT")
     assert f'--path "{group.lstrip("/")}"' in rules or f"--path {group.lstrip('/')}" in rules, rules
+    # beside the system containerd (docker.io runs containerd.service), the user's dockerd has a
+    # containerd of its own, in the same group, whose shims run its containers there too; the
+    # system containerd holds nothing of the user's
+    assert host.out("systemctl is-active containerd.service") == "active"
+    argv = host.out(f"tr '\\0' '\\n' < /proc/{d['MainPID']}/cmdline").splitlines()
+    own = f"/run/rediacc/hub/{net_id}/containerd"
+    assert argv[argv.index("--containerd") + 1] == f"{own}/containerd.sock", argv
+    pid = host.out(f"cat {own}/containerd.pid")
+    assert host.out(f"sed -n 's/^0:://p' /proc/{pid}/cgroup") == group
+    shims = host.out(f"pgrep -f '[c]ontainerd-shim-runc-v2 .*-address {own}/containerd.sock'")
+    assert shims, "no shim of the user's own containerd"
+    for shim in shims.split():
+        assert host.out(f"sed -n 's/^0:://p' /proc/{shim}/cgroup") == group
+    assert host.out("ctr --address /run/containerd/containerd.sock namespaces ls -q") == ""
     # the decoy with the old unit name is untouched, and no unit without the network ID was made
     assert host.out("systemctl is-active rediacc-hub-dockerd-alice.service") == "active"
     units = host.out("ls /run/systemd/system")
@@ -411,6 +425,9 @@ def test_idle_checkpoint_and_restore(host: SystemdHost, state: dict):
     # the idle stop took the daemon down, and its runtime units with it
     assert host.show(daemon, "ActiveState")["ActiveState"] in ("inactive", "failed")
     assert daemon not in host.out("ls /run/systemd/system")
+    # ... and the user's own containerd after it (ExecStopPost)
+    own = f"/run/rediacc/hub/{net_id}/containerd/containerd.toml"
+    assert not host.sh(f"pgrep -f '[c]ontainerd --config {own}'", check=False).stdout.strip()
     t0 = time.monotonic()
     r = host.client.get(host.url("code"))
     deadline = time.monotonic() + 90

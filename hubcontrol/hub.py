@@ -54,6 +54,7 @@ from hubcontrol.supervisor import (
     DaemonSupervisor,
     Limits,
     choose,
+    containerd_serves,
     remapped_exec_roots,
 )
 
@@ -1296,7 +1297,12 @@ class Hub:
                 tpl = self._template_or_none(rec.template)
                 spec = self._spec(rec.name, rec.net_id, tpl)
                 # the pidfile first (no systemctl every 5 s per user); the supervisor decides
-                if _daemon_alive(spec) or await self.engine.call(self.supervisor.is_running, spec):
+                pid = _daemon_pid(spec)
+                what = "the docker daemon"
+                if pid is not None and not containerd_serves(spec, pid):
+                    # its own containerd (beside a system one) is gone: nothing restarts it
+                    what = "the docker daemon's own containerd"
+                elif pid is not None or await self.engine.call(self.supervisor.is_running, spec):
                     sockets = self.policy_sockets
                     if sockets is not None and not await self.engine.call(sockets.running, spec):
                         log.warning("%s: the policy socket died; starting it again", rec.name)
@@ -1304,11 +1310,17 @@ class Hub:
                             await sockets.ensure(spec, rec, tpl)
                     continue
                 log.warning(
-                    "%s: the docker daemon died without the hub stopping it; starting the "
-                    "environment again (workspace kept)",
+                    "%s: %s died without the hub stopping it; starting the environment again "
+                    "(workspace kept)",
                     rec.name,
+                    what,
                 )
                 try:
+                    if pid is not None:
+                        # dockerd still answers (and says the container runs): take it down as
+                        # if it had died too, so the start below replaces both
+                        async with self.lock(rec.name):
+                            await self.engine.call(self.supervisor.stop, spec)
                     await self.ensure_running(rec.user or rec.name)
                 except Exception:
                     log.warning("%s: restart after the daemon died failed", rec.name)
@@ -1362,15 +1374,15 @@ class Hub:
             await anyio.sleep_forever()
 
 
-def _daemon_alive(spec: DaemonSpec) -> bool:
-    """Whether the dockerd of ``spec`` runs, by its pidfile and command line alone (as
+def _daemon_pid(spec: DaemonSpec) -> int | None:
+    """The PID of the dockerd of ``spec``, by its pidfile and command line alone (as
     ``LocalSupervisor.pid``; every supervisor starts dockerd with ``--pidfile``)."""
     try:
         pid = int(spec.pidfile.read_text().strip())
     except (OSError, ValueError):
-        return False
+        return None
     argv = procs.cmdline(pid)
-    return bool(argv) and argv[0].endswith("dockerd") and str(spec.pidfile) in argv
+    return pid if argv and argv[0].endswith("dockerd") and str(spec.pidfile) in argv else None
 
 
 def _chown_top(path: Path, uid: int, gid: int, private: bool = False) -> None:

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from hubcontrol import mounts
+from hubcontrol import mounts, procs
 from hubcontrol.policysocket.server import DAEMON_GONE_SECONDS, SOCKET_WATCH_SECONDS
 from tests.faults.faultsite import FaultSite, dockerd_pid, policy_pid, poll
+from tests.support import system_containerd
+from tests.support.containers import run_output
 
 pytestmark = [pytest.mark.docker, pytest.mark.criu, pytest.mark.oidc, pytest.mark.timeout(240)]
 
@@ -65,6 +67,40 @@ def test_sigkill_of_the_users_dockerd(site: FaultSite):
     assert after[: len(before)] == before  # the records written before the crash are all there
     starts = [e for e in after[len(before) :] if e.get("action") == "start"]
     assert starts, "the audit stream did not come back with the daemon"
+
+
+def test_sigkill_of_the_users_own_containerd_beside_a_system_containerd(
+    site: FaultSite, fault_image: str
+):
+    """On a host with a system containerd, the user's dockerd uses a containerd the supervisor
+    started for it (``supervisor.private_containerd``), which dockerd does not restart. When it
+    dies the hub counts the daemon as dead: it starts the environment again on a new dockerd and
+    containerd, and the new daemon runs containers."""
+    import docker
+
+    user = "ctrd"
+    with system_containerd.running(), site.login(user) as browser:
+        (site.workspaces / user / "notes.txt").write_text("kept")
+        net_id = site.record(user)["net_id"]
+        pidfile = Path(f"/run/rediacc/hub/{net_id}/containerd/containerd.pid")
+        containerd, daemon = int(pidfile.read_text()), dockerd_pid(site, user)
+        assert f"/run/rediacc/hub/{net_id}/containerd/" in " ".join(procs.cmdline(containerd))
+
+        mark = site.log_mark()
+        os.kill(containerd, signal.SIGKILL)
+        poll(lambda: dockerd_pid(site, user) not in (None, daemon), 30, why="no new dockerd")
+        poll(lambda: docker_ping(net_id) == 200, 30, why="docker in the environment")
+        assert "the docker daemon's own containerd died" in site.log_since(mark)
+        assert int(pidfile.read_text()) != containerd
+        client = docker.DockerClient(
+            base_url=f"unix:///run/rediacc/hub/{net_id}/docker.sock", version="1.41"
+        )
+        try:
+            assert run_output(client, fault_image, ["echo", "ran"]) == b"ran\n"
+        finally:
+            client.close()
+        r = poll(lambda: (r := site.page(browser, "/notes.txt")).status_code == 200 and r, 30)
+        assert r.text == "kept"
 
 
 def test_a_policy_socket_whose_daemon_is_gone_for_good_exits(site: FaultSite):

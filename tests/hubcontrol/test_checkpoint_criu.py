@@ -37,7 +37,9 @@ from hubcontrol.checkpoint import (
     host_can_dump_other_users,
 )
 from hubcontrol.errors import CheckpointError
+from tests.support.dockerd import own_containerd
 from tests.support.images import import_busybox
+from tests.support.procs import stop as stop_process
 
 pytestmark = [pytest.mark.docker, pytest.mark.criu, pytest.mark.timeout(240)]
 
@@ -77,6 +79,7 @@ class RestartableDockerd:
         self.tmpdir.mkdir()
         (self.root / "daemon.json").write_text(json.dumps({}))
         self.proc: subprocess.Popen | None = None
+        self.containerd: subprocess.Popen | None = None
         self._client = None
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         for cmd in (
@@ -124,14 +127,12 @@ class RestartableDockerd:
             "--iptables=false",
             "--ip-masq=false",
         ]
-        if os.path.exists("/run/containerd/containerd.sock"):
-            cmd += [
-                "--containerd-namespace",
-                self.bridge,
-                "--containerd-plugins-namespace",
-                f"{self.bridge}p",
-            ]
         with open(self.root / "dockerd.log", "ab") as log:
+            if os.path.exists("/run/containerd/containerd.sock"):
+                # beside a system containerd: one of its own, kept across restarts (CRIU's PATH)
+                if self.containerd is None or self.containerd.poll() is not None:
+                    self.containerd = own_containerd(self.root, self.exec_root, env, log)
+                cmd += ["--containerd", str(self.exec_root / "containerd.sock")]
             self.proc = subprocess.Popen(
                 cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -172,6 +173,8 @@ class RestartableDockerd:
                 for ctr in self.client().containers.list(all=True):
                     ctr.remove(force=True)
         self.stop()
+        if self.containerd is not None:
+            stop_process(self.containerd, 10)
         _unmount_under(self.root)
         shutil.rmtree(self.exec_root, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)

@@ -96,6 +96,33 @@ def _wait_ready(proc: subprocess.Popen, sock: Path, root: Path) -> None:
         time.sleep(0.05)
 
 
+def own_containerd(root: Path, exec_root: Path, env: dict, log) -> subprocess.Popen:
+    """A containerd of a scratch daemon's own, listening at ``<exec_root>/containerd.sock``.
+
+    Beside a system containerd (a developer's host with docker.io) dockerd would hand its
+    containers to that one, which runs runc with its own PATH: no CRIU wrapper, so every
+    checkpoint fails. The hub gives its per-user daemons their own for that reason
+    (``hubcontrol.supervisor.private_containerd``); the scratch daemons of checkpoint tests do the
+    same. CI has no system containerd: there dockerd starts its own, as before."""
+    exec_root.mkdir(parents=True, exist_ok=True)
+    sock = exec_root / "containerd.sock"
+    config = root / "containerd.toml"
+    config.write_text(
+        f'version = 2\nroot = "{root}/containerd"\nstate = "{exec_root}/containerd"\n'
+        f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{sock}"\n'
+    )
+    proc = subprocess.Popen(
+        ["containerd", "--config", str(config)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not sock.is_socket():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"containerd did not start: {(root / 'dockerd.log').read_text()}")
+        time.sleep(0.02)
+    return proc
+
+
 @contextlib.contextmanager
 def scratch_dockerd(index: int, *, iptables: bool = False):
     """Start a dockerd with bridge ``hubt<index>`` on 10.250.<index>.1/24; yield a ScratchDaemon."""
@@ -131,9 +158,13 @@ def scratch_dockerd(index: int, *, iptables: bool = False):
         f"--iptables={'true' if iptables else 'false'}",
         "--ip-masq=false" if not iptables else "--ip-masq=true",
     ]
-    if os.path.exists("/run/containerd/containerd.sock"):
-        cmd += ["--containerd-namespace", bridge, "--containerd-plugins-namespace", f"{bridge}p"]
     log = open(root / "dockerd.log", "wb")
+    containerd = None
+    if os.path.exists("/run/containerd/containerd.sock"):
+        # beside a system containerd (a developer's host with docker.io) dockerd would hand its
+        # containers to that one, whose PATH has no CRIU: give it its own, as the hub does
+        containerd = own_containerd(root, exec_root, env, log)
+        cmd += ["--containerd", str(exec_root / "containerd.sock")]
     proc = subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -149,6 +180,8 @@ def scratch_dockerd(index: int, *, iptables: bool = False):
                 for ctr in c.containers.list(all=True):
                     ctr.remove(force=True)
             stop(proc, 30)
+        if containerd is not None:
+            stop(containerd, 10)
         log.close()
         _unmount_under(exec_root)
         _unmount_under(root)

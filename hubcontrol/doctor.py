@@ -42,7 +42,7 @@ from hubcontrol.checkpoint import (
     host_can_dump_other_users,
     non_root_checkpoints,
 )
-from hubcontrol.supervisor import CRIU_BIN, INIT_PATH
+from hubcontrol.supervisor import CRIU_BIN, INIT_PATH, SYSTEM_CONTAINERD
 from hubcontrol.supervisor.local import Cgroups
 
 if TYPE_CHECKING:
@@ -384,6 +384,30 @@ def check_dockerd(version_output: str | None) -> Check:
     return Check("dockerd", OK, f"dockerd {shown}")
 
 
+def check_containerd(version_output: str | None, system_containerd: bool) -> Check:
+    """``containerd`` (``containerd --version`` output; None when missing): every user's daemon
+    runs on a containerd of its own, which dockerd starts, or, beside a system containerd
+    (``system_containerd``: something at /run/containerd/containerd.sock), the supervisor
+    (``supervisor.private_containerd``)."""
+    if version_output is None:
+        return Check(
+            "containerd",
+            FAIL,
+            "containerd not found on PATH: every user's dockerd runs on a containerd of its own",
+            "apt-get install -y containerd (docker.io depends on it)",
+        )
+    found = re.search(r"\s(v?\d+\.\d+[^\s]*)", version_output)
+    shown = f"containerd {found.group(1)}" if found else "containerd"
+    if system_containerd:
+        return Check(
+            "containerd",
+            OK,
+            f"{shown}; a system containerd runs at /run/containerd/containerd.sock: each user's "
+            "daemon still gets its own, in the user's group (docs/environments.md)",
+        )
+    return Check("containerd", OK, f"{shown} (each user's dockerd starts its own)")
+
+
 # -- running them on this host -----------------------------------------------------------------
 
 
@@ -418,6 +442,10 @@ def run_checks(
     under ``root`` and programs found on ``path`` (tests point both at fakes)."""
     checks = [
         check_dockerd(run(["dockerd", "--version"], path)),
+        check_containerd(
+            run(["containerd", "--version"], path),
+            os.path.lexists(_under(root, str(SYSTEM_CONTAINERD).lstrip("/"))),
+        ),
         check_tini(root),
         check_iptables(run(["iptables", "--version"], path), run(["ip6tables", "--version"], path)),
         check_cgroups(root),

@@ -51,7 +51,7 @@ def no_dockerd(tmp_path: Path) -> str:
     """A PATH with the host's tools except dockerd: a host where docker.io is not installed."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
-    for tool in ("stat", "iptables", "ip6tables", "btrfs"):
+    for tool in ("stat", "containerd", "iptables", "ip6tables", "btrfs"):
         found = shutil.which(tool)
         assert found, f"{tool} missing on this host"
         (bindir / tool).symlink_to(found)

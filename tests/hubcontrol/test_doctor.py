@@ -204,6 +204,7 @@ def fake_host(root: Path, bindir: Path) -> None:
     """A host with everything the hub needs: files under root, programs in bindir."""
     for name, out in (
         ("dockerd", "Docker version 20.10.24+dfsg1, build 5d6db84"),
+        ("containerd", "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1"),
         ("iptables", "iptables v1.8.9 (nf_tables)"),
         ("ip6tables", "ip6tables v1.8.9 (nf_tables)"),
         ("btrfs", "btrfs-progs v6.2"),
@@ -225,6 +226,7 @@ def test_run_checks_on_a_fake_host_that_has_everything(tmp_path: Path) -> None:
     names = [c.name for c in checks]
     assert names == [
         "dockerd",
+        "containerd",
         "tini-static",
         "iptables",
         "cgroups",
@@ -241,10 +243,33 @@ def test_run_checks_on_a_fake_host_that_has_everything(tmp_path: Path) -> None:
 def test_run_checks_names_each_missing_piece(tmp_path: Path) -> None:
     root, bindir = tmp_path / "root", tmp_path / "bin"
     fake_host(root, bindir)
-    for gone in (bindir / "iptables", root / "usr/bin/tini-static", root / "etc/criu/runc.conf"):
+    for gone in (
+        bindir / "containerd",
+        bindir / "iptables",
+        root / "usr/bin/tini-static",
+        root / "etc/criu/runc.conf",
+    ):
         gone.unlink()
     checks = doctor.run_checks(workspace_dir=tmp_path, checkpoint=True, root=root, path=str(bindir))
-    assert [c.name for c in doctor.failures(checks)] == ["tini-static", "iptables", "runc.conf"]
+    assert [c.name for c in doctor.failures(checks)] == [
+        "containerd",
+        "tini-static",
+        "iptables",
+        "runc.conf",
+    ]
+
+
+def test_a_system_containerd_is_named_and_each_user_keeps_their_own(tmp_path: Path) -> None:
+    root, bindir = tmp_path / "root", tmp_path / "bin"
+    fake_host(root, bindir)
+    write(root, "run/containerd/containerd.sock")
+    checks = doctor.run_checks(workspace_dir=tmp_path, checkpoint=True, root=root, path=str(bindir))
+    check = next(c for c in checks if c.name == "containerd")
+    assert check.status == OK
+    assert check.detail.startswith("containerd 1.6.20~ds1; a system containerd runs")
+    assert "each user's daemon still gets its own" in check.detail
+    missing = doctor.check_containerd(None, True)
+    assert missing.status == FAIL and "apt-get install -y containerd" in missing.fix
 
 
 def test_checkpoint_checks_are_left_out_when_checkpointing_is_off(tmp_path: Path) -> None:
@@ -273,7 +298,10 @@ def test_this_host(tmp_path: Path) -> None:
     scripts/setup-host.sh): everything the hub needs is there, and CAP_SYS_RESOURCE is not."""
     checks = {c.name: c for c in doctor.run_checks(workspace_dir=tmp_path, checkpoint=True)}
     assert doctor.failures(checks.values()) == []
-    for name in ("dockerd", "tini-static", "iptables", "cgroups", "CRIU", "runc.conf", "io_uring"):
+    for name in (
+        "dockerd", "containerd", "tini-static", "iptables", "cgroups", "CRIU", "runc.conf",
+        "io_uring",
+    ):  # fmt: skip
         assert checks[name].status == OK, checks[name]
     assert "hybrid" in checks["cgroups"].detail
     assert checks["CRIU"].detail == "/opt/rediacc/criu/bin/criu 4.2.1"

@@ -313,17 +313,20 @@ CONTAINERD_START_TICKS = 3000
 def containerd_launch(spec: DaemonSpec) -> str:
     """Shell run by the daemon's launcher after it joined the daemon's group and before it execs
     dockerd, when ``private_containerd()``: stop a containerd an earlier start of this daemon
-    left (``containerd_stop_script``), start the user's own (detached from the launcher, so it
-    is not dockerd's child; without systemd's NOTIFY_SOCKET, which is dockerd's), and wait for
-    its socket. Exit 98, with a line for the log, if it dies or does not listen in time."""
+    left (``containerd_stop_script``), start the user's own and wait for its socket. As the
+    containerd dockerd starts itself, it is dockerd's child (the launcher execs dockerd) and
+    dies with it (``setpriv --pdeathsig KILL``, as dockerd's ``Pdeathsig``): it never outlives
+    its daemon. It runs without systemd's NOTIFY_SOCKET, which is dockerd's. Exit 98, with a
+    line for the log, if it dies or does not listen in time."""
     ticks = CONTAINERD_START_TICKS
     return (
         containerd_stop_script(spec) + 'rm -f "$c/containerd.sock"; '
-        '( env -u NOTIFY_SOCKET containerd --config "$c/containerd.toml" --log-level info '
-        '</dev/null & echo $! > "$c/containerd.pid" ); '
-        'p=$(cat "$c/containerd.pid"); i=0; '
+        "setpriv --pdeathsig KILL -- env -u NOTIFY_SOCKET containerd "
+        '--config "$c/containerd.toml" --log-level info </dev/null & '
+        'p=$!; echo "$p" > "$c/containerd.pid"; i=0; '
         'while [ ! -S "$c/containerd.sock" ]; do '
-        'kill -0 "$p" 2>/dev/null || { echo "hub: containerd exited at start" >&2; exit 98; }; '
+        "s=$(cut -d' ' -f3 /proc/\"$p\"/stat 2>/dev/null); "
+        '[ -n "$s" ] && [ "$s" != Z ] || { echo "hub: containerd exited at start" >&2; exit 98; }; '
         f'[ $i -lt {ticks} ] || {{ echo "hub: containerd did not listen" >&2; exit 98; }}; '
         "sleep 0.01; i=$((i+1)); done; "
     )

@@ -422,9 +422,11 @@ def test_local_daemon_lifecycle_cgroups_and_adoption(host_containerd, live_spec)
 def test_a_crashed_daemon_is_cleaned_up_and_restarts(host_containerd, live_spec):
     supervisor, spec = live_spec
     supervisor.start(spec)
-    pid = supervisor.describe(spec)["pid"]
+    pid, containerd = supervisor.describe(spec)["pid"], containerd_pid(spec)
     os.kill(pid, signal.SIGKILL)
     assert supervisor._wait_gone(pid, 10)
+    # its containerd never outlives it (dockerd's own: Pdeathsig; the supervisor's: setpriv)
+    assert containerd is not None and supervisor._wait_gone(containerd, 10)
     assert not supervisor.is_running(spec)
     supervisor.start(spec)  # stale pidfile, sockets and netns mounts do not get in the way
     assert supervisor.is_running(spec) and supervisor.describe(spec)["pid"] != pid

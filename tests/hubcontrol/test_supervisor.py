@@ -9,6 +9,7 @@ import shlex
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -431,6 +432,27 @@ def test_a_crashed_daemon_is_cleaned_up_and_restarts(host_containerd, live_spec)
     supervisor.start(spec)  # stale pidfile, sockets and netns mounts do not get in the way
     assert supervisor.is_running(spec) and supervisor.describe(spec)["pid"] != pid
     assert ping(spec.socket)
+
+
+@pytest.mark.docker
+def test_a_users_own_containerd_that_cannot_start_fails_the_start_with_its_log(
+    tmp_path, monkeypatch
+):
+    """Beside a system containerd: when the user's own containerd exits at start (here, a
+    configuration it cannot read), the start fails at once with containerd's own words in the
+    error, and no dockerd is left on the system containerd."""
+    import hubcontrol.supervisor as sup
+    from hubcontrol.errors import DaemonError
+
+    monkeypatch.setattr(sup, "containerd_config_text", lambda spec: "not [ toml\n")
+    with system_containerd.running(), local_daemon(tmp_path, Limits()) as (supervisor, spec):
+        started = time.monotonic()
+        with pytest.raises(DaemonError) as failed:
+            supervisor.start(spec, timeout=30)
+        assert time.monotonic() - started < 10  # not the socket wait's 30 s
+        assert "hub: containerd exited at start" in failed.value.log_message
+        assert "toml" in failed.value.log_message.lower()  # containerd's reason, from its log
+        assert not supervisor.is_running(spec) and not ping(spec.socket)
 
 
 @pytest.mark.docker

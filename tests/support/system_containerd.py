@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hubcontrol.supervisor import SYSTEM_CONTAINERD
+from tests.support.procs import stop
 
 
 @contextlib.contextmanager
@@ -53,12 +54,7 @@ def running(socket: Path = SYSTEM_CONTAINERD) -> Iterator[Path]:
             time.sleep(0.02)
         yield socket
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 10)
         log.close()
         for leftover in (socket, socket.with_name(socket.name + ".ttrpc")):
             leftover.unlink(missing_ok=True)

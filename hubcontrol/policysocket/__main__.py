@@ -81,23 +81,27 @@ def config_from_argv(argv: Sequence[str]) -> tuple[ProxyConfig, str | None]:
 
 async def _run(config: ProxyConfig, pidfile: str | None) -> None:
     server = PolicySocket(config)
-    async with anyio.create_task_group() as tg:
-        await tg.start(_serve_then_stop, server, tg.cancel_scope)
-        if pidfile:
-            await anyio.Path(pidfile).write_text(f"{os.getpid()}\n")
-        _tell_ready()
-        try:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as sigs:
+    # The handlers go in before the process says it serves (its pidfile, the ready pipe): the
+    # hub may stop it the moment it finds it, and a SIGTERM before them would end it without
+    # its cleanup (its view's mounts, its pidfile). Signals that arrive early wait in the
+    # receiver.
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as sigs:
+        async with anyio.create_task_group() as tg:
+            await tg.start(_serve_then_stop, server, tg.cancel_scope)
+            if pidfile:
+                await anyio.Path(pidfile).write_text(f"{os.getpid()}\n")
+            _tell_ready()
+            try:
                 async for signum in sigs:
                     if signum == signal.SIGUSR1:
                         log.info("dropped %d idle connections", server.drop_idle())
                         continue
                     tg.cancel_scope.cancel()
                     return
-        finally:
-            if pidfile:
-                with anyio.CancelScope(shield=True):  # the task group is being cancelled
-                    await anyio.to_thread.run_sync(_remove_own_pidfile, pidfile)
+            finally:
+                if pidfile:
+                    with anyio.CancelScope(shield=True):  # the task group is being cancelled
+                        await anyio.to_thread.run_sync(_remove_own_pidfile, pidfile)
 
 
 def _tell_ready() -> None:

@@ -364,8 +364,14 @@ def containerd_serves(spec: DaemonSpec, dockerd_pid: int) -> bool:
         return True
     if argv[argv.index("--containerd") + 1] != str(spec.containerd_socket):
         return True
+    return own_containerd_pid(spec) is not None
+
+
+def own_containerd_pid(spec: DaemonSpec) -> int | None:
+    """The PID of the containerd the supervisor started for ``spec`` (``containerd_launch``):
+    the pidfile's process, while it runs this daemon's configuration; None otherwise."""
     pid = containerd_pid(spec)
-    return pid is not None and str(spec.containerd_config) in procs.cmdline(pid)
+    return pid if pid is not None and str(spec.containerd_config) in procs.cmdline(pid) else None
 
 
 DAEMON_GOGC = "50"

@@ -48,11 +48,11 @@ from hubcontrol.supervisor import (
     DaemonSupervisor,
     Limits,
     containerd_launch,
-    containerd_pid,
     containerd_serves,
     daemon_config,
     dockerd_argv,
     dockerd_env,
+    own_containerd_pid,
     prepare_daemon_dirs,
     prepare_exec_root,
     private_containerd,
@@ -438,8 +438,8 @@ class LocalSupervisor(DaemonSupervisor):
         if pid is not None:
             self._terminate(pid, timeout)
         # the user's own containerd (private_containerd), after the dockerd that used it
-        own = containerd_pid(spec)
-        if own is not None and str(spec.containerd_config) in procs.cmdline(own):
+        own = own_containerd_pid(spec)
+        if own is not None:
             self._terminate(own, min(timeout, 10.0))
         self._cleanup_stale(spec)
         self.cgroups.remove(_group(spec))

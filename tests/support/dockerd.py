@@ -96,6 +96,29 @@ def _wait_ready(proc: subprocess.Popen, sock: Path, root: Path) -> None:
         time.sleep(0.05)
 
 
+def start_containerd(
+    config: Path, root: Path, state: Path, address: Path, log, env: dict | None = None
+) -> subprocess.Popen:
+    """A containerd with its root, state and socket where given (its configuration written to
+    ``config``), output to the open file ``log``, in a session of its own; returns once it
+    listens, RuntimeError with its log if it exits or does not listen within 20 s."""
+    config.write_text(
+        f'version = 2\nroot = "{root}"\nstate = "{state}"\n'
+        f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{address}"\n'
+    )
+    proc = subprocess.Popen(
+        ["containerd", "--config", str(config)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while not address.is_socket():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc, 10)
+            raise RuntimeError(f"containerd did not start: {Path(log.name).read_text()[-2000:]}")
+        time.sleep(0.02)
+    return proc
+
+
 def own_containerd(root: Path, exec_root: Path, env: dict, log) -> subprocess.Popen:
     """A containerd of a scratch daemon's own, listening at ``<exec_root>/containerd.sock``.
 
@@ -105,22 +128,10 @@ def own_containerd(root: Path, exec_root: Path, env: dict, log) -> subprocess.Po
     (``hubcontrol.supervisor.private_containerd``); the scratch daemons of checkpoint tests do the
     same. CI has no system containerd: there dockerd starts its own, as before."""
     exec_root.mkdir(parents=True, exist_ok=True)
-    sock = exec_root / "containerd.sock"
-    config = root / "containerd.toml"
-    config.write_text(
-        f'version = 2\nroot = "{root}/containerd"\nstate = "{exec_root}/containerd"\n'
-        f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{sock}"\n'
-    )
-    proc = subprocess.Popen(
-        ["containerd", "--config", str(config)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    return start_containerd(
+        root / "containerd.toml", root / "containerd", exec_root / "containerd",
+        exec_root / "containerd.sock", log, env,
     )  # fmt: skip
-    deadline = time.monotonic() + 20
-    while not sock.is_socket():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"containerd did not start: {(root / 'dockerd.log').read_text()}")
-        time.sleep(0.02)
-    return proc
 
 
 @contextlib.contextmanager

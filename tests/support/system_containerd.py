@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from hubcontrol.supervisor import SYSTEM_CONTAINERD
+from tests.support.dockerd import start_containerd
 from tests.support.procs import stop
 
 
@@ -31,30 +30,15 @@ def running(socket: Path = SYSTEM_CONTAINERD) -> Iterator[Path]:
         yield socket
         return
     tmp = Path(tempfile.mkdtemp(prefix="sysctrd-"))
-    config = tmp / "config.toml"
-    config.write_text(
-        "version = 2\n"
-        f'root = "{tmp / "root"}"\n'
-        f'state = "{tmp / "state"}"\n'
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-        f'[grpc]\n  address = "{socket}"\n'
-    )
     socket.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
     log = (tmp / "containerd.log").open("wb")
-    proc = subprocess.Popen(
-        ["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
-    )
+    proc = None
     try:
-        deadline = time.monotonic() + 20
-        while not socket.is_socket():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the test's system containerd did not start: {(tmp / 'containerd.log').read_text()}"
-                )
-            time.sleep(0.02)
+        proc = start_containerd(tmp / "config.toml", tmp / "root", tmp / "state", socket, log)
         yield socket
     finally:
-        stop(proc, 10)
+        if proc is not None:
+            stop(proc, 10)
         log.close()
         for leftover in (socket, socket.with_name(socket.name + ".ttrpc")):
             leftover.unlink(missing_ok=True)

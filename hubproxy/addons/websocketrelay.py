@@ -50,6 +50,7 @@ from mitmproxy.net.http import http1
 from hubproxy.auth import cookies
 from hubproxy.context import ROUTED, SESSION, TARGET, USER, HubContext
 from hubproxy.guard import connection_handler, fail_closed
+from hubproxy.server import admission
 from hubproxy.web import pages
 
 if TYPE_CHECKING:
@@ -470,6 +471,7 @@ class WebSocketRelay:
         try:
             transport.write(handshake.h11.send(request_event(flow.request)))
             transport.write(handshake.h11.send(h11.EndOfMessage()))
+            admission.give_back(io.writer.transport)  # only the environment's answer is left
             event, extra = await asyncio.wait_for(handshake.result, HEAD_TIMEOUT)
         except asyncio.CancelledError:
             transport.close()
@@ -511,7 +513,7 @@ class WebSocketRelay:
         )
         self.metrics.requests.inc(relay.prefix, "1xx")  # before the browser can see the 101
         relay.start(
-            writer.transport,
+            admission.underlying(writer.transport),
             writer,
             transport,
             http1.assemble_response_head(response),

@@ -6,15 +6,20 @@ detection and the hub's own addons only (about 2.4x the requests per second, see
 ``run_loop(..., port)`` gives it an event loop that listens on the hub's port with a deep
 backlog (``LISTEN_BACKLOG``; mitmproxy has no option for it). ``hub start --workers N`` runs one
 such master per process, all on the same port: ``reuse_port=True`` adds ``SO_REUSEPORT``, and
-the kernel spreads new connections across the processes (hubproxy/workers/).
+the kernel spreads new connections across the processes (hubproxy/workers/). WebSocket
+upgrades there wait for a slot, so a storm of them does not hold up pages and probes
+(``hubproxy.server.admission``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import os
 import signal
+import socket
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -26,6 +31,7 @@ from mitmproxy.master import Master
 from hubproxy.addons import PROXY_OPTIONS, hub_addons
 from hubproxy.addons.metrics import Metrics, ProxyMetrics
 from hubproxy.context import HubContext
+from hubproxy.server import admission
 from hubproxy.server.dispatch import CachedAddonManager
 
 log = logging.getLogger("hubproxy")
@@ -42,17 +48,25 @@ T = TypeVar("T")
 # client waits out TCP's 1 s retransmission, load balancer probes among them
 # (docs/performance.md, "Load held").
 LISTEN_BACKLOG = 4096
+# Connections accepted in one go when the port is readable (asyncio takes the listen backlog for
+# it): 4,096 at once would make one loop iteration of setting up a thousand connections, which
+# every request in flight then waits for. The rest stay queued in the kernel until the next
+# iteration.
+ACCEPT_BATCH = 64
 
 
 class HubPortLoop(asyncio.SelectorEventLoop):
-    """An event loop whose listening sockets on the hub's ``port`` get ``LISTEN_BACKLOG``, and
-    ``SO_REUSEPORT`` with ``reuse_port`` so several processes serve one port; listeners on other
-    ports are opened as usual."""
+    """An event loop whose listening sockets on the hub's ``port`` get ``LISTEN_BACKLOG`` (and are
+    accepted from ``ACCEPT_BATCH`` at a time),
+    ``SO_REUSEPORT`` with ``reuse_port`` so several processes serve one port, and WebSocket
+    upgrades taken a few at a time (``admission``); listeners on other ports are opened as
+    usual."""
 
     def __init__(self, port: int, reuse_port: bool = False) -> None:
         super().__init__()
         self.port = port
         self.reuse_port = reuse_port
+        self.admission = admission.Admission()
 
     async def create_server(
         self,
@@ -61,11 +75,18 @@ class HubPortLoop(asyncio.SelectorEventLoop):
         port: int | None = None,
         **kwargs: Any,
     ) -> asyncio.Server:
-        if port == self.port:
-            kwargs.setdefault("backlog", LISTEN_BACKLOG)
-            if self.reuse_port:
-                kwargs["reuse_port"] = True
-        return await super().create_server(protocol_factory, host, port, **kwargs)
+        if port != self.port:
+            return await super().create_server(protocol_factory, host, port, **kwargs)
+        kwargs.setdefault("backlog", ACCEPT_BATCH)
+        if self.reuse_port:
+            kwargs["reuse_port"] = True
+        server = await super().create_server(
+            self.admission.wrap(protocol_factory), host, port, **kwargs
+        )
+        for sock in server.sockets:  # the kernel's queue, now asyncio has listened with its batch
+            with socket.socket(fileno=os.dup(sock.fileno())) as listening:
+                listening.listen(LISTEN_BACKLOG)
+        return server
 
 
 def run_loop(main: Coroutine[Any, Any, T], port: int | None = None, reuse_port: bool = False) -> T:
@@ -140,6 +161,19 @@ async def run_master(master: Master) -> None:
             await ps.servers.update([])
 
 
+class FreezeStartup:
+    """The last addon: once the proxy runs, everything made while starting (mitmproxy, the
+    control plane, docker-py, the addons; hundreds of thousands of objects that live as long as
+    the process) leaves the collector's view (``gc.freeze``). A full collection walked all of
+    them, 80-130 ms with the loop stopped, and the bursts that make most garbage (a thousand
+    WebSockets reconnecting at once) made one every second or so: every request in flight
+    waited (docs/performance.md, "Load held"). ``serve`` gives them back when it ends."""
+
+    def running(self) -> None:
+        gc.collect()
+        gc.freeze()
+
+
 async def serve(
     context: HubContext,
     port: int,
@@ -154,6 +188,7 @@ async def serve(
     ``make_master``."""
     handlers = list(logging.getLogger().handlers)
     master = make_master(context, port, listen_host, before=before, modes=modes)
+    master.addons.add(FreezeStartup())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, master.shutdown)
@@ -169,6 +204,7 @@ async def serve(
         log.info("hub: listening on %s:%d", listen_host or "*", port)
         await run_master(master)
     finally:
+        gc.unfreeze()  # a process that goes on (a test, a restart in-process) collects them again
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         # mitmproxy's log handlers post to this loop, which is about to close: later log lines

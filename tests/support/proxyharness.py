@@ -9,7 +9,6 @@ Hub (tests/e2e); these check the request path with a real proxy, provider and so
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import socket
@@ -34,7 +33,7 @@ from hubcontrol import Lifecycle, Progress, Route, RouteTable, StatusView
 from hubcontrol.engine import Engine
 from hubproxy.auth import cookies
 from hubproxy.context import HubContext
-from hubproxy.server.master import make_master, run_master
+from hubproxy.server.master import make_master, run_loop, run_master
 from hubproxy.server.startup import start_control_plane
 from tests.support.proxyfakes import make_route
 
@@ -124,7 +123,7 @@ def running_proxy(config, hub, port: int) -> Iterator[RunningProxy]:
             box["master"] = master
             await run_master(master)
 
-        asyncio.run(main())
+        run_loop(main(), port)  # the hub's own loop: its backlog, and upgrades' admission
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

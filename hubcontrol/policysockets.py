@@ -10,8 +10,10 @@ upgrade whose command line differs, replaces it, so fixes to the policy take eff
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import contextlib
+import json
 import logging
 import os
 import select
@@ -306,19 +308,22 @@ def start(
         if not daemon_unit:
             ready_r, ready_w = os.pipe()
         try:
-            subprocess.run(
-                systemd_run_argv(args, daemon_unit)
-                if daemon_unit
-                else ["setsid", "--fork", *command(args)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL if log_file is None else log_file,
-                stderr=subprocess.STDOUT,
-                check=True,
-                close_fds=True,
-                pass_fds=(ready_w,) if ready_w >= 0 else (),
-                env={**os.environ, READY_FD_ENV: str(ready_w)} if ready_w >= 0 else None,
-                cwd="/",
-            )
+            if daemon_unit or not SPAWNER.spawn(
+                command(args), log_file.fileno() if log_file else -1, ready_w
+            ):
+                subprocess.run(
+                    systemd_run_argv(args, daemon_unit)
+                    if daemon_unit
+                    else ["setsid", "--fork", *command(args)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL if log_file is None else log_file,
+                    stderr=subprocess.STDOUT,
+                    check=True,
+                    close_fds=True,
+                    pass_fds=(ready_w,) if ready_w >= 0 else (),
+                    env={**os.environ, READY_FD_ENV: str(ready_w)} if ready_w >= 0 else None,
+                    cwd="/",
+                )
         finally:
             if ready_w >= 0:
                 os.close(ready_w)  # the process holds the only write end now
@@ -342,6 +347,94 @@ def start(
         f"policy socket {args.listen} did not start within {timeout:.0f} s"
         + (f"; see {log_path}" if log_path else ""),
     )
+
+
+class Spawner:
+    """The hub's end of ``hubcontrol.policysocket.spawner``: policy sockets forked from one
+    process that imported them once, instead of executed, where no systemd starts them. Each
+    then shares the interpreter's and the policy's pages with the others, and starts without
+    Python's imports (docs/scaling.md). The spawner is this process's child, started at the
+    first policy socket and again if it died; it ends when this process does.
+
+    ``spawn`` answers False when the spawner cannot be used (``HUB_POLICY_SOCKET_FORK=0``, or it
+    failed); the caller then executes the command as before."""
+
+    ENV = "HUB_POLICY_SOCKET_FORK"
+    TIMEOUT = 15.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._channel: socket.socket | None = None
+
+    def enabled(self) -> bool:
+        return os.environ.get(self.ENV, "1").strip() != "0"
+
+    def spawn(self, argv: list[str], log_fd: int, ready_fd: int) -> bool:
+        if not self.enabled():
+            return False
+        request: dict[str, object] = {
+            "argv": argv,
+            "env": dict(os.environ),
+            "log": log_fd >= 0,
+            "ready": ready_fd >= 0,
+        }
+        fds = [fd for fd in (log_fd, ready_fd) if fd >= 0]
+        with self._lock:
+            try:
+                channel = self._channel_locked()
+                socket.send_fds(channel, [json.dumps(request).encode()], fds)
+                reply = json.loads(channel.recv(65536) or b"{}")
+            except (OSError, ValueError) as e:
+                log.warning("policy sockets: the spawner failed (%s); starting it as a process", e)
+                self._close_locked()
+                return False
+        if "pid" not in reply:
+            log.warning(
+                "policy sockets: the spawner refused (%s); starting it as a process",
+                reply.get("error", "no answer"),
+            )
+            return False
+        return True
+
+    def _channel_locked(self) -> socket.socket:
+        if self._channel is not None and self._proc is not None and self._proc.poll() is None:
+            return self._channel
+        self._close_locked()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", f"{MODULE}.spawner", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                close_fds=True,
+                cwd="/",
+            )
+        finally:
+            theirs.close()
+        ours.settimeout(self.TIMEOUT)
+        self._channel = ours
+        return ours
+
+    def _close_locked(self) -> None:
+        if self._channel is not None:
+            self._channel.close()  # the spawner sees the end and exits
+            self._channel = None
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(5)
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_locked()
+
+
+SPAWNER = Spawner()
+atexit.register(SPAWNER.close)
 
 
 def _wait_readable(fd: int, deadline: float) -> None:

@@ -6,7 +6,9 @@ Root, docker, the environment image from scripts/build-image.sh (or ``--image``)
 
 - **daemon tree PSS**: every process in the user's ``daemon`` cgroup (dockerd, containerd, the
   shims), from ``/proc/<pid>/smaps_rollup``; the environment's own processes are excluded;
-- **policy socket PSS**: the user's policy-socket process (run from an installed package or a
+- **policy socket PSS**: the user's policy-socket process, with its share of the spawner it was
+  forked from (the spawner's PSS divided by the users: ``hubcontrol.policysockets.Spawner``;
+  ``HUB_POLICY_SOCKET_FORK=0`` executes each instead) (run from an installed package or a
   checkout whose modules are byte-compiled: ``python -m compileall hubcontrol``; without the
   ``.pyc`` files every process compiles its modules at start and keeps about 3 MiB more);
 - **idle CPU**: the daemon tree's and policy socket's CPU time over ``--idle`` seconds with
@@ -70,6 +72,15 @@ def daemon_pids(user: str, net_id: int) -> set[int]:
             with contextlib.suppress(OSError, ValueError):
                 found.update(int(p) for p in procs.read_text().split())
     return found
+
+
+def spawner_share(users: int) -> int:
+    """KiB: the PSS of the process the policy sockets are forked from (``policysockets.SPAWNER``,
+    the local supervisor's way), split evenly between the users; 0 when they are executed."""
+    from hubcontrol import policysockets
+
+    pid = policysockets.SPAWNER.pid()
+    return pss_kib(pid) // users if pid else 0
 
 
 def policy_pid(exec_root: Path) -> int | None:
@@ -161,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                     starts = list(pool.map(start, users))
                 time.sleep(3)
                 rows = []
+                share = spawner_share(len(users))
                 for user in users:
                     spec = hub.hub.daemon_spec(safe_name(user))
                     dpids = daemon_pids(spec.user, spec.net_id)
@@ -168,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append({
                         "user": user,
                         "daemon_pss": sum(pss_kib(p) for p in dpids),
-                        "policy_pss": pss_kib(ppid) if ppid else 0,
+                        "policy_pss": (pss_kib(ppid) + share) if ppid else 0,
+                        "spawner_share": share,
                         "by_process": by_process(dpids),
                         "pids": dpids | ({ppid} if ppid else set()),
                         "disk": disk_bytes(config.workspace_dir / f"{spec.user}-docker"),
@@ -183,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                     dpids = daemon_pids(spec.user, spec.net_id)
                     ppid = policy_pid(spec.exec_root)
                     r["idle_daemon_pss"] = sum(pss_kib(p) for p in dpids)
-                    r["idle_policy_pss"] = pss_kib(ppid) if ppid else 0
+                    r["idle_policy_pss"] = (
+                        (pss_kib(ppid) + spawner_share(len(users))) if ppid else 0
+                    )
                 hub_pss = pss_kib(os.getpid()) - hub_pss_before
             finally:
                 for user in users:
@@ -204,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         each = [mib(r["by_process"].get(name, 0)) for r in rows]
         print(f"| ... of which {name} | {statistics.median(each):.1f} MiB | {max(each):.1f} MiB |")
     print(f"| policy socket PSS | {statistics.median(policy):.1f} MiB | {max(policy):.1f} MiB |")
+    shares = [mib(r["spawner_share"]) for r in rows]
+    print(f"| ... of which its share of the spawner it was forked from (its PSS / users) | {statistics.median(shares):.1f} MiB | {max(shares):.1f} MiB |")  # fmt: skip
     print(f"| everything one running user adds (environment excluded) | {statistics.median(per_user):.1f} MiB | {max(per_user):.1f} MiB |")  # fmt: skip
     idle_user = [mib(r["idle_daemon_pss"] + r["idle_policy_pss"]) for r in rows]
     idle_policy = [mib(r["idle_policy_pss"]) for r in rows]

@@ -428,6 +428,11 @@ class Spawner:
                 self._proc.wait()
             self._proc = None
 
+    def pid(self) -> int | None:
+        """The spawner's PID while it runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
     def close(self) -> None:
         with self._lock:
             self._close_locked()

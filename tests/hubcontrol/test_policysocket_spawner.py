@@ -162,15 +162,18 @@ def test_forked_policy_sockets_share_the_interpreters_memory(started, monkeypatc
 
 def test_a_dead_spawner_is_replaced_and_its_policy_sockets_live_on(started):
     first_args, first = started("first")
-    spawner_pid = policysockets.SPAWNER._proc.pid
+    spawner_pid = policysockets.SPAWNER.pid()
     os.kill(spawner_pid, signal.SIGKILL)
-    policysockets.SPAWNER._proc.wait(10)
+    deadline = time.monotonic() + 10
+    while policysockets.SPAWNER.pid() is not None:  # it has noticed (and reaped) the death
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     # the policy socket it forked is not its child: it serves on
     assert procs.alive(first)
     assert ask(first_args.listen, b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n").endswith(b"OK")
     # the next start forks from a new spawner
     second_args, second = started("second")
-    assert policysockets.SPAWNER._proc.pid != spawner_pid
+    assert policysockets.SPAWNER.pid() not in (None, spawner_pid)
     assert procs.cmdline(second) == policysockets.command(second_args)
     assert memory(second)["Shared_Dirty"] > 4 * 1024
 
@@ -191,7 +194,7 @@ from hubcontrol import policysockets
 args = policysockets.ProxyArgs(listen={str(home / "docker.sock")!r}, upstream={upstream!r},
     workspace={str(home)!r}, binds_dir={str(home / "binds")!r}, pidfile={str(home / "p.pid")!r})
 pid = policysockets.start(args)
-print(json.dumps([pid, policysockets.SPAWNER._proc.pid]))
+print(json.dumps([pid, policysockets.SPAWNER.pid()]))
 """
     out = subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60

@@ -157,6 +157,8 @@ class PolicySockets:
             )
         self.hub = hub
         self.allowed_registries = tuple(allowed_registries)  # --allow-registry, settable
+        if not isinstance(hub.supervisor, SystemdSupervisor):
+            SPAWNER.prestart()  # forks them: started now, not at the first user's start
 
     def args(
         self, spec: DaemonSpec, rec: UserRecord, template: Template | None = None
@@ -427,6 +429,21 @@ class Spawner:
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
+
+    def prestart(self) -> None:
+        """Start the spawner now, in the background, so the first user's start does not wait for
+        its imports (a hub that will start policy sockets calls this when it is made)."""
+        if not self.enabled():
+            return
+
+        def run() -> None:
+            with self._lock:
+                try:
+                    self._channel_locked()
+                except OSError as e:
+                    log.warning("policy sockets: the spawner did not start (%s)", e)
+
+        threading.Thread(target=run, name="policy-socket-spawner", daemon=True).start()
 
     def pid(self) -> int | None:
         """The spawner's PID while it runs."""

@@ -222,18 +222,18 @@ class AdmittingProtocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         released = False
 
-        def give_back() -> None:
+        def release_once() -> None:
             nonlocal released
             if not released:
                 released = True
                 hold.cancel()
                 self.admission.release()
 
-        hold = loop.call_later(self.admission.hold_max, give_back)
+        hold = loop.call_later(self.admission.hold_max, release_once)
         self.state = "holding"
         if not self.transport.is_reading():
             self.transport.resume_reading()
-        self._pass_to(cast(asyncio.Transport, _SlotTransport(self.transport, give_back)))
+        self._pass_to(cast(asyncio.Transport, _SlotTransport(self.transport, release_once)))
 
     def _hand_over(self) -> None:
         if self.state != "peeking":

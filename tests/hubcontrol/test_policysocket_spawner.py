@@ -216,3 +216,19 @@ print(json.dumps([pid, policysockets.SPAWNER.pid()]))
         assert policysockets.running_pid(args) == pid
     finally:
         policysockets.stop(args)
+
+
+def test_the_spawner_is_started_ahead_of_the_first_user_unless_switched_off(monkeypatch):
+    policysockets.SPAWNER.close()
+    monkeypatch.setenv(policysockets.Spawner.ENV, "0")
+    policysockets.SPAWNER.prestart()
+    time.sleep(0.3)
+    assert policysockets.SPAWNER.pid() is None
+    monkeypatch.delenv(policysockets.Spawner.ENV)
+    policysockets.SPAWNER.prestart()
+    deadline = time.monotonic() + 10
+    while policysockets.SPAWNER.pid() is None:
+        assert time.monotonic() < deadline, "the spawner did not start"
+        time.sleep(0.02)
+    pid = policysockets.SPAWNER.pid()
+    assert procs.cmdline(pid)[1:3] == ["-m", "hubcontrol.policysocket.spawner"]

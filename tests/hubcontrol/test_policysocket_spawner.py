@@ -8,6 +8,7 @@ the next start going the old way or through a new spawner."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -70,6 +71,16 @@ def upstream(tmp_path):
         yield path
 
 
+def args_in(home: Path, upstream: str) -> policysockets.ProxyArgs:
+    return policysockets.ProxyArgs(
+        listen=str(home / "docker.sock"),
+        upstream=upstream,
+        workspace=str(home),
+        binds_dir=str(home / "binds"),
+        pidfile=str(home / "policy.pid"),
+    )
+
+
 @pytest.fixture
 def started(tmp_path, upstream):
     """Starts policy sockets in ``tmp_path``; stops every one at the end."""
@@ -78,13 +89,7 @@ def started(tmp_path, upstream):
     def start(name: str = "u") -> tuple[policysockets.ProxyArgs, int]:
         home = tmp_path / name
         home.mkdir()
-        args = policysockets.ProxyArgs(
-            listen=str(home / "docker.sock"),
-            upstream=upstream,
-            workspace=str(home),
-            binds_dir=str(home / "binds"),
-            pidfile=str(home / "policy.pid"),
-        )
+        args = args_in(home, upstream)
         made.append(args)
         return args, policysockets.start(args, log_path=home / "policy.log")
 
@@ -188,25 +193,18 @@ def test_the_spawner_ends_with_the_hub_and_its_policy_sockets_do_not(tmp_path, u
     spawner goes with it, the policy socket stays (as the user's dockerd does)."""
     home = tmp_path / "h"
     home.mkdir()
+    args = args_in(home, upstream)
     program = f"""
-import json, sys
+import json
 from hubcontrol import policysockets
-args = policysockets.ProxyArgs(listen={str(home / "docker.sock")!r}, upstream={upstream!r},
-    workspace={str(home)!r}, binds_dir={str(home / "binds")!r}, pidfile={str(home / "p.pid")!r})
+args = policysockets.ProxyArgs(**{vars(args)!r})
 pid = policysockets.start(args)
 print(json.dumps([pid, policysockets.SPAWNER.pid()]))
 """
     out = subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60
     )
-    pid, spawner_pid = (int(x) for x in out.stdout.strip().strip("[]").split(","))
-    args = policysockets.ProxyArgs(
-        listen=str(home / "docker.sock"),
-        upstream=upstream,
-        workspace=str(home),
-        binds_dir=str(home / "binds"),
-        pidfile=str(home / "p.pid"),
-    )
+    pid, spawner_pid = json.loads(out.stdout)
     try:
         deadline = time.monotonic() + 10
         while procs.alive(spawner_pid):

@@ -74,7 +74,7 @@ class Admission:
         self.hold_max = hold_max
         self.busy = 0
         self.waiting: collections.deque[AdmittingProtocol] = collections.deque()
-        self.queued_total = 0  # upgrades that had to wait, for the metrics and the tests
+        self.queued_total = 0  # upgrades that had to wait (the tests read it; no metric yet)
 
     def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], AdmittingProtocol]:
         return lambda: AdmittingProtocol(factory, self)

@@ -110,6 +110,7 @@ class LoadSite(HubSite):
     """``hub start`` (tests/support/hubprocess.py) with its workspace dir on ``workspaces``."""
 
     workspaces: Path | None = None
+    own_session: bool = True  # as the quick start and systemd run it (HubSite)
 
     @property
     def flags(self) -> dict:

@@ -480,6 +480,15 @@ def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_pat
                     time.sleep(0.2)
                 page.screenshot(path=str(artifacts / "terminal.png"))
                 assert proof.read_text().split() == [marker, "1"]
+                # The proxy's thread runs ahead of the hub's other work on the CPU; nothing the
+                # hub started (its other threads, the user's daemon and policy socket) inherits it.
+                hub_pid = int((tmp_path / "state" / "run" / "hub.pid").read_text())
+                assert _nice(hub_pid, hub_pid) == -5
+                others = {_nice(hub_pid, t) for t in _threads(hub_pid) if t != hub_pid}
+                assert others == {0}, others
+                started_by_hub = _processes_under(tmp_path) - {hub_pid}
+                assert started_by_hub, "no daemon or policy socket of the user was found"
+                assert {_nice(p, p) for p in started_by_hub} == {0}
             finally:
                 browser.close()
     finally:
@@ -511,6 +520,25 @@ def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_pat
     assert fs == "btrfs", f"the quick start's workspaces are on {fs}, not BTRFS"
     assert leaks_umount is not None and leaks_umount.returncode == 0, leaks_umount
     assert leaks.leftovers(tmp_path, net_ids) == []
+
+
+def _nice(pid: int, tid: int) -> int | None:
+    """A thread's nice value (field 19 of its stat), or None once it has gone."""
+    try:
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+def _threads(pid: int) -> list[int]:
+    return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+
+
+def _processes_under(directory: Path) -> set[int]:
+    """Processes whose command line names ``directory`` (the hub, and what it started for users)."""
+    found = subprocess.run(["pgrep", "-f", str(directory)], capture_output=True, text=True)
+    return {int(p) for p in found.stdout.split()}
 
 
 def _remove_stopped_environments(workspaces: Path) -> subprocess.CompletedProcess[str] | None:

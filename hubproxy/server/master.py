@@ -8,7 +8,8 @@ backlog (``LISTEN_BACKLOG``; mitmproxy has no option for it). ``hub start --work
 such master per process, all on the same port: ``reuse_port=True`` adds ``SO_REUSEPORT``, and
 the kernel spreads new connections across the processes (hubproxy/workers/). WebSocket
 upgrades there wait for a slot, so a storm of them does not hold up pages and probes
-(``hubproxy.server.admission``).
+(``hubproxy.server.admission``), and the loop's thread runs ahead of the control plane's threads
+on the CPU (``hubproxy.server.priority``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from mitmproxy.master import Master
 from hubproxy.addons import PROXY_OPTIONS, hub_addons
 from hubproxy.addons.metrics import Metrics, ProxyMetrics
 from hubproxy.context import HubContext
-from hubproxy.server import admission
+from hubproxy.server import admission, priority
 from hubproxy.server.dispatch import CachedAddonManager
 
 log = logging.getLogger("hubproxy")
@@ -202,7 +203,8 @@ async def serve(
         stop_when.add_done_callback(control_plane_ended)
     try:
         log.info("hub: listening on %s:%d", listen_host or "*", port)
-        await run_master(master)
+        with priority.loop_thread_first():
+            await run_master(master)
     finally:
         gc.unfreeze()  # a process that goes on (a test, a restart in-process) collects them again
         for sig in (signal.SIGTERM, signal.SIGINT):

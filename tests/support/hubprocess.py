@@ -86,6 +86,10 @@ class HubSite:
     labels: Path
     env: Path
     proc: subprocess.Popen | None = None
+    # The hub in a session of its own, as the quick start (`setsid`) and systemd (a unit's own
+    # cgroup) run it: the kernel then schedules it as a group of its own, not as one of the
+    # processes of whoever started it (bench/load.py, whose clients share that group).
+    own_session: bool = False
 
     def url(self, prefix: str, path: str = "/") -> str:
         return f"http://{prefix}.{self.domain}:{self.port}{path}"
@@ -111,7 +115,10 @@ class HubSite:
     def start(self, timeout: float = 60) -> None:
         log = open(self.root / f"hub-{self.domain}.log", "ab")  # closed in stop()
         env = {**os.environ, "PATH": f"{CRIU_BIN}:{os.environ['PATH']}"}
-        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, env=env, cwd=self.root)
+        self.proc = subprocess.Popen(
+            self.argv(), stdout=log, stderr=log, env=env, cwd=self.root,
+            start_new_session=self.own_session,
+        )  # fmt: skip
         self._log = log
         try:
             self._wait_healthy(timeout)

@@ -1,0 +1,105 @@
+"""The proxy's loop thread runs ahead of the hub's other threads, and passes that on to nothing
+it starts (hubproxy/server/priority.py). Real threads and processes; needs root (CAP_SYS_NICE),
+as ``hub start`` has."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from hubproxy.server.priority import AHEAD, loop_thread_first, thread_nice
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a lower nice value needs root")
+
+
+def _in_a_thread(fn):
+    """Run ``fn`` in a thread of its own (the test's own thread keeps its priority whatever
+    happens) and return what it returned, or raise what it raised."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the test's thread
+            box["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(30)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _process_nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_loop_thread_runs_ahead_while_it_serves_and_as_before_after() -> None:
+    def body() -> tuple[int, int, bool, int, int]:
+        tid = threading.get_native_id()
+        before = thread_nice(tid)
+        with loop_thread_first() as favoured:
+            during = thread_nice(tid)
+            others = {thread_nice(int(t)) for t in os.listdir("/proc/self/task") if int(t) != tid}
+        assert others == {before}, "only the loop's own thread changes"
+        return before, during, favoured, thread_nice(tid), os.sched_getscheduler(tid)
+
+    before, during, favoured, after, policy = _in_a_thread(body)
+    assert favoured
+    assert during == max(-20, before - AHEAD)
+    assert after == before
+    assert not policy & os.SCHED_RESET_ON_FORK
+
+
+def test_threads_and_processes_it_starts_do_not_inherit_the_priority() -> None:
+    """The hub's proxy workers are started from this thread; a user's daemon or environment never
+    is, and if one were it would still start at the ordinary priority."""
+
+    def body() -> tuple[int, int, int]:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 0)  # as `hub start` runs
+        with loop_thread_first() as favoured:
+            assert favoured
+            seen: dict = {}
+            t = threading.Thread(
+                target=lambda: seen.update(nice=thread_nice(threading.get_native_id()))
+            )
+            t.start()
+            t.join()
+            child = subprocess.Popen(["sleep", "5"])
+            try:
+                child_nice = _process_nice(child.pid)
+            finally:
+                child.kill()
+                child.wait()
+            return thread_nice(threading.get_native_id()), seen["nice"], child_nice
+
+    loop_nice, thread_started, process_started = _in_a_thread(body)
+    assert loop_nice == -AHEAD
+    assert thread_started == 0
+    assert process_started == 0
+
+
+def test_without_the_capability_the_thread_stays_as_it_was() -> None:
+    """A hub without CAP_SYS_NICE (a unit that drops it) serves as before: the thread keeps its
+    priority, and nothing fails."""
+    code = (
+        "import os, threading\n"
+        "from hubproxy.server.priority import loop_thread_first, thread_nice\n"
+        "tid = threading.get_native_id()\n"
+        "with loop_thread_first() as favoured:\n"
+        "    print(favoured, thread_nice(tid), os.sched_getscheduler(tid) & os.SCHED_RESET_ON_FORK)\n"
+        "print(thread_nice(tid))\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        ["setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", sys.executable, "-c", code],
+        capture_output=True, text=True, cwd=root, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "0", "0", "0"]

@@ -12,6 +12,8 @@ Families (Prometheus text format 0.0.4):
 - ``hub_websocket_connections_total{prefix}`` and ``hub_websockets_open{prefix}``;
 - ``hub_logins_total{outcome}``: OAuth callbacks by outcome (``success``, ``denied``,
   ``invalid``, ``provider_error``, ``error``);
+- ``hub_websocket_upgrades_waiting`` and ``hub_websocket_upgrades_queued_total``: upgrades in
+  line for a slot of the hub's port now, and all that ever had to wait (a reconnect storm);
 - ``hub_stats_age_seconds``: how old the sampled disk/docker numbers are.
 
 No labels carry user names (cardinality, and the metrics endpoint is readable by local probes).
@@ -52,6 +54,15 @@ class ProxyMetrics:
             "hub_websockets_open", "WebSocket connections open now, by route prefix", ("prefix",)
         )
         self.logins = Counter("hub_logins_total", "OAuth login callbacks, by outcome", ("outcome",))
+        # the hub port's admission (hubproxy/server/admission.py): a reconnect storm, as it goes
+        self.upgrades_waiting = Gauge(
+            "hub_websocket_upgrades_waiting",
+            "WebSocket upgrades waiting now for one of the hub port's slots",
+        )
+        self.upgrades_queued = Counter(
+            "hub_websocket_upgrades_queued_total",
+            "WebSocket upgrades that had to wait for one of the hub port's slots",
+        )
         # the scheme and port browsers reach the hub on, for links in token-authenticated answers
         self.last_origin: tuple[str, int | None] | None = None
         # worker 0 of `hub start --workers N`: merges the other workers' samples in
@@ -64,7 +75,14 @@ class ProxyMetrics:
 
     def own_families(self) -> list:
         """This process's own families (what a worker reports to worker 0)."""
-        return [self.requests, self.websockets, self.websockets_open, self.logins]
+        return [
+            self.requests,
+            self.websockets,
+            self.websockets_open,
+            self.logins,
+            self.upgrades_waiting,
+            self.upgrades_queued,
+        ]
 
 
 def login_outcome(status: int) -> str:

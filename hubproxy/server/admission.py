@@ -31,7 +31,10 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+if TYPE_CHECKING:
+    from hubcontrol import Counter, Gauge
 
 log = logging.getLogger("hubproxy")
 
@@ -74,7 +77,17 @@ class Admission:
         self.hold_max = hold_max
         self.busy = 0
         self.waiting: collections.deque[AdmittingProtocol] = collections.deque()
-        self.queued_total = 0  # upgrades that had to wait (the tests read it; no metric yet)
+        self.queued_total = 0  # upgrades that had to wait
+        # /_hub/metrics (``count_in``): how many wait now, and how many ever had to
+        self._waiting_gauge: Gauge | None = None
+        self._queued_counter: Counter | None = None
+
+    def count_in(self, waiting: Gauge, queued: Counter) -> None:
+        """Keep ``waiting`` (upgrades in line now) and ``queued`` (upgrades that had to wait)
+        up to date, both without labels: what an operator sees of a reconnect storm."""
+        self._waiting_gauge, self._queued_counter = waiting, queued
+        waiting.inc(amount=len(self.waiting))
+        queued.inc(amount=self.queued_total)
 
     def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], AdmittingProtocol]:
         return lambda: AdmittingProtocol(factory, self)
@@ -85,6 +98,9 @@ class Admission:
             return True
         self.waiting.append(conn)
         self.queued_total += 1
+        if self._waiting_gauge is not None and self._queued_counter is not None:
+            self._waiting_gauge.inc()
+            self._queued_counter.inc()
         return False
 
     def release(self) -> None:
@@ -93,13 +109,19 @@ class Admission:
             # on the next turn of the loop, not inside whoever gave the slot back (a write)
             self.busy += 1
             asyncio.get_running_loop().call_soon(self.waiting.popleft().admit_upgrade)
+            self._left_the_line()
 
     def forget(self, conn: AdmittingProtocol) -> None:
         """``conn`` closed while it waited."""
         try:
             self.waiting.remove(conn)
         except ValueError:
-            pass
+            return
+        self._left_the_line()
+
+    def _left_the_line(self) -> None:
+        if self._waiting_gauge is not None:
+            self._waiting_gauge.dec()
 
 
 class _SlotTransport:

@@ -127,6 +127,10 @@ def make_master(
         listen_host=listen_host,
         **PROXY_OPTIONS,
     )
+    loop = asyncio.get_running_loop()
+    if isinstance(loop, HubPortLoop):  # upgrades waiting for a slot, in /_hub/metrics
+        metrics = proxy_metrics(master)
+        loop.admission.count_in(metrics.upgrades_waiting, metrics.upgrades_queued)
     return master
 
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from hubcontrol import Counter, Gauge
 from hubproxy.server import admission
 from hubproxy.server.admission import Admission, asks_upgrade
 
@@ -159,6 +160,31 @@ async def test_an_upgrade_storm_waits_its_turn_while_a_page_goes_straight_throug
             writer.write(b"after")  # the connection is the backend's from here on
             assert await asyncio.wait_for(reader.read(), 5) == b"echo:after"
         assert gate.busy == 0 and not gate.waiting and gate.queued_total == 2
+
+
+async def test_the_metrics_count_the_line_as_it_grows_and_empties():
+    """``hub_websocket_upgrades_waiting`` and ``..._queued_total`` (/_hub/metrics): what an
+    operator sees of a reconnect storm, including a browser that leaves the line."""
+    waiting = Gauge("hub_websocket_upgrades_waiting", "w")
+    queued = Counter("hub_websocket_upgrades_queued_total", "q")
+    async with served(slots=1) as hub:
+        hub.gate.count_in(waiting, queued)
+        assert waiting.samples() == [((), 0.0)] and queued.samples() == [((), 0.0)]
+        await hub.connect(ws(b"/holder"))
+        await until(lambda: hub.backend.paths() == [b"/holder"])
+        await hub.connect(ws(b"/second"))
+        _, quitter = await hub.connect(ws(b"/quitter"))
+        await hub.connect(ws(b"/third"))
+        await until(lambda: len(hub.gate.waiting) == 3)
+        assert (waiting.get(), queued.get()) == (3, 3)
+        quitter.transport.abort()
+        await until(lambda: len(hub.gate.waiting) == 2)
+        assert (waiting.get(), queued.get()) == (2, 3)
+        for path in (b"/holder", b"/second"):
+            hub.backend.release(path)
+            await until(lambda path=path: hub.backend.paths()[-1] != path)
+        await until(lambda: not hub.gate.waiting)
+        assert (waiting.get(), queued.get()) == (0, 3)
 
 
 async def test_a_waiting_upgrade_gets_every_byte_it_sent_in_pieces():

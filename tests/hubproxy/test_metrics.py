@@ -159,6 +159,11 @@ def test_metrics_endpoint_through_the_proxy(tmp_path):
     assert 'hub_environments{state="running"} 1' in lines
     assert 'hub_environments{state="checkpointed"} 1' in lines
     assert 'hub_environments{state="stopped"} 1' in lines
+    # the hub port's admission is counted from the start: nothing waits, nothing has waited
+    assert types["hub_websocket_upgrades_waiting"] == "gauge"
+    assert types["hub_websocket_upgrades_queued_total"] == "counter"
+    assert "hub_websocket_upgrades_waiting 0" in lines
+    assert "hub_websocket_upgrades_queued_total 0" in lines
     assert not any("alice" in line for line in lines)  # no user names in labels
 
 

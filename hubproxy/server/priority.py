@@ -9,9 +9,9 @@ and every request waited with it (docs/performance.md, "The proxy's thread first
 
 So the loop thread gets a nice value ``AHEAD`` steps lower than it had (``-5`` for a hub
 started at 0: about three times the weight of each of the hub's other threads). Only this
-thread: ``SCHED_RESET_ON_FORK`` makes every thread and process it creates start at the nice
-value they would have had (a negative one is reset to 0), so nothing the hub starts from it
-(proxy workers; never a user's daemon or environment) inherits the priority. Against other
+thread: with ``SCHED_RESET_ON_FORK`` the kernel starts every thread and process it creates at
+0 instead of its negative value, so nothing the hub starts from it (proxy workers; a user's
+daemon or environment never is) inherits the priority. Against other
 groups (the users' ``rediacc.slice``, other services) the cgroups' weights decide, as before.
 
 Setting a lower nice value needs ``CAP_SYS_NICE``, which ``hub start`` has as root; without it

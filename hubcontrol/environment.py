@@ -190,16 +190,26 @@ def ensure_env_network(client: docker.DockerClient, net: UserNetwork) -> str:
         if existing.name != name:
             continue
         configs = (existing.attrs.get("IPAM") or {}).get("Config") or []
-        if any(c.get("Subnet") == str(net.env_subnet) for c in configs):
+        if not any(c.get("Subnet") == str(net.env_subnet) for c in configs):
+            why = (
+                f"it has {configs}, expected subnet {net.env_subnet} (two hubs with different "
+                "--user-subnet-pool on one daemon?)"
+            )
+        elif os.path.exists(f"/sys/class/net/{name}"):
             return name
+        else:
+            # The daemon keeps a network whose bridge was deleted under it: on the host daemon
+            # (a template without a per-user daemon), `hub gc` deletes a released network ID's
+            # bridges, and the host daemon lives on. No container could join it again.
+            why = f"its bridge {name} no longer exists"
         existing.reload()
         if existing.attrs.get("Containers"):
             raise NetworkError(
                 "Your environment network is misconfigured; ask the operator.",
-                f"network {name} exists with {configs} and attached containers, expected subnet "
-                f"{net.env_subnet} (two hubs with different --user-subnet-pool on one daemon?)",
+                f"network {name} has attached containers, but {why}",
             )
-        # left over from an earlier owner of this network ID with another pool: replace it
+        # left over from an earlier owner of this network ID (another pool, or its bridge gone
+        # with it): replace it
         existing.remove()
     ipam = docker.types.IPAMConfig(
         pool_configs=[

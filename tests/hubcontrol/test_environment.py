@@ -138,6 +138,39 @@ def test_images_are_transferred_from_the_host_daemon_and_errors_name_the_image(t
 
 
 @pytest.mark.docker
+def test_an_environment_network_whose_bridge_was_deleted_is_made_again(tmp_path):
+    """On the host daemon (a template without a per-user daemon) the environment network outlives
+    its bridge when `hub gc` releases the network ID and deletes the ID's bridges: the daemon
+    keeps the network, and no container could join it. The next start on that ID replaces it."""
+    from hubcontrol.netids import NetIdRegistry
+
+    registry = NetIdRegistry()
+    root = tmp_path / "u-docker"
+    net_id = registry.allocate(root)
+    net = network.user_network(net_id, "10.208.0.0/12")
+    host = docker.DockerClient(base_url="unix:///var/run/docker.sock", version="1.41")
+    try:
+        assert envs.ensure_env_network(host, net) == net.env_bridge
+        first = host.networks.get(net.env_bridge).id
+        assert envs.ensure_env_network(host, net) == net.env_bridge  # a working one is kept
+        assert host.networks.get(net.env_bridge).id == first
+        # what gc.s host cleanup does (gc.remove_daemon_leftovers)
+        network.delete_link(net.env_bridge)
+        assert envs.ensure_env_network(host, net) == net.env_bridge
+        assert host.networks.get(net.env_bridge).id != first
+        with host_test_image() as ref:
+            out = host.containers.run(
+                ref, ["ip", "-4", "-o", "addr", "show", "eth0"], network=net.env_bridge,
+                remove=True,
+            )  # fmt: skip
+        assert str(net.env_subnet.network_address)[:-1] in out.decode(), out
+    finally:
+        envs.remove_env_network(host, net)
+        registry.release(net_id, root)
+        host.close()
+
+
+@pytest.mark.docker
 def test_an_updated_image_sends_only_its_new_layers_and_a_stale_record_sends_all(tmp_path):
     """The host's image is rebuilt under the same tag: a daemon holding the old one gets the new
     one with only the new layer sent, and the old one goes once untagged and unused. A record of

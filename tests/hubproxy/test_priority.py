@@ -36,6 +36,18 @@ def _in_a_thread(fn):
     return box["value"]
 
 
+def _other_threads_nice(tid: int) -> set[int]:
+    """The nice values of this process's other threads (one that ends meanwhile is skipped)."""
+    found = set()
+    for t in os.listdir("/proc/self/task"):
+        if int(t) != tid:
+            try:
+                found.add(thread_nice(int(t)))
+            except ProcessLookupError:
+                pass
+    return found
+
+
 def _process_nice(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
 
@@ -46,7 +58,7 @@ def test_the_loop_thread_runs_ahead_while_it_serves_and_as_before_after() -> Non
         before = thread_nice(tid)
         with loop_thread_first() as favoured:
             during = thread_nice(tid)
-            others = {thread_nice(int(t)) for t in os.listdir("/proc/self/task") if int(t) != tid}
+            others = _other_threads_nice(tid)
         assert others == {before}, "only the loop's own thread changes"
         return before, during, favoured, thread_nice(tid), os.sched_getscheduler(tid)
 

@@ -22,7 +22,7 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from hubcontrol import shells
+from hubcontrol import network, shells
 from hubcontrol.audit import HUB_ACTIONS
 from hubcontrol.config import HubConfig, Template
 from hubcontrol.errors import EnvironmentError_, HookError, NetworkError
@@ -195,7 +195,7 @@ def ensure_env_network(client: docker.DockerClient, net: UserNetwork) -> str:
                 f"it has {configs}, expected subnet {net.env_subnet} (two hubs with different "
                 "--user-subnet-pool on one daemon?)"
             )
-        elif os.path.exists(f"/sys/class/net/{name}"):
+        elif network.link_exists(name):
             return name
         else:
             # The daemon keeps a network whose bridge was deleted under it: on the host daemon

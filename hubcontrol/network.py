@@ -200,7 +200,12 @@ def check_pool(pool: str) -> None:
 
 
 def link_exists(name: str) -> bool:
-    return _run("ip", "link", "show", "dev", name, check=False).returncode == 0
+    """Whether interface ``name`` exists in the hub's network namespace: its sysfs entry, read
+    without starting an ``ip`` process (every start asks). A name the kernel could not give an
+    interface (empty, ``.``, ``..``, with ``/``) exists nowhere."""
+    if name in ("", ".", "..") or "/" in name:
+        return False
+    return os.path.lexists(f"/sys/class/net/{name}")
 
 
 def ensure_bridge(name: str, address: ipaddress.IPv4Interface) -> None:

@@ -483,13 +483,13 @@ def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_pat
                 # The proxy's thread runs ahead of the hub's other work on the CPU; nothing the
                 # hub started (its other threads, the user's daemon and policy socket) inherits it.
                 hub_pid = int((tmp_path / "state" / "run" / "hub.pid").read_text())
-                assert _nice(hub_pid, hub_pid) == -5
+                assert _nice(hub_pid) == -5
                 # (a thread or process that ends between the listing and the read is skipped)
-                others = {_nice(hub_pid, t) for t in _threads(hub_pid) if t != hub_pid} - {None}
+                others = {_nice(t) for t in _threads(hub_pid) if t != hub_pid} - {None}
                 assert others == {0}, others
                 started_by_hub = _processes_under(tmp_path) - {hub_pid}
                 assert started_by_hub, "no daemon or policy socket of the user was found"
-                assert {_nice(p, p) for p in started_by_hub} - {None} == {0}
+                assert {_nice(p) for p in started_by_hub} - {None} == {0}
             finally:
                 browser.close()
     finally:
@@ -523,13 +523,14 @@ def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_pat
     assert leaks.leftovers(tmp_path, net_ids) == []
 
 
-def _nice(pid: int, tid: int) -> int | None:
-    """A thread's nice value (field 19 of its stat), or None once it has gone."""
+def _nice(tid: int) -> int | None:
+    """A thread's nice value, or None once it has gone."""
+    from hubproxy.server.priority import thread_nice
+
     try:
-        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-    except OSError:
+        return thread_nice(tid)
+    except ProcessLookupError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[16])
 
 
 def _threads(pid: int) -> list[int]:

@@ -48,10 +48,6 @@ def _other_threads_nice(tid: int) -> set[int]:
     return found
 
 
-def _process_nice(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
-
-
 def test_the_loop_thread_runs_ahead_while_it_serves_and_as_before_after() -> None:
     def body() -> tuple[int, int, bool, int, int]:
         tid = threading.get_native_id()
@@ -85,7 +81,7 @@ def test_threads_and_processes_it_starts_do_not_inherit_the_priority() -> None:
             t.join()
             child = subprocess.Popen(["sleep", "5"])
             try:
-                child_nice = _process_nice(child.pid)
+                child_nice = thread_nice(child.pid)  # its only thread
             finally:
                 child.kill()
                 child.wait()

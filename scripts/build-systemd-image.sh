@@ -15,6 +15,7 @@
 # --force rebuilds the image (not the debootstrap cache).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/rootfs.sh"
 require_root "$@"
 
 CACHE=${REDIACC_SYSTEMD_IMAGE_CACHE:-/var/cache/rediacc/systemd-build}
@@ -59,7 +60,7 @@ while todo:
 print("\n".join(f"{n}=={v}" for n, v in sorted(pins.items())))
 EOF
 ) || die "cannot list the hub's dependencies from .venv (run scripts/setup-host.sh)"
-recipe=$( (cat "${BASH_SOURCE[0]}" && echo "$deps") | sha256sum | cut -c1-16)
+recipe=$( (cat "${BASH_SOURCE[0]}" "$ROOT/scripts/rootfs.sh" && echo "$deps") | sha256sum | cut -c1-16)
 
 up_to_date() {
 	[[ -z $force && $(docker image inspect --format "{{ index .Config.Labels \"$LABEL\" }}" \
@@ -80,82 +81,18 @@ fi
 
 base="$CACHE/$SUITE-systemd"
 rootfs="$CACHE/rootfs"
-mounts=()
-cleanup() {
-	local i
-	for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
-		umount "${mounts[i]}" 2>/dev/null || umount -l "${mounts[i]}" 2>/dev/null || true
-	done
-	mounts=()
-}
-trap cleanup EXIT
+trap rootfs_unmount EXIT
 
-# A killed build leaves proc and /dev mounted in its tree: unmount before removing (as
-# build-image.sh does), and never cross into another filesystem.
-remove_tree() {
-	local dir m
-	for dir in "$@"; do
-		[[ -e $dir ]] || continue
-		awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
-			while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
-		rm -rf --one-file-system "$dir"
-	done
-}
-
-step_t0=$(date +%s.%N)
-if [[ -f $base/.complete ]]; then
-	note "debootstrap cache: $base"
-else
-	say "debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus $SUITE (cached in $base)"
-	remove_tree "$base" "$base.tmp"
-	mirror=$(grep -ohE 'https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/*.sources \
-		/etc/apt/sources.list.d/*.list 2>/dev/null | head -n1 | tr -d ' ' || true)
-	debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus "$SUITE" "$base.tmp" \
-		${mirror:+"$mirror"} >"$CACHE/debootstrap.log" 2>&1 || {
-		tail -n 20 "$CACHE/debootstrap.log" >&2
-		die "debootstrap failed (log: $CACHE/debootstrap.log)"
-	}
-	touch "$base.tmp/.complete"
-	mv "$base.tmp" "$base"
-	note "debootstrap took $(elapsed "$step_t0") s"
-fi
+debootstrap_cached "$base" "$SUITE" --include=systemd,systemd-sysv,dbus
 
 say "building the rootfs in $rootfs"
 step_t0=$(date +%s.%N)
-remove_tree "$rootfs"
-cp -a "$base" "$rootfs"
-rm -f "$rootfs/.complete"
-for m in proc dev dev/pts; do
-	case $m in
-	proc) mount -t proc proc "$rootfs/proc" ;;
-	dev) mount --bind /dev "$rootfs/dev" ;;
-	dev/pts) mount --bind /dev/pts "$rootfs/dev/pts" ;;
-	esac
-	mounts+=("$rootfs/$m")
-done
-cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
-printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
-chmod 755 "$rootfs/usr/sbin/policy-rc.d"
-eval "$(apt-config shell HOST_VALID_UNTIL Acquire::Check-Valid-Until)"
-if [[ ${HOST_VALID_UNTIL:-} == false ]]; then
-	echo 'Acquire::Check-Valid-Until "false";' >"$rootfs/etc/apt/apt.conf.d/99rediacc-build"
-fi
+rootfs_from "$base"
 # pip verifies PyPI against this machine's CA bundle (which may hold a site CA), not the chroot's.
 cp /etc/ssl/certs/ca-certificates.crt "$rootfs/tmp/host-ca.crt"
 
-in_chroot() { chroot "$rootfs" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-	DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 HOME=/root "$@"; }
-
-in_chroot apt-get update -qq >"$CACHE/apt.log" 2>&1 || {
-	tail -n 20 "$CACHE/apt.log" >&2
-	die "apt-get update in the image failed (log: $CACHE/apt.log)"
-}
-in_chroot apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >>"$CACHE/apt.log" 2>&1 || {
-	tail -n 20 "$CACHE/apt.log" >&2
-	die "apt-get install in the image failed (log: $CACHE/apt.log)"
-}
+chroot_apt_install "${PACKAGES[@]}"
 in_chroot apt-get clean
-rm -f "$rootfs/etc/apt/apt.conf.d/99rediacc-build"
 
 say "the hub's venv $VENV (its Python dependencies from PyPI)"
 in_chroot python3 -m venv "$VENV"
@@ -196,10 +133,7 @@ done
 in_chroot systemctl set-default multi-user.target >/dev/null 2>&1 || true
 echo rediacc-systemd-test >"$rootfs/etc/hostname"
 
-cleanup
-rm -f "$rootfs/usr/sbin/policy-rc.d" "$rootfs/tmp/host-ca.crt"
-: >"$rootfs/etc/resolv.conf"
-rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/log/apt/* "$rootfs"/tmp/*
+rootfs_finish # also takes /tmp/host-ca.crt out
 note "rootfs ready in $(elapsed "$step_t0") s"
 
 say "docker import -> $IMAGE"

@@ -16,6 +16,7 @@
 #   usage: build-test-image.sh docker-cli|nobash [--force]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/rootfs.sh"
 require_root "$@"
 
 kind=${1:-}
@@ -42,7 +43,7 @@ export DOCKER_HOST="unix://$HOST_DOCKER_SOCK"
 docker_ping || die "the host dockerd does not answer: run scripts/start-host-dockerd.sh first"
 docker() { /usr/bin/docker "$@"; }
 
-recipe=$(printf '%s %s' "$kind" "$(hash_files "${BASH_SOURCE[0]}")" | sha256sum | cut -c1-16)
+recipe=$(printf '%s %s' "$kind" "$(hash_files "${BASH_SOURCE[0]}" "$ROOT/scripts/rootfs.sh")" | sha256sum | cut -c1-16)
 up_to_date() {
 	[[ -z $force && $(docker image inspect --format "{{ index .Config.Labels \"$LABEL\" }}" \
 		"$IMAGE" 2>/dev/null) == "$recipe" ]]
@@ -61,53 +62,14 @@ fi
 
 base="$CACHE/$SUITE-minbase"
 rootfs="$CACHE/rootfs-$kind"
-mounts=()
-cleanup() {
-	for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do
-		umount "${mounts[i]}" 2>/dev/null || umount -l "${mounts[i]}" 2>/dev/null || true
-	done
-	mounts=()
-}
-remove_tree() { # never rm -rf into a /dev or /proc a killed build left mounted
-	local dir=$1 m
-	[[ -e $dir ]] || return 0
-	awk -v d="$dir/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
-		while read -r m; do umount "$m" 2>/dev/null || umount -l "$m"; done
-	rm -rf --one-file-system "$dir"
-}
-trap 'cleanup; remove_tree "$rootfs"' EXIT
+trap 'rootfs_unmount; remove_tree "$rootfs"' EXIT
 
-if [[ ! -f $base/.complete ]]; then
-	say "debootstrap --variant=minbase $SUITE (cached in $base)"
-	remove_tree "$base.tmp"
-	debootstrap --variant=minbase "$SUITE" "$base.tmp" >"$CACHE/debootstrap.log" 2>&1 ||
-		die "debootstrap failed (log: $CACHE/debootstrap.log)"
-	touch "$base.tmp/.complete"
-	remove_tree "$base"
-	mv "$base.tmp" "$base"
-fi
+debootstrap_cached "$base" "$SUITE"
 
 say "building $IMAGE ($kind) in $rootfs"
-remove_tree "$rootfs"
-cp -a "$base" "$rootfs"
-rm -f "$rootfs/.complete"
-mount -t proc proc "$rootfs/proc" && mounts+=("$rootfs/proc")
-mount --bind /dev "$rootfs/dev" && mounts+=("$rootfs/dev")
-cp /etc/resolv.conf "$rootfs/etc/resolv.conf"
-printf '#!/bin/sh\nexit 101\n' >"$rootfs/usr/sbin/policy-rc.d"
-chmod 755 "$rootfs/usr/sbin/policy-rc.d"
-eval "$(apt-config shell HOST_VALID_UNTIL Acquire::Check-Valid-Until)"
-if [[ ${HOST_VALID_UNTIL:-} == false ]]; then
-	echo 'Acquire::Check-Valid-Until "false";' >"$rootfs/etc/apt/apt.conf.d/99rediacc-build"
-fi
-in_chroot() { chroot "$rootfs" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-	DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 HOME=/root "$@"; }
+rootfs_from "$base"
 log="$CACHE/apt-$kind.log"
-{ in_chroot apt-get update -qq && in_chroot apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}"; } \
-	>"$log" 2>&1 || {
-	tail -n 20 "$log" >&2
-	die "apt-get in the $kind image failed (log: $log)"
-}
+APT_LOG=$log chroot_apt_install "${PACKAGES[@]}"
 in_chroot apt-get clean
 in_chroot useradd --create-home --uid 1000 --user-group --shell /bin/sh "$USER_NAME"
 install -d -m 755 -o 1000 -g 1000 "$rootfs/workspace"
@@ -159,10 +121,8 @@ http.createServer((req, res) => {
 JS
 	;;
 esac
-cleanup
-rm -f "$rootfs/usr/sbin/policy-rc.d" "$rootfs/etc/apt/apt.conf.d/99rediacc-build"
-: >"$rootfs/etc/resolv.conf"
-rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/log/* "$rootfs"/tmp/*
+rootfs_finish
+rm -rf "$rootfs"/var/log/*
 
 tar -C "$rootfs" --numeric-owner -cf - . | docker import \
 	--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \

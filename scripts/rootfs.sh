@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Building a Debian rootfs for `docker import`, shared by build-image.sh and build-systemd-image.sh
-# (source it after lib.sh). Both scripts hash this file into their recipe, so a change here
-# rebuilds both images.
+# Building a Debian rootfs for `docker import`, shared by build-image.sh, build-systemd-image.sh
+# and build-test-image.sh (source it after lib.sh). Each hashes this file into its recipe, so a
+# change here rebuilds their images.
 #
 # The caller sets `rootfs` (the tree being built) and `CACHE` (logs go there), and calls
 # `trap rootfs_unmount EXIT` before the first mount.
@@ -83,15 +83,16 @@ in_chroot() {
 }
 
 # chroot_apt_install PACKAGE...: apt-get update and install (no recommends) in the tree, the
-# output in $CACHE/apt.log and its tail on failure.
+# output in $APT_LOG (default $CACHE/apt.log) and its tail on failure.
 chroot_apt_install() {
-	in_chroot apt-get update -qq >"$CACHE/apt.log" 2>&1 || {
-		tail -n 20 "$CACHE/apt.log" >&2
-		die "apt-get update in the image failed (log: $CACHE/apt.log)"
+	local log=${APT_LOG:-$CACHE/apt.log}
+	in_chroot apt-get update -qq >"$log" 2>&1 || {
+		tail -n 20 "$log" >&2
+		die "apt-get update in the image failed (log: $log)"
 	}
-	in_chroot apt-get install -y -qq --no-install-recommends "$@" >>"$CACHE/apt.log" 2>&1 || {
-		tail -n 20 "$CACHE/apt.log" >&2
-		die "apt-get install in the image failed (log: $CACHE/apt.log)"
+	in_chroot apt-get install -y -qq --no-install-recommends "$@" >>"$log" 2>&1 || {
+		tail -n 20 "$log" >&2
+		die "apt-get install in the image failed (log: $log)"
 	}
 }
 

@@ -388,6 +388,8 @@ class OAuthLogin:
             ttl=SESSION_TTL,
             browser=cookies.browser_binding(browser_id),
         )
+        # the cookie goes out once the session is on disk (written off this loop meanwhile)
+        await self.context.sessions.saved()
         log.info("hub: %s logged in (session %s…)", identity.shown(user), session.sid[:6])
         if login.template is not None:
             # A template picked at login (re)builds the environment now, while the browser follows

@@ -5,6 +5,15 @@ lists never travel to the browser and logout really ends a session (a copied coo
 The store is a small JSON file (0600) in the state directory, rewritten on every change, so a hub
 restart keeps everyone logged in.
 
+Changes made on the proxy's event loop are written behind, off that loop: the write (a temp file
+and a rename, which on ext4 waits for the new file's data to reach the disk) runs in a thread, and
+the changes that arrive while one is under way go out together in the next. The loop keeps serving
+meanwhile; fifty logins at once used to wait for fifty such writes one after another on it
+(docs/performance.md, "Sessions written off the proxy's thread"). A login answers only once its
+session is on disk (``await saved()``), so what a browser was told survives a crash. Ending
+sessions (logout) is written at once, before the answer, as is every change made where no event
+loop runs (tests, tools).
+
 Under ``hub start --workers N`` only worker 0 creates and ends sessions (every ``/_hub/`` request
 is forwarded to it); ``listeners`` tell it what changed, and each other worker keeps a replica
 (``SessionStore.replica``, no file) that ``apply`` updates from worker 0's broadcasts.
@@ -12,10 +21,12 @@ is forwarded to it); ``listeners`` tell it what changed, and each other worker k
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -64,6 +75,11 @@ class SessionStore:
     clock: Callable[[], float] = time.time
     _sessions: dict[str, Session] = field(default_factory=dict)
     listeners: list[Listener] = field(default_factory=list)
+    # write-behind: every change bumps _changes; _written is the last change known on disk
+    _changes: int = 0
+    _written: int = 0
+    _writer: asyncio.Task[None] | None = field(default=None, repr=False)
+    _write_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def open(cls, path: Path | None, clock: Callable[[], float] = time.time) -> SessionStore:
@@ -145,7 +161,8 @@ class SessionStore:
     def revoke(self, sid: str) -> Session | None:
         session = self._sessions.pop(sid, None)
         if session is not None:
-            self._save()
+            # an ended session must not come back with a crash (and logouts come in no storms)
+            self._save(now=True)
             self._notify([], [sid])
         return session
 
@@ -155,7 +172,7 @@ class SessionStore:
         for session in ended:
             del self._sessions[session.sid]
         if ended:
-            self._save()
+            self._save(now=True)  # as in revoke
             self._notify([], [s.sid for s in ended])
         return ended
 
@@ -195,15 +212,65 @@ class SessionStore:
             del self._sessions[sid]
         return expired
 
-    def _save(self) -> None:
+    async def saved(self) -> bool:
+        """Wait until every change made so far is on disk; False if writing it failed (logged).
+        True at once for a store without a file."""
+        target = self._changes
+        while self._written < target:
+            writer = self._writer
+            if writer is None or writer.done():
+                return False  # the write for it failed and nothing has retried since
+            await asyncio.shield(writer)
+        return True
+
+    def _save(self, *, now: bool = False) -> None:
+        """Persist the change just made: behind, off the event loop, or ``now`` (and where no loop
+        runs) on this thread before returning."""
         if self.path is None:
             return
+        self._changes += 1
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            now = True
+        if now:
+            self._write(self._snapshot(), self._changes)
+            return
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_behind(), name="session-store-write")
+
+    async def _write_behind(self) -> None:
+        """Write until what is on disk is the latest change, each round taking every change made
+        during the one before; a failed write is logged and left for the next change to retry."""
+        while self._written < self._changes:
+            upto = self._changes
+            data = self._snapshot()  # on the loop, so no change lands halfway through it
+            try:
+                await asyncio.to_thread(self._write, data, upto)
+            except OSError as e:
+                log.error(
+                    "session store %s could not be written (%s): sessions changed since the last "
+                    "write are lost if the hub restarts (those users log in again)",
+                    self.path,
+                    e,
+                )
+                return
+
+    def _snapshot(self) -> str:
+        return json.dumps([s.to_json() for s in self._sessions.values()])
+
+    def _write(self, data: str, upto: int) -> None:
+        assert self.path is not None
         tmp = self.path.with_name(self.path.name + ".tmp")
-        data = json.dumps([s.to_json() for s in self._sessions.values()])
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-        os.replace(tmp, self.path)
+        # one writer at a time on the temp file, and never an older state written last
+        with self._write_lock:
+            if upto <= self._written:
+                return
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(data)
+            os.replace(tmp, self.path)
+            self._written = upto
 
 
 def load_session_secret(configured: str | None, state_dir: Path) -> tuple[str, bool]:

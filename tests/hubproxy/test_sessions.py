@@ -60,3 +60,100 @@ def test_generated_secret_is_persisted_0600(tmp_path):
     path = tmp_path / "state" / "session.secret"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_session_secret(None, tmp_path / "state") == (secret, True)
+
+
+# -- written behind, off the event loop ------------------------------------------------------
+
+
+def slow_replace(monkeypatch, delay: float) -> list[float]:
+    """os.replace as a loaded ext4 does it (the rename waits for the new file's data): ``delay``
+    seconds per call; returns the times the store's writes finished."""
+    import os as os_module
+    import time
+
+    real, done = os_module.replace, []
+
+    def replace(src, dst, *args, **kwargs):
+        time.sleep(delay)
+        real(src, dst, *args, **kwargs)
+        done.append(time.monotonic())
+
+    monkeypatch.setattr("hubproxy.auth.sessionstore.os.replace", replace)
+    return done
+
+
+@pytest.mark.anyio
+async def test_logins_on_the_event_loop_do_not_wait_for_the_disk(tmp_path, monkeypatch):
+    """Fifty sessions made on the loop while each write takes 200 ms: the loop keeps ticking,
+    the writes are taken together, and once ``saved()`` says so all fifty are on disk."""
+    import asyncio
+    import itertools
+    import time
+
+    path = tmp_path / "sessions.json"
+    store = SessionStore.open(path)
+    writes = slow_replace(monkeypatch, 0.2)
+    ticks: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker():
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.005)
+
+    task = asyncio.create_task(ticker())
+    made = []
+    for i in range(50):
+        made.append(store.create(f"user{i}"))
+        await asyncio.sleep(0)  # other requests in between, as on a hub
+    t0 = time.monotonic()
+    assert await store.saved()
+    waited = time.monotonic() - t0
+    stop.set()
+    await task
+    on_disk = SessionStore.open(path)
+    assert all(on_disk.get(s.sid, s.user) == s for s in made)
+    assert len(writes) < 10, f"{len(writes)} writes for 50 logins: changes were not taken together"
+    # the loop ran throughout: no gap near one write's 200 ms (a write on the loop would block it)
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert max(gaps) < 0.1, f"the event loop stalled {max(gaps) * 1000:.0f} ms"
+    assert waited >= 0.15  # saved() really waited for the disk
+
+
+@pytest.mark.anyio
+async def test_a_failed_write_is_logged_and_the_next_change_writes_everything(
+    tmp_path, monkeypatch, caplog
+):
+    import os as os_module
+
+    path = tmp_path / "sessions.json"
+    store = SessionStore.open(path)
+    real = os_module.replace
+    fail = [True]
+
+    def replace(src, dst, *args, **kwargs):
+        if fail[0]:
+            raise OSError(28, "No space left on device")
+        real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr("hubproxy.auth.sessionstore.os.replace", replace)
+    first = store.create("alice")
+    assert not await store.saved()
+    assert "could not be written (" in caplog.text and "No space left on device" in caplog.text
+    assert store.get(first.sid, "alice") == first  # still logged in on this hub
+    fail[0] = False
+    second = store.create("bob")
+    assert await store.saved()
+    on_disk = SessionStore.open(path)
+    assert on_disk.get(first.sid, "alice") == first and on_disk.get(second.sid, "bob") == second
+
+
+@pytest.mark.anyio
+async def test_a_logout_is_on_disk_before_it_returns_even_on_the_loop(tmp_path):
+    path = tmp_path / "sessions.json"
+    store = SessionStore.open(path)
+    s = store.create("alice")
+    assert await store.saved()
+    assert store.revoke_user("alice") == [s]
+    # no await: an ended session must not come back if the hub dies right after the answer
+    assert SessionStore.open(path).get(s.sid, "alice") is None

@@ -6,13 +6,13 @@ The store is a small JSON file (0600) in the state directory, rewritten on every
 restart keeps everyone logged in.
 
 Changes made on the proxy's event loop are written behind, off that loop: the write (a temp file
-and a rename, which on ext4 waits for the new file's data to reach the disk) runs in a thread, and
-the changes that arrive while one is under way go out together in the next. The loop keeps serving
-meanwhile; fifty logins at once used to wait for fifty such writes one after another on it
-(docs/performance.md, "Sessions written off the proxy's thread"). A login answers only once its
-session is on disk (``await saved()``), so what a browser was told survives a crash. Ending
-sessions (logout) is written at once, before the answer, as is every change made where no event
-loop runs (tests, tools).
+and a rename, which on ext4 starts writing the new file's data out and can wait on the disk) runs
+in a thread, and the changes that arrive while one is under way go out together in the next. The
+loop keeps serving meanwhile; fifty logins at once used to wait for fifty such writes one after
+another on it (docs/performance.md, "Sessions written off the proxy's thread"). A login answers
+only once its session is written (``await saved()``), so a session a browser was given survives
+the hub being killed. Ending sessions (logout) is written at once, before the answer, as is every
+change made where no event loop runs (tests, tools).
 
 Under ``hub start --workers N`` only worker 0 creates and ends sessions (every ``/_hub/`` request
 is forwarded to it); ``listeners`` tell it what changed, and each other worker keeps a replica
@@ -161,7 +161,7 @@ class SessionStore:
     def revoke(self, sid: str) -> Session | None:
         session = self._sessions.pop(sid, None)
         if session is not None:
-            # an ended session must not come back with a crash (and logouts come in no storms)
+            # an ended session must not come back if the hub is killed (and logouts come in no storms)
             self._save(now=True)
             self._notify([], [sid])
         return session

@@ -519,7 +519,11 @@ def test_a_start_rotates_a_large_log_and_empties_tmpdir(live_spec):
     (spec.tmpdir / "ctrd-checkpoint-123" / "pages-1.img").write_bytes(b"x" * 1024)
     spec.log.write_bytes(b"old\n" * (3 << 20))  # 12 MiB
     supervisor.start(spec)
-    assert not list(spec.tmpdir.iterdir())
+    # What the new daemons write there themselves is theirs: on a loaded machine dockerd may
+    # find its containerd slow to answer, restart it and first ask it for a stack dump
+    # (SIGUSR1: containerd.<pid>.stacks.log in TMPDIR). What was there before the start is gone.
+    left = [p.name for p in spec.tmpdir.iterdir() if not p.name.endswith(".stacks.log")]
+    assert left == []
     assert spec.log.with_name("dockerd.log.1").stat().st_size == 12 << 20
     assert spec.log.stat().st_size < 1 << 20
 

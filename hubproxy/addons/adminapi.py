@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mitmproxy import http
+from mitmproxy.net.http.http1.assemble import assemble_response_head
 
 from hubproxy import hosts
 from hubproxy.addons.metrics import ProxyMetrics, render_metrics
@@ -133,6 +134,51 @@ def health_document(context: HubContext) -> tuple[int, dict]:
     body["environments"] = len(view.rows)
     body["status_refreshed_at"] = view.refreshed_at
     return (200 if ready else 503), body
+
+
+def probe_answer(context: HubContext, head: bytes) -> tuple[bytes, bool] | None:
+    """A plain ``GET``/``HEAD`` of ``/_hub/health`` (``/live``, ``/ready``) answered from its
+    request head ``head`` (without the blank line), before mitmproxy sees it: the response's
+    bytes, and whether the connection stays open. None for anything else, and for any head
+    that is not a simple HTTP/1.1 request without a body (mitmproxy then answers, or refuses,
+    as before). ``hubproxy.server.admission`` calls it for the first bytes of each connection.
+    """
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[0] not in (b"GET", b"HEAD") or parts[2] != b"HTTP/1.1":
+        return None
+    target = parts[1]
+    if not target.startswith(b"/_hub/health") or not target.isascii():
+        return None
+    endpoint = hosts.hub_endpoint(target.decode())
+    if endpoint not in HEALTH_ENDPOINTS:
+        return None
+    hosts_seen = 0
+    close = False
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip() or line[:1] in (b" ", b"\t"):
+            return None  # not a header line mitmproxy would take as it is: it decides
+        name = name.lower()
+        value = value.strip().lower()
+        if name == b"host":
+            hosts_seen += 1
+        elif name in (b"transfer-encoding", b"upgrade", b"expect") or (
+            name == b"content-length" and value != b"0"
+        ):
+            return None
+        elif name == b"connection":
+            close = close or b"close" in (t.strip() for t in value.split(b","))
+    if hosts_seen != 1:
+        return None
+    status, body = health_document(context)
+    if endpoint == "health/live":
+        status = 200
+    response = pages.json_response(status, body, {"Connection": "close"} if close else None)
+    data = assemble_response_head(response)
+    if parts[0] == b"GET":
+        data += response.content or b""
+    return data, not close
 
 
 class AdminApi:

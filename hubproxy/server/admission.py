@@ -18,11 +18,21 @@ bytes of each new connection (the request head; mitmproxy gets them unchanged) a
   environment could delay at will), or for ``HOLD_MAX`` at most;
 - a browser that leaves while it waits (a close, or a half-close, which a WebSocket client
   does not do before the answer) leaves the line;
-- anything else (pages, API calls, probes, TLS, HTTP/2, a client that says nothing) is handed
+- a load balancer's probe is answered here (below);
+- anything else (pages, API calls, TLS, HTTP/2, a client that says nothing) is handed
   to mitmproxy at once.
 
 Nothing is refused here: this only orders the work. The upgrades of a storm still
 all open (the slots turn over in milliseconds), and pages and probes are served meanwhile.
+
+One kind of request is answered here instead of handed over: a load balancer's probe
+(``Admission.answer``, set to ``adminapi.probe_answer`` where this process answers
+``/_hub/health`` itself), as HAProxy's ``monitor-uri`` is answered by HAProxy. Through
+mitmproxy a probe needs a dozen turns of the loop, and while the loop has more work than a
+core (50 logins and a thousand upgrades at once), each turn takes tens of milliseconds: a
+load balancer then waited 100-300 ms for a hub that was serving everyone. Here it needs the
+turn that reads it. The answer is the same document, made by the same function, as
+mitmproxy's; anything the probe's parser does not fully understand goes to mitmproxy as before.
 """
 
 from __future__ import annotations
@@ -69,12 +79,19 @@ def asks_upgrade(head: bytes) -> bool:
     return False
 
 
+# ``Admission.answer``: given a whole request head (without its blank line), the bytes to send
+# and whether the connection stays open after them, or None to hand the connection to mitmproxy.
+Answer = Callable[[bytes], "tuple[bytes, bool] | None"]
+
+
 class Admission:
-    """The slots of one event loop's hub port."""
+    """The slots of one event loop's hub port, and what it answers itself (``answer``)."""
 
     def __init__(self, slots: int = SLOTS, hold_max: float = HOLD_MAX) -> None:
         self.slots = slots
         self.hold_max = hold_max
+        self.answer: Answer | None = None
+        self.answered = 0  # requests answered here, not by mitmproxy (the tests look)
         self.busy = 0
         self.waiting: collections.deque[AdmittingProtocol] = collections.deque()
         self.queued_total = 0  # upgrades that had to wait
@@ -199,6 +216,27 @@ class AdmittingProtocol(asyncio.Protocol):
             return
         buf = self.buffer
         end = buf.find(b"\r\n\r\n")
+        while end >= 0 and self.admission.answer is not None:
+            reply = self.admission.answer(bytes(buf[:end]))
+            if reply is None:
+                break
+            assert self.transport is not None
+            response, keep_open = reply
+            del buf[: end + 4]
+            self.admission.answered += 1
+            self.transport.write(response)
+            if not keep_open:
+                self._cancel_timer()
+                self.state = "closed"
+                self.transport.close()
+                return
+            # the connection's next request is looked at afresh (a probe that keeps its
+            # connection, or pipelined requests): its own SILENT_MAX
+            self._cancel_timer()
+            self.timer = asyncio.get_running_loop().call_later(SILENT_MAX, self._hand_over)
+            end = buf.find(b"\r\n\r\n")
+        if not buf:
+            return
         if end < 0:
             start = bytes(buf[:8])
             if len(buf) < PEEK_MAX and any(

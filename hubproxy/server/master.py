@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import os
@@ -29,7 +30,7 @@ from mitmproxy import options
 from mitmproxy.addons import errorcheck, next_layer, proxyserver
 from mitmproxy.master import Master
 
-from hubproxy.addons import PROXY_OPTIONS, hub_addons
+from hubproxy.addons import PROXY_OPTIONS, adminapi, hub_addons
 from hubproxy.addons.metrics import Metrics, ProxyMetrics
 from hubproxy.context import HubContext
 from hubproxy.server import admission, priority
@@ -105,11 +106,15 @@ def make_master(
     *,
     before: Sequence = (),
     modes: Sequence[str] = (),
+    answers_health: bool = True,
 ) -> Master:
     """A master listening on ``listen_host:port``; call inside a running event loop.
 
     ``before``: addons that run ahead of the hub's (the workers' forwarding and trust checks);
-    ``modes``: further mitmproxy listen modes (worker 0's private listener).
+    ``modes``: further mitmproxy listen modes (worker 0's private listener);
+    ``answers_health``: this process answers ``/_hub/health`` itself, so the hub's port answers
+    plain probes before mitmproxy (``admission``); False where ``before`` sends ``/_hub/`` on
+    (workers 1..N-1).
     """
     opts = options.Options()
     master = Master(opts)
@@ -131,6 +136,9 @@ def make_master(
     if isinstance(loop, HubPortLoop):  # upgrades waiting for a slot, in /_hub/metrics
         metrics = proxy_metrics(master)
         loop.admission.count_in(metrics.upgrades_waiting, metrics.upgrades_queued)
+        loop.admission.answer = (
+            functools.partial(adminapi.probe_answer, context) if answers_health else None
+        )
     return master
 
 

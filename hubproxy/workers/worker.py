@@ -213,7 +213,9 @@ class Worker:
             welcome["token"],
             on_running=lambda: self.send({"t": "ready", "index": self.index}),
         )
-        master = make_master(context, self.config.port, "", before=[forwarder])
+        master = make_master(
+            context, self.config.port, "", before=[forwarder], answers_health=False
+        )
         self.master = master
         metrics = proxy_metrics(master)
         loop = asyncio.get_running_loop()

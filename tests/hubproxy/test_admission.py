@@ -269,3 +269,38 @@ async def test_many_upgrades_all_reach_the_backend_and_the_slots_all_come_back(s
         assert sorted(hub.backend.paths()) == sorted(b"/c%d" % i for i in range(20))
         await until(lambda: hub.gate.busy == 0)
         assert not hub.gate.waiting
+
+
+PROBE = b"GET /probe HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def answer_probes(head: bytes) -> tuple[bytes, bool] | None:
+    """An ``Admission.answer`` for these tests: ``/probe`` answered here (``/probe-close`` and
+    the connection closed), anything else handed over."""
+    path = head.split(b" ", 2)[1]
+    if path not in (b"/probe", b"/probe-close"):
+        return None
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nup", path == b"/probe"
+
+
+async def test_a_probe_is_answered_at_the_port_while_everything_behind_it_is_busy():
+    """What ``answer`` takes never reaches the backend (mitmproxy), so a load balancer's probe
+    is not behind a storm of work there; the connection's next request that it does not take
+    goes to the backend whole, and pipelined probes are each answered."""
+    async with served(slots=1) as hub:
+        hub.gate.answer = answer_probes
+        await hub.connect(ws(b"/holder"))  # the backend busy: it never answers this one
+        await until(lambda: hub.backend.paths() == [b"/holder"])
+        reader, writer = await hub.connect(PROBE + PROBE)  # two at once, one connection
+        reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nup"
+        assert await asyncio.wait_for(reader.readexactly(2 * len(reply)), 5) == reply * 2
+        writer.write(PROBE)  # the same connection, kept open
+        assert await asyncio.wait_for(reader.readexactly(len(reply)), 5) == reply
+        assert hub.backend.paths() == [b"/holder"] and hub.gate.answered == 3
+        writer.write(PAGE)  # not a probe: the backend gets it, and the connection
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200 OK")
+        assert hub.backend.seen[-1] == PAGE
+        # a probe that asks for the connection to close is answered, then the connection ends
+        reader, _ = await hub.connect(PROBE.replace(b"/probe", b"/probe-close"))
+        assert await asyncio.wait_for(reader.read(), 5) == reply
+        assert hub.gate.answered == 4 and len(hub.backend.seen) == 2

@@ -10,6 +10,8 @@ session, no session; POSTs with a missing, wrong, other session's and cross-orig
 from __future__ import annotations
 
 import os
+import re
+import socket
 import stat
 
 import httpx
@@ -254,6 +256,76 @@ def test_health_answers_on_any_host(site):
             assert body["ok"] and body["live"] and body["ready"]
             assert body["control_plane"] == "running" and body["environments"] == 3
             assert c.get("/_hub/health/live").status_code == 200
+
+
+def _raw(port: int, request: bytes) -> bytes:
+    """The first answer the hub's port sends back for ``request`` (its head, and its body by
+    Content-Length), or what it sent before it closed the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+            head, sep, body = data.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length: *(\d+)", head)
+            if sep and len(body) >= (int(length.group(1)) if length else 0):
+                break
+    return data
+
+
+def test_a_probe_is_answered_at_the_port_with_mitmproxys_own_document(site):
+    """A load balancer's ``GET /_hub/health`` is answered by the hub's port before mitmproxy
+    (hubproxy/server/admission.py): the same status, headers and document as mitmproxy's answer
+    to the same endpoint (a POST, which goes through all of mitmproxy's layers and addons)."""
+    proxy, _, _ = site
+    assert proxy.admission is not None
+    before = proxy.admission.answered
+    with client(proxy) as c:  # one connection, kept open between probes
+        fast = c.get("/_hub/health?probe=1")
+        live = c.get("/_hub/health/live")
+        head = c.head("/_hub/health/ready")
+    with client(proxy) as c:
+        slow = c.post("/_hub/health")
+    assert proxy.admission.answered == before + 3  # the GETs and the HEAD; not the POST
+    assert fast.status_code == slow.status_code == 200
+    assert dict(fast.headers) == dict(slow.headers)
+    assert fast.json() == slow.json() and fast.json()["environments"] == 3
+    assert live.status_code == 200 and live.json() == fast.json()
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == fast.headers["content-length"]
+    # asked to close: answered, then closed (and the answer says so)
+    host = f"term.{DOMAIN}:{proxy.port}".encode()
+    answer = _raw(proxy.port, b"GET /_hub/health HTTP/1.1\r\nHost: " + host +
+                  b"\r\nConnection: close\r\n\r\n")  # fmt: skip
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nConnection: close\r\n" in answer
+    assert answer.endswith(fast.content)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"GET /_hub/health HTTP/1.0\r\n",  # not HTTP/1.1
+        b"GET /_hub/health HTTP/1.1\r\nHost: a\r\nHost: b\r\n",  # two Hosts
+        b"GET /_hub/health HTTP/1.1\r\n",  # no Host
+        b"GET /_hub/health HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET /_hub/health HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET /_hub/health HTTP/1.1\r\nHost: a\r\n X-Folded: yes\r\n",
+        b"GET /_hub/healthz HTTP/1.1\r\nHost: a\r\n",
+        b"GET /_hub/health/%2e%2e/metrics HTTP/1.1\r\nHost: a\r\n",
+        b"GET /_hub/health/../metrics HTTP/1.1\r\nHost: a\r\n",
+        b"GET http://a/_hub/health HTTP/1.1\r\nHost: a\r\n",
+    ],
+)
+def test_what_is_not_a_plain_probe_goes_to_mitmproxy_as_before(site, sent):
+    """Only a simple HTTP/1.1 probe of a health endpoint is answered at the port; for anything
+    else mitmproxy answers or refuses as it always did."""
+    proxy, _, _ = site
+    assert proxy.admission is not None
+    before = proxy.admission.answered
+    # mitmproxy answers (a 400, the document) or closes the connection, without a wait
+    answer = _raw(proxy.port, sent if b"\r\n\r\n" in sent else sent + b"\r\n")
+    assert proxy.admission.answered == before
+    assert answer == b"" or answer.startswith(b"HTTP/1.")
 
 
 def test_metrics_need_the_token_an_admin_or_a_direct_local_connection(site):

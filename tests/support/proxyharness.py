@@ -9,6 +9,7 @@ Hub (tests/e2e); these check the request path with a real proxy, provider and so
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import socket
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import anyio
 import httpx
@@ -33,7 +35,8 @@ from hubcontrol import Lifecycle, Progress, Route, RouteTable, StatusView
 from hubcontrol.engine import Engine
 from hubproxy.auth import cookies
 from hubproxy.context import HubContext
-from hubproxy.server.master import make_master, run_loop, run_master
+from hubproxy.server.admission import Admission
+from hubproxy.server.master import HubPortLoop, make_master, run_loop, run_master
 from hubproxy.server.startup import start_control_plane
 from tests.support.proxyfakes import make_route
 
@@ -100,6 +103,7 @@ class RunningProxy:
     port: int
     context: HubContext
     hub: StubHub
+    admission: Admission | None = None  # the hub port's (what it answered before mitmproxy)
 
 
 def wait_listening(port: int, timeout: float = 10.0) -> None:
@@ -121,6 +125,7 @@ def running_proxy(config, hub, port: int) -> Iterator[RunningProxy]:
         async def main() -> None:
             master = make_master(context, port, "127.0.0.1")
             box["master"] = master
+            box["admission"] = cast(HubPortLoop, asyncio.get_running_loop()).admission
             await run_master(master)
 
         run_loop(main(), port)  # the hub's own loop: its backlog, and upgrades' admission
@@ -129,7 +134,7 @@ def running_proxy(config, hub, port: int) -> Iterator[RunningProxy]:
     thread.start()
     try:
         wait_listening(port)
-        yield RunningProxy(port, context, hub)
+        yield RunningProxy(port, context, hub, box["admission"])
     finally:
         if "master" in box:
             box["master"].shutdown()

@@ -216,26 +216,27 @@ class AdmittingProtocol(asyncio.Protocol):
             return
         buf = self.buffer
         end = buf.find(b"\r\n\r\n")
-        while end >= 0 and self.admission.answer is not None:
-            reply = self.admission.answer(bytes(buf[:end]))
-            if reply is None:
-                break
-            assert self.transport is not None
+        # Only a request alone in its read, on a connection whose last answer has gone out: a
+        # probe does not pipeline and reads its answers, and a client that sends thousands of
+        # requests in one go, or never reads, is mitmproxy's to pace as any other.
+        answer = self.admission.answer
+        assert self.transport is not None
+        if (
+            answer is not None
+            and end + 4 == len(buf)
+            and not self.transport.get_write_buffer_size()
+            and (reply := answer(bytes(buf[:end]))) is not None
+        ):
             response, keep_open = reply
-            del buf[: end + 4]
+            buf.clear()
             self.admission.answered += 1
             self.transport.write(response)
-            if not keep_open:
-                self._cancel_timer()
+            self._cancel_timer()
+            if keep_open:  # the connection's next request is looked at afresh: its own wait
+                self.timer = asyncio.get_running_loop().call_later(SILENT_MAX, self._hand_over)
+            else:
                 self.state = "closed"
                 self.transport.close()
-                return
-            # the connection's next request is looked at afresh (a probe that keeps its
-            # connection, or pipelined requests): its own SILENT_MAX
-            self._cancel_timer()
-            self.timer = asyncio.get_running_loop().call_later(SILENT_MAX, self._hand_over)
-            end = buf.find(b"\r\n\r\n")
-        if not buf:
             return
         if end < 0:
             start = bytes(buf[:8])

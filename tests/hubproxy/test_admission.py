@@ -291,16 +291,30 @@ async def test_a_probe_is_answered_at_the_port_while_everything_behind_it_is_bus
         hub.gate.answer = answer_probes
         await hub.connect(ws(b"/holder"))  # the backend busy: it never answers this one
         await until(lambda: hub.backend.paths() == [b"/holder"])
-        reader, writer = await hub.connect(PROBE + PROBE)  # two at once, one connection
+        reader, writer = await hub.connect(PROBE)
         reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nup"
-        assert await asyncio.wait_for(reader.readexactly(2 * len(reply)), 5) == reply * 2
+        assert await asyncio.wait_for(reader.readexactly(len(reply)), 5) == reply
         writer.write(PROBE)  # the same connection, kept open
         assert await asyncio.wait_for(reader.readexactly(len(reply)), 5) == reply
-        assert hub.backend.paths() == [b"/holder"] and hub.gate.answered == 3
+        assert hub.backend.paths() == [b"/holder"] and hub.gate.answered == 2
         writer.write(PAGE)  # not a probe: the backend gets it, and the connection
         assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200 OK")
         assert hub.backend.seen[-1] == PAGE
         # a probe that asks for the connection to close is answered, then the connection ends
         reader, _ = await hub.connect(PROBE.replace(b"/probe", b"/probe-close"))
         assert await asyncio.wait_for(reader.read(), 5) == reply
-        assert hub.gate.answered == 4 and len(hub.backend.seen) == 2
+        assert hub.gate.answered == 3 and len(hub.backend.seen) == 2
+
+
+async def test_pipelined_probes_are_the_backends_to_pace():
+    """Probes sent in one go (a load balancer does not; a client flooding the port does) are not
+    answered here in a burst that would hold the loop: the connection goes to the backend (mitmproxy,
+    which takes one request at a time) with every byte."""
+    async with served(slots=1) as hub:
+        hub.gate.answer = answer_probes
+        reader, _ = await hub.connect(PROBE * 3)
+        await until(lambda: hub.backend.seen[:1] == [PROBE])
+        assert hub.gate.answered == 0
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(
+            b"HTTP/1.1 200"
+        )

@@ -40,6 +40,9 @@ UNIT_NAME = "rediacc-hub.service"
 UNIT_PATH = Path("/etc/systemd/system") / UNIT_NAME
 LABELS_PATH = DEFAULT_LABELS_FILE
 ENV_PATH = Path("/etc/rediacc/hub/hub.env")
+# The hub service's CPUWeight= (systemd's default for every unit: 100). Three times, as a hub
+# without systemd moves its own session's group ahead (hubproxy/server/priority.py).
+HUB_CPU_WEIGHT = 300
 TRAEFIK_PATH = Path("/opt/rediacc/proxy/traefik/dynamic/rediacc-hub.yaml")
 GC_NAME = "rediacc-hub-gc"
 GC_SERVICE_PATH = Path("/etc/systemd/system") / f"{GC_NAME}.service"
@@ -156,6 +159,9 @@ def render_unit(
         "KillMode=process",
         "TimeoutStopSec=30s",
         "LimitNOFILE=1048576",
+        "# Every user's every request goes through this one process: when the host is busy it",
+        "# gets three times another service's CPU share (users together: rediacc.slice, 20).",
+        f"CPUWeight={HUB_CPU_WEIGHT}",
         "",
         "[Install]",
         "WantedBy=multi-user.target",

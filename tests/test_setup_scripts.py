@@ -490,6 +490,10 @@ def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_pat
                 started_by_hub = _processes_under(tmp_path) - {hub_pid}
                 assert started_by_hub, "no daemon or policy socket of the user was found"
                 assert {_nice(p) for p in started_by_hub} - {None} == {0}
+                # the hub's session (setsid) is ahead of other sessions on the CPU; the user's
+                # daemon and policy socket run in sessions of their own, at the usual weight
+                assert _autogroup_nice(hub_pid) == -5
+                assert {_autogroup_nice(p) for p in started_by_hub} - {None} == {0}
             finally:
                 browser.close()
     finally:
@@ -521,6 +525,15 @@ def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_pat
     assert fs == "btrfs", f"the quick start's workspaces are on {fs}, not BTRFS"
     assert leaks_umount is not None and leaks_umount.returncode == 0, leaks_umount
     assert leaks.leftovers(tmp_path, net_ids) == []
+
+
+def _autogroup_nice(pid: int) -> int | None:
+    """The nice value of a process's session group (``/proc/<pid>/autogroup``), or None once
+    it has gone."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except FileNotFoundError:
+        return None
 
 
 def _nice(tid: int) -> int | None:

@@ -82,7 +82,9 @@ def start(ctx: typer.Context) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     from hubproxy.context import HubContext
+    from hubproxy.server.priority import session_first
 
+    session_first()  # the hub's session ahead of other sessions on the CPU (autogroups)
     context = HubContext()
     try:
         thread = start_control_plane(config, context)

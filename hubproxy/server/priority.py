@@ -16,6 +16,19 @@ groups (the users' ``rediacc.slice``, other services) the cgroups' weights decid
 
 Setting a lower nice value needs ``CAP_SYS_NICE``, which ``hub start`` has as root; without it
 the thread stays as it was.
+
+**The hub against other sessions** (``session_first``). Where the kernel groups processes by
+session for the CPU (autogroups: a host whose PID 1 is not systemd, as the quick start's), the
+hub's whole group got the same share as any other session's: a shell's, a build's, a load
+generator's. The first seconds of 50 logins and a thousand reconnecting WebSockets need more
+than a core of the proxy's thread, and it waited for one. So ``hub start``, when it leads its own
+session (``setsid``, as the quick start starts it), moves its session's group ``AHEAD`` steps
+ahead (``/proc/self/autogroup``): about three times another session's weight, as the unit
+``hub install`` writes gives the service (``CPUWeight=300``). The session holds the hub's
+threads, its workers and the short tools it runs (``iptables``, ``btrfs``, ``mount``); users'
+daemons, policy sockets and environments each run in sessions and groups of their own and keep
+their weights (``rediacc.slice``: ``--users-cpu-weight``). Under systemd, or in any CPU cgroup
+but the root one, the kernel ignores the autogroup and the unit's weight decides.
 """
 
 from __future__ import annotations
@@ -25,11 +38,13 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 log = logging.getLogger("hubproxy")
 
 AHEAD = 5  # nice steps: -5 against 0 is ~3x the weight (each step is ~1.25x)
 NICE_MIN = -20
+AUTOGROUP = Path("/proc/self/autogroup")  # "/autogroup-<n> nice <value>" (sched_autogroup)
 
 
 def thread_nice(tid: int) -> int:
@@ -69,3 +84,29 @@ def _restore(tid: int, nice: int, policy: int) -> None:
             os.sched_setscheduler(tid, policy, os.sched_param(0))
     except OSError as e:
         log.debug("hub: could not put the proxy thread's CPU priority back (%s)", e)
+
+
+def autogroup_nice(path: Path = AUTOGROUP) -> int | None:
+    """The nice value of this process's session group, or None without autogroups."""
+    try:
+        return int(path.read_text().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def session_first(ahead: int = AHEAD, path: Path = AUTOGROUP) -> bool:
+    """Move this process's session group ``ahead`` nice steps ahead of other sessions, when the
+    process leads its session (else a shell and whatever else runs in it would move too). Returns
+    whether it did; without autogroups or ``CAP_SYS_NICE`` nothing changes."""
+    if os.getsid(0) != os.getpid():
+        log.info("hub: not the leader of its own session: its CPU group stays as it is")
+        return False
+    nice = autogroup_nice(path)
+    if nice is None:
+        return False
+    try:
+        path.write_text(str(max(NICE_MIN, nice - ahead)))
+    except OSError as e:  # no CAP_SYS_NICE
+        log.debug("hub: the hub's session keeps its CPU weight (%s)", e)
+        return False
+    return True

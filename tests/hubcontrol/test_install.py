@@ -95,6 +95,7 @@ def test_unit_keys():
     assert "KillMode=process" in unit and "Restart=on-failure" in unit
     assert f"EnvironmentFile={inst.ENV_PATH}" in unit
     assert "After=network-online.target docker.service" in unit
+    assert "\nCPUWeight=300\n" in unit  # ahead of other services, as the hub's session is
 
 
 VALUES = {

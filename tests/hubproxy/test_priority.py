@@ -111,3 +111,38 @@ def test_without_the_capability_the_thread_stays_as_it_was() -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "0", "0", "0"]
+
+
+SESSION_CODE = (
+    "import os, subprocess, sys\n"
+    "from hubproxy.server.priority import autogroup_nice, session_first\n"
+    "done = session_first()\n"
+    "own = open('/proc/self/autogroup').read().split()\n"
+    # a process the hub starts in a session of its own, as every user's daemon and policy socket
+    "other = subprocess.run(['setsid', '--wait', 'cat', '/proc/self/autogroup'],\n"
+    "                       capture_output=True, text=True).stdout.split()\n"
+    "print(done, own[-1], other[-1], own[0] != other[0])\n"
+)
+
+
+def _session_code(*prefix: str) -> list[str]:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", SESSION_CODE], capture_output=True, text=True, cwd=root,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="a kernel without autogroups")
+def test_a_hub_that_leads_its_session_moves_its_group_ahead_of_other_sessions() -> None:
+    """``hub start`` started with ``setsid`` (the quick start): its session's CPU group is 5 steps
+    ahead; a session it starts (a user's daemon) is not. Started inside another session (a shell's),
+    it leaves that session's group as it is, and without CAP_SYS_NICE nothing changes."""
+    assert _session_code("setsid", "--wait") == ["True", str(-AHEAD), "0", "True"]
+    mine = Path("/proc/self/autogroup").read_text()
+    assert _session_code() == ["False", mine.split()[-1], "0", "True"]
+    assert Path("/proc/self/autogroup").read_text() == mine  # the test's own session: untouched
+    no_cap = ("setpriv", "--bounding-set=-sys_nice", "--inh-caps=-sys_nice", "setsid", "--wait")
+    assert _session_code(*no_cap) == ["False", "0", "0", "True"]

@@ -322,6 +322,8 @@ def test_hub_install_enables_and_starts_the_hub(host: SystemdHost):
     assert "started: rediacc-hub.service" in out, out
     assert host.out("systemctl is-enabled rediacc-hub") == "enabled"
     assert host.out("systemctl is-active rediacc-hub") == "active"
+    # the one process every request goes through gets 3x another service's CPU share
+    assert host.show("rediacc-hub.service", "CPUWeight") == {"CPUWeight": "300"}
     host.wait_healthy()
     host.timings["install"] = time.monotonic() - t0
 

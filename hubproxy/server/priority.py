@@ -95,17 +95,20 @@ def autogroup_nice(path: Path = AUTOGROUP) -> int | None:
 
 
 def session_first(ahead: int = AHEAD, path: Path = AUTOGROUP) -> bool:
-    """Move this process's session group ``ahead`` nice steps ahead of other sessions, when the
-    process leads its session (else a shell and whatever else runs in it would move too). Returns
-    whether it did; without autogroups or ``CAP_SYS_NICE`` nothing changes."""
+    """Put this process's session group ``ahead`` nice steps ahead of other sessions (which
+    start at 0), when the process leads its session (else a shell and whatever else runs in it
+    would move too); a group already further ahead stays so. Returns whether the group is ahead;
+    without autogroups or ``CAP_SYS_NICE`` nothing changes."""
     if os.getsid(0) != os.getpid():
         log.info("hub: not the leader of its own session: its CPU group stays as it is")
         return False
     nice = autogroup_nice(path)
     if nice is None:
         return False
+    if nice <= -ahead:
+        return True
     try:
-        path.write_text(str(max(NICE_MIN, nice - ahead)))
+        path.write_text(str(max(NICE_MIN, -ahead)))
     except OSError as e:  # no CAP_SYS_NICE
         log.debug("hub: the hub's session keeps its CPU weight (%s)", e)
         return False

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 import threading
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from hubcontrol import keep_aside
+from hubcontrol.safefs import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -261,15 +261,11 @@ class SessionStore:
 
     def _write(self, data: str, upto: int) -> None:
         assert self.path is not None
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        # one writer at a time on the temp file, and never an older state written last
+        # one write at a time, and never an older state written last
         with self._write_lock:
             if upto <= self._written:
                 return
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(data)
-            os.replace(tmp, self.path)
+            write_atomic(self.path, data, mode=0o600)
             self._written = upto
 
 
@@ -298,9 +294,5 @@ def load_session_secret(configured: str | None, state_dir: Path) -> tuple[str, b
         pass
     state_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_hex(32)
-    tmp = path.with_name(SECRET_FILE + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, secret + "\n", mode=0o600)
     return secret, True

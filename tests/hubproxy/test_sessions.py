@@ -78,7 +78,7 @@ def slow_replace(monkeypatch, delay: float) -> list[float]:
         real(src, dst, *args, **kwargs)
         done.append(time.monotonic())
 
-    monkeypatch.setattr("hubproxy.auth.sessionstore.os.replace", replace)
+    monkeypatch.setattr("hubcontrol.safefs.os.replace", replace)
     return done
 
 
@@ -136,7 +136,7 @@ async def test_a_failed_write_is_logged_and_the_next_change_writes_everything(
             raise OSError(28, "No space left on device")
         real(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr("hubproxy.auth.sessionstore.os.replace", replace)
+    monkeypatch.setattr("hubcontrol.safefs.os.replace", replace)
     first = store.create("alice")
     assert not await store.saved()
     assert "could not be written (" in caplog.text and "No space left on device" in caplog.text
@@ -157,3 +157,24 @@ async def test_a_logout_is_on_disk_before_it_returns_even_on_the_loop(tmp_path):
     assert store.revoke_user("alice") == [s]
     # no await: an ended session must not come back if the hub dies right after the answer
     assert SessionStore.open(path).get(s.sid, "alice") is None
+
+
+@pytest.mark.anyio
+async def test_a_link_at_the_store_is_replaced_never_written_through(tmp_path):
+    """The store and the secret are written as every file root writes (``safefs.write_atomic``):
+    a link planted where they go is replaced by the file, and what it points at is untouched."""
+    target = tmp_path / "elsewhere"
+    target.write_text("keep")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "sessions.json").symlink_to(target)
+    (state / "session.secret").symlink_to(target)
+    store = SessionStore.open(state / "sessions.json")
+    store.create("alice")
+    assert await store.saved()
+    secret, generated = load_session_secret(None, state)
+    assert generated and target.read_text() == "keep"
+    for name in ("sessions.json", "session.secret"):
+        assert not (state / name).is_symlink()
+        assert stat.S_IMODE((state / name).stat().st_mode) == 0o600
+    assert (state / "session.secret").read_text().strip() == secret

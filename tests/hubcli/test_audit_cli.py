@@ -117,6 +117,13 @@ def test_a_user_name_with_no_safe_form_exits_2(tmp_path):
     assert result.exit_code == 2
 
 
+def ctrl_c_reaches_it() -> None:
+    """A ``preexec_fn``: the child takes SIGINT as a terminal's Ctrl-C, even when the suite runs
+    as a shell's background job (which starts with SIGINT ignored, and Python then installs no
+    KeyboardInterrupt for it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Lines:
     """Whole lines from a child's stdout as they come (os.read: no hidden buffering)."""
 
@@ -149,7 +156,7 @@ def test_follow_keeps_printing_across_copytruncate(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", "from hubcli.app import main; main()", "audit", "alice",
          "--follow", "--json", "--audit-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=ctrl_c_reaches_it,
     )  # fmt: skip
     out = Lines(proc)
     try:
@@ -209,6 +216,7 @@ def test_follow_prints_the_same_escapes(hostile_log):
         [sys.executable, "-c", "from hubcli.app import main; main()", "audit", "alice",
          "--follow", "--audit-dir", str(hostile_log)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "400"},
+        preexec_fn=ctrl_c_reaches_it,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 10

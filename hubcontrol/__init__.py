@@ -85,6 +85,7 @@ _EXPORTS = {
     "UserStats": "hubcontrol.stats",
     "install_log_formatter": "hubcontrol.text",
     "keep_aside": "hubcontrol.safefs",
+    "write_atomic": "hubcontrol.safefs",
 }
 
 __all__ = [
@@ -155,6 +156,7 @@ __all__ = [
     "plan_gc",
     "read_audit_log",
     "safe_name",
+    "write_atomic",
 ]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on demand
@@ -207,7 +209,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from hubcontrol.hub import STATES, EnvironmentStatus, Hub, Progress, Route, RouteTable
     from hubcontrol.idle import Decision, IdleCuller, IdleFacts, checkpoint_wanted, decide
     from hubcontrol.names import safe_name
-    from hubcontrol.safefs import keep_aside
+    from hubcontrol.safefs import keep_aside, write_atomic
     from hubcontrol.stats import Counter, Gauge, Histogram, Lifecycle, StatusView, UserStats
     from hubcontrol.text import install_log_formatter
 

@@ -32,8 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubcontrol import keep_aside
-from hubcontrol.safefs import write_atomic
+from hubcontrol import keep_aside, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -528,12 +528,10 @@ def test_quickstart_brings_up_a_hub_a_browser_logs_into_and_stop_ends_it(tmp_pat
 
 
 def _autogroup_nice(pid: int) -> int | None:
-    """The nice value of a process's session group (``/proc/<pid>/autogroup``), or None once
-    it has gone."""
-    try:
-        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
-    except FileNotFoundError:
-        return None
+    """The nice value of a process's session group, or None once it has gone."""
+    from hubproxy.server.priority import autogroup_nice
+
+    return autogroup_nice(Path(f"/proc/{pid}/autogroup"))
 
 
 def _nice(tid: int) -> int | None:

@@ -114,8 +114,8 @@ def test_without_the_capability_the_thread_stays_as_it_was() -> None:
 
 
 SESSION_CODE = (
-    "import os, subprocess, sys\n"
-    "from hubproxy.server.priority import autogroup_nice, session_first\n"
+    "import subprocess\n"
+    "from hubproxy.server.priority import session_first\n"
     "done = session_first() and session_first()  # twice: still 5 steps, not 10\n"
     "own = open('/proc/self/autogroup').read().split()\n"
     # a process the hub starts in a session of its own, as every user's daemon and policy socket

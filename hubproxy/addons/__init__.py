@@ -12,6 +12,7 @@ from __future__ import annotations
 from hubproxy.addons.activity import Activity
 from hubproxy.addons.adminapi import AdminApi
 from hubproxy.addons.dashboard import Dashboard
+from hubproxy.addons.headresponse import HeadResponse
 from hubproxy.addons.hostroute import HostRoute
 from hubproxy.addons.hubapi import HubApi
 from hubproxy.addons.metrics import Metrics, ProxyMetrics
@@ -34,7 +35,8 @@ PROXY_OPTIONS = {
 def hub_addons(context: HubContext) -> list:
     """Health and admin-token API → host → OAuth endpoints → session → status API and
     dashboard → hub API → router → WebSocket relay (takes routed upgrades over) → metrics
-    (observes only) → WebSocket activity (upgrades the relay does not take)."""
+    (observes only) → WebSocket activity (upgrades the relay does not take) → HEAD answers
+    emptied of bodies."""
     metrics = ProxyMetrics()
     return [
         AdminApi(context, metrics),
@@ -48,4 +50,5 @@ def hub_addons(context: HubContext) -> list:
         WebSocketRelay(context, metrics),
         Metrics(context, metrics),
         Activity(context),
+        HeadResponse(),
     ]

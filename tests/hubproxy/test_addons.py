@@ -12,6 +12,7 @@ from mitmproxy.test import taddons, tflow
 from mitmproxy.websocket import WebSocketMessage
 from wsproto.frame_protocol import Opcode
 
+from hubproxy.addons.activity import Activity
 from hubproxy.auth import cookies
 from hubproxy.auth.csrf import csrf_token
 from hubproxy.auth.oauthstate import state_cookie_name
@@ -410,7 +411,7 @@ async def test_websocket_frames_touch_both_ways_and_are_not_kept(setup):
     session, _ = login_cookie(context)
     f = tflow.twebsocketflow()
     f.metadata.update({USER: "alice", SESSION: session, "hub.routed": True})
-    activity = addons[-1]
+    activity = next(a for a in addons if isinstance(a, Activity))
     activity.websocket_start(f)
     assert f in context.websockets[session.sid]
     for from_client in (True, False):

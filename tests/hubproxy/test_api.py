@@ -9,6 +9,7 @@ session, no session; POSTs with a missing, wrong, other session's and cross-orig
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import socket
@@ -299,6 +300,31 @@ def test_a_probe_is_answered_at_the_port_with_mitmproxys_own_document(site):
                   b"\r\nConnection: close\r\n\r\n")  # fmt: skip
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nConnection: close\r\n" in answer
     assert answer.endswith(fast.content)
+
+
+def test_a_head_answer_made_by_the_hub_has_no_body_on_a_kept_connection(site):
+    """HEAD answers the hub makes itself (a login redirect, a health document through mitmproxy)
+    send their head only, with a GET's Content-Length: a keep-alive client (a load balancer's
+    checker) reads the next answer on the connection where it starts, not inside a body."""
+    proxy, _, _ = site
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    host = {"Host": f"term.{DOMAIN}:{proxy.port}"}
+    try:
+        conn.request("GET", "/_hub/health/live", headers=host)  # the first: answered at the port
+        get = conn.getresponse()
+        document = get.read()
+        # the second request on a connection goes through mitmproxy and the hub's addons
+        for path, accept in (("/_hub/health/live", "*/*"), ("/", "text/html"), ("/nope", "*/*")):
+            conn.request("HEAD", path, headers={**host, "Accept": accept})
+            head = conn.getresponse()
+            assert head.read() == b"", (path, head.status)
+            if path == "/_hub/health/live":
+                assert head.status == 200 and head.headers["content-length"] == str(len(document))
+        conn.request("GET", "/_hub/health/live", headers=host)
+        after = conn.getresponse()  # a body left on the wire would be read here as the status line
+        assert after.status == 200 and after.read() == document
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize(

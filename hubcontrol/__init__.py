@@ -86,6 +86,7 @@ _EXPORTS = {
     "install_log_formatter": "hubcontrol.text",
     "keep_aside": "hubcontrol.safefs",
     "write_atomic": "hubcontrol.safefs",
+    "write_new": "hubcontrol.safefs",
 }
 
 __all__ = [
@@ -157,6 +158,7 @@ __all__ = [
     "read_audit_log",
     "safe_name",
     "write_atomic",
+    "write_new",
 ]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on demand
@@ -209,7 +211,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from hubcontrol.hub import STATES, EnvironmentStatus, Hub, Progress, Route, RouteTable
     from hubcontrol.idle import Decision, IdleCuller, IdleFacts, checkpoint_wanted, decide
     from hubcontrol.names import safe_name
-    from hubcontrol.safefs import keep_aside, write_atomic
+    from hubcontrol.safefs import keep_aside, write_atomic, write_new
     from hubcontrol.stats import Counter, Gauge, Histogram, Lifecycle, StatusView, UserStats
     from hubcontrol.text import install_log_formatter
 

@@ -10,7 +10,8 @@ symlink anywhere on the host. The rules (docs/security.md, "Paths root touches")
   directory that must be root's is given back to root with the mode the hub wants;
 * every file the hub writes there is written by ``write_atomic`` (a temp file made with
   ``O_EXCL|O_NOFOLLOW`` in the same directory, then renamed over the target, which replaces a
-  planted link rather than following it) or opened by ``open_file`` (``O_NOFOLLOW``, regular
+  planted link rather than following it), made once by ``write_new`` (the same temp file,
+  hard-linked into place only if nothing is there: first writer wins) or opened by ``open_file`` (``O_NOFOLLOW``, regular
   files only, so a FIFO cannot block the hub either);
 * trees are removed with ``remove_tree``, which never follows a link at the top or inside.
 
@@ -148,6 +149,44 @@ def write_atomic(
     ``mode``), renamed over it. A link planted at ``path`` is replaced, never followed. With
     ``base``, every directory between ``base`` and ``path`` is walked without following links."""
     path = Path(path)
+    with _written_beside(path, data, mode, base, fsync) as (dir_fd, tmp):
+        os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def write_new(
+    path: str | os.PathLike[str],
+    data: bytes | str,
+    *,
+    mode: int = 0o600,
+    base: str | os.PathLike[str] | None = None,
+) -> bool:
+    """Create ``path`` with ``data`` unless something is there already (a file, or a link,
+    which is not followed); returns whether this call created it. The temp file is hard-linked
+    into place, so a reader never sees the file empty, and of several processes making the same
+    file at once (two hubs generating a secret) exactly one wins and the others read its."""
+    path = Path(path)
+    with _written_beside(path, data, mode, base, False) as (dir_fd, tmp):
+        try:
+            os.link(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+    return True
+
+
+@contextlib.contextmanager
+def _written_beside(
+    path: Path,
+    data: bytes | str,
+    mode: int,
+    base: str | os.PathLike[str] | None,
+    fsync: bool,
+) -> Iterator[tuple[int, str]]:
+    """A temp file holding ``data`` in ``path``'s directory (opened without following links),
+    born with ``mode``; yields the directory's descriptor and the temp name, for the caller to
+    put in place. The temp file is removed if the caller fails."""
     raw = data.encode() if isinstance(data, str) else data
     top, rel = _parent(path, base)
     with open_dir(top, PurePosixPath(*rel) if rel else "") as dir_fd:
@@ -165,7 +204,7 @@ def write_atomic(
                 if fsync:
                     f.flush()
                     os.fsync(f.fileno())
-            os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            yield dir_fd, tmp
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=dir_fd)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from mitmproxy import http
 from mitmproxy.net.http.http1.assemble import assemble_response_head
 
+from hubcontrol import write_new
 from hubproxy import hosts
 from hubproxy.addons.metrics import ProxyMetrics, render_metrics
 from hubproxy.addons.statusapi import Principal, handle_api
@@ -51,25 +52,16 @@ HEALTH_ENDPOINTS = ("health", "health/live", "health/ready")
 def ensure_admin_token(state_dir: Path) -> Path:
     """Create ``<state_dir>/admin.token`` (0600) unless it exists; returns its path.
 
-    The token is written to a temp file first and hard-linked into place, which fails if the
-    file exists: two hub processes starting at once agree on one token, and a reader (``hub
+    The token is made by ``write_new`` (a temp file hard-linked into place unless the file
+    exists): two hub processes starting at once agree on one token, and a reader (``hub
     status`` right after the hub starts) never sees the file empty.
     """
     path = Path(state_dir) / TOKEN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = path.with_name(f".{TOKEN_FILE}.{secrets.token_hex(4)}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_urlsafe(32) + "\n")
-            os.link(tmp, path)
-            log.info("hub: generated the admin token in %s (root-only)", path)
-            return path
-        except FileExistsError:
-            pass  # another hub process won the race: its token is the one
-        finally:
-            tmp.unlink(missing_ok=True)
+    if write_new(path, secrets.token_urlsafe(32) + "\n", mode=0o600):
+        log.info("hub: generated the admin token in %s (root-only)", path)
+        return path
+    # another hub process won the race, or an earlier start made it: that token is the one
     mode = path.stat().st_mode & 0o777
     if mode & 0o077:
         log.warning("hub: %s is readable by others (mode %o); tightening to 0600", path, mode)

@@ -22,9 +22,12 @@ is forwarded to it); ``listeners`` tell it what changed, and each other worker k
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
+import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -32,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubcontrol import keep_aside, write_atomic
+from hubcontrol import keep_aside, write_atomic, write_new
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +271,21 @@ class SessionStore:
             self._written = upto
 
 
+def _read_secret(path: Path) -> str | None:
+    """The secret file's text; None when there is none, "" for a link or anything but a regular
+    file (never followed: its target's text is no secret of the hub's)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return ""
+        raise
+    with os.fdopen(fd) as f:
+        return f.read(4096).strip() if stat.S_ISREG(os.fstat(fd).st_mode) else ""
+
+
 def load_session_secret(configured: str | None, state_dir: Path) -> tuple[str, bool]:
     """The secret cookies are signed with, and whether it was generated.
 
@@ -285,13 +303,18 @@ def load_session_secret(configured: str | None, state_dir: Path) -> tuple[str, b
             )
         return configured, False
     path = state_dir / SECRET_FILE
-    try:
-        text = path.read_text().strip()
-        if len(text) >= MIN_SECRET_LENGTH:
-            return text, True
-    except FileNotFoundError:
-        pass
     state_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_hex(32)
-    write_atomic(path, secret + "\n", mode=0o600)
-    return secret, True
+    for _ in range(3):
+        text = _read_secret(path)
+        if text is not None and len(text) >= MIN_SECRET_LENGTH:
+            return text, True
+        if text is not None:  # cut short (a full disk), or a link: kept for the operator
+            aside = keep_aside(path)
+            log.warning(
+                "hub: %s cannot sign cookies (too short, or not a file); moved to %s", path, aside
+            )
+        secret = secrets.token_hex(32)
+        # first writer wins: two hub processes starting at once sign with the same secret
+        if write_new(path, secret + "\n", mode=0o600):
+            return secret, True
+    raise OSError(f"{path}: could not read or create the session secret; remove it and start again")

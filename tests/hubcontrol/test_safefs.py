@@ -61,6 +61,22 @@ def test_write_atomic_replaces_a_planted_link(tmp_path, canary):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_write_new_makes_a_file_once_and_never_writes_through_a_link(tmp_path, canary):
+    made = tmp_path / "admin.token"
+    assert safefs.write_new(made, "first\n", mode=0o600)
+    assert not safefs.write_new(made, "second\n")  # there already: left as it is
+    assert made.read_text() == "first\n" and stat.S_IMODE(made.stat().st_mode) == 0o600
+    planted = tmp_path / "session.secret"
+    planted.symlink_to(canary / "shadow")
+    assert not safefs.write_new(planted, "x" * 64)  # a link is "there": not followed
+    dangling = tmp_path / "other.secret"
+    dangling.symlink_to(canary / "missing")
+    assert not safefs.write_new(dangling, "x" * 64) and not (canary / "missing").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "admin.token", "host", "other.secret", "session.secret",
+    ]  # fmt: skip
+
+
 def test_write_atomic_below_a_base_refuses_a_linked_directory(tmp_path, canary):
     (tmp_path / "u").mkdir()
     (tmp_path / "u" / "dir").symlink_to(canary / "keep")

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +56,52 @@ def test_configured_secret_wins(tmp_path):
 def test_short_secret_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="HUB_SESSION_SECRET"):
         load_session_secret("short", tmp_path)
+
+
+def test_a_short_secret_file_is_kept_aside_and_replaced(tmp_path):
+    """A secret file cut short (a full disk) is not signed with: it is moved aside for the
+    operator, and a new secret is made."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "session.secret").write_text("abc\n")
+    secret, generated = load_session_secret(None, state)
+    assert generated and len(secret) == 64
+    assert (state / "session.secret").read_text() == secret + "\n"
+    assert [p.read_text() for p in state.glob("session.secret.corrupt-*")] == ["abc\n"]
+
+
+def test_hubs_starting_at_once_agree_on_one_generated_secret(tmp_path):
+    """Several hub processes starting together without ``HUB_SESSION_SECRET`` sign cookies with
+    the same secret: the first to write it wins, and the others read the winner's, so a cookie
+    one signs is accepted by the others."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from hubproxy.auth.sessionstore import load_session_secret\n"
+        "sys.stdin.readline()\n"  # all of them wait here, then race
+        "print(load_session_secret(None, Path(sys.argv[1]))[0])\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    for round in range(5):
+        state = tmp_path / f"state{round}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(state)],
+                cwd=root,
+                text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )  # fmt: skip
+            for _ in range(6)
+        ]
+        time.sleep(0.5)  # all imported and waiting
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        seen = {proc.communicate(timeout=60)[0].strip() for proc in procs}
+        assert len(seen) == 1 and all(proc.returncode == 0 for proc in procs)
+        assert (state / "session.secret").read_text().strip() in seen
+        assert sorted(p.name for p in state.iterdir()) == ["session.secret"]  # no temp files
 
 
 def test_generated_secret_is_persisted_0600(tmp_path):
@@ -164,7 +214,7 @@ async def test_a_link_at_the_store_is_replaced_never_written_through(tmp_path):
     """The store and the secret are written as every file root writes (``safefs.write_atomic``):
     a link planted where they go is replaced by the file, and what it points at is untouched."""
     target = tmp_path / "elsewhere"
-    target.write_text("keep")
+    target.write_text("keep" * 20)  # long enough to be a secret: a link's target never is one
     state = tmp_path / "state"
     state.mkdir()
     (state / "sessions.json").symlink_to(target)
@@ -173,7 +223,7 @@ async def test_a_link_at_the_store_is_replaced_never_written_through(tmp_path):
     store.create("alice")
     assert await store.saved()
     secret, generated = load_session_secret(None, state)
-    assert generated and target.read_text() == "keep"
+    assert generated and target.read_text() == "keep" * 20 and secret != "keep" * 20
     for name in ("sessions.json", "session.secret"):
         assert not (state / name).is_symlink()
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600

@@ -26,6 +26,7 @@ import ipaddress
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,12 +129,19 @@ def health_document(context: HubContext) -> tuple[int, dict]:
     return (200 if ready else 503), body
 
 
-def probe_answer(context: HubContext, head: bytes) -> tuple[bytes, bool] | None:
+HealthSource = Callable[[], tuple[int, dict] | None]
+
+
+def probe_answer(health: HealthSource, head: bytes) -> tuple[bytes, bool] | None:
     """A plain ``GET``/``HEAD`` of ``/_hub/health`` (``/live``, ``/ready``) answered from its
     request head ``head`` (without the blank line), before mitmproxy sees it: the response's
     bytes, and whether the connection stays open. None for anything else, and for any head
     that is not a simple HTTP/1.1 request without a body (mitmproxy then answers, or refuses,
     as before). ``hubproxy.server.admission`` calls it for the first bytes of each connection.
+
+    ``health`` gives the document (``health_document``'s ``(status, body)``): this process's
+    own, or, in workers 1..N-1 of ``--workers N``, the last one worker 0 published; None when
+    there is none yet (mitmproxy then sends the probe on to worker 0, as any ``/_hub/`` request).
     """
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ")
@@ -163,7 +171,10 @@ def probe_answer(context: HubContext, head: bytes) -> tuple[bytes, bool] | None:
             close = close or b"close" in (t.strip() for t in value.split(b","))
     if hosts_seen != 1:
         return None
-    status, body = health_document(context)
+    document = health()
+    if document is None:
+        return None
+    status, body = document
     if endpoint == "health/live":
         status = 200
     response = pages.json_response(status, body, {"Connection": "close"} if close else None)

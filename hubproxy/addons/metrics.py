@@ -14,6 +14,8 @@ Families (Prometheus text format 0.0.4):
   ``invalid``, ``provider_error``, ``error``);
 - ``hub_websocket_upgrades_waiting`` and ``hub_websocket_upgrades_queued_total``: upgrades in
   line for a slot of the hub's port now, and all that ever had to wait (a reconnect storm);
+- ``hub_health_probes_answered_total``: plain ``/_hub/health`` probes the hub's port answered
+  itself (``hubproxy.server.admission``), in every worker;
 - ``hub_stats_age_seconds``: how old the sampled disk/docker numbers are.
 
 No labels carry user names (cardinality, and the metrics endpoint is readable by local probes).
@@ -63,6 +65,10 @@ class ProxyMetrics:
             "hub_websocket_upgrades_queued_total",
             "WebSocket upgrades that had to wait for one of the hub port's slots",
         )
+        self.probes_answered = Counter(
+            "hub_health_probes_answered_total",
+            "Plain /_hub/health probes the hub's port answered itself, without mitmproxy",
+        )
         # the scheme and port browsers reach the hub on, for links in token-authenticated answers
         self.last_origin: tuple[str, int | None] | None = None
         # worker 0 of `hub start --workers N`: merges the other workers' samples in
@@ -82,6 +88,7 @@ class ProxyMetrics:
             self.logins,
             self.upgrades_waiting,
             self.upgrades_queued,
+            self.probes_answered,
         ]
 
 

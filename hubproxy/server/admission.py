@@ -98,13 +98,18 @@ class Admission:
         # /_hub/metrics (``count_in``): how many wait now, and how many ever had to
         self._waiting_gauge: Gauge | None = None
         self._queued_counter: Counter | None = None
+        self._answered_counter: Counter | None = None
 
-    def count_in(self, waiting: Gauge, queued: Counter) -> None:
+    def count_in(self, waiting: Gauge, queued: Counter, answered: Counter | None = None) -> None:
         """Keep ``waiting`` (upgrades in line now) and ``queued`` (upgrades that had to wait)
-        up to date, both without labels: what an operator sees of a reconnect storm."""
+        up to date, both without labels: what an operator sees of a reconnect storm; and
+        ``answered``, the probes answered here without mitmproxy."""
         self._waiting_gauge, self._queued_counter = waiting, queued
+        self._answered_counter = answered
         waiting.inc(amount=len(self.waiting))
         queued.inc(amount=self.queued_total)
+        if answered is not None:
+            answered.inc(amount=self.answered)
 
     def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], AdmittingProtocol]:
         return lambda: AdmittingProtocol(factory, self)
@@ -230,6 +235,8 @@ class AdmittingProtocol(asyncio.Protocol):
             response, keep_open = reply
             buf.clear()
             self.admission.answered += 1
+            if self.admission._answered_counter is not None:
+                self.admission._answered_counter.inc()
             self.transport.write(response)
             self._cancel_timer()
             if keep_open:  # the connection's next request is looked at afresh: its own wait

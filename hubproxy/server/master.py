@@ -106,15 +106,15 @@ def make_master(
     *,
     before: Sequence = (),
     modes: Sequence[str] = (),
-    answers_health: bool = True,
+    health: adminapi.HealthSource | None = None,
 ) -> Master:
     """A master listening on ``listen_host:port``; call inside a running event loop.
 
     ``before``: addons that run ahead of the hub's (the workers' forwarding and trust checks);
     ``modes``: further mitmproxy listen modes (worker 0's private listener);
-    ``answers_health``: this process answers ``/_hub/health`` itself, so the hub's port answers
-    plain probes before mitmproxy (``admission``); False where ``before`` sends ``/_hub/`` on
-    (workers 1..N-1).
+    ``health``: the ``/_hub/health`` document the hub's port answers plain probes with, before
+    mitmproxy (``admission``); by default this process's own (``adminapi.health_document``).
+    Workers 1..N-1, which send ``/_hub/`` on to worker 0, pass the one worker 0 publishes.
     """
     opts = options.Options()
     master = Master(opts)
@@ -135,10 +135,12 @@ def make_master(
     loop = asyncio.get_running_loop()
     if isinstance(loop, HubPortLoop):  # upgrades waiting for a slot, in /_hub/metrics
         metrics = proxy_metrics(master)
-        loop.admission.count_in(metrics.upgrades_waiting, metrics.upgrades_queued)
-        loop.admission.answer = (
-            functools.partial(adminapi.probe_answer, context) if answers_health else None
+        loop.admission.count_in(
+            metrics.upgrades_waiting, metrics.upgrades_queued, metrics.probes_answered
         )
+        if health is None:
+            health = functools.partial(adminapi.health_document, context)
+        loop.admission.answer = functools.partial(adminapi.probe_answer, health)
     return master
 
 

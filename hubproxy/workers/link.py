@@ -5,9 +5,11 @@ state directory (``workers.sock``, mode 0600); workers 1..N-1 connect to it. Mes
 objects, one per line, each with a type ``t``:
 
 worker 0 -> worker
-  ``welcome``  token, private_port, routes, sessions, progress (the first message)
+  ``welcome``  token, private_port, routes, sessions, progress, health (the first message)
   ``routes``   the whole route table, after every change (``routes_to_wire``)
   ``progress`` user -> progress of an environment being started
+  ``health``   [status, body] of ``/_hub/health``, after every change: the worker's port
+               answers plain probes with it (``adminapi.probe_answer``)
   ``sessions`` added sessions and removed session ids (logins, logouts, expiry)
   ``started``  a start a worker asked for has ended (error is None or a user message)
 

@@ -176,6 +176,9 @@ class Worker:
         self.secret = secret
         self.master = None
         self.writer: asyncio.StreamWriter | None = None
+        # the /_hub/health document worker 0 last published: this worker's port answers plain
+        # probes with it (adminapi.probe_answer); None before the welcome and once unlinked
+        self.health: tuple[int, dict] | None = None
 
     def send(self, message: dict) -> None:
         writer = self.writer
@@ -201,6 +204,7 @@ class Worker:
         control.set_routes(welcome["routes"])
         for user, data in welcome["progress"].items():
             control.set_progress(user, data)
+        self.set_health(welcome.get("health"))
         context = HubContext()
         context.setup(self.config, control, self.secret)
         # worker 0 owns the session file; this process keeps a replica fed by its broadcasts
@@ -214,7 +218,7 @@ class Worker:
             on_running=lambda: self.send({"t": "ready", "index": self.index}),
         )
         master = make_master(
-            context, self.config.port, "", before=[forwarder], answers_health=False
+            context, self.config.port, "", before=[forwarder], health=lambda: self.health
         )
         self.master = master
         metrics = proxy_metrics(master)
@@ -247,6 +251,7 @@ class Worker:
         except Exception as e:  # whatever broke the link, the worker stops
             log.error("hub: worker %d: link to worker 0 failed: %s", self.index, e)
         # the link ended (not cancelled by this worker's own stop): no worker 0, no worker
+        self.health = None
         self.control.unlinked()
         if self.master is not None:
             log.info("hub: worker %d: worker 0 is gone; stopping", self.index)
@@ -259,6 +264,8 @@ class Worker:
             control.set_routes(message["routes"])
         elif kind == "progress":
             control.set_progress(message["user"], message["progress"])
+        elif kind == "health":
+            self.set_health(message["health"])
         elif kind == "started":
             control.started(message["user"], message.get("template"), message.get("error"))
         elif kind == "sessions":
@@ -271,6 +278,14 @@ class Worker:
                 close_websockets(self.context, sid)
         else:
             log.warning("hub: worker %d: unknown message %r from worker 0", self.index, kind)
+
+    def set_health(self, wire: object) -> None:
+        if not (isinstance(wire, list) and len(wire) == 2):
+            raise LinkError(f"a health document is [status, body], not {wire!r:.80}")
+        status, body = wire
+        if not (isinstance(status, int) and isinstance(body, dict)):
+            raise LinkError(f"a health document is [status, body], not {wire!r:.80}")
+        self.health = (status, body)
 
     async def _batches(self, metrics: ProxyMetrics) -> None:
         while True:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import ctx
 
 from hubcontrol import Counter, Gauge, Histogram, HubError
+from hubproxy.addons.adminapi import health_document
 from hubproxy.server.controlthread import EmbeddedControlPlane
 from hubproxy.workers.link import (
     MAX_MESSAGE,
@@ -156,6 +157,7 @@ class WorkerPool:
         self._table = None
         self._watch: set[str] = set()
         self._progress_sent: dict[str, object] = {}
+        self._health_sent: list[object] | None = None
         self._pending: dict[str, asyncio.Future] = {}
         self.all_ready = asyncio.Event()
 
@@ -322,6 +324,7 @@ class WorkerPool:
             "routes": routes_to_wire(self._table),
             "sessions": [s.to_json() for s in self.context.sessions.sessions()],
             "progress": {user: control.progress(user).to_json() for user in sorted(self._watch)},
+            "health": list(health_document(self.context)),
         }
 
     def _handle(self, index: int, message: dict) -> None:
@@ -403,6 +406,16 @@ class WorkerPool:
 
     # -- what worker 0 publishes -------------------------------------------------------------------
 
+    def _publish_health(self) -> None:
+        """The ``/_hub/health`` document, when it changed: each worker's port answers a load
+        balancer's probe with it (``adminapi.probe_answer``), as worker 0's answers with its
+        own, instead of sending it through two mitmproxies."""
+        status, body = health_document(self.context)
+        health = [status, body]
+        if health != self._health_sent:
+            self._health_sent = health
+            self._broadcast({"t": "health", "health": health})
+
     def _publish_progress(self, user: str) -> None:
         wire = self.context.control.progress(user).to_json()
         if self._progress_sent.get(user) != wire:
@@ -422,6 +435,7 @@ class WorkerPool:
         if table is not self._table:
             self._table = table
             self._broadcast({"t": "routes", "routes": routes_to_wire(table)})
+        self._publish_health()
         for user in list(self._watch):
             self._publish_progress(user)
             if user not in self._pending:

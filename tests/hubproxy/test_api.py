@@ -18,7 +18,7 @@ import stat
 import httpx
 import pytest
 
-from hubproxy.addons.adminapi import TOKEN_FILE
+from hubproxy.addons.adminapi import TOKEN_FILE, probe_answer
 from hubproxy.auth.csrf import csrf_token
 from hubproxy.web.openapi import ENTRY
 from tests.support.statussite import ADMIN, DOMAIN, admin_token, seeded_site, session_for
@@ -325,6 +325,14 @@ def test_a_head_answer_made_by_the_hub_has_no_body_on_a_kept_connection(site):
         assert after.status == 200 and after.read() == document
     finally:
         conn.close()
+
+
+def test_a_probe_without_a_document_yet_goes_to_mitmproxy():
+    """A worker not yet welcomed by worker 0 has no document: its port answers nothing itself."""
+    head = b"GET /_hub/health HTTP/1.1\r\nHost: a"
+    assert probe_answer(lambda: None, head) is None
+    answer = probe_answer(lambda: (503, {"ok": False}), head)
+    assert answer is not None and answer[0].startswith(b"HTTP/1.1 503 ") and answer[1] is True
 
 
 @pytest.mark.parametrize(

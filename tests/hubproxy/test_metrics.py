@@ -164,6 +164,7 @@ def test_metrics_endpoint_through_the_proxy(tmp_path):
     assert types["hub_websocket_upgrades_queued_total"] == "counter"
     assert "hub_websocket_upgrades_waiting 0" in lines
     assert "hub_websocket_upgrades_queued_total 0" in lines
+    assert types["hub_health_probes_answered_total"] == "counter"
     assert not any("alice" in line for line in lines)  # no user names in labels
 
 

@@ -682,6 +682,56 @@ def test_forged_worker_headers_on_the_public_port_are_ignored_and_killed_workers
             s.listen()
 
 
+@pytest.mark.timeout(120)
+def test_every_workers_port_answers_probes_with_worker_0s_document(tmp_path):
+    """A load balancer's probe that lands on worker 1 is answered at worker 1's port with the
+    document worker 0 published (not sent through two mitmproxies to worker 0), and follows
+    worker 0's changes: here, the count of ready workers while worker 1 is replaced."""
+    port = free_port()
+    with hub_process(tmp_path, port, "http://127.0.0.1:9", free_port()) as hub:
+        pids = worker_pids(hub, 2)
+        w0, w1 = pids
+
+        def probe(pid: int, pids: list[int]) -> dict:
+            with contextlib.closing(pinned_socket(port, pid, pids)) as sock:
+                sock.settimeout(10)
+                answer = _request(sock, "/_hub/health")  # asks to close: read to the end
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:300]
+            return json.loads(body)
+
+        deadline = time.monotonic() + 10
+        while probe(w1, pids)["workers"]["ready"] != 2:  # published once worker 1 said "ready"
+            assert time.monotonic() < deadline, "worker 1's answer never showed 2 ready workers"
+            time.sleep(0.1)
+        with pinned_browser(port, w0, pids) as plain:
+            time.sleep(1.2)  # the probes above, counted by worker 1, reach worker 0's sums
+            before = sample(metrics(plain, port), "hub_health_probes_answered_total")
+        for _ in range(5):
+            ours, theirs = probe(w1, pids), probe(w0, pids)
+            ours.pop("status_refreshed_at"), theirs.pop("status_refreshed_at")
+            assert ours == theirs and ours["workers"] == {"ready": 2, "configured": 2}
+        with pinned_browser(port, w1, pids) as plain:
+            time.sleep(1.2)  # worker 1's counts reach worker 0 in its next batch
+            after = sample(metrics(plain, port), "hub_health_probes_answered_total")
+        assert after - before == 10  # five on each worker's port; none went through mitmproxy
+        # Worker 1 killed: worker 0's answer says one worker is missing, and the new worker's
+        # port answers from the document it was welcomed with, then from the ones that follow.
+        os.kill(w1, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while (kids := children(hub.pid)) in ([], [w1]) or not all(_listening(k) for k in kids):
+            assert time.monotonic() < deadline, "worker 1 was not restarted"
+            time.sleep(0.1)
+        (new,) = kids
+        deadline = time.monotonic() + 10
+        while probe(new, [w0, new])["workers"]["ready"] != 2:
+            assert time.monotonic() < deadline, "the new worker's answer never showed 2 ready"
+            time.sleep(0.1)
+    assert "Traceback" not in hub_log(tmp_path), hub_log(tmp_path)[-3000:]
+
+
 def _request(sock: socket.socket, path: str, extra: str = "") -> bytes:
     sock.sendall(
         f"GET {path} HTTP/1.1\r\nHost: term.{DOMAIN}\r\n{extra}Connection: close\r\n\r\n".encode()

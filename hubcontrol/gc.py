@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import fcntl
+import json
 import math
 import os
 import re
@@ -199,6 +200,45 @@ def live_dockerds() -> dict[int, str]:
     return found
 
 
+def veth_end(iface: Path) -> tuple[int, int] | None:
+    """``(ifindex, iflink)`` of the interface at ``iface`` (``/sys/class/net/<name>``): for one
+    end of a veth pair, its own index and its peer's."""
+    try:
+        return int((iface / "ifindex").read_text()), int((iface / "iflink").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def abandoned_veth_ends(exec_roots: Iterable[Path]) -> set[tuple[int, int]]:
+    """The host's ends (``veth_end``) of veth pairs whose other end is in a network namespace a
+    daemon left bind-mounted at ``<exec-root>/netns/*`` and that no process is in or holds:
+    what a dockerd killed while a container ran leaves (the container's namespace outlives it
+    as a mount, and with it the pair). Empty unless such a namespace exists."""
+    files = []
+    for root in exec_roots:
+        with contextlib.suppress(OSError), os.scandir(root / "netns") as entries:
+            files += [Path(e.path) for e in entries if e.is_file(follow_symlinks=False)]
+    if not files:
+        return set()
+    in_use = procs.net_namespaces_in_use()
+    ends = set()
+    for path in sorted(files):
+        try:
+            if os.stat(path).st_ino in in_use:
+                continue
+            listed = subprocess.run(
+                ["nsenter", f"--net={path}", "ip", "-j", "link", "show"],
+                capture_output=True, text=True, timeout=10,
+            )  # fmt: skip
+            links = json.loads(listed.stdout or "[]") if listed.returncode == 0 else []
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            continue  # not a namespace (a leftover empty file), or unreadable: proves nothing
+        for link in links:
+            if "link_index" in link and "link_netnsid" in link:  # its peer is in another netns
+                ends.add((int(link["link_index"]), int(link["ifindex"])))
+    return ends
+
+
 def _systemctl_default() -> str | None:
     return "systemctl" if Path("/run/systemd/system").is_dir() else None
 
@@ -244,11 +284,21 @@ class HostProbe:
             # no dockerd of its own: its container's interface on the user's bridges says it
             # runs, whatever the marker's age (removing it would strip a live environment of
             # its bridges and isolation rules).
+            # An interface whose other end is in a namespace a dead daemon left mounted (and
+            # nothing is in) is no sign of use: removing the data-root unmounts it, and the
+            # kernel then deletes the pair.
+            dead: set[tuple[int, int]] | None = None
             for bridge in (f"rdh{net_id}", f"rdh{net_id}e"):
                 with contextlib.suppress(OSError):
                     attached = sorted(os.listdir(self.sys_net / bridge / "brif"))
-                    if attached:
-                        return f"interface {attached[0]} on bridge {bridge}"
+                    if attached and dead is None:
+                        roots = [self.exec_base / str(net_id)]
+                        dead = abandoned_veth_ends(
+                            roots + remapped_exec_roots(self.exec_base, net_id)
+                        )
+                    live = [i for i in attached if veth_end(self.sys_net / i) not in (dead or ())]
+                    if live:
+                        return f"interface {live[0]} on bridge {bridge}"
         if user and self.systemctl and net_id is not None and self.unit_names is None:
             # the supervisor's unit between its start and dockerd's exec (or while it stops)
             # has no dockerd to find yet

@@ -57,3 +57,21 @@ def pids() -> Iterator[int]:
         for entry in entries:
             if entry.name.isdecimal():
                 yield int(entry.name)
+
+
+def net_namespaces_in_use() -> set[int]:
+    """The inode of every network namespace a process's thread is in, or a process holds open
+    (``net:[<inode>]`` among its descriptors); a namespace only bind-mounted somewhere is not."""
+    found: set[int] = set()
+    for pid in pids():
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    found.add(os.stat(f"/proc/{pid}/task/{tid}/ns/net").st_ino)
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("net:["):
+                        found.add(int(target[5:-1]))
+    return found

@@ -399,3 +399,73 @@ def test_claims_whose_data_root_is_gone_are_released_unless_the_id_is_in_use(hos
     assert not (claims / str(gone)).exists()
     for kept in (busy, elsewhere, alive):
         assert (claims / str(kept)).exists()
+
+
+def _netns_with_veth(exec_root: Path, name: str, veth: str, bridge: str) -> subprocess.Popen:
+    """A process alone in a new network namespace, the namespace bind-mounted at
+    ``<exec_root>/netns/<name>`` (as dockerd keeps a container's), and a veth pair between it
+    and ``bridge``: what a container of a per-user daemon is, network-wise."""
+    proc = subprocess.Popen(["unshare", "--net", "sleep", "600"])
+    deadline = time.monotonic() + 10
+    while os.readlink(f"/proc/{proc.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+        assert time.monotonic() < deadline, "unshare did not make a namespace"
+        time.sleep(0.02)
+    (exec_root / "netns").mkdir(parents=True, exist_ok=True)
+    (exec_root / "netns" / name).touch()
+    _sh("mount", "--bind", f"/proc/{proc.pid}/ns/net", str(exec_root / "netns" / name))
+    _sh("ip", "link", "add", f"{veth}0", "type", "veth", "peer", "name", f"{veth}1")
+    _sh("ip", "link", "set", f"{veth}1", "netns", str(proc.pid))
+    _sh("ip", "link", "set", f"{veth}0", "master", bridge)
+    return proc
+
+
+def _link_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
+
+
+def test_an_interface_into_a_namespace_nothing_is_in_does_not_keep_a_data_root(host):
+    """A dockerd killed while a container ran leaves the container's network namespace
+    bind-mounted in its exec-root, with no process in it, and the pair's host end on the user's
+    bridge. That interface is no sign of use: GC removes the data-root, and unmounting the
+    exec-root frees the namespace and the pair. An interface into a namespace a process is in
+    still keeps everything."""
+    ws, probe = host
+    probe.host_cleanup = True
+    probe.sys_net = Path("/sys/class/net")
+    net_id = 32768 + 64 * 4011  # far above what a hub on this machine hands out
+    root = make_data_root(ws, "ivy", net_id)
+    age(root, 60)
+    bridge = f"rdh{net_id}e"
+    exec_root = probe.exec_base / str(net_id)
+    procs: list[subprocess.Popen] = []
+    try:
+        _sh("ip", "link", "add", bridge, "type", "bridge")
+        procs.append(_netns_with_veth(exec_root, "dead", "vhtd", bridge))
+        procs.append(_netns_with_veth(exec_root, "live", "vhtl", bridge))
+        procs[0].kill()
+        procs[0].wait()  # its namespace now lives on only as the mount
+
+        plan = gc.plan_gc(ws, max_age=30 * DAY, probe=probe)
+        kept = entry_for(plan, root)
+        assert kept.action is Action.KEEP and "interface vhtl0 on bridge" in kept.reason
+
+        procs[1].kill()
+        procs[1].wait()
+        probe.refresh()
+        plan = gc.plan_gc(ws, max_age=30 * DAY, probe=probe)
+        assert entry_for(plan, root).action is Action.REMOVE, entry_for(plan, root).reason
+        outcome = entry_for(gc.apply_gc(plan, probe=probe), root).outcome
+        assert outcome.startswith("removed") and f"bridge {bridge} deleted" in outcome, outcome
+        assert not root.exists() and not exec_root.exists()
+        assert (ws / "ivy" / "work.txt").read_text() == "the user's work"  # the workspace stays
+        deadline = time.monotonic() + 10  # the kernel frees a namespace in the background
+        while _link_exists("vhtd0") or _link_exists("vhtl0"):
+            assert time.monotonic() < deadline, "the veth pairs outlived their namespaces"
+            time.sleep(0.1)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        _unmount_all(exec_root)
+        for link in ("vhtd0", "vhtl0", bridge):
+            subprocess.run(["ip", "link", "del", link], capture_output=True)

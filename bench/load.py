@@ -35,6 +35,9 @@ balancer's probe does), and the steady user's ``code.`` page every ``--interval`
 their session cookie; each figure is one request's full answer time. Target (issue 16): health
 within 100 ms at p99 under load; reported, not asserted.
 
+``--workers N`` runs ``hub start --workers N``: connections, probes among them, land on any of
+the N processes, as the kernel spreads them (``SO_REUSEPORT``).
+
 ``--logins 32 --websockets 0 --no-firehose`` is issue 14's measure of simultaneous first
 logins (all served, p50/p95 time to first byte, target p95 under 15 s).
 
@@ -111,22 +114,25 @@ class LoadSite(HubSite):
 
     workspaces: Path | None = None
     own_session: bool = True  # as the quick start and systemd run it (HubSite)
+    workers: int = 1  # hub start --workers N
 
     @property
     def flags(self) -> dict:
-        return {**super().flags, "workspace_dir": str(self.workspaces)}
+        flags = {**super().flags, "workspace_dir": str(self.workspaces)}
+        return flags if self.workers == 1 else {**flags, "workers": self.workers}
 
     def host(self, prefix: str) -> str:
         return f"{prefix}.{self.domain}:{self.port}"
 
 
-def new_site(root: Path, workspaces: Path, issuer: str, port: int) -> LoadSite:
+def new_site(root: Path, workspaces: Path, issuer: str, port: int, workers: int = 1) -> LoadSite:
     """The e2e template (ttyd on ``term.``, http.server on ``code.``), nothing else."""
     root.mkdir(parents=True, exist_ok=True)
     domain = "load.test"
     return LoadSite(root=root, port=port, domain=domain,
                     labels=labels_file(root / "hub.labels.yaml", extra=()),
-                    env=env_file(root / "hub.env", issuer, domain), workspaces=workspaces)  # fmt: skip
+                    env=env_file(root / "hub.env", issuer, domain), workspaces=workspaces,
+                    workers=workers)  # fmt: skip
 
 
 def destroy_all(site: LoadSite, workers: int = 4) -> list[str]:
@@ -562,7 +568,7 @@ def run(args: argparse.Namespace, tmp: Path, workspaces: Path) -> dict:
     with contextlib.ExitStack() as stack:
         stack.callback(lambda: floor_stop.set() or collect(*floor, 10))
         issuer = stack.enter_context(npm_oidc_provider([client]))
-        site = new_site(tmp / "hub", workspaces, issuer, port)
+        site = new_site(tmp / "hub", workspaces, issuer, port, args.workers)
         try:
             site.start(timeout=120)
             hub_pid = site.proc.pid
@@ -705,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logins", type=int, default=50, help="new users logging in at once")
     parser.add_argument("--websockets", type=int, default=1000, help="idle WebSockets held")
     parser.add_argument("--no-firehose", dest="firehose", action="store_false")
+    parser.add_argument("--workers", type=int, default=1, help="hub start --workers N")
     parser.add_argument("--baseline", type=float, default=20.0, help="seconds of baseline")
     parser.add_argument("--min-load", type=float, default=30.0, help="least seconds of load")
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between probes")

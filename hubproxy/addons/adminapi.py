@@ -59,7 +59,7 @@ def ensure_admin_token(state_dir: Path) -> Path:
     """
     path = Path(state_dir) / TOKEN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    if write_new(path, secrets.token_urlsafe(32) + "\n", mode=0o600):
+    if not path.exists() and write_new(path, secrets.token_urlsafe(32) + "\n", mode=0o600):
         log.info("hub: generated the admin token in %s (root-only)", path)
         return path
     # another hub process won the race, or an earlier start made it: that token is the one

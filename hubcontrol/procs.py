@@ -68,10 +68,19 @@ def net_namespaces_in_use() -> set[int]:
             for tid in os.listdir(f"/proc/{pid}/task"):
                 with contextlib.suppress(OSError):
                     found.add(os.stat(f"/proc/{pid}/task/{tid}/ns/net").st_ino)
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if target.startswith("net:["):
-                        found.add(int(target[5:-1]))
+        found |= fd_inodes(pid, "net")
+    return found
+
+
+def fd_inodes(pid: int, kind: str) -> set[int]:
+    """The inodes of ``pid``'s open descriptors of one kernel kind (``socket``, ``net``, ...:
+    those whose link reads ``<kind>:[<inode>]``); empty when it is gone or not readable."""
+    prefix = f"{kind}:["
+    found = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith(prefix):
+                    found.add(int(target[len(prefix) : -1]))
     return found

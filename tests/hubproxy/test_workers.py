@@ -27,6 +27,7 @@ import httpcore
 import httpx
 import pytest
 
+from hubcontrol import procs
 from hubcontrol.config import MAX_WORKERS, build_config, parse_workers
 from hubcontrol.errors import ConfigError
 from hubcontrol.hub import Route, RouteTable
@@ -465,13 +466,7 @@ def _listening(pid: int) -> bool:
 
 
 def _holds_listener(pid: int) -> bool:
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(int(target[8:-1]))
+    inodes = procs.fd_inodes(pid, "socket")
     with open("/proc/net/tcp") as f:
         next(f)
         return any(line.split()[3] == "0A" and int(line.split()[9]) in inodes for line in f)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import pwd
 import subprocess
@@ -44,9 +45,12 @@ from pathlib import Path
 from hubcontrol.errors import DaemonError
 from hubcontrol.netids import MAX_USERS, index_of
 
+log = logging.getLogger(__name__)
+
 FIRST_ID = 1 << 30  # above useradd's SUB_UID_MAX (600100000), below 2**32 - 1 for every index
 RANGE_SIZE = 65536  # uids 0-65535 inside, what images use (nobody is 65534)
 ACCOUNT_PREFIX = "rdh-ns"
+ACCOUNT_COMMENT = "rediacc hub user namespace"  # marks the accounts the hub made (GECOS)
 SUBUID = Path("/etc/subuid")
 SUBGID = Path("/etc/subgid")
 # useradd/usermod/userdel refuse to run while another holds /etc/passwd's lock ("cannot lock"):
@@ -176,11 +180,17 @@ def _ensure_account(net_id: int) -> str:
             "The hub could not prepare your Docker daemon's user namespace.",
             "--userns-remap: " + "; ".join(problems),
         )
+    if _exists(name) and not _made_by_hub(name):  # an operator's, or another tool's
+        raise DaemonError(
+            "The hub could not prepare your Docker daemon's user namespace.",
+            f"--userns-remap: the account {name} exists but the hub did not make it (its "
+            f"comment is not {ACCOUNT_COMMENT!r}); rename that account, then start again",
+        )
     if not _exists(name):
         _run([
             "useradd", "--system", "--user-group", "--no-create-home",
             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
-            "--comment", "rediacc hub user namespace", name,
+            "--comment", ACCOUNT_COMMENT, name,
         ])  # fmt: skip
     if missing:
         _run(["usermod", *missing, name])
@@ -196,6 +206,15 @@ def remove_account(net_id: int) -> bool:
         return _remove_account(net_id)
 
 
+def _made_by_hub(name: str) -> bool:
+    """Whether the account ``name`` is one ``ensure_account`` made (its comment says so): the
+    hub adopts and removes only those, never an account someone else happened to name so."""
+    try:
+        return pwd.getpwnam(name).pw_gecos == ACCOUNT_COMMENT
+    except KeyError:
+        return False
+
+
 def _exists(name: str) -> bool:
     try:
         pwd.getpwnam(name)
@@ -207,6 +226,9 @@ def _exists(name: str) -> bool:
 def _remove_account(net_id: int) -> bool:
     name, want = account_name(net_id), id_range(net_id)
     if not _exists(name):
+        return False
+    if not _made_by_hub(name):
+        log.warning("--userns-remap: the account %s was not made by the hub; left alone", name)
         return False
     drop = []
     for path, option in ((SUBUID, "--del-subuids"), (SUBGID, "--del-subgids")):

@@ -181,10 +181,20 @@ def test_an_account_is_made_once_removed_again_and_refused_over_a_foreign_entry(
         assert lines() == []
         with pytest.raises(KeyError):
             pwd.getpwnam(name)
+
+        # an account someone else made under that name: never adopted, never removed
+        subprocess.run(["useradd", "--system", "--comment", "Rita Dh-ns, ops", name], check=True)
+        with pytest.raises(DaemonError) as err:
+            userns.ensure_account(net_id)
+        assert f"the account {name} exists but the hub did not make it" in err.value.log_message
+        assert lines() == []  # no ids given to it either
+        assert userns.remove_account(net_id) is False
+        assert pwd.getpwnam(name).pw_gecos == "Rita Dh-ns, ops"
     finally:
         if "intruder" in userns.SUBUID.read_text():
             userns.SUBUID.write_text(original)
         userns.remove_account(net_id)
+        subprocess.run(["userdel", name], capture_output=True)  # the foreign one, if still there
 
 
 # measured on this host: another daemon's CRIU restore was running while the hub started a

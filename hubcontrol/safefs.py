@@ -11,8 +11,8 @@ symlink anywhere on the host. The rules (docs/security.md, "Paths root touches")
 * every file the hub writes there is written by ``write_atomic`` (a temp file made with
   ``O_EXCL|O_NOFOLLOW`` in the same directory, then renamed over the target, which replaces a
   planted link rather than following it), made once by ``write_new`` (the same temp file,
-  hard-linked into place only if nothing is there: first writer wins) or opened by ``open_file`` (``O_NOFOLLOW``, regular
-  files only, so a FIFO cannot block the hub either);
+  hard-linked into place only if nothing is there: the first writer wins) or opened by
+  ``open_file`` (``O_NOFOLLOW``, regular files only, so a FIFO cannot block the hub either);
 * trees are removed with ``remove_tree``, which never follows a link at the top or inside.
 
 The trusted base (``<workspace-dir>``, the state dir, ``/run/rediacc``) is the operator's, so its

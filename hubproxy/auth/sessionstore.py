@@ -271,19 +271,23 @@ class SessionStore:
             self._written = upto
 
 
-def _read_secret(path: Path) -> str | None:
-    """The secret file's text; None when there is none, "" for a link or anything but a regular
-    file (never followed: its target's text is no secret of the hub's)."""
+def _read_secret(path: Path) -> tuple[str, int] | None:
+    """The secret file's text and inode; None when there is none, "" for a link or anything but
+    a regular file (never followed: its target's text is no secret of the hub's)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as e:
-        if e.errno == errno.ELOOP:
-            return ""
-        raise
+        if e.errno != errno.ELOOP:
+            raise
+        try:
+            return "", os.lstat(path).st_ino
+        except FileNotFoundError:
+            return None
     with os.fdopen(fd) as f:
-        return f.read(4096).strip() if stat.S_ISREG(os.fstat(fd).st_mode) else ""
+        st = os.fstat(fd)
+        return (f.read(4096).strip() if stat.S_ISREG(st.st_mode) else ""), st.st_ino
 
 
 def load_session_secret(configured: str | None, state_dir: Path) -> tuple[str, bool]:
@@ -304,11 +308,17 @@ def load_session_secret(configured: str | None, state_dir: Path) -> tuple[str, b
         return configured, False
     path = state_dir / SECRET_FILE
     state_dir.mkdir(parents=True, exist_ok=True)
-    for _ in range(3):
-        text = _read_secret(path)
-        if text is not None and len(text) >= MIN_SECRET_LENGTH:
-            return text, True
-        if text is not None:  # cut short (a full disk), or a link: kept for the operator
+    for _ in range(5):
+        found = _read_secret(path)
+        if found is not None and len(found[0]) >= MIN_SECRET_LENGTH:
+            return found[0], True
+        if found is not None:  # cut short (a full disk), or a link: kept for the operator
+            try:
+                same = os.lstat(path).st_ino == found[1]
+            except FileNotFoundError:
+                same = False
+            if not same:  # another hub process moved it aside, or made a new one: read again
+                continue
             aside = keep_aside(path)
             log.warning(
                 "hub: %s cannot sign cookies (too short, or not a file); moved to %s", path, aside

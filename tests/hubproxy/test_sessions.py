@@ -70,10 +70,12 @@ def test_a_short_secret_file_is_kept_aside_and_replaced(tmp_path):
     assert [p.read_text() for p in state.glob("session.secret.corrupt-*")] == ["abc\n"]
 
 
-def test_hubs_starting_at_once_agree_on_one_generated_secret(tmp_path):
+@pytest.mark.parametrize("before", [None, "cut\n"], ids=["no-file", "cut-short-file"])
+def test_hubs_starting_at_once_agree_on_one_generated_secret(tmp_path, before):
     """Several hub processes starting together without ``HUB_SESSION_SECRET`` sign cookies with
     the same secret: the first to write it wins, and the others read the winner's, so a cookie
-    one signs is accepted by the others."""
+    one signs is accepted by the others; also when they find a file cut short, which only one
+    of them moves aside."""
     code = (
         "import sys\n"
         "from pathlib import Path\n"
@@ -84,6 +86,9 @@ def test_hubs_starting_at_once_agree_on_one_generated_secret(tmp_path):
     root = Path(__file__).resolve().parents[2]
     for round in range(5):
         state = tmp_path / f"state{round}"
+        if before is not None:
+            state.mkdir()
+            (state / "session.secret").write_text(before)
         procs = [
             subprocess.Popen(
                 [sys.executable, "-c", code, str(state)],
@@ -101,7 +106,10 @@ def test_hubs_starting_at_once_agree_on_one_generated_secret(tmp_path):
         seen = {proc.communicate(timeout=60)[0].strip() for proc in procs}
         assert len(seen) == 1 and all(proc.returncode == 0 for proc in procs)
         assert (state / "session.secret").read_text().strip() in seen
-        assert sorted(p.name for p in state.iterdir()) == ["session.secret"]  # no temp files
+        names = sorted(p.name for p in state.iterdir())
+        assert names[0] == "session.secret" and len(names) == (1 if before is None else 2), names
+        if before is not None:  # the file cut short, kept once for the operator
+            assert (state / names[1]).read_text() == before
 
 
 def test_generated_secret_is_persisted_0600(tmp_path):

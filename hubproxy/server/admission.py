@@ -111,6 +111,12 @@ class Admission:
         if answered is not None:
             answered.inc(amount=self.answered)
 
+    def count_answer(self) -> None:
+        """One request answered here, not by mitmproxy."""
+        self.answered += 1
+        if self._answered_counter is not None:
+            self._answered_counter.inc()
+
     def wrap(self, factory: Callable[[], asyncio.BaseProtocol]) -> Callable[[], AdmittingProtocol]:
         return lambda: AdmittingProtocol(factory, self)
 
@@ -234,9 +240,7 @@ class AdmittingProtocol(asyncio.Protocol):
         ):
             response, keep_open = reply
             buf.clear()
-            self.admission.answered += 1
-            if self.admission._answered_counter is not None:
-                self.admission._answered_counter.inc()
+            self.admission.count_answer()
             self.transport.write(response)
             self._cancel_timer()
             if keep_open:  # the connection's next request is looked at afresh: its own wait

@@ -280,12 +280,11 @@ class Worker:
             log.warning("hub: worker %d: unknown message %r from worker 0", self.index, kind)
 
     def set_health(self, wire: object) -> None:
-        if not (isinstance(wire, list) and len(wire) == 2):
-            raise LinkError(f"a health document is [status, body], not {wire!r:.80}")
-        status, body = wire
-        if not (isinstance(status, int) and isinstance(body, dict)):
-            raise LinkError(f"a health document is [status, body], not {wire!r:.80}")
-        self.health = (status, body)
+        match wire:
+            case [int() as status, dict() as body]:
+                self.health = (status, body)
+            case _:
+                raise LinkError(f"a health document is [status, body], not {wire!r:.80}")
 
     async def _batches(self, metrics: ProxyMetrics) -> None:
         while True:

@@ -410,8 +410,7 @@ class WorkerPool:
         """The ``/_hub/health`` document, when it changed: each worker's port answers a load
         balancer's probe with it (``adminapi.probe_answer``), as worker 0's answers with its
         own, instead of sending it through two mitmproxies."""
-        status, body = health_document(self.context)
-        health = [status, body]
+        health = list(health_document(self.context))  # as JSON carries it
         if health != self._health_sent:
             self._health_sent = health
             self._broadcast({"t": "health", "health": health})

@@ -85,6 +85,8 @@ _EXPORTS = {
     "UserStats": "hubcontrol.stats",
     "install_log_formatter": "hubcontrol.text",
     "keep_aside": "hubcontrol.safefs",
+    "open_file": "hubcontrol.safefs",
+    "UnsafePathError": "hubcontrol.safefs",
     "write_atomic": "hubcontrol.safefs",
     "write_new": "hubcontrol.safefs",
 }
@@ -134,6 +136,7 @@ __all__ = [
     "StatusView",
     "SyncHub",
     "Template",
+    "UnsafePathError",
     "UserStats",
     "UsernameError",
     "apply_gc",
@@ -146,6 +149,7 @@ __all__ = [
     "follow_audit_log",
     "install_log_formatter",
     "keep_aside",
+    "open_file",
     "load_compose",
     "load_config",
     "load_labels_file",
@@ -211,7 +215,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from hubcontrol.hub import STATES, EnvironmentStatus, Hub, Progress, Route, RouteTable
     from hubcontrol.idle import Decision, IdleCuller, IdleFacts, checkpoint_wanted, decide
     from hubcontrol.names import safe_name
-    from hubcontrol.safefs import keep_aside, write_atomic, write_new
+    from hubcontrol.safefs import UnsafePathError, keep_aside, open_file, write_atomic, write_new
     from hubcontrol.stats import Counter, Gauge, Histogram, Lifecycle, StatusView, UserStats
     from hubcontrol.text import install_log_formatter
 

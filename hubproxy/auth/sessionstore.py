@@ -22,12 +22,10 @@ is forwarded to it); ``listeners`` tell it what changed, and each other worker k
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
 import os
 import secrets
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubcontrol import keep_aside, write_atomic, write_new
+from hubcontrol import UnsafePathError, keep_aside, open_file, write_atomic, write_new
 
 log = logging.getLogger(__name__)
 
@@ -273,21 +271,18 @@ class SessionStore:
 
 def _read_secret(path: Path) -> tuple[str, int] | None:
     """The secret file's text and inode; None when there is none, "" for a link or anything but
-    a regular file (never followed: its target's text is no secret of the hub's)."""
+    a regular file (``open_file``: never followed, its target's text is no secret of the hub's)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = open_file(path)
     except FileNotFoundError:
         return None
-    except OSError as e:
-        if e.errno != errno.ELOOP:
-            raise
+    except UnsafePathError:
         try:
             return "", os.lstat(path).st_ino
         except FileNotFoundError:
             return None
     with os.fdopen(fd) as f:
-        st = os.fstat(fd)
-        return (f.read(4096).strip() if stat.S_ISREG(st.st_mode) else ""), st.st_ino
+        return f.read(4096).strip(), os.fstat(fd).st_ino
 
 
 def load_session_secret(configured: str | None, state_dir: Path) -> tuple[str, bool]:

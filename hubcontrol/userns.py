@@ -180,18 +180,18 @@ def _ensure_account(net_id: int) -> str:
             "The hub could not prepare your Docker daemon's user namespace.",
             "--userns-remap: " + "; ".join(problems),
         )
-    if _exists(name) and not _made_by_hub(name):  # an operator's, or another tool's
-        raise DaemonError(
-            "The hub could not prepare your Docker daemon's user namespace.",
-            f"--userns-remap: the account {name} exists but the hub did not make it (its "
-            f"comment is not {ACCOUNT_COMMENT!r}); rename that account, then start again",
-        )
     if not _exists(name):
         _run([
             "useradd", "--system", "--user-group", "--no-create-home",
             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
             "--comment", ACCOUNT_COMMENT, name,
         ])  # fmt: skip
+    elif not _made_by_hub(name):  # an operator's, or another tool's
+        raise DaemonError(
+            "The hub could not prepare your Docker daemon's user namespace.",
+            f"--userns-remap: the account {name} exists but the hub did not make it (its "
+            f"comment is not {ACCOUNT_COMMENT!r}); rename that account, then start again",
+        )
     if missing:
         _run(["usermod", *missing, name])
     return name
